@@ -1,0 +1,193 @@
+//! `podpathctl`: the operator's view of a dataplane. Tables by default, `--json` for
+//! scripts.
+use std::path::PathBuf;
+
+use anyhow::{anyhow, Result};
+use clap::{Parser, Subcommand};
+use podpath_proto::{render, Client, PortSpec, Request, Response};
+
+#[derive(Parser)]
+#[command(version, about = "Operate a podpath dataplane")]
+struct Cli {
+    /// The dataplane's control socket.
+    #[arg(
+        long,
+        short,
+        global = true,
+        env = "PODPATH_SOCKET",
+        default_value = "/run/podpath/dataplane.sock"
+    )]
+    socket: PathBuf,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Counters: totals, ports, stages (cycles per packet), drops by reason, workers.
+    Stats {
+        /// List every drop reason, also those at zero.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Ports: attach, detach, list.
+    #[command(subcommand)]
+    Port(PortCmd),
+    /// The bridge's MAC tables.
+    #[command(subcommand)]
+    Bridge(BridgeCmd),
+    /// Packet trace: which stage saw each packet and what it decided.
+    #[command(subcommand)]
+    Trace(TraceCmd),
+    /// The dataplane's version (checks the socket works).
+    Version,
+}
+
+#[derive(Subcommand)]
+enum PortCmd {
+    /// Plug in a device and attach it.
+    Add {
+        name: String,
+        /// DPDK device arguments, e.g. net_tap1,iface=eth0 or net_af_packet1,iface=veth1.
+        #[arg(long)]
+        device: String,
+        /// Create the device inside this network namespace (name or path).
+        #[arg(long)]
+        netns: Option<String>,
+        #[arg(long)]
+        bridge: Option<u16>,
+        #[arg(long)]
+        queues: Option<u16>,
+        #[arg(long)]
+        mtu: Option<u16>,
+    },
+    /// Detach a port and unplug its device.
+    Del { name: String },
+    /// List ports (with --xstats, the device's non-zero extended statistics).
+    List {
+        #[arg(long)]
+        xstats: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum BridgeCmd {
+    /// Learned and static MAC entries.
+    Macs,
+    /// Add a static MAC entry.
+    MacAdd {
+        bridge: u16,
+        mac: String,
+        port: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum TraceCmd {
+    /// Trace the next N packets each worker receives.
+    Start {
+        #[arg(default_value_t = 10)]
+        count: u32,
+    },
+    /// Print (and clear) the records gathered so far.
+    Show,
+}
+
+fn netns_path(n: String) -> String {
+    if n.contains('/') {
+        n
+    } else {
+        format!("/var/run/netns/{n}")
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("podpathctl: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let mut c = Client::connect(&cli.socket, "podpathctl")?;
+    let json = cli.json;
+    let print = |v: &dyn erased::Json, table: String| {
+        if json {
+            println!("{}", v.json());
+        } else {
+            print!("{table}");
+        }
+    };
+    match cli.cmd {
+        Cmd::Version => println!("{}", c.server),
+        Cmd::Stats { all } => match c.call(Request::Stats)? {
+            Response::Stats(s) => print(&s, render::stats_table(&s, all)),
+            r => return Err(anyhow!("unexpected response {r:?}")),
+        },
+        Cmd::Port(PortCmd::Add {
+            name,
+            device,
+            netns,
+            bridge,
+            queues,
+            mtu,
+        }) => {
+            let spec = PortSpec {
+                name,
+                device,
+                netns: netns.map(netns_path),
+                bridge,
+                queues,
+                mtu,
+            };
+            match c.call(Request::PortAttach(spec))? {
+                Response::Ports(p) => print(&p, render::ports_table(&p, false)),
+                r => return Err(anyhow!("unexpected response {r:?}")),
+            }
+        }
+        Cmd::Port(PortCmd::Del { name }) => {
+            c.call(Request::PortDetach { name: name.clone() })?;
+            if !json {
+                println!("port {name} detached");
+            }
+        }
+        Cmd::Port(PortCmd::List { xstats }) => match c.call(Request::PortList)? {
+            Response::Ports(p) => print(&p, render::ports_table(&p, xstats)),
+            r => return Err(anyhow!("unexpected response {r:?}")),
+        },
+        Cmd::Bridge(BridgeCmd::Macs) => match c.call(Request::MacList)? {
+            Response::Macs(m) => print(&m, render::macs_table(&m)),
+            r => return Err(anyhow!("unexpected response {r:?}")),
+        },
+        Cmd::Bridge(BridgeCmd::MacAdd { bridge, mac, port }) => {
+            c.call(Request::MacAdd { bridge, mac, port })?;
+        }
+        Cmd::Trace(TraceCmd::Start { count }) => {
+            c.call(Request::TraceStart { count })?;
+            if !json {
+                println!("tracing the next {count} packets of each worker; `podpathctl trace show` prints them");
+            }
+        }
+        Cmd::Trace(TraceCmd::Show) => match c.call(Request::TraceDump)? {
+            Response::Trace(t) => print(&t, render::trace_table(&t)),
+            r => return Err(anyhow!("unexpected response {r:?}")),
+        },
+    }
+    Ok(())
+}
+
+mod erased {
+    /// Anything printable as JSON.
+    pub trait Json {
+        fn json(&self) -> String;
+    }
+    impl<T: serde::Serialize> Json for T {
+        fn json(&self) -> String {
+            serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+        }
+    }
+}

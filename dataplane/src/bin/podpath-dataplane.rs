@@ -1,0 +1,190 @@
+//! `podpath-dataplane`: starts DPDK, attaches the configured ports, launches one
+//! worker per worker lcore, and serves the control socket until SIGINT/SIGTERM.
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use crossbeam::channel::{bounded, unbounded};
+use ringbuf::traits::Split;
+use ringbuf::HeapRb;
+
+use podpath_dataplane::config::Config;
+use podpath_dataplane::control::{self, Control, Job, WorkerHandle};
+use podpath_dataplane::dpdk::{Eal, Mempool};
+use podpath_dataplane::pipeline::{Pipeline, PipelineConfig, Tracer, WorkerCounters};
+use podpath_dataplane::port::DpdkIo;
+use podpath_dataplane::worker::Worker;
+
+#[derive(Parser)]
+#[command(version, about = "podpath's poll-mode dataplane (DPDK)")]
+struct Args {
+    /// Configuration file (TOML); see configs/.
+    #[arg(short, long)]
+    config: PathBuf,
+    /// Override dataplane.socket.
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// Override eal.file_prefix.
+    #[arg(long)]
+    file_prefix: Option<String>,
+    /// Check the configuration and exit.
+    #[arg(long)]
+    check: bool,
+}
+
+fn log(msg: impl std::fmt::Display) {
+    eprintln!("podpath-dataplane: {msg}");
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("podpath-dataplane: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
+    let args = Args::parse();
+    let mut cfg = Config::load(&args.config)?;
+    if let Some(s) = args.socket {
+        cfg.dataplane.socket = s;
+    }
+    if let Some(p) = args.file_prefix {
+        cfg.eal.file_prefix = p;
+    }
+    cfg.validate()?;
+    if args.check {
+        println!("{}: ok", args.config.display());
+        return Ok(());
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&stop))
+            .context("installing signal handlers")?;
+    }
+
+    let (eal_args, huge) = cfg.eal_args();
+    if !huge {
+        log(format!(
+            "no free hugepages: running with --no-huge -m {} (reserve hugepages for production)",
+            cfg.eal.memory_mb
+        ));
+    }
+    let eal = Eal::init(&eal_args)?;
+    let tsc_hz = eal.tsc_hz();
+    let workers = eal.worker_lcores().to_vec();
+    log(format!(
+        "{} started: control on lcore {}, workers on lcores {:?}",
+        podpath_dataplane::dpdk::version(),
+        eal.main_lcore(),
+        workers
+    ));
+    let pool = Mempool::new(
+        "podpath_mbufs",
+        cfg.dataplane.mbufs,
+        cfg.dataplane.mbuf_cache,
+        2048 + 128,
+    )?;
+
+    let (retired_tx, retired_rx) = unbounded();
+    let mut ctl = Control::new(
+        pool,
+        retired_rx,
+        tsc_hz,
+        cfg.dataplane.rx_desc,
+        cfg.dataplane.tx_desc,
+    );
+    // Workers must exist (for queue counts) before ports: make their handles first.
+    let mut handles = Vec::new();
+    let mut pending = Vec::new();
+    for (i, &lcore) in workers.iter().enumerate() {
+        let (tx, rx) = bounded(64);
+        let counters = Arc::new(WorkerCounters::default());
+        let (prod, cons) = HeapRb::new(4096).split();
+        let id = u16::try_from(i)?;
+        handles.push(WorkerHandle {
+            id,
+            lcore,
+            tx,
+            counters: Arc::clone(&counters),
+            trace: cons,
+        });
+        pending.push((id, lcore, rx, counters, prod));
+    }
+    ctl.set_workers(handles);
+    for spec in cfg.ports.clone() {
+        let name = spec.name.clone();
+        let info = ctl
+            .attach(spec)
+            .map_err(|e| anyhow::anyhow!(e.message))
+            .with_context(|| format!("attaching port {name}"))?;
+        log(format!(
+            "port {} attached: id {} driver {} mac {}",
+            info.name, info.id, info.driver, info.mac
+        ));
+    }
+    ctl.reclaim();
+    let ageing = u64::from(cfg.bridge.ageing_s) * tsc_hz;
+    for (id, lcore, rx, counters, prod) in pending {
+        let pcfg = PipelineConfig {
+            worker: id,
+            mac_capacity: cfg.bridge.max_macs,
+            mac_ageing_ticks: ageing,
+        };
+        // Drain the port-map messages already queued: start from the current map.
+        while rx.try_recv().is_ok() {}
+        let pipeline = Pipeline::new(
+            &pcfg,
+            ctl.current_map(),
+            counters,
+            Tracer::new(id, Some(prod)),
+        );
+        let worker = Worker::new(
+            id,
+            DpdkIo { pool },
+            pipeline,
+            rx,
+            retired_tx.clone(),
+            Arc::clone(&stop),
+            cfg.idle,
+            (ageing / 8).max(tsc_hz / 10),
+        );
+        eal.launch(lcore, move || worker.run())?;
+    }
+
+    let listener =
+        match control::bind_socket(&cfg.dataplane.socket, cfg.dataplane.socket_group.as_deref()) {
+            Ok(l) => l,
+            Err(e) => {
+                stop.store(true, Ordering::SeqCst);
+                bail!("control socket {}: {e}", cfg.dataplane.socket.display());
+            }
+        };
+    log(format!("control socket {}", cfg.dataplane.socket.display()));
+    let (jobs_tx, jobs_rx) = bounded::<Job>(64);
+    let serve_stop = Arc::clone(&stop);
+    let server = std::thread::spawn(move || control::serve(listener, jobs_tx, serve_stop));
+
+    while !stop.load(Ordering::Relaxed) {
+        if let Ok((req, reply)) = jobs_rx.recv_timeout(Duration::from_millis(100)) {
+            let resp = ctl.handle(req);
+            let _ = reply.send(resp);
+        }
+        ctl.reclaim();
+    }
+    log("stopping");
+    for &l in &workers {
+        eal.wait(l);
+    }
+    let stats = ctl.stats();
+    println!("{}", podpath_proto::render::stats_table(&stats, false));
+    ctl.detach_all();
+    let _ = std::fs::remove_file(&cfg.dataplane.socket);
+    let _ = server.join();
+    drop(eal);
+    Ok(())
+}

@@ -1,0 +1,371 @@
+//! The dataplane's configuration file (TOML), its validation, and the EAL arguments
+//! it implies. A bad value is refused with a message that names it.
+use std::path::{Path, PathBuf};
+
+use podpath_proto::PortSpec;
+use serde::Deserialize;
+
+use crate::worker::IdleConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {err}")]
+    Read { path: String, err: std::io::Error },
+    #[error("{path}: {err}")]
+    Parse { path: String, err: toml::de::Error },
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+}
+
+fn invalid(field: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Hugepages {
+    /// Use hugepages when some are free, else fall back to `--no-huge` (logged).
+    Auto,
+    On,
+    Off,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EalConfig {
+    /// Cores, e.g. "0,1" or "0-3": the first runs the control thread, each other one a
+    /// worker.
+    pub lcores: String,
+    /// Keeps several DPDK processes on one machine apart (hugepage files, runtime dir).
+    pub file_prefix: String,
+    /// Memory for DPDK, in MiB.
+    pub memory_mb: u32,
+    pub hugepages: Hugepages,
+    /// Scan the PCI bus (off when only virtual devices are used).
+    pub pci: bool,
+    /// Further EAL arguments, passed as they are.
+    pub extra_args: Vec<String>,
+}
+
+impl Default for EalConfig {
+    fn default() -> Self {
+        EalConfig {
+            lcores: "0,1".into(),
+            file_prefix: "podpath".into(),
+            memory_mb: 256,
+            hugepages: Hugepages::Auto,
+            pci: true,
+            extra_args: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataplaneConfig {
+    /// The control socket.
+    pub socket: PathBuf,
+    /// Group that may use the socket (mode 0660); none keeps root's group.
+    pub socket_group: Option<String>,
+    /// Packet buffers in the pool (2^n - 1 is most efficient).
+    pub mbufs: u32,
+    pub mbuf_cache: u32,
+    pub rx_desc: u16,
+    pub tx_desc: u16,
+}
+
+impl Default for DataplaneConfig {
+    fn default() -> Self {
+        DataplaneConfig {
+            socket: PathBuf::from("/run/podpath/dataplane.sock"),
+            socket_group: None,
+            mbufs: 8191,
+            mbuf_cache: 256,
+            rx_desc: 1024,
+            tx_desc: 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BridgeConfig {
+    /// Seconds a learned MAC lives without being seen.
+    pub ageing_s: u32,
+    /// MAC entries per worker.
+    pub max_macs: usize,
+}
+
+impl Default for BridgeConfig {
+    fn default() -> Self {
+        BridgeConfig {
+            ageing_s: 300,
+            max_macs: 8192,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub eal: EalConfig,
+    #[serde(default)]
+    pub dataplane: DataplaneConfig,
+    #[serde(default)]
+    pub idle: IdleConfig,
+    #[serde(default)]
+    pub bridge: BridgeConfig,
+    #[serde(default, rename = "port")]
+    pub ports: Vec<PortSpec>,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|err| ConfigError::Read {
+            path: path.display().to_string(),
+            err,
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let c: Config = toml::from_str(text).map_err(|err| ConfigError::Parse {
+            path: origin.into(),
+            err,
+        })?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Checks what can be checked before starting DPDK.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let cores = parse_core_list(&self.eal.lcores).map_err(|m| invalid("eal.lcores", m))?;
+        if cores.len() < 2 {
+            return Err(invalid(
+                "eal.lcores",
+                format!(
+                    "{:?} names {} core(s); need one for control and at least one worker",
+                    self.eal.lcores,
+                    cores.len()
+                ),
+            ));
+        }
+        let online = online_cpus();
+        if let Some(bad) = cores.iter().find(|c| !online.contains(c)) {
+            return Err(invalid(
+                "eal.lcores",
+                format!(
+                    "core {bad} does not exist or is offline (online cores: {})",
+                    format_core_list(&online)
+                ),
+            ));
+        }
+        if self.eal.file_prefix.is_empty() || self.eal.file_prefix.contains('/') {
+            return Err(invalid(
+                "eal.file_prefix",
+                "must be a non-empty name without '/'",
+            ));
+        }
+        if self.eal.memory_mb < 32 {
+            return Err(invalid(
+                "eal.memory_mb",
+                format!(
+                    "{} MiB is too little for DPDK (at least 32)",
+                    self.eal.memory_mb
+                ),
+            ));
+        }
+        if self.dataplane.mbufs < 512 {
+            return Err(invalid(
+                "dataplane.mbufs",
+                "at least 512 packet buffers are needed",
+            ));
+        }
+        if self.bridge.max_macs == 0 || self.bridge.ageing_s == 0 {
+            return Err(invalid("bridge", "max_macs and ageing_s must be positive"));
+        }
+        if self.idle.enabled && self.idle.max_sleep_us < self.idle.min_sleep_us {
+            return Err(invalid(
+                "idle.max_sleep_us",
+                "must be at least idle.min_sleep_us",
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, p) in self.ports.iter().enumerate() {
+            validate_port(p).map_err(|m| invalid(&format!("port[{i}]"), m))?;
+            if !names.insert(&p.name) {
+                return Err(invalid(
+                    &format!("port[{i}]"),
+                    format!("port name {:?} is used twice", p.name),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn workers(&self) -> usize {
+        parse_core_list(&self.eal.lcores).map_or(1, |c| c.len().saturating_sub(1))
+    }
+
+    /// EAL arguments. Hugepages: used when free ones exist (auto), else `--no-huge`.
+    pub fn eal_args(&self) -> (Vec<String>, bool) {
+        let mut a = vec![
+            "-l".to_string(),
+            self.eal.lcores.clone(),
+            format!("--file-prefix={}", self.eal.file_prefix),
+            "-m".into(),
+            self.eal.memory_mb.to_string(),
+        ];
+        let huge = match self.eal.hugepages {
+            Hugepages::On => true,
+            Hugepages::Off => false,
+            Hugepages::Auto => free_hugepages() > 0,
+        };
+        if !huge {
+            a.push("--no-huge".into());
+        }
+        if !self.eal.pci {
+            a.push("--no-pci".into());
+        }
+        a.extend(self.eal.extra_args.iter().cloned());
+        (a, huge)
+    }
+}
+
+/// Checks a port request (shared by the config file and the control socket).
+pub fn validate_port(p: &PortSpec) -> Result<(), String> {
+    if p.name.is_empty()
+        || p.name.len() > 64
+        || !p
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err(format!(
+            "port name {:?} must be 1-64 characters of a-z, 0-9, '-', '_', '.'",
+            p.name
+        ));
+    }
+    let drv = p.device.split(',').next().unwrap_or("");
+    if drv.is_empty() || p.device.contains(char::is_whitespace) {
+        return Err(format!(
+            "device {:?} is not DPDK device arguments (e.g. net_tap0,iface=eth0)",
+            p.device
+        ));
+    }
+    if let Some(ns) = &p.netns {
+        if !Path::new(ns).exists() {
+            return Err(format!("network namespace {ns:?} does not exist"));
+        }
+    }
+    if p.queues == Some(0) {
+        return Err("queues must be at least 1".into());
+    }
+    if let Some(m) = p.mtu {
+        if !(68..=9000).contains(&m) {
+            return Err(format!("mtu {m} is outside 68..=9000"));
+        }
+    }
+    Ok(())
+}
+
+/// Parses "0,2-3" into [0, 2, 3].
+pub fn parse_core_list(s: &str) -> Result<Vec<u32>, String> {
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim) {
+        let bad = || format!("{s:?} is not a core list (want e.g. \"0,1\" or \"0-3\")");
+        let (lo, hi) = match part.split_once('-') {
+            Some((a, b)) => (
+                a.parse::<u32>().map_err(|_| bad())?,
+                b.parse::<u32>().map_err(|_| bad())?,
+            ),
+            None => {
+                let v = part.parse::<u32>().map_err(|_| bad())?;
+                (v, v)
+            }
+        };
+        if lo > hi || hi >= 128 {
+            return Err(bad());
+        }
+        for c in lo..=hi {
+            if out.contains(&c) {
+                return Err(format!("core {c} appears twice in {s:?}"));
+            }
+            out.push(c);
+        }
+    }
+    Ok(out)
+}
+
+fn format_core_list(c: &[u32]) -> String {
+    c.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+}
+
+/// Online CPUs from /sys (falls back to 0..available_parallelism).
+pub fn online_cpus() -> Vec<u32> {
+    std::fs::read_to_string("/sys/devices/system/cpu/online")
+        .ok()
+        .and_then(|s| parse_core_list(s.trim()).ok())
+        .unwrap_or_else(|| {
+            let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+            (0..u32::try_from(n).unwrap_or(1)).collect()
+        })
+}
+
+/// Free hugepages of the default size, from /proc/meminfo.
+pub fn free_hugepages() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("HugePages_Free:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn core_lists() {
+        assert_eq!(parse_core_list("0,1").unwrap(), vec![0, 1]);
+        assert_eq!(parse_core_list("0-2,5").unwrap(), vec![0, 1, 2, 5]);
+        assert!(parse_core_list("1,1").is_err());
+        assert!(parse_core_list("x").is_err());
+        assert!(parse_core_list("3-1").is_err());
+    }
+
+    #[test]
+    fn bad_configs_name_the_field() {
+        let e = Config::parse("[eal]\nlcores = \"0,999\"\n", "t")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("eal.lcores") && e.contains("999"), "{e}");
+        let e = Config::parse("[eal]\nlcores = \"0\"\n", "t")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("need one for control"), "{e}");
+        let e = Config::parse("[eal]\nbogus = 1\n", "t")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bogus"), "{e}");
+        let e = Config::parse("[[port]]\nname = \"a b\"\ndevice = \"net_tap0\"\n", "t")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("port[0]"), "{e}");
+        let ok = Config::parse(
+            "[[port]]\nname = \"pod-a\"\ndevice = \"net_tap0,iface=x\"\nbridge = 1\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(ok.ports[0].bridge, Some(1));
+        assert_eq!(ok.workers(), 1);
+    }
+}

@@ -1,0 +1,660 @@
+//! The control thread: owns the ports and the published port map, serves the Unix
+//! socket, and talks to workers only by message. It never runs on a worker lcore.
+//!
+//! Publishing follows RCU: a new `PortMap` snapshot goes to every worker; each one
+//! installs it between bursts and stores the generation in `applied_gen` (its
+//! quiescent point). Only when every worker has passed that point does the control
+//! thread stop and unplug a detached port; old snapshots come back over a channel and
+//! are freed here, never on a worker.
+use std::collections::HashMap;
+use std::io::ErrorKind as IoErrorKind;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam::channel::{bounded, Receiver, Sender};
+use podpath_proto::{
+    codec, DropStat, Envelope, ErrorKind, ErrorReply, MacInfo, PortInfo, PortSpec, PortStat,
+    Request, Response, StageStat, Stats, TraceLine, WorkerStat, PROTOCOL_VERSION,
+};
+use ringbuf::traits::Consumer;
+use ringbuf::HeapCons;
+
+use crate::config::validate_port;
+use crate::dpdk::{self, netns, EthPort, Mempool, PortSetup};
+use crate::pipeline::counters::get;
+use crate::pipeline::{DropReason, Next, StageId, TraceDetail, TraceRecord, WorkerCounters};
+use crate::tables::{PortEntry, PortMap};
+use crate::wire::MacAddr;
+use crate::worker::{MacRow, WorkerMsg};
+
+/// The control thread's view of one worker.
+pub struct WorkerHandle {
+    pub id: u16,
+    pub lcore: u32,
+    pub tx: Sender<WorkerMsg>,
+    pub counters: Arc<WorkerCounters>,
+    pub trace: HeapCons<TraceRecord>,
+}
+
+struct Attached {
+    spec: PortSpec,
+    port: EthPort,
+    queues: u16,
+}
+
+/// A request from a client thread, with where to send the answer.
+pub type Job = (Request, Sender<Response>);
+
+pub struct Control {
+    pool: Mempool,
+    workers: Vec<WorkerHandle>,
+    ports: Vec<Attached>,
+    gen: u64,
+    current: Arc<PortMap>,
+    retired: Receiver<Arc<PortMap>>,
+    tsc_hz: u64,
+    rx_desc: u16,
+    tx_desc: u16,
+}
+
+fn err(kind: ErrorKind, message: impl Into<String>) -> ErrorReply {
+    ErrorReply {
+        kind,
+        message: message.into(),
+    }
+}
+
+impl Control {
+    pub fn new(
+        pool: Mempool,
+        retired: Receiver<Arc<PortMap>>,
+        tsc_hz: u64,
+        rx_desc: u16,
+        tx_desc: u16,
+    ) -> Control {
+        Control {
+            pool,
+            workers: Vec::new(),
+            ports: Vec::new(),
+            gen: 0,
+            current: Arc::new(PortMap::default()),
+            retired,
+            tsc_hz,
+            rx_desc,
+            tx_desc,
+        }
+    }
+
+    pub fn n_workers(&self) -> usize {
+        self.workers.len().max(1)
+    }
+
+    pub fn set_workers(&mut self, w: Vec<WorkerHandle>) {
+        self.workers = w;
+    }
+
+    pub fn workers(&self) -> &[WorkerHandle] {
+        &self.workers
+    }
+
+    /// The map for the current set of ports.
+    pub fn build_map(&self, workers: usize) -> Arc<PortMap> {
+        let entries = self
+            .ports
+            .iter()
+            .map(|a| PortEntry {
+                id: a.port.id(),
+                name: a.spec.name.clone(),
+                bd: a.spec.bridge,
+                mac: MacAddr(a.port.mac()),
+                rx_queues: a.queues,
+            })
+            .collect();
+        Arc::new(PortMap::build(entries, workers))
+    }
+
+    /// Publishes the current ports to every worker; returns the generation.
+    fn publish(&mut self) -> u64 {
+        self.gen += 1;
+        let map = self.build_map(self.n_workers());
+        for w in &self.workers {
+            let _ = w.tx.send(WorkerMsg::Ports(Arc::clone(&map), self.gen));
+        }
+        self.current = map;
+        self.gen
+    }
+
+    /// Waits until every worker has applied generation `gen`.
+    fn wait_quiescent(&self, gen: u64, timeout: Duration) -> bool {
+        let end = Instant::now() + timeout;
+        loop {
+            if self
+                .workers
+                .iter()
+                .all(|w| w.counters.applied_gen.load(Ordering::Acquire) >= gen)
+            {
+                return true;
+            }
+            if Instant::now() > end {
+                return false;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+
+    /// Frees the snapshots workers handed back.
+    pub fn reclaim(&self) {
+        while self.retired.try_recv().is_ok() {}
+    }
+
+    pub fn current_map(&self) -> Arc<PortMap> {
+        Arc::clone(&self.current)
+    }
+
+    /// Plugs in and starts a port, then publishes it to the workers.
+    pub fn attach(&mut self, spec: PortSpec) -> Result<PortInfo, ErrorReply> {
+        validate_port(&spec).map_err(|m| err(ErrorKind::BadRequest, m))?;
+        if self.ports.iter().any(|a| a.spec.name == spec.name) {
+            return Err(err(
+                ErrorKind::AlreadyExists,
+                format!("a port named {:?} is already attached", spec.name),
+            ));
+        }
+        let dev = spec.device.split(',').next().unwrap_or("");
+        if self.ports.iter().any(|a| a.port.device_name() == dev) {
+            return Err(err(ErrorKind::AlreadyExists, format!("device {dev:?} is already attached; give each port its own device name (net_tap0, net_tap1, ...)")));
+        }
+        let workers = u16::try_from(self.n_workers()).unwrap_or(1);
+        let queues = spec.queues.unwrap_or(workers);
+        let setup = PortSetup {
+            rx_queues: queues,
+            tx_queues: workers,
+            rx_desc: self.rx_desc,
+            tx_desc: self.tx_desc,
+            mtu: spec.mtu,
+        };
+        let pool = self.pool;
+        let bring_up = || -> Result<EthPort, dpdk::PortError> {
+            let mut p = EthPort::probe(&spec.device)?;
+            p.configure(&setup, &pool)?;
+            p.start()?;
+            Ok(p)
+        };
+        let port = match &spec.netns {
+            Some(ns) => netns::with_netns(Path::new(ns), bring_up)
+                .map_err(|e| err(ErrorKind::Device, format!("port {}: {e}", spec.name)))?,
+            None => bring_up(),
+        }
+        .map_err(|e| err(ErrorKind::Device, format!("port {}: {e}", spec.name)))?;
+        if usize::from(port.id()) >= crate::pipeline::MAX_PORTS {
+            return Err(err(
+                ErrorKind::Device,
+                format!(
+                    "port id {} is beyond the supported {}",
+                    port.id(),
+                    crate::pipeline::MAX_PORTS
+                ),
+            ));
+        }
+        self.ports.push(Attached { spec, port, queues });
+        self.publish();
+        let a = self.ports.last().expect("just pushed");
+        Ok(port_info(a, false))
+    }
+
+    /// Withdraws a port from the workers, waits for them to pass a quiescent point,
+    /// then stops and unplugs it.
+    pub fn detach(&mut self, name: &str) -> Result<(), ErrorReply> {
+        let i = self
+            .ports
+            .iter()
+            .position(|a| a.spec.name == name)
+            .ok_or_else(|| {
+                err(
+                    ErrorKind::NotFound,
+                    format!("no port named {name:?} (see `podpathctl port list`)"),
+                )
+            })?;
+        let a = self.ports.remove(i);
+        let gen = self.publish();
+        if !self.wait_quiescent(gen, Duration::from_secs(5)) {
+            // A worker is stuck: unplugging now could pull the device from under it.
+            self.ports.insert(i, a);
+            self.publish();
+            return Err(err(
+                ErrorKind::Unavailable,
+                "workers did not acknowledge the change within 5 s; port kept",
+            ));
+        }
+        let Attached { spec, port, .. } = a;
+        let res = match &spec.netns {
+            Some(ns) => netns::with_netns(Path::new(ns), || port.remove())
+                .map_err(|e| err(ErrorKind::Device, e.to_string()))?,
+            None => port.remove(),
+        };
+        self.reclaim();
+        res.map_err(|e| err(ErrorKind::Device, e.to_string()))
+    }
+
+    pub fn port_list(&self, xstats: bool) -> Vec<PortInfo> {
+        self.ports.iter().map(|a| port_info(a, xstats)).collect()
+    }
+
+    fn port_name(&self, id: u16) -> String {
+        self.current
+            .port(id)
+            .map_or_else(|| format!("port{id}"), |p| p.name.clone())
+    }
+
+    pub fn stats(&self) -> Stats {
+        let mut s = Stats {
+            tsc_hz: self.tsc_hz,
+            ..Stats::default()
+        };
+        let mut ports: HashMap<u16, PortStat> = HashMap::new();
+        s.stages = StageId::ALL
+            .iter()
+            .map(|st| StageStat {
+                name: st.name().into(),
+                ..Default::default()
+            })
+            .collect();
+        s.drops = DropReason::ALL
+            .iter()
+            .map(|r| DropStat {
+                stage: r.stage().name().into(),
+                reason: r.name().into(),
+                count: 0,
+            })
+            .collect();
+        for w in &self.workers {
+            let c = &w.counters;
+            let mut ws = WorkerStat {
+                id: w.id,
+                lcore: w.lcore,
+                polls: get(&c.polls),
+                idle_polls: get(&c.idle_polls),
+                sleeps: get(&c.sleeps),
+                busy_cycles: get(&c.busy_cycles),
+                total_cycles: get(&c.total_cycles),
+                rx: c.rx_total(),
+                tx: c.tx_total(),
+                dropped: c.drops_total(),
+                replicated: get(&c.replicated),
+                mac_learned: get(&c.mac_learned),
+                mac_moved: get(&c.mac_moved),
+                mac_aged: get(&c.mac_aged),
+                mac_table_full: get(&c.mac_table_full),
+                trace_lost: get(&c.trace_lost),
+                ..Default::default()
+            };
+            for (k, st) in StageId::ALL.iter().enumerate() {
+                let sc = &c.stages[st.index()];
+                let v = StageStat {
+                    name: st.name().into(),
+                    packets: get(&sc.packets),
+                    calls: get(&sc.calls),
+                    cycles: get(&sc.cycles),
+                };
+                s.stages[k].packets += v.packets;
+                s.stages[k].calls += v.calls;
+                s.stages[k].cycles += v.cycles;
+                ws.stages.push(v);
+            }
+            for (k, r) in DropReason::ALL.iter().enumerate() {
+                let n = get(&c.drops[r.index()]);
+                s.drops[k].count += n;
+                if n > 0 {
+                    ws.drops.push(DropStat {
+                        stage: r.stage().name().into(),
+                        reason: r.name().into(),
+                        count: n,
+                    });
+                }
+            }
+            for (id, pc) in c.ports.iter().enumerate() {
+                let id = u16::try_from(id).unwrap_or(0);
+                let rx = get(&pc.rx_packets);
+                let tx = get(&pc.tx_packets);
+                if rx == 0 && tx == 0 && self.current.port(id).is_none() {
+                    continue;
+                }
+                let e = ports.entry(id).or_insert_with(|| PortStat {
+                    id,
+                    name: self.port_name(id),
+                    ..Default::default()
+                });
+                e.rx_packets += rx;
+                e.rx_bytes += get(&pc.rx_bytes);
+                e.tx_packets += tx;
+                e.tx_bytes += get(&pc.tx_bytes);
+                e.tx_dropped += get(&pc.tx_dropped);
+            }
+            s.rx += ws.rx;
+            s.tx += ws.tx;
+            s.dropped += ws.dropped;
+            s.replicated += ws.replicated;
+            s.workers.push(ws);
+        }
+        let mut p: Vec<PortStat> = ports.into_values().collect();
+        p.sort_by_key(|p| p.id);
+        s.ports = p;
+        s
+    }
+
+    pub fn trace_start(&self, n: u32) {
+        for w in &self.workers {
+            let _ = w.tx.send(WorkerMsg::Trace(n));
+        }
+    }
+
+    pub fn trace_dump(&mut self) -> Vec<TraceLine> {
+        let mut recs: Vec<TraceRecord> = Vec::new();
+        for w in &mut self.workers {
+            while let Some(r) = w.trace.try_pop() {
+                recs.push(r);
+            }
+        }
+        recs.sort_by_key(|r| (r.worker, r.packet, r.tsc));
+        let mut first: HashMap<(u16, u32), u64> = HashMap::new();
+        let hz = self.tsc_hz.max(1);
+        recs.iter()
+            .map(|r| {
+                let t0 = *first.entry((r.worker, r.packet)).or_insert(r.tsc);
+                TraceLine {
+                    worker: r.worker,
+                    packet: r.packet,
+                    ns: r.tsc.saturating_sub(t0).saturating_mul(1_000_000_000) / hz,
+                    stage: r.stage.name().into(),
+                    next: self.format_next(r.next),
+                    detail: self.format_detail(&r.detail),
+                }
+            })
+            .collect()
+    }
+
+    fn format_next(&self, n: Next) -> String {
+        match n {
+            Next::Stage(s) => format!("-> {}", s.name()),
+            Next::Port(p) => format!("-> port {}", self.port_name(p)),
+            Next::Flood => "-> flood".into(),
+            Next::Drop(r) => format!("drop {}", r.name()),
+        }
+    }
+
+    fn format_detail(&self, d: &TraceDetail) -> String {
+        match *d {
+            TraceDetail::Rx { port, len } => {
+                format!("rx on {} ({len} bytes)", self.port_name(port))
+            }
+            TraceDetail::Parsed {
+                src,
+                dst,
+                ethertype,
+                vlan,
+                ip,
+            } => {
+                let mut s = format!("{src} > {dst} type 0x{ethertype:04x}");
+                if vlan != 0 {
+                    s += &format!(" vlan {vlan}");
+                }
+                if let Some((a, b, proto, sp, dp)) = ip {
+                    s += &match proto {
+                        1 => format!(" icmp {a} > {b} type {sp} id {dp}"),
+                        6 => format!(" tcp {a}:{sp} > {b}:{dp}"),
+                        17 => format!(" udp {a}:{sp} > {b}:{dp}"),
+                        p => format!(" ip {a} > {b} proto {p}"),
+                    };
+                }
+                s
+            }
+            TraceDetail::Bridge {
+                bd,
+                learned,
+                dst,
+                hit,
+            } => format!(
+                "bridge {bd}: {} src, dst {dst} {}",
+                if learned { "learned" } else { "known" },
+                match hit {
+                    Some(p) => format!("behind {}", self.port_name(p)),
+                    None if dst.is_multicast() => "group address".into(),
+                    None => "unknown".into(),
+                }
+            ),
+            TraceDetail::Out { port, copies } => {
+                if copies > 0 {
+                    format!(
+                        "flooded from {} ({} copies + original)",
+                        self.port_name(port),
+                        copies
+                    )
+                } else {
+                    format!("queued on {}", self.port_name(port))
+                }
+            }
+            TraceDetail::None => String::new(),
+        }
+    }
+
+    pub fn mac_list(&self) -> Result<Vec<MacInfo>, ErrorReply> {
+        let mut out = Vec::new();
+        for w in &self.workers {
+            let (tx, rx) = bounded::<Vec<MacRow>>(1);
+            w.tx.send(WorkerMsg::DumpMacs(tx))
+                .map_err(|_| err(ErrorKind::Unavailable, "worker is gone"))?;
+            let rows = rx.recv_timeout(Duration::from_secs(2)).map_err(|_| {
+                err(
+                    ErrorKind::Unavailable,
+                    format!("worker {} did not answer", w.id),
+                )
+            })?;
+            let hz = self.tsc_hz.max(1);
+            out.extend(rows.into_iter().map(|r| MacInfo {
+                worker: r.worker,
+                bridge: r.bd,
+                mac: r.mac.to_string(),
+                port: self.port_name(r.port),
+                age_ms: r.age_ticks.saturating_mul(1000) / hz,
+                is_static: r.is_static,
+            }));
+        }
+        out.sort_by(|a, b| (a.bridge, &a.mac, a.worker).cmp(&(b.bridge, &b.mac, b.worker)));
+        Ok(out)
+    }
+
+    fn mac_add(&self, bridge: u16, mac: &str, port: &str) -> Result<(), ErrorReply> {
+        let mac: MacAddr = mac
+            .parse()
+            .map_err(|m: String| err(ErrorKind::BadRequest, m))?;
+        if mac.is_multicast() {
+            return Err(err(
+                ErrorKind::BadRequest,
+                format!("{mac} is a group address; static entries must be unicast"),
+            ));
+        }
+        let a = self
+            .ports
+            .iter()
+            .find(|a| a.spec.name == port)
+            .ok_or_else(|| err(ErrorKind::NotFound, format!("no port named {port:?}")))?;
+        if a.spec.bridge != Some(bridge) {
+            return Err(err(
+                ErrorKind::BadRequest,
+                format!("port {port:?} is not in bridge domain {bridge}"),
+            ));
+        }
+        for w in &self.workers {
+            let _ = w.tx.send(WorkerMsg::StaticMac {
+                bd: bridge,
+                mac,
+                port: a.port.id(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Executes one request.
+    pub fn handle(&mut self, req: Request) -> Response {
+        let r = match req {
+            Request::Hello { version, .. } => {
+                if version == PROTOCOL_VERSION {
+                    Ok(Response::Hello {
+                        version: PROTOCOL_VERSION,
+                        server: format!("podpath-dataplane {}", env!("CARGO_PKG_VERSION")),
+                        dpdk: dpdk::version(),
+                    })
+                } else {
+                    Err(err(ErrorKind::Version, format!("protocol version {version} is not supported (this dataplane speaks {PROTOCOL_VERSION})")))
+                }
+            }
+            Request::PortAttach(spec) => self.attach(spec).map(|p| Response::Ports(vec![p])),
+            Request::PortDetach { name } => self.detach(&name).map(|()| Response::Done),
+            Request::PortList => Ok(Response::Ports(self.port_list(true))),
+            Request::MacAdd { bridge, mac, port } => {
+                self.mac_add(bridge, &mac, &port).map(|()| Response::Done)
+            }
+            Request::MacList => self.mac_list().map(Response::Macs),
+            Request::Stats => Ok(Response::Stats(self.stats())),
+            Request::TraceStart { count } => {
+                self.trace_start(count);
+                Ok(Response::Done)
+            }
+            Request::TraceDump => Ok(Response::Trace(self.trace_dump())),
+        };
+        r.unwrap_or_else(Response::Error)
+    }
+
+    /// Stops and unplugs every port (at shutdown, after the workers returned).
+    pub fn detach_all(&mut self) {
+        for a in self.ports.drain(..) {
+            let Attached { spec, port, .. } = a;
+            let _ = match &spec.netns {
+                Some(ns) => netns::with_netns(Path::new(ns), || port.remove()).map(|_| ()),
+                None => port.remove().map_err(|_| ()).or(Ok(())),
+            };
+        }
+    }
+}
+
+fn port_info(a: &Attached, xstats: bool) -> PortInfo {
+    let link = a.port.link();
+    PortInfo {
+        id: a.port.id(),
+        name: a.spec.name.clone(),
+        device: a.spec.device.clone(),
+        driver: a.port.driver(),
+        netns: a.spec.netns.clone(),
+        bridge: a.spec.bridge,
+        mac: MacAddr(a.port.mac()).to_string(),
+        link_up: link.up,
+        speed_mbps: link.speed_mbps,
+        mtu: a.port.mtu(),
+        queues: a.queues,
+        xstats: if xstats { a.port.xstats() } else { Vec::new() },
+    }
+}
+
+/// Creates the control socket: removes a stale file (nobody answering on it), refuses
+/// when another dataplane is listening, and sets mode 0660 (and the group).
+pub fn bind_socket(path: &Path, group: Option<&str>) -> std::io::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    if path.exists() {
+        if UnixStream::connect(path).is_ok() {
+            return Err(std::io::Error::new(
+                IoErrorKind::AddrInUse,
+                format!("{} is in use by a running dataplane", path.display()),
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    let l = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    if let Some(g) = group {
+        let status = std::process::Command::new("chgrp")
+            .arg(g)
+            .arg(path)
+            .status()?;
+        if !status.success() {
+            return Err(std::io::Error::other(format!(
+                "chgrp {g} {} failed",
+                path.display()
+            )));
+        }
+    }
+    Ok(l)
+}
+
+/// Accepts clients; each gets its own thread, so a slow or silent client stalls only
+/// itself. Requests reach the control loop through `jobs`.
+pub fn serve(listener: UnixListener, jobs: Sender<Job>, stop: Arc<AtomicBool>) {
+    listener.set_nonblocking(true).ok();
+    while !stop.load(Ordering::Relaxed) {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                let jobs = jobs.clone();
+                std::thread::spawn(move || client_loop(stream, jobs));
+            }
+            Err(e) if e.kind() == IoErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+fn client_loop(mut stream: UnixStream, jobs: Sender<Job>) {
+    stream.set_nonblocking(false).ok();
+    // A client that stops mid-frame is dropped after this long.
+    stream.set_read_timeout(Some(Duration::from_secs(300))).ok();
+    stream.set_write_timeout(Some(Duration::from_secs(10))).ok();
+    let mut hello = false;
+    loop {
+        let env: Envelope<Request> = match codec::read_frame(&mut stream) {
+            Ok(e) => e,
+            Err(codec::CodecError::Closed) => return,
+            Err(e) => {
+                // Answer garbage with a typed error, then close: framing is lost.
+                let _ = codec::write_frame(
+                    &mut stream,
+                    &Envelope {
+                        id: 0,
+                        body: Response::Error(err(ErrorKind::BadRequest, e.to_string())),
+                    },
+                );
+                return;
+            }
+        };
+        let body = if !hello && !matches!(env.body, Request::Hello { .. }) {
+            Response::Error(err(
+                ErrorKind::BadRequest,
+                "the first request must be Hello",
+            ))
+        } else {
+            let is_hello = matches!(env.body, Request::Hello { .. });
+            let (tx, rx) = bounded(1);
+            if jobs.send((env.body, tx)).is_err() {
+                return;
+            }
+            let Ok(r) = rx.recv() else { return };
+            if is_hello && matches!(r, Response::Hello { .. }) {
+                hello = true;
+            }
+            r
+        };
+        if codec::write_frame(&mut stream, &Envelope { id: env.id, body }).is_err() {
+            return;
+        }
+    }
+}
+
+/// Where the socket lives unless configured.
+pub fn default_socket() -> PathBuf {
+    PathBuf::from("/run/podpath/dataplane.sock")
+}

@@ -1,0 +1,40 @@
+//! What the pipeline needs from packet buffers and ports, so that it runs the same on
+//! DPDK mbufs and on plain memory (unit tests, benchmarks).
+
+/// A packet buffer the pipeline can read and rewrite.
+pub trait Frame: Send + 'static {
+    fn data(&self) -> &[u8];
+    fn data_mut(&mut self) -> &mut [u8];
+    /// False for chained (multi-segment) buffers, which the pipeline does not handle.
+    fn is_contiguous(&self) -> bool;
+}
+
+/// Burst I/O on ports, and buffers for copies.
+pub trait PortIo {
+    type Frame: Frame;
+    /// Receives up to `max` frames from `(port, queue)`, appended to `out`.
+    fn rx_burst(&mut self, port: u16, queue: u16, out: &mut Vec<Self::Frame>, max: usize) -> usize;
+    /// Transmits from the front of `frames`; the sent ones leave the vector.
+    fn tx_burst(&mut self, port: u16, queue: u16, frames: &mut Vec<Self::Frame>) -> usize;
+    /// A new buffer holding a copy of `data` (for flooding); None when out of buffers.
+    fn copy_frame(&mut self, data: &[u8]) -> Option<Self::Frame>;
+    /// Frees dropped frames in bulk (the vector is left empty).
+    fn free_bulk(&mut self, frames: &mut Vec<Self::Frame>) {
+        frames.clear();
+    }
+}
+
+impl Frame for crate::dpdk::Mbuf {
+    #[inline(always)]
+    fn data(&self) -> &[u8] {
+        crate::dpdk::Mbuf::data(self)
+    }
+    #[inline(always)]
+    fn data_mut(&mut self) -> &mut [u8] {
+        crate::dpdk::Mbuf::data_mut(self)
+    }
+    #[inline(always)]
+    fn is_contiguous(&self) -> bool {
+        crate::dpdk::Mbuf::is_contiguous(self)
+    }
+}

@@ -1,0 +1,61 @@
+//! The packet pipeline: a fixed graph of stages over bursts, VPP-style.
+//!
+//! A burst (up to [`BURST`] packets from one rx queue) enters `eth-input`. Each stage
+//! takes the indices of the packets queued for it and writes one [`Next`] per packet:
+//! another stage, an output port, a flood over the bridge domain, or a drop with a
+//! named [`DropReason`]. The decision is data; [`Pipeline::run`] then fans the packets
+//! out, counts, traces, and queues output for transmission. Stage ids are ordered so
+//! that a stage only sends packets forward, which makes one pass over the stages
+//! enough.
+//!
+//! Names: the stage and drop-reason strings in [`registry`] are the ones counters,
+//! traces and `podpathctl` show.
+pub mod counters;
+pub mod frame;
+pub mod registry;
+pub mod run;
+pub mod trace;
+
+pub use counters::{PortCounters, WorkerCounters};
+pub use frame::{Frame, PortIo};
+pub use registry::{DropReason, StageId, DROP_REASONS, STAGES};
+pub use run::{Pipeline, PipelineConfig};
+pub use trace::{TraceDetail, TraceRecord, Tracer};
+
+/// Packets per rx burst (DPDK's customary 32).
+pub const BURST: usize = 32;
+/// Port ids are below this (DPDK's RTE_MAX_ETHPORTS in Debian's build).
+pub const MAX_PORTS: usize = 32;
+/// How many packets ahead `eth-input` prefetches.
+pub const PREFETCH_AHEAD: usize = 4;
+
+/// What a stage decided for one packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Continue in another (later) stage.
+    Stage(StageId),
+    /// Transmit on this port.
+    Port(u16),
+    /// Copy to every other port of the bridge domain (`Meta::bd`).
+    Flood,
+    /// Drop, counted under this reason.
+    Drop(DropReason),
+}
+
+/// Per-packet metadata the stages share (filled by `eth-input`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Meta {
+    pub in_port: u16,
+    /// Offset of the L3 header.
+    pub l3: u16,
+    /// Offset of the L4 header (0 when none was parsed).
+    pub l4: u16,
+    pub ethertype: u16,
+    /// IP protocol number (0 when not IPv4).
+    pub proto: u8,
+    pub vlan: u16,
+    /// Bridge domain of the input port.
+    pub bd: u16,
+    /// Trace id when this packet is traced (0 = not traced).
+    pub trace: u32,
+}

@@ -1,0 +1,89 @@
+//! The one list of stages and drop reasons: the enums, the names counters and traces
+//! print, and the help text `podpathctl stats` shows, all generated from it.
+
+macro_rules! stages {
+    ($($variant:ident = $name:literal: $help:literal,)*) => {
+        /// Stages, in graph order: a stage only sends packets to later ones.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        #[repr(u8)]
+        pub enum StageId { $($variant,)* }
+        /// (name, what it does), indexed by `StageId as usize`.
+        pub const STAGES: &[(&str, &str)] = &[$(($name, $help),)*];
+        impl StageId {
+            pub const ALL: &'static [StageId] = &[$(StageId::$variant,)*];
+            pub const COUNT: usize = Self::ALL.len();
+            pub fn name(self) -> &'static str { STAGES[self as usize].0 }
+            pub fn index(self) -> usize { self as usize }
+        }
+    };
+}
+
+macro_rules! drops {
+    ($($variant:ident = $stage:ident $name:literal: $help:literal,)*) => {
+        /// Why a packet was dropped; each reason belongs to one stage.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[repr(u8)]
+        pub enum DropReason { $($variant,)* }
+        /// (stage, name, meaning), indexed by `DropReason as usize`.
+        pub const DROP_REASONS: &[(StageId, &str, &str)] = &[$((StageId::$stage, $name, $help),)*];
+        impl DropReason {
+            pub const ALL: &'static [DropReason] = &[$(DropReason::$variant,)*];
+            pub const COUNT: usize = Self::ALL.len();
+            pub fn name(self) -> &'static str { DROP_REASONS[self as usize].1 }
+            pub fn stage(self) -> StageId { DROP_REASONS[self as usize].0 }
+            pub fn index(self) -> usize { self as usize }
+        }
+    };
+}
+
+stages! {
+    EthInput = "eth-input": "parses Ethernet, VLAN, ARP, IPv4 and L4 headers; drops malformed frames",
+    Bridge = "bridge": "L2 bridge domain: MAC learning, ageing, forwarding, flooding",
+    Tx = "tx": "queues packets on output ports, replicates floods, transmits in bursts",
+}
+
+drops! {
+    EthTruncated = EthInput "eth-truncated": "frame shorter than an Ethernet header",
+    EthChained = EthInput "eth-chained": "multi-segment buffer (jumbo frames are not supported)",
+    VlanMalformed = EthInput "vlan-malformed": "VLAN tag cut short, or more than two tags",
+    ArpTruncated = EthInput "arp-truncated": "ARP shorter than 28 bytes",
+    ArpMalformed = EthInput "arp-malformed": "ARP that is not Ethernet/IPv4",
+    Ip4Truncated = EthInput "ip4-truncated": "IPv4 header or total length beyond the frame",
+    Ip4Malformed = EthInput "ip4-malformed": "IPv4 version, header length or total length invalid",
+    Ip4BadChecksum = EthInput "ip4-bad-checksum": "IPv4 header checksum does not verify",
+    Ip4BadOptions = EthInput "ip4-bad-options": "IPv4 options list runs past the header",
+    TcpTruncated = EthInput "tcp-truncated": "TCP header beyond the IPv4 payload",
+    TcpBadOffset = EthInput "tcp-bad-offset": "TCP data offset below 5 words",
+    UdpTruncated = EthInput "udp-truncated": "UDP header or length beyond the IPv4 payload",
+    UdpBadLength = EthInput "udp-bad-length": "UDP length below 8",
+    IcmpTruncated = EthInput "icmp-truncated": "ICMP header beyond the IPv4 payload",
+    BridgeNoDomain = Bridge "bridge-no-domain": "input port is in no bridge domain",
+    BridgeSrcMulticast = Bridge "bridge-src-multicast": "source MAC is a group address",
+    BridgeSamePort = Bridge "bridge-same-port": "destination MAC lives behind the input port",
+    BridgeNoFloodPort = Bridge "bridge-no-flood-port": "flood with no other port in the domain",
+    TxFull = Tx "tx-full": "the device's tx queue refused the packet",
+    TxNoPort = Tx "tx-no-port": "output port is gone (detached)",
+    TxNoBuffer = Tx "tx-no-buffer": "no packet buffer for a flood copy",
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn names_are_unique_and_kebab_case() {
+        let mut seen = HashSet::new();
+        for (name, _) in STAGES
+            .iter()
+            .chain(DROP_REASONS.iter().map(|(_, n, h)| (n, h)))
+        {
+            assert!(seen.insert(*name), "duplicate name {name}");
+            assert!(name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c == '-' || c.is_ascii_digit()));
+        }
+        assert_eq!(StageId::Bridge.name(), "bridge");
+        assert_eq!(DropReason::TxFull.stage(), StageId::Tx);
+    }
+}

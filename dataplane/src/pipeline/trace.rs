@@ -1,0 +1,116 @@
+//! Packet trace: the dataplane's own packet walk.
+//!
+//! `podpathctl trace start N` arms every worker for its next N received packets. A
+//! traced packet gets an id at input; each stage that handles it appends a small
+//! `Copy` record (what it saw, what it decided, what it rewrote) to the worker's
+//! lock-free trace ring. Formatting happens on the control thread, off the fast path;
+//! untraced packets cost one branch per stage.
+use ringbuf::traits::Producer;
+use ringbuf::HeapProd;
+
+use super::{counters, Next, StageId, WorkerCounters};
+use crate::wire::{Ipv4Addr, MacAddr};
+
+/// What a stage records about a traced packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TraceDetail {
+    /// Entered on `port`, `len` bytes.
+    Rx {
+        port: u16,
+        len: u16,
+    },
+    /// Parsed Ethernet and, for IPv4, the 5-tuple (ports 0 when none).
+    Parsed {
+        src: MacAddr,
+        dst: MacAddr,
+        ethertype: u16,
+        vlan: u16,
+        ip: Option<(Ipv4Addr, Ipv4Addr, u8, u16, u16)>,
+    },
+    /// Bridge: learned (or refreshed) `src` on the input port; looked `dst` up.
+    Bridge {
+        bd: u16,
+        learned: bool,
+        dst: MacAddr,
+        hit: Option<u16>,
+    },
+    /// Output: sent on `port` (or flooded to `copies` + 1 ports).
+    Out {
+        port: u16,
+        copies: u16,
+    },
+    None,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct TraceRecord {
+    pub worker: u16,
+    /// Per-worker packet number, so records of one packet group together.
+    pub packet: u32,
+    pub tsc: u64,
+    pub stage: StageId,
+    pub next: Next,
+    pub detail: TraceDetail,
+}
+
+/// The worker's side of tracing.
+pub struct Tracer {
+    worker: u16,
+    budget: u32,
+    next_id: u32,
+    ring: Option<HeapProd<TraceRecord>>,
+}
+
+impl Tracer {
+    pub fn new(worker: u16, ring: Option<HeapProd<TraceRecord>>) -> Tracer {
+        Tracer {
+            worker,
+            budget: 0,
+            next_id: 0,
+            ring,
+        }
+    }
+
+    /// Trace the next `n` received packets.
+    pub fn arm(&mut self, n: u32) {
+        self.budget = n;
+    }
+
+    pub fn armed(&self) -> bool {
+        self.budget > 0
+    }
+
+    /// A trace id for a newly received packet, or 0 when tracing is off.
+    #[inline(always)]
+    pub fn take(&mut self) -> u32 {
+        if self.budget == 0 {
+            return 0;
+        }
+        self.budget -= 1;
+        self.next_id = self.next_id.wrapping_add(1).max(1);
+        self.next_id
+    }
+
+    #[cold]
+    pub fn record(
+        &mut self,
+        c: &WorkerCounters,
+        packet: u32,
+        stage: StageId,
+        next: Next,
+        detail: TraceDetail,
+    ) {
+        let rec = TraceRecord {
+            worker: self.worker,
+            packet,
+            tsc: crate::dpdk::rdtsc(),
+            stage,
+            next,
+            detail,
+        };
+        let pushed = self.ring.as_mut().is_some_and(|r| r.try_push(rec).is_ok());
+        if !pushed {
+            counters::add(&c.trace_lost, 1);
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! A port backend in plain memory: frames in, frames out, no EAL. The pipeline runs on
+//! it in unit tests and benchmarks exactly as it runs on mbufs.
+use std::collections::VecDeque;
+
+use crate::pipeline::{Frame, PortIo, MAX_PORTS};
+
+/// Headroom kept in front of a frame (as an mbuf has), for encapsulation.
+pub const HEADROOM: usize = 128;
+pub const BUF_SIZE: usize = 2048 + HEADROOM;
+
+/// A frame in a heap buffer with headroom.
+pub struct MemFrame {
+    buf: Box<[u8]>,
+    start: usize,
+    len: usize,
+}
+
+impl MemFrame {
+    pub fn from_bytes(data: &[u8]) -> MemFrame {
+        let mut buf = vec![0u8; BUF_SIZE.max(HEADROOM + data.len())].into_boxed_slice();
+        buf[HEADROOM..HEADROOM + data.len()].copy_from_slice(data);
+        MemFrame {
+            buf,
+            start: HEADROOM,
+            len: data.len(),
+        }
+    }
+}
+
+impl Frame for MemFrame {
+    fn data(&self) -> &[u8] {
+        &self.buf[self.start..self.start + self.len]
+    }
+    fn data_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[self.start..self.start + self.len]
+    }
+    fn is_contiguous(&self) -> bool {
+        true
+    }
+}
+
+/// One memory port: a queue of frames to receive, and what was transmitted.
+#[derive(Default)]
+pub struct MemPort {
+    pub rx: VecDeque<MemFrame>,
+    pub tx: Vec<Vec<u8>>,
+    /// Refuse transmission beyond this many frames per burst (to test tx-full).
+    pub tx_limit: Option<usize>,
+    /// When set, transmitted frames are counted and recycled, not kept (benchmarks).
+    pub discard_tx: bool,
+    pub tx_count: u64,
+}
+
+/// Memory ports, indexed by port id.
+pub struct MemIo {
+    pub ports: Vec<MemPort>,
+    /// Copies allowed before `copy_frame` reports exhaustion (None: unlimited).
+    pub copy_budget: Option<usize>,
+    recycled: Vec<MemFrame>,
+}
+
+impl Default for MemIo {
+    fn default() -> Self {
+        MemIo {
+            ports: (0..MAX_PORTS).map(|_| MemPort::default()).collect(),
+            copy_budget: None,
+            recycled: Vec::new(),
+        }
+    }
+}
+
+impl MemIo {
+    pub fn push_rx(&mut self, port: u16, data: &[u8]) {
+        let f = self.frame(data);
+        self.ports[usize::from(port)].rx.push_back(f);
+    }
+
+    /// Re-queues a frame for receiving (benchmarks loop pre-built frames this way).
+    pub fn requeue(&mut self, port: u16, f: MemFrame) {
+        self.ports[usize::from(port)].rx.push_back(f);
+    }
+
+    pub fn take_tx(&mut self, port: u16) -> Vec<Vec<u8>> {
+        std::mem::take(&mut self.ports[usize::from(port)].tx)
+    }
+
+    fn frame(&mut self, data: &[u8]) -> MemFrame {
+        match self.recycled.pop() {
+            Some(mut f) if f.buf.len() >= HEADROOM + data.len() => {
+                f.start = HEADROOM;
+                f.len = data.len();
+                f.buf[HEADROOM..HEADROOM + data.len()].copy_from_slice(data);
+                f
+            }
+            _ => MemFrame::from_bytes(data),
+        }
+    }
+}
+
+impl PortIo for MemIo {
+    type Frame = MemFrame;
+
+    fn rx_burst(&mut self, port: u16, _queue: u16, out: &mut Vec<MemFrame>, max: usize) -> usize {
+        let Some(p) = self.ports.get_mut(usize::from(port)) else {
+            return 0;
+        };
+        let n = max.min(p.rx.len());
+        out.extend(p.rx.drain(..n));
+        n
+    }
+
+    fn tx_burst(&mut self, port: u16, _queue: u16, frames: &mut Vec<MemFrame>) -> usize {
+        let Some(p) = self.ports.get_mut(usize::from(port)) else {
+            return 0;
+        };
+        let n = p.tx_limit.map_or(frames.len(), |l| l.min(frames.len()));
+        p.tx_count += n as u64;
+        for f in frames.drain(..n) {
+            if p.discard_tx {
+                self.recycled.push(f);
+            } else {
+                p.tx.push(f.data().to_vec());
+            }
+        }
+        n
+    }
+
+    fn copy_frame(&mut self, data: &[u8]) -> Option<MemFrame> {
+        if let Some(b) = self.copy_budget.as_mut() {
+            if *b == 0 {
+                return None;
+            }
+            *b -= 1;
+        }
+        Some(self.frame(data))
+    }
+
+    fn free_bulk(&mut self, frames: &mut Vec<MemFrame>) {
+        self.recycled.append(frames);
+    }
+}

@@ -1,0 +1,91 @@
+//! `bridge`: the L2 bridge domain that replaces the node's `cni0`. Learns source MACs
+//! per (domain, port), forwards known unicast to its port, floods broadcast, multicast
+//! and unknown unicast to the domain's other ports, and filters frames whose
+//! destination lives behind the port they came from.
+use super::Ctx;
+use crate::pipeline::counters::add;
+use crate::pipeline::{DropReason, Frame, Meta, Next, TraceDetail};
+use crate::tables::{Learn, MacTable};
+use crate::wire::MacAddr;
+
+pub struct Bridge {
+    pub macs: MacTable,
+}
+
+impl Bridge {
+    pub fn new(capacity: usize, ageing_ticks: u64) -> Bridge {
+        Bridge {
+            macs: MacTable::new(capacity, ageing_ticks),
+        }
+    }
+
+    pub fn process<F: Frame>(
+        &mut self,
+        cx: &Ctx,
+        pkts: &[u8],
+        frames: &[Option<F>],
+        meta: &mut [Meta],
+        next: &mut [Next],
+        detail: &mut [TraceDetail],
+    ) {
+        let (mut learned, mut moved, mut full) = (0, 0, 0);
+        for &i in pkts {
+            let i = usize::from(i);
+            let Some(f) = &frames[i] else {
+                continue;
+            };
+            let m = &mut meta[i];
+            let Some(bd) = cx.ports.port(m.in_port).and_then(|p| p.bd) else {
+                next[i] = Next::Drop(DropReason::BridgeNoDomain);
+                continue;
+            };
+            m.bd = bd;
+            // eth-input guaranteed at least an Ethernet header.
+            let d = f.data();
+            let dst = MacAddr::from_bytes(&d[0..6]);
+            let src = MacAddr::from_bytes(&d[6..12]);
+            if src.is_multicast() {
+                next[i] = Next::Drop(DropReason::BridgeSrcMulticast);
+                continue;
+            }
+            let l = self.macs.learn(bd, src, m.in_port, cx.now);
+            match l {
+                Learn::Learned => learned += 1,
+                Learn::Moved => moved += 1,
+                Learn::Full => full += 1,
+                Learn::Refreshed | Learn::Static => {}
+            }
+            let hit = if dst.is_multicast() {
+                None
+            } else {
+                self.macs.lookup(bd, dst, cx.now)
+            };
+            next[i] = match hit {
+                Some(p) if p == m.in_port => Next::Drop(DropReason::BridgeSamePort),
+                Some(p) => Next::Port(p),
+                None => {
+                    let others = cx
+                        .ports
+                        .bridge(bd)
+                        .map_or(0, |b| b.members.len().saturating_sub(1));
+                    if others == 0 {
+                        Next::Drop(DropReason::BridgeNoFloodPort)
+                    } else {
+                        Next::Flood
+                    }
+                }
+            };
+            if m.trace != 0 {
+                detail[i] = TraceDetail::Bridge {
+                    bd,
+                    learned: matches!(l, Learn::Learned | Learn::Moved),
+                    dst,
+                    hit,
+                };
+            }
+        }
+        add(&cx.counters.mac_learned, learned);
+        add(&cx.counters.mac_moved, moved);
+        add(&cx.counters.mac_table_full, full);
+    }
+}

@@ -1,0 +1,72 @@
+//! The port map: which ports exist, their bridge domain, and which worker polls which
+//! rx queue. Built by the control thread, published to workers as an `Arc` snapshot.
+use crate::pipeline::MAX_PORTS;
+use crate::wire::MacAddr;
+
+#[derive(Debug, Clone)]
+pub struct PortEntry {
+    pub id: u16,
+    pub name: String,
+    pub bd: Option<u16>,
+    pub mac: MacAddr,
+    pub rx_queues: u16,
+}
+
+#[derive(Debug, Clone)]
+pub struct BridgeDomain {
+    pub id: u16,
+    pub members: Vec<u16>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct PortMap {
+    /// Indexed by port id.
+    pub ports: Vec<Option<PortEntry>>,
+    pub bridges: Vec<BridgeDomain>,
+    /// For each worker, the (port, queue) pairs it polls.
+    pub rx: Vec<Vec<(u16, u16)>>,
+}
+
+impl PortMap {
+    /// Builds the map for `workers` workers: queue q of a port goes to worker
+    /// q % workers, so every queue has exactly one poller.
+    pub fn build(entries: Vec<PortEntry>, workers: usize) -> PortMap {
+        let mut ports: Vec<Option<PortEntry>> = vec![None; MAX_PORTS];
+        let mut bridges: Vec<BridgeDomain> = Vec::new();
+        let mut rx = vec![Vec::new(); workers.max(1)];
+        for e in entries {
+            let id = usize::from(e.id);
+            if id >= MAX_PORTS {
+                continue;
+            }
+            if let Some(bd) = e.bd {
+                match bridges.iter_mut().find(|b| b.id == bd) {
+                    Some(b) => b.members.push(e.id),
+                    None => bridges.push(BridgeDomain {
+                        id: bd,
+                        members: vec![e.id],
+                    }),
+                }
+            }
+            for q in 0..e.rx_queues {
+                rx[usize::from(q) % workers.max(1)].push((e.id, q));
+            }
+            ports[id] = Some(e);
+        }
+        PortMap { ports, bridges, rx }
+    }
+
+    #[inline(always)]
+    pub fn port(&self, id: u16) -> Option<&PortEntry> {
+        self.ports.get(usize::from(id)).and_then(Option::as_ref)
+    }
+
+    #[inline(always)]
+    pub fn bridge(&self, bd: u16) -> Option<&BridgeDomain> {
+        self.bridges.iter().find(|b| b.id == bd)
+    }
+
+    pub fn rx_of(&self, worker: usize) -> &[(u16, u16)] {
+        self.rx.get(worker).map(Vec::as_slice).unwrap_or(&[])
+    }
+}

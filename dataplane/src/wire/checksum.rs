@@ -1,0 +1,110 @@
+//! The Internet checksum (RFC 1071) and its incremental update (RFC 1624).
+
+/// One's-complement sum of `data` as big-endian 16-bit words, not yet folded or
+/// inverted (an odd last byte is padded with zero).
+pub fn sum(data: &[u8]) -> u32 {
+    let mut acc: u64 = 0;
+    let mut chunks = data.chunks_exact(8);
+    for c in &mut chunks {
+        acc += u64::from(u16::from_be_bytes([c[0], c[1]]))
+            + u64::from(u16::from_be_bytes([c[2], c[3]]))
+            + u64::from(u16::from_be_bytes([c[4], c[5]]))
+            + u64::from(u16::from_be_bytes([c[6], c[7]]));
+    }
+    let mut rest = chunks.remainder().chunks_exact(2);
+    for c in &mut rest {
+        acc += u64::from(u16::from_be_bytes([c[0], c[1]]));
+    }
+    if let [b] = rest.remainder() {
+        acc += u64::from(u16::from_be_bytes([*b, 0]));
+    }
+    fold64(acc)
+}
+
+fn fold64(mut acc: u64) -> u32 {
+    while acc > 0xffff {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    // acc <= 0xffff here.
+    u32::from(u16::try_from(acc).unwrap_or(0xffff))
+}
+
+/// Folds a 32-bit partial sum to 16 bits.
+pub fn fold(mut acc: u32) -> u16 {
+    while acc > 0xffff {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    u16::try_from(acc).unwrap_or(0xffff)
+}
+
+/// The checksum field value for `data` (whose checksum field must be zero).
+pub fn checksum(data: &[u8]) -> u16 {
+    !fold(sum(data))
+}
+
+/// True when `data` (checksum field included) verifies.
+pub fn verify(data: &[u8]) -> bool {
+    fold(sum(data)) == 0xffff
+}
+
+/// Pseudo-header sum for TCP/UDP over IPv4.
+pub fn pseudo_header(src: [u8; 4], dst: [u8; 4], proto: u8, len: u16) -> u32 {
+    sum(&src) + sum(&dst) + u32::from(proto) + u32::from(len)
+}
+
+/// RFC 1624 eqn. 3: the new checksum after a 16-bit word changed from `old` to `new`.
+pub fn update16(check: u16, old: u16, new: u16) -> u16 {
+    // HC' = ~(~HC + ~m + m')
+    let acc = u32::from(!check) + u32::from(!old) + u32::from(new);
+    !fold(acc)
+}
+
+/// RFC 1624 for a 32-bit field (an IPv4 address) changed from `old` to `new`.
+pub fn update32(check: u16, old: u32, new: u32) -> u16 {
+    let (o, n) = (old.to_be_bytes(), new.to_be_bytes());
+    let c = update16(
+        check,
+        u16::from_be_bytes([o[0], o[1]]),
+        u16::from_be_bytes([n[0], n[1]]),
+    );
+    update16(
+        c,
+        u16::from_be_bytes([o[2], o[3]]),
+        u16::from_be_bytes([n[2], n[3]]),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc1071_example() {
+        // The example of RFC 1071 section 3: sum of 0001 f203 f4f5 f6f7 = ddf2.
+        let d = [0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7];
+        assert_eq!(fold(sum(&d)), 0xddf2);
+        assert_eq!(checksum(&d), !0xddf2);
+    }
+
+    #[test]
+    fn odd_length_pads_with_zero() {
+        assert_eq!(sum(&[0x12]), 0x1200);
+        assert_eq!(sum(&[0xab, 0xcd, 0x12]), 0xabcd + 0x1200);
+    }
+
+    #[test]
+    fn incremental_matches_full_recompute() {
+        let mut hdr = [
+            0x45u8, 0, 0, 0x54, 0x12, 0x34, 0x40, 0, 64, 1, 0, 0, 10, 244, 0, 2, 1, 1, 1, 1,
+        ];
+        let c = checksum(&hdr);
+        hdr[10..12].copy_from_slice(&c.to_be_bytes());
+        assert!(verify(&hdr));
+        let old = u32::from_be_bytes([hdr[12], hdr[13], hdr[14], hdr[15]]);
+        let new = u32::from_be_bytes([192, 168, 77, 11]);
+        hdr[12..16].copy_from_slice(&new.to_be_bytes());
+        let inc = update32(c, old, new);
+        hdr[10..12].copy_from_slice(&[0, 0]);
+        assert_eq!(inc, checksum(&hdr));
+    }
+}

@@ -1,0 +1,206 @@
+//! The worker: one run-to-completion poll loop per worker lcore.
+//!
+//! Each iteration: apply control messages (rare), receive a burst from each of this
+//! worker's rx queues and run it through the pipeline, flush the tx buffers, and, when
+//! nothing arrived for a while and idle back-off is on, sleep with a bounded,
+//! doubling period. No allocation, lock, syscall or log line per packet: the only
+//! syscall is the idle sleep.
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam::channel::{Receiver, Sender};
+
+use crate::dpdk::rdtsc;
+use crate::pipeline::counters::add;
+use crate::pipeline::{Pipeline, PortIo, WorkerCounters, BURST};
+use crate::tables::PortMap;
+use crate::wire::MacAddr;
+
+/// Idle back-off: after `empty_polls` polls that received nothing, sleep, starting at
+/// `min_sleep_us` and doubling up to `max_sleep_us`; any packet resets it.
+#[derive(Debug, Clone, Copy, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdleConfig {
+    pub enabled: bool,
+    pub empty_polls: u32,
+    pub min_sleep_us: u32,
+    pub max_sleep_us: u32,
+}
+
+impl Default for IdleConfig {
+    /// Off: a production worker busy-polls its core.
+    fn default() -> Self {
+        IdleConfig {
+            enabled: false,
+            empty_polls: 256,
+            min_sleep_us: 10,
+            max_sleep_us: 1000,
+        }
+    }
+}
+
+/// One row of a worker's MAC table, for `podpathctl bridge macs`.
+#[derive(Debug, Clone)]
+pub struct MacRow {
+    pub worker: u16,
+    pub bd: u16,
+    pub mac: MacAddr,
+    pub port: u16,
+    pub age_ticks: u64,
+    pub is_static: bool,
+}
+
+/// Messages from the control thread. A worker applies them between bursts.
+pub enum WorkerMsg {
+    /// A new port map, generation `gen`: after installing it the worker stores `gen`
+    /// in `applied_gen` (its quiescent point) and returns the old map for the control
+    /// thread to free.
+    Ports(Arc<PortMap>, u64),
+    /// Trace the next N received packets.
+    Trace(u32),
+    /// Send a copy of the MAC table.
+    DumpMacs(Sender<Vec<MacRow>>),
+    /// Add a static MAC entry.
+    StaticMac { bd: u16, mac: MacAddr, port: u16 },
+}
+
+pub struct Worker<P: PortIo> {
+    pub id: u16,
+    pub io: P,
+    pub pipeline: Pipeline<P::Frame>,
+    rx: Vec<P::Frame>,
+    ctl: Receiver<WorkerMsg>,
+    retired: Sender<Arc<PortMap>>,
+    stop: Arc<AtomicBool>,
+    idle: IdleConfig,
+    /// How often (TSC ticks) to sweep aged MACs.
+    age_every: u64,
+    next_age: u64,
+}
+
+impl<P: PortIo> Worker<P> {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        id: u16,
+        io: P,
+        pipeline: Pipeline<P::Frame>,
+        ctl: Receiver<WorkerMsg>,
+        retired: Sender<Arc<PortMap>>,
+        stop: Arc<AtomicBool>,
+        idle: IdleConfig,
+        age_every: u64,
+    ) -> Self {
+        Worker {
+            id,
+            io,
+            pipeline,
+            rx: Vec::with_capacity(BURST),
+            ctl,
+            retired,
+            stop,
+            idle,
+            age_every,
+            next_age: 0,
+        }
+    }
+
+    fn counters(&self) -> &WorkerCounters {
+        &self.pipeline.counters
+    }
+
+    fn apply(&mut self, msg: WorkerMsg) {
+        match msg {
+            WorkerMsg::Ports(map, gen) => {
+                let old = self.pipeline.set_ports(&mut self.io, map);
+                self.counters().applied_gen.store(gen, Ordering::Release);
+                // The control thread frees it: never a large free on a worker.
+                let _ = self.retired.send(old);
+            }
+            WorkerMsg::Trace(n) => self.pipeline.tracer.arm(n),
+            WorkerMsg::DumpMacs(reply) => {
+                let now = rdtsc();
+                let rows = self
+                    .pipeline
+                    .bridge
+                    .macs
+                    .entries()
+                    .map(|(bd, mac, e)| MacRow {
+                        worker: self.id,
+                        bd,
+                        mac,
+                        port: e.port,
+                        age_ticks: if e.is_static {
+                            0
+                        } else {
+                            now.wrapping_sub(e.seen)
+                        },
+                        is_static: e.is_static,
+                    })
+                    .collect();
+                let _ = reply.send(rows);
+            }
+            WorkerMsg::StaticMac { bd, mac, port } => {
+                self.pipeline.bridge.macs.add_static(bd, mac, port);
+            }
+        }
+    }
+
+    /// One iteration of the loop; returns the packets received.
+    #[inline]
+    pub fn poll_once(&mut self) -> usize {
+        while let Ok(m) = self.ctl.try_recv() {
+            self.apply(m);
+        }
+        let t0 = rdtsc();
+        self.pipeline.set_now(t0);
+        let ports = Arc::clone(&self.pipeline.ports);
+        let mut got = 0;
+        for &(port, queue) in ports.rx_of(usize::from(self.id)) {
+            let n = self.io.rx_burst(port, queue, &mut self.rx, BURST);
+            if n > 0 {
+                got += n;
+                self.pipeline.run(&mut self.io, port, &mut self.rx);
+            }
+        }
+        self.pipeline.flush(&mut self.io);
+        let t1 = rdtsc();
+        let c = &self.pipeline.counters;
+        add(&c.polls, 1);
+        add(&c.total_cycles, t1.wrapping_sub(t0));
+        if got > 0 {
+            add(&c.busy_cycles, t1.wrapping_sub(t0));
+        } else {
+            add(&c.idle_polls, 1);
+        }
+        if t0 >= self.next_age {
+            let aged = self.pipeline.bridge.macs.age(t0);
+            add(&c.mac_aged, aged as u64);
+            self.next_age = t0.wrapping_add(self.age_every);
+        }
+        got
+    }
+
+    /// The poll loop, until `stop` is set.
+    pub fn run(mut self) -> i32 {
+        let mut empty = 0u32;
+        let mut sleep_us = self.idle.min_sleep_us.max(1);
+        while !self.stop.load(Ordering::Relaxed) {
+            if self.poll_once() > 0 {
+                empty = 0;
+                sleep_us = self.idle.min_sleep_us.max(1);
+                continue;
+            }
+            empty = empty.saturating_add(1);
+            if self.idle.enabled && empty >= self.idle.empty_polls {
+                add(&self.pipeline.counters.sleeps, 1);
+                std::thread::sleep(Duration::from_micros(u64::from(sleep_us)));
+                sleep_us = sleep_us
+                    .saturating_mul(2)
+                    .min(self.idle.max_sleep_us.max(1));
+            }
+        }
+        self.pipeline.flush(&mut self.io);
+        0
+    }
+}

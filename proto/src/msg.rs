@@ -1,0 +1,300 @@
+//! Every message of the protocol. See `docs/protocol.md`.
+use serde::{Deserialize, Serialize};
+
+/// A request or response with the id that pairs them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope<T> {
+    pub id: u64,
+    pub body: T,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Request {
+    /// First message of a connection.
+    Hello {
+        version: u32,
+        client: String,
+    },
+    /// Plug in a device and attach it as a port.
+    PortAttach(PortSpec),
+    /// Detach a port by name and unplug its device.
+    PortDetach {
+        name: String,
+    },
+    PortList,
+    /// Add a static MAC entry to a bridge domain.
+    MacAdd {
+        bridge: u16,
+        mac: String,
+        port: String,
+    },
+    /// The MAC tables of every worker.
+    MacList,
+    /// Counters: per worker, stage, drop reason and port.
+    Stats,
+    /// Trace the next `count` packets each worker receives.
+    TraceStart {
+        count: u32,
+    },
+    /// Collect (and remove) the trace records gathered so far.
+    TraceDump,
+}
+
+/// A port to attach.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortSpec {
+    /// The operator's name for the port (e.g. "pod-a"); unique.
+    pub name: String,
+    /// DPDK device arguments, e.g. "net_tap1,iface=eth0".
+    pub device: String,
+    /// Probe the device inside this network namespace (a path such as
+    /// /var/run/netns/pod-a): a tap is created there, an af_packet socket binds there.
+    pub netns: Option<String>,
+    /// Bridge domain to join.
+    pub bridge: Option<u16>,
+    /// Rx/tx queue pairs (default: one per worker).
+    pub queues: Option<u16>,
+    pub mtu: Option<u16>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Response {
+    Hello {
+        version: u32,
+        server: String,
+        dpdk: String,
+    },
+    /// The request was applied.
+    Done,
+    Ports(Vec<PortInfo>),
+    Macs(Vec<MacInfo>),
+    Stats(Stats),
+    Trace(Vec<TraceLine>),
+    Error(ErrorReply),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorKind {
+    /// The request is malformed or names an invalid value.
+    BadRequest,
+    /// Versions differ.
+    Version,
+    NotFound,
+    AlreadyExists,
+    /// DPDK refused (probe, queue setup, ...).
+    Device,
+    /// The dataplane cannot do it now (e.g. a worker did not answer).
+    Unavailable,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorReply {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortInfo {
+    pub id: u16,
+    pub name: String,
+    pub device: String,
+    pub driver: String,
+    pub netns: Option<String>,
+    pub bridge: Option<u16>,
+    pub mac: String,
+    pub link_up: bool,
+    pub speed_mbps: u32,
+    pub mtu: u16,
+    pub queues: u16,
+    pub xstats: Vec<(String, u64)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MacInfo {
+    pub worker: u16,
+    pub bridge: u16,
+    pub mac: String,
+    pub port: String,
+    pub age_ms: u64,
+    pub is_static: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct StageStat {
+    pub name: String,
+    pub packets: u64,
+    pub calls: u64,
+    pub cycles: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct DropStat {
+    pub stage: String,
+    pub reason: String,
+    pub count: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct PortStat {
+    pub id: u16,
+    pub name: String,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub tx_dropped: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct WorkerStat {
+    pub id: u16,
+    pub lcore: u32,
+    pub polls: u64,
+    pub idle_polls: u64,
+    pub sleeps: u64,
+    pub busy_cycles: u64,
+    pub total_cycles: u64,
+    pub rx: u64,
+    pub tx: u64,
+    pub dropped: u64,
+    pub replicated: u64,
+    pub mac_learned: u64,
+    pub mac_moved: u64,
+    pub mac_aged: u64,
+    pub mac_table_full: u64,
+    pub trace_lost: u64,
+    pub stages: Vec<StageStat>,
+    pub drops: Vec<DropStat>,
+}
+
+/// All counters. Totals sum the workers; `drops` lists every reason (zero ones too).
+/// At rest, `rx + replicated == tx + dropped`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Stats {
+    pub tsc_hz: u64,
+    pub rx: u64,
+    pub tx: u64,
+    pub dropped: u64,
+    pub replicated: u64,
+    pub stages: Vec<StageStat>,
+    pub drops: Vec<DropStat>,
+    pub ports: Vec<PortStat>,
+    pub workers: Vec<WorkerStat>,
+}
+
+/// One trace record, formatted by the dataplane's control thread.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceLine {
+    pub worker: u16,
+    pub packet: u32,
+    /// Nanoseconds since the packet's first record.
+    pub ns: u64,
+    pub stage: String,
+    pub next: String,
+    pub detail: String,
+}
+
+/// One of each message, for round-trip tests.
+pub fn sample_requests() -> Vec<Request> {
+    vec![
+        Request::Hello {
+            version: 1,
+            client: "test".into(),
+        },
+        Request::PortAttach(PortSpec {
+            name: "pod-a".into(),
+            device: "net_tap0,iface=eth0".into(),
+            netns: Some("/var/run/netns/a".into()),
+            bridge: Some(1),
+            queues: Some(2),
+            mtu: Some(1450),
+        }),
+        Request::PortDetach {
+            name: "pod-a".into(),
+        },
+        Request::PortList,
+        Request::MacAdd {
+            bridge: 1,
+            mac: "0a:58:0a:f4:00:02".into(),
+            port: "pod-a".into(),
+        },
+        Request::MacList,
+        Request::Stats,
+        Request::TraceStart { count: 10 },
+        Request::TraceDump,
+    ]
+}
+
+/// One of each response, for round-trip tests.
+pub fn sample_responses() -> Vec<Response> {
+    vec![
+        Response::Hello {
+            version: 1,
+            server: "podpath-dataplane".into(),
+            dpdk: "DPDK 22.11.11".into(),
+        },
+        Response::Done,
+        Response::Ports(vec![PortInfo {
+            id: 0,
+            name: "pod-a".into(),
+            device: "net_tap0,iface=eth0".into(),
+            driver: "net_tap".into(),
+            netns: None,
+            bridge: Some(1),
+            mac: "02:00:00:00:00:01".into(),
+            link_up: true,
+            speed_mbps: 10000,
+            mtu: 1450,
+            queues: 1,
+            xstats: vec![("rx_good_packets".into(), 3)],
+        }]),
+        Response::Macs(vec![MacInfo {
+            worker: 0,
+            bridge: 1,
+            mac: "0a:58:0a:f4:00:02".into(),
+            port: "pod-a".into(),
+            age_ms: 12,
+            is_static: false,
+        }]),
+        Response::Stats(Stats {
+            tsc_hz: 2_450_000_000,
+            rx: 10,
+            tx: 9,
+            dropped: 1,
+            replicated: 0,
+            stages: vec![StageStat {
+                name: "bridge".into(),
+                packets: 9,
+                calls: 2,
+                cycles: 900,
+            }],
+            drops: vec![DropStat {
+                stage: "eth-input".into(),
+                reason: "eth-truncated".into(),
+                count: 1,
+            }],
+            ports: vec![PortStat {
+                id: 0,
+                name: "pod-a".into(),
+                ..Default::default()
+            }],
+            workers: vec![WorkerStat {
+                id: 0,
+                lcore: 1,
+                ..Default::default()
+            }],
+        }),
+        Response::Trace(vec![TraceLine {
+            worker: 0,
+            packet: 1,
+            ns: 0,
+            stage: "bridge".into(),
+            next: "port 1".into(),
+            detail: "learned".into(),
+        }]),
+        Response::Error(ErrorReply {
+            kind: ErrorKind::NotFound,
+            message: "no port x".into(),
+        }),
+    ]
+}

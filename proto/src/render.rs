@@ -1,0 +1,166 @@
+//! Human-readable tables for responses (used by `podpathctl` and by the dataplane's
+//! final counters at shutdown).
+use std::fmt::Write;
+
+use crate::msg::{MacInfo, PortInfo, Stats, TraceLine};
+
+/// Counters as tables: totals, ports, stages (packets, calls, cycles per packet, like
+/// VPP's `show runtime`), drops by reason (non-zero, or all with `all`).
+pub fn stats_table(s: &Stats, all: bool) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "packets: rx {}  tx {}  dropped {}  replicated {}  (rx + replicated = tx + dropped{})",
+        s.rx,
+        s.tx,
+        s.dropped,
+        s.replicated,
+        if s.rx + s.replicated == s.tx + s.dropped {
+            ""
+        } else {
+            "; packets in flight"
+        }
+    );
+    let _ = writeln!(
+        o,
+        "\n{:<4} {:<20} {:>12} {:>14} {:>12} {:>14} {:>10}",
+        "id", "port", "rx-packets", "rx-bytes", "tx-packets", "tx-bytes", "tx-dropped"
+    );
+    for p in &s.ports {
+        let _ = writeln!(
+            o,
+            "{:<4} {:<20} {:>12} {:>14} {:>12} {:>14} {:>10}",
+            p.id, p.name, p.rx_packets, p.rx_bytes, p.tx_packets, p.tx_bytes, p.tx_dropped
+        );
+    }
+    let _ = writeln!(
+        o,
+        "\n{:<14} {:>12} {:>10} {:>12} {:>14}",
+        "stage", "packets", "calls", "pkts/call", "cycles/pkt"
+    );
+    for st in &s.stages {
+        let per_call = if st.calls > 0 {
+            st.packets as f64 / st.calls as f64
+        } else {
+            0.0
+        };
+        let cpp = if st.packets > 0 {
+            st.cycles as f64 / st.packets as f64
+        } else {
+            0.0
+        };
+        let _ = writeln!(
+            o,
+            "{:<14} {:>12} {:>10} {:>12.1} {:>14.1}",
+            st.name, st.packets, st.calls, per_call, cpp
+        );
+    }
+    let _ = writeln!(
+        o,
+        "\n{:<14} {:<24} {:>12}",
+        "stage", "drop reason", "packets"
+    );
+    let mut any = false;
+    for d in &s.drops {
+        if all || d.count > 0 {
+            any = true;
+            let _ = writeln!(o, "{:<14} {:<24} {:>12}", d.stage, d.reason, d.count);
+        }
+    }
+    if !any {
+        let _ = writeln!(o, "(no drops)");
+    }
+    let _ = writeln!(
+        o,
+        "\n{:<7} {:>6} {:>12} {:>12} {:>10} {:>14} {:>10}",
+        "worker", "lcore", "polls", "idle-polls", "sleeps", "busy-cyc/pkt", "macs+"
+    );
+    for w in &s.workers {
+        let cpp = if w.rx > 0 {
+            w.busy_cycles as f64 / w.rx as f64
+        } else {
+            0.0
+        };
+        let _ = writeln!(
+            o,
+            "{:<7} {:>6} {:>12} {:>12} {:>10} {:>14.1} {:>10}",
+            w.id, w.lcore, w.polls, w.idle_polls, w.sleeps, cpp, w.mac_learned
+        );
+    }
+    o
+}
+
+pub fn ports_table(ports: &[PortInfo], xstats: bool) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "{:<4} {:<16} {:<12} {:<18} {:<5} {:>6} {:>6} {:>6}  device",
+        "id", "name", "driver", "mac", "link", "mtu", "bridge", "queues"
+    );
+    for p in ports {
+        let _ = writeln!(
+            o,
+            "{:<4} {:<16} {:<12} {:<18} {:<5} {:>6} {:>6} {:>6}  {}{}",
+            p.id,
+            p.name,
+            p.driver,
+            p.mac,
+            if p.link_up { "up" } else { "down" },
+            p.mtu,
+            p.bridge.map_or("-".into(), |b| b.to_string()),
+            p.queues,
+            p.device,
+            p.netns
+                .as_ref()
+                .map_or(String::new(), |n| format!(" (netns {n})")),
+        );
+        if xstats {
+            for (k, v) in p.xstats.iter().filter(|(_, v)| *v != 0) {
+                let _ = writeln!(o, "      {k:<32} {v}");
+            }
+        }
+    }
+    o
+}
+
+pub fn macs_table(macs: &[MacInfo]) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "{:<7} {:<18} {:<20} {:>10} {:<7}",
+        "bridge", "mac", "port", "age-ms", "worker"
+    );
+    for m in macs {
+        let age = if m.is_static {
+            "static".to_string()
+        } else {
+            m.age_ms.to_string()
+        };
+        let _ = writeln!(
+            o,
+            "{:<7} {:<18} {:<20} {:>10} {:<7}",
+            m.bridge, m.mac, m.port, age, m.worker
+        );
+    }
+    o
+}
+
+pub fn trace_table(lines: &[TraceLine]) -> String {
+    let mut o = String::new();
+    let mut last = None;
+    for l in lines {
+        if last != Some((l.worker, l.packet)) {
+            let _ = writeln!(o, "\nPacket {} (worker {})", l.packet, l.worker);
+            last = Some((l.worker, l.packet));
+        }
+        let _ = writeln!(
+            o,
+            "  {:>8}ns {:<10} {:<24} {}",
+            l.ns, l.stage, l.next, l.detail
+        );
+    }
+    if lines.is_empty() {
+        let _ = writeln!(o, "(no trace records: start one with `podpathctl trace start N`, send traffic, then `podpathctl trace show`)");
+    }
+    o
+}
