@@ -369,7 +369,7 @@ impl Control {
                     worker: r.worker,
                     packet: r.packet,
                     ns: r.tsc.saturating_sub(t0).saturating_mul(1_000_000_000) / hz,
-                    stage: r.stage.name().into(),
+                    stage: if matches!(r.detail, TraceDetail::Rx { .. }) { "rx".into() } else { r.stage.name().into() },
                     next: self.format_next(r.next),
                     detail: self.format_detail(&r.detail),
                 }
@@ -426,17 +426,8 @@ impl Control {
                     None => "unknown".into(),
                 }
             ),
-            TraceDetail::Out { port, copies } => {
-                if copies > 0 {
-                    format!(
-                        "flooded from {} ({} copies + original)",
-                        self.port_name(port),
-                        copies
-                    )
-                } else {
-                    format!("queued on {}", self.port_name(port))
-                }
-            }
+            TraceDetail::Out { port } => format!("queued on {}", self.port_name(port)),
+            TraceDetail::Flood { ports } => format!("flooded to {ports} port(s)"),
             TraceDetail::None => String::new(),
         }
     }

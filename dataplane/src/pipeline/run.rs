@@ -216,7 +216,7 @@ impl<F: Frame> Pipeline<F> {
                 trace,
                 StageId::Tx,
                 Next::Port(port),
-                TraceDetail::Out { port, copies: 0 },
+                TraceDetail::Out { port },
             );
         }
         self.tx[p].push(f);
@@ -243,8 +243,10 @@ impl<F: Frame> Pipeline<F> {
             .filter(|&p| p != m.in_port)
             .peekable();
         let mut copies = 0u16;
+        let mut sent_to = 0u16;
         let mut original = Some(f);
         while let Some(p) = targets.next() {
+            sent_to += 1;
             let frame = if targets.peek().is_none() {
                 original.take()
             } else {
@@ -271,10 +273,7 @@ impl<F: Frame> Pipeline<F> {
                 m.trace,
                 StageId::Tx,
                 Next::Flood,
-                TraceDetail::Out {
-                    port: m.in_port,
-                    copies,
-                },
+                TraceDetail::Flood { ports: sent_to },
             );
         }
         if let Some(o) = original {

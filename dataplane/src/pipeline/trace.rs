@@ -34,11 +34,10 @@ pub enum TraceDetail {
         dst: MacAddr,
         hit: Option<u16>,
     },
-    /// Output: sent on `port` (or flooded to `copies` + 1 ports).
-    Out {
-        port: u16,
-        copies: u16,
-    },
+    /// Output: queued on `port`.
+    Out { port: u16 },
+    /// Flooded to `ports` ports (`ports - 1` copies and the original).
+    Flood { ports: u16 },
     None,
 }
 

@@ -1,0 +1,300 @@
+//! `podpath-lab`: build, inspect and remove a test topology of network namespaces
+//! with a podpath dataplane per node; run the demo walk; and the small traffic tools
+//! the tests run inside pods.
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use podpath_lab::topo::{self, default_dataplane, LabOptions};
+use podpath_lab::{net, traffic, Lab, State};
+
+#[derive(Parser)]
+#[command(version, about = "A podpath test lab of network namespaces")]
+struct Cli {
+    /// Lab name: namespaces are called pp-<name>-...
+    #[arg(long, short, global = true, default_value = "demo")]
+    name: String,
+    #[arg(long, global = true, default_value = "/run/podpath-lab")]
+    state_dir: PathBuf,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build the topology and start a dataplane per node; it keeps running.
+    Up {
+        #[arg(long, default_value_t = 2)]
+        nodes: usize,
+        #[arg(long, default_value_t = 2)]
+        pods: usize,
+        /// Leave out the external host.
+        #[arg(long)]
+        no_external: bool,
+        /// The podpath-dataplane binary (default: beside this one).
+        #[arg(long)]
+        dataplane: Option<PathBuf>,
+        /// Busy-poll without idle back-off (needs a free core per dataplane).
+        #[arg(long)]
+        busy_poll: bool,
+    },
+    /// Namespaces, interfaces, addresses, MACs and dataplane processes.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove everything the lab made (also after a crash).
+    Down,
+    /// Up (if needed), then walk 1 of the shared docs: ARP, ping, TCP and the
+    /// dataplane's counters and trace; then down unless --keep.
+    Demo {
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Run podpathctl against a node's dataplane: podpath-lab ctl node1 -- stats
+    Ctl {
+        node: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run a command inside a lab namespace (pod name such as node1-a, or node1, ext).
+    Exec {
+        target: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// Send a checked TCP stream (run inside a namespace).
+    #[command(hide = true)]
+    TcpSend {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long)]
+        bytes: u64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Receive and check a TCP stream (run inside a namespace).
+    #[command(hide = true)]
+    TcpRecv {
+        #[arg(long)]
+        port: u16,
+        #[arg(long)]
+        bytes: u64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("podpath-lab: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn require_root() -> Result<()> {
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1).unwrap_or("").to_owned()))
+        .unwrap_or_default();
+    if uid != "0" {
+        bail!("the lab creates network namespaces: run it as root");
+    }
+    Ok(())
+}
+
+/// Resolves a lab target (pod, node, ext, underlay) to its namespace.
+fn target_ns(state: &State, t: &str) -> Result<String> {
+    if let Some((_, p)) = state.pod(t) {
+        return Ok(p.netns.clone());
+    }
+    if let Some(n) = state.node(t) {
+        return Ok(n.netns.clone());
+    }
+    match t {
+        "ext" => state.external.clone().context("this lab has no external host"),
+        "underlay" => Ok(state.underlay.clone()),
+        _ => bail!("no pod or node {t:?} in lab {} (see podpath-lab status)", state.name),
+    }
+}
+
+fn podpathctl() -> PathBuf {
+    let d = default_dataplane();
+    d.with_file_name("podpathctl")
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::TcpSend { to, bytes, seed } => {
+            traffic::send(to, bytes, seed, Duration::from_secs(120))?;
+            println!("sent {bytes} bytes to {to}");
+            Ok(())
+        }
+        Cmd::TcpRecv { port, bytes, seed } => {
+            let n = traffic::recv(port, bytes, seed, Duration::from_secs(120))?;
+            println!("received {n} bytes, all correct");
+            Ok(())
+        }
+        Cmd::Up { nodes, pods, no_external, dataplane, busy_poll } => {
+            require_root()?;
+            let mut o = LabOptions::new(&cli.name);
+            o.nodes = nodes;
+            o.pods_per_node = pods;
+            o.external = !no_external;
+            o.state_dir = cli.state_dir;
+            o.idle_backoff = !busy_poll;
+            if let Some(d) = dataplane {
+                o.dataplane = d;
+            }
+            let mut lab = Lab::up(&o)?;
+            lab.cleanup_on_drop = false;
+            print_summary(&lab.state);
+            Ok(())
+        }
+        Cmd::Status { json } => {
+            let s = State::load(&cli.state_dir, &cli.name)?;
+            let v = topo::status(&s);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print_status(&v);
+            }
+            Ok(())
+        }
+        Cmd::Down => {
+            require_root()?;
+            topo::teardown_by_name(&cli.state_dir, &cli.name)?;
+            println!("lab {} removed", cli.name);
+            Ok(())
+        }
+        Cmd::Ctl { node, args } => {
+            let s = State::load(&cli.state_dir, &cli.name)?;
+            let n = s.node(&node).with_context(|| format!("no node {node}"))?;
+            let st = Command::new(podpathctl()).arg("--socket").arg(&n.socket).args(&args).status()?;
+            std::process::exit(st.code().unwrap_or(1));
+        }
+        Cmd::Exec { target, cmd } => {
+            let s = State::load(&cli.state_dir, &cli.name)?;
+            let ns = target_ns(&s, &target)?;
+            let st = net::command_in(&ns, &cmd[0]).args(&cmd[1..]).status()?;
+            std::process::exit(st.code().unwrap_or(1));
+        }
+        Cmd::Demo { keep } => {
+            require_root()?;
+            demo(&cli.name, &cli.state_dir, keep)
+        }
+    }
+}
+
+fn print_summary(s: &State) {
+    println!("lab {} is up (state in {})", s.name, s.dir.display());
+    for n in &s.nodes {
+        println!(
+            "  {} ({}, node IP {}, pod CIDR {}) dataplane pid {} socket {}",
+            n.name,
+            n.netns,
+            n.node_ip,
+            n.pod_cidr,
+            n.dataplane_pid.map_or("-".into(), |p| p.to_string()),
+            n.socket.display()
+        );
+        for p in &n.pods {
+            println!("    pod {} {} via {:?} ({})", p.name, p.ip, p.attach, p.device);
+        }
+    }
+    if let Some(e) = &s.external {
+        println!("  external host {e} ({}.100)", topo::UNDERLAY_PREFIX);
+    }
+    println!("try: podpath-lab exec {0}-a ping -c3 {1}   podpath-lab ctl {0} -- stats", s.nodes.first().map_or("node1", |n| n.name.as_str()), s.nodes.first().and_then(|n| n.pods.get(1)).map_or("10.244.0.3", |p| p.ip.as_str()));
+}
+
+fn print_status(v: &serde_json::Value) {
+    println!("lab {}", v["name"].as_str().unwrap_or(""));
+    for d in v["dataplanes"].as_array().into_iter().flatten() {
+        println!(
+            "dataplane {} in {}: pid {} {} socket {}",
+            d["node"].as_str().unwrap_or(""),
+            d["netns"].as_str().unwrap_or(""),
+            d["pid"],
+            if d["running"] == true { "running" } else { "NOT RUNNING" },
+            d["socket"].as_str().unwrap_or("")
+        );
+    }
+    for ns in v["namespaces"].as_array().into_iter().flatten() {
+        println!("{}{}", ns["netns"].as_str().unwrap_or(""), if ns["exists"] == true { "" } else { " (missing)" });
+        for i in ns["interfaces"].as_array().into_iter().flatten() {
+            let addrs: Vec<&str> = i["addresses"].as_array().into_iter().flatten().filter_map(|a| a.as_str()).collect();
+            println!(
+                "  {:<8} {} mtu {} {} {}",
+                i["name"].as_str().unwrap_or(""),
+                i["mac"].as_str().unwrap_or(""),
+                i["mtu"],
+                i["state"].as_str().unwrap_or(""),
+                addrs.join(" ")
+            );
+        }
+    }
+}
+
+fn sh(title: &str, ns: &str, cmd: &str, args: &[&str]) -> Result<()> {
+    println!("\n$ {title}");
+    let st = net::command_in(ns, cmd).args(args).status()?;
+    if !st.success() {
+        bail!("{title} failed");
+    }
+    Ok(())
+}
+
+fn demo(name: &str, state_dir: &std::path::Path, keep: bool) -> Result<()> {
+    let mut lab = match State::load(state_dir, name) {
+        Ok(s) => Lab { state: s, cleanup_on_drop: false },
+        Err(_) => {
+            let mut o = LabOptions::new(name);
+            o.state_dir = state_dir.to_path_buf();
+            let mut l = Lab::up(&o)?;
+            l.cleanup_on_drop = !keep;
+            l
+        }
+    };
+    print_summary(&lab.state);
+    let s = lab.state.clone();
+    let n = s.nodes.first().context("no node")?;
+    let (a, b) = (n.pods.first().context("need two pods")?, n.pods.get(1).context("need two pods")?);
+    let ctl = |args: &[&str]| -> Result<()> {
+        println!("\n$ podpathctl {}", args.join(" "));
+        let st = Command::new(podpathctl()).arg("--socket").arg(&n.socket).args(args).status()?;
+        if !st.success() {
+            bail!("podpathctl failed");
+        }
+        Ok(())
+    };
+    println!("\n== Walk 1: two pods on one node, bridged by the dataplane ({} via af_packet, {} via tap)", a.name, b.name);
+    ctl(&["trace", "start", "4"])?;
+    sh(&format!("{} ping -c 3 {}", a.name, b.ip), &a.netns, "ping", &["-c", "3", "-i", "0.2", "-W", "2", &b.ip])?;
+    sh(&format!("{} ip neigh (ARP resolved through the bridge)", a.name), &a.netns, "ip", &["neigh", "show", "dev", "eth0"])?;
+    let exe = std::env::current_exe()?;
+    let exe = exe.display().to_string();
+    println!("\n$ {}: receive 10 MB over TCP from {}, checked byte for byte", b.name, a.name);
+    let mut rx = net::command_in(&b.netns, &exe).args(["tcp-recv", "--port", "5001", "--bytes", "10485760"]).spawn()?;
+    std::thread::sleep(Duration::from_millis(300));
+    sh(&format!("{} tcp-send", a.name), &a.netns, &exe, &["tcp-send", "--to", &format!("{}:5001", b.ip), "--bytes", "10485760"])?;
+    if !rx.wait()?.success() {
+        bail!("the TCP transfer failed");
+    }
+    ctl(&["port", "list"])?;
+    ctl(&["bridge", "macs"])?;
+    ctl(&["trace", "show"])?;
+    ctl(&["stats"])?;
+    if keep {
+        println!("\nThe lab stays up: `podpath-lab down --name {name}` removes it.");
+        lab.cleanup_on_drop = false;
+    } else {
+        lab.down();
+        println!("\nlab {name} removed");
+    }
+    Ok(())
+}

@@ -1,0 +1,85 @@
+//! Running `ip` and friends, and commands inside namespaces.
+use std::process::{Command, Output, Stdio};
+
+use anyhow::{bail, Context, Result};
+
+/// Runs a command, failing with its stderr when it fails.
+pub fn run(cmd: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(cmd)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {cmd} (is it installed?)"))?;
+    check(cmd, args, out)
+}
+
+fn check(cmd: &str, args: &[&str], out: Output) -> Result<String> {
+    if !out.status.success() {
+        bail!(
+            "`{cmd} {}` failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `ip <args>`.
+pub fn ip(args: &[&str]) -> Result<String> {
+    run("ip", args)
+}
+
+/// `ip -n <ns> <args>`.
+pub fn ip_in(ns: &str, args: &[&str]) -> Result<String> {
+    let mut a = vec!["-n", ns];
+    a.extend_from_slice(args);
+    run("ip", &a)
+}
+
+/// Runs `cmd args` inside namespace `ns`.
+pub fn exec_in(ns: &str, cmd: &str, args: &[&str]) -> Result<String> {
+    let mut a = vec!["netns", "exec", ns, cmd];
+    a.extend_from_slice(args);
+    run("ip", &a)
+}
+
+/// A `Command` that will run inside namespace `ns`.
+pub fn command_in(ns: &str, cmd: &str) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns, cmd]);
+    c
+}
+
+pub fn netns_list() -> Vec<String> {
+    ip(&["netns", "list"])
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .collect()
+}
+
+pub fn netns_exists(ns: &str) -> bool {
+    netns_list().iter().any(|n| n == ns)
+}
+
+/// Is the process alive (and not a zombie)?
+pub fn pid_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.split_whitespace().nth(2).is_some_and(|st| st == "Z"))
+        .unwrap_or(false)
+}
+
+/// The process's command line (to make sure a PID is still ours before killing it).
+pub fn pid_cmdline(pid: u32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+        .unwrap_or_default()
+}
+
+pub fn kill(pid: u32, signal: &str) {
+    let _ = Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .stderr(Stdio::null())
+        .status();
+}

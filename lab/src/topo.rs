@@ -1,0 +1,579 @@
+//! Building, describing and removing the lab topology.
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::net::{self, ip, ip_in};
+
+pub const UNDERLAY_PREFIX: &str = "192.168.77";
+pub const POD_MTU: u16 = 1450;
+
+#[derive(Debug, Clone)]
+pub struct LabOptions {
+    /// Unique name; every namespace is `pp-<name>-...`.
+    pub name: String,
+    pub nodes: usize,
+    pub pods_per_node: usize,
+    pub external: bool,
+    /// The podpath-dataplane binary.
+    pub dataplane: PathBuf,
+    pub state_dir: PathBuf,
+    /// Worker idle back-off (on in the lab: dataplanes share the machine's cores).
+    pub idle_backoff: bool,
+    /// How long to wait for a dataplane to come up.
+    pub start_timeout: Duration,
+}
+
+impl LabOptions {
+    pub fn new(name: &str) -> LabOptions {
+        LabOptions {
+            name: name.into(),
+            nodes: 2,
+            pods_per_node: 2,
+            external: true,
+            dataplane: default_dataplane(),
+            state_dir: PathBuf::from("/run/podpath-lab"),
+            idle_backoff: true,
+            start_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// `podpath-dataplane` beside this executable (cargo puts them together), or
+/// `$PODPATH_DATAPLANE`.
+pub fn default_dataplane() -> PathBuf {
+    if let Ok(p) = std::env::var("PODPATH_DATAPLANE") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().unwrap_or_default();
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    // Integration tests run from target/<profile>/deps.
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir.join("podpath-dataplane")
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Attach {
+    AfPacket,
+    Tap,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Pod {
+    pub name: String,
+    pub netns: String,
+    pub ip: String,
+    pub attach: Attach,
+    /// The dataplane port name.
+    pub port: String,
+    /// DPDK device arguments.
+    pub device: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Node {
+    pub name: String,
+    pub netns: String,
+    pub node_ip: String,
+    pub pod_cidr: String,
+    pub pods: Vec<Pod>,
+    pub socket: PathBuf,
+    pub config: PathBuf,
+    pub log: PathBuf,
+    pub file_prefix: String,
+    pub dataplane_pid: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct State {
+    pub name: String,
+    pub prefix: String,
+    pub dir: PathBuf,
+    pub underlay: String,
+    pub external: Option<String>,
+    pub nodes: Vec<Node>,
+    /// Every namespace made, in creation order.
+    pub namespaces: Vec<String>,
+}
+
+/// A running lab. `down()` (or dropping it, when `cleanup_on_drop`) removes it.
+pub struct Lab {
+    pub state: State,
+    pub cleanup_on_drop: bool,
+}
+
+fn pod_letter(j: usize) -> char {
+    char::from(b'a' + u8::try_from(j % 26).unwrap_or(0))
+}
+
+impl State {
+    fn path(dir: &Path) -> PathBuf {
+        dir.join("state.json")
+    }
+
+    pub fn save(&self) -> Result<()> {
+        fs::create_dir_all(&self.dir)?;
+        let tmp = self.dir.join("state.json.tmp");
+        fs::write(&tmp, serde_json::to_vec_pretty(self)?)?;
+        fs::rename(&tmp, Self::path(&self.dir))?;
+        Ok(())
+    }
+
+    pub fn load(state_dir: &Path, name: &str) -> Result<State> {
+        let p = Self::path(&state_dir.join(name));
+        let b = fs::read(&p).with_context(|| format!("no lab {name:?} ({} missing)", p.display()))?;
+        Ok(serde_json::from_slice(&b)?)
+    }
+
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+
+    pub fn pod(&self, name: &str) -> Option<(&Node, &Pod)> {
+        self.nodes
+            .iter()
+            .find_map(|n| n.pods.iter().find(|p| p.name == name).map(|p| (n, p)))
+    }
+}
+
+fn validate_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.len() > 12 || !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()) {
+        bail!("lab name {name:?} must be 1-12 characters of a-z and 0-9");
+    }
+    Ok(())
+}
+
+impl Lab {
+    /// Builds the topology and starts a dataplane per node. On failure everything
+    /// made so far is removed.
+    pub fn up(opts: &LabOptions) -> Result<Lab> {
+        validate_name(&opts.name)?;
+        if opts.nodes == 0 || opts.nodes > 8 || opts.pods_per_node > 8 {
+            bail!("nodes must be 1-8 and pods per node 0-8");
+        }
+        if !opts.dataplane.exists() {
+            bail!(
+                "dataplane binary {} not found: build it with `cargo build --release -p podpath-dataplane` or pass --dataplane",
+                opts.dataplane.display()
+            );
+        }
+        let prefix = format!("pp-{}", opts.name);
+        if net::netns_list().iter().any(|n| n.starts_with(&format!("{prefix}-"))) {
+            bail!("a lab named {:?} is already up (podpath-lab down --name {} removes it)", opts.name, opts.name);
+        }
+        let dir = opts.state_dir.join(&opts.name);
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let mut lab = Lab {
+            state: State {
+                name: opts.name.clone(),
+                prefix: prefix.clone(),
+                dir,
+                underlay: format!("{prefix}-underlay"),
+                external: None,
+                nodes: Vec::new(),
+                namespaces: Vec::new(),
+            },
+            cleanup_on_drop: true,
+        };
+        match lab.build(opts) {
+            Ok(()) => Ok(lab),
+            Err(e) => {
+                let logs = lab.log_tails();
+                lab.down();
+                Err(e.context(logs))
+            }
+        }
+    }
+
+    fn add_ns(&mut self, ns: &str) -> Result<()> {
+        self.state.namespaces.push(ns.to_owned());
+        self.state.save()?;
+        ip(&["netns", "add", ns])?;
+        ip_in(ns, &["link", "set", "lo", "up"])?;
+        // IPv4-only cluster: keep IPv6 router solicitations and MLD out of the counters.
+        let _ = net::exec_in(ns, "sysctl", &["-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
+        Ok(())
+    }
+
+    fn build(&mut self, opts: &LabOptions) -> Result<()> {
+        let prefix = self.state.prefix.clone();
+        let underlay = self.state.underlay.clone();
+        self.add_ns(&underlay)?;
+        ip_in(&underlay, &["link", "add", "br0", "type", "bridge"])?;
+        ip_in(&underlay, &["link", "set", "br0", "up"])?;
+        if opts.external {
+            let ext = format!("{prefix}-ext");
+            self.add_ns(&ext)?;
+            self.underlay_link(&ext, "u-ext", &format!("{UNDERLAY_PREFIX}.100/24"))?;
+            self.state.external = Some(ext);
+        }
+        for k in 1..=opts.nodes {
+            let name = format!("node{k}");
+            let ns = format!("{prefix}-{name}");
+            self.add_ns(&ns)?;
+            let node_ip = format!("{UNDERLAY_PREFIX}.{}", 10 + k);
+            self.underlay_link(&ns, &format!("u-n{k}"), &format!("{node_ip}/24"))?;
+            let mut node = Node {
+                name: name.clone(),
+                netns: ns.clone(),
+                node_ip,
+                pod_cidr: format!("10.244.{}.0/24", k - 1),
+                pods: Vec::new(),
+                socket: self.state.dir.join(format!("{name}.sock")),
+                config: self.state.dir.join(format!("{name}.toml")),
+                log: self.state.dir.join(format!("{name}.log")),
+                file_prefix: format!("{prefix}-{name}"),
+                dataplane_pid: None,
+            };
+            for j in 0..opts.pods_per_node {
+                let letter = pod_letter(j);
+                let pod_ns = format!("{ns}-{letter}");
+                self.add_ns(&pod_ns)?;
+                let attach = if j % 2 == 0 { Attach::AfPacket } else { Attach::Tap };
+                let ip = format!("10.244.{}.{}", k - 1, j + 2);
+                let device = match attach {
+                    Attach::AfPacket => {
+                        let host = format!("vp-{letter}");
+                        veth_to_pod(&ns, &host, &pod_ns)?;
+                        configure_pod_if(&pod_ns, &ip)?;
+                        // The node end carries frames for every MAC: no offloads, no GRO.
+                        offloads_off(&ns, &host);
+                        format!("net_af_packet{j},iface={host}")
+                    }
+                    Attach::Tap => format!("net_tap{j},iface=eth0"),
+                };
+                node.pods.push(Pod {
+                    name: format!("{name}-{letter}"),
+                    netns: pod_ns,
+                    ip,
+                    attach,
+                    port: format!("pod-{letter}"),
+                    device,
+                });
+            }
+            self.state.nodes.push(node);
+            self.state.save()?;
+        }
+        for i in 0..self.state.nodes.len() {
+            write_config(&self.state.nodes[i], opts)?;
+            self.start_dataplane(i, opts)?;
+        }
+        for n in &self.state.nodes {
+            for p in n.pods.iter().filter(|p| p.attach == Attach::Tap) {
+                wait_for(&p.netns, "eth0", Duration::from_secs(10))?;
+                configure_pod_if(&p.netns, &p.ip)?;
+            }
+        }
+        self.state.save()
+    }
+
+    fn underlay_link(&self, ns: &str, port: &str, addr: &str) -> Result<()> {
+        let u = &self.state.underlay;
+        ip_in(u, &["link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns])?;
+        ip_in(u, &["link", "set", port, "master", "br0", "up"])?;
+        ip_in(ns, &["addr", "add", addr, "dev", "eth0"])?;
+        ip_in(ns, &["link", "set", "eth0", "up"])?;
+        Ok(())
+    }
+
+    /// Starts (or restarts) node `i`'s dataplane and waits for its socket.
+    pub fn start_dataplane(&mut self, i: usize, opts: &LabOptions) -> Result<()> {
+        let node = &self.state.nodes[i];
+        let _ = fs::remove_file(&node.socket);
+        let log = fs::OpenOptions::new().create(true).append(true).open(&node.log)?;
+        let child = net::command_in(&node.netns, &opts.dataplane.display().to_string())
+            .args(["--config", &node.config.display().to_string()])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", opts.dataplane.display()))?;
+        let pid = child.id();
+        // `ip netns exec` execs the dataplane: same PID. The child is reaped by init
+        // once we exit; we never wait on it here.
+        std::mem::forget(child);
+        self.state.nodes[i].dataplane_pid = Some(pid);
+        self.state.save()?;
+        let node = &self.state.nodes[i];
+        let end = Instant::now() + opts.start_timeout;
+        loop {
+            if podpath_proto::Client::connect(&node.socket, "podpath-lab").is_ok() {
+                return Ok(());
+            }
+            if !net::pid_alive(pid) {
+                bail!("the dataplane of {} exited during start-up", node.name);
+            }
+            if Instant::now() > end {
+                bail!("the dataplane of {} did not open {} within {:?}", node.name, node.socket.display(), opts.start_timeout);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Stops node `i`'s dataplane (SIGTERM, then SIGKILL after 10 s).
+    pub fn stop_dataplane(&mut self, i: usize, signal: &str) {
+        let Some(pid) = self.state.nodes[i].dataplane_pid.take() else {
+            return;
+        };
+        stop_pid(pid, signal);
+        let _ = self.state.save();
+    }
+
+    fn log_tails(&self) -> String {
+        let mut s = String::new();
+        for n in &self.state.nodes {
+            if let Ok(t) = fs::read_to_string(&n.log) {
+                let lines: Vec<&str> = t.lines().collect();
+                let tail = lines[lines.len().saturating_sub(15)..].join("\n");
+                s += &format!("--- {} dataplane log ({}):\n{tail}\n", n.name, n.log.display());
+            }
+        }
+        s
+    }
+
+    /// Removes everything of this lab.
+    pub fn down(&mut self) {
+        teardown(&self.state);
+        self.cleanup_on_drop = false;
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if self.cleanup_on_drop {
+            self.down();
+        }
+    }
+}
+
+fn stop_pid(pid: u32, signal: &str) {
+    if !net::pid_alive(pid) || !net::pid_cmdline(pid).contains("podpath-dataplane") {
+        return;
+    }
+    net::kill(pid, signal);
+    let end = Instant::now() + Duration::from_secs(10);
+    while net::pid_alive(pid) && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if net::pid_alive(pid) {
+        net::kill(pid, "KILL");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Stops the lab's dataplanes and deletes its namespaces and files; works from a
+/// partial state (a crashed `up`) because it also sweeps the name prefix.
+pub fn teardown(state: &State) {
+    for n in &state.nodes {
+        if let Some(pid) = n.dataplane_pid {
+            stop_pid(pid, "TERM");
+        }
+        let _ = fs::remove_dir_all(format!("/var/run/dpdk/{}", n.file_prefix));
+    }
+    let mut all: Vec<String> = net::netns_list()
+        .into_iter()
+        .filter(|ns| ns.starts_with(&format!("{}-", state.prefix)))
+        .collect();
+    for ns in &state.namespaces {
+        if !all.contains(ns) {
+            all.push(ns.clone());
+        }
+    }
+    // Pods first (their veths go with them), then nodes, then the underlay.
+    all.sort_by_key(|n| std::cmp::Reverse(n.len()));
+    for ns in &all {
+        let _ = ip(&["netns", "del", ns]);
+    }
+    let _ = fs::remove_dir_all(&state.dir);
+}
+
+/// `down` for a lab known only by name (no state file, e.g. after a crash).
+pub fn teardown_by_name(state_dir: &Path, name: &str) -> Result<()> {
+    validate_name(name)?;
+    let state = State::load(state_dir, name).unwrap_or_else(|_| State {
+        name: name.into(),
+        prefix: format!("pp-{name}"),
+        dir: state_dir.join(name),
+        underlay: String::new(),
+        external: None,
+        nodes: Vec::new(),
+        namespaces: Vec::new(),
+    });
+    teardown(&state);
+    Ok(())
+}
+
+fn veth_to_pod(node_ns: &str, host: &str, pod_ns: &str) -> Result<()> {
+    ip_in(node_ns, &["link", "add", host, "type", "veth", "peer", "name", "eth0", "netns", pod_ns])?;
+    ip_in(node_ns, &["link", "set", host, "mtu", &POD_MTU.to_string(), "up"])?;
+    Ok(())
+}
+
+fn configure_pod_if(pod_ns: &str, ip: &str) -> Result<()> {
+    ip_in(pod_ns, &["link", "set", "eth0", "mtu", &POD_MTU.to_string(), "up"])?;
+    ip_in(pod_ns, &["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
+    offloads_off(pod_ns, "eth0");
+    Ok(())
+}
+
+/// af_packet hands the dataplane frames as the kernel queued them: with checksum
+/// offload or GSO on a veth, those are half-finished (no L4 checksum, 64 KB
+/// super-frames). A pod attached to a user-space switch must send finished frames.
+fn offloads_off(ns: &str, dev: &str) {
+    let _ = net::exec_in(ns, "ethtool", &["-K", dev, "tx", "off", "tso", "off", "gso", "off", "gro", "off"]);
+}
+
+fn wait_for(ns: &str, dev: &str, timeout: Duration) -> Result<()> {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if ip_in(ns, &["link", "show", dev]).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("{dev} did not appear in {ns} within {timeout:?}")
+}
+
+fn write_config(node: &Node, opts: &LabOptions) -> Result<()> {
+    let mut c = format!(
+        "# Written by podpath-lab for {name}.\n\
+         [eal]\nlcores = \"0,1\"\nfile_prefix = \"{prefix}\"\nmemory_mb = 256\npci = false\n\n\
+         [dataplane]\nsocket = \"{sock}\"\nmbufs = 4095\nrx_desc = 512\ntx_desc = 512\n\n\
+         [idle]\nenabled = {idle}\n\n",
+        name = node.name,
+        prefix = node.file_prefix,
+        sock = node.socket.display(),
+        idle = opts.idle_backoff,
+    );
+    for p in &node.pods {
+        c += &format!("[[port]]\nname = \"{}\"\ndevice = \"{}\"\nbridge = 1\nmtu = {POD_MTU}\n", p.port, p.device);
+        if p.attach == Attach::Tap {
+            c += &format!("netns = \"/var/run/netns/{}\"\n", p.netns);
+        }
+        c += "\n";
+    }
+    fs::write(&node.config, c)?;
+    Ok(())
+}
+
+/// Adds a pod to a running node: creates its namespace, and attaches it through the
+/// dataplane's control socket (hot-plug). Returns the pod.
+pub fn add_pod(lab: &mut Lab, node: &str, letter: char, attach: Attach) -> Result<Pod> {
+    let ni = lab
+        .state
+        .nodes
+        .iter()
+        .position(|n| n.name == node)
+        .with_context(|| format!("no node {node}"))?;
+    let n = lab.state.nodes[ni].clone();
+    let j = usize::from(u8::try_from(letter).unwrap_or(b'a') - b'a');
+    let k: usize = node.trim_start_matches("node").parse().unwrap_or(1);
+    let pod_ns = format!("{}-{letter}", n.netns);
+    lab.add_ns(&pod_ns)?;
+    let ip = format!("10.244.{}.{}", k - 1, j + 2);
+    let (device, netns) = match attach {
+        Attach::AfPacket => {
+            let host = format!("vp-{letter}");
+            veth_to_pod(&n.netns, &host, &pod_ns)?;
+            configure_pod_if(&pod_ns, &ip)?;
+            offloads_off(&n.netns, &host);
+            (format!("net_af_packet{j},iface={host}"), None)
+        }
+        Attach::Tap => (format!("net_tap{j},iface=eth0"), Some(format!("/var/run/netns/{pod_ns}"))),
+    };
+    let pod = Pod {
+        name: format!("{node}-{letter}"),
+        netns: pod_ns.clone(),
+        ip: ip.clone(),
+        attach: attach.clone(),
+        port: format!("pod-{letter}"),
+        device: device.clone(),
+    };
+    let mut c = podpath_proto::Client::connect(&n.socket, "podpath-lab")?;
+    c.call(podpath_proto::Request::PortAttach(podpath_proto::PortSpec {
+        name: pod.port.clone(),
+        device,
+        netns,
+        bridge: Some(1),
+        queues: None,
+        mtu: Some(POD_MTU),
+    }))?;
+    if attach == Attach::Tap {
+        wait_for(&pod_ns, "eth0", Duration::from_secs(10))?;
+        configure_pod_if(&pod_ns, &ip)?;
+    }
+    lab.state.nodes[ni].pods.push(pod.clone());
+    lab.state.save()?;
+    Ok(pod)
+}
+
+/// Detaches a pod's port and deletes its namespace.
+pub fn del_pod(lab: &mut Lab, pod: &str) -> Result<()> {
+    let (n, p) = lab.state.pod(pod).with_context(|| format!("no pod {pod}"))?;
+    let (sock, port, ns) = (n.socket.clone(), p.port.clone(), p.netns.clone());
+    let mut c = podpath_proto::Client::connect(&sock, "podpath-lab")?;
+    c.call(podpath_proto::Request::PortDetach { name: port })?;
+    let _ = ip(&["netns", "del", &ns]);
+    for n in &mut lab.state.nodes {
+        n.pods.retain(|p| p.name != pod);
+    }
+    lab.state.namespaces.retain(|x| *x != ns);
+    lab.state.save()
+}
+
+/// `status`: every namespace with its interfaces, addresses and MACs, and the
+/// dataplane processes.
+pub fn status(state: &State) -> serde_json::Value {
+    let nss: Vec<serde_json::Value> = state
+        .namespaces
+        .iter()
+        .map(|ns| {
+            let links = ip_in(ns, &["-j", "addr", "show"]).unwrap_or_else(|_| "[]".into());
+            let links: serde_json::Value = serde_json::from_str(&links).unwrap_or(serde_json::Value::Null);
+            let ifs: Vec<serde_json::Value> = links
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter(|l| l["ifname"] != "lo")
+                        .map(|l| {
+                            let addrs: Vec<String> = l["addr_info"]
+                                .as_array()
+                                .map(|v| {
+                                    v.iter()
+                                        .filter(|x| x["family"] == "inet")
+                                        .map(|x| format!("{}/{}", x["local"].as_str().unwrap_or(""), x["prefixlen"]))
+                                        .collect()
+                                })
+                                .unwrap_or_default();
+                            serde_json::json!({
+                                "name": l["ifname"], "mac": l["address"], "mtu": l["mtu"],
+                                "state": l["operstate"], "addresses": addrs,
+                            })
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            serde_json::json!({"netns": ns, "exists": net::netns_exists(ns), "interfaces": ifs})
+        })
+        .collect();
+    let dps: Vec<serde_json::Value> = state
+        .nodes
+        .iter()
+        .map(|n| {
+            let alive = n.dataplane_pid.is_some_and(net::pid_alive);
+            serde_json::json!({
+                "node": n.name, "netns": n.netns, "node_ip": n.node_ip, "pod_cidr": n.pod_cidr,
+                "pid": n.dataplane_pid, "running": alive, "socket": n.socket, "config": n.config, "log": n.log,
+                "pods": n.pods,
+            })
+        })
+        .collect();
+    serde_json::json!({"name": state.name, "namespaces": nss, "dataplanes": dps})
+}
