@@ -1,0 +1,141 @@
+//! End to end, in network namespaces the test makes and removes: two pods bridged by
+//! a real dataplane (one via net_af_packet on a veth, one via net_tap), ARP, ping, a
+//! 10 MB TCP transfer checked byte for byte while a third pod is hot-plugged and
+//! unplugged, and the counters' accounting. Needs root (namespaces).
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use podpath_lab::topo::{self, Attach, LabOptions};
+use podpath_lab::{net, Lab};
+use podpath_proto::{Client, Request, Response, Stats};
+
+/// The machine has two cores: run the dataplane tests one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn lab_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_podpath-lab"))
+}
+
+fn unique(tag: &str) -> String {
+    format!("{tag}{}", std::process::id() % 1_000_000)
+}
+
+fn stats(sock: &std::path::Path) -> Stats {
+    let mut c = Client::connect(sock, "e2e").expect("connect");
+    match c.call(Request::Stats).expect("stats") {
+        Response::Stats(s) => s,
+        r => panic!("unexpected {r:?}"),
+    }
+}
+
+fn ping(ns: &str, ip: &str) -> bool {
+    net::exec_in(ns, "ping", &["-c", "3", "-i", "0.2", "-W", "2", ip]).is_ok()
+}
+
+fn mac_of(ns: &str, dev: &str) -> String {
+    let j = net::ip_in(ns, &["-j", "link", "show", dev]).expect("ip link");
+    let v: serde_json::Value = serde_json::from_str(&j).expect("json");
+    v[0]["address"].as_str().expect("address").to_owned()
+}
+
+#[test]
+fn two_pods_bridged_arp_ping_tcp_and_hotplug() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut o = LabOptions::new(&unique("b"));
+    o.nodes = 1;
+    o.pods_per_node = 2;
+    o.external = false;
+    o.dataplane = topo::default_dataplane();
+    o.state_dir = std::env::temp_dir().join("podpath-lab-tests");
+    let mut lab = Lab::up(&o).expect("lab up");
+    let node = lab.state.nodes[0].clone();
+    let (a, b) = (node.pods[0].clone(), node.pods[1].clone());
+    assert_eq!((a.attach.clone(), b.attach.clone()), (Attach::AfPacket, Attach::Tap));
+
+    // ARP through the bridge, then ICMP.
+    assert!(ping(&a.netns, &b.ip), "pod a cannot ping pod b");
+    let neigh = net::ip_in(&a.netns, &["neigh", "show", &b.ip]).unwrap();
+    assert!(neigh.contains(&mac_of(&b.netns, "eth0")), "ARP did not resolve b's MAC: {neigh}");
+    assert!(ping(&b.netns, &a.ip), "pod b cannot ping pod a");
+
+    // 10 MB over TCP, checked byte for byte, while pod c is plugged in and out.
+    let bytes = "10485760";
+    let mut rx = net::command_in(&b.netns, &lab_bin().display().to_string())
+        .args(["tcp-recv", "--port", "5001", "--bytes", bytes, "--seed", "42"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let tx = net::command_in(&a.netns, &lab_bin().display().to_string())
+        .args(["tcp-send", "--to", &format!("{}:5001", b.ip), "--bytes", bytes, "--seed", "42"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let c = topo::add_pod(&mut lab, "node1", 'c', Attach::Tap).expect("hot-plug pod c");
+    assert!(ping(&a.netns, &c.ip), "hot-plugged pod c got no traffic");
+    topo::del_pod(&mut lab, &c.name).expect("unplug pod c");
+    let d = topo::add_pod(&mut lab, "node1", 'd', Attach::AfPacket).expect("hot-plug pod d");
+    assert!(ping(&d.netns, &b.ip), "hot-plugged pod d got no traffic");
+    let tx = tx.wait_with_output().unwrap();
+    let rxo = rx.wait().unwrap();
+    assert!(tx.status.success() && rxo.success(), "TCP transfer failed: {}", String::from_utf8_lossy(&tx.stdout));
+
+    // Every packet is accounted for: rx + replicated = tx + dropped (by reason).
+    let end = Instant::now() + Duration::from_secs(10);
+    let s = loop {
+        let s = stats(&node.socket);
+        if s.rx + s.replicated == s.tx + s.dropped || Instant::now() > end {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(s.rx + s.replicated, s.tx + s.dropped, "counters do not balance: {s:?}");
+    assert_eq!(s.dropped, s.drops.iter().map(|d| d.count).sum::<u64>());
+    assert!(s.rx > 7000, "a 10 MB transfer is more than {} packets", s.rx);
+    let pa = s.ports.iter().find(|p| p.name == "pod-a").unwrap();
+    assert!(pa.rx_bytes > 10_485_760, "pod-a sent {} bytes", pa.rx_bytes);
+
+    let prefix = lab.state.prefix.clone();
+    lab.down();
+    assert!(
+        !net::netns_list().iter().any(|n| n.starts_with(&format!("{prefix}-"))),
+        "namespaces left behind"
+    );
+}
+
+fn dataplane_fails_with(config: &str, expect: &str) {
+    let dir = std::env::temp_dir().join(unique("ppcfg"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("bad.toml");
+    std::fs::write(&path, config).unwrap();
+    let out = Command::new(topo::default_dataplane())
+        .args(["--config", &path.display().to_string()])
+        .output()
+        .expect("run dataplane");
+    let _ = std::fs::remove_dir_all(&dir);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "dataplane accepted a bad configuration:\n{config}");
+    assert!(err.contains(expect), "error does not name the problem ({expect:?}):\n{err}");
+}
+
+#[test]
+fn bad_configuration_exits_nonzero_naming_the_problem() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let prefix = unique("ppbad");
+    let base = format!(
+        "[eal]\nfile_prefix = \"{prefix}\"\npci = false\nhugepages = \"off\"\n[dataplane]\nsocket = \"/tmp/{prefix}.sock\"\n"
+    );
+    dataplane_fails_with(&base.replace("[eal]\n", "[eal]\nlcores = \"0,77\"\n"), "eal.lcores");
+    dataplane_fails_with(&base.replace("[eal]\n", "[eal]\nlcores = \"0\"\n"), "eal.lcores");
+    dataplane_fails_with(
+        &format!("{base}[[port]]\nname = \"x\"\ndevice = \"net_nosuchdev0\"\n"),
+        "net_nosuchdev0",
+    );
+    dataplane_fails_with(
+        &base.replace("[dataplane]\n", "[dataplane]\nmbufs = 4000000\n").replace("pci = false", "pci = false\nmemory_mb = 64"),
+        "cannot create mbuf pool",
+    );
+    dataplane_fails_with("[eal\n", "bad.toml");
+}
