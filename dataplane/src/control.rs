@@ -369,7 +369,11 @@ impl Control {
                     worker: r.worker,
                     packet: r.packet,
                     ns: r.tsc.saturating_sub(t0).saturating_mul(1_000_000_000) / hz,
-                    stage: if matches!(r.detail, TraceDetail::Rx { .. }) { "rx".into() } else { r.stage.name().into() },
+                    stage: if matches!(r.detail, TraceDetail::Rx { .. }) {
+                        "rx".into()
+                    } else {
+                        r.stage.name().into()
+                    },
                     next: self.format_next(r.next),
                     detail: self.format_detail(&r.detail),
                 }

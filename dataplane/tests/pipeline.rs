@@ -45,7 +45,12 @@ fn rig() -> Rig {
         mac_capacity: 64,
         mac_ageing_ticks: AGEING,
     };
-    let p = Pipeline::new(&cfg, map, Arc::new(WorkerCounters::default()), Tracer::new(0, Some(prod)));
+    let p = Pipeline::new(
+        &cfg,
+        map,
+        Arc::new(WorkerCounters::default()),
+        Tracer::new(0, Some(prod)),
+    );
     Rig {
         io: MemIo::default(),
         p,
@@ -151,7 +156,10 @@ fn malformed_frames_are_dropped_with_their_reason_and_never_sent() {
     bad_csum[24] ^= 0x55;
     let mut bad_udp = good.clone();
     bad_udp[38..40].copy_from_slice(&3u16.to_be_bytes());
-    r.rx(0, &[good[..9].to_vec(), good[..20].to_vec(), bad_csum, bad_udp]);
+    r.rx(
+        0,
+        &[good[..9].to_vec(), good[..20].to_vec(), bad_csum, bad_udp],
+    );
     assert_eq!(r.drops(DropReason::EthTruncated), 1);
     assert_eq!(r.drops(DropReason::Ip4Truncated), 1);
     assert_eq!(r.drops(DropReason::Ip4BadChecksum), 1);
@@ -191,7 +199,11 @@ fn aged_entries_flood_again() {
     assert_eq!((r.tx(1).len(), r.tx(2).len()), (1, 0));
     r.now += AGEING + 1;
     r.rx(0, &[udp(A, B)]);
-    assert_eq!((r.tx(1).len(), r.tx(2).len()), (1, 1), "B aged out: flooded");
+    assert_eq!(
+        (r.tx(1).len(), r.tx(2).len()),
+        (1, 1),
+        "B aged out: flooded"
+    );
     assert_eq!(r.p.bridge.macs.age(r.now + AGEING + 1), 2);
 }
 
@@ -214,7 +226,11 @@ fn detached_port_is_forgotten() {
     let mut io = MemIo::default();
     r.p.set_ports(&mut io, Arc::new(PortMap::build(entries, 1)));
     r.rx(0, &[udp(A, B)]);
-    assert_eq!(r.tx(2).len(), 1, "B's entry went with port 1: flooded to what is left");
+    assert_eq!(
+        r.tx(2).len(),
+        1,
+        "B's entry went with port 1: flooded to what is left"
+    );
     assert!(r.tx(1).is_empty());
 }
 

@@ -99,7 +99,11 @@ fn main() {
 fn require_root() -> Result<()> {
     let uid = std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1).unwrap_or("").to_owned()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("").to_owned())
+        })
         .unwrap_or_default();
     if uid != "0" {
         bail!("the lab creates network namespaces: run it as root");
@@ -116,9 +120,15 @@ fn target_ns(state: &State, t: &str) -> Result<String> {
         return Ok(n.netns.clone());
     }
     match t {
-        "ext" => state.external.clone().context("this lab has no external host"),
+        "ext" => state
+            .external
+            .clone()
+            .context("this lab has no external host"),
         "underlay" => Ok(state.underlay.clone()),
-        _ => bail!("no pod or node {t:?} in lab {} (see podpath-lab status)", state.name),
+        _ => bail!(
+            "no pod or node {t:?} in lab {} (see podpath-lab status)",
+            state.name
+        ),
     }
 }
 
@@ -139,7 +149,13 @@ fn run(cli: Cli) -> Result<()> {
             println!("received {n} bytes, all correct");
             Ok(())
         }
-        Cmd::Up { nodes, pods, no_external, dataplane, busy_poll } => {
+        Cmd::Up {
+            nodes,
+            pods,
+            no_external,
+            dataplane,
+            busy_poll,
+        } => {
             require_root()?;
             let mut o = LabOptions::new(&cli.name);
             o.nodes = nodes;
@@ -174,7 +190,11 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Ctl { node, args } => {
             let s = State::load(&cli.state_dir, &cli.name)?;
             let n = s.node(&node).with_context(|| format!("no node {node}"))?;
-            let st = Command::new(podpathctl()).arg("--socket").arg(&n.socket).args(&args).status()?;
+            let st = Command::new(podpathctl())
+                .arg("--socket")
+                .arg(&n.socket)
+                .args(&args)
+                .status()?;
             std::process::exit(st.code().unwrap_or(1));
         }
         Cmd::Exec { target, cmd } => {
@@ -203,13 +223,23 @@ fn print_summary(s: &State) {
             n.socket.display()
         );
         for p in &n.pods {
-            println!("    pod {} {} via {:?} ({})", p.name, p.ip, p.attach, p.device);
+            println!(
+                "    pod {} {} via {:?} ({})",
+                p.name, p.ip, p.attach, p.device
+            );
         }
     }
     if let Some(e) = &s.external {
         println!("  external host {e} ({}.100)", topo::UNDERLAY_PREFIX);
     }
-    println!("try: podpath-lab exec {0}-a ping -c3 {1}   podpath-lab ctl {0} -- stats", s.nodes.first().map_or("node1", |n| n.name.as_str()), s.nodes.first().and_then(|n| n.pods.get(1)).map_or("10.244.0.3", |p| p.ip.as_str()));
+    println!(
+        "try: podpath-lab exec {0}-a ping -c3 {1}   podpath-lab ctl {0} -- stats",
+        s.nodes.first().map_or("node1", |n| n.name.as_str()),
+        s.nodes
+            .first()
+            .and_then(|n| n.pods.get(1))
+            .map_or("10.244.0.3", |p| p.ip.as_str())
+    );
 }
 
 fn print_status(v: &serde_json::Value) {
@@ -220,14 +250,31 @@ fn print_status(v: &serde_json::Value) {
             d["node"].as_str().unwrap_or(""),
             d["netns"].as_str().unwrap_or(""),
             d["pid"],
-            if d["running"] == true { "running" } else { "NOT RUNNING" },
+            if d["running"] == true {
+                "running"
+            } else {
+                "NOT RUNNING"
+            },
             d["socket"].as_str().unwrap_or("")
         );
     }
     for ns in v["namespaces"].as_array().into_iter().flatten() {
-        println!("{}{}", ns["netns"].as_str().unwrap_or(""), if ns["exists"] == true { "" } else { " (missing)" });
+        println!(
+            "{}{}",
+            ns["netns"].as_str().unwrap_or(""),
+            if ns["exists"] == true {
+                ""
+            } else {
+                " (missing)"
+            }
+        );
         for i in ns["interfaces"].as_array().into_iter().flatten() {
-            let addrs: Vec<&str> = i["addresses"].as_array().into_iter().flatten().filter_map(|a| a.as_str()).collect();
+            let addrs: Vec<&str> = i["addresses"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|a| a.as_str())
+                .collect();
             println!(
                 "  {:<8} {} mtu {} {} {}",
                 i["name"].as_str().unwrap_or(""),
@@ -251,7 +298,10 @@ fn sh(title: &str, ns: &str, cmd: &str, args: &[&str]) -> Result<()> {
 
 fn demo(name: &str, state_dir: &std::path::Path, keep: bool) -> Result<()> {
     let mut lab = match State::load(state_dir, name) {
-        Ok(s) => Lab { state: s, cleanup_on_drop: false },
+        Ok(s) => Lab {
+            state: s,
+            cleanup_on_drop: false,
+        },
         Err(_) => {
             let mut o = LabOptions::new(name);
             o.state_dir = state_dir.to_path_buf();
@@ -263,10 +313,17 @@ fn demo(name: &str, state_dir: &std::path::Path, keep: bool) -> Result<()> {
     print_summary(&lab.state);
     let s = lab.state.clone();
     let n = s.nodes.first().context("no node")?;
-    let (a, b) = (n.pods.first().context("need two pods")?, n.pods.get(1).context("need two pods")?);
+    let (a, b) = (
+        n.pods.first().context("need two pods")?,
+        n.pods.get(1).context("need two pods")?,
+    );
     let ctl = |args: &[&str]| -> Result<()> {
         println!("\n$ podpathctl {}", args.join(" "));
-        let st = Command::new(podpathctl()).arg("--socket").arg(&n.socket).args(args).status()?;
+        let st = Command::new(podpathctl())
+            .arg("--socket")
+            .arg(&n.socket)
+            .args(args)
+            .status()?;
         if !st.success() {
             bail!("podpathctl failed");
         }
@@ -274,14 +331,40 @@ fn demo(name: &str, state_dir: &std::path::Path, keep: bool) -> Result<()> {
     };
     println!("\n== Walk 1: two pods on one node, bridged by the dataplane ({} via af_packet, {} via tap)", a.name, b.name);
     ctl(&["trace", "start", "4"])?;
-    sh(&format!("{} ping -c 3 {}", a.name, b.ip), &a.netns, "ping", &["-c", "3", "-i", "0.2", "-W", "2", &b.ip])?;
-    sh(&format!("{} ip neigh (ARP resolved through the bridge)", a.name), &a.netns, "ip", &["neigh", "show", "dev", "eth0"])?;
+    sh(
+        &format!("{} ping -c 3 {}", a.name, b.ip),
+        &a.netns,
+        "ping",
+        &["-c", "3", "-i", "0.2", "-W", "2", &b.ip],
+    )?;
+    sh(
+        &format!("{} ip neigh (ARP resolved through the bridge)", a.name),
+        &a.netns,
+        "ip",
+        &["neigh", "show", "dev", "eth0"],
+    )?;
     let exe = std::env::current_exe()?;
     let exe = exe.display().to_string();
-    println!("\n$ {}: receive 10 MB over TCP from {}, checked byte for byte", b.name, a.name);
-    let mut rx = net::command_in(&b.netns, &exe).args(["tcp-recv", "--port", "5001", "--bytes", "10485760"]).spawn()?;
+    println!(
+        "\n$ {}: receive 10 MB over TCP from {}, checked byte for byte",
+        b.name, a.name
+    );
+    let mut rx = net::command_in(&b.netns, &exe)
+        .args(["tcp-recv", "--port", "5001", "--bytes", "10485760"])
+        .spawn()?;
     std::thread::sleep(Duration::from_millis(300));
-    sh(&format!("{} tcp-send", a.name), &a.netns, &exe, &["tcp-send", "--to", &format!("{}:5001", b.ip), "--bytes", "10485760"])?;
+    sh(
+        &format!("{} tcp-send", a.name),
+        &a.netns,
+        &exe,
+        &[
+            "tcp-send",
+            "--to",
+            &format!("{}:5001", b.ip),
+            "--bytes",
+            "10485760",
+        ],
+    )?;
     if !rx.wait()?.success() {
         bail!("the TCP transfer failed");
     }

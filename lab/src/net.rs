@@ -66,7 +66,12 @@ pub fn netns_exists(ns: &str) -> bool {
 /// Is the process alive (and not a zombie)?
 pub fn pid_alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| !s.split_whitespace().nth(2).is_some_and(|st| st == "Z"))
+        .ok()
+        // The state follows the command name, which is in parentheses and may hold spaces.
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.split_whitespace().next() != Some("Z"))
+        })
         .unwrap_or(false)
 }
 

@@ -128,7 +128,8 @@ impl State {
 
     pub fn load(state_dir: &Path, name: &str) -> Result<State> {
         let p = Self::path(&state_dir.join(name));
-        let b = fs::read(&p).with_context(|| format!("no lab {name:?} ({} missing)", p.display()))?;
+        let b =
+            fs::read(&p).with_context(|| format!("no lab {name:?} ({} missing)", p.display()))?;
         Ok(serde_json::from_slice(&b)?)
     }
 
@@ -144,7 +145,12 @@ impl State {
 }
 
 fn validate_name(name: &str) -> Result<()> {
-    if name.is_empty() || name.len() > 12 || !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()) {
+    if name.is_empty()
+        || name.len() > 12
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+    {
         bail!("lab name {name:?} must be 1-12 characters of a-z and 0-9");
     }
     Ok(())
@@ -165,8 +171,15 @@ impl Lab {
             );
         }
         let prefix = format!("pp-{}", opts.name);
-        if net::netns_list().iter().any(|n| n.starts_with(&format!("{prefix}-"))) {
-            bail!("a lab named {:?} is already up (podpath-lab down --name {} removes it)", opts.name, opts.name);
+        if net::netns_list()
+            .iter()
+            .any(|n| n.starts_with(&format!("{prefix}-")))
+        {
+            bail!(
+                "a lab named {:?} is already up (podpath-lab down --name {} removes it)",
+                opts.name,
+                opts.name
+            );
         }
         let dir = opts.state_dir.join(&opts.name);
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -236,7 +249,11 @@ impl Lab {
                 let letter = pod_letter(j);
                 let pod_ns = format!("{ns}-{letter}");
                 self.add_ns(&pod_ns)?;
-                let attach = if j % 2 == 0 { Attach::AfPacket } else { Attach::Tap };
+                let attach = if j % 2 == 0 {
+                    Attach::AfPacket
+                } else {
+                    Attach::Tap
+                };
                 let ip = format!("10.244.{}.{}", k - 1, j + 2);
                 let device = match attach {
                     Attach::AfPacket => {
@@ -276,7 +293,12 @@ impl Lab {
 
     fn underlay_link(&self, ns: &str, port: &str, addr: &str) -> Result<()> {
         let u = &self.state.underlay;
-        ip_in(u, &["link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns])?;
+        ip_in(
+            u,
+            &[
+                "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns,
+            ],
+        )?;
         ip_in(u, &["link", "set", port, "master", "br0", "up"])?;
         ip_in(ns, &["addr", "add", addr, "dev", "eth0"])?;
         ip_in(ns, &["link", "set", "eth0", "up"])?;
@@ -287,7 +309,10 @@ impl Lab {
     pub fn start_dataplane(&mut self, i: usize, opts: &LabOptions) -> Result<()> {
         let node = &self.state.nodes[i];
         let _ = fs::remove_file(&node.socket);
-        let log = fs::OpenOptions::new().create(true).append(true).open(&node.log)?;
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log)?;
         let child = net::command_in(&node.netns, &opts.dataplane.display().to_string())
             .args(["--config", &node.config.display().to_string()])
             .stdin(Stdio::null())
@@ -311,7 +336,12 @@ impl Lab {
                 bail!("the dataplane of {} exited during start-up", node.name);
             }
             if Instant::now() > end {
-                bail!("the dataplane of {} did not open {} within {:?}", node.name, node.socket.display(), opts.start_timeout);
+                bail!(
+                    "the dataplane of {} did not open {} within {:?}",
+                    node.name,
+                    node.socket.display(),
+                    opts.start_timeout
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -332,7 +362,11 @@ impl Lab {
             if let Ok(t) = fs::read_to_string(&n.log) {
                 let lines: Vec<&str> = t.lines().collect();
                 let tail = lines[lines.len().saturating_sub(15)..].join("\n");
-                s += &format!("--- {} dataplane log ({}):\n{tail}\n", n.name, n.log.display());
+                s += &format!(
+                    "--- {} dataplane log ({}):\n{tail}\n",
+                    n.name,
+                    n.log.display()
+                );
             }
         }
         s
@@ -411,13 +445,24 @@ pub fn teardown_by_name(state_dir: &Path, name: &str) -> Result<()> {
 }
 
 fn veth_to_pod(node_ns: &str, host: &str, pod_ns: &str) -> Result<()> {
-    ip_in(node_ns, &["link", "add", host, "type", "veth", "peer", "name", "eth0", "netns", pod_ns])?;
-    ip_in(node_ns, &["link", "set", host, "mtu", &POD_MTU.to_string(), "up"])?;
+    ip_in(
+        node_ns,
+        &[
+            "link", "add", host, "type", "veth", "peer", "name", "eth0", "netns", pod_ns,
+        ],
+    )?;
+    ip_in(
+        node_ns,
+        &["link", "set", host, "mtu", &POD_MTU.to_string(), "up"],
+    )?;
     Ok(())
 }
 
 fn configure_pod_if(pod_ns: &str, ip: &str) -> Result<()> {
-    ip_in(pod_ns, &["link", "set", "eth0", "mtu", &POD_MTU.to_string(), "up"])?;
+    ip_in(
+        pod_ns,
+        &["link", "set", "eth0", "mtu", &POD_MTU.to_string(), "up"],
+    )?;
     ip_in(pod_ns, &["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
     offloads_off(pod_ns, "eth0");
     Ok(())
@@ -427,7 +472,13 @@ fn configure_pod_if(pod_ns: &str, ip: &str) -> Result<()> {
 /// offload or GSO on a veth, those are half-finished (no L4 checksum, 64 KB
 /// super-frames). A pod attached to a user-space switch must send finished frames.
 fn offloads_off(ns: &str, dev: &str) {
-    let _ = net::exec_in(ns, "ethtool", &["-K", dev, "tx", "off", "tso", "off", "gso", "off", "gro", "off"]);
+    let _ = net::exec_in(
+        ns,
+        "ethtool",
+        &[
+            "-K", dev, "tx", "off", "tso", "off", "gso", "off", "gro", "off",
+        ],
+    );
 }
 
 fn wait_for(ns: &str, dev: &str, timeout: Duration) -> Result<()> {
@@ -453,7 +504,10 @@ fn write_config(node: &Node, opts: &LabOptions) -> Result<()> {
         idle = opts.idle_backoff,
     );
     for p in &node.pods {
-        c += &format!("[[port]]\nname = \"{}\"\ndevice = \"{}\"\nbridge = 1\nmtu = {POD_MTU}\n", p.port, p.device);
+        c += &format!(
+            "[[port]]\nname = \"{}\"\ndevice = \"{}\"\nbridge = 1\nmtu = {POD_MTU}\n",
+            p.port, p.device
+        );
         if p.attach == Attach::Tap {
             c += &format!("netns = \"/var/run/netns/{}\"\n", p.netns);
         }
@@ -486,7 +540,10 @@ pub fn add_pod(lab: &mut Lab, node: &str, letter: char, attach: Attach) -> Resul
             offloads_off(&n.netns, &host);
             (format!("net_af_packet{j},iface={host}"), None)
         }
-        Attach::Tap => (format!("net_tap{j},iface=eth0"), Some(format!("/var/run/netns/{pod_ns}"))),
+        Attach::Tap => (
+            format!("net_tap{j},iface=eth0"),
+            Some(format!("/var/run/netns/{pod_ns}")),
+        ),
     };
     let pod = Pod {
         name: format!("{node}-{letter}"),
@@ -497,14 +554,16 @@ pub fn add_pod(lab: &mut Lab, node: &str, letter: char, attach: Attach) -> Resul
         device: device.clone(),
     };
     let mut c = podpath_proto::Client::connect(&n.socket, "podpath-lab")?;
-    c.call(podpath_proto::Request::PortAttach(podpath_proto::PortSpec {
-        name: pod.port.clone(),
-        device,
-        netns,
-        bridge: Some(1),
-        queues: None,
-        mtu: Some(POD_MTU),
-    }))?;
+    c.call(podpath_proto::Request::PortAttach(
+        podpath_proto::PortSpec {
+            name: pod.port.clone(),
+            device,
+            netns,
+            bridge: Some(1),
+            queues: None,
+            mtu: Some(POD_MTU),
+        },
+    ))?;
     if attach == Attach::Tap {
         wait_for(&pod_ns, "eth0", Duration::from_secs(10))?;
         configure_pod_if(&pod_ns, &ip)?;
@@ -516,7 +575,10 @@ pub fn add_pod(lab: &mut Lab, node: &str, letter: char, attach: Attach) -> Resul
 
 /// Detaches a pod's port and deletes its namespace.
 pub fn del_pod(lab: &mut Lab, pod: &str) -> Result<()> {
-    let (n, p) = lab.state.pod(pod).with_context(|| format!("no pod {pod}"))?;
+    let (n, p) = lab
+        .state
+        .pod(pod)
+        .with_context(|| format!("no pod {pod}"))?;
     let (sock, port, ns) = (n.socket.clone(), p.port.clone(), p.netns.clone());
     let mut c = podpath_proto::Client::connect(&sock, "podpath-lab")?;
     c.call(podpath_proto::Request::PortDetach { name: port })?;
@@ -536,7 +598,8 @@ pub fn status(state: &State) -> serde_json::Value {
         .iter()
         .map(|ns| {
             let links = ip_in(ns, &["-j", "addr", "show"]).unwrap_or_else(|_| "[]".into());
-            let links: serde_json::Value = serde_json::from_str(&links).unwrap_or(serde_json::Value::Null);
+            let links: serde_json::Value =
+                serde_json::from_str(&links).unwrap_or(serde_json::Value::Null);
             let ifs: Vec<serde_json::Value> = links
                 .as_array()
                 .map(|a| {
@@ -548,7 +611,13 @@ pub fn status(state: &State) -> serde_json::Value {
                                 .map(|v| {
                                     v.iter()
                                         .filter(|x| x["family"] == "inet")
-                                        .map(|x| format!("{}/{}", x["local"].as_str().unwrap_or(""), x["prefixlen"]))
+                                        .map(|x| {
+                                            format!(
+                                                "{}/{}",
+                                                x["local"].as_str().unwrap_or(""),
+                                                x["prefixlen"]
+                                            )
+                                        })
                                         .collect()
                                 })
                                 .unwrap_or_default();

@@ -62,7 +62,8 @@ pub fn send(to: SocketAddr, bytes: u64, seed: u64, timeout: Duration) -> Result<
     s.shutdown(Shutdown::Write)?;
     // Wait for the receiver's verdict byte.
     let mut v = [0u8; 1];
-    s.read_exact(&mut v).context("waiting for the receiver's verdict")?;
+    s.read_exact(&mut v)
+        .context("waiting for the receiver's verdict")?;
     if v[0] != b'+' {
         bail!("receiver reported corrupted or short data");
     }
@@ -102,7 +103,10 @@ pub fn recv(port: u16, bytes: u64, seed: u64, timeout: Duration) -> Result<u64> 
     let ok = ok && got == bytes;
     let _ = s.write_all(if ok { b"+" } else { b"-" });
     if !ok {
-        bail!("received {got} of {bytes} bytes, content {}", if got == bytes { "corrupted" } else { "short" });
+        bail!(
+            "received {got} of {bytes} bytes, content {}",
+            if got == bytes { "corrupted" } else { "short" }
+        );
     }
     Ok(got)
 }

@@ -52,24 +52,40 @@ fn two_pods_bridged_arp_ping_tcp_and_hotplug() {
     let mut lab = Lab::up(&o).expect("lab up");
     let node = lab.state.nodes[0].clone();
     let (a, b) = (node.pods[0].clone(), node.pods[1].clone());
-    assert_eq!((a.attach.clone(), b.attach.clone()), (Attach::AfPacket, Attach::Tap));
+    assert_eq!(
+        (a.attach.clone(), b.attach.clone()),
+        (Attach::AfPacket, Attach::Tap)
+    );
 
     // ARP through the bridge, then ICMP.
     assert!(ping(&a.netns, &b.ip), "pod a cannot ping pod b");
     let neigh = net::ip_in(&a.netns, &["neigh", "show", &b.ip]).unwrap();
-    assert!(neigh.contains(&mac_of(&b.netns, "eth0")), "ARP did not resolve b's MAC: {neigh}");
+    assert!(
+        neigh.contains(&mac_of(&b.netns, "eth0")),
+        "ARP did not resolve b's MAC: {neigh}"
+    );
     assert!(ping(&b.netns, &a.ip), "pod b cannot ping pod a");
 
     // 10 MB over TCP, checked byte for byte, while pod c is plugged in and out.
     let bytes = "10485760";
     let mut rx = net::command_in(&b.netns, &lab_bin().display().to_string())
-        .args(["tcp-recv", "--port", "5001", "--bytes", bytes, "--seed", "42"])
+        .args([
+            "tcp-recv", "--port", "5001", "--bytes", bytes, "--seed", "42",
+        ])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let tx = net::command_in(&a.netns, &lab_bin().display().to_string())
-        .args(["tcp-send", "--to", &format!("{}:5001", b.ip), "--bytes", bytes, "--seed", "42"])
+        .args([
+            "tcp-send",
+            "--to",
+            &format!("{}:5001", b.ip),
+            "--bytes",
+            bytes,
+            "--seed",
+            "42",
+        ])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -80,7 +96,11 @@ fn two_pods_bridged_arp_ping_tcp_and_hotplug() {
     assert!(ping(&d.netns, &b.ip), "hot-plugged pod d got no traffic");
     let tx = tx.wait_with_output().unwrap();
     let rxo = rx.wait().unwrap();
-    assert!(tx.status.success() && rxo.success(), "TCP transfer failed: {}", String::from_utf8_lossy(&tx.stdout));
+    assert!(
+        tx.status.success() && rxo.success(),
+        "TCP transfer failed: {}",
+        String::from_utf8_lossy(&tx.stdout)
+    );
 
     // Every packet is accounted for: rx + replicated = tx + dropped (by reason).
     let end = Instant::now() + Duration::from_secs(10);
@@ -91,16 +111,26 @@ fn two_pods_bridged_arp_ping_tcp_and_hotplug() {
         }
         std::thread::sleep(Duration::from_millis(200));
     };
-    assert_eq!(s.rx + s.replicated, s.tx + s.dropped, "counters do not balance: {s:?}");
+    assert_eq!(
+        s.rx + s.replicated,
+        s.tx + s.dropped,
+        "counters do not balance: {s:?}"
+    );
     assert_eq!(s.dropped, s.drops.iter().map(|d| d.count).sum::<u64>());
-    assert!(s.rx > 7000, "a 10 MB transfer is more than {} packets", s.rx);
+    assert!(
+        s.rx > 7000,
+        "a 10 MB transfer is more than {} packets",
+        s.rx
+    );
     let pa = s.ports.iter().find(|p| p.name == "pod-a").unwrap();
     assert!(pa.rx_bytes > 10_485_760, "pod-a sent {} bytes", pa.rx_bytes);
 
     let prefix = lab.state.prefix.clone();
     lab.down();
     assert!(
-        !net::netns_list().iter().any(|n| n.starts_with(&format!("{prefix}-"))),
+        !net::netns_list()
+            .iter()
+            .any(|n| n.starts_with(&format!("{prefix}-"))),
         "namespaces left behind"
     );
 }
@@ -116,8 +146,14 @@ fn dataplane_fails_with(config: &str, expect: &str) {
         .expect("run dataplane");
     let _ = std::fs::remove_dir_all(&dir);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "dataplane accepted a bad configuration:\n{config}");
-    assert!(err.contains(expect), "error does not name the problem ({expect:?}):\n{err}");
+    assert!(
+        !out.status.success(),
+        "dataplane accepted a bad configuration:\n{config}"
+    );
+    assert!(
+        err.contains(expect),
+        "error does not name the problem ({expect:?}):\n{err}"
+    );
 }
 
 #[test]
@@ -127,14 +163,22 @@ fn bad_configuration_exits_nonzero_naming_the_problem() {
     let base = format!(
         "[eal]\nfile_prefix = \"{prefix}\"\npci = false\nhugepages = \"off\"\n[dataplane]\nsocket = \"/tmp/{prefix}.sock\"\n"
     );
-    dataplane_fails_with(&base.replace("[eal]\n", "[eal]\nlcores = \"0,77\"\n"), "eal.lcores");
-    dataplane_fails_with(&base.replace("[eal]\n", "[eal]\nlcores = \"0\"\n"), "eal.lcores");
+    dataplane_fails_with(
+        &base.replace("[eal]\n", "[eal]\nlcores = \"0,77\"\n"),
+        "eal.lcores",
+    );
+    dataplane_fails_with(
+        &base.replace("[eal]\n", "[eal]\nlcores = \"0\"\n"),
+        "eal.lcores",
+    );
     dataplane_fails_with(
         &format!("{base}[[port]]\nname = \"x\"\ndevice = \"net_nosuchdev0\"\n"),
         "net_nosuchdev0",
     );
     dataplane_fails_with(
-        &base.replace("[dataplane]\n", "[dataplane]\nmbufs = 4000000\n").replace("pci = false", "pci = false\nmemory_mb = 64"),
+        &base
+            .replace("[dataplane]\n", "[dataplane]\nmbufs = 4000000\n")
+            .replace("pci = false", "pci = false\nmemory_mb = 64"),
         "cannot create mbuf pool",
     );
     dataplane_fails_with("[eal\n", "bad.toml");

@@ -74,10 +74,15 @@ mod tests {
     #[test]
     fn names_are_unique_and_kebab_case() {
         let mut seen = HashSet::new();
-        let names = STAGES.iter().map(|(n, _)| *n).chain(DROP_REASONS.iter().map(|(_, n, _)| *n));
+        let names = STAGES
+            .iter()
+            .map(|(n, _)| *n)
+            .chain(DROP_REASONS.iter().map(|(_, n, _)| *n));
         for name in names {
             assert!(seen.insert(name), "duplicate name {name}");
-            assert!(name.chars().all(|c| c.is_ascii_lowercase() || c == '-' || c.is_ascii_digit()));
+            assert!(name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c == '-' || c.is_ascii_digit()));
         }
         assert_eq!(StageId::Bridge.name(), "bridge");
         assert_eq!(DropReason::TxFull.stage(), StageId::Tx);

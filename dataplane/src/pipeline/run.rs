@@ -103,7 +103,8 @@ impl<F: Frame> Pipeline<F> {
                 trace,
                 ..Meta::default()
             };
-            self.queue[StageId::EthInput.index()][i] = i as u8;
+            // i < BURST (32), so it fits a u8 index.
+            self.queue[StageId::EthInput.index()][i] = u8::try_from(i).unwrap_or(0);
         }
         self.queue_len[StageId::EthInput.index()] = n;
 
@@ -170,7 +171,7 @@ impl<F: Frame> Pipeline<F> {
             match next {
                 Next::Stage(t) => {
                     let q = t.index();
-                    self.queue[q][self.queue_len[q]] = i as u8;
+                    self.queue[q][self.queue_len[q]] = u8::try_from(i).unwrap_or(0);
                     self.queue_len[q] += 1;
                 }
                 Next::Drop(r) => {

@@ -35,9 +35,13 @@ pub enum TraceDetail {
         hit: Option<u16>,
     },
     /// Output: queued on `port`.
-    Out { port: u16 },
+    Out {
+        port: u16,
+    },
     /// Flooded to `ports` ports (`ports - 1` copies and the original).
-    Flood { ports: u16 },
+    Flood {
+        ports: u16,
+    },
     None,
 }
 

@@ -48,6 +48,9 @@ pub struct MemPort {
     pub tx_limit: Option<usize>,
     /// When set, transmitted frames are counted and recycled, not kept (benchmarks).
     pub discard_tx: bool,
+    /// When set, transmitted frames are queued for receiving on this port instead
+    /// (benchmarks loop the same buffers forever).
+    pub loop_to: Option<u16>,
     pub tx_count: u64,
 }
 
@@ -115,11 +118,18 @@ impl PortIo for MemIo {
         };
         let n = p.tx_limit.map_or(frames.len(), |l| l.min(frames.len()));
         p.tx_count += n as u64;
+        let (loop_to, discard) = (p.loop_to, p.discard_tx);
+        if let Some(to) = loop_to {
+            if let Some(dst) = self.ports.get_mut(usize::from(to)) {
+                dst.rx.extend(frames.drain(..n));
+                return n;
+            }
+        }
         for f in frames.drain(..n) {
-            if p.discard_tx {
+            if discard {
                 self.recycled.push(f);
             } else {
-                p.tx.push(f.data().to_vec());
+                self.ports[usize::from(port)].tx.push(f.data().to_vec());
             }
         }
         n

@@ -5,12 +5,13 @@ use super::Ctx;
 use crate::pipeline::{DropReason, Frame, Meta, Next, StageId, TraceDetail, PREFETCH_AHEAD};
 use crate::wire::{self, arp, ethernet, icmpv4, ipv4, tcp, udp, EtherType, IpProtocol};
 
+/// (source, destination, protocol, source port or ICMP type, destination port or
+/// ICMP echo id), for traces.
+pub type FiveTuple = (wire::Ipv4Addr, wire::Ipv4Addr, u8, u16, u16);
+
 /// Parses one frame; on success fills `meta` and returns the parsed 5-tuple (for
 /// traces). Pure: unit-tested on byte buffers.
-pub fn classify(
-    data: &[u8],
-    meta: &mut Meta,
-) -> Result<Option<(wire::Ipv4Addr, wire::Ipv4Addr, u8, u16, u16)>, DropReason> {
+pub fn classify(data: &[u8], meta: &mut Meta) -> Result<Option<FiveTuple>, DropReason> {
     let l2 = ethernet::parse_l2(data).map_err(|e| match e {
         wire::Error::Truncated if data.len() < ethernet::HEADER_LEN => DropReason::EthTruncated,
         _ => DropReason::VlanMalformed,
@@ -153,9 +154,7 @@ mod tests {
         v
     }
 
-    fn classify_v(
-        v: &[u8],
-    ) -> Result<Option<(wire::Ipv4Addr, wire::Ipv4Addr, u8, u16, u16)>, DropReason> {
+    fn classify_v(v: &[u8]) -> Result<Option<FiveTuple>, DropReason> {
         classify(v, &mut Meta::default())
     }
 

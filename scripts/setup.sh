@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs what podpath needs on Debian 12 (run as root): DPDK 22.11 and its headers,
+# clang for bindgen, the network tools the lab and tests use, and Rust if missing.
+# Reserves hugepages when the kernel lets us (the dataplane falls back to --no-huge).
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends \
+  dpdk libdpdk-dev pkg-config libclang-dev clang gcc libc6-dev \
+  iproute2 iputils-ping ethtool procps kmod ca-certificates curl >/dev/null
+if ! command -v cargo >/dev/null 2>&1; then
+  if [ -x "$HOME/.cargo/bin/cargo" ]; then
+    :
+  else
+    apt-get install -y -qq --no-install-recommends cargo rustc >/dev/null
+  fi
+fi
+# Hugepages: best effort (not possible in every container or VM).
+if [ -w /proc/sys/vm/nr_hugepages ]; then
+  cur=$(cat /proc/sys/vm/nr_hugepages)
+  [ "$cur" -ge 256 ] || echo 256 > /proc/sys/vm/nr_hugepages 2>/dev/null || true
+  mountpoint -q /dev/hugepages || { mkdir -p /dev/hugepages; mount -t hugetlbfs nodev /dev/hugepages 2>/dev/null || true; }
+fi
+echo "setup: DPDK $(pkg-config --modversion libdpdk), hugepages free: $(awk '/HugePages_Free/ {print $2}' /proc/meminfo)"

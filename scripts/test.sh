@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh Debian 12 machine, as root: installs what it needs,
+# builds every binary (the end-to-end tests start the dataplane and the lab), then
+# runs unit, property and end-to-end tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ "$(id -u)" = 0 ] || { echo "test.sh: run as root (the tests create network namespaces)"; exit 1; }
+[ "${PODPATH_SKIP_SETUP:-0}" = 1 ] || scripts/setup.sh
+[ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
+cargo build --workspace --bins
+cargo test --workspace
