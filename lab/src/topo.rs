@@ -495,7 +495,7 @@ fn wait_for(ns: &str, dev: &str, timeout: Duration) -> Result<()> {
 fn write_config(node: &Node, opts: &LabOptions) -> Result<()> {
     let mut c = format!(
         "# Written by podpath-lab for {name}.\n\
-         [eal]\nlcores = \"0,1\"\nfile_prefix = \"{prefix}\"\nmemory_mb = 256\npci = false\n\n\
+         [eal]\nlcores = \"0,1\"\nfile_prefix = \"{prefix}\"\nmemory_mb = 128\npci = false\n\n\
          [dataplane]\nsocket = \"{sock}\"\nmbufs = 4095\nrx_desc = 512\ntx_desc = 512\n\n\
          [idle]\nenabled = {idle}\n\n",
         name = node.name,
