@@ -236,41 +236,9 @@ impl Config {
     }
 }
 
-/// Checks a port request (shared by the config file and the control socket).
+/// Checks a port request (shared with the control service).
 pub fn validate_port(p: &PortSpec) -> Result<(), String> {
-    if p.name.is_empty()
-        || p.name.len() > 64
-        || !p
-            .name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-    {
-        return Err(format!(
-            "port name {:?} must be 1-64 characters of a-z, 0-9, '-', '_', '.'",
-            p.name
-        ));
-    }
-    let drv = p.device.split(',').next().unwrap_or("");
-    if drv.is_empty() || p.device.contains(char::is_whitespace) {
-        return Err(format!(
-            "device {:?} is not DPDK device arguments (e.g. net_tap0,iface=eth0)",
-            p.device
-        ));
-    }
-    if let Some(ns) = &p.netns {
-        if !Path::new(ns).exists() {
-            return Err(format!("network namespace {ns:?} does not exist"));
-        }
-    }
-    if p.queues == Some(0) {
-        return Err("queues must be at least 1".into());
-    }
-    if let Some(m) = p.mtu {
-        if !(68..=9000).contains(&m) {
-            return Err(format!("mtu {m} is outside 68..=9000"));
-        }
-    }
-    Ok(())
+    podpath_proto::validate::port_spec(p)
 }
 
 /// Parses "0,2-3" into [0, 2, 3].

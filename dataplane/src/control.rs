@@ -7,18 +7,15 @@
 //! thread stop and unplug a detached port; old snapshots come back over a channel and
 //! are freed here, never on a worker.
 use std::collections::HashMap;
-use std::io::ErrorKind as IoErrorKind;
-use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam::channel::{bounded, Receiver, Sender};
 use podpath_proto::{
-    codec, DropStat, Envelope, ErrorKind, ErrorReply, MacInfo, PortInfo, PortSpec, PortStat,
-    Request, Response, StageStat, Stats, TraceLine, WorkerStat, PROTOCOL_VERSION,
+    DropStat, ErrorKind, ErrorReply, MacInfo, PortInfo, PortSpec, PortStat, Request, Response,
+    StageStat, Stats, TraceLine, WorkerStat, PROTOCOL_VERSION,
 };
 use ringbuf::traits::Consumer;
 use ringbuf::HeapCons;
@@ -46,9 +43,6 @@ struct Attached {
     queues: u16,
 }
 
-/// A request from a client thread, with where to send the answer.
-pub type Job = (Request, Sender<Response>);
-
 pub struct Control {
     pool: Mempool,
     workers: Vec<WorkerHandle>,
@@ -59,6 +53,9 @@ pub struct Control {
     tsc_hz: u64,
     rx_desc: u16,
     tx_desc: u16,
+    /// Port counters at attach time, by port id: DPDK reuses ids after a detach, and
+    /// a port's counters start from its attach.
+    port_base: HashMap<u16, [u64; 5]>,
 }
 
 fn err(kind: ErrorKind, message: impl Into<String>) -> ErrorReply {
@@ -86,7 +83,23 @@ impl Control {
             tsc_hz,
             rx_desc,
             tx_desc,
+            port_base: HashMap::new(),
         }
+    }
+
+    /// A port's counters summed over the workers.
+    fn port_sums(&self, id: u16) -> [u64; 5] {
+        let mut v = [0u64; 5];
+        for w in &self.workers {
+            if let Some(pc) = w.counters.ports.get(usize::from(id)) {
+                v[0] += get(&pc.rx_packets);
+                v[1] += get(&pc.rx_bytes);
+                v[2] += get(&pc.tx_packets);
+                v[3] += get(&pc.tx_bytes);
+                v[4] += get(&pc.tx_dropped);
+            }
+        }
+        v
     }
 
     pub fn n_workers(&self) -> usize {
@@ -117,12 +130,19 @@ impl Control {
         Arc::new(PortMap::build(entries, workers))
     }
 
+    /// Sends a message to a worker, waiting at most a second: a stuck worker must
+    /// not hang the control thread. False when the worker did not take it.
+    fn tell(w: &WorkerHandle, msg: WorkerMsg) -> bool {
+        w.tx.send_timeout(msg, Duration::from_secs(1)).is_ok()
+    }
+
     /// Publishes the current ports to every worker; returns the generation.
     fn publish(&mut self) -> u64 {
         self.gen += 1;
         let map = self.build_map(self.n_workers());
         for w in &self.workers {
-            let _ = w.tx.send(WorkerMsg::Ports(Arc::clone(&map), self.gen));
+            // A worker that misses it never reaches `gen`: detach then keeps the port.
+            let _ = Self::tell(w, WorkerMsg::Ports(Arc::clone(&map), self.gen));
         }
         self.current = map;
         self.gen
@@ -200,6 +220,8 @@ impl Control {
                 ),
             ));
         }
+        let id = port.id();
+        self.port_base.insert(id, self.port_sums(id));
         self.ports.push(Attached { spec, port, queues });
         self.publish();
         let a = self.ports.last().expect("just pushed");
@@ -232,9 +254,13 @@ impl Control {
         }
         let Attached { spec, port, .. } = a;
         let res = match &spec.netns {
-            Some(ns) => netns::with_netns(Path::new(ns), || port.remove())
-                .map_err(|e| err(ErrorKind::Device, e.to_string()))?,
-            None => port.remove(),
+            // A pod's namespace may be gone already (deleted before the detach): then
+            // its tap went with it, and the port is removed from here.
+            Some(ns) if Path::new(ns).exists() => {
+                netns::with_netns(Path::new(ns), || port.remove())
+                    .map_err(|e| err(ErrorKind::Device, e.to_string()))?
+            }
+            _ => port.remove(),
         };
         self.reclaim();
         res.map_err(|e| err(ErrorKind::Device, e.to_string()))
@@ -316,29 +342,34 @@ impl Control {
                     });
                 }
             }
-            for (id, pc) in c.ports.iter().enumerate() {
-                let id = u16::try_from(id).unwrap_or(0);
-                let rx = get(&pc.rx_packets);
-                let tx = get(&pc.tx_packets);
-                if rx == 0 && tx == 0 && self.current.port(id).is_none() {
-                    continue;
-                }
-                let e = ports.entry(id).or_insert_with(|| PortStat {
-                    id,
-                    name: self.port_name(id),
-                    ..Default::default()
-                });
-                e.rx_packets += rx;
-                e.rx_bytes += get(&pc.rx_bytes);
-                e.tx_packets += tx;
-                e.tx_bytes += get(&pc.tx_bytes);
-                e.tx_dropped += get(&pc.tx_dropped);
-            }
             s.rx += ws.rx;
             s.tx += ws.tx;
             s.dropped += ws.dropped;
             s.replicated += ws.replicated;
             s.workers.push(ws);
+        }
+        // Per port: the attached ports, counted since their attach.
+        for a in &self.ports {
+            let id = a.port.id();
+            let now = self.port_sums(id);
+            let base = self.port_base.get(&id).copied().unwrap_or_default();
+            let d: Vec<u64> = now
+                .iter()
+                .zip(base)
+                .map(|(n, b)| n.saturating_sub(b))
+                .collect();
+            ports.insert(
+                id,
+                PortStat {
+                    id,
+                    name: a.spec.name.clone(),
+                    rx_packets: d[0],
+                    rx_bytes: d[1],
+                    tx_packets: d[2],
+                    tx_bytes: d[3],
+                    tx_dropped: d[4],
+                },
+            );
         }
         let mut p: Vec<PortStat> = ports.into_values().collect();
         p.sort_by_key(|p| p.id);
@@ -348,7 +379,7 @@ impl Control {
 
     pub fn trace_start(&self, n: u32) {
         for w in &self.workers {
-            let _ = w.tx.send(WorkerMsg::Trace(n));
+            let _ = Self::tell(w, WorkerMsg::Trace(n));
         }
     }
 
@@ -440,8 +471,12 @@ impl Control {
         let mut out = Vec::new();
         for w in &self.workers {
             let (tx, rx) = bounded::<Vec<MacRow>>(1);
-            w.tx.send(WorkerMsg::DumpMacs(tx))
-                .map_err(|_| err(ErrorKind::Unavailable, "worker is gone"))?;
+            if !Self::tell(w, WorkerMsg::DumpMacs(tx)) {
+                return Err(err(
+                    ErrorKind::Unavailable,
+                    format!("worker {} is not taking messages", w.id),
+                ));
+            }
             let rows = rx.recv_timeout(Duration::from_secs(2)).map_err(|_| {
                 err(
                     ErrorKind::Unavailable,
@@ -484,11 +519,24 @@ impl Control {
             ));
         }
         for w in &self.workers {
-            let _ = w.tx.send(WorkerMsg::StaticMac {
-                bd: bridge,
-                mac,
-                port: a.port.id(),
-            });
+            let _ = Self::tell(
+                w,
+                WorkerMsg::StaticMac {
+                    bd: bridge,
+                    mac,
+                    port: a.port.id(),
+                },
+            );
+        }
+        Ok(())
+    }
+
+    fn mac_del(&self, bridge: u16, mac: &str) -> Result<(), ErrorReply> {
+        let mac: MacAddr = mac
+            .parse()
+            .map_err(|m: String| err(ErrorKind::BadRequest, m))?;
+        for w in &self.workers {
+            let _ = Self::tell(w, WorkerMsg::DelStaticMac { bd: bridge, mac });
         }
         Ok(())
     }
@@ -520,6 +568,12 @@ impl Control {
                 Ok(Response::Done)
             }
             Request::TraceDump => Ok(Response::Trace(self.trace_dump())),
+            Request::MacDel { bridge, mac } => self.mac_del(bridge, &mac).map(|()| Response::Done),
+            Request::Ping => Ok(Response::Done),
+            Request::StateShow => Err(err(
+                ErrorKind::BadRequest,
+                "the dataplane holds no desired state: ask podpath-control (its socket, not the dataplane's)",
+            )),
         };
         r.unwrap_or_else(Response::Error)
     }
@@ -552,104 +606,4 @@ fn port_info(a: &Attached, xstats: bool) -> PortInfo {
         queues: a.queues,
         xstats: if xstats { a.port.xstats() } else { Vec::new() },
     }
-}
-
-/// Creates the control socket: removes a stale file (nobody answering on it), refuses
-/// when another dataplane is listening, and sets mode 0660 (and the group).
-pub fn bind_socket(path: &Path, group: Option<&str>) -> std::io::Result<UnixListener> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    if path.exists() {
-        if UnixStream::connect(path).is_ok() {
-            return Err(std::io::Error::new(
-                IoErrorKind::AddrInUse,
-                format!("{} is in use by a running dataplane", path.display()),
-            ));
-        }
-        std::fs::remove_file(path)?;
-    }
-    let l = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
-    if let Some(g) = group {
-        let status = std::process::Command::new("chgrp")
-            .arg(g)
-            .arg(path)
-            .status()?;
-        if !status.success() {
-            return Err(std::io::Error::other(format!(
-                "chgrp {g} {} failed",
-                path.display()
-            )));
-        }
-    }
-    Ok(l)
-}
-
-/// Accepts clients; each gets its own thread, so a slow or silent client stalls only
-/// itself. Requests reach the control loop through `jobs`.
-pub fn serve(listener: UnixListener, jobs: Sender<Job>, stop: Arc<AtomicBool>) {
-    listener.set_nonblocking(true).ok();
-    while !stop.load(Ordering::Relaxed) {
-        match listener.accept() {
-            Ok((stream, _)) => {
-                let jobs = jobs.clone();
-                std::thread::spawn(move || client_loop(stream, jobs));
-            }
-            Err(e) if e.kind() == IoErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(20))
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(20)),
-        }
-    }
-}
-
-fn client_loop(mut stream: UnixStream, jobs: Sender<Job>) {
-    stream.set_nonblocking(false).ok();
-    // A client that stops mid-frame is dropped after this long.
-    stream.set_read_timeout(Some(Duration::from_secs(300))).ok();
-    stream.set_write_timeout(Some(Duration::from_secs(10))).ok();
-    let mut hello = false;
-    loop {
-        let env: Envelope<Request> = match codec::read_frame(&mut stream) {
-            Ok(e) => e,
-            Err(codec::CodecError::Closed) => return,
-            Err(e) => {
-                // Answer garbage with a typed error, then close: framing is lost.
-                let _ = codec::write_frame(
-                    &mut stream,
-                    &Envelope {
-                        id: 0,
-                        body: Response::Error(err(ErrorKind::BadRequest, e.to_string())),
-                    },
-                );
-                return;
-            }
-        };
-        let body = if !hello && !matches!(env.body, Request::Hello { .. }) {
-            Response::Error(err(
-                ErrorKind::BadRequest,
-                "the first request must be Hello",
-            ))
-        } else {
-            let is_hello = matches!(env.body, Request::Hello { .. });
-            let (tx, rx) = bounded(1);
-            if jobs.send((env.body, tx)).is_err() {
-                return;
-            }
-            let Ok(r) = rx.recv() else { return };
-            if is_hello && matches!(r, Response::Hello { .. }) {
-                hello = true;
-            }
-            r
-        };
-        if codec::write_frame(&mut stream, &Envelope { id: env.id, body }).is_err() {
-            return;
-        }
-    }
-}
-
-/// Where the socket lives unless configured.
-pub fn default_socket() -> PathBuf {
-    PathBuf::from("/run/podpath/dataplane.sock")
 }

@@ -63,6 +63,8 @@ pub enum WorkerMsg {
     DumpMacs(Sender<Vec<MacRow>>),
     /// Add a static MAC entry.
     StaticMac { bd: u16, mac: MacAddr, port: u16 },
+    /// Remove a static MAC entry.
+    DelStaticMac { bd: u16, mac: MacAddr },
 }
 
 pub struct Worker<P: PortIo> {
@@ -143,6 +145,9 @@ impl<P: PortIo> Worker<P> {
             WorkerMsg::StaticMac { bd, mac, port } => {
                 self.pipeline.bridge.macs.add_static(bd, mac, port);
             }
+            WorkerMsg::DelStaticMac { bd, mac } => {
+                self.pipeline.bridge.macs.remove_static(bd, mac);
+            }
         }
     }
 
@@ -154,9 +159,12 @@ impl<P: PortIo> Worker<P> {
         }
         let t0 = rdtsc();
         self.pipeline.set_now(t0);
-        let ports = Arc::clone(&self.pipeline.ports);
         let mut got = 0;
-        for &(port, queue) in ports.rx_of(usize::from(self.id)) {
+        let me = usize::from(self.id);
+        // Indexing (not iterating) the map lets `run` borrow the pipeline mutably
+        // without cloning the shared Arc on every poll.
+        for k in 0..self.pipeline.ports.rx_of(me).len() {
+            let (port, queue) = self.pipeline.ports.rx_of(me)[k];
             let n = self.io.rx_burst(port, queue, &mut self.rx, BURST);
             if n > 0 {
                 got += n;

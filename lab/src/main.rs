@@ -71,8 +71,14 @@ enum Cmd {
     TcpSend {
         #[arg(long)]
         to: SocketAddr,
-        #[arg(long)]
+        #[arg(long, default_value_t = u64::MAX)]
         bytes: u64,
+        /// Stop after this many seconds.
+        #[arg(long)]
+        seconds: Option<f64>,
+        /// Cap the rate (Mbit/s).
+        #[arg(long)]
+        rate_mbps: Option<u64>,
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
@@ -81,7 +87,8 @@ enum Cmd {
     TcpRecv {
         #[arg(long)]
         port: u16,
-        #[arg(long)]
+        /// Require exactly this many bytes (0: whatever the sender sends).
+        #[arg(long, default_value_t = 0)]
         bytes: u64,
         #[arg(long, default_value_t = 1)]
         seed: u64,
@@ -139,9 +146,23 @@ fn podpathctl() -> PathBuf {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
-        Cmd::TcpSend { to, bytes, seed } => {
-            traffic::send(to, bytes, seed, Duration::from_secs(120))?;
-            println!("sent {bytes} bytes to {to}");
+        Cmd::TcpSend {
+            to,
+            bytes,
+            seconds,
+            rate_mbps,
+            seed,
+        } => {
+            if bytes == u64::MAX && seconds.is_none() {
+                bail!("give --bytes or --seconds");
+            }
+            let pace = traffic::Pace {
+                bytes,
+                duration: seconds.map(Duration::from_secs_f64),
+                rate_mbps,
+            };
+            let n = traffic::send(to, pace, seed, Duration::from_secs(120))?;
+            println!("sent {n} bytes to {to}");
             Ok(())
         }
         Cmd::TcpRecv { port, bytes, seed } => {

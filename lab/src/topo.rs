@@ -89,6 +89,12 @@ pub struct Node {
     pub log: PathBuf,
     pub file_prefix: String,
     pub dataplane_pid: Option<u32>,
+    /// The node's control service.
+    pub control_socket: PathBuf,
+    pub control_config: PathBuf,
+    pub control_log: PathBuf,
+    pub state_file: PathBuf,
+    pub control_pid: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -244,6 +250,11 @@ impl Lab {
                 log: self.state.dir.join(format!("{name}.log")),
                 file_prefix: format!("{prefix}-{name}"),
                 dataplane_pid: None,
+                control_socket: self.state.dir.join(format!("{name}-control.sock")),
+                control_config: self.state.dir.join(format!("{name}-control.toml")),
+                control_log: self.state.dir.join(format!("{name}-control.log")),
+                state_file: self.state.dir.join(format!("{name}-state.json")),
+                control_pid: None,
             };
             for j in 0..opts.pods_per_node {
                 let letter = pod_letter(j);
@@ -281,6 +292,8 @@ impl Lab {
         for i in 0..self.state.nodes.len() {
             write_config(&self.state.nodes[i], opts)?;
             self.start_dataplane(i, opts)?;
+            self.start_control(i, opts)?;
+            self.wait_in_sync(i, opts.start_timeout)?;
         }
         for n in &self.state.nodes {
             for p in n.pods.iter().filter(|p| p.attach == Attach::Tap) {
@@ -307,52 +320,73 @@ impl Lab {
 
     /// Starts (or restarts) node `i`'s dataplane and waits for its socket.
     pub fn start_dataplane(&mut self, i: usize, opts: &LabOptions) -> Result<()> {
-        let node = &self.state.nodes[i];
-        let _ = fs::remove_file(&node.socket);
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&node.log)?;
-        let child = net::command_in(&node.netns, &opts.dataplane.display().to_string())
-            .args(["--config", &node.config.display().to_string()])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {}", opts.dataplane.display()))?;
-        let pid = child.id();
-        // `ip netns exec` execs the dataplane: same PID. The child is reaped by init
-        // once we exit; we never wait on it here.
-        std::mem::forget(child);
+        let n = &self.state.nodes[i];
+        let what = format!("the dataplane of {}", n.name);
+        let pid = spawn_in(
+            &n.netns,
+            &opts.dataplane,
+            &n.config,
+            &n.log,
+            &n.socket,
+            &what,
+            opts.start_timeout,
+        )?;
         self.state.nodes[i].dataplane_pid = Some(pid);
-        self.state.save()?;
-        let node = &self.state.nodes[i];
-        let end = Instant::now() + opts.start_timeout;
+        self.state.save()
+    }
+
+    /// Starts (or restarts) node `i`'s control service and waits for its socket.
+    pub fn start_control(&mut self, i: usize, opts: &LabOptions) -> Result<()> {
+        let n = &self.state.nodes[i];
+        let bin = opts.dataplane.with_file_name("podpath-control");
+        let what = format!("the control service of {}", n.name);
+        let pid = spawn_in(
+            &n.netns,
+            &bin,
+            &n.control_config,
+            &n.control_log,
+            &n.control_socket,
+            &what,
+            opts.start_timeout,
+        )?;
+        self.state.nodes[i].control_pid = Some(pid);
+        self.state.save()
+    }
+
+    /// Waits until node `i`'s control service reports the dataplane in sync.
+    pub fn wait_in_sync(&self, i: usize, timeout: Duration) -> Result<()> {
+        let n = &self.state.nodes[i];
+        let end = Instant::now() + timeout;
         loop {
-            if podpath_proto::Client::connect(&node.socket, "podpath-lab").is_ok() {
-                return Ok(());
-            }
-            if !net::pid_alive(pid) {
-                bail!("the dataplane of {} exited during start-up", node.name);
+            if let Ok(mut c) = podpath_proto::Client::connect(&n.control_socket, "podpath-lab") {
+                if let Ok(podpath_proto::Response::State(s)) =
+                    c.call(podpath_proto::Request::StateShow)
+                {
+                    if s.in_sync {
+                        return Ok(());
+                    }
+                }
             }
             if Instant::now() > end {
-                bail!(
-                    "the dataplane of {} did not open {} within {:?}",
-                    node.name,
-                    node.socket.display(),
-                    opts.start_timeout
-                );
+                bail!("the dataplane of {} did not get in sync with its control service within {timeout:?}", n.name);
             }
             std::thread::sleep(Duration::from_millis(100));
         }
     }
 
-    /// Stops node `i`'s dataplane (SIGTERM, then SIGKILL after 10 s).
+    /// Stops node `i`'s dataplane with `signal` (TERM waits, then KILL after 10 s).
     pub fn stop_dataplane(&mut self, i: usize, signal: &str) {
-        let Some(pid) = self.state.nodes[i].dataplane_pid.take() else {
-            return;
-        };
-        stop_pid(pid, signal);
+        if let Some(pid) = self.state.nodes[i].dataplane_pid.take() {
+            stop_pid(pid, signal, "podpath-dataplane");
+        }
+        let _ = self.state.save();
+    }
+
+    /// Stops node `i`'s control service with `signal`.
+    pub fn stop_control(&mut self, i: usize, signal: &str) {
+        if let Some(pid) = self.state.nodes[i].control_pid.take() {
+            stop_pid(pid, signal, "podpath-control");
+        }
         let _ = self.state.save();
     }
 
@@ -387,8 +421,53 @@ impl Drop for Lab {
     }
 }
 
-fn stop_pid(pid: u32, signal: &str) {
-    if !net::pid_alive(pid) || !net::pid_cmdline(pid).contains("podpath-dataplane") {
+/// Starts `bin --config cfg` inside `ns`, logging to `log`, and waits until its
+/// socket answers. Returns the PID (`ip netns exec` execs the program: same PID).
+fn spawn_in(
+    ns: &str,
+    bin: &Path,
+    cfg: &Path,
+    log: &Path,
+    sock: &Path,
+    what: &str,
+    timeout: Duration,
+) -> Result<u32> {
+    if !bin.exists() {
+        bail!(
+            "{} not found (cargo build --workspace --bins)",
+            bin.display()
+        );
+    }
+    let _ = fs::remove_file(sock);
+    let logf = fs::OpenOptions::new().create(true).append(true).open(log)?;
+    let child = net::command_in(ns, &bin.display().to_string())
+        .args(["--config", &cfg.display().to_string()])
+        .stdin(Stdio::null())
+        .stdout(logf.try_clone()?)
+        .stderr(logf)
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let pid = child.id();
+    // Reaped by init once the lab exits; we never wait on it here.
+    std::mem::forget(child);
+    let end = Instant::now() + timeout;
+    loop {
+        if podpath_proto::Client::connect(sock, "podpath-lab").is_ok() {
+            return Ok(pid);
+        }
+        if !net::pid_alive(pid) {
+            bail!("{what} exited during start-up (log: {})", log.display());
+        }
+        if Instant::now() > end {
+            bail!("{what} did not open {} within {timeout:?}", sock.display());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn stop_pid(pid: u32, signal: &str, program: &str) {
+    // Only a process we started: the PID must still run our program.
+    if !net::pid_alive(pid) || !net::pid_cmdline(pid).contains(program) {
         return;
     }
     net::kill(pid, signal);
@@ -406,8 +485,11 @@ fn stop_pid(pid: u32, signal: &str) {
 /// partial state (a crashed `up`) because it also sweeps the name prefix.
 pub fn teardown(state: &State) {
     for n in &state.nodes {
+        if let Some(pid) = n.control_pid {
+            stop_pid(pid, "TERM", "podpath-control");
+        }
         if let Some(pid) = n.dataplane_pid {
-            stop_pid(pid, "TERM");
+            stop_pid(pid, "TERM", "podpath-dataplane");
         }
         let _ = fs::remove_dir_all(format!("/var/run/dpdk/{}", n.file_prefix));
     }
@@ -492,16 +574,27 @@ fn wait_for(ns: &str, dev: &str, timeout: Duration) -> Result<()> {
     bail!("{dev} did not appear in {ns} within {timeout:?}")
 }
 
+/// Writes the node's dataplane configuration (no ports: the control service feeds
+/// them) and its control service's configuration (the pods' ports).
 fn write_config(node: &Node, opts: &LabOptions) -> Result<()> {
-    let mut c = format!(
+    let dp = format!(
         "# Written by podpath-lab for {name}.\n\
          [eal]\nlcores = \"0,1\"\nfile_prefix = \"{prefix}\"\nmemory_mb = 128\npci = false\n\n\
          [dataplane]\nsocket = \"{sock}\"\nmbufs = 4095\nrx_desc = 512\ntx_desc = 512\n\n\
-         [idle]\nenabled = {idle}\n\n",
+         [idle]\nenabled = {idle}\n",
         name = node.name,
         prefix = node.file_prefix,
         sock = node.socket.display(),
         idle = opts.idle_backoff,
+    );
+    fs::write(&node.config, dp)?;
+    let mut c = format!(
+        "# Written by podpath-lab for {name}.\n\
+         [control]\nsocket = \"{csock}\"\ndataplane_socket = \"{sock}\"\nstate_file = \"{state}\"\n\n",
+        name = node.name,
+        csock = node.control_socket.display(),
+        sock = node.socket.display(),
+        state = node.state_file.display(),
     );
     for p in &node.pods {
         c += &format!(
@@ -513,7 +606,7 @@ fn write_config(node: &Node, opts: &LabOptions) -> Result<()> {
         }
         c += "\n";
     }
-    fs::write(&node.config, c)?;
+    fs::write(&node.control_config, c)?;
     Ok(())
 }
 
@@ -553,7 +646,7 @@ pub fn add_pod(lab: &mut Lab, node: &str, letter: char, attach: Attach) -> Resul
         port: format!("pod-{letter}"),
         device: device.clone(),
     };
-    let mut c = podpath_proto::Client::connect(&n.socket, "podpath-lab")?;
+    let mut c = podpath_proto::Client::connect(&n.control_socket, "podpath-lab")?;
     c.call(podpath_proto::Request::PortAttach(
         podpath_proto::PortSpec {
             name: pod.port.clone(),
@@ -579,7 +672,7 @@ pub fn del_pod(lab: &mut Lab, pod: &str) -> Result<()> {
         .state
         .pod(pod)
         .with_context(|| format!("no pod {pod}"))?;
-    let (sock, port, ns) = (n.socket.clone(), p.port.clone(), p.netns.clone());
+    let (sock, port, ns) = (n.control_socket.clone(), p.port.clone(), p.netns.clone());
     let mut c = podpath_proto::Client::connect(&sock, "podpath-lab")?;
     c.call(podpath_proto::Request::PortDetach { name: port })?;
     let _ = ip(&["netns", "del", &ns]);
@@ -637,9 +730,12 @@ pub fn status(state: &State) -> serde_json::Value {
         .iter()
         .map(|n| {
             let alive = n.dataplane_pid.is_some_and(net::pid_alive);
+            let ctl_alive = n.control_pid.is_some_and(net::pid_alive);
             serde_json::json!({
                 "node": n.name, "netns": n.netns, "node_ip": n.node_ip, "pod_cidr": n.pod_cidr,
                 "pid": n.dataplane_pid, "running": alive, "socket": n.socket, "config": n.config, "log": n.log,
+                "control": {"pid": n.control_pid, "running": ctl_alive, "socket": n.control_socket,
+                            "config": n.control_config, "log": n.control_log, "state_file": n.state_file},
                 "pods": n.pods,
             })
         })

@@ -38,8 +38,20 @@ impl Stream {
     }
 }
 
-/// Sends `bytes` of the stream to `to`, retrying the connect for up to 10 s.
-pub fn send(to: SocketAddr, bytes: u64, seed: u64, timeout: Duration) -> Result<()> {
+/// How long and how fast to send.
+#[derive(Debug, Clone, Copy)]
+pub struct Pace {
+    /// Stop after this many bytes.
+    pub bytes: u64,
+    /// Or after this long (whichever comes first).
+    pub duration: Option<Duration>,
+    /// Sending rate cap in Mbit/s (None: as fast as TCP goes).
+    pub rate_mbps: Option<u64>,
+}
+
+/// Sends the stream to `to` (retrying the connect for up to 10 s), waits for the
+/// receiver's verdict; returns the bytes sent.
+pub fn send(to: SocketAddr, pace: Pace, seed: u64, timeout: Duration) -> Result<u64> {
     let end = Instant::now() + Duration::from_secs(10);
     let mut s = loop {
         match TcpStream::connect_timeout(&to, Duration::from_secs(2)) {
@@ -51,26 +63,34 @@ pub fn send(to: SocketAddr, bytes: u64, seed: u64, timeout: Duration) -> Result<
     s.set_write_timeout(Some(timeout))?;
     s.set_read_timeout(Some(timeout))?;
     let mut g = Stream::new(seed);
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut left = bytes;
-    while left > 0 {
-        let n = usize::try_from(left.min(buf.len() as u64)).unwrap_or(buf.len());
+    let mut buf = vec![0u8; 16 * 1024];
+    let start = Instant::now();
+    let mut sent = 0u64;
+    while sent < pace.bytes && pace.duration.is_none_or(|d| start.elapsed() < d) {
+        let n = usize::try_from((pace.bytes - sent).min(buf.len() as u64)).unwrap_or(buf.len());
         g.fill(&mut buf[..n]);
         s.write_all(&buf[..n]).context("sending")?;
-        left -= n as u64;
+        sent += n as u64;
+        if let Some(r) = pace.rate_mbps {
+            // Sleep until the average rate is back under the cap.
+            let due = Duration::from_secs_f64(sent as f64 * 8.0 / (r.max(1) as f64 * 1e6));
+            if let Some(wait) = due.checked_sub(start.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
     }
     s.shutdown(Shutdown::Write)?;
-    // Wait for the receiver's verdict byte.
     let mut v = [0u8; 1];
     s.read_exact(&mut v)
         .context("waiting for the receiver's verdict")?;
     if v[0] != b'+' {
         bail!("receiver reported corrupted or short data");
     }
-    Ok(())
+    Ok(sent)
 }
 
-/// Accepts one connection on `port`, checks `bytes` of the stream; returns the count.
+/// Accepts one connection on `port` and checks the stream until the sender closes;
+/// `bytes` > 0 also requires exactly that many. Returns the count.
 pub fn recv(port: u16, bytes: u64, seed: u64, timeout: Duration) -> Result<u64> {
     let l = TcpListener::bind(("0.0.0.0", port)).with_context(|| format!("binding port {port}"))?;
     l.set_nonblocking(true)?;
@@ -100,7 +120,7 @@ pub fn recv(port: u16, bytes: u64, seed: u64, timeout: Duration) -> Result<u64> 
         }
         got += n as u64;
     }
-    let ok = ok && got == bytes;
+    let ok = ok && (bytes == 0 || got == bytes);
     let _ = s.write_all(if ok { b"+" } else { b"-" });
     if !ok {
         bail!(

@@ -9,6 +9,8 @@ pub mod client;
 pub mod codec;
 pub mod msg;
 pub mod render;
+pub mod server;
+pub mod validate;
 
 pub use client::{Client, ClientError};
 pub use codec::{read_frame, write_frame, CodecError, MAX_FRAME_LEN};

@@ -38,10 +38,40 @@ pub enum Request {
     },
     /// Collect (and remove) the trace records gathered so far.
     TraceDump,
+    /// Remove a static MAC entry.
+    MacDel {
+        bridge: u16,
+        mac: String,
+    },
+    /// Liveness check; answered with `Done`.
+    Ping,
+    /// The control service's desired state (control service only).
+    StateShow,
+}
+
+/// A static MAC entry of the desired state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticMac {
+    pub bridge: u16,
+    pub mac: String,
+    pub port: String,
+}
+
+/// What the control service wants the dataplane to hold.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct DesiredState {
+    pub ports: Vec<PortSpec>,
+    pub macs: Vec<StaticMac>,
+    /// Whether the dataplane currently matches it.
+    pub in_sync: bool,
+    /// Changes applied since the service started (for operators and tests).
+    pub generation: u64,
 }
 
 /// A port to attach.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PortSpec {
     /// The operator's name for the port (e.g. "pod-a"); unique.
     pub name: String,
@@ -70,6 +100,7 @@ pub enum Response {
     Macs(Vec<MacInfo>),
     Stats(Stats),
     Trace(Vec<TraceLine>),
+    State(DesiredState),
     Error(ErrorReply),
 }
 
@@ -222,6 +253,12 @@ pub fn sample_requests() -> Vec<Request> {
         Request::Stats,
         Request::TraceStart { count: 10 },
         Request::TraceDump,
+        Request::MacDel {
+            bridge: 1,
+            mac: "0a:58:0a:f4:00:02".into(),
+        },
+        Request::Ping,
+        Request::StateShow,
     ]
 }
 
@@ -292,6 +329,16 @@ pub fn sample_responses() -> Vec<Response> {
             next: "port 1".into(),
             detail: "learned".into(),
         }]),
+        Response::State(DesiredState {
+            ports: vec![],
+            macs: vec![StaticMac {
+                bridge: 1,
+                mac: "0a:58:0a:f4:00:02".into(),
+                port: "pod-a".into(),
+            }],
+            in_sync: true,
+            generation: 3,
+        }),
         Response::Error(ErrorReply {
             kind: ErrorKind::NotFound,
             message: "no port x".into(),

@@ -2,7 +2,7 @@
 //! final counters at shutdown).
 use std::fmt::Write;
 
-use crate::msg::{MacInfo, PortInfo, Stats, TraceLine};
+use crate::msg::{MacInfo, PortInfo, PortSpec, StaticMac, Stats, TraceLine};
 
 /// Counters as tables: totals, ports, stages (packets, calls, cycles per packet, like
 /// VPP's `show runtime`), drops by reason (non-zero, or all with `all`).
@@ -161,6 +161,42 @@ pub fn trace_table(lines: &[TraceLine]) -> String {
     }
     if lines.is_empty() {
         let _ = writeln!(o, "(no trace records: start one with `podpathctl trace start N`, send traffic, then `podpathctl trace show`)");
+    }
+    o
+}
+
+pub fn ports_spec_table(ports: &[PortSpec]) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "{:<16} {:>6} {:>6} {:>6}  device",
+        "port", "bridge", "mtu", "queues"
+    );
+    for p in ports {
+        let _ = writeln!(
+            o,
+            "{:<16} {:>6} {:>6} {:>6}  {}{}",
+            p.name,
+            p.bridge.map_or("-".into(), |b| b.to_string()),
+            p.mtu.map_or("-".into(), |b| b.to_string()),
+            p.queues.map_or("-".into(), |b| b.to_string()),
+            p.device,
+            p.netns
+                .as_ref()
+                .map_or(String::new(), |n| format!(" (netns {n})")),
+        );
+    }
+    o
+}
+
+pub fn static_macs_table(macs: &[StaticMac]) -> String {
+    let mut o = String::new();
+    if macs.is_empty() {
+        return o;
+    }
+    let _ = writeln!(o, "\n{:<7} {:<18} port", "bridge", "static mac");
+    for m in macs {
+        let _ = writeln!(o, "{:<7} {:<18} {}", m.bridge, m.mac, m.port);
     }
     o
 }

@@ -42,7 +42,9 @@ enum Cmd {
     /// Packet trace: which stage saw each packet and what it decided.
     #[command(subcommand)]
     Trace(TraceCmd),
-    /// The dataplane's version (checks the socket works).
+    /// The control service's desired state, and whether the dataplane matches it.
+    State,
+    /// The server's version (checks the socket works).
     Version,
 }
 
@@ -83,6 +85,8 @@ enum BridgeCmd {
         mac: String,
         port: String,
     },
+    /// Remove a static MAC entry.
+    MacDel { bridge: u16, mac: String },
 }
 
 #[derive(Subcommand)]
@@ -166,6 +170,26 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Bridge(BridgeCmd::MacAdd { bridge, mac, port }) => {
             c.call(Request::MacAdd { bridge, mac, port })?;
         }
+        Cmd::Bridge(BridgeCmd::MacDel { bridge, mac }) => {
+            c.call(Request::MacDel { bridge, mac })?;
+        }
+        Cmd::State => match c.call(Request::StateShow)? {
+            Response::State(s) => {
+                let table = format!(
+                    "generation {}, dataplane {}\n{}{}",
+                    s.generation,
+                    if s.in_sync {
+                        "in sync"
+                    } else {
+                        "NOT in sync (disconnected or reconciling)"
+                    },
+                    render::ports_spec_table(&s.ports),
+                    render::static_macs_table(&s.macs)
+                );
+                print(&s, table)
+            }
+            r => return Err(anyhow!("unexpected response {r:?}")),
+        },
         Cmd::Trace(TraceCmd::Start { count }) => {
             c.call(Request::TraceStart { count })?;
             if !json {

@@ -5,18 +5,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Parser;
 use crossbeam::channel::{bounded, unbounded};
 use ringbuf::traits::Split;
 use ringbuf::HeapRb;
 
 use podpath_dataplane::config::Config;
-use podpath_dataplane::control::{self, Control, Job, WorkerHandle};
+use podpath_dataplane::control::{Control, WorkerHandle};
 use podpath_dataplane::dpdk::{Eal, Mempool};
 use podpath_dataplane::pipeline::{Pipeline, PipelineConfig, Tracer, WorkerCounters};
 use podpath_dataplane::port::DpdkIo;
 use podpath_dataplane::worker::Worker;
+use podpath_proto::server::{self, Job};
 
 #[derive(Parser)]
 #[command(version, about = "podpath's poll-mode dataplane (DPDK)")]
@@ -128,7 +129,14 @@ fn run() -> Result<()> {
         ));
     }
     ctl.reclaim();
+    // The socket before the workers: a failure here leaves nothing running.
+    let listener =
+        server::bind_socket(&cfg.dataplane.socket, cfg.dataplane.socket_group.as_deref())
+            .with_context(|| format!("control socket {}", cfg.dataplane.socket.display()))?;
+
     let ageing = u64::from(cfg.bridge.ageing_s) * tsc_hz;
+    let mut launched = Vec::new();
+    let mut launch_error = None;
     for (id, lcore, rx, counters, prod) in pending {
         let pcfg = PipelineConfig {
             worker: id,
@@ -145,7 +153,7 @@ fn run() -> Result<()> {
         );
         let worker = Worker::new(
             id,
-            DpdkIo { pool },
+            DpdkIo::new(pool),
             pipeline,
             rx,
             retired_tx.clone(),
@@ -153,38 +161,46 @@ fn run() -> Result<()> {
             cfg.idle,
             (ageing / 8).max(tsc_hz / 10),
         );
-        eal.launch(lcore, move || worker.run())?;
-    }
-
-    let listener =
-        match control::bind_socket(&cfg.dataplane.socket, cfg.dataplane.socket_group.as_deref()) {
-            Ok(l) => l,
+        match eal.launch(lcore, move || worker.run()) {
+            Ok(()) => launched.push(lcore),
             Err(e) => {
-                stop.store(true, Ordering::SeqCst);
-                bail!("control socket {}: {e}", cfg.dataplane.socket.display());
+                launch_error = Some(e);
+                break;
             }
-        };
-    log(format!("control socket {}", cfg.dataplane.socket.display()));
-    let (jobs_tx, jobs_rx) = bounded::<Job>(64);
-    let serve_stop = Arc::clone(&stop);
-    let server = std::thread::spawn(move || control::serve(listener, jobs_tx, serve_stop));
-
-    while !stop.load(Ordering::Relaxed) {
-        if let Ok((req, reply)) = jobs_rx.recv_timeout(Duration::from_millis(100)) {
-            let resp = ctl.handle(req);
-            let _ = reply.send(resp);
         }
-        ctl.reclaim();
     }
-    log("stopping");
-    for &l in &workers {
+
+    let (jobs_tx, jobs_rx) = std::sync::mpsc::sync_channel::<Job>(64);
+    let serve_stop = Arc::clone(&stop);
+    let server = std::thread::spawn(move || server::serve(listener, jobs_tx, serve_stop));
+    if launch_error.is_none() {
+        log(format!("control socket {}", cfg.dataplane.socket.display()));
+        while !stop.load(Ordering::Relaxed) {
+            if let Ok((req, reply)) = jobs_rx.recv_timeout(Duration::from_millis(100)) {
+                let resp = ctl.handle(req);
+                let _ = reply.send(resp);
+            }
+            ctl.reclaim();
+        }
+        log("stopping");
+    }
+    // Every path ends here: workers stop and return before any port is closed, and
+    // ports are closed before the EAL is cleaned up.
+    stop.store(true, Ordering::SeqCst);
+    for &l in &launched {
         eal.wait(l);
     }
-    let stats = ctl.stats();
-    println!("{}", podpath_proto::render::stats_table(&stats, false));
+    if launch_error.is_none() {
+        let stats = ctl.stats();
+        println!("{}", podpath_proto::render::stats_table(&stats, false));
+    }
     ctl.detach_all();
+    drop(ctl);
     let _ = std::fs::remove_file(&cfg.dataplane.socket);
     let _ = server.join();
     drop(eal);
+    if let Some(e) = launch_error {
+        return Err(e.into());
+    }
     Ok(())
 }

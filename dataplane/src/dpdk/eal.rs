@@ -17,6 +17,13 @@ pub enum EalError {
 }
 
 static STARTED: AtomicBool = AtomicBool::new(false);
+/// True between a successful init and the cleanup: pools and ports are made only then.
+static UP: AtomicBool = AtomicBool::new(false);
+
+/// Is the EAL initialised (and not yet cleaned up)?
+pub fn is_up() -> bool {
+    UP.load(Ordering::SeqCst)
+}
 
 /// A started EAL. Dropping it runs `rte_eal_cleanup`.
 pub struct Eal {
@@ -29,7 +36,8 @@ type Job = Box<dyn FnOnce() -> i32 + Send + 'static>;
 unsafe extern "C" fn trampoline(arg: *mut c_void) -> c_int {
     // SAFETY: arg is the Box<Job> leaked by Eal::launch for exactly this one call.
     let job = unsafe { Box::from_raw(arg.cast::<Job>()) };
-    job()
+    // A panic must not unwind into C: report it as a failed job.
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).unwrap_or(-1)
 }
 
 impl Eal {
@@ -76,6 +84,7 @@ impl Eal {
             }
             workers.push(i);
         }
+        UP.store(true, Ordering::SeqCst);
         Ok(Eal {
             main_lcore,
             workers,
@@ -138,7 +147,9 @@ impl Drop for Eal {
         for &l in &self.workers {
             self.wait(l);
         }
-        // SAFETY: every worker has returned; nothing uses DPDK after this.
+        UP.store(false, Ordering::SeqCst);
+        // SAFETY: every worker has returned and ports are closed (the dataplane drops
+        // its control state first); no new pool or port can be made (UP is false).
         unsafe {
             dpdk_sys::rte_eal_cleanup();
         }

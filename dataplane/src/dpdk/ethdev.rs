@@ -77,6 +77,12 @@ impl EthPort {
     /// `net_tap3,iface=eth0` or `net_af_packet1,iface=veth-a` (hot-plug: works while
     /// the workers run). The device name is the part before the first comma.
     pub fn probe(devargs: &str) -> Result<EthPort, PortError> {
+        if !super::eal::is_up() {
+            return Err(PortError::Probe {
+                devargs: devargs.into(),
+                reason: "the EAL is not running".into(),
+            });
+        }
         let c = CString::new(devargs).map_err(|_| PortError::BadDevargs(devargs.into()))?;
         // SAFETY: c is a valid string; rte_dev_probe is callable after EAL init from a
         // control thread (it takes the EAL's hot-plug lock).
@@ -333,14 +339,20 @@ fn libc_enoent() -> i32 {
 
 /// Receives up to `max` packets from a queue into the spare capacity of `out`
 /// (which must have room: the worker reserves it once). Returns how many arrived.
+///
+/// # Safety
+/// DPDK's burst functions do not check their arguments: `port` must be started,
+/// `queue` below its configured rx queue count, and no other thread may poll the
+/// same queue at the same time.
 #[inline(always)]
-pub fn rx_burst(port: u16, queue: u16, out: &mut Vec<Mbuf>, max: usize) -> usize {
+pub(crate) unsafe fn rx_burst(port: u16, queue: u16, out: &mut Vec<Mbuf>, max: usize) -> usize {
     let room = (out.capacity() - out.len()).min(max);
     let room16 = u16::try_from(room).unwrap_or(u16::MAX);
     let len = out.len();
-    // SAFETY: the spare capacity holds `room` slots for *mut rte_mbuf (Mbuf is
-    // repr(transparent) over NonNull<rte_mbuf>); the PMD writes n valid, owned mbuf
-    // pointers there, which become the vector's new elements.
+    // SAFETY: port and queue are valid (the caller's contract). The spare capacity
+    // holds `room` slots for *mut rte_mbuf (Mbuf is repr(transparent) over
+    // NonNull<rte_mbuf>); the PMD writes n valid, owned mbuf pointers there, which
+    // become the vector's new elements.
     unsafe {
         let dst = out.as_mut_ptr().add(len).cast::<*mut rte_mbuf>();
         let n = dpdk_sys::pp_eth_rx_burst(port, queue, dst, room16);
@@ -351,14 +363,18 @@ pub fn rx_burst(port: u16, queue: u16, out: &mut Vec<Mbuf>, max: usize) -> usize
 
 /// Hands the packets of `bufs` to a tx queue; those the device took leave the vector,
 /// the rest stay (owned by the caller, who frees and counts them).
+///
+/// # Safety
+/// As for [`rx_burst`]: a started port, a configured tx queue, one thread per queue.
 #[inline(always)]
-pub fn tx_burst(port: u16, queue: u16, bufs: &mut Vec<Mbuf>) -> usize {
+pub(crate) unsafe fn tx_burst(port: u16, queue: u16, bufs: &mut Vec<Mbuf>) -> usize {
     let n = bufs.len();
     if n == 0 {
         return 0;
     }
     let n16 = u16::try_from(n).unwrap_or(u16::MAX);
-    // SAFETY: the vector holds n owned mbufs laid out as *mut rte_mbuf. The PMD takes
+    // SAFETY: port and queue are valid (the caller's contract). The vector holds n
+    // owned mbufs laid out as *mut rte_mbuf. The PMD takes
     // ownership of the first `sent`; we move the unsent ones to the front and shorten
     // the vector so that the sent ones are never dropped (freed) by us.
     unsafe {

@@ -158,6 +158,9 @@ impl Mempool {
             count,
             reason,
         };
+        if !super::eal::is_up() {
+            return Err(err("the EAL is not running".into()));
+        }
         let c = CString::new(name).map_err(|_| err("name contains a NUL byte".into()))?;
         // SAFETY: c is a valid name; the EAL is initialised (this type is only built
         // after Eal::init by the dataplane); SOCKET_ID_ANY lets DPDK choose memory.

@@ -8,11 +8,13 @@
 //! - [`netns`]: running a probe inside another network namespace.
 pub mod eal;
 pub mod ethdev;
+pub mod io;
 pub mod mbuf;
 pub mod netns;
 
 pub use eal::{Eal, EalError};
 pub use ethdev::{EthPort, PortError, PortSetup};
+pub use io::DpdkIo;
 pub use mbuf::{Mbuf, Mempool};
 
 use std::ffi::CStr;

@@ -13,8 +13,6 @@ pub enum NetnsError {
     BadPath(String),
     #[error("cannot enter network namespace {path}: {err}")]
     Enter { path: String, err: std::io::Error },
-    #[error("cannot return to the dataplane's network namespace: {0}")]
-    Leave(std::io::Error),
 }
 
 /// Runs `f` with the calling thread in the network namespace at `path` (e.g.
@@ -31,11 +29,24 @@ pub fn with_netns<T>(path: &Path, f: impl FnOnce() -> T) -> Result<T, NetnsError
             err: std::io::Error::from_raw_os_error(-saved),
         });
     }
-    let out = f();
-    // SAFETY: saved is the descriptor pp_netns_enter returned; pp_netns_leave consumes it.
-    let rc = unsafe { dpdk_sys::pp_netns_leave(saved) };
-    if rc < 0 {
-        return Err(NetnsError::Leave(std::io::Error::from_raw_os_error(-rc)));
+    /// Moves the thread back even if `f` panics.
+    struct Back(i32);
+    impl Drop for Back {
+        fn drop(&mut self) {
+            // SAFETY: self.0 is the descriptor pp_netns_enter returned; leave consumes it.
+            let rc = unsafe { dpdk_sys::pp_netns_leave(self.0) };
+            if rc < 0 {
+                // The control thread would act in a pod's namespace from now on.
+                eprintln!(
+                    "podpath-dataplane: fatal: cannot return to the dataplane's network namespace: {}",
+                    std::io::Error::from_raw_os_error(-rc)
+                );
+                std::process::abort();
+            }
+        }
     }
+    let back = Back(saved);
+    let out = f();
+    drop(back);
     Ok(out)
 }

@@ -59,7 +59,7 @@ impl<F: Frame> Pipeline<F> {
             queue_len: [0; StageId::COUNT],
             tx: (0..MAX_PORTS).map(|_| Vec::with_capacity(TX_CAP)).collect(),
             tx_dirty: 0,
-            dropped: Vec::with_capacity(TX_CAP + BURST),
+            dropped: Vec::with_capacity(2 * BURST),
             ports,
             bridge: Bridge::new(cfg.mac_capacity, cfg.mac_ageing_ticks),
             counters,
@@ -79,18 +79,21 @@ impl<F: Frame> Pipeline<F> {
     /// empty; its frames are queued for transmission or dropped.
     pub fn run<P: PortIo<Frame = F>>(&mut self, io: &mut P, in_port: u16, rx: &mut Vec<F>) {
         let n = rx.len().min(BURST);
-        let c = Arc::clone(&self.counters);
+        // One reference-count bump per burst (the Arc is this worker's alone to touch).
+        let counters = Arc::clone(&self.counters);
+        let c = &*counters;
         if let Some(pc) = c.ports.get(usize::from(in_port)) {
             let bytes: usize = rx.iter().take(n).map(|f| f.data().len()).sum();
             add(&pc.rx_packets, n as u64);
             add(&pc.rx_bytes, bytes as u64);
         }
+        self.queue_len = [0; StageId::COUNT];
         for (i, f) in rx.drain(..n).enumerate() {
             let trace = self.tracer.take();
             if trace != 0 {
                 let len = u16::try_from(f.data().len()).unwrap_or(u16::MAX);
                 self.tracer.record(
-                    &c,
+                    c,
                     trace,
                     StageId::EthInput,
                     Next::Stage(StageId::EthInput),
@@ -122,7 +125,7 @@ impl<F: Frame> Pipeline<F> {
                 let cx = Ctx {
                     ports: &self.ports,
                     now: self.now,
-                    counters: &c,
+                    counters: c,
                 };
                 match stage {
                     StageId::EthInput => eth_input::process(
@@ -148,7 +151,7 @@ impl<F: Frame> Pipeline<F> {
             add(&sc.packets, len as u64);
             add(&sc.calls, 1);
             add(&sc.cycles, rdtsc().wrapping_sub(t0));
-            self.dispatch(stage, idx, io);
+            self.dispatch(c, stage, idx, io);
         }
         if !self.dropped.is_empty() {
             io.free_bulk(&mut self.dropped);
@@ -156,8 +159,13 @@ impl<F: Frame> Pipeline<F> {
     }
 
     /// Fans the packets a stage decided on out to their next place.
-    fn dispatch<P: PortIo<Frame = F>>(&mut self, stage: StageId, idx: &[u8], io: &mut P) {
-        let c = Arc::clone(&self.counters);
+    fn dispatch<P: PortIo<Frame = F>>(
+        &mut self,
+        c: &WorkerCounters,
+        stage: StageId,
+        idx: &[u8],
+        io: &mut P,
+    ) {
         let t0 = rdtsc();
         let mut to_tx = 0u64;
         for &i in idx {
@@ -166,10 +174,15 @@ impl<F: Frame> Pipeline<F> {
             let trace = self.meta[i].trace;
             if trace != 0 {
                 let d = std::mem::replace(&mut self.detail[i], TraceDetail::None);
-                self.tracer.record(&c, trace, stage, next, d);
+                self.tracer.record(c, trace, stage, next, d);
             }
             match next {
                 Next::Stage(t) => {
+                    // The graph only goes forward; one pass over the stages relies on it.
+                    debug_assert!(
+                        t > stage && t != StageId::Tx,
+                        "{stage:?} sent a packet to {t:?}"
+                    );
                     let q = t.index();
                     self.queue[q][self.queue_len[q]] = u8::try_from(i).unwrap_or(0);
                     self.queue_len[q] += 1;
@@ -183,13 +196,13 @@ impl<F: Frame> Pipeline<F> {
                 Next::Port(p) => {
                     to_tx += 1;
                     if let Some(f) = self.slots[i].take() {
-                        self.output(io, p, f, trace);
+                        self.output(c, io, p, f, trace);
                     }
                 }
                 Next::Flood => {
                     to_tx += 1;
                     if let Some(f) = self.slots[i].take() {
-                        self.flood(io, i, f);
+                        self.flood(c, io, i, f);
                     }
                 }
             }
@@ -203,17 +216,23 @@ impl<F: Frame> Pipeline<F> {
     }
 
     #[inline]
-    fn output<P: PortIo<Frame = F>>(&mut self, io: &mut P, port: u16, f: F, trace: u32) {
+    fn output<P: PortIo<Frame = F>>(
+        &mut self,
+        c: &WorkerCounters,
+        io: &mut P,
+        port: u16,
+        f: F,
+        trace: u32,
+    ) {
         let p = usize::from(port);
-        if self.ports.port(port).is_none() || p >= MAX_PORTS {
-            self.counters.count_drop(DropReason::TxNoPort, 1);
+        if p >= MAX_PORTS || self.ports.port(port).is_none() {
+            c.count_drop(DropReason::TxNoPort, 1);
             self.dropped.push(f);
             return;
         }
         if trace != 0 {
-            let c = Arc::clone(&self.counters);
             self.tracer.record(
-                &c,
+                c,
                 trace,
                 StageId::Tx,
                 Next::Port(port),
@@ -223,68 +242,59 @@ impl<F: Frame> Pipeline<F> {
         self.tx[p].push(f);
         self.tx_dirty |= 1 << p;
         if self.tx[p].len() >= BURST {
-            self.flush_port(io, port);
+            self.flush_port(c, io, port);
         }
     }
 
     /// Copies a frame to every other port of its bridge domain; the original goes to
-    /// the last one.
-    fn flood<P: PortIo<Frame = F>>(&mut self, io: &mut P, i: usize, f: F) {
-        let ports = Arc::clone(&self.ports);
+    /// the last one. Every copy attempted counts as replicated, so a copy that finds no
+    /// buffer (counted `tx-no-buffer`) keeps rx + replicated = tx + dropped.
+    fn flood<P: PortIo<Frame = F>>(&mut self, c: &WorkerCounters, io: &mut P, i: usize, f: F) {
         let m = self.meta[i];
-        let Some(bd) = ports.bridge(m.bd) else {
-            self.counters.count_drop(DropReason::BridgeNoDomain, 1);
-            self.dropped.push(f);
-            return;
-        };
-        let mut targets = bd
-            .members
-            .iter()
-            .copied()
-            .filter(|&p| p != m.in_port)
-            .peekable();
-        let mut copies = 0u16;
-        let mut sent_to = 0u16;
-        let mut original = Some(f);
-        while let Some(p) = targets.next() {
-            sent_to += 1;
-            let frame = if targets.peek().is_none() {
-                original.take()
-            } else {
-                match original.as_ref().and_then(|o| io.copy_frame(o.data())) {
-                    Some(c) => {
-                        copies += 1;
-                        Some(c)
-                    }
-                    None => {
-                        self.counters.count_drop(DropReason::TxNoBuffer, 1);
-                        None
-                    }
-                }
-            };
-            if let Some(fr) = frame {
-                self.output(io, p, fr, 0);
+        let mut targets = [0u16; MAX_PORTS];
+        let mut n = 0;
+        if let Some(bd) = self.ports.bridge(m.bd) {
+            for &p in bd
+                .members
+                .iter()
+                .filter(|&&p| p != m.in_port)
+                .take(MAX_PORTS)
+            {
+                targets[n] = p;
+                n += 1;
             }
         }
-        add(&self.counters.replicated, u64::from(copies));
+        if n == 0 {
+            // The bridge checked for other ports; a map change in between can still
+            // leave none.
+            c.count_drop(DropReason::BridgeNoFloodPort, 1);
+            self.dropped.push(f);
+            return;
+        }
+        let copies = n - 1;
+        for &p in &targets[..copies] {
+            match io.copy_frame(f.data()) {
+                Some(copy) => self.output(c, io, p, copy, 0),
+                None => c.count_drop(DropReason::TxNoBuffer, 1),
+            }
+        }
+        add(&c.replicated, copies as u64);
         if m.trace != 0 {
-            let c = Arc::clone(&self.counters);
+            let ports = u16::try_from(n).unwrap_or(u16::MAX);
             self.tracer.record(
-                &c,
+                c,
                 m.trace,
                 StageId::Tx,
                 Next::Flood,
-                TraceDetail::Flood { ports: sent_to },
+                TraceDetail::Flood { ports },
             );
         }
-        if let Some(o) = original {
-            // No target at all: cannot happen (the bridge checked), but never leak.
-            self.dropped.push(o);
-        }
+        self.output(c, io, targets[copies], f, 0);
     }
 
-    fn flush_port<P: PortIo<Frame = F>>(&mut self, io: &mut P, port: u16) {
+    fn flush_port<P: PortIo<Frame = F>>(&mut self, c: &WorkerCounters, io: &mut P, port: u16) {
         let p = usize::from(port);
+        self.tx_dirty &= !(1 << p);
         let q = &mut self.tx[p];
         if q.is_empty() {
             return;
@@ -293,23 +303,24 @@ impl<F: Frame> Pipeline<F> {
         let bytes_before: usize = q.iter().map(|f| f.data().len()).sum();
         let sent = io.tx_burst(port, self.tx_queue, q);
         let bytes_left: usize = q.iter().map(|f| f.data().len()).sum();
-        let pc = &self.counters.ports[p];
+        let pc = &c.ports[p];
         add(&pc.tx_packets, sent as u64);
         add(&pc.tx_bytes, (bytes_before - bytes_left) as u64);
         let unsent = total - sent;
         if unsent > 0 {
             add(&pc.tx_dropped, unsent as u64);
-            self.counters.count_drop(DropReason::TxFull, unsent as u64);
-            self.dropped.append(q);
+            c.count_drop(DropReason::TxFull, unsent as u64);
+            // Freed at once, so `dropped` never grows beyond its reserved size.
+            io.free_bulk(q);
         }
-        self.tx_dirty &= !(1 << p);
     }
 
     /// Transmits everything queued. Called at the end of every poll iteration.
     pub fn flush<P: PortIo<Frame = F>>(&mut self, io: &mut P) {
+        let counters = Arc::clone(&self.counters);
         while self.tx_dirty != 0 {
             let p = self.tx_dirty.trailing_zeros();
-            self.flush_port(io, u16::try_from(p).unwrap_or(0));
+            self.flush_port(&counters, io, u16::try_from(p).unwrap_or(0));
         }
         if !self.dropped.is_empty() {
             io.free_bulk(&mut self.dropped);

@@ -40,7 +40,9 @@ impl MacTable {
     /// `ageing` is in TSC ticks.
     pub fn new(capacity: usize, ageing: u64) -> MacTable {
         MacTable {
-            map: HashMap::with_capacity(capacity),
+            // Twice the entries we allow: deleted slots are then always reclaimed by an
+            // in-place rehash, never by growing the table on the worker.
+            map: HashMap::with_capacity(capacity.saturating_mul(2)),
             capacity,
             ageing,
         }
@@ -109,6 +111,17 @@ impl MacTable {
         true
     }
 
+    /// Removes a static entry; false when there was none.
+    pub fn remove_static(&mut self, bd: u16, mac: MacAddr) -> bool {
+        let k = key(bd, mac);
+        if self.map.get(&k).is_some_and(|e| e.is_static) {
+            self.map.remove(&k);
+            true
+        } else {
+            false
+        }
+    }
+
     /// Removes entries not seen for the ageing time; returns how many.
     pub fn age(&mut self, now: u64) -> usize {
         let before = self.map.len();
@@ -173,6 +186,9 @@ mod tests {
         assert_eq!(t.learn(1, A, 2, 5), Learn::Static);
         assert_eq!(t.lookup(1, A, 1_000_000), Some(7));
         assert_eq!(t.age(1_000_000), 0);
+        assert!(!t.remove_static(1, B));
+        assert!(t.remove_static(1, A));
+        assert_eq!(t.lookup(1, A, 1), None);
     }
 
     #[test]

@@ -28,13 +28,14 @@ pub struct PortMap {
 }
 
 impl PortMap {
-    /// Builds the map for `workers` workers: queue q of a port goes to worker
-    /// q % workers, so every queue has exactly one poller.
+    /// Builds the map for `workers` workers: queue q of the k-th port goes to worker
+    /// (q + k) % workers, so every queue has exactly one poller and single-queue ports
+    /// spread over the workers.
     pub fn build(entries: Vec<PortEntry>, workers: usize) -> PortMap {
         let mut ports: Vec<Option<PortEntry>> = vec![None; MAX_PORTS];
         let mut bridges: Vec<BridgeDomain> = Vec::new();
         let mut rx = vec![Vec::new(); workers.max(1)];
-        for e in entries {
+        for (k, e) in entries.into_iter().enumerate() {
             let id = usize::from(e.id);
             if id >= MAX_PORTS {
                 continue;
@@ -49,7 +50,7 @@ impl PortMap {
                 }
             }
             for q in 0..e.rx_queues {
-                rx[usize::from(q) % workers.max(1)].push((e.id, q));
+                rx[(usize::from(q) + k) % workers.max(1)].push((e.id, q));
             }
             ports[id] = Some(e);
         }
@@ -68,5 +69,31 @@ impl PortMap {
 
     pub fn rx_of(&self, worker: usize) -> &[(u16, u16)] {
         self.rx.get(worker).map(Vec::as_slice).unwrap_or(&[])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: u16, queues: u16) -> PortEntry {
+        PortEntry {
+            id,
+            name: format!("p{id}"),
+            bd: Some(1),
+            mac: MacAddr::ZERO,
+            rx_queues: queues,
+        }
+    }
+
+    #[test]
+    fn every_queue_has_one_poller_and_ports_spread() {
+        let m = PortMap::build(vec![entry(0, 1), entry(1, 1), entry(2, 2)], 2);
+        let mut all: Vec<(u16, u16)> = m.rx.iter().flatten().copied().collect();
+        all.sort();
+        assert_eq!(all, vec![(0, 0), (1, 0), (2, 0), (2, 1)]);
+        assert_eq!(m.rx_of(0).len(), 2);
+        assert_eq!(m.rx_of(1).len(), 2);
+        assert_eq!(m.bridge(1).unwrap().members, vec![0, 1, 2]);
     }
 }

@@ -1,0 +1,97 @@
+//! `podpath-control`: the control service of one node. Owns the desired state
+//! (configuration file, then the persisted state file), serves podpathctl, and keeps
+//! the dataplane reconciled to it across restarts of either process.
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::sync_channel;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use podpath_control::config::Config;
+use podpath_control::engine::Engine;
+use podpath_control::state::State;
+use podpath_proto::server::{self, Job};
+
+#[derive(Parser)]
+#[command(version, about = "podpath's control service")]
+struct Args {
+    /// Configuration file (TOML); see configs/control.toml.
+    #[arg(short, long)]
+    config: PathBuf,
+    /// Ignore the persisted state and start again from the configuration file.
+    #[arg(long)]
+    reset_state: bool,
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("podpath-control: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
+    let args = Args::parse();
+    let cfg = Config::load(&args.config)?;
+    let c = &cfg.control;
+    let persisted = if args.reset_state {
+        None
+    } else {
+        State::load(&c.state_file).map_err(anyhow::Error::msg)?
+    };
+    let state = match persisted {
+        Some(s) => {
+            eprintln!(
+                "podpath-control: desired state from {}",
+                c.state_file.display()
+            );
+            s
+        }
+        None => State {
+            ports: cfg.ports.clone(),
+            macs: cfg.macs.clone(),
+        },
+    };
+    state
+        .validate()
+        .map_err(|e| anyhow::anyhow!(e.message))
+        .context("the desired state is invalid")?;
+    state
+        .save(&c.state_file)
+        .with_context(|| format!("writing {}", c.state_file.display()))?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&stop))?;
+    }
+    let listener = server::bind_socket(&c.socket, c.socket_group.as_deref())
+        .with_context(|| format!("control socket {}", c.socket.display()))?;
+    eprintln!(
+        "podpath-control: serving {}, dataplane at {}",
+        c.socket.display(),
+        c.dataplane_socket.display()
+    );
+    let (jobs_tx, jobs_rx) = sync_channel::<Job>(64);
+    let s2 = Arc::clone(&stop);
+    let srv = std::thread::spawn(move || server::serve(listener, jobs_tx, s2));
+
+    let mut engine = Engine::new(state, c.state_file.clone(), c.dataplane_socket.clone());
+    let every = Duration::from_millis(c.check_interval_ms.max(10));
+    engine.tick();
+    let mut last = std::time::Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        if let Ok((req, reply)) = jobs_rx.recv_timeout(every) {
+            let _ = reply.send(engine.handle(req));
+        }
+        if last.elapsed() >= every {
+            engine.tick();
+            last = std::time::Instant::now();
+        }
+    }
+    // Leaving does not touch the dataplane: forwarding goes on.
+    let _ = std::fs::remove_file(&c.socket);
+    let _ = srv.join();
+    Ok(())
+}

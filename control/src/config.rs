@@ -1,0 +1,64 @@
+//! The control service's configuration file (TOML).
+use std::path::{Path, PathBuf};
+
+use podpath_proto::{PortSpec, StaticMac};
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {err}")]
+    Read { path: String, err: std::io::Error },
+    #[error("{path}: {err}")]
+    Parse { path: String, err: toml::de::Error },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServiceConfig {
+    /// Where podpathctl talks to the service (mode 0660).
+    pub socket: PathBuf,
+    pub socket_group: Option<String>,
+    /// The dataplane's control socket.
+    pub dataplane_socket: PathBuf,
+    /// The persisted desired state; once it exists it is the node's state, and the
+    /// configuration's ports and MACs only seed it.
+    pub state_file: PathBuf,
+    /// How often to check the dataplane connection (ms).
+    pub check_interval_ms: u64,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig {
+            socket: PathBuf::from("/run/podpath/control.sock"),
+            socket_group: None,
+            dataplane_socket: PathBuf::from("/run/podpath/dataplane.sock"),
+            state_file: PathBuf::from("/var/lib/podpath/state.json"),
+            check_interval_ms: 200,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub control: ServiceConfig,
+    #[serde(default, rename = "port")]
+    pub ports: Vec<PortSpec>,
+    #[serde(default, rename = "mac")]
+    pub macs: Vec<StaticMac>,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|err| ConfigError::Read {
+            path: path.display().to_string(),
+            err,
+        })?;
+        toml::from_str(&text).map_err(|err| ConfigError::Parse {
+            path: path.display().to_string(),
+            err,
+        })
+    }
+}
