@@ -79,6 +79,9 @@ enum Cmd {
         /// Cap the rate (Mbit/s).
         #[arg(long)]
         rate_mbps: Option<u64>,
+        /// Stop once this file exists.
+        #[arg(long)]
+        stop_file: Option<PathBuf>,
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
@@ -151,17 +154,22 @@ fn run(cli: Cli) -> Result<()> {
             bytes,
             seconds,
             rate_mbps,
+            stop_file,
             seed,
         } => {
-            if bytes == u64::MAX && seconds.is_none() {
-                bail!("give --bytes or --seconds");
-            }
+            // Bounded always: bytes, seconds, or a stop file with a 10-minute cap.
+            let seconds = match (bytes, seconds, &stop_file) {
+                (u64::MAX, None, None) => bail!("give --bytes, --seconds or --stop-file"),
+                (_, None, Some(_)) => Some(600.0),
+                (_, s, _) => s,
+            };
             let pace = traffic::Pace {
                 bytes,
                 duration: seconds.map(Duration::from_secs_f64),
                 rate_mbps,
+                stop_file,
             };
-            let n = traffic::send(to, pace, seed, Duration::from_secs(120))?;
+            let n = traffic::send(to, &pace, seed, Duration::from_secs(120))?;
             println!("sent {n} bytes to {to}");
             Ok(())
         }

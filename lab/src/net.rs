@@ -63,16 +63,23 @@ pub fn netns_exists(ns: &str) -> bool {
     netns_list().iter().any(|n| n == ns)
 }
 
-/// Is the process alive (and not a zombie)?
+/// Is any thread of the process still running? A killed multi-threaded process
+/// shows its leader as a zombie while other threads still exit and hold its files
+/// (DPDK's locked runtime files among them): it is gone only when every thread is.
 pub fn pid_alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        // The state follows the command name, which is in parentheses and may hold spaces.
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .map(|(_, rest)| rest.split_whitespace().next() != Some("Z"))
-        })
-        .unwrap_or(false)
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().any(|t| {
+        std::fs::read_to_string(t.path().join("stat"))
+            .ok()
+            // The state follows the command name, which is in parentheses and may hold spaces.
+            .and_then(|s| {
+                s.rsplit_once(')')
+                    .map(|(_, rest)| rest.split_whitespace().next() != Some("Z"))
+            })
+            .unwrap_or(false)
+    })
 }
 
 /// The process's command line (to make sure a PID is still ours before killing it).

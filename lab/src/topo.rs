@@ -448,15 +448,24 @@ fn spawn_in(
         .spawn()
         .with_context(|| format!("starting {}", bin.display()))?;
     let pid = child.id();
-    // Reaped by init once the lab exits; we never wait on it here.
-    std::mem::forget(child);
+    // Reaped by init once the lab exits, or by `reap` while it runs.
+    CHILDREN
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(child);
     let end = Instant::now() + timeout;
     loop {
         if podpath_proto::Client::connect(sock, "podpath-lab").is_ok() {
             return Ok(pid);
         }
         if !net::pid_alive(pid) {
-            bail!("{what} exited during start-up (log: {})", log.display());
+            let text = fs::read_to_string(log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = lines[lines.len().saturating_sub(8)..].join("\n");
+            bail!(
+                "{what} exited during start-up (log {}):\n{tail}",
+                log.display()
+            );
         }
         if Instant::now() > end {
             bail!("{what} did not open {} within {timeout:?}", sock.display());
@@ -465,7 +474,16 @@ fn spawn_in(
     }
 }
 
+/// Processes this lab process started, so they can be reaped (no zombies).
+static CHILDREN: std::sync::Mutex<Vec<std::process::Child>> = std::sync::Mutex::new(Vec::new());
+
+fn reap() {
+    let mut c = CHILDREN.lock().unwrap_or_else(|e| e.into_inner());
+    c.retain_mut(|ch| !matches!(ch.try_wait(), Ok(Some(_))));
+}
+
 fn stop_pid(pid: u32, signal: &str, program: &str) {
+    reap();
     // Only a process we started: the PID must still run our program.
     if !net::pid_alive(pid) || !net::pid_cmdline(pid).contains(program) {
         return;
@@ -477,8 +495,12 @@ fn stop_pid(pid: u32, signal: &str, program: &str) {
     }
     if net::pid_alive(pid) {
         net::kill(pid, "KILL");
-        std::thread::sleep(Duration::from_millis(200));
+        let end = Instant::now() + Duration::from_secs(5);
+        while net::pid_alive(pid) && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
+    reap();
 }
 
 /// Stops the lab's dataplanes and deletes its namespaces and files; works from a

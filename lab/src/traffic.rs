@@ -39,7 +39,7 @@ impl Stream {
 }
 
 /// How long and how fast to send.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Pace {
     /// Stop after this many bytes.
     pub bytes: u64,
@@ -47,11 +47,13 @@ pub struct Pace {
     pub duration: Option<Duration>,
     /// Sending rate cap in Mbit/s (None: as fast as TCP goes).
     pub rate_mbps: Option<u64>,
+    /// Or once this file exists.
+    pub stop_file: Option<std::path::PathBuf>,
 }
 
 /// Sends the stream to `to` (retrying the connect for up to 10 s), waits for the
 /// receiver's verdict; returns the bytes sent.
-pub fn send(to: SocketAddr, pace: Pace, seed: u64, timeout: Duration) -> Result<u64> {
+pub fn send(to: SocketAddr, pace: &Pace, seed: u64, timeout: Duration) -> Result<u64> {
     let end = Instant::now() + Duration::from_secs(10);
     let mut s = loop {
         match TcpStream::connect_timeout(&to, Duration::from_secs(2)) {
@@ -66,7 +68,16 @@ pub fn send(to: SocketAddr, pace: Pace, seed: u64, timeout: Duration) -> Result<
     let mut buf = vec![0u8; 16 * 1024];
     let start = Instant::now();
     let mut sent = 0u64;
+    let mut checked = Instant::now();
     while sent < pace.bytes && pace.duration.is_none_or(|d| start.elapsed() < d) {
+        if let Some(f) = &pace.stop_file {
+            if checked.elapsed() > Duration::from_millis(50) {
+                if f.exists() {
+                    break;
+                }
+                checked = Instant::now();
+            }
+        }
         let n = usize::try_from((pace.bytes - sent).min(buf.len() as u64)).unwrap_or(buf.len());
         g.fill(&mut buf[..n]);
         s.write_all(&buf[..n]).context("sending")?;
