@@ -225,7 +225,11 @@ impl Config {
             Hugepages::Off => false,
             Hugepages::Auto => free_hugepages() > 0,
         };
-        if !huge {
+        if huge {
+            // Unlink hugepage files once mapped: the pages go back to the system when
+            // the process exits, also after kill -9 (no secondary processes use them).
+            a.push("--huge-unlink".into());
+        } else {
             a.push("--no-huge".into());
         }
         if !self.eal.pci {

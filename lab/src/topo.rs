@@ -514,6 +514,17 @@ pub fn teardown(state: &State) {
             stop_pid(pid, "TERM", "podpath-dataplane");
         }
         let _ = fs::remove_dir_all(format!("/var/run/dpdk/{}", n.file_prefix));
+        // Hugepage files of a dataplane that ran without --huge-unlink (older builds).
+        if let Ok(d) = fs::read_dir("/dev/hugepages") {
+            for f in d.flatten() {
+                if f.file_name()
+                    .to_string_lossy()
+                    .starts_with(&format!("{}map_", n.file_prefix))
+                {
+                    let _ = fs::remove_file(f.path());
+                }
+            }
+        }
     }
     let mut all: Vec<String> = net::netns_list()
         .into_iter()

@@ -234,7 +234,7 @@ fn restarting_the_control_service_leaves_forwarding_alone() {
         5102,
         &["--seconds", "6", "--rate-mbps", "40"],
     );
-    let mut ping = net::command_in(&a.netns, "ping")
+    let ping = net::command_in(&a.netns, "ping")
         .args(["-c", "60", "-i", "0.05", "-W", "1", "-q", &c.ip])
         .stdout(Stdio::piped())
         .spawn()
