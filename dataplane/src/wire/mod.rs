@@ -13,6 +13,7 @@ pub mod icmpv4;
 pub mod ipv4;
 pub mod tcp;
 pub mod udp;
+pub mod vxlan;
 
 pub use ethernet::{EtherType, MacAddr};
 pub use ipv4::{IpProtocol, Ipv4Addr};
