@@ -38,12 +38,14 @@ impl BridgeRig {
                 bd: Some(1),
                 mac: MacAddr([2, 0, 0, 0, 0, 0]),
                 rx_queues: 1,
+                mtu: 1500,
             })
             .collect();
         let cfg = PipelineConfig {
             worker: 0,
             mac_capacity: 1024,
             mac_ageing_ticks: u64::MAX,
+            tsc_hz: 1_000_000_000,
         };
         let p = Pipeline::new(
             &cfg,

@@ -1,7 +1,7 @@
 //! The control service's configuration file (TOML).
 use std::path::{Path, PathBuf};
 
-use podpath_proto::{PortSpec, StaticMac};
+use podpath_proto::{NodeSpec, PortSpec, RemoteSpec, StaticMac};
 use serde::Deserialize;
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +48,12 @@ pub struct Config {
     pub ports: Vec<PortSpec>,
     #[serde(default, rename = "mac")]
     pub macs: Vec<StaticMac>,
+    /// This node's L3/overlay identity.
+    #[serde(default)]
+    pub node: Option<NodeSpec>,
+    /// The other nodes (flannel's subnet leases, in a file for now).
+    #[serde(default, rename = "remote")]
+    pub remotes: Vec<RemoteSpec>,
 }
 
 impl Config {

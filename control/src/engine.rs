@@ -155,6 +155,16 @@ impl Engine {
                 Err(e) => failed.push(format!("{}: {}", spec.name, e.message)),
             }
         }
+        if let Some(n) = self.state.node.clone() {
+            if let Err(e) = self.call(Request::NodeSet(n)) {
+                failed.push(format!("node: {}", e.message));
+            }
+            for r in self.state.remotes.clone() {
+                if let Err(e) = self.call(Request::RemoteAdd(r.clone())) {
+                    failed.push(format!("remote node {}: {}", r.name, e.message));
+                }
+            }
+        }
         for m in self.state.macs.clone() {
             if let Err(e) = self.call(Request::MacAdd {
                 bridge: m.bridge,
@@ -289,6 +299,8 @@ impl Engine {
             Request::StateShow => Ok(Response::State(DesiredState {
                 ports: self.state.ports.clone(),
                 macs: self.state.macs.clone(),
+                node: self.state.node.clone(),
+                remotes: self.state.remotes.clone(),
                 in_sync: self.in_sync && self.dp.is_some(),
                 generation: self.generation,
             })),
@@ -296,7 +308,39 @@ impl Engine {
             Request::PortDetach { name } => self.detach(&name),
             Request::MacAdd { bridge, mac, port } => self.mac_add(StaticMac { bridge, mac, port }),
             Request::MacDel { bridge, mac } => self.mac_del(bridge, &mac),
+            Request::NodeSet(n) => {
+                let mut new = self.state.clone();
+                new.node = Some(n.clone());
+                let undo = self.state.node.clone().map(Request::NodeSet);
+                self.call(Request::NodeSet(n)).and_then(|_| self.commit(new, undo)).map(|()| Response::Done)
+            }
+            Request::RemoteAdd(r) => {
+                let mut new = self.state.clone();
+                let undo = match new.remotes.iter_mut().find(|x| x.name == r.name) {
+                    Some(x) => Some(Request::RemoteAdd(std::mem::replace(x, r.clone()))),
+                    None => {
+                        new.remotes.push(r.clone());
+                        Some(Request::RemoteDel { name: r.name.clone() })
+                    }
+                };
+                self.call(Request::RemoteAdd(r)).and_then(|_| self.commit(new, undo)).map(|()| Response::Done)
+            }
+            Request::RemoteDel { name } => {
+                let Some(old) = self.state.remotes.iter().find(|x| x.name == name).cloned() else {
+                    return Response::Error(err(ErrorKind::NotFound, format!("no remote node {name:?}")));
+                };
+                let mut new = self.state.clone();
+                new.remotes.retain(|x| x.name != name);
+                match self.call(Request::RemoteDel { name }) {
+                    Ok(_) => {}
+                    Err(e) if e.kind == ErrorKind::NotFound => {}
+                    Err(e) => return Response::Error(e),
+                }
+                self.commit(new, Some(Request::RemoteAdd(old))).map(|()| Response::Done)
+            }
             q @ (Request::PortList
+            | Request::RouteList
+            | Request::NeighborList
             | Request::MacList
             | Request::Stats
             | Request::TraceStart { .. }

@@ -5,7 +5,7 @@ use std::fs;
 use std::io::Write;
 use std::path::Path;
 
-use podpath_proto::{validate, ErrorKind, ErrorReply, PortSpec, StaticMac};
+use podpath_proto::{validate, ErrorKind, ErrorReply, NodeSpec, PortSpec, RemoteSpec, StaticMac};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -13,6 +13,10 @@ use serde::{Deserialize, Serialize};
 pub struct State {
     pub ports: Vec<PortSpec>,
     pub macs: Vec<StaticMac>,
+    #[serde(default)]
+    pub node: Option<NodeSpec>,
+    #[serde(default)]
+    pub remotes: Vec<RemoteSpec>,
 }
 
 fn bad(kind: ErrorKind, message: impl Into<String>) -> ErrorReply {
@@ -100,6 +104,7 @@ impl State {
                 .filter(|m| m.port != name)
                 .cloned()
                 .collect(),
+            ..self.clone()
         }
     }
 
@@ -157,6 +162,7 @@ mod tests {
         let ok = State {
             ports: vec![port("a", "net_tap0", 1), port("b", "net_tap1", 1)],
             macs: vec![mac("0a:00:00:00:00:01", "a", 1)],
+            ..State::default()
         };
         assert!(ok.validate().is_ok());
         let mut s = ok.clone();
@@ -191,7 +197,8 @@ mod tests {
         assert_eq!(State::load(&path).unwrap(), None);
         let s = State {
             ports: vec![port("a", "net_tap0", 1)],
-            macs: vec![],
+            node: Some(podpath_proto::sample_node()),
+            ..State::default()
         };
         s.save(&path).unwrap();
         assert_eq!(State::load(&path).unwrap(), Some(s));

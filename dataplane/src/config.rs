@@ -2,7 +2,7 @@
 //! it implies. A bad value is refused with a message that names it.
 use std::path::{Path, PathBuf};
 
-use podpath_proto::PortSpec;
+use podpath_proto::{NodeSpec, PortSpec, RemoteSpec};
 use serde::Deserialize;
 
 use crate::worker::IdleConfig;
@@ -121,6 +121,11 @@ pub struct Config {
     pub bridge: BridgeConfig,
     #[serde(default, rename = "port")]
     pub ports: Vec<PortSpec>,
+    /// This node's L3 identity (usually set by the control service instead).
+    #[serde(default)]
+    pub node: Option<NodeSpec>,
+    #[serde(default, rename = "remote")]
+    pub remotes: Vec<RemoteSpec>,
 }
 
 impl Config {

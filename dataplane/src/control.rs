@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 
 use crossbeam::channel::{bounded, Receiver, Sender};
 use podpath_proto::{
-    DropStat, ErrorKind, ErrorReply, MacInfo, PortInfo, PortSpec, PortStat, Request, Response,
-    StageStat, Stats, TraceLine, WorkerStat, PROTOCOL_VERSION,
+    DropStat, ErrorKind, ErrorReply, MacInfo, NeighborInfo, NodeSpec, PortInfo, PortSpec, PortStat,
+    RemoteSpec, Request, Response, RouteInfo, StageStat, Stats, TraceLine, WorkerStat,
+    PROTOCOL_VERSION,
 };
 use ringbuf::traits::Consumer;
 use ringbuf::HeapCons;
@@ -24,9 +25,9 @@ use crate::config::validate_port;
 use crate::dpdk::{self, netns, EthPort, Mempool, PortSetup};
 use crate::pipeline::counters::get;
 use crate::pipeline::{DropReason, Next, StageId, TraceDetail, TraceRecord, WorkerCounters};
-use crate::tables::{PortEntry, PortMap};
+use crate::tables::{PortEntry, PortMap, L3};
 use crate::wire::MacAddr;
-use crate::worker::{MacRow, WorkerMsg};
+use crate::worker::{MacRow, NeighborRow, Retired, WorkerMsg};
 
 /// The control thread's view of one worker.
 pub struct WorkerHandle {
@@ -49,7 +50,10 @@ pub struct Control {
     ports: Vec<Attached>,
     gen: u64,
     current: Arc<PortMap>,
-    retired: Receiver<Arc<PortMap>>,
+    node: Option<NodeSpec>,
+    remotes: Vec<RemoteSpec>,
+    l3: Arc<L3>,
+    retired: Receiver<Retired>,
     tsc_hz: u64,
     rx_desc: u16,
     tx_desc: u16,
@@ -68,7 +72,7 @@ fn err(kind: ErrorKind, message: impl Into<String>) -> ErrorReply {
 impl Control {
     pub fn new(
         pool: Mempool,
-        retired: Receiver<Arc<PortMap>>,
+        retired: Receiver<Retired>,
         tsc_hz: u64,
         rx_desc: u16,
         tx_desc: u16,
@@ -79,6 +83,9 @@ impl Control {
             ports: Vec::new(),
             gen: 0,
             current: Arc::new(PortMap::default()),
+            node: None,
+            remotes: Vec::new(),
+            l3: Arc::new(L3::empty()),
             retired,
             tsc_hz,
             rx_desc,
@@ -125,9 +132,14 @@ impl Control {
                 bd: a.spec.bridge,
                 mac: MacAddr(a.port.mac()),
                 rx_queues: a.queues,
+                mtu: a.port.mtu(),
             })
             .collect();
-        Arc::new(PortMap::build(entries, workers))
+        let (uplink, host) = match &self.node {
+            Some(n) => (Some(n.uplink.as_str()), n.host.as_deref()),
+            None => (None, None),
+        };
+        Arc::new(PortMap::build(entries, workers).with_roles(uplink, host))
     }
 
     /// Sends a message to a worker, waiting at most a second: a stuck worker must
@@ -169,6 +181,98 @@ impl Control {
     /// Frees the snapshots workers handed back.
     pub fn reclaim(&self) {
         while self.retired.try_recv().is_ok() {}
+    }
+
+    pub fn current_l3(&self) -> Arc<L3> {
+        Arc::clone(&self.l3)
+    }
+
+    /// Builds and publishes the L3 view for `node` and `remotes`; on error nothing
+    /// changes.
+    fn set_l3(&mut self, node: NodeSpec, remotes: Vec<RemoteSpec>) -> Result<(), ErrorReply> {
+        let l3 = Arc::new(
+            L3::build(&node, &remotes).map_err(|e| err(ErrorKind::BadRequest, e.to_string()))?,
+        );
+        let roles_changed = self
+            .node
+            .as_ref()
+            .is_none_or(|o| o.uplink != node.uplink || o.host != node.host);
+        self.node = Some(node);
+        self.remotes = remotes;
+        self.l3 = Arc::clone(&l3);
+        for w in &self.workers {
+            let _ = Self::tell(w, WorkerMsg::L3(Arc::clone(&l3)));
+        }
+        if roles_changed {
+            self.publish();
+        }
+        Ok(())
+    }
+
+    pub fn node_set(&mut self, node: NodeSpec) -> Result<(), ErrorReply> {
+        let remotes = self.remotes.clone();
+        self.set_l3(node, remotes)
+    }
+
+    fn remote_add(&mut self, r: RemoteSpec) -> Result<(), ErrorReply> {
+        let node = self.node.clone().ok_or_else(|| {
+            err(
+                ErrorKind::BadRequest,
+                "set the node first (NodeSet): remote nodes need its underlay and VNI",
+            )
+        })?;
+        let mut remotes = self.remotes.clone();
+        match remotes.iter_mut().find(|x| x.name == r.name) {
+            Some(x) => *x = r,
+            None => remotes.push(r),
+        }
+        self.set_l3(node, remotes)
+    }
+
+    fn remote_del(&mut self, name: &str) -> Result<(), ErrorReply> {
+        let node = self
+            .node
+            .clone()
+            .ok_or_else(|| err(ErrorKind::NotFound, format!("no remote node {name:?}")))?;
+        if !self.remotes.iter().any(|x| x.name == name) {
+            return Err(err(ErrorKind::NotFound, format!("no remote node {name:?}")));
+        }
+        let remotes = self
+            .remotes
+            .iter()
+            .filter(|x| x.name != name)
+            .cloned()
+            .collect();
+        self.set_l3(node, remotes)
+    }
+
+    fn neighbor_list(&self) -> Result<Vec<NeighborInfo>, ErrorReply> {
+        let mut out = Vec::new();
+        for w in &self.workers {
+            let (tx, rx) = bounded::<Vec<NeighborRow>>(1);
+            if !Self::tell(w, WorkerMsg::DumpNeighbors(tx)) {
+                return Err(err(
+                    ErrorKind::Unavailable,
+                    format!("worker {} is not taking messages", w.id),
+                ));
+            }
+            let rows = rx.recv_timeout(Duration::from_secs(2)).map_err(|_| {
+                err(
+                    ErrorKind::Unavailable,
+                    format!("worker {} did not answer", w.id),
+                )
+            })?;
+            let hz = self.tsc_hz.max(1);
+            out.extend(rows.into_iter().map(|r| NeighborInfo {
+                worker: r.worker,
+                ip: crate::wire::Ipv4Addr::from_u32(r.ip).to_string(),
+                mac: r.mac.to_string(),
+                port: self.port_name(r.port),
+                age_ms: r.age_ticks.saturating_mul(1000) / hz,
+            }));
+        }
+        out.sort_by(|a, b| (&a.ip, a.worker).cmp(&(&b.ip, b.worker)));
+        Ok(out)
     }
 
     pub fn current_map(&self) -> Arc<PortMap> {
@@ -418,6 +522,7 @@ impl Control {
             Next::Port(p) => format!("-> port {}", self.port_name(p)),
             Next::Flood => "-> flood".into(),
             Next::Drop(r) => format!("drop {}", r.name()),
+            Next::Resolve => "-> hold for ARP".into(),
         }
     }
 
@@ -570,6 +675,17 @@ impl Control {
             Request::TraceDump => Ok(Response::Trace(self.trace_dump())),
             Request::MacDel { bridge, mac } => self.mac_del(bridge, &mac).map(|()| Response::Done),
             Request::Ping => Ok(Response::Done),
+            Request::NodeSet(n) => self.node_set(n).map(|()| Response::Done),
+            Request::RemoteAdd(r) => self.remote_add(r).map(|()| Response::Done),
+            Request::RemoteDel { name } => self.remote_del(&name).map(|()| Response::Done),
+            Request::RouteList => Ok(Response::Routes(
+                self.l3
+                    .describe()
+                    .into_iter()
+                    .map(|(prefix, via)| RouteInfo { prefix, via })
+                    .collect(),
+            )),
+            Request::NeighborList => self.neighbor_list().map(Response::Neighbors),
             Request::StateShow => Err(err(
                 ErrorKind::BadRequest,
                 "the dataplane holds no desired state: ask podpath-control (its socket, not the dataplane's)",

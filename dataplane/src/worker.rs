@@ -14,7 +14,7 @@ use crossbeam::channel::{Receiver, Sender};
 use crate::dpdk::rdtsc;
 use crate::pipeline::counters::add;
 use crate::pipeline::{Pipeline, PortIo, WorkerCounters, BURST};
-use crate::tables::PortMap;
+use crate::tables::{PortMap, L3};
 use crate::wire::MacAddr;
 
 /// Idle back-off: after `empty_polls` polls that received nothing, sleep, starting at
@@ -51,12 +51,32 @@ pub struct MacRow {
     pub is_static: bool,
 }
 
+/// A snapshot a worker replaced, handed back for the control thread to free.
+pub enum Retired {
+    Ports(Arc<PortMap>),
+    L3(Arc<L3>),
+}
+
+/// One row of a worker's neighbour table.
+#[derive(Debug, Clone)]
+pub struct NeighborRow {
+    pub worker: u16,
+    pub ip: u32,
+    pub mac: MacAddr,
+    pub port: u16,
+    pub age_ticks: u64,
+}
+
 /// Messages from the control thread. A worker applies them between bursts.
 pub enum WorkerMsg {
     /// A new port map, generation `gen`: after installing it the worker stores `gen`
     /// in `applied_gen` (its quiescent point) and returns the old map for the control
     /// thread to free.
     Ports(Arc<PortMap>, u64),
+    /// A new L3 view (node, remote nodes, routes).
+    L3(Arc<L3>),
+    /// Send a copy of the neighbour table.
+    DumpNeighbors(Sender<Vec<NeighborRow>>),
     /// Trace the next N received packets.
     Trace(u32),
     /// Send a copy of the MAC table.
@@ -73,7 +93,7 @@ pub struct Worker<P: PortIo> {
     pub pipeline: Pipeline<P::Frame>,
     rx: Vec<P::Frame>,
     ctl: Receiver<WorkerMsg>,
-    retired: Sender<Arc<PortMap>>,
+    retired: Sender<Retired>,
     stop: Arc<AtomicBool>,
     idle: IdleConfig,
     /// How often (TSC ticks) to sweep aged MACs.
@@ -88,7 +108,7 @@ impl<P: PortIo> Worker<P> {
         io: P,
         pipeline: Pipeline<P::Frame>,
         ctl: Receiver<WorkerMsg>,
-        retired: Sender<Arc<PortMap>>,
+        retired: Sender<Retired>,
         stop: Arc<AtomicBool>,
         idle: IdleConfig,
         age_every: u64,
@@ -117,7 +137,27 @@ impl<P: PortIo> Worker<P> {
                 let old = self.pipeline.set_ports(&mut self.io, map);
                 self.counters().applied_gen.store(gen, Ordering::Release);
                 // The control thread frees it: never a large free on a worker.
-                let _ = self.retired.send(old);
+                let _ = self.retired.send(Retired::Ports(old));
+            }
+            WorkerMsg::L3(l3) => {
+                let old = self.pipeline.set_l3(l3);
+                let _ = self.retired.send(Retired::L3(old));
+            }
+            WorkerMsg::DumpNeighbors(reply) => {
+                let now = rdtsc();
+                let rows = self
+                    .pipeline
+                    .neighbors
+                    .entries()
+                    .map(|(ip, n)| NeighborRow {
+                        worker: self.id,
+                        ip,
+                        mac: n.mac,
+                        port: n.port,
+                        age_ticks: now.wrapping_sub(n.seen),
+                    })
+                    .collect();
+                let _ = reply.send(rows);
             }
             WorkerMsg::Trace(n) => self.pipeline.tracer.arm(n),
             WorkerMsg::DumpMacs(reply) => {
@@ -171,6 +211,7 @@ impl<P: PortIo> Worker<P> {
                 self.pipeline.run(&mut self.io, port, &mut self.rx);
             }
         }
+        self.pipeline.expire(&mut self.io);
         self.pipeline.flush(&mut self.io);
         let t1 = rdtsc();
         let c = &self.pipeline.counters;
@@ -182,6 +223,7 @@ impl<P: PortIo> Worker<P> {
             add(&c.idle_polls, 1);
         }
         if t0 >= self.next_age {
+            self.pipeline.neighbors.age(t0);
             let aged = self.pipeline.bridge.macs.age(t0);
             add(&c.mac_aged, aged as u64);
             self.next_age = t0.wrapping_add(self.age_every);

@@ -36,6 +36,7 @@ fn rig() -> Rig {
             bd: if id < 3 { Some(1) } else { None },
             mac: MacAddr([2, 0, 0, 0, 0, u8::try_from(id).unwrap()]),
             rx_queues: 1,
+            mtu: 1500,
         })
         .collect();
     let map = Arc::new(PortMap::build(entries, 1));
@@ -44,6 +45,7 @@ fn rig() -> Rig {
         worker: 0,
         mac_capacity: 64,
         mac_ageing_ticks: AGEING,
+        tsc_hz: 1_000_000_000,
     };
     let p = Pipeline::new(
         &cfg,
@@ -221,6 +223,7 @@ fn detached_port_is_forgotten() {
             bd: Some(1),
             mac: MacAddr([2, 0, 0, 0, 0, 0]),
             rx_queues: 1,
+            mtu: 1500,
         })
         .collect();
     let mut io = MemIo::default();

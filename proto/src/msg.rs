@@ -47,6 +47,86 @@ pub enum Request {
     Ping,
     /// The control service's desired state (control service only).
     StateShow,
+    /// Set this node's L3/overlay identity (node IP, pod CIDR, uplink, VXLAN).
+    NodeSet(NodeSpec),
+    /// Add (or replace, by name) a remote node: its VTEP and pod CIDR.
+    RemoteAdd(RemoteSpec),
+    /// Remove a remote node by name (withdraws its route and VTEP).
+    RemoteDel {
+        name: String,
+    },
+    /// The routing table.
+    RouteList,
+    /// The neighbour (ARP) tables of every worker.
+    NeighborList,
+}
+
+fn default_vni() -> u32 {
+    1
+}
+
+fn default_vxlan_port() -> u16 {
+    4789
+}
+
+fn default_bridge() -> u16 {
+    1
+}
+
+/// This node in the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSpec {
+    /// The node's address on the underlay, carried by the uplink port.
+    pub node_ip: String,
+    /// The underlay subnet reachable directly on the uplink, e.g. "192.168.77.0/24".
+    pub underlay_cidr: String,
+    /// Next hop for underlay destinations outside that subnet.
+    #[serde(default)]
+    pub underlay_gateway: Option<String>,
+    /// This node's pods, e.g. "10.244.0.0/24"; the first address is their gateway.
+    pub pod_cidr: String,
+    /// All pods of the cluster, e.g. "10.244.0.0/16".
+    pub cluster_cidr: String,
+    /// The pods' bridge domain.
+    #[serde(default = "default_bridge")]
+    pub bridge: u16,
+    /// The uplink port's name.
+    pub uplink: String,
+    /// The host port's name (a tap to the node's kernel).
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default = "default_vni")]
+    pub vni: u32,
+    /// 4789 (IANA) by default; 8472 to interoperate with flannel.
+    #[serde(default = "default_vxlan_port")]
+    pub vxlan_port: u16,
+}
+
+/// Another node of the cluster, reached over VXLAN.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteSpec {
+    pub name: String,
+    pub node_ip: String,
+    /// The MAC written as the inner frame's destination (the remote VTEP's).
+    pub vtep_mac: String,
+    pub pod_cidr: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteInfo {
+    pub prefix: String,
+    pub via: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NeighborInfo {
+    pub worker: u16,
+    pub ip: String,
+    pub mac: String,
+    pub port: String,
+    pub age_ms: u64,
 }
 
 /// A static MAC entry of the desired state.
@@ -63,6 +143,8 @@ pub struct StaticMac {
 pub struct DesiredState {
     pub ports: Vec<PortSpec>,
     pub macs: Vec<StaticMac>,
+    pub node: Option<NodeSpec>,
+    pub remotes: Vec<RemoteSpec>,
     /// Whether the dataplane currently matches it.
     pub in_sync: bool,
     /// Changes applied since the service started (for operators and tests).
@@ -101,6 +183,8 @@ pub enum Response {
     Stats(Stats),
     Trace(Vec<TraceLine>),
     State(DesiredState),
+    Routes(Vec<RouteInfo>),
+    Neighbors(Vec<NeighborInfo>),
     Error(ErrorReply),
 }
 
@@ -259,6 +343,13 @@ pub fn sample_requests() -> Vec<Request> {
         },
         Request::Ping,
         Request::StateShow,
+        Request::NodeSet(sample_node()),
+        Request::RemoteAdd(sample_remote()),
+        Request::RemoteDel {
+            name: "node2".into(),
+        },
+        Request::RouteList,
+        Request::NeighborList,
     ]
 }
 
@@ -329,7 +420,20 @@ pub fn sample_responses() -> Vec<Response> {
             next: "port 1".into(),
             detail: "learned".into(),
         }]),
+        Response::Routes(vec![RouteInfo {
+            prefix: "10.244.1.0/24".into(),
+            via: "vxlan to node2".into(),
+        }]),
+        Response::Neighbors(vec![NeighborInfo {
+            worker: 0,
+            ip: "10.244.0.2".into(),
+            mac: "0a:58:0a:f4:00:02".into(),
+            port: "pod-a".into(),
+            age_ms: 3,
+        }]),
         Response::State(DesiredState {
+            node: Some(sample_node()),
+            remotes: vec![sample_remote()],
             ports: vec![],
             macs: vec![StaticMac {
                 bridge: 1,
@@ -344,4 +448,30 @@ pub fn sample_responses() -> Vec<Response> {
             message: "no port x".into(),
         }),
     ]
+}
+
+/// A node spec for tests and examples.
+pub fn sample_node() -> NodeSpec {
+    NodeSpec {
+        node_ip: "192.168.77.11".into(),
+        underlay_cidr: "192.168.77.0/24".into(),
+        underlay_gateway: None,
+        pod_cidr: "10.244.0.0/24".into(),
+        cluster_cidr: "10.244.0.0/16".into(),
+        bridge: 1,
+        uplink: "uplink".into(),
+        host: Some("host".into()),
+        vni: 1,
+        vxlan_port: 4789,
+    }
+}
+
+/// A remote node spec for tests and examples.
+pub fn sample_remote() -> RemoteSpec {
+    RemoteSpec {
+        name: "node2".into(),
+        node_ip: "192.168.77.12".into(),
+        vtep_mac: "0a:58:0a:f4:01:01".into(),
+        pod_cidr: "10.244.1.0/24".into(),
+    }
 }

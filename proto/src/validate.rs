@@ -46,6 +46,56 @@ pub fn device_name(devargs: &str) -> &str {
     devargs.split(',').next().unwrap_or(devargs)
 }
 
+/// Parses a dotted-quad IPv4 address into a host-order u32.
+pub fn ipv4(s: &str) -> Result<u32, String> {
+    s.parse::<std::net::Ipv4Addr>()
+        .map(u32::from)
+        .map_err(|_| format!("{s:?} is not an IPv4 address"))
+}
+
+/// Parses "a.b.c.d/n"; the address must be the network's first (no host bits).
+pub fn cidr(s: &str) -> Result<(u32, u8), String> {
+    let (a, n) = s
+        .split_once('/')
+        .ok_or_else(|| format!("{s:?} is not a CIDR (want a.b.c.d/n)"))?;
+    let addr = ipv4(a)?;
+    let len: u8 = n
+        .parse()
+        .ok()
+        .filter(|&l| l <= 32)
+        .ok_or_else(|| format!("{s:?}: prefix length must be 0-32"))?;
+    let mask = if len == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(len))
+    };
+    if addr & !mask != 0 {
+        return Err(format!(
+            "{s:?} has host bits set (the network is {}/{len})",
+            std::net::Ipv4Addr::from(addr & mask)
+        ));
+    }
+    Ok((addr, len))
+}
+
+fn net_mask(len: u8) -> u32 {
+    if len == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(len))
+    }
+}
+
+/// Does network `outer` contain network `inner`?
+pub fn cidr_contains(outer: (u32, u8), inner: (u32, u8)) -> bool {
+    inner.1 >= outer.1 && inner.0 & net_mask(outer.1) == outer.0
+}
+
+/// Do two networks share any address?
+pub fn cidr_overlap(a: (u32, u8), b: (u32, u8)) -> bool {
+    cidr_contains(a, b) || cidr_contains(b, a)
+}
+
 /// Parses a unicast MAC address "aa:bb:cc:dd:ee:ff".
 pub fn unicast_mac(s: &str) -> Result<[u8; 6], String> {
     let parts: Vec<&str> = s.split(':').collect();
@@ -101,6 +151,21 @@ mod tests {
         s.mtu = Some(20);
         assert!(port_spec(&s).is_err());
         assert_eq!(device_name("net_tap1,iface=eth0"), "net_tap1");
+    }
+
+    #[test]
+    fn addresses() {
+        assert_eq!(ipv4("10.244.0.1").unwrap(), 0x0af4_0001);
+        assert!(ipv4("10.244.0").is_err());
+        assert_eq!(cidr("10.244.0.0/16").unwrap(), (0x0af4_0000, 16));
+        assert!(cidr("10.244.0.1/16").unwrap_err().contains("host bits"));
+        assert!(cidr("10.244.0.0/33").is_err());
+        assert!(cidr("10.244.0.0").is_err());
+        assert!(cidr_contains((0x0af4_0000, 16), (0x0af4_0100, 24)));
+        assert!(!cidr_contains((0x0af4_0100, 24), (0x0af4_0000, 16)));
+        assert!(cidr_overlap((0x0af4_0100, 24), (0x0af4_0000, 16)));
+        assert!(!cidr_overlap((0x0af4_0100, 24), (0x0af4_0200, 24)));
+        assert!(cidr_contains((0, 0), (0x0af4_0000, 16)));
     }
 
     #[test]

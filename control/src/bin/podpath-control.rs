@@ -52,6 +52,8 @@ fn run() -> Result<()> {
         None => State {
             ports: cfg.ports.clone(),
             macs: cfg.macs.clone(),
+            node: cfg.node.clone(),
+            remotes: cfg.remotes.clone(),
         },
     };
     state

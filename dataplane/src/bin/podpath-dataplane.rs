@@ -128,6 +128,19 @@ fn run() -> Result<()> {
             info.name, info.id, info.driver, info.mac
         ));
     }
+    if let Some(node) = cfg.node.clone() {
+        ctl.node_set(node)
+            .map_err(|e| anyhow::anyhow!(e.message))
+            .context("[node]")?;
+        for r in cfg.remotes.clone() {
+            let name = r.name.clone();
+            if let podpath_proto::Response::Error(e) =
+                ctl.handle(podpath_proto::Request::RemoteAdd(r))
+            {
+                anyhow::bail!("[[remote]] {name}: {}", e.message);
+            }
+        }
+    }
     ctl.reclaim();
     // The socket before the workers: a failure here leaves nothing running.
     let listener =
@@ -142,15 +155,17 @@ fn run() -> Result<()> {
             worker: id,
             mac_capacity: cfg.bridge.max_macs,
             mac_ageing_ticks: ageing,
+            tsc_hz,
         };
         // Drain the port-map messages already queued: start from the current map.
         while rx.try_recv().is_ok() {}
-        let pipeline = Pipeline::new(
+        let mut pipeline = Pipeline::new(
             &pcfg,
             ctl.current_map(),
             counters,
             Tracer::new(id, Some(prod)),
         );
+        pipeline.set_l3(ctl.current_l3());
         let worker = Worker::new(
             id,
             DpdkIo::new(pool),

@@ -7,6 +7,12 @@ pub trait Frame: Send + 'static {
     fn data_mut(&mut self) -> &mut [u8];
     /// False for chained (multi-segment) buffers, which the pipeline does not handle.
     fn is_contiguous(&self) -> bool;
+    /// Grows the frame by `n` bytes at the front (encapsulation); false without room.
+    fn prepend(&mut self, n: usize) -> bool;
+    /// Removes `n` bytes from the front (decapsulation); false when shorter.
+    fn strip(&mut self, n: usize) -> bool;
+    /// Sets the length, growing or shrinking at the end; false without room.
+    fn set_len(&mut self, len: usize) -> bool;
 }
 
 /// Burst I/O on ports, and buffers for copies.
@@ -36,5 +42,24 @@ impl Frame for crate::dpdk::Mbuf {
     #[inline(always)]
     fn is_contiguous(&self) -> bool {
         crate::dpdk::Mbuf::is_contiguous(self)
+    }
+    #[inline]
+    fn prepend(&mut self, n: usize) -> bool {
+        u16::try_from(n).is_ok_and(|n| crate::dpdk::Mbuf::prepend(self, n).is_some())
+    }
+    #[inline]
+    fn strip(&mut self, n: usize) -> bool {
+        u16::try_from(n).is_ok_and(|n| crate::dpdk::Mbuf::adj(self, n))
+    }
+    #[inline]
+    fn set_len(&mut self, len: usize) -> bool {
+        let cur = self.data().len();
+        match len.cmp(&cur) {
+            std::cmp::Ordering::Equal => true,
+            std::cmp::Ordering::Less => u16::try_from(cur - len).is_ok_and(|n| self.trim(n)),
+            std::cmp::Ordering::Greater => {
+                u16::try_from(len - cur).is_ok_and(|n| self.append(n).is_some())
+            }
+        }
     }
 }

@@ -40,6 +40,23 @@ pub enum Next {
     Flood,
     /// Drop, counted under this reason.
     Drop(DropReason),
+    /// Hold until `Meta::nh_ip` is resolved by ARP on `Meta::out` (a port, or the
+    /// pods' bridge domain when [`OUT_BRIDGE`]); the runner asks and parks the frame.
+    Resolve,
+}
+
+/// `Meta::out` value meaning "the pods' bridge domain" (resolve by flooding).
+pub const OUT_BRIDGE: u16 = u16::MAX;
+
+/// An ICMP error to send about a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IcmpKind {
+    #[default]
+    None,
+    /// Time exceeded in transit (TTL expired).
+    TimeExceeded,
+    /// Destination unreachable, fragmentation needed, with the next-hop MTU.
+    FragNeeded(u16),
 }
 
 /// Per-packet metadata the stages share (filled by `eth-input`).
@@ -58,4 +75,12 @@ pub struct Meta {
     pub bd: u16,
     /// Trace id when this packet is traced (0 = not traced).
     pub trace: u32,
+    /// The IPv4 next hop to resolve (host order).
+    pub nh_ip: u32,
+    /// Output port for the next hop, or [`OUT_BRIDGE`].
+    pub out: u16,
+    /// Remote node index for VXLAN encapsulation.
+    pub remote: u16,
+    /// Set by a stage that wants an ICMP error sent.
+    pub icmp: IcmpKind,
 }

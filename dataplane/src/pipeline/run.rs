@@ -5,11 +5,15 @@ use std::sync::Arc;
 use super::counters::add;
 use super::{
     DropReason, Frame, Meta, Next, PortIo, StageId, TraceDetail, Tracer, WorkerCounters, BURST,
-    MAX_PORTS,
+    MAX_PORTS, OUT_BRIDGE,
 };
 use crate::dpdk::rdtsc;
-use crate::stages::{bridge::Bridge, eth_input, Ctx};
-use crate::tables::PortMap;
+use crate::stages::icmp_error::RateLimit;
+use crate::stages::{
+    arp, bridge::Bridge, eth_input, icmp_error, ip4_local, ip4_lookup, ip4_rewrite, vxlan_decap,
+    vxlan_encap, Ctx,
+};
+use crate::tables::{NeighborTable, PortMap, L3};
 
 /// Sizes and times for one worker's pipeline.
 #[derive(Debug, Clone)]
@@ -19,6 +23,22 @@ pub struct PipelineConfig {
     pub mac_capacity: usize,
     /// MAC ageing time in TSC ticks.
     pub mac_ageing_ticks: u64,
+    /// TSC ticks per second (neighbour ageing, ARP retries, ICMP rate limit).
+    pub tsc_hz: u64,
+}
+
+/// Packets held while their next hop resolves.
+const PENDING_CAP: usize = 64;
+/// How many passes over the stages one burst may take (an ICMP error goes back to
+/// `ip4-lookup` once); beyond, packets are dropped rather than looping.
+const MAX_PASSES: usize = 4;
+
+struct Parked<F> {
+    frame: F,
+    ip: u32,
+    /// A port, or OUT_BRIDGE.
+    out: u16,
+    deadline: u64,
 }
 
 /// Packets waiting to be transmitted on one port; flushed when a burst is full and at
@@ -36,11 +56,17 @@ pub struct Pipeline<F: Frame> {
     tx_dirty: u32,
     dropped: Vec<F>,
     pub ports: Arc<PortMap>,
+    pub l3: Arc<L3>,
     pub bridge: Bridge,
+    pub neighbors: NeighborTable,
+    pending: Vec<Parked<F>>,
+    learned: Vec<u32>,
+    icmp_limit: RateLimit,
     pub counters: Arc<WorkerCounters>,
     pub tracer: Tracer,
     tx_queue: u16,
     now: u64,
+    tsc_hz: u64,
 }
 
 impl<F: Frame> Pipeline<F> {
@@ -61,12 +87,24 @@ impl<F: Frame> Pipeline<F> {
             tx_dirty: 0,
             dropped: Vec::with_capacity(2 * BURST),
             ports,
+            l3: Arc::new(L3::empty()),
             bridge: Bridge::new(cfg.mac_capacity, cfg.mac_ageing_ticks),
+            // Neighbours live 5 minutes; a missing one is asked for at most once a second.
+            neighbors: NeighborTable::new(4096, cfg.tsc_hz.saturating_mul(300), cfg.tsc_hz),
+            pending: Vec::with_capacity(PENDING_CAP),
+            learned: Vec::with_capacity(BURST),
+            icmp_limit: RateLimit::new(100, 50, cfg.tsc_hz),
             counters,
             tracer,
             tx_queue: cfg.worker,
             now: 0,
+            tsc_hz: cfg.tsc_hz,
         }
+    }
+
+    /// Installs a new L3 view; returns the old one (for the control thread to free).
+    pub fn set_l3(&mut self, l3: Arc<L3>) -> Arc<L3> {
+        std::mem::replace(&mut self.l3, l3)
     }
 
     /// Sets the time (TSC) stages see for this iteration.
@@ -111,48 +149,182 @@ impl<F: Frame> Pipeline<F> {
         }
         self.queue_len[StageId::EthInput.index()] = n;
 
-        for &stage in StageId::ALL {
-            let s = stage.index();
-            let len = self.queue_len[s];
-            if len == 0 || stage == StageId::Tx {
-                continue;
+        for pass in 0..MAX_PASSES {
+            let mut ran = false;
+            for &stage in StageId::ALL {
+                let s = stage.index();
+                let len = self.queue_len[s];
+                if len == 0 || stage == StageId::Tx {
+                    continue;
+                }
+                ran = true;
+                self.queue_len[s] = 0;
+                let idx = self.queue[s];
+                let idx = &idx[..len];
+                let t0 = rdtsc();
+                self.run_stage(c, stage, idx);
+                let sc = &c.stages[s];
+                add(&sc.packets, len as u64);
+                add(&sc.calls, 1);
+                add(&sc.cycles, rdtsc().wrapping_sub(t0));
+                self.dispatch(c, stage, idx, io);
             }
-            self.queue_len[s] = 0;
-            let idx = self.queue[s];
-            let idx = &idx[..len];
-            let t0 = rdtsc();
-            {
-                let cx = Ctx {
-                    ports: &self.ports,
-                    now: self.now,
-                    counters: c,
-                };
-                match stage {
-                    StageId::EthInput => eth_input::process(
-                        &cx,
-                        idx,
-                        &self.slots,
-                        &mut self.meta,
-                        &mut self.next,
-                        &mut self.detail,
-                    ),
-                    StageId::Bridge => self.bridge.process(
-                        &cx,
-                        idx,
-                        &self.slots,
-                        &mut self.meta,
-                        &mut self.next,
-                        &mut self.detail,
-                    ),
-                    StageId::Tx => {}
+            if !ran {
+                break;
+            }
+            if pass + 1 == MAX_PASSES {
+                // Whatever is still queued has looped too often: drop it, counted.
+                for q in 0..StageId::COUNT {
+                    let n = std::mem::take(&mut self.queue_len[q]);
+                    for k in 0..n {
+                        let i = usize::from(self.queue[q][k]);
+                        c.count_drop(DropReason::Ip4NoRoute, 1);
+                        if let Some(f) = self.slots[i].take() {
+                            self.dropped.push(f);
+                        }
+                    }
                 }
             }
-            let sc = &c.stages[s];
-            add(&sc.packets, len as u64);
-            add(&sc.calls, 1);
-            add(&sc.cycles, rdtsc().wrapping_sub(t0));
-            self.dispatch(c, stage, idx, io);
         }
+        if !self.learned.is_empty() {
+            self.release(c, io);
+        }
+        if !self.dropped.is_empty() {
+            io.free_bulk(&mut self.dropped);
+        }
+    }
+
+    /// Calls one stage on the packets queued for it.
+    fn run_stage(&mut self, c: &WorkerCounters, stage: StageId, idx: &[u8]) {
+        let cx = Ctx {
+            ports: &self.ports,
+            l3: &self.l3,
+            now: self.now,
+            counters: c,
+        };
+        let (s, m, n, d) = (
+            &mut self.slots,
+            &mut self.meta,
+            &mut self.next,
+            &mut self.detail,
+        );
+        match stage {
+            StageId::EthInput => eth_input::process(&cx, idx, &s[..], m, n, d),
+            StageId::VxlanDecap => vxlan_decap::process(&cx, idx, s, m, n),
+            StageId::Arp => arp::process(&cx, &mut self.neighbors, &mut self.learned, idx, s, m, n),
+            StageId::Ip4Lookup => ip4_lookup::process(&cx, idx, s, m, n),
+            StageId::Ip4Local => ip4_local::process(&cx, idx, s, m, n),
+            StageId::IcmpError => icmp_error::process(&cx, &mut self.icmp_limit, idx, s, m, n),
+            StageId::VxlanEncap => vxlan_encap::process(&cx, &self.neighbors, idx, s, m, n),
+            StageId::Ip4Rewrite => ip4_rewrite::process(&cx, &self.neighbors, idx, s, m, n),
+            StageId::Bridge => self.bridge.process(&cx, idx, &s[..], m, n, d),
+            StageId::Tx => {}
+        }
+    }
+
+    /// Holds a packet until its next hop answers ARP, asking for it (at most once a
+    /// second per address).
+    fn park<P: PortIo<Frame = F>>(&mut self, c: &WorkerCounters, io: &mut P, i: usize, f: F) {
+        let m = self.meta[i];
+        if self.pending.len() >= PENDING_CAP {
+            c.count_drop(DropReason::ArpQueueFull, 1);
+            self.dropped.push(f);
+        } else {
+            self.pending.push(Parked {
+                frame: f,
+                ip: m.nh_ip,
+                out: m.out,
+                deadline: self.now.wrapping_add(self.tsc_hz),
+            });
+        }
+        if !self.neighbors.should_ask(m.nh_ip, self.now) {
+            return;
+        }
+        let Some(node) = self.l3.node.as_ref() else {
+            return;
+        };
+        let (mac, ip) = if Some(m.out) == self.ports.uplink {
+            (
+                self.ports.port(m.out).map_or(node.router_mac, |p| p.mac),
+                node.node_ip,
+            )
+        } else {
+            (node.router_mac, node.gateway_ip)
+        };
+        let req = arp::request(mac, ip, m.nh_ip);
+        if m.out == OUT_BRIDGE {
+            let mut ports = [0u16; MAX_PORTS];
+            let mut n = 0;
+            if let Some(bd) = self.ports.bridge(m.bd) {
+                for &p in bd.members.iter().take(MAX_PORTS) {
+                    ports[n] = p;
+                    n += 1;
+                }
+            }
+            for &p in &ports[..n] {
+                self.send_new(c, io, p, &req);
+            }
+        } else {
+            self.send_new(c, io, m.out, &req);
+        }
+    }
+
+    /// Sends a frame the dataplane made (an ARP request). Counted as replicated, so
+    /// the accounting identity still holds.
+    fn send_new<P: PortIo<Frame = F>>(
+        &mut self,
+        c: &WorkerCounters,
+        io: &mut P,
+        port: u16,
+        bytes: &[u8],
+    ) {
+        add(&c.replicated, 1);
+        match io.copy_frame(bytes) {
+            Some(f) => self.output(c, io, port, f, 0),
+            None => c.count_drop(DropReason::ArpNoBuffer, 1),
+        }
+    }
+
+    /// Sends the parked packets whose next hop resolved; drops expired ones.
+    fn release<P: PortIo<Frame = F>>(&mut self, c: &WorkerCounters, io: &mut P) {
+        self.learned.clear();
+        let mut k = 0;
+        while k < self.pending.len() {
+            let p = &self.pending[k];
+            let n = self
+                .neighbors
+                .lookup(p.ip, self.now)
+                .filter(|n| p.out == OUT_BRIDGE || n.port == p.out);
+            if let Some(n) = n {
+                let mut parked = self.pending.swap_remove(k);
+                let src = {
+                    let cx = Ctx {
+                        ports: &self.ports,
+                        l3: &self.l3,
+                        now: self.now,
+                        counters: c,
+                    };
+                    ip4_rewrite::src_mac(&cx, n.port)
+                };
+                ip4_rewrite::rewrite(parked.frame.data_mut(), n.mac, src);
+                self.output(c, io, n.port, parked.frame, 0);
+            } else if self.now >= p.deadline {
+                let parked = self.pending.swap_remove(k);
+                c.count_drop(DropReason::ArpTimeout, 1);
+                self.dropped.push(parked.frame);
+            } else {
+                k += 1;
+            }
+        }
+    }
+
+    /// Sends or expires parked packets (called every poll iteration while any wait).
+    pub fn expire<P: PortIo<Frame = F>>(&mut self, io: &mut P) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let counters = Arc::clone(&self.counters);
+        self.release(&counters, io);
         if !self.dropped.is_empty() {
             io.free_bulk(&mut self.dropped);
         }
@@ -178,11 +350,7 @@ impl<F: Frame> Pipeline<F> {
             }
             match next {
                 Next::Stage(t) => {
-                    // The graph only goes forward; one pass over the stages relies on it.
-                    debug_assert!(
-                        t > stage && t != StageId::Tx,
-                        "{stage:?} sent a packet to {t:?}"
-                    );
+                    debug_assert!(t != StageId::Tx, "{stage:?} sent a packet to the tx stage");
                     let q = t.index();
                     self.queue[q][self.queue_len[q]] = u8::try_from(i).unwrap_or(0);
                     self.queue_len[q] += 1;
@@ -203,6 +371,11 @@ impl<F: Frame> Pipeline<F> {
                     to_tx += 1;
                     if let Some(f) = self.slots[i].take() {
                         self.flood(c, io, i, f);
+                    }
+                }
+                Next::Resolve => {
+                    if let Some(f) = self.slots[i].take() {
+                        self.park(c, io, i, f);
                     }
                 }
             }
@@ -337,6 +510,7 @@ impl<F: Frame> Pipeline<F> {
         self.flush(io);
         let keep = Arc::clone(&ports);
         self.bridge.macs.retain_ports(|p| keep.port(p).is_some());
+        self.neighbors.retain_ports(|p| keep.port(p).is_some());
         std::mem::replace(&mut self.ports, ports)
     }
 }

@@ -37,6 +37,29 @@ impl Frame for MemFrame {
     fn is_contiguous(&self) -> bool {
         true
     }
+    fn prepend(&mut self, n: usize) -> bool {
+        if n > self.start {
+            return false;
+        }
+        self.start -= n;
+        self.len += n;
+        true
+    }
+    fn strip(&mut self, n: usize) -> bool {
+        if n > self.len {
+            return false;
+        }
+        self.start += n;
+        self.len -= n;
+        true
+    }
+    fn set_len(&mut self, len: usize) -> bool {
+        if self.start + len > self.buf.len() {
+            return false;
+        }
+        self.len = len;
+        true
+    }
 }
 
 /// One memory port: a queue of frames to receive, and what was transmitted.

@@ -3,6 +3,7 @@
 //! every access goes through a checked view of `wire`.
 use super::Ctx;
 use crate::pipeline::{DropReason, Frame, Meta, Next, StageId, TraceDetail, PREFETCH_AHEAD};
+use crate::tables::Role;
 use crate::wire::{self, arp, ethernet, icmpv4, ipv4, tcp, udp, EtherType, IpProtocol};
 
 /// (source, destination, protocol, source port or ICMP type, destination port or
@@ -88,8 +89,39 @@ pub fn classify(data: &[u8], meta: &mut Meta) -> Result<Option<FiveTuple>, DropR
     }
 }
 
+/// Where a parsed frame goes, by the role of its input port.
+#[inline]
+fn pick(cx: &Ctx, m: &Meta, data: &[u8], ip: Option<FiveTuple>) -> Next {
+    let Some(node) = cx.l3.node.as_ref() else {
+        // No L3 identity: a plain bridge.
+        return Next::Stage(StageId::Bridge);
+    };
+    let is_arp = m.ethertype == u16::from(EtherType::Arp);
+    let is_ip4 = m.ethertype == u16::from(EtherType::Ipv4);
+    match cx.ports.role(m.in_port) {
+        Role::Pod if is_arp => Next::Stage(StageId::Arp),
+        Role::Pod if is_ip4 && data[0..6] == node.router_mac.0 => Next::Stage(StageId::Ip4Lookup),
+        Role::Pod => Next::Stage(StageId::Bridge),
+        Role::Uplink if is_arp => Next::Stage(StageId::Arp),
+        Role::Uplink => match ip {
+            Some((_, dst, proto, _, dport)) if dst.to_u32() == node.node_ip => {
+                if proto == 17 && dport == node.vxlan_port && m.l4 != 0 {
+                    Next::Stage(StageId::VxlanDecap)
+                } else {
+                    // For the node's kernel (through the host port).
+                    Next::Stage(StageId::Ip4Lookup)
+                }
+            }
+            _ => Next::Drop(DropReason::UplinkNotForUs),
+        },
+        Role::Host if is_arp => Next::Stage(StageId::Arp),
+        Role::Host if is_ip4 => Next::Stage(StageId::Ip4Lookup),
+        Role::Host => Next::Drop(DropReason::HostNotIp4),
+    }
+}
+
 pub fn process<F: Frame>(
-    _cx: &Ctx,
+    cx: &Ctx,
     pkts: &[u8],
     frames: &[Option<F>],
     meta: &mut [Meta],
@@ -124,7 +156,7 @@ pub fn process<F: Frame>(
                         ip,
                     };
                 }
-                Next::Stage(StageId::Bridge)
+                pick(cx, m, data, ip)
             }
             Err(r) => Next::Drop(r),
         };

@@ -1,16 +1,35 @@
 //! One file per stage; the file name is the stage name (`eth-input` is
 //! `eth_input.rs`). A stage reads the packets queued for it and writes one
 //! [`Next`](crate::pipeline::Next) per packet; it never frees or sends packets itself.
+pub mod arp;
 pub mod bridge;
 pub mod eth_input;
+pub mod icmp_error;
+pub mod ip4_local;
+pub mod ip4_lookup;
+pub mod ip4_rewrite;
+pub mod vxlan_decap;
+pub mod vxlan_encap;
 
 use crate::pipeline::WorkerCounters;
-use crate::tables::PortMap;
+use crate::tables::{PortMap, L3};
 
 /// What every stage may look at besides the packets.
 pub struct Ctx<'a> {
     pub ports: &'a PortMap,
+    pub l3: &'a L3,
     /// TSC at the start of this poll iteration.
     pub now: u64,
     pub counters: &'a WorkerCounters,
+}
+
+/// Flow hash of an IPv4 5-tuple (for the VXLAN source port): cheap, and the same for
+/// every packet of a flow.
+#[inline(always)]
+pub fn flow_hash(src: u32, dst: u32, proto: u8, ports: u32) -> u32 {
+    let mut h = u64::from(src) << 32 | u64::from(dst);
+    h ^= u64::from(ports) << 8 | u64::from(proto);
+    h = h.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let b = h.to_be_bytes();
+    u32::from_be_bytes([b[0], b[1], b[2], b[3]]) ^ u32::from_be_bytes([b[4], b[5], b[6], b[7]])
 }

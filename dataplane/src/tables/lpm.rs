@@ -166,7 +166,7 @@ mod tests {
             self.0 ^= self.0 << 13;
             self.0 ^= self.0 >> 7;
             self.0 ^= self.0 << 17;
-            (self.0 >> 16) as u32
+            u32::try_from((self.0 >> 16) & 0xffff_ffff).unwrap_or(0)
         }
     }
 

@@ -1,9 +1,13 @@
 //! Tables the workers read. Shared ones (the port map) are immutable snapshots the
 //! control thread publishes by message; per-worker ones (the MAC table) are owned by
 //! one worker and never locked.
+pub mod l3;
 pub mod lpm;
 pub mod mac;
+pub mod neighbor;
 pub mod ports;
 
+pub use l3::{NextHop, L3};
 pub use mac::{Learn, MacTable};
-pub use ports::{BridgeDomain, PortEntry, PortMap};
+pub use neighbor::NeighborTable;
+pub use ports::{BridgeDomain, PortEntry, PortMap, Role};

@@ -10,6 +10,7 @@ pub struct PortEntry {
     pub bd: Option<u16>,
     pub mac: MacAddr,
     pub rx_queues: u16,
+    pub mtu: u16,
 }
 
 #[derive(Debug, Clone)]
@@ -25,6 +26,18 @@ pub struct PortMap {
     pub bridges: Vec<BridgeDomain>,
     /// For each worker, the (port, queue) pairs it polls.
     pub rx: Vec<Vec<(u16, u16)>>,
+    /// The uplink (underlay) port, when the node's L3 identity names one that exists.
+    pub uplink: Option<u16>,
+    /// The host port (a tap to the node's kernel).
+    pub host: Option<u16>,
+}
+
+/// What a port is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Pod,
+    Uplink,
+    Host,
 }
 
 impl PortMap {
@@ -54,7 +67,40 @@ impl PortMap {
             }
             ports[id] = Some(e);
         }
-        PortMap { ports, bridges, rx }
+        PortMap {
+            ports,
+            bridges,
+            rx,
+            uplink: None,
+            host: None,
+        }
+    }
+
+    /// Names the uplink and host ports (by port name).
+    pub fn with_roles(mut self, uplink: Option<&str>, host: Option<&str>) -> PortMap {
+        let find = |n: Option<&str>| {
+            n.and_then(|n| {
+                self.ports
+                    .iter()
+                    .flatten()
+                    .find(|p| p.name == n)
+                    .map(|p| p.id)
+            })
+        };
+        self.uplink = find(uplink);
+        self.host = find(host);
+        self
+    }
+
+    #[inline(always)]
+    pub fn role(&self, port: u16) -> Role {
+        if Some(port) == self.uplink {
+            Role::Uplink
+        } else if Some(port) == self.host {
+            Role::Host
+        } else {
+            Role::Pod
+        }
     }
 
     #[inline(always)]
@@ -83,6 +129,7 @@ mod tests {
             bd: Some(1),
             mac: MacAddr::ZERO,
             rx_queues: queues,
+            mtu: 1500,
         }
     }
 

@@ -1,0 +1,135 @@
+//! `icmp-error`: turns a packet into the ICMP error about it (RFC 792): time exceeded,
+//! or destination unreachable / fragmentation needed with the next-hop MTU (RFC 1191),
+//! quoting the original IP header and its first 8 payload bytes. Sent from the pods'
+//! gateway address (to pods) or the node IP (to others), routed by `ip4-lookup`. Never
+//! about another ICMP error; at most `rate` per second per worker.
+use super::Ctx;
+use crate::pipeline::{DropReason, Frame, IcmpKind, Meta, Next, StageId};
+use crate::tables::lpm::mask;
+use crate::wire::{ethernet, icmpv4, ipv4, IpProtocol, Ipv4Addr};
+
+/// A token bucket in TSC ticks.
+pub struct RateLimit {
+    tokens: u64,
+    burst: u64,
+    per_token: u64,
+    last: u64,
+}
+
+impl RateLimit {
+    pub fn new(per_second: u64, burst: u64, tsc_hz: u64) -> RateLimit {
+        RateLimit {
+            tokens: burst,
+            burst,
+            per_token: (tsc_hz / per_second.max(1)).max(1),
+            last: 0,
+        }
+    }
+    pub fn allow(&mut self, now: u64) -> bool {
+        let earned = now.wrapping_sub(self.last) / self.per_token;
+        if earned > 0 {
+            self.tokens = (self.tokens + earned).min(self.burst);
+            self.last = now;
+        }
+        if self.tokens > 0 {
+            self.tokens -= 1;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+fn is_icmp_error(t: u8) -> bool {
+    matches!(t, 3 | 4 | 5 | 11 | 12)
+}
+
+pub fn process<F: Frame>(
+    cx: &Ctx,
+    limit: &mut RateLimit,
+    pkts: &[u8],
+    frames: &mut [Option<F>],
+    meta: &mut [Meta],
+    next: &mut [Next],
+) {
+    let Some(node) = cx.l3.node.as_ref() else {
+        return;
+    };
+    for &i in pkts {
+        let i = usize::from(i);
+        let Some(f) = frames[i].as_mut() else {
+            continue;
+        };
+        let m = &mut meta[i];
+        let kind = std::mem::take(&mut m.icmp);
+        let l3 = usize::from(m.l3);
+        let mut quote = [0u8; 60 + 8];
+        let (qlen, orig_src) = {
+            let ip = ipv4::Packet::new_unchecked(&f.data()[l3..]);
+            let hl = ip.header_len();
+            if ip.protocol() == IpProtocol::Icmp
+                && ip.payload().first().is_some_and(|&t| is_icmp_error(t))
+            {
+                next[i] = Next::Drop(DropReason::IcmpAboutIcmpError);
+                continue;
+            }
+            let q = (hl + 8).min(usize::from(ip.total_len()));
+            quote[..q].copy_from_slice(&f.data()[l3..l3 + q]);
+            (q, ip.src_addr().to_u32())
+        };
+        let reason = match kind {
+            IcmpKind::TimeExceeded => DropReason::Ip4TtlExpired,
+            _ => DropReason::IcmpRateLimited,
+        };
+        if !limit.allow(cx.now) {
+            next[i] = Next::Drop(if kind == IcmpKind::TimeExceeded {
+                reason
+            } else {
+                DropReason::IcmpRateLimited
+            });
+            continue;
+        }
+        let icmp_len = icmpv4::HEADER_LEN + qlen;
+        let total = ipv4::HEADER_LEN + icmp_len;
+        if (l3 > ethernet::HEADER_LEN && !f.strip(l3 - ethernet::HEADER_LEN))
+            || !f.set_len(ethernet::HEADER_LEN + total)
+        {
+            next[i] = Next::Drop(DropReason::IcmpNoRoom);
+            continue;
+        }
+        let from = if orig_src & mask(node.cluster.1) == node.cluster.0 {
+            node.gateway_ip
+        } else {
+            node.node_ip
+        };
+        let d = f.data_mut();
+        d[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+        let ip_at = ethernet::HEADER_LEN;
+        ipv4::Repr {
+            src: Ipv4Addr::from_u32(from),
+            dst: Ipv4Addr::from_u32(orig_src),
+            protocol: IpProtocol::Icmp,
+            payload_len: icmp_len,
+            ttl: 64,
+            ident: 0,
+            dont_frag: false,
+        }
+        .emit(&mut ipv4::Packet::new_unchecked(
+            &mut d[ip_at..ip_at + ipv4::HEADER_LEN],
+        ));
+        let ic = ip_at + ipv4::HEADER_LEN;
+        let (t, c, word) = match kind {
+            IcmpKind::FragNeeded(mtu) => (icmpv4::kind::DEST_UNREACHABLE, 4u8, u32::from(mtu)),
+            _ => (icmpv4::kind::TIME_EXCEEDED, 0u8, 0u32),
+        };
+        d[ic] = t;
+        d[ic + 1] = c;
+        d[ic + 4..ic + 8].copy_from_slice(&word.to_be_bytes());
+        d[ic + 8..ic + 8 + qlen].copy_from_slice(&quote[..qlen]);
+        icmpv4::Packet::new_unchecked(&mut d[ic..ic + icmp_len]).fill_checksum();
+        m.l3 = 14;
+        m.l4 = u16::try_from(ic).unwrap_or(0);
+        m.proto = 1;
+        next[i] = Next::Stage(StageId::Ip4Lookup);
+    }
+}

@@ -1,0 +1,44 @@
+//! `ip4-local`: packets addressed to the dataplane itself (the pods' gateway address).
+//! ICMP echo requests are answered in place; anything else is dropped.
+use super::Ctx;
+use crate::pipeline::{DropReason, Frame, Meta, Next, StageId};
+use crate::wire::{checksum, icmpv4, ipv4};
+
+pub fn process<F: Frame>(
+    _cx: &Ctx,
+    pkts: &[u8],
+    frames: &mut [Option<F>],
+    meta: &mut [Meta],
+    next: &mut [Next],
+) {
+    for &i in pkts {
+        let i = usize::from(i);
+        let Some(f) = frames[i].as_mut() else {
+            continue;
+        };
+        let m = &mut meta[i];
+        let (l3, l4) = (usize::from(m.l3), usize::from(m.l4));
+        let d = f.data_mut();
+        let is_echo = m.proto == 1 && l4 != 0 && d.get(l4) == Some(&icmpv4::kind::ECHO_REQUEST);
+        if !is_echo {
+            next[i] = Next::Drop(DropReason::Ip4LocalUnsupported);
+            continue;
+        }
+        {
+            let mut ip = ipv4::Packet::new_unchecked(&mut d[l3..]);
+            let (src, dst) = (ip.src_addr(), ip.dst_addr());
+            ip.set_src_addr(dst);
+            ip.set_dst_addr(src);
+            ip.set_ttl(64);
+            ip.fill_checksum();
+        }
+        // Echo reply: type 8 -> 0; the checksum follows incrementally.
+        let mut icmp = icmpv4::Packet::new_unchecked(&mut d[l4..]);
+        let old = u16::from_be_bytes([icmp.msg_type(), icmp.msg_code()]);
+        icmp.set_msg_type(icmpv4::kind::ECHO_REPLY);
+        let new = u16::from_be_bytes([icmpv4::kind::ECHO_REPLY, icmp.msg_code()]);
+        let c = checksum::update16(icmp.checksum(), old, new);
+        icmp.set_checksum(c);
+        next[i] = Next::Stage(StageId::Ip4Lookup);
+    }
+}

@@ -1,0 +1,101 @@
+//! `ip4-lookup`: routes IPv4. Longest-prefix match picks the next hop; packets for the
+//! dataplane itself go to `ip4-local` (no TTL check); others need TTL > 1 (else an ICMP
+//! time-exceeded is asked of `icmp-error`), get their TTL decremented (checksum updated
+//! incrementally) and a normalised, untagged Ethernet header, then go to `vxlan-encap`
+//! (remote pods) or `ip4-rewrite` (local pods, the node's kernel, the underlay).
+use super::Ctx;
+use crate::pipeline::{DropReason, Frame, IcmpKind, Meta, Next, StageId, OUT_BRIDGE};
+use crate::tables::lpm::mask;
+use crate::tables::NextHop;
+use crate::wire::{ethernet, ipv4};
+
+pub fn process<F: Frame>(
+    cx: &Ctx,
+    pkts: &[u8],
+    frames: &mut [Option<F>],
+    meta: &mut [Meta],
+    next: &mut [Next],
+) {
+    let Some(node) = cx.l3.node.as_ref() else {
+        for &i in pkts {
+            next[usize::from(i)] = Next::Drop(DropReason::Ip4NoNode);
+        }
+        return;
+    };
+    for &i in pkts {
+        let i = usize::from(i);
+        let Some(f) = frames[i].as_mut() else {
+            continue;
+        };
+        let m = &mut meta[i];
+        let l3 = usize::from(m.l3);
+        let (dst, ttl) = {
+            let ip = ipv4::Packet::new_unchecked(&f.data()[l3..]);
+            (ip.dst_addr().to_u32(), ip.ttl())
+        };
+        let Some(nh) = cx.l3.route(dst) else {
+            next[i] = Next::Drop(DropReason::Ip4NoRoute);
+            continue;
+        };
+        if nh == NextHop::Us {
+            next[i] = Next::Stage(StageId::Ip4Local);
+            continue;
+        }
+        if ttl <= 1 {
+            m.icmp = IcmpKind::TimeExceeded;
+            next[i] = Next::Stage(StageId::IcmpError);
+            continue;
+        }
+        // Untagged from here on: the L3 header right after a 14-byte Ethernet header.
+        if l3 > ethernet::HEADER_LEN {
+            if !f.strip(l3 - ethernet::HEADER_LEN) {
+                next[i] = Next::Drop(DropReason::Ip4Malformed);
+                continue;
+            }
+            if m.l4 != 0 {
+                m.l4 -= m.l3 - 14;
+            }
+            m.l3 = 14;
+            let d = f.data_mut();
+            d[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+        }
+        ipv4::Packet::new_unchecked(&mut f.data_mut()[ethernet::HEADER_LEN..]).decrement_ttl();
+        next[i] = match nh {
+            NextHop::Local => {
+                m.nh_ip = dst;
+                m.out = OUT_BRIDGE;
+                m.bd = node.bridge;
+                Next::Stage(StageId::Ip4Rewrite)
+            }
+            NextHop::Host => match cx.ports.host {
+                Some(h) => {
+                    m.nh_ip = node.node_ip;
+                    m.out = h;
+                    Next::Stage(StageId::Ip4Rewrite)
+                }
+                None => Next::Drop(DropReason::Ip4RewriteNoPort),
+            },
+            NextHop::Uplink => match cx.ports.uplink {
+                Some(u) => {
+                    let on_link = dst & mask(node.underlay.1) == node.underlay.0;
+                    match (on_link, node.underlay_gateway) {
+                        (true, _) => m.nh_ip = dst,
+                        (false, Some(g)) => m.nh_ip = g,
+                        (false, None) => {
+                            next[i] = Next::Drop(DropReason::Ip4NoRoute);
+                            continue;
+                        }
+                    }
+                    m.out = u;
+                    Next::Stage(StageId::Ip4Rewrite)
+                }
+                None => Next::Drop(DropReason::Ip4RewriteNoPort),
+            },
+            NextHop::Remote(r) => {
+                m.remote = r;
+                Next::Stage(StageId::VxlanEncap)
+            }
+            NextHop::Us => Next::Stage(StageId::Ip4Local),
+        };
+    }
+}

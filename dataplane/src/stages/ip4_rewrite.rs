@@ -1,0 +1,49 @@
+//! `ip4-rewrite`: finds the next hop's MAC in the neighbour table and writes the
+//! Ethernet header (our MAC as source: the pods' gateway MAC towards pods and the
+//! kernel, the uplink's MAC towards the underlay). Unknown next hops are resolved:
+//! the runner parks the packet and sends an ARP request.
+use super::Ctx;
+use crate::pipeline::{Frame, Meta, Next, OUT_BRIDGE};
+use crate::tables::NeighborTable;
+use crate::wire::MacAddr;
+
+/// The source MAC for frames leaving on `port`.
+#[inline]
+pub fn src_mac(cx: &Ctx, port: u16) -> MacAddr {
+    match (cx.ports.uplink, cx.l3.node.as_ref()) {
+        (Some(u), _) if u == port => cx.ports.port(port).map_or(MacAddr::ZERO, |p| p.mac),
+        (_, Some(n)) => n.router_mac,
+        _ => MacAddr::ZERO,
+    }
+}
+
+/// Writes destination and source MACs.
+#[inline]
+pub fn rewrite(d: &mut [u8], dst: MacAddr, src: MacAddr) {
+    d[0..6].copy_from_slice(&dst.0);
+    d[6..12].copy_from_slice(&src.0);
+}
+
+pub fn process<F: Frame>(
+    cx: &Ctx,
+    neighbors: &NeighborTable,
+    pkts: &[u8],
+    frames: &mut [Option<F>],
+    meta: &mut [Meta],
+    next: &mut [Next],
+) {
+    for &i in pkts {
+        let i = usize::from(i);
+        let Some(f) = frames[i].as_mut() else {
+            continue;
+        };
+        let m = &meta[i];
+        next[i] = match neighbors.lookup(m.nh_ip, cx.now) {
+            Some(n) if m.out == OUT_BRIDGE || n.port == m.out => {
+                rewrite(f.data_mut(), n.mac, src_mac(cx, n.port));
+                Next::Port(n.port)
+            }
+            _ => Next::Resolve,
+        };
+    }
+}
