@@ -11,6 +11,9 @@ use crate::net::{self, ip, ip_in};
 
 pub const UNDERLAY_PREFIX: &str = "192.168.77";
 pub const POD_MTU: u16 = 1450;
+pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
+/// The host port's interface name in the node's namespace.
+pub const HOST_IF: &str = "pphost";
 
 #[derive(Debug, Clone)]
 pub struct LabOptions {
@@ -26,6 +29,9 @@ pub struct LabOptions {
     pub idle_backoff: bool,
     /// How long to wait for a dataplane to come up.
     pub start_timeout: Duration,
+    /// The overlay's UDP port (4789, or flannel's 8472) and VNI.
+    pub vxlan_port: u16,
+    pub vni: u32,
 }
 
 impl LabOptions {
@@ -39,6 +45,8 @@ impl LabOptions {
             state_dir: PathBuf::from("/run/podpath-lab"),
             idle_backoff: true,
             start_timeout: Duration::from_secs(60),
+            vxlan_port: 4789,
+            vni: 1,
         }
     }
 }
@@ -83,6 +91,8 @@ pub struct Node {
     pub netns: String,
     pub node_ip: String,
     pub pod_cidr: String,
+    /// The pods' gateway (answered by the dataplane).
+    pub gateway: String,
     pub pods: Vec<Pod>,
     pub socket: PathBuf,
     pub config: PathBuf,
@@ -230,7 +240,7 @@ impl Lab {
         if opts.external {
             let ext = format!("{prefix}-ext");
             self.add_ns(&ext)?;
-            self.underlay_link(&ext, "u-ext", &format!("{UNDERLAY_PREFIX}.100/24"))?;
+            self.underlay_link(&ext, "u-ext", Some(&format!("{UNDERLAY_PREFIX}.100/24")))?;
             self.state.external = Some(ext);
         }
         for k in 1..=opts.nodes {
@@ -238,12 +248,25 @@ impl Lab {
             let ns = format!("{prefix}-{name}");
             self.add_ns(&ns)?;
             let node_ip = format!("{UNDERLAY_PREFIX}.{}", 10 + k);
-            self.underlay_link(&ns, &format!("u-n{k}"), &format!("{node_ip}/24"))?;
+            // The dataplane owns the node's underlay link (the uplink port): the kernel
+            // keeps no address on it, and gets the node IP on the host port instead.
+            self.underlay_link(&ns, &format!("u-n{k}"), None)?;
+            offloads_off(&ns, "eth0");
+            // The kernel must not answer on it either: no ARP, and strict reverse-path
+            // filtering drops what it would otherwise take for its (host-port) address.
+            ip_in(&ns, &["link", "set", "eth0", "arp", "off"])?;
+            for key in [
+                "net.ipv4.conf.all.rp_filter=1",
+                "net.ipv4.conf.eth0.rp_filter=1",
+            ] {
+                net::exec_in(&ns, "sysctl", &["-qw", key])?;
+            }
             let mut node = Node {
                 name: name.clone(),
                 netns: ns.clone(),
                 node_ip,
                 pod_cidr: format!("10.244.{}.0/24", k - 1),
+                gateway: format!("10.244.{}.1", k - 1),
                 pods: Vec::new(),
                 socket: self.state.dir.join(format!("{name}.sock")),
                 config: self.state.dir.join(format!("{name}.toml")),
@@ -270,7 +293,7 @@ impl Lab {
                     Attach::AfPacket => {
                         let host = format!("vp-{letter}");
                         veth_to_pod(&ns, &host, &pod_ns)?;
-                        configure_pod_if(&pod_ns, &ip)?;
+                        configure_pod_if(&pod_ns, &ip, &format!("10.244.{}.1", k - 1))?;
                         // The node end carries frames for every MAC: no offloads, no GRO.
                         offloads_off(&ns, &host);
                         format!("net_af_packet{j},iface={host}")
@@ -290,21 +313,29 @@ impl Lab {
             self.state.save()?;
         }
         for i in 0..self.state.nodes.len() {
-            write_config(&self.state.nodes[i], opts)?;
+            let others: Vec<Node> = self
+                .state
+                .nodes
+                .iter()
+                .filter(|o| o.name != self.state.nodes[i].name)
+                .cloned()
+                .collect();
+            write_config(&self.state.nodes[i], &others, opts)?;
             self.start_dataplane(i, opts)?;
             self.start_control(i, opts)?;
             self.wait_in_sync(i, opts.start_timeout)?;
         }
         for n in &self.state.nodes {
+            configure_host(n)?;
             for p in n.pods.iter().filter(|p| p.attach == Attach::Tap) {
                 wait_for(&p.netns, "eth0", Duration::from_secs(10))?;
-                configure_pod_if(&p.netns, &p.ip)?;
+                configure_pod_if(&p.netns, &p.ip, &n.gateway)?;
             }
         }
         self.state.save()
     }
 
-    fn underlay_link(&self, ns: &str, port: &str, addr: &str) -> Result<()> {
+    fn underlay_link(&self, ns: &str, port: &str, addr: Option<&str>) -> Result<()> {
         let u = &self.state.underlay;
         ip_in(
             u,
@@ -313,7 +344,9 @@ impl Lab {
             ],
         )?;
         ip_in(u, &["link", "set", port, "master", "br0", "up"])?;
-        ip_in(ns, &["addr", "add", addr, "dev", "eth0"])?;
+        if let Some(a) = addr {
+            ip_in(ns, &["addr", "add", a, "dev", "eth0"])?;
+        }
         ip_in(ns, &["link", "set", "eth0", "up"])?;
         Ok(())
     }
@@ -573,13 +606,49 @@ fn veth_to_pod(node_ns: &str, host: &str, pod_ns: &str) -> Result<()> {
     Ok(())
 }
 
-fn configure_pod_if(pod_ns: &str, ip: &str) -> Result<()> {
+/// A pod's eth0: MTU (uplink minus VXLAN overhead), address, default route via the
+/// gateway the dataplane answers for, as the bridge CNI plugin would set it.
+fn configure_pod_if(pod_ns: &str, ip: &str, gateway: &str) -> Result<()> {
     ip_in(
         pod_ns,
         &["link", "set", "eth0", "mtu", &POD_MTU.to_string(), "up"],
     )?;
     ip_in(pod_ns, &["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
+    ip_in(
+        pod_ns,
+        &["route", "add", "default", "via", gateway, "dev", "eth0"],
+    )?;
     offloads_off(pod_ns, "eth0");
+    Ok(())
+}
+
+/// The host port's kernel side: the node IP, and routes to the cluster and the
+/// underlay through the dataplane (which answers ARP there for everything).
+pub fn configure_host(n: &Node) -> Result<()> {
+    wait_for(&n.netns, HOST_IF, Duration::from_secs(10))?;
+    let _ = ip_in(&n.netns, &["addr", "flush", "dev", HOST_IF]);
+    ip_in(
+        &n.netns,
+        &["addr", "add", &format!("{}/32", n.node_ip), "dev", HOST_IF],
+    )?;
+    ip_in(
+        &n.netns,
+        &["link", "set", HOST_IF, "mtu", &POD_MTU.to_string(), "up"],
+    )?;
+    ip_in(
+        &n.netns,
+        &["route", "replace", CLUSTER_CIDR, "dev", HOST_IF],
+    )?;
+    ip_in(
+        &n.netns,
+        &[
+            "route",
+            "replace",
+            &format!("{UNDERLAY_PREFIX}.0/24"),
+            "dev",
+            HOST_IF,
+        ],
+    )?;
     Ok(())
 }
 
@@ -609,7 +678,7 @@ fn wait_for(ns: &str, dev: &str, timeout: Duration) -> Result<()> {
 
 /// Writes the node's dataplane configuration (no ports: the control service feeds
 /// them) and its control service's configuration (the pods' ports).
-fn write_config(node: &Node, opts: &LabOptions) -> Result<()> {
+fn write_config(node: &Node, others: &[Node], opts: &LabOptions) -> Result<()> {
     let dp = format!(
         "# Written by podpath-lab for {name}.\n\
          [eal]\nlcores = \"0,1\"\nfile_prefix = \"{prefix}\"\nmemory_mb = 128\npci = false\n\n\
@@ -629,6 +698,28 @@ fn write_config(node: &Node, opts: &LabOptions) -> Result<()> {
         sock = node.socket.display(),
         state = node.state_file.display(),
     );
+    c += &format!(
+        "[node]\nnode_ip = \"{ip}\"\nunderlay_cidr = \"{UNDERLAY_PREFIX}.0/24\"\npod_cidr = \"{pods}\"\n\
+         cluster_cidr = \"{CLUSTER_CIDR}\"\nbridge = 1\nuplink = \"uplink\"\nhost = \"host\"\n\
+         vni = {vni}\nvxlan_port = {port}\n\n",
+        ip = node.node_ip,
+        pods = node.pod_cidr,
+        vni = opts.vni,
+        port = opts.vxlan_port,
+    );
+    for r in others {
+        c += &format!(
+            "[[remote]]\nname = \"{}\"\nnode_ip = \"{}\"\nvtep_mac = \"{}\"\npod_cidr = \"{}\"\n\n",
+            r.name,
+            r.node_ip,
+            gateway_mac(&r.gateway),
+            r.pod_cidr
+        );
+    }
+    c += "[[port]]\nname = \"uplink\"\ndevice = \"net_af_packet90,iface=eth0\"\n\n";
+    c += &format!(
+        "[[port]]\nname = \"host\"\ndevice = \"net_tap91,iface={HOST_IF}\"\nmtu = {POD_MTU}\n\n"
+    );
     for p in &node.pods {
         c += &format!(
             "[[port]]\nname = \"{}\"\ndevice = \"{}\"\nbridge = 1\nmtu = {POD_MTU}\n",
@@ -641,6 +732,12 @@ fn write_config(node: &Node, opts: &LabOptions) -> Result<()> {
     }
     fs::write(&node.control_config, c)?;
     Ok(())
+}
+
+/// The MAC the dataplane uses for a gateway address (0a:58 + the address).
+fn gateway_mac(gw: &str) -> String {
+    let o: Vec<u8> = gw.split('.').filter_map(|x| x.parse().ok()).collect();
+    format!("0a:58:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3])
 }
 
 /// Adds a pod to a running node: creates its namespace, and attaches it through the
@@ -662,7 +759,7 @@ pub fn add_pod(lab: &mut Lab, node: &str, letter: char, attach: Attach) -> Resul
         Attach::AfPacket => {
             let host = format!("vp-{letter}");
             veth_to_pod(&n.netns, &host, &pod_ns)?;
-            configure_pod_if(&pod_ns, &ip)?;
+            configure_pod_if(&pod_ns, &ip, &n.gateway)?;
             offloads_off(&n.netns, &host);
             (format!("net_af_packet{j},iface={host}"), None)
         }
@@ -692,7 +789,7 @@ pub fn add_pod(lab: &mut Lab, node: &str, letter: char, attach: Attach) -> Resul
     ))?;
     if attach == Attach::Tap {
         wait_for(&pod_ns, "eth0", Duration::from_secs(10))?;
-        configure_pod_if(&pod_ns, &ip)?;
+        configure_pod_if(&pod_ns, &ip, &n.gateway)?;
     }
     lab.state.nodes[ni].pods.push(pod.clone());
     lab.state.save()?;

@@ -60,7 +60,9 @@ pub fn process<F: Frame>(
                 ),
             )
         };
-        let outer_ip_len = total + vxlan::OVERHEAD - ethernet::HEADER_LEN;
+        // Outer IPv4 carries UDP, VXLAN and the whole inner frame (its Ethernet header too).
+        let inner_len = ethernet::HEADER_LEN + total;
+        let outer_ip_len = ipv4::HEADER_LEN + udp::HEADER_LEN + vxlan::HEADER_LEN + inner_len;
         if outer_ip_len > usize::from(mtu) {
             if df {
                 m.icmp = IcmpKind::FragNeeded(mtu.saturating_sub(50));
