@@ -85,6 +85,32 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// Send one UDP datagram of hex bytes (run inside a namespace).
+    #[command(hide = true)]
+    UdpSend {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long)]
+        from: Option<std::net::IpAddr>,
+        #[arg(long)]
+        hex: String,
+    },
+    /// Answer UDP datagrams with the same bytes, `count` times (run inside a namespace).
+    #[command(hide = true)]
+    UdpEcho {
+        #[arg(long)]
+        port: u16,
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+    },
+    /// Send `count` UDP requests and wait for each echo.
+    #[command(hide = true)]
+    UdpPing {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+    },
     /// Receive and check a TCP stream (run inside a namespace).
     #[command(hide = true)]
     TcpRecv {
@@ -171,6 +197,48 @@ fn run(cli: Cli) -> Result<()> {
             };
             let n = traffic::send(to, &pace, seed, Duration::from_secs(120))?;
             println!("sent {n} bytes to {to}");
+            Ok(())
+        }
+        Cmd::UdpEcho { port, count } => {
+            let s = std::net::UdpSocket::bind(("0.0.0.0", port))?;
+            s.set_read_timeout(Some(Duration::from_secs(30)))?;
+            let mut buf = [0u8; 2048];
+            for _ in 0..count {
+                let (n, from) = s.recv_from(&mut buf).context("no request arrived")?;
+                s.send_to(&buf[..n], from)?;
+                println!("echoed {n} bytes to {}", from.ip());
+            }
+            Ok(())
+        }
+        Cmd::UdpPing { to, count } => {
+            let s = std::net::UdpSocket::bind(("0.0.0.0", 0))?;
+            s.set_read_timeout(Some(Duration::from_secs(3)))?;
+            let mut ok = 0;
+            let mut buf = [0u8; 2048];
+            for i in 0..count {
+                let msg = format!("podpath udp request {i}");
+                s.send_to(msg.as_bytes(), to)?;
+                if let Ok((n, from)) = s.recv_from(&mut buf) {
+                    if &buf[..n] == msg.as_bytes() && from == to {
+                        ok += 1;
+                    }
+                }
+            }
+            println!("{ok} of {count} replies");
+            if ok != count {
+                bail!("{} requests got no reply", count - ok);
+            }
+            Ok(())
+        }
+        Cmd::UdpSend { to, from, hex } => {
+            let bytes: Vec<u8> = (0..hex.len() / 2)
+                .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16))
+                .collect::<Result<_, _>>()
+                .context("--hex must be hex bytes")?;
+            let bind = SocketAddr::new(from.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into()), 0);
+            let s = std::net::UdpSocket::bind(bind)?;
+            s.send_to(&bytes, to)?;
+            println!("sent {} bytes to {to}", bytes.len());
             Ok(())
         }
         Cmd::TcpRecv { port, bytes, seed } => {

@@ -115,6 +115,10 @@ pub fn recv(port: u16, bytes: u64, seed: u64, timeout: Duration) -> Result<u64> 
     };
     s.set_nonblocking(false)?;
     s.set_read_timeout(Some(timeout))?;
+    if let Ok(peer) = s.peer_addr() {
+        // The receiver names who it sees, so tests can check addresses are real.
+        println!("connection from {}", peer.ip());
+    }
     let mut g = Stream::new(seed);
     let mut buf = vec![0u8; 64 * 1024];
     let mut want = vec![0u8; 64 * 1024];

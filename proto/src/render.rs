@@ -2,7 +2,9 @@
 //! final counters at shutdown).
 use std::fmt::Write;
 
-use crate::msg::{MacInfo, PortInfo, PortSpec, StaticMac, Stats, TraceLine};
+use crate::msg::{
+    MacInfo, NeighborInfo, PortInfo, PortSpec, RouteInfo, StaticMac, Stats, TraceLine,
+};
 
 /// Counters as tables: totals, ports, stages (packets, calls, cycles per packet, like
 /// VPP's `show runtime`), drops by reason (non-zero, or all with `all`).
@@ -197,6 +199,38 @@ pub fn static_macs_table(macs: &[StaticMac]) -> String {
     let _ = writeln!(o, "\n{:<7} {:<18} port", "bridge", "static mac");
     for m in macs {
         let _ = writeln!(o, "{:<7} {:<18} {}", m.bridge, m.mac, m.port);
+    }
+    o
+}
+
+pub fn routes_table(routes: &[RouteInfo]) -> String {
+    let mut o = String::new();
+    let _ = writeln!(o, "{:<20} via", "prefix");
+    for r in routes {
+        let _ = writeln!(o, "{:<20} {}", r.prefix, r.via);
+    }
+    if routes.is_empty() {
+        let _ = writeln!(
+            o,
+            "(no routes: the node has no L3 identity; see [node] in the configuration)"
+        );
+    }
+    o
+}
+
+pub fn neighbors_table(n: &[NeighborInfo]) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "{:<16} {:<18} {:<16} {:>8} {:<6}",
+        "ip", "mac", "port", "age-ms", "worker"
+    );
+    for x in n {
+        let _ = writeln!(
+            o,
+            "{:<16} {:<18} {:<16} {:>8} {:<6}",
+            x.ip, x.mac, x.port, x.age_ms, x.worker
+        );
     }
     o
 }

@@ -44,6 +44,13 @@ enum Cmd {
     Trace(TraceCmd),
     /// The control service's desired state, and whether the dataplane matches it.
     State,
+    /// The routing table (local pods, remote nodes, node, underlay).
+    Routes,
+    /// The neighbour (ARP) tables.
+    Neighbors,
+    /// Remote nodes: add (or replace) and delete.
+    #[command(subcommand)]
+    Remote(RemoteCmd),
     /// The server's version (checks the socket works).
     Version,
 }
@@ -73,6 +80,22 @@ enum PortCmd {
         #[arg(long)]
         xstats: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum RemoteCmd {
+    /// Add or replace a remote node (its VTEP and pod CIDR).
+    Add {
+        name: String,
+        #[arg(long)]
+        node_ip: String,
+        #[arg(long)]
+        vtep_mac: String,
+        #[arg(long)]
+        pod_cidr: String,
+    },
+    /// Remove a remote node (withdraws its route).
+    Del { name: String },
 }
 
 #[derive(Subcommand)]
@@ -172,6 +195,30 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Bridge(BridgeCmd::MacDel { bridge, mac }) => {
             c.call(Request::MacDel { bridge, mac })?;
+        }
+        Cmd::Routes => match c.call(Request::RouteList)? {
+            Response::Routes(r) => print(&r, render::routes_table(&r)),
+            r => return Err(anyhow!("unexpected response {r:?}")),
+        },
+        Cmd::Neighbors => match c.call(Request::NeighborList)? {
+            Response::Neighbors(n) => print(&n, render::neighbors_table(&n)),
+            r => return Err(anyhow!("unexpected response {r:?}")),
+        },
+        Cmd::Remote(RemoteCmd::Add {
+            name,
+            node_ip,
+            vtep_mac,
+            pod_cidr,
+        }) => {
+            c.call(Request::RemoteAdd(podpath_proto::RemoteSpec {
+                name,
+                node_ip,
+                vtep_mac,
+                pod_cidr,
+            }))?;
+        }
+        Cmd::Remote(RemoteCmd::Del { name }) => {
+            c.call(Request::RemoteDel { name })?;
         }
         Cmd::State => match c.call(Request::StateShow)? {
             Response::State(s) => {
