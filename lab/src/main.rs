@@ -393,6 +393,40 @@ fn sh(title: &str, ns: &str, cmd: &str, args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// A byte-checked TCP transfer between namespaces, printing who the receiver saw.
+fn demo_tcp(
+    exe: &str,
+    from: (&str, &str),
+    to: (&str, &str, &str),
+    bytes: &str,
+    port: &str,
+) -> Result<()> {
+    println!(
+        "\n$ {}: receive {bytes} bytes over TCP from {}, checked byte for byte",
+        to.0, from.0
+    );
+    let rx = net::command_in(to.1, exe)
+        .args(["tcp-recv", "--port", port, "--bytes", bytes])
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(300));
+    sh(
+        &format!("{} tcp-send to {}:{port}", from.0, to.2),
+        from.1,
+        exe,
+        &[
+            "tcp-send",
+            "--to",
+            &format!("{}:{port}", to.2),
+            "--bytes",
+            bytes,
+        ],
+    )?;
+    if !rx.wait_with_output()?.status.success() {
+        bail!("the TCP transfer failed");
+    }
+    Ok(())
+}
+
 fn demo(name: &str, state_dir: &std::path::Path, keep: bool) -> Result<()> {
     let mut lab = match State::load(state_dir, name) {
         Ok(s) => Lab {
@@ -409,16 +443,20 @@ fn demo(name: &str, state_dir: &std::path::Path, keep: bool) -> Result<()> {
     };
     print_summary(&lab.state);
     let s = lab.state.clone();
-    let n = s.nodes.first().context("no node")?;
-    let (a, b) = (
-        n.pods.first().context("need two pods")?,
-        n.pods.get(1).context("need two pods")?,
-    );
-    let ctl = |args: &[&str]| -> Result<()> {
-        println!("\n$ podpathctl {}", args.join(" "));
+    let n1 = s.nodes.first().context("no node")?;
+    let n2 = s.nodes.get(1).context("the demo needs two nodes")?;
+    let pod = |n: &podpath_lab::Node, i: usize| {
+        n.pods
+            .get(i)
+            .cloned()
+            .context("the demo needs two pods per node")
+    };
+    let (a, b, b2) = (pod(n1, 0)?, pod(n1, 1)?, pod(n2, 1)?);
+    let ctl = |n: &podpath_lab::Node, args: &[&str]| -> Result<()> {
+        println!("\n$ podpathctl ({}) {}", n.name, args.join(" "));
         let st = Command::new(podpathctl())
             .arg("--socket")
-            .arg(&n.socket)
+            .arg(&n.control_socket)
             .args(args)
             .status()?;
         if !st.success() {
@@ -426,8 +464,10 @@ fn demo(name: &str, state_dir: &std::path::Path, keep: bool) -> Result<()> {
         }
         Ok(())
     };
+    let exe = std::env::current_exe()?.display().to_string();
+
     println!("\n== Walk 1: two pods on one node, bridged by the dataplane ({} via af_packet, {} via tap)", a.name, b.name);
-    ctl(&["trace", "start", "4"])?;
+    ctl(n1, &["trace", "start", "4"])?;
     sh(
         &format!("{} ping -c 3 {}", a.name, b.ip),
         &a.netns,
@@ -440,35 +480,58 @@ fn demo(name: &str, state_dir: &std::path::Path, keep: bool) -> Result<()> {
         "ip",
         &["neigh", "show", "dev", "eth0"],
     )?;
-    let exe = std::env::current_exe()?;
-    let exe = exe.display().to_string();
-    println!(
-        "\n$ {}: receive 10 MB over TCP from {}, checked byte for byte",
-        b.name, a.name
-    );
-    let mut rx = net::command_in(&b.netns, &exe)
-        .args(["tcp-recv", "--port", "5001", "--bytes", "10485760"])
-        .spawn()?;
-    std::thread::sleep(Duration::from_millis(300));
-    sh(
-        &format!("{} tcp-send", a.name),
-        &a.netns,
+    demo_tcp(
         &exe,
-        &[
-            "tcp-send",
-            "--to",
-            &format!("{}:5001", b.ip),
-            "--bytes",
-            "10485760",
-        ],
+        (&a.name, &a.netns),
+        (&b.name, &b.netns, &b.ip),
+        "10485760",
+        "5001",
     )?;
-    if !rx.wait()?.success() {
-        bail!("the TCP transfer failed");
-    }
-    ctl(&["port", "list"])?;
-    ctl(&["bridge", "macs"])?;
-    ctl(&["trace", "show"])?;
-    ctl(&["stats"])?;
+    ctl(n1, &["trace", "show"])?;
+    ctl(n1, &["bridge", "macs"])?;
+
+    println!("\n== Walk 2: pods on two nodes across the VXLAN overlay ({} -> {}); the receiver sees the real pod IP", a.name, b2.name);
+    ctl(n1, &["routes"])?;
+    ctl(n1, &["trace", "start", "3"])?;
+    ctl(n2, &["trace", "start", "3"])?;
+    sh(
+        &format!("{} ping -c 3 {}", a.name, b2.ip),
+        &a.netns,
+        "ping",
+        &["-c", "3", "-i", "0.2", "-W", "2", &b2.ip],
+    )?;
+    ctl(n1, &["trace", "show"])?;
+    ctl(n2, &["trace", "show"])?;
+    demo_tcp(
+        &exe,
+        (&a.name, &a.netns),
+        (&b2.name, &b2.netns, &b2.ip),
+        "10485760",
+        "5002",
+    )?;
+
+    println!(
+        "\n== Walk 3: a process on {} reaches a local pod, without NAT (the pod sees {})",
+        n1.name, n1.node_ip
+    );
+    sh(
+        &format!("{} ping -c 2 {}", n1.name, a.ip),
+        &n1.netns,
+        "ping",
+        &["-c", "2", "-i", "0.2", "-W", "2", &a.ip],
+    )?;
+    demo_tcp(
+        &exe,
+        (&n1.name, &n1.netns),
+        (&a.name, &a.netns, &a.ip),
+        "1048576",
+        "5003",
+    )?;
+
+    ctl(n1, &["port", "list"])?;
+    ctl(n1, &["neighbors"])?;
+    ctl(n1, &["stats"])?;
+    ctl(n2, &["stats"])?;
     if keep {
         println!("\nThe lab stays up: `podpath-lab down --name {name}` removes it.");
         lab.cleanup_on_drop = false;
