@@ -568,6 +568,56 @@ impl Control {
             ),
             TraceDetail::Out { port } => format!("queued on {}", self.port_name(port)),
             TraceDetail::Flood { ports } => format!("flooded to {ports} port(s)"),
+            TraceDetail::Route { dst, ttl, via } => {
+                let via = match via {
+                    None => "no route".to_string(),
+                    Some(crate::tables::NextHop::Local) => "local pods".into(),
+                    Some(crate::tables::NextHop::Remote(r)) => format!(
+                        "remote node {}",
+                        self.l3
+                            .remotes
+                            .get(usize::from(r))
+                            .map_or("?", |x| x.name.as_str())
+                    ),
+                    Some(crate::tables::NextHop::Host) => "node kernel (host port)".into(),
+                    Some(crate::tables::NextHop::Uplink) => "underlay (uplink)".into(),
+                    Some(crate::tables::NextHop::Us) => "this dataplane".into(),
+                };
+                format!("{dst} ttl {ttl}: {via}")
+            }
+            TraceDetail::Encap { to, sport, vni } => {
+                format!("vxlan to {to} udp sport {sport} vni {vni}")
+            }
+            TraceDetail::Decap { from, vni } => {
+                format!("vxlan from {from} vni {vni}, outer headers stripped")
+            }
+            TraceDetail::Rewrite {
+                nh,
+                mac: Some(mac),
+                port,
+            } => {
+                format!("next hop {nh} is {mac} on {}", self.port_name(port))
+            }
+            TraceDetail::Rewrite { nh, mac: None, .. } => {
+                format!("next hop {nh} unresolved: held, ARP asked")
+            }
+            TraceDetail::Arp {
+                request,
+                sender,
+                target,
+                answered,
+            } => format!(
+                "{} {target} from {sender}{}",
+                if request { "who-has" } else { "reply about" },
+                if answered { ", answered" } else { "" }
+            ),
+            TraceDetail::Icmp { kind, to } => match kind {
+                crate::pipeline::IcmpKind::None => format!("echo reply to {to}"),
+                crate::pipeline::IcmpKind::TimeExceeded => format!("time exceeded to {to}"),
+                crate::pipeline::IcmpKind::FragNeeded(m) => {
+                    format!("fragmentation needed (mtu {m}) to {to}")
+                }
+            },
             TraceDetail::None => String::new(),
         }
     }

@@ -210,13 +210,15 @@ impl<F: Frame> Pipeline<F> {
         );
         match stage {
             StageId::EthInput => eth_input::process(&cx, idx, &s[..], m, n, d),
-            StageId::VxlanDecap => vxlan_decap::process(&cx, idx, s, m, n),
-            StageId::Arp => arp::process(&cx, &mut self.neighbors, &mut self.learned, idx, s, m, n),
-            StageId::Ip4Lookup => ip4_lookup::process(&cx, idx, s, m, n),
-            StageId::Ip4Local => ip4_local::process(&cx, idx, s, m, n),
-            StageId::IcmpError => icmp_error::process(&cx, &mut self.icmp_limit, idx, s, m, n),
-            StageId::VxlanEncap => vxlan_encap::process(&cx, &self.neighbors, idx, s, m, n),
-            StageId::Ip4Rewrite => ip4_rewrite::process(&cx, &self.neighbors, idx, s, m, n),
+            StageId::VxlanDecap => vxlan_decap::process(&cx, idx, s, m, n, d),
+            StageId::Arp => {
+                arp::process(&cx, &mut self.neighbors, &mut self.learned, idx, s, m, n, d)
+            }
+            StageId::Ip4Lookup => ip4_lookup::process(&cx, idx, s, m, n, d),
+            StageId::Ip4Local => ip4_local::process(&cx, idx, s, m, n, d),
+            StageId::IcmpError => icmp_error::process(&cx, &mut self.icmp_limit, idx, s, m, n, d),
+            StageId::VxlanEncap => vxlan_encap::process(&cx, &self.neighbors, idx, s, m, n, d),
+            StageId::Ip4Rewrite => ip4_rewrite::process(&cx, &self.neighbors, idx, s, m, n, d),
             StageId::Bridge => self.bridge.process(&cx, idx, &s[..], m, n, d),
             StageId::Tx => {}
         }

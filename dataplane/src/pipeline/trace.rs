@@ -8,7 +8,8 @@
 use ringbuf::traits::Producer;
 use ringbuf::HeapProd;
 
-use super::{counters, Next, StageId, WorkerCounters};
+use super::{counters, IcmpKind, Next, StageId, WorkerCounters};
+use crate::tables::NextHop;
 use crate::wire::{Ipv4Addr, MacAddr};
 
 /// What a stage records about a traced packet.
@@ -33,6 +34,41 @@ pub enum TraceDetail {
         learned: bool,
         dst: MacAddr,
         hit: Option<u16>,
+    },
+    /// ip4-lookup: destination, TTL seen, the route's next hop (None: no route).
+    Route {
+        dst: Ipv4Addr,
+        ttl: u8,
+        via: Option<NextHop>,
+    },
+    /// vxlan-encap: outer addresses, UDP source port, VNI.
+    Encap {
+        to: Ipv4Addr,
+        sport: u16,
+        vni: u32,
+    },
+    /// vxlan-decap: the VTEP it came from, its VNI.
+    Decap {
+        from: Ipv4Addr,
+        vni: u32,
+    },
+    /// ip4-rewrite (or encap): the next hop's MAC and port; unresolved when None.
+    Rewrite {
+        nh: Ipv4Addr,
+        mac: Option<MacAddr>,
+        port: u16,
+    },
+    /// arp: the message, and whether the dataplane answered it.
+    Arp {
+        request: bool,
+        sender: Ipv4Addr,
+        target: Ipv4Addr,
+        answered: bool,
+    },
+    /// icmp-error / ip4-local: what was sent back, to whom.
+    Icmp {
+        kind: IcmpKind,
+        to: Ipv4Addr,
     },
     /// Output: queued on `port`.
     Out {

@@ -3,7 +3,7 @@
 //! ARP: the node's kernel reaches every cluster address through the dataplane). Learns
 //! the sender of every ARP it sees. Pod-to-pod ARP goes on to the bridge.
 use super::Ctx;
-use crate::pipeline::{DropReason, Frame, Meta, Next, StageId};
+use crate::pipeline::{DropReason, Frame, Meta, Next, StageId, TraceDetail};
 use crate::tables::{NeighborTable, Role};
 use crate::wire::{arp, ethernet, EtherType, Ipv4Addr, MacAddr};
 
@@ -16,6 +16,7 @@ pub fn process<F: Frame>(
     frames: &mut [Option<F>],
     meta: &mut [Meta],
     next: &mut [Next],
+    detail: &mut [TraceDetail],
 ) {
     let Some(node) = cx.l3.node.as_ref() else {
         for &i in pkts {
@@ -88,6 +89,14 @@ pub fn process<F: Frame>(
             _ if role == Role::Pod => Next::Stage(StageId::Bridge),
             _ => Next::Drop(DropReason::ArpNotForUs),
         };
+        if meta[i].trace != 0 {
+            detail[i] = TraceDetail::Arp {
+                request: r.operation == arp::Operation::Request,
+                sender: r.sender_ip,
+                target: r.target_ip,
+                answered: matches!(next[i], Next::Port(_)),
+            };
+        }
     }
 }
 

@@ -4,7 +4,7 @@
 //! gateway address (to pods) or the node IP (to others), routed by `ip4-lookup`. Never
 //! about another ICMP error; at most `rate` per second per worker.
 use super::Ctx;
-use crate::pipeline::{DropReason, Frame, IcmpKind, Meta, Next, StageId};
+use crate::pipeline::{DropReason, Frame, IcmpKind, Meta, Next, StageId, TraceDetail};
 use crate::tables::lpm::mask;
 use crate::wire::{ethernet, icmpv4, ipv4, IpProtocol, Ipv4Addr};
 
@@ -51,6 +51,7 @@ pub fn process<F: Frame>(
     frames: &mut [Option<F>],
     meta: &mut [Meta],
     next: &mut [Next],
+    detail: &mut [TraceDetail],
 ) {
     let Some(node) = cx.l3.node.as_ref() else {
         return;
@@ -96,6 +97,12 @@ pub fn process<F: Frame>(
         {
             next[i] = Next::Drop(DropReason::IcmpNoRoom);
             continue;
+        }
+        if m.trace != 0 {
+            detail[i] = TraceDetail::Icmp {
+                kind,
+                to: Ipv4Addr::from_u32(orig_src),
+            };
         }
         let from = if orig_src & mask(node.cluster.1) == node.cluster.0 {
             node.gateway_ip

@@ -1,7 +1,7 @@
 //! `ip4-local`: packets addressed to the dataplane itself (the pods' gateway address).
 //! ICMP echo requests are answered in place; anything else is dropped.
 use super::Ctx;
-use crate::pipeline::{DropReason, Frame, Meta, Next, StageId};
+use crate::pipeline::{DropReason, Frame, Meta, Next, StageId, TraceDetail};
 use crate::wire::{checksum, icmpv4, ipv4};
 
 pub fn process<F: Frame>(
@@ -10,6 +10,7 @@ pub fn process<F: Frame>(
     frames: &mut [Option<F>],
     meta: &mut [Meta],
     next: &mut [Next],
+    detail: &mut [TraceDetail],
 ) {
     for &i in pkts {
         let i = usize::from(i);
@@ -29,6 +30,12 @@ pub fn process<F: Frame>(
             let (src, dst) = (ip.src_addr(), ip.dst_addr());
             ip.set_src_addr(dst);
             ip.set_dst_addr(src);
+            if m.trace != 0 {
+                detail[i] = TraceDetail::Icmp {
+                    kind: crate::pipeline::IcmpKind::None,
+                    to: src,
+                };
+            }
             ip.set_ttl(64);
             ip.fill_checksum();
         }

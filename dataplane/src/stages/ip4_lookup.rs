@@ -4,10 +4,10 @@
 //! incrementally) and a normalised, untagged Ethernet header, then go to `vxlan-encap`
 //! (remote pods) or `ip4-rewrite` (local pods, the node's kernel, the underlay).
 use super::Ctx;
-use crate::pipeline::{DropReason, Frame, IcmpKind, Meta, Next, StageId, OUT_BRIDGE};
+use crate::pipeline::{DropReason, Frame, IcmpKind, Meta, Next, StageId, TraceDetail, OUT_BRIDGE};
 use crate::tables::lpm::mask;
 use crate::tables::NextHop;
-use crate::wire::{ethernet, ipv4};
+use crate::wire::{ethernet, ipv4, Ipv4Addr};
 
 pub fn process<F: Frame>(
     cx: &Ctx,
@@ -15,6 +15,7 @@ pub fn process<F: Frame>(
     frames: &mut [Option<F>],
     meta: &mut [Meta],
     next: &mut [Next],
+    detail: &mut [TraceDetail],
 ) {
     let Some(node) = cx.l3.node.as_ref() else {
         for &i in pkts {
@@ -33,6 +34,13 @@ pub fn process<F: Frame>(
             let ip = ipv4::Packet::new_unchecked(&f.data()[l3..]);
             (ip.dst_addr().to_u32(), ip.ttl())
         };
+        if m.trace != 0 {
+            detail[i] = TraceDetail::Route {
+                dst: Ipv4Addr::from_u32(dst),
+                ttl,
+                via: cx.l3.route(dst),
+            };
+        }
         let Some(nh) = cx.l3.route(dst) else {
             next[i] = Next::Drop(DropReason::Ip4NoRoute);
             continue;

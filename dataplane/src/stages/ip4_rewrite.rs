@@ -3,7 +3,7 @@
 //! kernel, the uplink's MAC towards the underlay). Unknown next hops are resolved:
 //! the runner parks the packet and sends an ARP request.
 use super::Ctx;
-use crate::pipeline::{Frame, Meta, Next, OUT_BRIDGE};
+use crate::pipeline::{Frame, Meta, Next, TraceDetail, OUT_BRIDGE};
 use crate::tables::NeighborTable;
 use crate::wire::MacAddr;
 
@@ -31,6 +31,7 @@ pub fn process<F: Frame>(
     frames: &mut [Option<F>],
     meta: &mut [Meta],
     next: &mut [Next],
+    detail: &mut [TraceDetail],
 ) {
     for &i in pkts {
         let i = usize::from(i);
@@ -38,8 +39,18 @@ pub fn process<F: Frame>(
             continue;
         };
         let m = &meta[i];
-        next[i] = match neighbors.lookup(m.nh_ip, cx.now) {
-            Some(n) if m.out == OUT_BRIDGE || n.port == m.out => {
+        let found = neighbors
+            .lookup(m.nh_ip, cx.now)
+            .filter(|n| m.out == OUT_BRIDGE || n.port == m.out);
+        if m.trace != 0 {
+            detail[i] = TraceDetail::Rewrite {
+                nh: crate::wire::Ipv4Addr::from_u32(m.nh_ip),
+                mac: found.map(|n| n.mac),
+                port: found.map_or(m.out, |n| n.port),
+            };
+        }
+        next[i] = match found {
+            Some(n) => {
                 rewrite(f.data_mut(), n.mac, src_mac(cx, n.port));
                 Next::Port(n.port)
             }

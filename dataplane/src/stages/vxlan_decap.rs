@@ -3,8 +3,8 @@
 //! Ethernet/IPv4/UDP/VXLAN headers and parses the inner frame, which goes on to
 //! `ip4-lookup`. Anything else is dropped under its reason.
 use super::{eth_input, Ctx};
-use crate::pipeline::{DropReason, Frame, Meta, Next, StageId};
-use crate::wire::{ipv4, udp, vxlan, EtherType};
+use crate::pipeline::{DropReason, Frame, Meta, Next, StageId, TraceDetail};
+use crate::wire::{ipv4, udp, vxlan, EtherType, Ipv4Addr};
 
 pub fn process<F: Frame>(
     cx: &Ctx,
@@ -12,6 +12,7 @@ pub fn process<F: Frame>(
     frames: &mut [Option<F>],
     meta: &mut [Meta],
     next: &mut [Next],
+    detail: &mut [TraceDetail],
 ) {
     let Some(node) = cx.l3.node.as_ref() else {
         return;
@@ -37,6 +38,12 @@ pub fn process<F: Frame>(
         if !cx.l3.remote_by_ip.contains_key(&src) {
             next[i] = Next::Drop(DropReason::VxlanUnknownVtep);
             continue;
+        }
+        if m.trace != 0 {
+            detail[i] = TraceDetail::Decap {
+                from: Ipv4Addr::from_u32(src),
+                vni: v.vni(),
+            };
         }
         if !f.strip(hdr + vxlan::HEADER_LEN) {
             next[i] = Next::Drop(DropReason::VxlanBadHeader);

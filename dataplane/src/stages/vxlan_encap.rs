@@ -5,7 +5,7 @@
 //! would exceed the uplink MTU gets ICMP fragmentation-needed when DF is set, and is
 //! dropped (`vxlan-too-big`) when not: podpath does not fragment.
 use super::{flow_hash, ip4_rewrite, Ctx};
-use crate::pipeline::{DropReason, Frame, IcmpKind, Meta, Next};
+use crate::pipeline::{DropReason, Frame, IcmpKind, Meta, Next, TraceDetail};
 use crate::tables::lpm::mask;
 use crate::tables::NeighborTable;
 use crate::wire::{ethernet, ipv4, udp, vxlan, EtherType, IpProtocol, Ipv4Addr};
@@ -23,6 +23,7 @@ pub fn process<F: Frame>(
     frames: &mut [Option<F>],
     meta: &mut [Meta],
     next: &mut [Next],
+    detail: &mut [TraceDetail],
 ) {
     let Some(node) = cx.l3.node.as_ref() else {
         return;
@@ -116,6 +117,13 @@ pub fn process<F: Frame>(
             _ => r.node_ip,
         };
         m.out = uplink;
+        if m.trace != 0 {
+            detail[i] = TraceDetail::Encap {
+                to: Ipv4Addr::from_u32(r.node_ip),
+                sport: source_port(hash),
+                vni: node.vni,
+            };
+        }
         next[i] = match neighbors.lookup(m.nh_ip, cx.now) {
             Some(n) if n.port == uplink => {
                 ip4_rewrite::rewrite(d, n.mac, ip4_rewrite::src_mac(cx, uplink));
