@@ -199,6 +199,7 @@ impl<P: PortIo> Worker<P> {
         }
         let t0 = rdtsc();
         self.pipeline.set_now(t0);
+        self.pipeline.absorb_neighbors(&mut self.io);
         let mut got = 0;
         let me = usize::from(self.id);
         // Indexing (not iterating) the map lets `run` borrow the pipeline mutably
@@ -250,7 +251,7 @@ impl<P: PortIo> Worker<P> {
                     .min(self.idle.max_sleep_us.max(1));
             }
         }
-        self.pipeline.flush(&mut self.io);
+        self.pipeline.drain(&mut self.io);
         0
     }
 }

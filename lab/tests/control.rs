@@ -173,7 +173,11 @@ fn attach_and_detach_ten_times_under_a_running_stream() {
     assert!(sent > 1_000_000, "the stream barely ran ({sent} bytes)");
     assert_eq!(sent, got, "stream lost bytes");
     // Two pods, plus the node's uplink and host ports.
-    assert_eq!(state(&lab).ports.len(), 2 + 2, "the churned pod left state behind");
+    assert_eq!(
+        state(&lab).ports.len(),
+        2 + 2,
+        "the churned pod left state behind"
+    );
 }
 
 #[test]

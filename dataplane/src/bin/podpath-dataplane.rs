@@ -148,6 +148,8 @@ fn run() -> Result<()> {
             .with_context(|| format!("control socket {}", cfg.dataplane.socket.display()))?;
 
     let ageing = u64::from(cfg.bridge.ageing_s) * tsc_hz;
+    // Each worker's neighbour inbox; every worker can send to all the others.
+    let bus: Vec<_> = (0..pending.len()).map(|_| bounded(1024)).collect();
     let mut launched = Vec::new();
     let mut launch_error = None;
     for (id, lcore, rx, counters, prod) in pending {
@@ -166,6 +168,13 @@ fn run() -> Result<()> {
             Tracer::new(id, Some(prod)),
         );
         pipeline.set_l3(ctl.current_l3());
+        let peers = bus
+            .iter()
+            .enumerate()
+            .filter(|(k, _)| *k != usize::from(id))
+            .map(|(_, (tx, _))| tx.clone())
+            .collect();
+        pipeline.set_neighbor_bus(peers, bus[usize::from(id)].1.clone());
         let worker = Worker::new(
             id,
             DpdkIo::new(pool),

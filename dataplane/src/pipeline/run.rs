@@ -13,7 +13,8 @@ use crate::stages::{
     arp, bridge::Bridge, eth_input, icmp_error, ip4_local, ip4_lookup, ip4_rewrite, vxlan_decap,
     vxlan_encap, Ctx,
 };
-use crate::tables::{NeighborTable, PortMap, L3};
+use crate::tables::{NeighborTable, PortMap, Role, L3};
+use crossbeam::channel::{Receiver, Sender};
 
 /// Sizes and times for one worker's pipeline.
 #[derive(Debug, Clone)]
@@ -27,8 +28,17 @@ pub struct PipelineConfig {
     pub tsc_hz: u64,
 }
 
-/// Packets held while their next hop resolves.
+/// Packets held while their next hop resolves, in all and per next hop.
 const PENDING_CAP: usize = 64;
+const PENDING_PER_HOP: usize = 8;
+
+/// A neighbour one worker learned, for the others.
+#[derive(Debug, Clone, Copy)]
+pub struct NeighborUpdate {
+    pub ip: u32,
+    pub mac: crate::wire::MacAddr,
+    pub port: u16,
+}
 /// How many passes over the stages one burst may take (an ICMP error goes back to
 /// `ip4-lookup` once); beyond, packets are dropped rather than looping.
 const MAX_PASSES: usize = 4;
@@ -60,8 +70,12 @@ pub struct Pipeline<F: Frame> {
     pub bridge: Bridge,
     pub neighbors: NeighborTable,
     pending: Vec<Parked<F>>,
+    pending_spare: Vec<Parked<F>>,
     learned: Vec<u32>,
     icmp_limit: RateLimit,
+    arp_limit: RateLimit,
+    peers: Vec<Sender<NeighborUpdate>>,
+    inbox: Option<Receiver<NeighborUpdate>>,
     pub counters: Arc<WorkerCounters>,
     pub tracer: Tracer,
     tx_queue: u16,
@@ -85,15 +99,21 @@ impl<F: Frame> Pipeline<F> {
             queue_len: [0; StageId::COUNT],
             tx: (0..MAX_PORTS).map(|_| Vec::with_capacity(TX_CAP)).collect(),
             tx_dirty: 0,
-            dropped: Vec::with_capacity(2 * BURST),
+            // Burst drops plus every parked packet expiring at once: never grows.
+            dropped: Vec::with_capacity(2 * BURST + PENDING_CAP),
             ports,
             l3: Arc::new(L3::empty()),
             bridge: Bridge::new(cfg.mac_capacity, cfg.mac_ageing_ticks),
             // Neighbours live 5 minutes; a missing one is asked for at most once a second.
             neighbors: NeighborTable::new(4096, cfg.tsc_hz.saturating_mul(300), cfg.tsc_hz),
             pending: Vec::with_capacity(PENDING_CAP),
-            learned: Vec::with_capacity(BURST),
+            pending_spare: Vec::with_capacity(PENDING_CAP),
+            learned: Vec::with_capacity(BURST + 1),
             icmp_limit: RateLimit::new(100, 50, cfg.tsc_hz),
+            // ARP requests: 100 a second, bursts of 20, per worker.
+            arp_limit: RateLimit::new(100, 20, cfg.tsc_hz),
+            peers: Vec::new(),
+            inbox: None,
             counters,
             tracer,
             tx_queue: cfg.worker,
@@ -178,7 +198,7 @@ impl<F: Frame> Pipeline<F> {
                     let n = std::mem::take(&mut self.queue_len[q]);
                     for k in 0..n {
                         let i = usize::from(self.queue[q][k]);
-                        c.count_drop(DropReason::Ip4NoRoute, 1);
+                        c.count_drop(DropReason::GraphLoop, 1);
                         if let Some(f) = self.slots[i].take() {
                             self.dropped.push(f);
                         }
@@ -187,6 +207,7 @@ impl<F: Frame> Pipeline<F> {
             }
         }
         if !self.learned.is_empty() {
+            self.share_learned();
             self.release(c, io);
         }
         if !self.dropped.is_empty() {
@@ -225,10 +246,12 @@ impl<F: Frame> Pipeline<F> {
     }
 
     /// Holds a packet until its next hop answers ARP, asking for it (at most once a
-    /// second per address).
+    /// second per address, within a worker-wide budget of ARP requests).
     fn park<P: PortIo<Frame = F>>(&mut self, c: &WorkerCounters, io: &mut P, i: usize, f: F) {
         let m = self.meta[i];
-        if self.pending.len() >= PENDING_CAP {
+        let same = self.pending.iter().filter(|p| p.ip == m.nh_ip).count();
+        // One silent address cannot take the whole queue.
+        if self.pending.len() >= PENDING_CAP || same >= PENDING_PER_HOP {
             c.count_drop(DropReason::ArpQueueFull, 1);
             self.dropped.push(f);
         } else {
@@ -239,7 +262,7 @@ impl<F: Frame> Pipeline<F> {
                 deadline: self.now.wrapping_add(self.tsc_hz),
             });
         }
-        if !self.neighbors.should_ask(m.nh_ip, self.now) {
+        if !self.neighbors.should_ask(m.nh_ip, self.now) || !self.arp_limit.allow(self.now) {
             return;
         }
         let Some(node) = self.l3.node.as_ref() else {
@@ -287,18 +310,22 @@ impl<F: Frame> Pipeline<F> {
         }
     }
 
-    /// Sends the parked packets whose next hop resolved; drops expired ones.
+    /// Sends the parked packets whose next hop resolved, in the order they came (a
+    /// flow's packets stay in order); drops expired ones.
     fn release<P: PortIo<Frame = F>>(&mut self, c: &WorkerCounters, io: &mut P) {
         self.learned.clear();
-        let mut k = 0;
-        while k < self.pending.len() {
-            let p = &self.pending[k];
-            let n = self
-                .neighbors
-                .lookup(p.ip, self.now)
-                .filter(|n| p.out == OUT_BRIDGE || n.port == p.out);
+        let mut pending = std::mem::take(&mut self.pending);
+        let mut keep = std::mem::take(&mut self.pending_spare);
+        for p in pending.drain(..) {
+            let n = self.neighbors.lookup(p.ip, self.now).filter(|n| {
+                if p.out == OUT_BRIDGE {
+                    self.ports.role(n.port) == Role::Pod
+                } else {
+                    n.port == p.out
+                }
+            });
             if let Some(n) = n {
-                let mut parked = self.pending.swap_remove(k);
+                let mut frame = p.frame;
                 let src = {
                     let cx = Ctx {
                         ports: &self.ports,
@@ -308,16 +335,75 @@ impl<F: Frame> Pipeline<F> {
                     };
                     ip4_rewrite::src_mac(&cx, n.port)
                 };
-                ip4_rewrite::rewrite(parked.frame.data_mut(), n.mac, src);
-                self.output(c, io, n.port, parked.frame, 0);
+                ip4_rewrite::rewrite(frame.data_mut(), n.mac, src);
+                self.output(c, io, n.port, frame, 0);
             } else if self.now >= p.deadline {
-                let parked = self.pending.swap_remove(k);
                 c.count_drop(DropReason::ArpTimeout, 1);
-                self.dropped.push(parked.frame);
+                self.dropped.push(p.frame);
             } else {
-                k += 1;
+                keep.push(p);
             }
         }
+        // Both vectors keep their capacity: no allocation here.
+        self.pending = keep;
+        self.pending_spare = pending;
+    }
+
+    /// Connects this worker's neighbour table to the other workers': what it learns
+    /// goes to `peers`, what they learn arrives on `inbox`. Lock-free channels; a full
+    /// peer misses an update and resolves by itself.
+    pub fn set_neighbor_bus(
+        &mut self,
+        peers: Vec<Sender<NeighborUpdate>>,
+        inbox: Receiver<NeighborUpdate>,
+    ) {
+        self.peers = peers;
+        self.inbox = Some(inbox);
+    }
+
+    /// Learns what the other workers learned, and sends what it can now send.
+    pub fn absorb_neighbors<P: PortIo<Frame = F>>(&mut self, io: &mut P) {
+        let Some(inbox) = self.inbox.as_ref() else {
+            return;
+        };
+        let mut any = false;
+        while let Ok(u) = inbox.try_recv() {
+            self.neighbors.learn(u.ip, u.mac, u.port, self.now);
+            any = true;
+        }
+        if any && !self.pending.is_empty() {
+            let counters = Arc::clone(&self.counters);
+            self.release(&counters, io);
+            if !self.dropped.is_empty() {
+                io.free_bulk(&mut self.dropped);
+            }
+        }
+    }
+
+    /// Tells the other workers what this burst's ARP taught us.
+    fn share_learned(&self) {
+        for &ip in &self.learned {
+            if let Some(n) = self.neighbors.lookup(ip, self.now) {
+                let u = NeighborUpdate {
+                    ip,
+                    mac: n.mac,
+                    port: n.port,
+                };
+                for p in &self.peers {
+                    let _ = p.try_send(u);
+                }
+            }
+        }
+    }
+
+    /// Frees every parked packet (the worker is stopping).
+    pub fn drain<P: PortIo<Frame = F>>(&mut self, io: &mut P) {
+        let counters = Arc::clone(&self.counters);
+        for p in self.pending.drain(..) {
+            counters.count_drop(DropReason::ArpTimeout, 1);
+            self.dropped.push(p.frame);
+        }
+        self.flush(io);
     }
 
     /// Sends or expires parked packets (called every poll iteration while any wait).

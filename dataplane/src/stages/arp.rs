@@ -4,6 +4,7 @@
 //! the sender of every ARP it sees. Pod-to-pod ARP goes on to the bridge.
 use super::Ctx;
 use crate::pipeline::{DropReason, Frame, Meta, Next, StageId, TraceDetail};
+use crate::tables::lpm::mask;
 use crate::tables::{NeighborTable, Role};
 use crate::wire::{arp, ethernet, EtherType, Ipv4Addr, MacAddr};
 
@@ -38,14 +39,28 @@ pub fn process<F: Frame>(
             continue;
         };
         let sender = r.sender_ip.to_u32();
-        if sender != 0
+        let target = r.target_ip.to_u32();
+        // Learn only what this port may speak for (pods their subnet, the kernel the
+        // node IP, the underlay its subnet), and, as RFC 826, add new entries only from
+        // messages to us; known ones are refreshed from any.
+        let plausible = match role {
+            Role::Pod => {
+                sender & mask(node.pod_net.1) == node.pod_net.0 && sender != node.gateway_ip
+            }
+            Role::Host => sender == node.node_ip,
+            Role::Uplink => {
+                sender & mask(node.underlay.1) == node.underlay.0 && sender != node.node_ip
+            }
+        };
+        let to_us = target == node.gateway_ip || target == node.node_ip || role == Role::Host;
+        if plausible
             && r.sender_hw.is_unicast()
+            && (to_us || neighbors.lookup(sender, cx.now).is_some())
             && neighbors.learn(sender, r.sender_hw, m.in_port, cx.now)
             && learned.len() < learned.capacity()
         {
             learned.push(sender);
         }
-        let target = r.target_ip.to_u32();
         let our_mac = match role {
             Role::Uplink => cx.ports.port(m.in_port).map_or(MacAddr::ZERO, |p| p.mac),
             _ => node.router_mac,
@@ -65,9 +80,10 @@ pub fn process<F: Frame>(
                     target_hw: r.sender_hw,
                     target_ip: r.sender_ip,
                 };
-                // Answer in place, untagged, out of the port it came in on.
-                if l3 != ethernet::HEADER_LEN && !f.strip(l3 - ethernet::HEADER_LEN) {
-                    next[i] = Next::Drop(DropReason::ArpMalformed);
+                // Answer in place, out of the port it came in on. Pods are untagged; a
+                // tagged request would need a tagged answer.
+                if l3 != ethernet::HEADER_LEN {
+                    next[i] = Next::Drop(DropReason::ArpVlanTagged);
                     continue;
                 }
                 let d = f.data_mut();

@@ -40,6 +40,16 @@ impl RateLimit {
     }
 }
 
+/// RFC 1122 3.2.2: no error about a non-first fragment, nor from or to an address
+/// that does not name one host (unspecified, broadcast, multicast, loopback, class E).
+pub fn error_allowed(src: u32, dst: u32, frag_offset: u16) -> bool {
+    let one_host = |a: u32| {
+        let top = a >> 24;
+        a != 0 && a != u32::MAX && top != 127 && top < 224
+    };
+    frag_offset == 0 && one_host(src) && one_host(dst)
+}
+
 fn is_icmp_error(t: u8) -> bool {
     matches!(t, 3 | 4 | 5 | 11 | 12)
 }
@@ -54,6 +64,9 @@ pub fn process<F: Frame>(
     detail: &mut [TraceDetail],
 ) {
     let Some(node) = cx.l3.node.as_ref() else {
+        for &i in pkts {
+            next[usize::from(i)] = Next::Drop(DropReason::Ip4NoNode);
+        }
         return;
     };
     for &i in pkts {
@@ -68,6 +81,14 @@ pub fn process<F: Frame>(
         let (qlen, orig_src) = {
             let ip = ipv4::Packet::new_unchecked(&f.data()[l3..]);
             let hl = ip.header_len();
+            if !error_allowed(
+                ip.src_addr().to_u32(),
+                ip.dst_addr().to_u32(),
+                ip.frag_offset(),
+            ) {
+                next[i] = Next::Drop(DropReason::IcmpNotAllowed);
+                continue;
+            }
             if ip.protocol() == IpProtocol::Icmp
                 && ip.payload().first().is_some_and(|&t| is_icmp_error(t))
             {

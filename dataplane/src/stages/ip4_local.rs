@@ -25,6 +25,10 @@ pub fn process<F: Frame>(
             next[i] = Next::Drop(DropReason::Ip4LocalUnsupported);
             continue;
         }
+        if ipv4::Packet::new_unchecked(&d[l3..]).is_fragment() {
+            next[i] = Next::Drop(DropReason::Ip4LocalFragment);
+            continue;
+        }
         {
             let mut ip = ipv4::Packet::new_unchecked(&mut d[l3..]);
             let (src, dst) = (ip.src_addr(), ip.dst_addr());

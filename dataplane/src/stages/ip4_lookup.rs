@@ -6,7 +6,7 @@
 use super::Ctx;
 use crate::pipeline::{DropReason, Frame, IcmpKind, Meta, Next, StageId, TraceDetail, OUT_BRIDGE};
 use crate::tables::lpm::mask;
-use crate::tables::NextHop;
+use crate::tables::{NextHop, Role};
 use crate::wire::{ethernet, ipv4, Ipv4Addr};
 
 pub fn process<F: Frame>(
@@ -49,7 +49,14 @@ pub fn process<F: Frame>(
             next[i] = Next::Stage(StageId::Ip4Local);
             continue;
         }
-        if ttl <= 1 {
+        // The node kernel's own traffic to and from the underlay passes as if on a wire:
+        // the dataplane is not a hop there (single-hop protocols send TTL 1).
+        let role = cx.ports.role(m.in_port);
+        let transparent = matches!(
+            (role, nh),
+            (Role::Host, NextHop::Uplink) | (Role::Uplink, NextHop::Host)
+        );
+        if ttl <= 1 && !transparent {
             m.icmp = IcmpKind::TimeExceeded;
             next[i] = Next::Stage(StageId::IcmpError);
             continue;
@@ -67,7 +74,9 @@ pub fn process<F: Frame>(
             let d = f.data_mut();
             d[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
         }
-        ipv4::Packet::new_unchecked(&mut f.data_mut()[ethernet::HEADER_LEN..]).decrement_ttl();
+        if !transparent {
+            ipv4::Packet::new_unchecked(&mut f.data_mut()[ethernet::HEADER_LEN..]).decrement_ttl();
+        }
         next[i] = match nh {
             NextHop::Local => {
                 m.nh_ip = dst;

@@ -3,9 +3,10 @@
 //! kernel, the uplink's MAC towards the underlay). Unknown next hops are resolved:
 //! the runner parks the packet and sends an ARP request.
 use super::Ctx;
-use crate::pipeline::{Frame, Meta, Next, TraceDetail, OUT_BRIDGE};
-use crate::tables::NeighborTable;
+use crate::pipeline::{DropReason, Frame, IcmpKind, Meta, Next, StageId, TraceDetail, OUT_BRIDGE};
+use crate::tables::{NeighborTable, Role};
 use crate::wire::MacAddr;
+use crate::wire::{ethernet, ipv4};
 
 /// The source MAC for frames leaving on `port`.
 #[inline]
@@ -39,15 +40,34 @@ pub fn process<F: Frame>(
             continue;
         };
         let m = &meta[i];
-        let found = neighbors
-            .lookup(m.nh_ip, cx.now)
-            .filter(|n| m.out == OUT_BRIDGE || n.port == m.out);
+        let found = neighbors.lookup(m.nh_ip, cx.now).filter(|n| {
+            if m.out == OUT_BRIDGE {
+                // Local pods only behind pod ports, never the uplink or the host port.
+                cx.ports.role(n.port) == Role::Pod
+            } else {
+                n.port == m.out
+            }
+        });
         if m.trace != 0 {
             detail[i] = TraceDetail::Rewrite {
                 nh: crate::wire::Ipv4Addr::from_u32(m.nh_ip),
                 mac: found.map(|n| n.mac),
                 port: found.map_or(m.out, |n| n.port),
             };
+        }
+        // Too big for where it goes: fragmentation needed (DF) or a counted drop.
+        let out_port = found.map_or(m.out, |n| n.port);
+        if let Some(p) = cx.ports.port(out_port) {
+            let ip = ipv4::Packet::new_unchecked(&f.data()[ethernet::HEADER_LEN..]);
+            if usize::from(ip.total_len()) > usize::from(p.mtu) {
+                next[i] = if ip.dont_frag() {
+                    meta[i].icmp = IcmpKind::FragNeeded(p.mtu);
+                    Next::Stage(StageId::IcmpError)
+                } else {
+                    Next::Drop(DropReason::Ip4TooBig)
+                };
+                continue;
+            }
         }
         next[i] = match found {
             Some(n) => {

@@ -4,6 +4,8 @@
 //! `ip4-lookup`. Anything else is dropped under its reason.
 use super::{eth_input, Ctx};
 use crate::pipeline::{DropReason, Frame, Meta, Next, StageId, TraceDetail};
+use crate::tables::lpm::mask;
+use crate::tables::NextHop;
 use crate::wire::{ipv4, udp, vxlan, EtherType, Ipv4Addr};
 
 pub fn process<F: Frame>(
@@ -15,6 +17,9 @@ pub fn process<F: Frame>(
     detail: &mut [TraceDetail],
 ) {
     let Some(node) = cx.l3.node.as_ref() else {
+        for &i in pkts {
+            next[usize::from(i)] = Next::Drop(DropReason::Ip4NoNode);
+        }
         return;
     };
     for &i in pkts {
@@ -25,24 +30,39 @@ pub fn process<F: Frame>(
         let m = &mut meta[i];
         let (l3, l4) = (usize::from(m.l3), usize::from(m.l4));
         let d = f.data();
-        let src = ipv4::Packet::new_unchecked(&d[l3..]).src_addr().to_u32();
+        let (src, fragment) = {
+            let ip = ipv4::Packet::new_unchecked(&d[l3..]);
+            (ip.src_addr().to_u32(), ip.is_fragment())
+        };
+        if fragment {
+            next[i] = Next::Drop(DropReason::VxlanOuterFragment);
+            continue;
+        }
         let hdr = l4 + udp::HEADER_LEN;
-        let Ok(v) = vxlan::Packet::new_checked(&d[hdr.min(d.len())..]) else {
+        // Within the UDP datagram only: never Ethernet padding.
+        let udp_end = (l4 + usize::from(udp::Packet::new_unchecked(&d[l4..]).len())).min(d.len());
+        let Ok(v) = vxlan::Packet::new_checked(&d[hdr.min(udp_end)..udp_end]) else {
             next[i] = Next::Drop(DropReason::VxlanBadHeader);
             continue;
         };
-        if v.vni() != node.vni {
+        let vni = v.vni();
+        if vni != node.vni {
             next[i] = Next::Drop(DropReason::VxlanWrongVni);
             continue;
         }
-        if !cx.l3.remote_by_ip.contains_key(&src) {
+        let Some(&remote) = cx.l3.remote_by_ip.get(&src) else {
             next[i] = Next::Drop(DropReason::VxlanUnknownVtep);
+            continue;
+        };
+        // The inner frame ends where the UDP datagram ends.
+        if !f.set_len(udp_end) {
+            next[i] = Next::Drop(DropReason::VxlanBadHeader);
             continue;
         }
         if m.trace != 0 {
             detail[i] = TraceDetail::Decap {
                 from: Ipv4Addr::from_u32(src),
-                vni: v.vni(),
+                vni,
             };
         }
         if !f.strip(hdr + vxlan::HEADER_LEN) {
@@ -60,7 +80,20 @@ pub fn process<F: Frame>(
             Ok(_) if m.ethertype != u16::from(EtherType::Ipv4) => {
                 Next::Drop(DropReason::VxlanInnerNotIp4)
             }
-            Ok(_) => Next::Stage(StageId::Ip4Lookup),
+            Ok(None) => Next::Drop(DropReason::VxlanInnerMalformed),
+            Ok(Some((isrc, idst, ..))) => {
+                // A remote node speaks for its own pods, to ours: nothing else enters
+                // through the overlay (no hairpin, no way into the node's kernel).
+                let from = cx.l3.remotes.get(usize::from(remote)).map(|r| r.pod_net);
+                let (isrc, idst) = (isrc.to_u32(), idst.to_u32());
+                if from.is_none_or(|(n, len)| isrc & mask(len) != n) {
+                    Next::Drop(DropReason::VxlanInnerBadSource)
+                } else if !matches!(cx.l3.route(idst), Some(NextHop::Local | NextHop::Us)) {
+                    Next::Drop(DropReason::VxlanInnerNotLocal)
+                } else {
+                    Next::Stage(StageId::Ip4Lookup)
+                }
+            }
         };
     }
 }

@@ -26,6 +26,9 @@ pub fn process<F: Frame>(
     detail: &mut [TraceDetail],
 ) {
     let Some(node) = cx.l3.node.as_ref() else {
+        for &i in pkts {
+            next[usize::from(i)] = Next::Drop(DropReason::Ip4NoNode);
+        }
         return;
     };
     for &i in pkts {
@@ -41,11 +44,15 @@ pub fn process<F: Frame>(
         };
         let mtu = cx.ports.port(uplink).map_or(1500, |p| p.mtu);
         // ip4-lookup left the IPv4 header at offset 14.
-        let (total, df, hash) = {
+        let (total, df, hash, tos) = {
             let ip = ipv4::Packet::new_unchecked(&f.data()[ethernet::HEADER_LEN..]);
             let d = f.data();
             let l4 = usize::from(m.l4);
-            let ports = if l4 != 0 && d.len() >= l4 + 4 {
+            let ports = if (m.proto == 6 || m.proto == 17)
+                && !ip.is_fragment()
+                && l4 != 0
+                && d.len() >= l4 + 4
+            {
                 u32::from_be_bytes([d[l4], d[l4 + 1], d[l4 + 2], d[l4 + 3]])
             } else {
                 0
@@ -59,6 +66,7 @@ pub fn process<F: Frame>(
                     m.proto,
                     ports,
                 ),
+                ip.tos(),
             )
         };
         // Outer IPv4 carries UDP, VXLAN and the whole inner frame (its Ethernet header too).
@@ -92,11 +100,19 @@ pub fn process<F: Frame>(
             payload_len: outer_ip_len - ipv4::HEADER_LEN,
             ttl: 64,
             ident: 0,
-            dont_frag: false,
+            // The MTU is enforced above: outer packets are never fragmented (so a
+            // constant ident is fine, RFC 6864).
+            dont_frag: true,
         }
         .emit(&mut ipv4::Packet::new_unchecked(
             &mut d[o_ip..o_ip + ipv4::HEADER_LEN],
         ));
+        if tos != 0 {
+            // DSCP and ECN of the inner packet, copied out (RFC 6040, normal mode).
+            let mut o = ipv4::Packet::new_unchecked(&mut d[o_ip..o_ip + ipv4::HEADER_LEN]);
+            o.set_tos(tos);
+            o.fill_checksum();
+        }
         let o_udp = o_ip + ipv4::HEADER_LEN;
         {
             let mut u = udp::Packet::new_unchecked(&mut d[o_udp..o_udp + udp::HEADER_LEN]);

@@ -186,6 +186,9 @@ impl<T: AsRef<[u8]>> Packet<T> {
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
+    pub fn set_tos(&mut self, v: u8) {
+        self.buffer.as_mut()[field::TOS] = v;
+    }
     pub fn set_ttl(&mut self, v: u8) {
         self.buffer.as_mut()[field::TTL] = v;
     }
