@@ -197,7 +197,7 @@ fn pod_to_remote_pod_round_trip_through_vxlan() {
     );
     assert_eq!(v[50 + 14 + 8], 63, "TTL decremented");
     // Node 2 decapsulates and delivers to its pod b (after resolving it).
-    rx(&mut n2, &mut io2, UPLINK, &[v.clone()]);
+    rx(&mut n2, &mut io2, UPLINK, std::slice::from_ref(v));
     let asks: Vec<Vec<u8>> = io2
         .take_tx(POD_A)
         .into_iter()
