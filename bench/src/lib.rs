@@ -1,5 +1,7 @@
-//! Benchmark fixtures: a pipeline on the memory backend with pre-built frames, so a
-//! path's cost is measured without kernel I/O.
+//! Benchmark fixtures: one node's pipeline on the memory backend, fed pre-built frames
+//! for one path at a time, so a path's cost is measured without kernel I/O. Used by
+//! the criterion benchmark (`benches/pipeline.rs`) and by the instruction counter
+//! (`src/bin/pipeline-count.rs`, under callgrind).
 use std::sync::Arc;
 
 use etherparse::PacketBuilder;
@@ -7,87 +9,235 @@ use podpath_dataplane::pipeline::{
     Pipeline, PipelineConfig, PortIo, Tracer, WorkerCounters, BURST,
 };
 use podpath_dataplane::port::{MemFrame, MemIo};
-use podpath_dataplane::tables::{PortEntry, PortMap};
+use podpath_dataplane::stages::arp;
+use podpath_dataplane::tables::l3::gateway_mac;
+use podpath_dataplane::tables::{PortEntry, PortMap, L3};
 use podpath_dataplane::wire::MacAddr;
+use podpath_proto::{validate, NodeSpec, RemoteSpec};
 
-/// A UDP frame between two pods, `flow` varying the source port.
-pub fn pod_frame(src: [u8; 6], dst: [u8; 6], flow: u16) -> Vec<u8> {
+pub const UPLINK: u16 = 0;
+pub const HOST: u16 = 1;
+pub const POD_A: u16 = 2;
+pub const POD_B: u16 = 3;
+
+/// The paths a packet can take through a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Path {
+    /// Pod to pod on one node, at L2.
+    Bridge,
+    /// Pod to pod on one node, routed through the gateway (ip4-lookup, ip4-rewrite).
+    Route,
+    /// Pod to a pod on another node (ip4-lookup, vxlan-encap).
+    VxlanEncap,
+    /// From another node to a local pod (vxlan-decap, ip4-lookup, ip4-rewrite).
+    VxlanDecap,
+}
+
+impl Path {
+    pub const ALL: [Path; 4] = [
+        Path::Bridge,
+        Path::Route,
+        Path::VxlanEncap,
+        Path::VxlanDecap,
+    ];
+    pub fn name(self) -> &'static str {
+        match self {
+            Path::Bridge => "l2-bridge",
+            Path::Route => "ip4-route",
+            Path::VxlanEncap => "vxlan-encap",
+            Path::VxlanDecap => "vxlan-decap",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Path> {
+        Path::ALL.into_iter().find(|p| p.name() == s)
+    }
+}
+
+fn ip(s: &str) -> u32 {
+    validate::ipv4(s).expect("address")
+}
+
+const POD_A_MAC: [u8; 6] = [0x0a, 0x58, 10, 244, 0, 2];
+const POD_B_MAC: [u8; 6] = [0x0a, 0x58, 10, 244, 0, 3];
+const UPLINK_MAC: MacAddr = MacAddr([2, 0, 0, 0, 0xee, 1]);
+const REMOTE_UPLINK_MAC: MacAddr = MacAddr([2, 0, 0, 0, 0xee, 2]);
+
+fn udp(src_mac: [u8; 6], dst_mac: [u8; 6], src: [u8; 4], dst: [u8; 4], sport: u16) -> Vec<u8> {
     let mut v = Vec::new();
-    PacketBuilder::ethernet2(src, dst)
-        .ipv4([10, 244, 0, 2], [10, 244, 0, 3], 64)
-        .udp(10_000 + flow, 5000)
+    PacketBuilder::ethernet2(src_mac, dst_mac)
+        .ipv4(src, dst, 64)
+        .udp(sport, 5000)
         .write(&mut v, &[0u8; 18])
         .expect("build frame");
     v
 }
 
-/// The L2 bridge path: two ports in one domain, both MACs learned, `frames` frames
-/// of `flows` flows queued on port 0 and recycled after transmission.
-pub struct BridgeRig {
+/// One node (node 1 of a two-node cluster) with its neighbours already resolved, and
+/// the frames of one path, `flows` distinct 5-tuples, cycled.
+pub struct Rig {
     pub io: MemIo,
     pub p: Pipeline<MemFrame>,
+    port: u16,
+    frames: Vec<Vec<u8>>,
+    next: usize,
     rx: Vec<MemFrame>,
 }
 
-impl BridgeRig {
-    pub fn new(frames: usize, flows: u16) -> BridgeRig {
-        let entries = (0..2u16)
-            .map(|id| PortEntry {
-                id,
-                name: format!("p{id}"),
-                bd: Some(1),
-                mac: MacAddr([2, 0, 0, 0, 0, 0]),
-                rx_queues: 1,
-                mtu: 1500,
-            })
-            .collect();
+impl Rig {
+    pub fn new(path: Path, flows: usize) -> Rig {
+        let node = NodeSpec {
+            node_ip: "192.168.77.11".into(),
+            underlay_cidr: "192.168.77.0/24".into(),
+            underlay_gateway: None,
+            pod_cidr: "10.244.0.0/24".into(),
+            cluster_cidr: "10.244.0.0/16".into(),
+            bridge: 1,
+            uplink: "uplink".into(),
+            host: Some("host".into()),
+            vni: 1,
+            vxlan_port: 4789,
+        };
+        let remote = RemoteSpec {
+            name: "node2".into(),
+            node_ip: "192.168.77.12".into(),
+            vtep_mac: gateway_mac(ip("10.244.1.1")).to_string(),
+            pod_cidr: "10.244.1.0/24".into(),
+        };
+        let l3 = L3::build(&node, &[remote]).expect("node builds");
+        let port = |id: u16, name: &str, bd: Option<u16>, mac: MacAddr| PortEntry {
+            id,
+            name: name.into(),
+            bd,
+            mac,
+            rx_queues: 1,
+            mtu: 1500,
+        };
+        let map = PortMap::build(
+            vec![
+                port(UPLINK, "uplink", None, UPLINK_MAC),
+                port(HOST, "host", None, MacAddr([2, 0, 0, 0, 0xff, 1])),
+                port(POD_A, "pod-a", Some(1), MacAddr([2, 0, 0, 0, 2, 1])),
+                port(POD_B, "pod-b", Some(1), MacAddr([2, 0, 0, 0, 3, 1])),
+            ],
+            1,
+        )
+        .with_roles(Some("uplink"), Some("host"));
+        let hz = 2_000_000_000;
         let cfg = PipelineConfig {
             worker: 0,
-            mac_capacity: 1024,
-            mac_ageing_ticks: u64::MAX,
-            tsc_hz: 1_000_000_000,
+            mac_capacity: 1 << 16,
+            mac_ageing_ticks: u64::MAX / 4,
+            tsc_hz: hz,
         };
-        let p = Pipeline::new(
+        let mut p = Pipeline::new(
             &cfg,
-            Arc::new(PortMap::build(entries, 1)),
+            Arc::new(map),
             Arc::new(WorkerCounters::default()),
             Tracer::new(0, None),
         );
+        p.set_l3(Arc::new(l3));
+        p.set_now(1);
         let mut io = MemIo::default();
-        io.ports[0].discard_tx = true;
-        let a = [0x0a, 0x58, 0, 0, 0, 2];
-        let b = [0x0a, 0x58, 0, 0, 0, 3];
-        let mut r = BridgeRig {
+        for port in &mut io.ports {
+            port.discard_tx = true;
+        }
+        let mut r = Rig {
             io,
             p,
+            port: POD_A,
+            frames: Vec::new(),
+            next: 0,
             rx: Vec::with_capacity(BURST),
         };
-        // Teach the bridge both MACs, then loop port 1's output back into port 0.
-        r.io.push_rx(1, &pod_frame(b, a, 0));
-        r.step_port(1);
-        r.io.ports[1].loop_to = Some(0);
-        for i in 0..frames {
-            let f = pod_frame(
-                a,
-                b,
-                u16::try_from(i % usize::from(flows.max(1))).unwrap_or(0),
-            );
-            r.io.push_rx(0, &f);
-        }
+        // Resolve everything first: pods ask for their gateway, node 2 answers ARP.
+        let gw = ip("10.244.0.1");
+        r.once(
+            POD_A,
+            &arp::request(MacAddr(POD_A_MAC), ip("10.244.0.2"), gw),
+        );
+        r.once(
+            POD_B,
+            &arp::request(MacAddr(POD_B_MAC), ip("10.244.0.3"), gw),
+        );
+        let mut reply =
+            arp::request(REMOTE_UPLINK_MAC, ip("192.168.77.12"), ip("192.168.77.11")).to_vec();
+        reply[0..6].copy_from_slice(&UPLINK_MAC.0);
+        reply[21] = 2;
+        reply[32..38].copy_from_slice(&UPLINK_MAC.0);
+        r.once(UPLINK, &reply);
+        // Bridge learning of both pods.
+        r.once(
+            POD_B,
+            &udp(POD_B_MAC, POD_A_MAC, [10, 244, 0, 3], [10, 244, 0, 2], 1),
+        );
+        let gw_mac = gateway_mac(gw).0;
+        let flow = |i: usize| u16::try_from(1024 + i % 60000).unwrap_or(1024);
+        r.frames = (0..flows.max(1))
+            .map(|i| match path {
+                Path::Bridge => udp(
+                    POD_A_MAC,
+                    POD_B_MAC,
+                    [10, 244, 0, 2],
+                    [10, 244, 0, 3],
+                    flow(i),
+                ),
+                Path::Route => udp(POD_A_MAC, gw_mac, [10, 244, 0, 2], [10, 244, 0, 3], flow(i)),
+                Path::VxlanEncap => {
+                    let dst = [10, 244, 1, u8::try_from(2 + i % 250).unwrap_or(2)];
+                    udp(POD_A_MAC, gw_mac, [10, 244, 0, 2], dst, flow(i))
+                }
+                Path::VxlanDecap => {
+                    let src = [10, 244, 1, u8::try_from(2 + i % 250).unwrap_or(2)];
+                    let inner = udp(
+                        [2; 6],
+                        gateway_mac(ip("10.244.1.1")).0,
+                        src,
+                        [10, 244, 0, 3],
+                        flow(i),
+                    );
+                    let mut payload = vec![0x08, 0, 0, 0, 0, 0, 1, 0];
+                    payload.extend_from_slice(&inner);
+                    let mut v = Vec::new();
+                    PacketBuilder::ethernet2(REMOTE_UPLINK_MAC.0, UPLINK_MAC.0)
+                        .ipv4([192, 168, 77, 12], [192, 168, 77, 11], 64)
+                        .udp(49152 + flow(i) % 16384, 4789)
+                        .write(&mut v, &payload)
+                        .expect("build frame");
+                    v
+                }
+            })
+            .collect();
+        r.port = if path == Path::VxlanDecap {
+            UPLINK
+        } else {
+            POD_A
+        };
         r
     }
 
-    fn step_port(&mut self, port: u16) -> usize {
-        let n = self.io.rx_burst(port, 0, &mut self.rx, BURST);
+    fn once(&mut self, port: u16, frame: &[u8]) {
+        self.io.push_rx(port, frame);
+        self.io.rx_burst(port, 0, &mut self.rx, BURST);
         self.p.run(&mut self.io, port, &mut self.rx);
         self.p.flush(&mut self.io);
-        n
     }
 
-    /// One burst through the pipeline; port 1's output is queued again as port 0's
-    /// input, so the rig runs forever on the same buffers. Returns the packets
-    /// processed.
+    /// One burst of 32 through the pipeline (frames copied in as a NIC would DMA
+    /// them, transmitted frames recycled). Returns the packets transmitted so far.
     pub fn step(&mut self) -> usize {
-        self.step_port(0)
+        for _ in 0..BURST {
+            let f = &self.frames[self.next];
+            self.next = (self.next + 1) % self.frames.len();
+            self.io.push_rx(self.port, f);
+        }
+        self.io.rx_burst(self.port, 0, &mut self.rx, BURST);
+        self.p.run(&mut self.io, self.port, &mut self.rx);
+        self.p.flush(&mut self.io);
+        self.io.ports.iter().map(|p| p.tx_count).sum::<u64>() as usize
+    }
+
+    /// Drops so far (a benchmark whose packets are dropped measures nothing).
+    pub fn dropped(&self) -> u64 {
+        self.p.counters.drops_total()
     }
 }
