@@ -224,7 +224,7 @@ impl Rig {
 
     /// One burst of 32 through the pipeline (frames copied in as a NIC would DMA
     /// them, transmitted frames recycled). Returns the packets transmitted so far.
-    pub fn step(&mut self) -> usize {
+    pub fn step(&mut self) -> u64 {
         for _ in 0..BURST {
             let f = &self.frames[self.next];
             self.next = (self.next + 1) % self.frames.len();
@@ -233,7 +233,7 @@ impl Rig {
         self.io.rx_burst(self.port, 0, &mut self.rx, BURST);
         self.p.run(&mut self.io, self.port, &mut self.rx);
         self.p.flush(&mut self.io);
-        self.io.ports.iter().map(|p| p.tx_count).sum::<u64>() as usize
+        self.io.ports.iter().map(|p| p.tx_count).sum::<u64>()
     }
 
     /// Drops so far (a benchmark whose packets are dropped measures nothing).
