@@ -40,6 +40,11 @@ enum Cmd {
         /// Busy-poll without idle back-off (needs a free core per dataplane).
         #[arg(long)]
         busy_poll: bool,
+        /// The overlay's UDP port (4789; 8472 as flannel).
+        #[arg(long, default_value_t = 4789)]
+        vxlan_port: u16,
+        #[arg(long, default_value_t = 1)]
+        vni: u32,
     },
     /// Namespaces, interfaces, addresses, MACs and dataplane processes.
     Status {
@@ -252,6 +257,8 @@ fn run(cli: Cli) -> Result<()> {
             no_external,
             dataplane,
             busy_poll,
+            vxlan_port,
+            vni,
         } => {
             require_root()?;
             let mut o = LabOptions::new(&cli.name);
@@ -260,6 +267,8 @@ fn run(cli: Cli) -> Result<()> {
             o.external = !no_external;
             o.state_dir = cli.state_dir;
             o.idle_backoff = !busy_poll;
+            o.vxlan_port = vxlan_port;
+            o.vni = vni;
             if let Some(d) = dataplane {
                 o.dataplane = d;
             }

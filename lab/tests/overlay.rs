@@ -257,9 +257,75 @@ fn pods_across_nodes_over_vxlan() {
         "outer source ports do not vary across flows: {sports:?}"
     );
 
+    // Removing a remote node withdraws its route (and VTEP); adding it back restores it.
+    let ctl = |req: Request| {
+        let mut c = Client::connect(&n1.control_socket, "test").unwrap();
+        c.call(req).unwrap()
+    };
+    let remote = match ctl(Request::StateShow) {
+        Response::State(s) => s.remotes[0].clone(),
+        r => panic!("{r:?}"),
+    };
+    ctl(Request::RemoteDel {
+        name: remote.name.clone(),
+    });
+    let before = drops(&stats(&lab, 0), "ip4-no-route");
+    assert!(
+        !run_in(&a1.netns, "ping", &["-c", "1", "-W", "1", &a2.ip]).0,
+        "route not withdrawn"
+    );
+    assert!(drops(&stats(&lab, 0), "ip4-no-route") > before);
+    ctl(Request::RemoteAdd(remote));
+    assert!(ping(&a1.netns, &a2.ip), "route not restored");
+
     // Every packet accounted for, on both nodes.
     for i in 0..2 {
         let s = stats(&lab, i);
         assert_eq!(s.rx + s.replicated, s.tx + s.dropped, "node {i}: {s:?}");
     }
+}
+
+#[test]
+fn flannel_port_and_another_vni() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut o = LabOptions::new(&format!("f{}", std::process::id() % 1_000_000));
+    o.state_dir = std::env::temp_dir().join("podpath-lab-tests");
+    o.pods_per_node = 1;
+    o.external = false;
+    o.vxlan_port = 8472;
+    o.vni = 42;
+    let lab = Lab::up(&o).expect("lab up");
+    let (a1, a2) = (
+        lab.state.nodes[0].pods[0].clone(),
+        lab.state.nodes[1].pods[0].clone(),
+    );
+    let cap = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.state.underlay,
+            "timeout",
+            "20",
+            "tcpdump",
+            "-l",
+            "-nn",
+            "-i",
+            "u-n1",
+            "-c",
+            "4",
+            "-T",
+            "vxlan",
+            "udp port 8472",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("tcpdump");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(ping(&a1.netns, &a2.ip), "ping across on port 8472");
+    let text = String::from_utf8_lossy(&cap.wait_with_output().unwrap().stdout).into_owned();
+    assert!(
+        text.contains(".8472: VXLAN") && text.contains("vni 42"),
+        "{text}"
+    );
 }
