@@ -20,4 +20,39 @@ fn main() {
         rig.step();
     }
     assert_eq!(rig.dropped(), 0, "packets were dropped");
+    if std::env::var_os("SHOW_RUNTIME").is_some() {
+        // Like VPP's `show runtime`: where the TSC cycles went, per stage.
+        use podpath_dataplane::pipeline::counters::get;
+        use podpath_dataplane::pipeline::StageId;
+        let c = &rig.p.counters;
+        let rx = c.rx_total().max(1) as f64;
+        println!(
+            "{:<12} {:>12} {:>10} {:>14}",
+            "stage", "packets", "calls", "cycles/packet"
+        );
+        for st in StageId::ALL {
+            let s = &c.stages[st.index()];
+            let n = get(&s.packets);
+            if n > 0 {
+                println!(
+                    "{:<12} {:>12} {:>10} {:>14.1}",
+                    st.name(),
+                    n,
+                    get(&s.calls),
+                    get(&s.cycles) as f64 / n as f64
+                );
+            }
+        }
+        let total: u64 = StageId::ALL
+            .iter()
+            .map(|st| get(&c.stages[st.index()].cycles))
+            .sum();
+        println!(
+            "{:<12} {:>12} {:>10} {:>14.1}",
+            "all stages",
+            c.rx_total(),
+            "",
+            total as f64 / rx
+        );
+    }
 }
