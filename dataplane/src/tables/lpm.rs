@@ -46,7 +46,7 @@ pub struct Lpm {
 
 impl Lpm {
     /// Second-level groups (each 1 KiB): /24 blocks that hold longer prefixes.
-    pub const MAX_GROUPS: usize = 1 << 16;
+    pub const MAX_GROUPS: usize = 1 << 18;
 
     /// Builds the table: shorter prefixes are written first, so longer ones overwrite
     /// the ranges they cover.

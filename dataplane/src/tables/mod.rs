@@ -1,6 +1,7 @@
 //! Tables the workers read. Shared ones (the port map) are immutable snapshots the
 //! control thread publishes by message; per-worker ones (the MAC table) are owned by
 //! one worker and never locked.
+pub mod conntrack;
 pub mod l3;
 pub mod lpm;
 pub mod mac;

@@ -1,0 +1,672 @@
+//! The connection table: one per worker, never locked. An entry holds both directions
+//! of a connection (original and reply 5-tuples, both keys of the index), the TCP state
+//! or the UDP/ICMP "replied" flag, and an expiry. Expiry is driven by a timer wheel of
+//! one-second slots that each poll advances by a bounded amount of work, so a mass
+//! expiry never stalls the worker. When the table is full, an unassured entry near
+//! its expiry is evicted (early drop); if none is found the new connection is refused.
+//!
+//! Memory: an entry is 48 bytes in the slab, and each of its two keys takes about
+//! 24 bytes of hash table at the table's load (x2 reserve), under 128 bytes per
+//! connection in all (`Conntrack::bytes_per_entry`).
+use hashbrown::HashMap;
+
+/// One direction of a connection. For ICMP echo, `sport` is the identifier and
+/// `dport` 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Tuple {
+    pub src: u32,
+    pub dst: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+}
+
+impl Tuple {
+    /// The same tuple seen from the other side.
+    pub fn reversed(&self) -> Tuple {
+        Tuple {
+            src: self.dst,
+            dst: self.src,
+            sport: self.dport,
+            dport: self.sport,
+            proto: self.proto,
+        }
+    }
+}
+
+/// TCP connection states, as Linux's conntrack names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum TcpState {
+    None,
+    SynSent,
+    SynRecv,
+    Established,
+    FinWait,
+    CloseWait,
+    LastAck,
+    TimeWait,
+    Close,
+}
+
+impl TcpState {
+    pub fn name(self) -> &'static str {
+        match self {
+            TcpState::None => "NONE",
+            TcpState::SynSent => "SYN_SENT",
+            TcpState::SynRecv => "SYN_RECV",
+            TcpState::Established => "ESTABLISHED",
+            TcpState::FinWait => "FIN_WAIT",
+            TcpState::CloseWait => "CLOSE_WAIT",
+            TcpState::LastAck => "LAST_ACK",
+            TcpState::TimeWait => "TIME_WAIT",
+            TcpState::Close => "CLOSE",
+        }
+    }
+}
+
+/// Timeouts in seconds; Linux's defaults.
+#[derive(Debug, Clone, Copy, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    pub tcp_syn_sent: u32,
+    pub tcp_syn_recv: u32,
+    pub tcp_established: u32,
+    pub tcp_fin_wait: u32,
+    pub tcp_close_wait: u32,
+    pub tcp_last_ack: u32,
+    pub tcp_time_wait: u32,
+    pub tcp_close: u32,
+    /// UDP before a reply.
+    pub udp: u32,
+    /// UDP once replied (a stream).
+    pub udp_stream: u32,
+    pub icmp: u32,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            tcp_syn_sent: 120,
+            tcp_syn_recv: 60,
+            tcp_established: 432_000,
+            tcp_fin_wait: 120,
+            tcp_close_wait: 60,
+            tcp_last_ack: 30,
+            tcp_time_wait: 120,
+            tcp_close: 10,
+            udp: 30,
+            udp_stream: 120,
+            icmp: 30,
+        }
+    }
+}
+
+impl Timeouts {
+    fn tcp(&self, s: TcpState) -> u32 {
+        match s {
+            TcpState::None | TcpState::SynSent => self.tcp_syn_sent,
+            TcpState::SynRecv => self.tcp_syn_recv,
+            TcpState::Established => self.tcp_established,
+            TcpState::FinWait => self.tcp_fin_wait,
+            TcpState::CloseWait => self.tcp_close_wait,
+            TcpState::LastAck => self.tcp_last_ack,
+            TcpState::TimeWait => self.tcp_time_wait,
+            TcpState::Close => self.tcp_close,
+        }
+    }
+}
+
+/// Which way a packet goes in its connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dir {
+    Orig,
+    Reply,
+}
+
+const F_SEEN_REPLY: u8 = 1;
+const F_ASSURED: u8 = 2;
+const F_DEAD: u8 = 4;
+/// The original direction sent the FIN (so the closing side is known).
+const F_FIN_ORIG: u8 = 8;
+const F_FIN_REPLY: u8 = 16;
+const NIL: u32 = u32::MAX;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Entry {
+    pub orig: Tuple,
+    pub reply: Tuple,
+    /// Absolute expiry, in seconds of the table's clock.
+    pub expires: u32,
+    pub tcp: TcpState,
+    flags: u8,
+    /// The timer-wheel slot this entry is filed in, and its neighbours there.
+    slot: u16,
+    next: u32,
+    prev: u32,
+}
+
+impl Entry {
+    pub fn assured(&self) -> bool {
+        self.flags & F_ASSURED != 0
+    }
+    pub fn seen_reply(&self) -> bool {
+        self.flags & F_SEEN_REPLY != 0
+    }
+}
+
+/// Why a connection could not be created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InsertError {
+    /// Full, and no unassured entry could be evicted.
+    Full,
+    /// One of the tuples is already tracked.
+    Exists,
+}
+
+/// What the table counted.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CtStats {
+    pub inserted: u64,
+    pub expired: u64,
+    pub early_dropped: u64,
+    pub refused_full: u64,
+}
+
+pub struct Conntrack {
+    index: HashMap<Tuple, (u32, Dir)>,
+    slab: Vec<Entry>,
+    free: Vec<u32>,
+    live: usize,
+    capacity: usize,
+    wheel: Vec<u32>,
+    /// The wheel's position: every slot before it (in seconds) has been expired.
+    cursor: u32,
+    /// Entry being walked in the current slot when a poll ran out of budget.
+    walking: u32,
+    pub timeouts: Timeouts,
+    pub stats: CtStats,
+}
+
+const WHEEL_SLOTS: usize = 1024;
+
+impl Conntrack {
+    /// A table for `capacity` connections, everything reserved up front.
+    pub fn new(capacity: usize, timeouts: Timeouts, now: u32) -> Conntrack {
+        Conntrack {
+            index: HashMap::with_capacity(capacity.saturating_mul(2).saturating_mul(2)),
+            slab: Vec::with_capacity(capacity),
+            free: Vec::with_capacity(capacity),
+            live: 0,
+            capacity,
+            wheel: vec![NIL; WHEEL_SLOTS],
+            cursor: now,
+            walking: NIL,
+            timeouts,
+            stats: CtStats::default(),
+        }
+    }
+
+    /// Approximate bytes one connection costs (slab entry and two index slots).
+    pub fn bytes_per_entry() -> usize {
+        std::mem::size_of::<Entry>() + 2 * (std::mem::size_of::<(Tuple, (u32, Dir))>() + 1)
+    }
+
+    pub fn len(&self) -> usize {
+        self.live
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.live == 0
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// The entry a tuple belongs to, with the direction it names.
+    #[inline]
+    pub fn lookup(&self, t: &Tuple, now: u32) -> Option<(u32, Dir)> {
+        let &(i, d) = self.index.get(t)?;
+        let e = &self.slab[i as usize];
+        (e.flags & F_DEAD == 0 && e.expires > now).then_some((i, d))
+    }
+
+    pub fn entry(&self, i: u32) -> &Entry {
+        &self.slab[i as usize]
+    }
+
+    /// Is this tuple (either direction of any live entry) in use?
+    pub fn in_use(&self, t: &Tuple, now: u32) -> bool {
+        self.lookup(t, now).is_some()
+    }
+
+    /// Files entry `i` in the wheel slot of its expiry.
+    fn link(&mut self, i: u32) {
+        let slot = self.slab[i as usize].expires as usize % WHEEL_SLOTS;
+        let head = self.wheel[slot];
+        let e = &mut self.slab[i as usize];
+        e.slot = u16::try_from(slot).unwrap_or(0);
+        e.next = head;
+        e.prev = NIL;
+        if head != NIL {
+            self.slab[head as usize].prev = i;
+        }
+        self.wheel[slot] = i;
+    }
+
+    /// Takes entry `i` out of its wheel slot (O(1): the lists are doubly linked).
+    fn unlink(&mut self, i: u32) {
+        let Entry {
+            slot, next, prev, ..
+        } = self.slab[i as usize];
+        if prev != NIL {
+            self.slab[prev as usize].next = next;
+        } else {
+            self.wheel[usize::from(slot)] = next;
+        }
+        if next != NIL {
+            self.slab[next as usize].prev = prev;
+        }
+        if self.walking == i {
+            self.walking = next;
+        }
+    }
+
+    /// Tracks a new connection: `orig` as the first packet showed it, `reply` as the
+    /// answer will show it (after NAT, the translated tuple reversed).
+    pub fn insert(&mut self, orig: Tuple, reply: Tuple, now: u32) -> Result<u32, InsertError> {
+        if self.in_use(&orig, now) || self.in_use(&reply, now) {
+            return Err(InsertError::Exists);
+        }
+        if self.live >= self.capacity && !self.early_drop(now) {
+            self.stats.refused_full += 1;
+            return Err(InsertError::Full);
+        }
+        let timeout = match orig.proto {
+            6 => self.timeouts.tcp_syn_sent,
+            17 => self.timeouts.udp,
+            _ => self.timeouts.icmp,
+        };
+        let e = Entry {
+            orig,
+            reply,
+            expires: now.saturating_add(timeout.max(1)),
+            tcp: if orig.proto == 6 {
+                TcpState::SynSent
+            } else {
+                TcpState::None
+            },
+            flags: 0,
+            slot: 0,
+            next: NIL,
+            prev: NIL,
+        };
+        let i = match self.free.pop() {
+            Some(i) => {
+                self.slab[i as usize] = e;
+                i
+            }
+            None => {
+                self.slab.push(e);
+                u32::try_from(self.slab.len() - 1).unwrap_or(NIL)
+            }
+        };
+        // Stale keys of expired-but-unswept entries give way.
+        self.index.insert(orig, (i, Dir::Orig));
+        self.index.insert(reply, (i, Dir::Reply));
+        self.link(i);
+        self.live += 1;
+        self.stats.inserted += 1;
+        Ok(i)
+    }
+
+    /// Accounts a packet of entry `i` going `dir` (TCP `flags` for TCP): advances the
+    /// state and refreshes the timeout.
+    pub fn update(&mut self, i: u32, dir: Dir, tcp_flags: u8, now: u32) {
+        let t = self.timeouts;
+        let e = &mut self.slab[i as usize];
+        if dir == Dir::Reply {
+            e.flags |= F_SEEN_REPLY;
+        }
+        let timeout = match e.orig.proto {
+            6 => {
+                e.tcp = tcp_next(e.tcp, dir, tcp_flags, &mut e.flags);
+                if e.tcp == TcpState::Established {
+                    e.flags |= F_ASSURED;
+                }
+                t.tcp(e.tcp)
+            }
+            17 => {
+                if e.flags & F_SEEN_REPLY != 0 {
+                    e.flags |= F_ASSURED;
+                    t.udp_stream
+                } else {
+                    t.udp
+                }
+            }
+            _ => t.icmp,
+        };
+        e.expires = now.saturating_add(timeout.max(1));
+    }
+
+    /// Forgets an entry now (e.g. its endpoint went away); its slot is free at once.
+    pub fn remove(&mut self, i: u32) {
+        let e = self.slab[i as usize];
+        if e.flags & F_DEAD != 0 {
+            return;
+        }
+        self.unindex(&e, i);
+        self.unlink(i);
+        self.slab[i as usize].flags |= F_DEAD;
+        self.free.push(i);
+        self.live -= 1;
+    }
+
+    fn unindex(&mut self, e: &Entry, i: u32) {
+        for t in [e.orig, e.reply] {
+            if self.index.get(&t).is_some_and(|&(j, _)| j == i) {
+                self.index.remove(&t);
+            }
+        }
+    }
+
+    /// Removes everything.
+    pub fn flush(&mut self) {
+        for i in 0..self.slab.len() {
+            let i = u32::try_from(i).unwrap_or(NIL);
+            self.remove(i);
+        }
+    }
+
+    /// Advances the wheel to `now`, expiring at most `budget` entries; returns how
+    /// many it expired. Entries whose timeout moved on are re-filed in their slot.
+    pub fn expire(&mut self, now: u32, mut budget: usize) -> usize {
+        let mut expired = 0;
+        // After a long pause one turn of the wheel visits every slot: skip the rest.
+        let turn = u32::try_from(WHEEL_SLOTS).unwrap_or(u32::MAX);
+        if self.walking == NIL && now.saturating_sub(self.cursor) > turn {
+            self.cursor = now - turn + 1;
+        }
+        while self.cursor <= now {
+            let slot = self.cursor as usize % WHEEL_SLOTS;
+            let mut i = if self.walking != NIL {
+                self.walking
+            } else {
+                self.wheel[slot]
+            };
+            while i != NIL {
+                if budget == 0 {
+                    // Resume at this entry on the next poll.
+                    self.walking = i;
+                    return expired;
+                }
+                budget -= 1;
+                let e = self.slab[i as usize];
+                let next = e.next;
+                if e.expires <= now {
+                    self.remove(i);
+                    self.stats.expired += 1;
+                    expired += 1;
+                } else if e.expires as usize % WHEEL_SLOTS != slot {
+                    // Refreshed since it was filed: move it to its new slot.
+                    self.unlink(i);
+                    self.link(i);
+                }
+                // Else it expires in a later turn of the wheel: it stays.
+                i = next;
+            }
+            self.walking = NIL;
+            self.cursor += 1;
+        }
+        expired
+    }
+
+    /// Evicts one unassured entry among those that expire soonest (unassured entries
+    /// time out within two minutes); false if none is found within bounded work.
+    fn early_drop(&mut self, _now: u32) -> bool {
+        let mut looked = 0;
+        for s in 0..128u32 {
+            let slot = self.cursor.wrapping_add(s) as usize % WHEEL_SLOTS;
+            let mut i = self.wheel[slot];
+            while i != NIL && looked < 64 {
+                let e = self.slab[i as usize];
+                if e.flags & F_ASSURED == 0 {
+                    self.remove(i);
+                    self.stats.early_dropped += 1;
+                    return true;
+                }
+                i = e.next;
+                looked += 1;
+            }
+        }
+        false
+    }
+
+    /// Every live entry, for `podpathctl conntrack list`.
+    pub fn entries(&self, now: u32) -> impl Iterator<Item = &Entry> + '_ {
+        self.slab
+            .iter()
+            .filter(move |e| e.flags & F_DEAD == 0 && e.expires > now)
+    }
+}
+
+/// Linux-like TCP tracking, simplified to what NAT needs: the handshake, the two
+/// FINs, RST.
+fn tcp_next(s: TcpState, dir: Dir, flags: u8, ef: &mut u8) -> TcpState {
+    use crate::wire::tcp::flags::{ACK, FIN, RST, SYN};
+    use TcpState::*;
+    if flags & RST != 0 {
+        return Close;
+    }
+    let syn = flags & SYN != 0;
+    let ack = flags & ACK != 0;
+    let fin = flags & FIN != 0;
+    match (s, dir) {
+        (None | SynSent, Dir::Orig) if syn && !ack => SynSent,
+        (SynSent, Dir::Reply) if syn && ack => SynRecv,
+        (SynRecv, Dir::Orig) if ack && !syn => {
+            if fin {
+                *ef |= F_FIN_ORIG;
+                FinWait
+            } else {
+                Established
+            }
+        }
+        (Established, d) if fin => {
+            *ef |= if d == Dir::Orig {
+                F_FIN_ORIG
+            } else {
+                F_FIN_REPLY
+            };
+            FinWait
+        }
+        (FinWait, d) if fin => {
+            let bit = if d == Dir::Orig {
+                F_FIN_ORIG
+            } else {
+                F_FIN_REPLY
+            };
+            if *ef & bit == 0 {
+                *ef |= bit;
+                LastAck
+            } else {
+                FinWait
+            }
+        }
+        (FinWait, _) if ack => CloseWait,
+        (CloseWait, d) if fin => {
+            *ef |= if d == Dir::Orig {
+                F_FIN_ORIG
+            } else {
+                F_FIN_REPLY
+            };
+            LastAck
+        }
+        (LastAck, _) if ack => TimeWait,
+        (TimeWait, Dir::Orig) if syn && !ack => SynSent,
+        (st, _) => st,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::tcp::flags::{ACK, FIN, RST, SYN};
+
+    fn t(sport: u16, proto: u8) -> Tuple {
+        Tuple {
+            src: 0x0af4_0002,
+            dst: 0xc0a8_4d64,
+            sport,
+            dport: 80,
+            proto,
+        }
+    }
+
+    fn nat_reply(o: Tuple, port: u16) -> Tuple {
+        Tuple {
+            src: o.dst,
+            dst: 0xc0a8_4d0b,
+            sport: o.dport,
+            dport: port,
+            proto: o.proto,
+        }
+    }
+
+    #[test]
+    fn entry_is_small() {
+        assert!(
+            Conntrack::bytes_per_entry() <= 128,
+            "{}",
+            Conntrack::bytes_per_entry()
+        );
+        assert!(std::mem::size_of::<Entry>() <= 48);
+    }
+
+    #[test]
+    fn both_directions_find_the_entry() {
+        let mut c = Conntrack::new(16, Timeouts::default(), 0);
+        let o = t(40000, 17);
+        let r = nat_reply(o, 61000);
+        let i = c.insert(o, r, 0).unwrap();
+        assert_eq!(c.lookup(&o, 1), Some((i, Dir::Orig)));
+        assert_eq!(c.lookup(&r, 1), Some((i, Dir::Reply)));
+        assert_eq!(c.insert(o, r, 1), Err(InsertError::Exists));
+    }
+
+    #[test]
+    fn tcp_state_machine() {
+        let mut c = Conntrack::new(16, Timeouts::default(), 0);
+        let o = t(40001, 6);
+        let i = c.insert(o, nat_reply(o, 61001), 0).unwrap();
+        let step = |c: &mut Conntrack, d, f| {
+            c.update(i, d, f, 1);
+            c.entry(i).tcp
+        };
+        assert_eq!(step(&mut c, Dir::Orig, SYN), TcpState::SynSent);
+        assert_eq!(step(&mut c, Dir::Reply, SYN | ACK), TcpState::SynRecv);
+        assert!(!c.entry(i).assured());
+        assert_eq!(step(&mut c, Dir::Orig, ACK), TcpState::Established);
+        assert!(c.entry(i).assured());
+        assert_eq!(c.entry(i).expires, 1 + 432_000);
+        assert_eq!(step(&mut c, Dir::Orig, ACK), TcpState::Established);
+        assert_eq!(step(&mut c, Dir::Orig, FIN | ACK), TcpState::FinWait);
+        assert_eq!(step(&mut c, Dir::Reply, ACK), TcpState::CloseWait);
+        assert_eq!(step(&mut c, Dir::Reply, FIN | ACK), TcpState::LastAck);
+        assert_eq!(step(&mut c, Dir::Orig, ACK), TcpState::TimeWait);
+        assert_eq!(c.entry(i).expires, 1 + 120);
+        // Simultaneous close: both FINs, then the last ACK.
+        let o2 = t(40002, 6);
+        let j = c.insert(o2, nat_reply(o2, 61002), 0).unwrap();
+        for (d, f) in [
+            (Dir::Orig, SYN),
+            (Dir::Reply, SYN | ACK),
+            (Dir::Orig, ACK),
+            (Dir::Orig, FIN | ACK),
+        ] {
+            c.update(j, d, f, 1);
+        }
+        c.update(j, Dir::Reply, FIN | ACK, 1);
+        assert_eq!(c.entry(j).tcp, TcpState::LastAck);
+        c.update(j, Dir::Orig, RST, 1);
+        assert_eq!(c.entry(j).tcp, TcpState::Close);
+        assert_eq!(c.entry(j).expires, 1 + 10);
+    }
+
+    #[test]
+    fn udp_assured_after_reply() {
+        let mut c = Conntrack::new(16, Timeouts::default(), 0);
+        let o = t(5353, 17);
+        let i = c.insert(o, nat_reply(o, 61003), 0).unwrap();
+        c.update(i, Dir::Orig, 0, 0);
+        assert_eq!(c.entry(i).expires, 30);
+        c.update(i, Dir::Reply, 0, 5);
+        assert!(c.entry(i).assured());
+        assert_eq!(c.entry(i).expires, 125);
+    }
+
+    #[test]
+    fn entries_expire_on_time_with_bounded_work() {
+        let mut to = Timeouts::default();
+        to.udp = 3;
+        let mut c = Conntrack::new(1000, to, 0);
+        for p in 0..500u16 {
+            let o = t(p, 17);
+            c.insert(o, nat_reply(o, 60000 + p), 0).unwrap();
+        }
+        assert_eq!(c.expire(2, 10_000), 0);
+        assert_eq!(c.len(), 500);
+        // At most 100 per call: five polls to expire them all.
+        let mut polls = 0;
+        while !c.is_empty() {
+            let n = c.expire(3, 100);
+            assert!(n <= 100);
+            polls += 1;
+            assert!(polls < 10);
+        }
+        assert_eq!(polls, 5);
+        assert_eq!(c.lookup(&t(1, 17), 3), None);
+        // The tuples are free again.
+        let o = t(1, 17);
+        assert!(c.insert(o, nat_reply(o, 60001), 3).is_ok());
+    }
+
+    #[test]
+    fn refreshed_entries_survive_their_first_slot() {
+        let mut to = Timeouts::default();
+        to.udp = 2;
+        to.udp_stream = 10;
+        let mut c = Conntrack::new(10, to, 0);
+        let o = t(7, 17);
+        let i = c.insert(o, nat_reply(o, 60007), 0).unwrap();
+        c.update(i, Dir::Reply, 0, 1);
+        assert_eq!(c.expire(5, 100), 0, "re-filed, not expired");
+        assert!(c.lookup(&o, 5).is_some());
+        assert_eq!(c.expire(11, 100), 1);
+    }
+
+    #[test]
+    fn full_table_evicts_unassured_first() {
+        let mut c = Conntrack::new(2, Timeouts::default(), 0);
+        let a = t(1, 17);
+        let b = t(2, 17);
+        let ia = c.insert(a, nat_reply(a, 60001), 0).unwrap();
+        c.update(ia, Dir::Reply, 0, 0); // assured
+        c.insert(b, nat_reply(b, 60002), 0).unwrap();
+        let x = t(3, 17);
+        assert!(c.insert(x, nat_reply(x, 60003), 0).is_ok(), "b evicted");
+        assert_eq!(c.stats.early_dropped, 1);
+        assert!(c.lookup(&a, 0).is_some());
+        assert!(c.lookup(&b, 0).is_none());
+        // Now both are... x unassured, a assured: one more evicts x.
+        let y = t(4, 17);
+        assert!(c.insert(y, nat_reply(y, 60004), 0).is_ok());
+        // Make everything assured: the next insert is refused.
+        let iy = c.lookup(&y, 0).unwrap().0;
+        c.update(iy, Dir::Reply, 0, 0);
+        let z = t(5, 17);
+        assert_eq!(c.insert(z, nat_reply(z, 60005), 0), Err(InsertError::Full));
+        assert_eq!(c.stats.refused_full, 1);
+    }
+}
