@@ -82,7 +82,7 @@ fn lpm(c: &mut Criterion) {
         let routes: Vec<Route> = (0..n)
             .map(|i| {
                 // Like an Internet table: mostly /24 and shorter, 5 % longer.
-                let len = if r.next() % 20 == 0 {
+                let len = if r.next().is_multiple_of(20) {
                     25 + u8::try_from(r.next() % 8).unwrap_or(0)
                 } else {
                     8 + u8::try_from(r.next() % 17).unwrap_or(16)

@@ -608,8 +608,10 @@ mod tests {
 
     #[test]
     fn entries_expire_on_time_with_bounded_work() {
-        let mut to = Timeouts::default();
-        to.udp = 3;
+        let to = Timeouts {
+            udp: 3,
+            ..Timeouts::default()
+        };
         let mut c = Conntrack::new(1000, to, 0);
         for p in 0..500u16 {
             let o = t(p, 17);
@@ -634,9 +636,11 @@ mod tests {
 
     #[test]
     fn refreshed_entries_survive_their_first_slot() {
-        let mut to = Timeouts::default();
-        to.udp = 2;
-        to.udp_stream = 10;
+        let to = Timeouts {
+            udp: 2,
+            udp_stream: 10,
+            ..Timeouts::default()
+        };
         let mut c = Conntrack::new(10, to, 0);
         let o = t(7, 17);
         let i = c.insert(o, nat_reply(o, 60007), 0).unwrap();
