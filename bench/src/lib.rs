@@ -130,6 +130,9 @@ impl Rig {
             mac_capacity: 1 << 16,
             mac_ageing_ticks: u64::MAX / 4,
             tsc_hz: hz,
+            conntrack: Default::default(),
+            nat_range: (32768, 60999),
+            workers: 1,
         };
         let mut p = Pipeline::new(
             &cfg,

@@ -341,6 +341,8 @@ impl Engine {
             q @ (Request::PortList
             | Request::RouteList
             | Request::NeighborList
+            | Request::ConntrackList(_)
+            | Request::ConntrackFlush
             | Request::MacList
             | Request::Stats
             | Request::TraceStart { .. }

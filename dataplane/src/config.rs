@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use podpath_proto::{NodeSpec, PortSpec, RemoteSpec};
 use serde::Deserialize;
 
+use crate::pipeline::ConntrackConfig;
 use crate::worker::IdleConfig;
 
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +109,24 @@ impl Default for BridgeConfig {
     }
 }
 
+/// The SNAT port range (`[nat]`), split evenly between the workers.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatConfig {
+    pub port_min: u16,
+    pub port_max: u16,
+}
+
+impl Default for NatConfig {
+    /// Linux's default ephemeral range.
+    fn default() -> Self {
+        NatConfig {
+            port_min: 32768,
+            port_max: 60999,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -126,6 +145,10 @@ pub struct Config {
     pub node: Option<NodeSpec>,
     #[serde(default, rename = "remote")]
     pub remotes: Vec<RemoteSpec>,
+    #[serde(default)]
+    pub conntrack: ConntrackConfig,
+    #[serde(default)]
+    pub nat: NatConfig,
 }
 
 impl Config {
@@ -188,6 +211,24 @@ impl Config {
             return Err(invalid(
                 "dataplane.mbufs",
                 "at least 512 packet buffers are needed",
+            ));
+        }
+        let workers = u32::try_from(self.workers()).unwrap_or(1);
+        if self.nat.port_min < 1024
+            || u32::from(self.nat.port_max) < u32::from(self.nat.port_min) + 16 * workers
+        {
+            return Err(invalid(
+                "nat",
+                format!(
+                    "port_min..port_max ({}..{}) must start at 1024 or above and give each of the {workers} worker(s) at least 16 ports",
+                    self.nat.port_min, self.nat.port_max
+                ),
+            ));
+        }
+        if self.conntrack.capacity < 16 {
+            return Err(invalid(
+                "conntrack.capacity",
+                "at least 16 connections per worker",
             ));
         }
         if self.bridge.max_macs == 0 || self.bridge.ageing_s == 0 {

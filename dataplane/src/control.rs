@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 
 use crossbeam::channel::{bounded, Receiver, Sender};
 use podpath_proto::{
-    DropStat, ErrorKind, ErrorReply, MacInfo, NeighborInfo, NodeSpec, PortInfo, PortSpec, PortStat,
-    RemoteSpec, Request, Response, RouteInfo, StageStat, Stats, TraceLine, WorkerStat,
-    PROTOCOL_VERSION,
+    ConnInfo, ConntrackFilter, DropStat, ErrorKind, ErrorReply, MacInfo, NeighborInfo, NodeSpec,
+    PortInfo, PortSpec, PortStat, RemoteSpec, Request, Response, RouteInfo, StageStat, Stats,
+    TraceLine, WorkerStat, PROTOCOL_VERSION,
 };
 use ringbuf::traits::Consumer;
 use ringbuf::HeapCons;
@@ -27,7 +27,7 @@ use crate::pipeline::counters::get;
 use crate::pipeline::{DropReason, Next, StageId, TraceDetail, TraceRecord, WorkerCounters};
 use crate::tables::{PortEntry, PortMap, L3};
 use crate::wire::MacAddr;
-use crate::worker::{MacRow, NeighborRow, Retired, WorkerMsg};
+use crate::worker::{ConnRow, MacRow, NeighborRow, Retired, WorkerMsg};
 
 /// The control thread's view of one worker.
 pub struct WorkerHandle {
@@ -272,6 +272,53 @@ impl Control {
             }));
         }
         out.sort_by(|a, b| (&a.ip, a.worker).cmp(&(&b.ip, b.worker)));
+        Ok(out)
+    }
+
+    fn conntrack_list(&self, f: &ConntrackFilter) -> Result<Vec<ConnInfo>, ErrorReply> {
+        let addr = f
+            .addr
+            .as_deref()
+            .map(|a| podpath_proto::validate::ipv4(a).map_err(|e| err(ErrorKind::BadRequest, e)))
+            .transpose()?;
+        let mut out = Vec::new();
+        for w in &self.workers {
+            let (tx, rx) = bounded::<Vec<ConnRow>>(1);
+            if !Self::tell(w, WorkerMsg::DumpConntrack(tx)) {
+                return Err(err(
+                    ErrorKind::Unavailable,
+                    format!("worker {} is not taking messages", w.id),
+                ));
+            }
+            let rows = rx.recv_timeout(Duration::from_secs(5)).map_err(|_| {
+                err(
+                    ErrorKind::Unavailable,
+                    format!("worker {} did not answer", w.id),
+                )
+            })?;
+            for r in rows {
+                let (o, p) = (r.entry.orig, r.entry.reply);
+                let hit_addr = addr.is_none_or(|a| [o.src, o.dst, p.src, p.dst].contains(&a));
+                let hit_port = f
+                    .port
+                    .is_none_or(|x| [o.sport, o.dport, p.sport, p.dport].contains(&x));
+                let hit_proto = f.proto.is_none_or(|x| x == o.proto);
+                if !(hit_addr && hit_port && hit_proto) {
+                    continue;
+                }
+                let ip = |a: u32| crate::wire::Ipv4Addr::from_u32(a).to_string();
+                out.push(ConnInfo {
+                    worker: r.worker,
+                    proto: o.proto,
+                    timeout: r.timeout,
+                    state: (o.proto == 6).then(|| r.entry.tcp.name().to_string()),
+                    orig: (ip(o.src), ip(o.dst), o.sport, o.dport),
+                    reply: (ip(p.src), ip(p.dst), p.sport, p.dport),
+                    assured: r.entry.assured(),
+                    seen_reply: r.entry.seen_reply(),
+                });
+            }
+        }
         Ok(out)
     }
 
@@ -523,6 +570,7 @@ impl Control {
             Next::Flood => "-> flood".into(),
             Next::Drop(r) => format!("drop {}", r.name()),
             Next::Resolve => "-> hold for ARP".into(),
+            Next::Handoff(w) => format!("-> worker {w} (owns the connection)"),
         }
     }
 
@@ -568,6 +616,16 @@ impl Control {
             ),
             TraceDetail::Out { port } => format!("queued on {}", self.port_name(port)),
             TraceDetail::Flood { ports } => format!("flooded to {ports} port(s)"),
+            TraceDetail::Nat {
+                src: true,
+                to,
+                port,
+            } => format!("source now {to}:{port} (masquerade)"),
+            TraceDetail::Nat {
+                src: false,
+                to,
+                port,
+            } => format!("destination restored to {to}:{port}"),
             TraceDetail::Route { dst, ttl, via } => {
                 let via = match via {
                     None => "no route".to_string(),
@@ -736,6 +794,13 @@ impl Control {
                     .collect(),
             )),
             Request::NeighborList => self.neighbor_list().map(Response::Neighbors),
+            Request::ConntrackList(f) => self.conntrack_list(&f).map(Response::Conntrack),
+            Request::ConntrackFlush => {
+                for w in &self.workers {
+                    let _ = Self::tell(w, WorkerMsg::FlushConntrack);
+                }
+                Ok(Response::Done)
+            }
             Request::StateShow => Err(err(
                 ErrorKind::BadRequest,
                 "the dataplane holds no desired state: ask podpath-control (its socket, not the dataplane's)",

@@ -67,6 +67,14 @@ pub struct NeighborRow {
     pub age_ticks: u64,
 }
 
+/// One connection of a worker's table.
+#[derive(Debug, Clone)]
+pub struct ConnRow {
+    pub worker: u16,
+    pub entry: crate::tables::conntrack::Entry,
+    pub timeout: u32,
+}
+
 /// Messages from the control thread. A worker applies them between bursts.
 pub enum WorkerMsg {
     /// A new port map, generation `gen`: after installing it the worker stores `gen`
@@ -77,6 +85,10 @@ pub enum WorkerMsg {
     L3(Arc<L3>),
     /// Send a copy of the neighbour table.
     DumpNeighbors(Sender<Vec<NeighborRow>>),
+    /// Send a copy of the connection table.
+    DumpConntrack(Sender<Vec<ConnRow>>),
+    /// Forget every connection.
+    FlushConntrack,
     /// Trace the next N received packets.
     Trace(u32),
     /// Send a copy of the MAC table.
@@ -159,6 +171,21 @@ impl<P: PortIo> Worker<P> {
                     .collect();
                 let _ = reply.send(rows);
             }
+            WorkerMsg::DumpConntrack(reply) => {
+                let now = self.pipeline.seconds();
+                let rows = self
+                    .pipeline
+                    .conntrack
+                    .entries(now)
+                    .map(|e| ConnRow {
+                        worker: self.id,
+                        entry: *e,
+                        timeout: e.expires.saturating_sub(now),
+                    })
+                    .collect();
+                let _ = reply.send(rows);
+            }
+            WorkerMsg::FlushConntrack => self.pipeline.conntrack.flush(),
             WorkerMsg::Trace(n) => self.pipeline.tracer.arm(n),
             WorkerMsg::DumpMacs(reply) => {
                 let now = rdtsc();
@@ -200,7 +227,7 @@ impl<P: PortIo> Worker<P> {
         let t0 = rdtsc();
         self.pipeline.set_now(t0);
         self.pipeline.absorb_neighbors(&mut self.io);
-        let mut got = 0;
+        let mut got = self.pipeline.run_handed_off(&mut self.io, &mut self.rx);
         let me = usize::from(self.id);
         // Indexing (not iterating) the map lets `run` borrow the pipeline mutably
         // without cloning the shared Arc on every poll.
@@ -213,6 +240,7 @@ impl<P: PortIo> Worker<P> {
             }
         }
         self.pipeline.expire(&mut self.io);
+        self.pipeline.expire_connections();
         self.pipeline.flush(&mut self.io);
         let t1 = rdtsc();
         let c = &self.pipeline.counters;

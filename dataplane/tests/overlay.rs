@@ -79,6 +79,9 @@ fn node(k: u8) -> (Pipeline<MemFrame>, MemIo) {
         mac_capacity: 64,
         mac_ageing_ticks: 300 * HZ,
         tsc_hz: HZ,
+        conntrack: Default::default(),
+        nat_range: (32768, 60999),
+        workers: 1,
     };
     let mut p = Pipeline::new(
         &cfg,

@@ -46,6 +46,9 @@ fn rig() -> Rig {
         mac_capacity: 64,
         mac_ageing_ticks: AGEING,
         tsc_hz: 1_000_000_000,
+        conntrack: Default::default(),
+        nat_range: (32768, 60999),
+        workers: 1,
     };
     let p = Pipeline::new(
         &cfg,

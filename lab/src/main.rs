@@ -90,6 +90,26 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// Serve one checked download (run inside a namespace).
+    #[command(hide = true)]
+    TcpServe {
+        #[arg(long)]
+        port: u16,
+        #[arg(long)]
+        bytes: u64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Download and check (run inside a namespace).
+    #[command(hide = true)]
+    TcpFetch {
+        #[arg(long)]
+        from: SocketAddr,
+        #[arg(long)]
+        bytes: u64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Send one UDP datagram of hex bytes (run inside a namespace).
     #[command(hide = true)]
     UdpSend {
@@ -202,6 +222,17 @@ fn run(cli: Cli) -> Result<()> {
             };
             let n = traffic::send(to, &pace, seed, Duration::from_secs(120))?;
             println!("sent {n} bytes to {to}");
+            Ok(())
+        }
+        Cmd::TcpServe { port, bytes, seed } => {
+            let peer = traffic::serve(port, bytes, seed, Duration::from_secs(120))?;
+            println!("connection from {peer}");
+            println!("served {bytes} bytes");
+            Ok(())
+        }
+        Cmd::TcpFetch { from, bytes, seed } => {
+            let n = traffic::fetch(from, bytes, seed, Duration::from_secs(120))?;
+            println!("fetched {n} bytes, all correct");
             Ok(())
         }
         Cmd::UdpEcho { port, count } => {

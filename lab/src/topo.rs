@@ -32,6 +32,8 @@ pub struct LabOptions {
     /// The overlay's UDP port (4789, or flannel's 8472) and VNI.
     pub vxlan_port: u16,
     pub vni: u32,
+    /// More TOML for every dataplane's configuration (e.g. short conntrack timeouts).
+    pub dataplane_extra: String,
 }
 
 impl LabOptions {
@@ -47,6 +49,7 @@ impl LabOptions {
             start_timeout: Duration::from_secs(60),
             vxlan_port: 4789,
             vni: 1,
+            dataplane_extra: String::new(),
         }
     }
 }
@@ -241,6 +244,8 @@ impl Lab {
             let ext = format!("{prefix}-ext");
             self.add_ns(&ext)?;
             self.underlay_link(&ext, "u-ext", Some(&format!("{UNDERLAY_PREFIX}.100/24")))?;
+            // Its frames reach an af_packet uplink as a NIC's would: checksums complete.
+            offloads_off(&ext, "eth0");
             self.state.external = Some(ext);
         }
         for k in 1..=opts.nodes {
@@ -689,6 +694,7 @@ fn write_config(node: &Node, others: &[Node], opts: &LabOptions) -> Result<()> {
         sock = node.socket.display(),
         idle = opts.idle_backoff,
     );
+    let dp = format!("{dp}\n{}\n", opts.dataplane_extra);
     fs::write(&node.config, dp)?;
     let mut c = format!(
         "# Written by podpath-lab for {name}.\n\

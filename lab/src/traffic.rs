@@ -146,6 +146,67 @@ pub fn recv(port: u16, bytes: u64, seed: u64, timeout: Duration) -> Result<u64> 
     Ok(got)
 }
 
+/// Serves one download: accepts a connection on `port`, sends `bytes` of the stream,
+/// closes. Returns the client's address as seen here.
+pub fn serve(port: u16, bytes: u64, seed: u64, timeout: Duration) -> Result<std::net::IpAddr> {
+    let l = TcpListener::bind(("0.0.0.0", port)).with_context(|| format!("binding port {port}"))?;
+    l.set_nonblocking(true)?;
+    let end = Instant::now() + timeout;
+    let (mut s, peer) = loop {
+        match l.accept() {
+            Ok(c) => break c,
+            Err(_) if Instant::now() < end => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => return Err(e).context("no connection arrived"),
+        }
+    };
+    s.set_nonblocking(false)?;
+    s.set_write_timeout(Some(timeout))?;
+    let mut g = Stream::new(seed);
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut left = bytes;
+    while left > 0 {
+        let n = usize::try_from(left.min(buf.len() as u64)).unwrap_or(buf.len());
+        g.fill(&mut buf[..n]);
+        s.write_all(&buf[..n]).context("sending")?;
+        left -= n as u64;
+    }
+    s.shutdown(Shutdown::Write)?;
+    Ok(peer.ip())
+}
+
+/// Downloads from `from` and checks every byte; returns the count.
+pub fn fetch(from: SocketAddr, bytes: u64, seed: u64, timeout: Duration) -> Result<u64> {
+    let end = Instant::now() + Duration::from_secs(10);
+    let mut s = loop {
+        match TcpStream::connect_timeout(&from, Duration::from_secs(2)) {
+            Ok(s) => break s,
+            Err(e) if Instant::now() > end => {
+                return Err(e).context(format!("connecting to {from}"))
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    };
+    s.set_read_timeout(Some(timeout))?;
+    let mut g = Stream::new(seed);
+    let (mut buf, mut want) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
+    let mut got = 0u64;
+    loop {
+        let n = s.read(&mut buf).context("receiving")?;
+        if n == 0 {
+            break;
+        }
+        g.fill(&mut want[..n]);
+        if buf[..n] != want[..n] {
+            bail!("byte {} onwards differs from what was sent", got);
+        }
+        got += n as u64;
+    }
+    if got != bytes {
+        bail!("received {got} of {bytes} bytes");
+    }
+    Ok(got)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

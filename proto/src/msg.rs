@@ -59,6 +59,35 @@ pub enum Request {
     RouteList,
     /// The neighbour (ARP) tables of every worker.
     NeighborList,
+    /// Tracked connections, optionally filtered (all given filters must match).
+    ConntrackList(ConntrackFilter),
+    /// Forget every tracked connection.
+    ConntrackFlush,
+}
+
+/// Filters for `ConntrackList`: protocol number, an address or a port on either side.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ConntrackFilter {
+    pub proto: Option<u8>,
+    pub addr: Option<String>,
+    pub port: Option<u16>,
+}
+
+/// One tracked connection, both directions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnInfo {
+    pub worker: u16,
+    pub proto: u8,
+    /// Seconds until it expires.
+    pub timeout: u32,
+    /// TCP state ("ESTABLISHED", ...); None for UDP and ICMP.
+    pub state: Option<String>,
+    /// Original direction: source, destination, source port (ICMP: id), destination port.
+    pub orig: (String, String, u16, u16),
+    /// Reply direction as it arrives (after NAT).
+    pub reply: (String, String, u16, u16),
+    pub assured: bool,
+    pub seen_reply: bool,
 }
 
 fn default_vni() -> u32 {
@@ -185,6 +214,7 @@ pub enum Response {
     State(DesiredState),
     Routes(Vec<RouteInfo>),
     Neighbors(Vec<NeighborInfo>),
+    Conntrack(Vec<ConnInfo>),
     Error(ErrorReply),
 }
 
@@ -350,6 +380,12 @@ pub fn sample_requests() -> Vec<Request> {
         },
         Request::RouteList,
         Request::NeighborList,
+        Request::ConntrackList(ConntrackFilter {
+            proto: Some(6),
+            addr: Some("10.244.0.2".into()),
+            port: Some(80),
+        }),
+        Request::ConntrackFlush,
     ]
 }
 
@@ -419,6 +455,16 @@ pub fn sample_responses() -> Vec<Response> {
             stage: "bridge".into(),
             next: "port 1".into(),
             detail: "learned".into(),
+        }]),
+        Response::Conntrack(vec![ConnInfo {
+            worker: 0,
+            proto: 6,
+            timeout: 431_999,
+            state: Some("ESTABLISHED".into()),
+            orig: ("10.244.0.2".into(), "192.168.77.100".into(), 40000, 80),
+            reply: ("192.168.77.100".into(), "192.168.77.11".into(), 80, 32768),
+            assured: true,
+            seen_reply: true,
         }]),
         Response::Routes(vec![RouteInfo {
             prefix: "10.244.1.0/24".into(),

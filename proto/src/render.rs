@@ -3,7 +3,7 @@
 use std::fmt::Write;
 
 use crate::msg::{
-    MacInfo, NeighborInfo, PortInfo, PortSpec, RouteInfo, StaticMac, Stats, TraceLine,
+    ConnInfo, MacInfo, NeighborInfo, PortInfo, PortSpec, RouteInfo, StaticMac, Stats, TraceLine,
 };
 
 /// Counters as tables: totals, ports, stages (packets, calls, cycles per packet, like
@@ -232,5 +232,41 @@ pub fn neighbors_table(n: &[NeighborInfo]) -> String {
             x.ip, x.mac, x.port, x.age_ms, x.worker
         );
     }
+    o
+}
+
+/// One line per connection in the layout of `conntrack -L` (conntrack-tools).
+pub fn conntrack_lines(conns: &[ConnInfo]) -> String {
+    let mut o = String::new();
+    for c in conns {
+        let name = match c.proto {
+            6 => "tcp",
+            17 => "udp",
+            1 => "icmp",
+            _ => "unknown",
+        };
+        let dir = |t: &(String, String, u16, u16), reply: bool| {
+            if c.proto == 1 {
+                let ty = if reply { 0 } else { 8 };
+                format!("src={} dst={} type={ty} code=0 id={}", t.0, t.1, t.2)
+            } else {
+                format!("src={} dst={} sport={} dport={}", t.0, t.1, t.2, t.3)
+            }
+        };
+        let _ = write!(o, "{name:<8} {:<2} {} ", c.proto, c.timeout);
+        if let Some(s) = &c.state {
+            let _ = write!(o, "{s} ");
+        }
+        let _ = write!(o, "{} ", dir(&c.orig, false));
+        if !c.seen_reply {
+            let _ = write!(o, "[UNREPLIED] ");
+        }
+        let _ = write!(o, "{} ", dir(&c.reply, true));
+        if c.assured {
+            let _ = write!(o, "[ASSURED] ");
+        }
+        let _ = writeln!(o, "mark=0 use=1");
+    }
+    let _ = writeln!(o, "podpath: {} flow entries have been shown.", conns.len());
     o
 }

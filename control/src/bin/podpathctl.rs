@@ -48,6 +48,9 @@ enum Cmd {
     Routes,
     /// The neighbour (ARP) tables.
     Neighbors,
+    /// Tracked connections (NAT): list like `conntrack -L`, or flush.
+    #[command(subcommand)]
+    Conntrack(ConntrackCmd),
     /// Remote nodes: add (or replace) and delete.
     #[command(subcommand)]
     Remote(RemoteCmd),
@@ -80,6 +83,24 @@ enum PortCmd {
         #[arg(long)]
         xstats: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum ConntrackCmd {
+    /// One line per connection (conntrack -L layout).
+    List {
+        /// tcp, udp or icmp.
+        #[arg(short = 'p', long)]
+        proto: Option<String>,
+        /// An address on either side.
+        #[arg(long)]
+        addr: Option<String>,
+        /// A port on either side.
+        #[arg(long)]
+        port: Option<u16>,
+    },
+    /// Forget every tracked connection.
+    Flush,
 }
 
 #[derive(Subcommand)]
@@ -195,6 +216,26 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Bridge(BridgeCmd::MacDel { bridge, mac }) => {
             c.call(Request::MacDel { bridge, mac })?;
+        }
+        Cmd::Conntrack(ConntrackCmd::List { proto, addr, port }) => {
+            let proto = match proto.as_deref() {
+                None => None,
+                Some("tcp") => Some(6),
+                Some("udp") => Some(17),
+                Some("icmp") => Some(1),
+                Some(p) => return Err(anyhow!("unknown protocol {p:?}: use tcp, udp or icmp")),
+            };
+            match c.call(Request::ConntrackList(podpath_proto::ConntrackFilter {
+                proto,
+                addr,
+                port,
+            }))? {
+                Response::Conntrack(v) => print(&v, render::conntrack_lines(&v)),
+                r => return Err(anyhow!("unexpected response {r:?}")),
+            }
+        }
+        Cmd::Conntrack(ConntrackCmd::Flush) => {
+            c.call(Request::ConntrackFlush)?;
         }
         Cmd::Routes => match c.call(Request::RouteList)? {
             Response::Routes(r) => print(&r, render::routes_table(&r)),

@@ -148,8 +148,11 @@ fn run() -> Result<()> {
             .with_context(|| format!("control socket {}", cfg.dataplane.socket.display()))?;
 
     let ageing = u64::from(cfg.bridge.ageing_s) * tsc_hz;
-    // Each worker's neighbour inbox; every worker can send to all the others.
-    let bus: Vec<_> = (0..pending.len()).map(|_| bounded(1024)).collect();
+    // Each worker's neighbour inbox and hand-off ring; every worker can send to all
+    // the others.
+    let nworkers = pending.len();
+    let bus: Vec<_> = (0..nworkers).map(|_| bounded(1024)).collect();
+    let rings: Vec<_> = (0..nworkers).map(|_| bounded(4096)).collect();
     let mut launched = Vec::new();
     let mut launch_error = None;
     for (id, lcore, rx, counters, prod) in pending {
@@ -158,6 +161,9 @@ fn run() -> Result<()> {
             mac_capacity: cfg.bridge.max_macs,
             mac_ageing_ticks: ageing,
             tsc_hz,
+            conntrack: cfg.conntrack,
+            nat_range: (cfg.nat.port_min, cfg.nat.port_max),
+            workers: u16::try_from(nworkers).unwrap_or(1),
         };
         // Drain the port-map messages already queued: start from the current map.
         while rx.try_recv().is_ok() {}
@@ -175,6 +181,12 @@ fn run() -> Result<()> {
             .map(|(_, (tx, _))| tx.clone())
             .collect();
         pipeline.set_neighbor_bus(peers, bus[usize::from(id)].1.clone());
+        let to = rings
+            .iter()
+            .enumerate()
+            .map(|(k, (tx, _))| (k != usize::from(id)).then(|| tx.clone()))
+            .collect();
+        pipeline.set_handoff(to, rings[usize::from(id)].1.clone());
         let worker = Worker::new(
             id,
             DpdkIo::new(pool),

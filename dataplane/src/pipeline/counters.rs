@@ -52,6 +52,18 @@ pub struct WorkerCounters {
     pub mac_table_full: AtomicU64,
     /// Trace records lost because the trace ring was full.
     pub trace_lost: AtomicU64,
+    /// The connection table: entries now, and since start inserted, expired,
+    /// evicted early (table full), refused (full, nothing to evict).
+    pub ct_entries: AtomicU64,
+    pub ct_inserted: AtomicU64,
+    pub ct_expired: AtomicU64,
+    pub ct_early_dropped: AtomicU64,
+    pub ct_refused_full: AtomicU64,
+    /// Packets handed to another worker (the owner of their connection), and taken
+    /// from others. Summed over workers, the two are equal at rest, so totals keep
+    /// rx + replicated = tx + dropped.
+    pub handoff_out: AtomicU64,
+    pub handoff_in: AtomicU64,
     /// Loop iterations, and those that received nothing.
     pub polls: AtomicU64,
     pub idle_polls: AtomicU64,
@@ -77,6 +89,13 @@ impl Default for WorkerCounters {
             mac_aged: AtomicU64::new(0),
             mac_table_full: AtomicU64::new(0),
             trace_lost: AtomicU64::new(0),
+            ct_entries: AtomicU64::new(0),
+            ct_inserted: AtomicU64::new(0),
+            ct_expired: AtomicU64::new(0),
+            ct_early_dropped: AtomicU64::new(0),
+            ct_refused_full: AtomicU64::new(0),
+            handoff_out: AtomicU64::new(0),
+            handoff_in: AtomicU64::new(0),
             polls: AtomicU64::new(0),
             idle_polls: AtomicU64::new(0),
             sleeps: AtomicU64::new(0),

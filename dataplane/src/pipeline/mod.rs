@@ -19,7 +19,7 @@ pub mod trace;
 pub use counters::{PortCounters, WorkerCounters};
 pub use frame::{Frame, PortIo};
 pub use registry::{DropReason, StageId, DROP_REASONS, STAGES};
-pub use run::{NeighborUpdate, Pipeline, PipelineConfig};
+pub use run::{ConntrackConfig, NeighborUpdate, Pipeline, PipelineConfig};
 pub use trace::{TraceDetail, TraceRecord, Tracer};
 
 /// Packets per rx burst (DPDK's customary 32).
@@ -43,6 +43,8 @@ pub enum Next {
     /// Hold until `Meta::nh_ip` is resolved by ARP on `Meta::out` (a port, or the
     /// pods' bridge domain when [`OUT_BRIDGE`]); the runner asks and parks the frame.
     Resolve,
+    /// Hand to worker N (it owns the packet's connection) over its hand-off ring.
+    Handoff(u16),
 }
 
 /// `Meta::out` value meaning "the pods' bridge domain" (resolve by flooding).

@@ -9,10 +9,12 @@ use super::{
 };
 use crate::dpdk::rdtsc;
 use crate::stages::icmp_error::RateLimit;
+use crate::stages::snat::{self, NatPorts};
 use crate::stages::{
     arp, bridge::Bridge, eth_input, icmp_error, ip4_local, ip4_lookup, ip4_rewrite, vxlan_decap,
     vxlan_encap, Ctx,
 };
+use crate::tables::conntrack::{Conntrack, Timeouts};
 use crate::tables::{NeighborTable, PortMap, Role, L3};
 use crossbeam::channel::{Receiver, Sender};
 
@@ -26,7 +28,34 @@ pub struct PipelineConfig {
     pub mac_ageing_ticks: u64,
     /// TSC ticks per second (neighbour ageing, ARP retries, ICMP rate limit).
     pub tsc_hz: u64,
+    /// Connection-table size and timeouts.
+    pub conntrack: ConntrackConfig,
+    /// The NAT port range (all workers'); each worker takes its slice of it.
+    pub nat_range: (u16, u16),
+    /// How many workers share the range.
+    pub workers: u16,
 }
+
+/// Connection tracking settings (`[conntrack]` in the configuration).
+#[derive(Debug, Clone, Copy, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConntrackConfig {
+    /// Connections per worker.
+    pub capacity: usize,
+    pub timeouts: Timeouts,
+}
+
+impl Default for ConntrackConfig {
+    fn default() -> Self {
+        ConntrackConfig {
+            capacity: 65_536,
+            timeouts: Timeouts::default(),
+        }
+    }
+}
+
+/// Entries the connection table may expire per poll iteration.
+const EXPIRE_BUDGET: usize = 64;
 
 /// Packets held while their next hop resolves, in all and per next hop.
 const PENDING_CAP: usize = 64;
@@ -76,6 +105,14 @@ pub struct Pipeline<F: Frame> {
     arp_limit: RateLimit,
     peers: Vec<Sender<NeighborUpdate>>,
     inbox: Option<Receiver<NeighborUpdate>>,
+    /// This worker's connections (NAT), and its NAT ports.
+    pub conntrack: Conntrack,
+    nat_ports: NatPorts,
+    owners: snat::Owners,
+    /// Hand-off rings to the other workers (indexed by worker), and this one's.
+    handoff: Vec<Option<Sender<(F, u16)>>>,
+    handoff_in: Option<Receiver<(F, u16)>>,
+    handoff_carry: Option<(F, u16)>,
     pub counters: Arc<WorkerCounters>,
     pub tracer: Tracer,
     tx_queue: u16,
@@ -114,12 +151,53 @@ impl<F: Frame> Pipeline<F> {
             arp_limit: RateLimit::new(100, 20, cfg.tsc_hz),
             peers: Vec::new(),
             inbox: None,
+            conntrack: Conntrack::new(cfg.conntrack.capacity, cfg.conntrack.timeouts, 0),
+            nat_ports: NatPorts::for_worker(
+                cfg.nat_range.0,
+                cfg.nat_range.1,
+                cfg.worker,
+                cfg.workers,
+            ),
+            owners: snat::Owners {
+                lo: cfg.nat_range.0,
+                hi: cfg.nat_range.1,
+                workers: cfg.workers.max(1),
+                me: cfg.worker,
+            },
+            handoff: Vec::new(),
+            handoff_in: None,
+            handoff_carry: None,
             counters,
             tracer,
             tx_queue: cfg.worker,
             now: 0,
             tsc_hz: cfg.tsc_hz,
         }
+    }
+
+    /// Seconds on the connection table's clock.
+    #[inline]
+    pub fn seconds(&self) -> u32 {
+        u32::try_from(self.now / self.tsc_hz.max(1)).unwrap_or(u32::MAX)
+    }
+
+    /// Expires connections (bounded work) and publishes the table's counters.
+    pub fn expire_connections(&mut self) {
+        let now = self.seconds();
+        self.conntrack.expire(now, EXPIRE_BUDGET);
+        let c = &self.counters;
+        let s = self.conntrack.stats;
+        let len = self.conntrack.len() as u64;
+        c.ct_entries
+            .store(len, std::sync::atomic::Ordering::Relaxed);
+        c.ct_inserted
+            .store(s.inserted, std::sync::atomic::Ordering::Relaxed);
+        c.ct_expired
+            .store(s.expired, std::sync::atomic::Ordering::Relaxed);
+        c.ct_early_dropped
+            .store(s.early_dropped, std::sync::atomic::Ordering::Relaxed);
+        c.ct_refused_full
+            .store(s.refused_full, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Installs a new L3 view; returns the old one (for the control thread to free).
@@ -136,11 +214,23 @@ impl<F: Frame> Pipeline<F> {
     /// Runs one received burst (all from `in_port`) through the pipeline. `rx` is left
     /// empty; its frames are queued for transmission or dropped.
     pub fn run<P: PortIo<Frame = F>>(&mut self, io: &mut P, in_port: u16, rx: &mut Vec<F>) {
+        self.run_from(io, in_port, rx, true);
+    }
+
+    /// `run`, for received packets (`received`: counted as rx on the port) or packets
+    /// another worker handed over (counted as hand-offs instead).
+    fn run_from<P: PortIo<Frame = F>>(
+        &mut self,
+        io: &mut P,
+        in_port: u16,
+        rx: &mut Vec<F>,
+        received: bool,
+    ) {
         let n = rx.len().min(BURST);
         // One reference-count bump per burst (the Arc is this worker's alone to touch).
         let counters = Arc::clone(&self.counters);
         let c = &*counters;
-        if let Some(pc) = c.ports.get(usize::from(in_port)) {
+        if let Some(pc) = c.ports.get(usize::from(in_port)).filter(|_| received) {
             let bytes: usize = rx.iter().take(n).map(|f| f.data().len()).sum();
             add(&pc.rx_packets, n as u64);
             add(&pc.rx_bytes, bytes as u64);
@@ -237,6 +327,24 @@ impl<F: Frame> Pipeline<F> {
             }
             StageId::Ip4Lookup => ip4_lookup::process(&cx, idx, s, m, n, d),
             StageId::Ip4Local => ip4_local::process(&cx, idx, s, m, n, d),
+            StageId::Snat => {
+                let now = u32::try_from(self.now / self.tsc_hz.max(1)).unwrap_or(u32::MAX);
+                snat::egress(
+                    &cx,
+                    &mut self.conntrack,
+                    &mut self.nat_ports,
+                    now,
+                    idx,
+                    s,
+                    m,
+                    n,
+                    d,
+                )
+            }
+            StageId::SnatReply => {
+                let now = u32::try_from(self.now / self.tsc_hz.max(1)).unwrap_or(u32::MAX);
+                snat::reply(&cx, &mut self.conntrack, self.owners, now, idx, s, m, n, d)
+            }
             StageId::IcmpError => icmp_error::process(&cx, &mut self.icmp_limit, idx, s, m, n, d),
             StageId::VxlanEncap => vxlan_encap::process(&cx, &self.neighbors, idx, s, m, n, d),
             StageId::Ip4Rewrite => ip4_rewrite::process(&cx, &self.neighbors, idx, s, m, n, d),
@@ -380,6 +488,53 @@ impl<F: Frame> Pipeline<F> {
         }
     }
 
+    /// Connects the hand-off rings: `to[w]` reaches worker w (None for this one);
+    /// `inbox` is this worker's.
+    pub fn set_handoff(&mut self, to: Vec<Option<Sender<(F, u16)>>>, inbox: Receiver<(F, u16)>) {
+        self.handoff = to;
+        self.handoff_in = Some(inbox);
+    }
+
+    /// Runs the packets other workers handed to this one (their connections are
+    /// ours): at most four bursts per poll. Returns how many.
+    pub fn run_handed_off<P: PortIo<Frame = F>>(&mut self, io: &mut P, rx: &mut Vec<F>) -> usize {
+        let Some(inbox) = self.handoff_in.take() else {
+            return 0;
+        };
+        let mut total = 0;
+        for _ in 0..4 {
+            let mut port = None;
+            if let Some((f, p)) = self.handoff_carry.take() {
+                port = Some(p);
+                rx.push(f);
+            }
+            while rx.len() < BURST {
+                match inbox.try_recv() {
+                    Ok((f, p)) if port.is_none() || port == Some(p) => {
+                        port = Some(p);
+                        rx.push(f);
+                    }
+                    // Another input port: it starts the next burst.
+                    Ok(other) => {
+                        self.handoff_carry = Some(other);
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            let Some(p) = port else { break };
+            let n = rx.len();
+            total += n;
+            add(&self.counters.handoff_in, n as u64);
+            self.run_from(io, p, rx, false);
+            if self.handoff_carry.is_none() && n < BURST {
+                break;
+            }
+        }
+        self.handoff_in = Some(inbox);
+        total
+    }
+
     /// Tells the other workers what this burst's ARP taught us.
     fn share_learned(&self) {
         for &ip in &self.learned {
@@ -464,6 +619,24 @@ impl<F: Frame> Pipeline<F> {
                 Next::Resolve => {
                     if let Some(f) = self.slots[i].take() {
                         self.park(c, io, i, f);
+                    }
+                }
+                Next::Handoff(w) => {
+                    if let Some(f) = self.slots[i].take() {
+                        let in_port = self.meta[i].in_port;
+                        match self.handoff.get(usize::from(w)).and_then(Option::as_ref) {
+                            Some(tx) => match tx.try_send((f, in_port)) {
+                                Ok(()) => add(&c.handoff_out, 1),
+                                Err(e) => {
+                                    c.count_drop(DropReason::HandoffFull, 1);
+                                    self.dropped.push(e.into_inner().0);
+                                }
+                            },
+                            None => {
+                                c.count_drop(DropReason::HandoffFull, 1);
+                                self.dropped.push(f);
+                            }
+                        }
                     }
                 }
             }

@@ -70,6 +70,13 @@ pub enum TraceDetail {
         kind: IcmpKind,
         to: Ipv4Addr,
     },
+    /// snat / snat-reply: the address and port written (source for egress,
+    /// destination for replies).
+    Nat {
+        src: bool,
+        to: Ipv4Addr,
+        port: u16,
+    },
     /// Output: queued on `port`.
     Out {
         port: u16,

@@ -108,8 +108,8 @@ fn pick(cx: &Ctx, m: &Meta, data: &[u8], ip: Option<FiveTuple>) -> Next {
                 if proto == 17 && dport == node.vxlan_port && m.l4 != 0 {
                     Next::Stage(StageId::VxlanDecap)
                 } else {
-                    // For the node's kernel (through the host port).
-                    Next::Stage(StageId::Ip4Lookup)
+                    // A reply to a masqueraded pod, or for the node's kernel.
+                    Next::Stage(StageId::SnatReply)
                 }
             }
             _ => Next::Drop(DropReason::UplinkNotForUs),

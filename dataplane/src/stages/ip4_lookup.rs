@@ -30,9 +30,9 @@ pub fn process<F: Frame>(
         };
         let m = &mut meta[i];
         let l3 = usize::from(m.l3);
-        let (dst, ttl) = {
+        let (src, dst, ttl) = {
             let ip = ipv4::Packet::new_unchecked(&f.data()[l3..]);
-            (ip.dst_addr().to_u32(), ip.ttl())
+            (ip.src_addr().to_u32(), ip.dst_addr().to_u32(), ip.ttl())
         };
         if m.trace != 0 {
             detail[i] = TraceDetail::Route {
@@ -104,7 +104,13 @@ pub fn process<F: Frame>(
                         }
                     }
                     m.out = u;
-                    Next::Stage(StageId::Ip4Rewrite)
+                    let in_cluster = |a: u32| a & mask(node.cluster.1) == node.cluster.0;
+                    if in_cluster(src) && !in_cluster(dst) {
+                        // Masquerade: pods leave the cluster as the node.
+                        Next::Stage(StageId::Snat)
+                    } else {
+                        Next::Stage(StageId::Ip4Rewrite)
+                    }
                 }
                 None => Next::Drop(DropReason::Ip4RewriteNoPort),
             },

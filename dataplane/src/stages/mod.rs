@@ -8,6 +8,7 @@ pub mod icmp_error;
 pub mod ip4_local;
 pub mod ip4_lookup;
 pub mod ip4_rewrite;
+pub mod snat;
 pub mod vxlan_decap;
 pub mod vxlan_encap;
 

@@ -1,0 +1,384 @@
+//! `snat` and `snat-reply`: masquerade for pod egress (walk 5). Pod traffic leaving
+//! the cluster through the uplink gets the node IP as source and a port (or ICMP echo
+//! identifier) from this worker's share of the NAT range; the connection table
+//! remembers both directions, so replies addressed to the node are restored to the
+//! pod. Checksums are updated incrementally (RFC 1624). A tuple in use is never handed
+//! out again; when no port is free, new flows are dropped (`snat-ports-exhausted`).
+//! Pod-to-pod and node-to-pod traffic never comes here.
+use super::Ctx;
+use crate::pipeline::{DropReason, Frame, Meta, Next, StageId, TraceDetail};
+use crate::tables::conntrack::{Conntrack, Dir, InsertError, Tuple};
+use crate::wire::{checksum, icmpv4, ipv4, tcp, udp, Ipv4Addr};
+
+/// This worker's share of the NAT port range.
+#[derive(Debug, Clone)]
+pub struct NatPorts {
+    pub lo: u16,
+    pub hi: u16,
+    next: u16,
+}
+
+impl NatPorts {
+    /// Worker `w` of `n` gets the w-th equal slice of `lo..=hi`, so a reply's
+    /// destination port names the worker that owns the connection.
+    pub fn for_worker(lo: u16, hi: u16, w: u16, n: u16) -> NatPorts {
+        let (lo32, hi32, n32) = (u32::from(lo), u32::from(hi), u32::from(n.max(1)));
+        let size = (hi32 - lo32 + 1) / n32;
+        let a = lo32 + u32::from(w) * size;
+        let b = if u32::from(w) + 1 == n32 {
+            hi32
+        } else {
+            a + size - 1
+        };
+        let (a, b) = (
+            u16::try_from(a).unwrap_or(lo),
+            u16::try_from(b).unwrap_or(hi),
+        );
+        NatPorts {
+            lo: a,
+            hi: b,
+            next: a,
+        }
+    }
+
+    /// The worker that owns `port`, among `n` sharing `lo..=hi`.
+    pub fn owner(lo: u16, hi: u16, n: u16, port: u16) -> Option<u16> {
+        if port < lo || port > hi {
+            return None;
+        }
+        let size = (u32::from(hi) - u32::from(lo) + 1) / u32::from(n.max(1));
+        let w = (u32::from(port) - u32::from(lo)) / size.max(1);
+        u16::try_from(w.min(u32::from(n.max(1)) - 1)).ok()
+    }
+}
+
+/// The 5-tuple of the packet at `l3` (ICMP echo: identifier as `sport`, 0 as `dport`).
+fn tuple_of(d: &[u8], l3: usize, l4: usize, proto: u8) -> Option<Tuple> {
+    let ip = ipv4::Packet::new_unchecked(&d[l3..]);
+    let (src, dst) = (ip.src_addr().to_u32(), ip.dst_addr().to_u32());
+    let (sport, dport) = match proto {
+        6 | 17 => (
+            u16::from_be_bytes([d[l4], d[l4 + 1]]),
+            u16::from_be_bytes([d[l4 + 2], d[l4 + 3]]),
+        ),
+        1 => {
+            let t = d[l4];
+            if t != icmpv4::kind::ECHO_REQUEST && t != icmpv4::kind::ECHO_REPLY {
+                return None;
+            }
+            (u16::from_be_bytes([d[l4 + 4], d[l4 + 5]]), 0)
+        }
+        _ => return None,
+    };
+    Some(Tuple {
+        src,
+        dst,
+        sport,
+        dport,
+        proto,
+    })
+}
+
+/// Rewrites the source (egress) or destination (replies) address and port of the
+/// packet, updating the IPv4 and L4 checksums incrementally.
+fn rewrite(d: &mut [u8], l3: usize, l4: usize, proto: u8, source: bool, addr: u32, port: u16) {
+    let mut ip = ipv4::Packet::new_unchecked(&mut d[l3..]);
+    let old_addr = if source { ip.src_addr() } else { ip.dst_addr() }.to_u32();
+    if source {
+        ip.set_src_addr(Ipv4Addr::from_u32(addr));
+    } else {
+        ip.set_dst_addr(Ipv4Addr::from_u32(addr));
+    }
+    let c = checksum::update32(ip.checksum(), old_addr, addr);
+    ip.set_checksum(c);
+    match proto {
+        6 => {
+            let mut t = tcp::Packet::new_unchecked(&mut d[l4..]);
+            let old_port = if source { t.src_port() } else { t.dst_port() };
+            let c = checksum::update16(
+                checksum::update32(t.checksum(), old_addr, addr),
+                old_port,
+                port,
+            );
+            if source {
+                t.set_src_port(port)
+            } else {
+                t.set_dst_port(port)
+            }
+            t.set_checksum(c);
+        }
+        17 => {
+            let mut u = udp::Packet::new_unchecked(&mut d[l4..]);
+            let old_port = if source { u.src_port() } else { u.dst_port() };
+            if source {
+                u.set_src_port(port)
+            } else {
+                u.set_dst_port(port)
+            }
+            // Zero means "no checksum" over IPv4: keep it so.
+            if u.checksum() != 0 {
+                let c = checksum::update16(
+                    checksum::update32(u.checksum(), old_addr, addr),
+                    old_port,
+                    port,
+                );
+                u.set_checksum(if c == 0 { 0xffff } else { c });
+            }
+        }
+        _ => {
+            // ICMP echo: the identifier; the ICMP checksum has no pseudo-header.
+            let mut i = icmpv4::Packet::new_unchecked(&mut d[l4..]);
+            let old = i.echo_ident();
+            let c = checksum::update16(i.checksum(), old, port);
+            i.set_echo_ident(port);
+            i.set_checksum(c);
+        }
+    }
+}
+
+fn tcp_flags(d: &[u8], l4: usize, proto: u8) -> u8 {
+    if proto == 6 {
+        tcp::Packet::new_unchecked(&d[l4..]).flags()
+    } else {
+        0
+    }
+}
+
+/// Egress: translate to the node IP, creating the connection on its first packet.
+#[allow(clippy::too_many_arguments)]
+pub fn egress<F: Frame>(
+    cx: &Ctx,
+    ct: &mut Conntrack,
+    ports: &mut NatPorts,
+    now: u32,
+    pkts: &[u8],
+    frames: &mut [Option<F>],
+    meta: &mut [Meta],
+    next: &mut [Next],
+    detail: &mut [TraceDetail],
+) {
+    let Some(node) = cx.l3.node.as_ref() else {
+        for &i in pkts {
+            next[usize::from(i)] = Next::Drop(DropReason::Ip4NoNode);
+        }
+        return;
+    };
+    for &i in pkts {
+        let i = usize::from(i);
+        let Some(f) = frames[i].as_mut() else {
+            continue;
+        };
+        let m = &mut meta[i];
+        let (l3, l4) = (usize::from(m.l3), usize::from(m.l4));
+        let d = f.data_mut();
+        if m.l4 == 0 || ipv4::Packet::new_unchecked(&d[l3..]).is_fragment() {
+            next[i] = Next::Drop(DropReason::SnatFragment);
+            continue;
+        }
+        let Some(orig) = tuple_of(d, l3, l4, m.proto) else {
+            next[i] = Next::Drop(DropReason::SnatUnsupported);
+            continue;
+        };
+        let flags = tcp_flags(d, l4, m.proto);
+        let (idx, port) = match ct.lookup(&orig, now) {
+            Some((k, Dir::Orig)) => (k, ct.entry(k).reply.dport_or_id()),
+            Some((_, Dir::Reply)) => {
+                // A packet that looks like a reply going out: not ours to translate.
+                next[i] = Next::Drop(DropReason::SnatUnsupported);
+                continue;
+            }
+            None => {
+                let Some((k, p)) = allocate(ct, ports, &orig, node.node_ip, now) else {
+                    next[i] = Next::Drop(DropReason::SnatPortsExhausted);
+                    continue;
+                };
+                (k, p)
+            }
+        };
+        ct.update(idx, Dir::Orig, flags, now);
+        rewrite(d, l3, l4, m.proto, true, node.node_ip, port);
+        if m.trace != 0 {
+            detail[i] = TraceDetail::Nat {
+                src: true,
+                to: Ipv4Addr::from_u32(node.node_ip),
+                port,
+            };
+        }
+        next[i] = Next::Stage(StageId::Ip4Rewrite);
+    }
+}
+
+impl Tuple {
+    /// For a reply tuple: the node-side port (or echo identifier) it was given.
+    fn dport_or_id(&self) -> u16 {
+        if self.proto == 1 {
+            self.sport
+        } else {
+            self.dport
+        }
+    }
+}
+
+/// Finds a free node port for `orig` and tracks the connection.
+fn allocate(
+    ct: &mut Conntrack,
+    ports: &mut NatPorts,
+    orig: &Tuple,
+    node_ip: u32,
+    now: u32,
+) -> Option<(u32, u16)> {
+    let span = u32::from(ports.hi - ports.lo) + 1;
+    // A bounded search: the range is shared by all of this worker's flows.
+    for _ in 0..span.min(256) {
+        let p = ports.next;
+        ports.next = if p >= ports.hi { ports.lo } else { p + 1 };
+        let reply = if orig.proto == 1 {
+            Tuple {
+                src: orig.dst,
+                dst: node_ip,
+                sport: p,
+                dport: 0,
+                proto: 1,
+            }
+        } else {
+            Tuple {
+                src: orig.dst,
+                dst: node_ip,
+                sport: orig.dport,
+                dport: p,
+                proto: orig.proto,
+            }
+        };
+        match ct.insert(*orig, reply, now) {
+            Ok(k) => return Some((k, p)),
+            Err(InsertError::Exists) => continue,
+            Err(InsertError::Full) => return None,
+        }
+    }
+    None
+}
+
+/// Who owns which NAT port: the whole range, the number of workers, this worker.
+#[derive(Debug, Clone, Copy)]
+pub struct Owners {
+    pub lo: u16,
+    pub hi: u16,
+    pub workers: u16,
+    pub me: u16,
+}
+
+/// Replies to the node IP: restore the pod's address if a connection knows them; a
+/// reply whose port belongs to another worker goes to that worker (never processed
+/// on the wrong core); anything else goes on to `ip4-lookup` (the node's kernel).
+#[allow(clippy::too_many_arguments)]
+pub fn reply<F: Frame>(
+    _cx: &Ctx,
+    ct: &mut Conntrack,
+    owners: Owners,
+    now: u32,
+    pkts: &[u8],
+    frames: &mut [Option<F>],
+    meta: &mut [Meta],
+    next: &mut [Next],
+    detail: &mut [TraceDetail],
+) {
+    for &i in pkts {
+        let i = usize::from(i);
+        let Some(f) = frames[i].as_mut() else {
+            continue;
+        };
+        let m = &mut meta[i];
+        let (l3, l4) = (usize::from(m.l3), usize::from(m.l4));
+        next[i] = Next::Stage(StageId::Ip4Lookup);
+        if m.l4 == 0 {
+            continue;
+        }
+        let d = f.data_mut();
+        let Some(t) = tuple_of(d, l3, l4, m.proto) else {
+            continue;
+        };
+        let Some((k, Dir::Reply)) = ct.lookup(&t, now) else {
+            let port = if t.proto == 1 { t.sport } else { t.dport };
+            match NatPorts::owner(owners.lo, owners.hi, owners.workers, port) {
+                Some(w) if w != owners.me => next[i] = Next::Handoff(w),
+                _ => {}
+            }
+            continue;
+        };
+        let orig = ct.entry(k).orig;
+        ct.update(k, Dir::Reply, tcp_flags(d, l4, m.proto), now);
+        // The pod's own port (or echo identifier).
+        let port = orig.sport;
+        rewrite(d, l3, l4, m.proto, false, orig.src, port);
+        if m.trace != 0 {
+            detail[i] = TraceDetail::Nat {
+                src: false,
+                to: Ipv4Addr::from_u32(orig.src),
+                port,
+            };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_slices_name_their_worker() {
+        let (lo, hi) = (32768u16, 60999u16);
+        let a = NatPorts::for_worker(lo, hi, 0, 3);
+        let b = NatPorts::for_worker(lo, hi, 1, 3);
+        let c = NatPorts::for_worker(lo, hi, 2, 3);
+        assert_eq!((a.lo, c.hi), (lo, hi));
+        assert_eq!(b.lo, a.hi + 1);
+        assert_eq!(c.lo, b.hi + 1);
+        for (w, s) in [a, b, c].iter().enumerate() {
+            for p in [s.lo, s.hi, s.lo + (s.hi - s.lo) / 2] {
+                assert_eq!(
+                    NatPorts::owner(lo, hi, 3, p),
+                    Some(u16::try_from(w).unwrap())
+                );
+            }
+        }
+        assert_eq!(NatPorts::owner(lo, hi, 3, 80), None);
+    }
+
+    #[test]
+    fn ports_in_use_are_never_handed_out_and_exhaustion_is_reported() {
+        use crate::tables::conntrack::Timeouts;
+        let to = Timeouts {
+            udp: 5,
+            ..Timeouts::default()
+        };
+        let mut ct = Conntrack::new(64, to, 0);
+        let mut ports = NatPorts::for_worker(40000, 40003, 0, 1);
+        let node = 0xc0a8_4d0b;
+        let flow = |sport| Tuple {
+            src: 0x0af4_0002,
+            dst: 0x0808_0808,
+            sport,
+            dport: 53,
+            proto: 17,
+        };
+        let mut got = Vec::new();
+        for s in 1..=4 {
+            got.push(allocate(&mut ct, &mut ports, &flow(s), node, 0).unwrap().1);
+        }
+        got.sort_unstable();
+        assert_eq!(got, vec![40000, 40001, 40002, 40003]);
+        assert!(
+            allocate(&mut ct, &mut ports, &flow(5), node, 0).is_none(),
+            "exhausted"
+        );
+        // Another destination can reuse the ports: the reply tuples differ.
+        let other = Tuple {
+            dst: 0x0101_0101,
+            ..flow(6)
+        };
+        assert!(allocate(&mut ct, &mut ports, &other, node, 0).is_some());
+        // After expiry the ports come back.
+        ct.expire(5, 100);
+        assert!(allocate(&mut ct, &mut ports, &flow(7), node, 5).is_some());
+    }
+}
