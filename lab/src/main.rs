@@ -45,6 +45,9 @@ enum Cmd {
         vxlan_port: u16,
         #[arg(long, default_value_t = 1)]
         vni: u32,
+        /// Add a router (the nodes' gateway) and a host behind it, 203.0.113.10.
+        #[arg(long)]
+        router: bool,
     },
     /// Namespaces, interfaces, addresses, MACs and dataplane processes.
     Status {
@@ -186,6 +189,14 @@ fn target_ns(state: &State, t: &str) -> Result<String> {
             .clone()
             .context("this lab has no external host"),
         "underlay" => Ok(state.underlay.clone()),
+        "router" => state
+            .router
+            .clone()
+            .context("this lab has no router (up --router)"),
+        "inet" => state
+            .internet
+            .clone()
+            .context("this lab has no internet host (up --router)"),
         _ => bail!(
             "no pod or node {t:?} in lab {} (see podpath-lab status)",
             state.name
@@ -290,6 +301,7 @@ fn run(cli: Cli) -> Result<()> {
             busy_poll,
             vxlan_port,
             vni,
+            router,
         } => {
             require_root()?;
             let mut o = LabOptions::new(&cli.name);
@@ -300,6 +312,7 @@ fn run(cli: Cli) -> Result<()> {
             o.idle_backoff = !busy_poll;
             o.vxlan_port = vxlan_port;
             o.vni = vni;
+            o.router = router;
             if let Some(d) = dataplane {
                 o.dataplane = d;
             }

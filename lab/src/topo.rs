@@ -12,6 +12,10 @@ use crate::net::{self, ip, ip_in};
 pub const UNDERLAY_PREFIX: &str = "192.168.77";
 pub const POD_MTU: u16 = 1450;
 pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
+/// The underlay router's host number (192.168.77.254), when the lab has one.
+pub const ROUTER_HOST: u8 = 254;
+/// The host behind the router.
+pub const INTERNET_HOST: &str = "203.0.113.10";
 /// The host port's interface name in the node's namespace.
 pub const HOST_IF: &str = "pphost";
 
@@ -34,6 +38,9 @@ pub struct LabOptions {
     pub vni: u32,
     /// More TOML for every dataplane's configuration (e.g. short conntrack timeouts).
     pub dataplane_extra: String,
+    /// A router on the underlay (192.168.77.254, the nodes' gateway) in front of an
+    /// "internet" host 203.0.113.10, over a link of MTU 1400.
+    pub router: bool,
 }
 
 impl LabOptions {
@@ -50,6 +57,7 @@ impl LabOptions {
             vxlan_port: 4789,
             vni: 1,
             dataplane_extra: String::new(),
+            router: false,
         }
     }
 }
@@ -117,6 +125,11 @@ pub struct State {
     pub dir: PathBuf,
     pub underlay: String,
     pub external: Option<String>,
+    /// The router and the host behind it, when made.
+    #[serde(default)]
+    pub router: Option<String>,
+    #[serde(default)]
+    pub internet: Option<String>,
     pub nodes: Vec<Node>,
     /// Every namespace made, in creation order.
     pub namespaces: Vec<String>,
@@ -209,6 +222,8 @@ impl Lab {
                 dir,
                 underlay: format!("{prefix}-underlay"),
                 external: None,
+                router: None,
+                internet: None,
                 nodes: Vec::new(),
                 namespaces: Vec::new(),
             },
@@ -247,6 +262,36 @@ impl Lab {
             // Its frames reach an af_packet uplink as a NIC's would: checksums complete.
             offloads_off(&ext, "eth0");
             self.state.external = Some(ext);
+        }
+        if opts.router {
+            let (router, inet) = (format!("{prefix}-router"), format!("{prefix}-inet"));
+            self.add_ns(&router)?;
+            self.add_ns(&inet)?;
+            self.underlay_link(
+                &router,
+                "u-rt",
+                Some(&format!("{UNDERLAY_PREFIX}.{ROUTER_HOST}/24")),
+            )?;
+            offloads_off(&router, "eth0");
+            ip_in(
+                &router,
+                &[
+                    "link", "add", "eth1", "type", "veth", "peer", "name", "eth0", "netns", &inet,
+                ],
+            )?;
+            for (ns, dev, addr) in [
+                (&router, "eth1", "203.0.113.1/24"),
+                (&inet, "eth0", "203.0.113.10/24"),
+            ] {
+                ip_in(ns, &["addr", "add", addr, "dev", dev])?;
+                // A narrower link behind the router: path MTU discovery has work to do.
+                ip_in(ns, &["link", "set", dev, "mtu", "1400", "up"])?;
+                offloads_off(ns, dev);
+            }
+            ip_in(&inet, &["route", "add", "default", "via", "203.0.113.1"])?;
+            net::exec_in(&router, "sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
+            self.state.router = Some(router);
+            self.state.internet = Some(inet);
         }
         for k in 1..=opts.nodes {
             let name = format!("node{k}");
@@ -590,6 +635,8 @@ pub fn teardown_by_name(state_dir: &Path, name: &str) -> Result<()> {
         dir: state_dir.join(name),
         underlay: String::new(),
         external: None,
+        router: None,
+        internet: None,
         nodes: Vec::new(),
         namespaces: Vec::new(),
     });
@@ -705,13 +752,14 @@ fn write_config(node: &Node, others: &[Node], opts: &LabOptions) -> Result<()> {
         state = node.state_file.display(),
     );
     c += &format!(
-        "[node]\nnode_ip = \"{ip}\"\nunderlay_cidr = \"{UNDERLAY_PREFIX}.0/24\"\npod_cidr = \"{pods}\"\n\
+        "[node]\nnode_ip = \"{ip}\"\nunderlay_cidr = \"{UNDERLAY_PREFIX}.0/24\"\n{gw}pod_cidr = \"{pods}\"\n\
          cluster_cidr = \"{CLUSTER_CIDR}\"\nbridge = 1\nuplink = \"uplink\"\nhost = \"host\"\n\
          vni = {vni}\nvxlan_port = {port}\n\n",
         ip = node.node_ip,
         pods = node.pod_cidr,
         vni = opts.vni,
         port = opts.vxlan_port,
+        gw = if opts.router { format!("underlay_gateway = \"{UNDERLAY_PREFIX}.{ROUTER_HOST}\"\n") } else { String::new() },
     );
     for r in others {
         c += &format!(

@@ -155,3 +155,55 @@ fn pods_reach_an_external_host_through_masquerade() {
         "pod-to-pod traffic was tracked for NAT"
     );
 }
+
+#[test]
+fn router_errors_reach_the_pod_translated_and_tracepath_works() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut o = LabOptions::new(&format!("t{}", std::process::id() % 1_000_000));
+    o.state_dir = std::env::temp_dir().join("podpath-lab-tests");
+    o.nodes = 1;
+    o.pods_per_node = 1;
+    o.external = false;
+    o.router = true;
+    let lab = Lab::up(&o).expect("lab up");
+    let a = lab.state.nodes[0].pods[0].clone();
+    let target = podpath_lab::topo::INTERNET_HOST;
+    // Hop 1 is the pods' gateway (the dataplane), hop 2 the router, whose time exceeded
+    // is addressed to the node and must reach the pod; the router's link has MTU 1400,
+    // and its fragmentation needed must reach the pod too.
+    let (ok, out) = run_in(&a.netns, "tracepath", &["-n", "-m", "5", target]);
+    assert!(ok, "tracepath failed: {out}");
+    assert!(out.contains("10.244.0.1"), "no gateway hop: {out}");
+    assert!(
+        out.contains("192.168.77.254"),
+        "no router hop (time exceeded not translated): {out}"
+    );
+    assert!(
+        out.contains("pmtu 1400"),
+        "path MTU not learned (frag needed not translated): {out}"
+    );
+    assert!(out.contains("reached"), "{out}");
+    // And a TCP download from behind the router, at the discovered path MTU.
+    let inet = lab.state.internet.clone().unwrap();
+    let srv = net::command_in(&inet, &bin())
+        .args(["tcp-serve", "--port", "8443", "--bytes", "2097152"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let (ok, out) = run_in(
+        &a.netns,
+        &bin(),
+        &[
+            "tcp-fetch",
+            "--from",
+            &format!("{target}:8443"),
+            "--bytes",
+            "2097152",
+        ],
+    );
+    assert!(
+        srv.wait_with_output().unwrap().status.success() && ok,
+        "{out}"
+    );
+}

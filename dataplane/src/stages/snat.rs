@@ -294,6 +294,20 @@ pub fn reply<F: Frame>(
             continue;
         }
         let d = f.data_mut();
+        if m.proto == 1 && is_icmp_error(d[l4]) {
+            // An error about one of our translated flows (a router's time exceeded, a
+            // fragmentation needed): the quoted packet names the connection.
+            if let Some(pod) = translate_icmp_error(ct, now, d, l3, l4) {
+                if m.trace != 0 {
+                    detail[i] = TraceDetail::Nat {
+                        src: false,
+                        to: Ipv4Addr::from_u32(pod),
+                        port: 0,
+                    };
+                }
+            }
+            continue;
+        }
         let Some(t) = tuple_of(d, l3, l4, m.proto) else {
             continue;
         };
@@ -318,6 +332,106 @@ pub fn reply<F: Frame>(
             };
         }
     }
+}
+
+fn is_icmp_error(t: u8) -> bool {
+    matches!(t, 3 | 4 | 5 | 11 | 12)
+}
+
+/// Rewrites an ICMP error about a translated flow so it reaches the pod: the outer
+/// destination becomes the pod, and inside the quoted packet the source address and
+/// port (or echo identifier) go back to the pod's, with the quoted IPv4 header's
+/// checksum, the quoted UDP or ICMP checksum (TCP's is not within the 8 quoted bytes)
+/// and the error's own checksum updated. Returns the pod address, or None (not ours).
+fn translate_icmp_error(
+    ct: &mut Conntrack,
+    now: u32,
+    d: &mut [u8],
+    l3: usize,
+    l4: usize,
+) -> Option<u32> {
+    let total = usize::from(ipv4::Packet::new_unchecked(&d[l3..]).total_len());
+    let end = (l3 + total).min(d.len());
+    let q3 = l4 + icmpv4::HEADER_LEN;
+    // The quoted IPv4 header and 8 bytes of what it carried: truncated by design, so
+    // checked by hand rather than by `new_checked` (which wants the whole packet).
+    if end < q3 + ipv4::HEADER_LEN {
+        return None;
+    }
+    let inner = ipv4::Packet::new_unchecked(&d[q3..end]);
+    let qhl = inner.header_len();
+    let q4 = q3 + qhl;
+    if inner.version() != 4 || qhl < ipv4::HEADER_LEN || end < q4 + 8 || inner.is_fragment() {
+        return None;
+    }
+    let proto = u8::from(inner.protocol());
+    // What we sent: node -> server. Its reverse is the reply tuple we track.
+    let (src, dst) = (inner.src_addr().to_u32(), inner.dst_addr().to_u32());
+    let sent = match proto {
+        6 | 17 => Tuple {
+            src,
+            dst,
+            sport: u16::from_be_bytes([d[q4], d[q4 + 1]]),
+            dport: u16::from_be_bytes([d[q4 + 2], d[q4 + 3]]),
+            proto,
+        },
+        1 if d[q4] == icmpv4::kind::ECHO_REQUEST => Tuple {
+            src: dst,
+            dst: src,
+            sport: u16::from_be_bytes([d[q4 + 4], d[q4 + 5]]),
+            dport: 0,
+            proto,
+        },
+        _ => return None,
+    };
+    let reply = if proto == 1 { sent } else { sent.reversed() };
+    let (k, Dir::Reply) = ct.lookup(&reply, now)? else {
+        return None;
+    };
+    let orig = ct.entry(k).orig;
+    // Outer destination: node -> pod.
+    {
+        let mut ip = ipv4::Packet::new_unchecked(&mut d[l3..]);
+        let old = ip.dst_addr().to_u32();
+        ip.set_dst_addr(Ipv4Addr::from_u32(orig.src));
+        let c = checksum::update32(ip.checksum(), old, orig.src);
+        ip.set_checksum(c);
+    }
+    // Quoted header: source node -> pod.
+    {
+        let mut ip = ipv4::Packet::new_unchecked(&mut d[q3..end]);
+        let old = ip.src_addr().to_u32();
+        ip.set_src_addr(Ipv4Addr::from_u32(orig.src));
+        let c = checksum::update32(ip.checksum(), old, orig.src);
+        ip.set_checksum(c);
+    }
+    // Quoted transport: the pod's port (or echo identifier) back.
+    match proto {
+        6 => d[q4..q4 + 2].copy_from_slice(&orig.sport.to_be_bytes()),
+        17 => {
+            let mut u = udp::Packet::new_unchecked(&mut d[q4..q4 + 8]);
+            let old_port = u.src_port();
+            u.set_src_port(orig.sport);
+            if u.checksum() != 0 {
+                let c = checksum::update16(
+                    checksum::update32(u.checksum(), src, orig.src),
+                    old_port,
+                    orig.sport,
+                );
+                u.set_checksum(if c == 0 { 0xffff } else { c });
+            }
+        }
+        _ => {
+            let mut e = icmpv4::Packet::new_unchecked(&mut d[q4..q4 + 8]);
+            let old = e.echo_ident();
+            let c = checksum::update16(e.checksum(), old, orig.sport);
+            e.set_echo_ident(orig.sport);
+            e.set_checksum(c);
+        }
+    }
+    // The error's own checksum covers all of the above: recompute (errors are rare).
+    icmpv4::Packet::new_unchecked(&mut d[l4..end]).fill_checksum();
+    Some(orig.src)
 }
 
 #[cfg(test)]
@@ -380,5 +494,58 @@ mod tests {
         // After expiry the ports come back.
         ct.expire(5, 100);
         assert!(allocate(&mut ct, &mut ports, &flow(7), node, 5).is_some());
+    }
+
+    #[test]
+    fn icmp_errors_about_translated_flows_reach_the_pod() {
+        use etherparse::PacketBuilder;
+        let mut ct = Conntrack::new(16, crate::tables::conntrack::Timeouts::default(), 0);
+        let (pod, node, server, router) = (
+            [10, 244, 0, 2],
+            [192, 168, 77, 11],
+            [203, 0, 113, 10],
+            [192, 168, 77, 254],
+        );
+        let u32of = |a: [u8; 4]| u32::from_be_bytes(a);
+        let orig = Tuple {
+            src: u32of(pod),
+            dst: u32of(server),
+            sport: 44000,
+            dport: 33434,
+            proto: 17,
+        };
+        let mut ports = NatPorts::for_worker(40000, 40010, 0, 1);
+        let (_, natport) = allocate(&mut ct, &mut ports, &orig, u32of(node), 0).unwrap();
+        // What left the uplink: node:natport -> server, TTL 1.
+        let mut sent = Vec::new();
+        PacketBuilder::ipv4(node, server, 1)
+            .udp(natport, 33434)
+            .write(&mut sent, &[7u8; 24])
+            .unwrap();
+        // The router's time exceeded about it, to the node.
+        let mut err = Vec::new();
+        PacketBuilder::ethernet2([2; 6], [4; 6])
+            .ipv4(router, node, 64)
+            .icmpv4(etherparse::Icmpv4Type::TimeExceeded(
+                etherparse::icmpv4::TimeExceededCode::TtlExceededInTransit,
+            ))
+            .write(&mut err, &sent[..28])
+            .unwrap();
+        let got = translate_icmp_error(&mut ct, 0, &mut err, 14, 34).expect("ours");
+        assert_eq!(got, u32of(pod));
+        assert_eq!(&err[30..34], &pod, "outer destination is the pod");
+        assert!(checksum::verify(&err[14..34]), "outer IPv4 checksum");
+        assert!(checksum::verify(&err[34..]), "ICMP checksum");
+        assert_eq!(&err[42 + 12..42 + 16], &pod, "quoted source is the pod");
+        assert!(checksum::verify(&err[42..62]), "quoted IPv4 checksum");
+        assert_eq!(
+            u16::from_be_bytes([err[62], err[63]]),
+            44000,
+            "quoted port is the pod's"
+        );
+        // An error about a flow we do not know is left alone.
+        let mut other = err.clone();
+        other[62..64].copy_from_slice(&1u16.to_be_bytes());
+        assert!(translate_icmp_error(&mut ct, 0, &mut other, 14, 34).is_none());
     }
 }

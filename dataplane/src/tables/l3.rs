@@ -142,6 +142,10 @@ impl L3 {
             });
         };
         add(underlay, NextHop::Uplink, &mut routes);
+        if underlay_gateway.is_some() {
+            // Everything else: out of the uplink via the underlay gateway.
+            add((0, 0), NextHop::Uplink, &mut routes);
+        }
         add(pod_net, NextHop::Local, &mut routes);
         add((gateway_ip, 32), NextHop::Us, &mut routes);
         add((node_ip, 32), NextHop::Host, &mut routes);
@@ -256,6 +260,12 @@ impl L3 {
                     Ipv4Addr::from_u32(r.node_ip),
                     r.vtep_mac
                 ),
+            ));
+        }
+        if let Some(g) = n.underlay_gateway {
+            v.push((
+                "0.0.0.0/0".into(),
+                format!("uplink via {} (pods masqueraded)", Ipv4Addr::from_u32(g)),
             ));
         }
         v
