@@ -467,6 +467,13 @@ impl Control {
                 mac_aged: get(&c.mac_aged),
                 mac_table_full: get(&c.mac_table_full),
                 trace_lost: get(&c.trace_lost),
+                ct_entries: get(&c.ct_entries),
+                ct_inserted: get(&c.ct_inserted),
+                ct_expired: get(&c.ct_expired),
+                ct_early_dropped: get(&c.ct_early_dropped),
+                ct_refused_full: get(&c.ct_refused_full),
+                handoff_out: get(&c.handoff_out),
+                handoff_in: get(&c.handoff_in),
                 ..Default::default()
             };
             for (k, st) in StageId::ALL.iter().enumerate() {

@@ -390,3 +390,100 @@ fn workers_share_what_arp_taught_them() {
         "worker 0 sent its held packet with worker 1's answer"
     );
 }
+
+#[test]
+fn replies_on_the_wrong_worker_are_handed_to_the_owner() {
+    // Two workers of node 1 with the NAT range split between them.
+    let cfg = |w: u16| PipelineConfig {
+        worker: w,
+        mac_capacity: 64,
+        mac_ageing_ticks: 300 * HZ,
+        tsc_hz: HZ,
+        conntrack: Default::default(),
+        nat_range: (40000, 40999),
+        workers: 2,
+    };
+    let (base, _) = node(1);
+    let mk = |w: u16| {
+        let mut p = Pipeline::new(
+            &cfg(w),
+            Arc::clone(&base.ports),
+            Arc::new(WorkerCounters::default()),
+            Tracer::new(w, None),
+        );
+        p.set_l3(Arc::clone(&base.l3));
+        p.set_now(HZ);
+        p
+    };
+    let (mut w0, mut w1) = (mk(0), mk(1));
+    let (mut io0, mut io1) = (MemIo::default(), MemIo::default());
+    let (t0, r0) = bounded(64);
+    let (t1, r1) = bounded(64);
+    w0.set_handoff(vec![None, Some(t1)], r0);
+    w1.set_handoff(vec![Some(t0), None], r1);
+    // Worker 1 knows the pod and the external host; the pod's UDP leaves through it.
+    let gw = gateway_mac(ip("10.244.0.1"));
+    rx(
+        &mut w1,
+        &mut io1,
+        POD_A,
+        &[arp::request(MacAddr(pod_mac(1, 2)), ip("10.244.0.2"), ip("10.244.0.1")).to_vec()],
+    );
+    io1.take_tx(POD_A);
+    rx(
+        &mut w1,
+        &mut io1,
+        UPLINK,
+        &[arp_reply(
+            MacAddr([2, 0, 0, 0, 0, 0x64]),
+            ip("192.168.77.100"),
+            uplink_mac(1),
+            ip("192.168.77.11"),
+        )],
+    );
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(pod_mac(1, 2), gw.0)
+        .ipv4([10, 244, 0, 2], [192, 168, 77, 100], 64)
+        .udp(5555, 53)
+        .write(&mut out, b"query")
+        .unwrap();
+    rx(&mut w1, &mut io1, POD_A, &[out]);
+    let sent = io1.take_tx(UPLINK);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(
+        &sent[0][26..30],
+        &[192, 168, 77, 11],
+        "masqueraded to the node IP"
+    );
+    let natport = u16::from_be_bytes([sent[0][34], sent[0][35]]);
+    assert!(
+        (40500..=40999).contains(&natport),
+        "worker 1's slice: {natport}"
+    );
+    // The answer arrives on worker 0, which does not own the connection.
+    let mut answer = Vec::new();
+    PacketBuilder::ethernet2([2, 0, 0, 0, 0, 0x64], uplink_mac(1).0)
+        .ipv4([192, 168, 77, 100], [192, 168, 77, 11], 64)
+        .udp(53, natport)
+        .write(&mut answer, b"answer")
+        .unwrap();
+    rx(&mut w0, &mut io0, UPLINK, &[answer]);
+    assert!(
+        io0.take_tx(HOST).is_empty(),
+        "not given to the node's kernel"
+    );
+    assert_eq!(get(&w0.counters.handoff_out), 1);
+    let mut buf = Vec::with_capacity(32);
+    assert_eq!(w1.run_handed_off(&mut io1, &mut buf), 1);
+    w1.flush(&mut io1);
+    let got = io1.take_tx(POD_A);
+    assert_eq!(got.len(), 1, "the owner translated it back to the pod");
+    assert_eq!(&got[0][30..34], &[10, 244, 0, 2]);
+    assert_eq!(u16::from_be_bytes([got[0][36], got[0][37]]), 5555);
+    // Totals balance across the two workers.
+    let total = |f: &dyn Fn(&WorkerCounters) -> u64| f(&w0.counters) + f(&w1.counters);
+    assert_eq!(
+        total(&|c| c.rx_total() + get(&c.replicated) + get(&c.handoff_in)),
+        total(&|c| c.tx_total() + c.drops_total() + get(&c.handoff_out))
+    );
+}

@@ -308,6 +308,22 @@ pub struct WorkerStat {
     pub mac_aged: u64,
     pub mac_table_full: u64,
     pub trace_lost: u64,
+    /// Connection table: entries now; inserted, expired, evicted early, refused.
+    #[serde(default)]
+    pub ct_entries: u64,
+    #[serde(default)]
+    pub ct_inserted: u64,
+    #[serde(default)]
+    pub ct_expired: u64,
+    #[serde(default)]
+    pub ct_early_dropped: u64,
+    #[serde(default)]
+    pub ct_refused_full: u64,
+    /// Packets handed to / taken from other workers (connection owners).
+    #[serde(default)]
+    pub handoff_out: u64,
+    #[serde(default)]
+    pub handoff_in: u64,
     pub stages: Vec<StageStat>,
     pub drops: Vec<DropStat>,
 }

@@ -89,6 +89,32 @@ pub fn stats_table(s: &Stats, all: bool) -> String {
             w.id, w.lcore, w.polls, w.idle_polls, w.sleeps, cpp, w.mac_learned
         );
     }
+    let _ = writeln!(
+        o,
+        "\n{:<7} {:>10} {:>10} {:>10} {:>12} {:>10} {:>12} {:>11}",
+        "worker",
+        "conns",
+        "inserted",
+        "expired",
+        "early-drops",
+        "refused",
+        "handoff-out",
+        "handoff-in"
+    );
+    for w in &s.workers {
+        let _ = writeln!(
+            o,
+            "{:<7} {:>10} {:>10} {:>10} {:>12} {:>10} {:>12} {:>11}",
+            w.id,
+            w.ct_entries,
+            w.ct_inserted,
+            w.ct_expired,
+            w.ct_early_dropped,
+            w.ct_refused_full,
+            w.handoff_out,
+            w.handoff_in
+        );
+    }
     o
 }
 
