@@ -581,6 +581,43 @@ fn demo(name: &str, state_dir: &std::path::Path, keep: bool) -> Result<()> {
         "5003",
     )?;
 
+    if let Some(ext) = s.external.clone() {
+        println!(
+            "\n== Walk 5: {} reaches a host outside the cluster; it sees {} (SNAT masquerade)",
+            a.name, n1.node_ip
+        );
+        let ext_ip = format!("{}.100", topo::UNDERLAY_PREFIX);
+        sh(
+            &format!("{} ping -c 2 {ext_ip}", a.name),
+            &a.netns,
+            "ping",
+            &["-c", "2", "-i", "0.2", "-W", "2", &ext_ip],
+        )?;
+        println!(
+            "\n$ external host serves 10 MB, {} downloads it, checked byte for byte",
+            a.name
+        );
+        let srv = net::command_in(&ext, &exe)
+            .args(["tcp-serve", "--port", "8080", "--bytes", "10485760"])
+            .spawn()?;
+        std::thread::sleep(Duration::from_millis(300));
+        sh(
+            &format!("{} tcp-fetch from {ext_ip}:8080", a.name),
+            &a.netns,
+            &exe,
+            &[
+                "tcp-fetch",
+                "--from",
+                &format!("{ext_ip}:8080"),
+                "--bytes",
+                "10485760",
+            ],
+        )?;
+        if !srv.wait_with_output()?.status.success() {
+            bail!("the download failed");
+        }
+        ctl(n1, &["conntrack", "list"])?;
+    }
     ctl(n1, &["port", "list"])?;
     ctl(n1, &["neighbors"])?;
     ctl(n1, &["stats"])?;
