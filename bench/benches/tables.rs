@@ -129,5 +129,25 @@ fn bridge(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, conntrack, lpm, bridge);
+fn maglev(c: &mut Criterion) {
+    use podpath_dataplane::tables::maglev::{Backend, Maglev, DEFAULT_SIZE};
+    let mut g = c.benchmark_group("maglev");
+    let backends: Vec<Backend> = (0..1000)
+        .map(|i| Backend {
+            key: format!("10.244.{}.{}:8080", i / 250, 2 + i % 250),
+            weight: 1,
+        })
+        .collect();
+    g.sample_size(10);
+    g.bench_function("build/1000-endpoints", |b| {
+        b.iter(|| Maglev::build(&backends, DEFAULT_SIZE))
+    });
+    let t = Maglev::build(&backends, DEFAULT_SIZE).expect("builds");
+    let mut r = Rng(17);
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("lookup/1000-endpoints", |b| b.iter(|| t.pick(r.next())));
+    g.finish();
+}
+
+criterion_group!(benches, conntrack, lpm, bridge, maglev);
 criterion_main!(benches);

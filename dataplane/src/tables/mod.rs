@@ -5,6 +5,7 @@ pub mod conntrack;
 pub mod l3;
 pub mod lpm;
 pub mod mac;
+pub mod maglev;
 pub mod neighbor;
 pub mod ports;
 
