@@ -1,7 +1,7 @@
 //! The control service's configuration file (TOML).
 use std::path::{Path, PathBuf};
 
-use podpath_proto::{NodeSpec, PortSpec, RemoteSpec, StaticMac};
+use podpath_proto::{NodeSpec, PortSpec, RemoteSpec, ServiceSpec, StaticMac};
 use serde::Deserialize;
 
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +54,9 @@ pub struct Config {
     /// The other nodes (flannel's subnet leases, in a file for now).
     #[serde(default, rename = "remote")]
     pub remotes: Vec<RemoteSpec>,
+    /// Services (kube-proxy's Service and EndpointSlice objects, in a file for now).
+    #[serde(default, rename = "service")]
+    pub services: Vec<ServiceSpec>,
 }
 
 impl Config {

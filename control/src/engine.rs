@@ -165,6 +165,11 @@ impl Engine {
                 }
             }
         }
+        for svc in self.state.services.clone() {
+            if let Err(e) = self.call(Request::ServiceSet(svc.clone())) {
+                failed.push(format!("service {}: {}", svc.name, e.message));
+            }
+        }
         for m in self.state.macs.clone() {
             if let Err(e) = self.call(Request::MacAdd {
                 bridge: m.bridge,
@@ -301,6 +306,7 @@ impl Engine {
                 macs: self.state.macs.clone(),
                 node: self.state.node.clone(),
                 remotes: self.state.remotes.clone(),
+                services: self.state.services.clone(),
                 in_sync: self.in_sync && self.dp.is_some(),
                 generation: self.generation,
             })),
@@ -338,6 +344,31 @@ impl Engine {
                 }
                 self.commit(new, Some(Request::RemoteAdd(old))).map(|()| Response::Done)
             }
+            Request::ServiceSet(svc) => {
+                let mut new = self.state.clone();
+                let undo = match new.services.iter_mut().find(|x| x.name == svc.name) {
+                    Some(x) => Request::ServiceSet(std::mem::replace(x, svc.clone())),
+                    None => {
+                        new.services.push(svc.clone());
+                        Request::ServiceDel { name: svc.name.clone() }
+                    }
+                };
+                self.call(Request::ServiceSet(svc)).and_then(|_| self.commit(new, Some(undo))).map(|()| Response::Done)
+            }
+            Request::ServiceDel { name } => {
+                let Some(old) = self.state.services.iter().find(|x| x.name == name).cloned() else {
+                    return Response::Error(err(ErrorKind::NotFound, format!("no service {name:?}")));
+                };
+                let mut new = self.state.clone();
+                new.services.retain(|x| x.name != name);
+                match self.call(Request::ServiceDel { name }) {
+                    Ok(_) => {}
+                    Err(e) if e.kind == ErrorKind::NotFound => {}
+                    Err(e) => return Response::Error(e),
+                }
+                self.commit(new, Some(Request::ServiceSet(old))).map(|()| Response::Done)
+            }
+            Request::ServiceList => Ok(Response::Services(self.state.services.clone())),
             q @ (Request::PortList
             | Request::RouteList
             | Request::NeighborList

@@ -5,7 +5,9 @@ use std::fs;
 use std::io::Write;
 use std::path::Path;
 
-use podpath_proto::{validate, ErrorKind, ErrorReply, NodeSpec, PortSpec, RemoteSpec, StaticMac};
+use podpath_proto::{
+    validate, ErrorKind, ErrorReply, NodeSpec, PortSpec, RemoteSpec, ServiceSpec, StaticMac,
+};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -17,6 +19,8 @@ pub struct State {
     pub node: Option<NodeSpec>,
     #[serde(default)]
     pub remotes: Vec<RemoteSpec>,
+    #[serde(default)]
+    pub services: Vec<ServiceSpec>,
 }
 
 fn bad(kind: ErrorKind, message: impl Into<String>) -> ErrorReply {

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use crossbeam::channel::{bounded, Receiver, Sender};
 use podpath_proto::{
     ConnInfo, ConntrackFilter, DropStat, ErrorKind, ErrorReply, MacInfo, NeighborInfo, NodeSpec,
-    PortInfo, PortSpec, PortStat, RemoteSpec, Request, Response, RouteInfo, StageStat, Stats,
-    TraceLine, WorkerStat, PROTOCOL_VERSION,
+    PortInfo, PortSpec, PortStat, RemoteSpec, Request, Response, RouteInfo, ServiceSpec, StageStat,
+    Stats, TraceLine, WorkerStat, PROTOCOL_VERSION,
 };
 use ringbuf::traits::Consumer;
 use ringbuf::HeapCons;
@@ -25,6 +25,7 @@ use crate::config::validate_port;
 use crate::dpdk::{self, netns, EthPort, Mempool, PortSetup};
 use crate::pipeline::counters::get;
 use crate::pipeline::{DropReason, Next, StageId, TraceDetail, TraceRecord, WorkerCounters};
+use crate::tables::services::ServiceTable;
 use crate::tables::{PortEntry, PortMap, L3};
 use crate::wire::MacAddr;
 use crate::worker::{ConnRow, MacRow, NeighborRow, Retired, WorkerMsg};
@@ -53,6 +54,7 @@ pub struct Control {
     node: Option<NodeSpec>,
     remotes: Vec<RemoteSpec>,
     l3: Arc<L3>,
+    services: Vec<ServiceSpec>,
     retired: Receiver<Retired>,
     tsc_hz: u64,
     rx_desc: u16,
@@ -86,6 +88,7 @@ impl Control {
             node: None,
             remotes: Vec::new(),
             l3: Arc::new(L3::empty()),
+            services: Vec::new(),
             retired,
             tsc_hz,
             rx_desc,
@@ -320,6 +323,16 @@ impl Control {
             }
         }
         Ok(out)
+    }
+
+    /// Builds and publishes the Service table for `specs`; on error nothing changes.
+    fn set_services(&mut self, specs: Vec<ServiceSpec>) -> Result<(), ErrorReply> {
+        let t = Arc::new(ServiceTable::build(&specs).map_err(|e| err(ErrorKind::BadRequest, e))?);
+        self.services = specs;
+        for w in &self.workers {
+            let _ = Self::tell(w, WorkerMsg::Services(Arc::clone(&t)));
+        }
+        Ok(())
     }
 
     pub fn current_map(&self) -> Arc<PortMap> {
@@ -679,6 +692,7 @@ impl Control {
             TraceDetail::Icmp { kind, to } => match kind {
                 crate::pipeline::IcmpKind::None => format!("echo reply to {to}"),
                 crate::pipeline::IcmpKind::TimeExceeded => format!("time exceeded to {to}"),
+                crate::pipeline::IcmpKind::PortUnreachable => format!("port unreachable to {to}"),
                 crate::pipeline::IcmpKind::FragNeeded(m) => {
                     format!("fragmentation needed (mtu {m}) to {to}")
                 }
@@ -802,6 +816,23 @@ impl Control {
             )),
             Request::NeighborList => self.neighbor_list().map(Response::Neighbors),
             Request::ConntrackList(f) => self.conntrack_list(&f).map(Response::Conntrack),
+            Request::ServiceSet(s) => {
+                let mut all = self.services.clone();
+                match all.iter_mut().find(|x| x.name == s.name) {
+                    Some(x) => *x = s,
+                    None => all.push(s),
+                }
+                self.set_services(all).map(|()| Response::Done)
+            }
+            Request::ServiceDel { name } => {
+                if self.services.iter().any(|x| x.name == name) {
+                    let all = self.services.iter().filter(|x| x.name != name).cloned().collect();
+                    self.set_services(all).map(|()| Response::Done)
+                } else {
+                    Err(err(ErrorKind::NotFound, format!("no service {name:?}")))
+                }
+            }
+            Request::ServiceList => Ok(Response::Services(self.services.clone())),
             Request::ConntrackFlush => {
                 for w in &self.workers {
                     let _ = Self::tell(w, WorkerMsg::FlushConntrack);

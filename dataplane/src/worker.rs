@@ -14,6 +14,7 @@ use crossbeam::channel::{Receiver, Sender};
 use crate::dpdk::rdtsc;
 use crate::pipeline::counters::add;
 use crate::pipeline::{Pipeline, PortIo, WorkerCounters, BURST};
+use crate::tables::services::ServiceTable;
 use crate::tables::{PortMap, L3};
 use crate::wire::MacAddr;
 
@@ -55,6 +56,7 @@ pub struct MacRow {
 pub enum Retired {
     Ports(Arc<PortMap>),
     L3(Arc<L3>),
+    Services(Arc<ServiceTable>),
 }
 
 /// One row of a worker's neighbour table.
@@ -83,6 +85,8 @@ pub enum WorkerMsg {
     Ports(Arc<PortMap>, u64),
     /// A new L3 view (node, remote nodes, routes).
     L3(Arc<L3>),
+    /// A new Service table.
+    Services(Arc<ServiceTable>),
     /// Send a copy of the neighbour table.
     DumpNeighbors(Sender<Vec<NeighborRow>>),
     /// Send a copy of the connection table.
@@ -150,6 +154,10 @@ impl<P: PortIo> Worker<P> {
                 self.counters().applied_gen.store(gen, Ordering::Release);
                 // The control thread frees it: never a large free on a worker.
                 let _ = self.retired.send(Retired::Ports(old));
+            }
+            WorkerMsg::Services(t) => {
+                let old = self.pipeline.set_services(t);
+                let _ = self.retired.send(Retired::Services(old));
             }
             WorkerMsg::L3(l3) => {
                 let old = self.pipeline.set_l3(l3);

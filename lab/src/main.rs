@@ -113,6 +113,25 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// Answer each TCP connection with this host's address (run inside a namespace).
+    #[command(hide = true)]
+    WhoamiServe {
+        #[arg(long)]
+        port: u16,
+        /// Stop after this many connections.
+        #[arg(long)]
+        count: u32,
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
+    /// Connect `count` times; print how many answers each address gave.
+    #[command(hide = true)]
+    WhoamiAsk {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long)]
+        count: u32,
+    },
     /// Send one UDP datagram of hex bytes (run inside a namespace).
     #[command(hide = true)]
     UdpSend {
@@ -246,6 +265,50 @@ fn run(cli: Cli) -> Result<()> {
             println!("fetched {n} bytes, all correct");
             Ok(())
         }
+        Cmd::WhoamiServe {
+            port,
+            count,
+            seconds,
+        } => {
+            let l = std::net::TcpListener::bind(("0.0.0.0", port))?;
+            l.set_nonblocking(true)?;
+            let end = std::time::Instant::now() + Duration::from_secs(seconds);
+            let mut n = 0;
+            while n < count && std::time::Instant::now() < end {
+                match l.accept() {
+                    Ok((mut s, peer)) => {
+                        use std::io::Write;
+                        let me = s.local_addr()?.ip();
+                        let _ = writeln!(s, "{me} saw {}", peer.ip());
+                        n += 1;
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+            println!("served {n}");
+            Ok(())
+        }
+        Cmd::WhoamiAsk { to, count } => {
+            use std::io::Read;
+            let mut seen: std::collections::BTreeMap<String, u32> =
+                std::collections::BTreeMap::new();
+            for _ in 0..count {
+                let mut s = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(3))?;
+                s.set_read_timeout(Some(Duration::from_secs(3)))?;
+                // The peer we talk to must be the Service address, whatever served us.
+                if s.peer_addr()? != to {
+                    bail!("connected to {} instead of {to}", s.peer_addr()?);
+                }
+                let mut buf = String::new();
+                s.read_to_string(&mut buf)?;
+                let who = buf.split_whitespace().next().unwrap_or("?").to_owned();
+                *seen.entry(who).or_default() += 1;
+            }
+            for (k, v) in &seen {
+                println!("{k} {v}");
+            }
+            Ok(())
+        }
         Cmd::UdpEcho { port, count } => {
             let s = std::net::UdpSocket::bind(("0.0.0.0", port))?;
             s.set_read_timeout(Some(Duration::from_secs(30)))?;
@@ -260,15 +323,20 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::UdpPing { to, count } => {
             let s = std::net::UdpSocket::bind(("0.0.0.0", 0))?;
             s.set_read_timeout(Some(Duration::from_secs(3)))?;
+            // Connected, so ICMP errors (port unreachable) surface as errors at once.
+            s.connect(to)?;
             let mut ok = 0;
             let mut buf = [0u8; 2048];
             for i in 0..count {
                 let msg = format!("podpath udp request {i}");
-                s.send_to(msg.as_bytes(), to)?;
-                if let Ok((n, from)) = s.recv_from(&mut buf) {
-                    if &buf[..n] == msg.as_bytes() && from == to {
-                        ok += 1;
+                s.send(msg.as_bytes())?;
+                match s.recv(&mut buf) {
+                    Ok(n) if &buf[..n] == msg.as_bytes() => ok += 1,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                        bail!("refused: {e}")
                     }
+                    Err(_) => {}
                 }
             }
             println!("{ok} of {count} replies");

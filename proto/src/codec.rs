@@ -101,7 +101,7 @@ mod tests {
         }
 
         #[test]
-        fn truncated_frames_are_errors(cut in 0usize..64, which in 0usize..19) {
+        fn truncated_frames_are_errors(cut in 0usize..64, which in 0usize..22) {
             let reqs = sample_requests();
             let v = Envelope { id: 1, body: reqs[which % reqs.len()].clone() };
             let bytes = encode(&v).unwrap();

@@ -63,6 +63,51 @@ pub enum Request {
     ConntrackList(ConntrackFilter),
     /// Forget every tracked connection.
     ConntrackFlush,
+    /// Add or replace (by name) a Service.
+    ServiceSet(ServiceSpec),
+    /// Remove a Service by name.
+    ServiceDel {
+        name: String,
+    },
+    ServiceList,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// A Service: a virtual IP and port with endpoints.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    /// "namespace/name".
+    pub name: String,
+    /// The ClusterIP.
+    pub vip: String,
+    pub port: u16,
+    /// "tcp" or "udp".
+    pub protocol: String,
+    #[serde(default)]
+    pub endpoints: Vec<EndpointSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointSpec {
+    pub ip: String,
+    pub port: u16,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// Not ready endpoints get no traffic.
+    #[serde(default = "default_true")]
+    pub ready: bool,
+    /// Terminating endpoints keep their connections and get no new ones.
+    #[serde(default)]
+    pub terminating: bool,
 }
 
 /// Filters for `ConntrackList`: protocol number, an address or a port on either side.
@@ -174,6 +219,8 @@ pub struct DesiredState {
     pub macs: Vec<StaticMac>,
     pub node: Option<NodeSpec>,
     pub remotes: Vec<RemoteSpec>,
+    #[serde(default)]
+    pub services: Vec<ServiceSpec>,
     /// Whether the dataplane currently matches it.
     pub in_sync: bool,
     /// Changes applied since the service started (for operators and tests).
@@ -215,6 +262,7 @@ pub enum Response {
     Routes(Vec<RouteInfo>),
     Neighbors(Vec<NeighborInfo>),
     Conntrack(Vec<ConnInfo>),
+    Services(Vec<ServiceSpec>),
     Error(ErrorReply),
 }
 
@@ -402,6 +450,11 @@ pub fn sample_requests() -> Vec<Request> {
             port: Some(80),
         }),
         Request::ConntrackFlush,
+        Request::ServiceSet(sample_service()),
+        Request::ServiceDel {
+            name: "default/web".into(),
+        },
+        Request::ServiceList,
     ]
 }
 
@@ -472,6 +525,7 @@ pub fn sample_responses() -> Vec<Response> {
             next: "port 1".into(),
             detail: "learned".into(),
         }]),
+        Response::Services(vec![sample_service()]),
         Response::Conntrack(vec![ConnInfo {
             worker: 0,
             proto: 6,
@@ -496,6 +550,7 @@ pub fn sample_responses() -> Vec<Response> {
         Response::State(DesiredState {
             node: Some(sample_node()),
             remotes: vec![sample_remote()],
+            services: vec![sample_service()],
             ports: vec![],
             macs: vec![StaticMac {
                 bridge: 1,
@@ -535,5 +590,22 @@ pub fn sample_remote() -> RemoteSpec {
         node_ip: "192.168.77.12".into(),
         vtep_mac: "0a:58:0a:f4:01:01".into(),
         pod_cidr: "10.244.1.0/24".into(),
+    }
+}
+
+/// A Service spec for tests and examples.
+pub fn sample_service() -> ServiceSpec {
+    ServiceSpec {
+        name: "default/web".into(),
+        vip: "10.96.0.10".into(),
+        port: 80,
+        protocol: "tcp".into(),
+        endpoints: vec![EndpointSpec {
+            ip: "10.244.1.5".into(),
+            port: 8080,
+            weight: 1,
+            ready: true,
+            terminating: false,
+        }],
     }
 }

@@ -54,6 +54,7 @@ fn run() -> Result<()> {
             macs: cfg.macs.clone(),
             node: cfg.node.clone(),
             remotes: cfg.remotes.clone(),
+            services: cfg.services.clone(),
         },
     };
     state

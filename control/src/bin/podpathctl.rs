@@ -48,6 +48,9 @@ enum Cmd {
     Routes,
     /// The neighbour (ARP) tables.
     Neighbors,
+    /// Services: set (add or replace), delete, list.
+    #[command(subcommand)]
+    Service(ServiceCmd),
     /// Tracked connections (NAT): list like `conntrack -L`, or flush.
     #[command(subcommand)]
     Conntrack(ConntrackCmd),
@@ -83,6 +86,58 @@ enum PortCmd {
         #[arg(long)]
         xstats: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum ServiceCmd {
+    /// Add or replace a Service.
+    Set {
+        /// namespace/name
+        name: String,
+        #[arg(long)]
+        vip: String,
+        #[arg(long)]
+        port: u16,
+        #[arg(long, default_value = "tcp")]
+        protocol: String,
+        /// IP:PORT, repeated (append ",w=N" for a weight, ",terminating" or ",notready").
+        #[arg(long = "endpoint")]
+        endpoints: Vec<String>,
+    },
+    Del {
+        name: String,
+    },
+    List,
+}
+
+fn parse_endpoint(s: &str) -> Result<podpath_proto::EndpointSpec> {
+    let mut parts = s.split(',');
+    let addr = parts.next().unwrap_or("");
+    let (ip, port) = addr
+        .rsplit_once(':')
+        .ok_or_else(|| anyhow!("endpoint {s:?}: want IP:PORT"))?;
+    let mut e = podpath_proto::EndpointSpec {
+        ip: ip.into(),
+        port: port
+            .parse()
+            .map_err(|_| anyhow!("endpoint {s:?}: bad port"))?,
+        weight: 1,
+        ready: true,
+        terminating: false,
+    };
+    for p in parts {
+        match p {
+            "terminating" => e.terminating = true,
+            "notready" => e.ready = false,
+            w if w.starts_with("w=") => {
+                e.weight = w[2..]
+                    .parse()
+                    .map_err(|_| anyhow!("endpoint {s:?}: bad weight"))?
+            }
+            x => return Err(anyhow!("endpoint {s:?}: unknown option {x:?}")),
+        }
+    }
+    Ok(e)
 }
 
 #[derive(Subcommand)]
@@ -217,6 +272,48 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Bridge(BridgeCmd::MacDel { bridge, mac }) => {
             c.call(Request::MacDel { bridge, mac })?;
         }
+        Cmd::Service(ServiceCmd::Set {
+            name,
+            vip,
+            port,
+            protocol,
+            endpoints,
+        }) => {
+            let endpoints = endpoints
+                .iter()
+                .map(|e| parse_endpoint(e))
+                .collect::<Result<Vec<_>>>()?;
+            c.call(Request::ServiceSet(podpath_proto::ServiceSpec {
+                name,
+                vip,
+                port,
+                protocol,
+                endpoints,
+            }))?;
+        }
+        Cmd::Service(ServiceCmd::Del { name }) => {
+            c.call(Request::ServiceDel { name })?;
+        }
+        Cmd::Service(ServiceCmd::List) => match c.call(Request::ServiceList)? {
+            Response::Services(v) => {
+                let mut t = String::new();
+                for s in &v {
+                    t += &format!("{:<24} {}:{}/{}\n", s.name, s.vip, s.port, s.protocol);
+                    for e in &s.endpoints {
+                        t += &format!(
+                            "    {}:{} weight {}{}{}\n",
+                            e.ip,
+                            e.port,
+                            e.weight,
+                            if e.ready { "" } else { " not-ready" },
+                            if e.terminating { " terminating" } else { "" }
+                        );
+                    }
+                }
+                print(&v, t)
+            }
+            r => return Err(anyhow!("unexpected response {r:?}")),
+        },
         Cmd::Conntrack(ConntrackCmd::List { proto, addr, port }) => {
             let proto = match proto.as_deref() {
                 None => None,

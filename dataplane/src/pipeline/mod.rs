@@ -59,6 +59,8 @@ pub enum IcmpKind {
     TimeExceeded,
     /// Destination unreachable, fragmentation needed, with the next-hop MTU.
     FragNeeded(u16),
+    /// Destination unreachable, port unreachable (a Service without endpoints).
+    PortUnreachable,
 }
 
 /// Per-packet metadata the stages share (filled by `eth-input`).

@@ -11,10 +11,11 @@ use crate::dpdk::rdtsc;
 use crate::stages::icmp_error::RateLimit;
 use crate::stages::snat::{self, NatPorts};
 use crate::stages::{
-    arp, bridge::Bridge, eth_input, icmp_error, ip4_local, ip4_lookup, ip4_rewrite, vxlan_decap,
-    vxlan_encap, Ctx,
+    arp, bridge::Bridge, eth_input, icmp_error, ip4_local, ip4_lookup, ip4_rewrite, lb,
+    vxlan_decap, vxlan_encap, Ctx,
 };
 use crate::tables::conntrack::{Conntrack, Timeouts};
+use crate::tables::services::ServiceTable;
 use crate::tables::{NeighborTable, PortMap, Role, L3};
 use crossbeam::channel::{Receiver, Sender};
 
@@ -96,6 +97,7 @@ pub struct Pipeline<F: Frame> {
     dropped: Vec<F>,
     pub ports: Arc<PortMap>,
     pub l3: Arc<L3>,
+    pub services: Arc<ServiceTable>,
     pub bridge: Bridge,
     pub neighbors: NeighborTable,
     pending: Vec<Parked<F>>,
@@ -140,6 +142,7 @@ impl<F: Frame> Pipeline<F> {
             dropped: Vec::with_capacity(2 * BURST + PENDING_CAP),
             ports,
             l3: Arc::new(L3::empty()),
+            services: Arc::new(ServiceTable::default()),
             bridge: Bridge::new(cfg.mac_capacity, cfg.mac_ageing_ticks),
             // Neighbours live 5 minutes; a missing one is asked for at most once a second.
             neighbors: NeighborTable::new(4096, cfg.tsc_hz.saturating_mul(300), cfg.tsc_hz),
@@ -198,6 +201,11 @@ impl<F: Frame> Pipeline<F> {
             .store(s.early_dropped, std::sync::atomic::Ordering::Relaxed);
         c.ct_refused_full
             .store(s.refused_full, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Installs a new Service table; returns the old one (for the control thread to free).
+    pub fn set_services(&mut self, s: Arc<ServiceTable>) -> Arc<ServiceTable> {
+        std::mem::replace(&mut self.services, s)
     }
 
     /// Installs a new L3 view; returns the old one (for the control thread to free).
@@ -310,6 +318,7 @@ impl<F: Frame> Pipeline<F> {
         let cx = Ctx {
             ports: &self.ports,
             l3: &self.l3,
+            services: &self.services,
             now: self.now,
             counters: c,
         };
@@ -327,6 +336,11 @@ impl<F: Frame> Pipeline<F> {
             }
             StageId::Ip4Lookup => ip4_lookup::process(&cx, idx, s, m, n, d),
             StageId::Ip4Local => ip4_local::process(&cx, idx, s, m, n, d),
+            StageId::Lb => {
+                let now = u32::try_from(self.now / self.tsc_hz.max(1)).unwrap_or(u32::MAX);
+                let svc = Arc::clone(&self.services);
+                lb::process(&cx, &mut self.conntrack, &svc, now, idx, s, m, n, d)
+            }
             StageId::Snat => {
                 let now = u32::try_from(self.now / self.tsc_hz.max(1)).unwrap_or(u32::MAX);
                 snat::egress(
@@ -438,6 +452,7 @@ impl<F: Frame> Pipeline<F> {
                     let cx = Ctx {
                         ports: &self.ports,
                         l3: &self.l3,
+                        services: &self.services,
                         now: self.now,
                         counters: c,
                     };

@@ -100,6 +100,9 @@ fn pick(cx: &Ctx, m: &Meta, data: &[u8], ip: Option<FiveTuple>) -> Next {
     let is_ip4 = m.ethertype == u16::from(EtherType::Ipv4);
     match cx.ports.role(m.in_port) {
         Role::Pod if is_arp => Next::Stage(StageId::Arp),
+        // With Services, every IPv4 packet from a pod passes `lb` (an endpoint's reply
+        // to a client on its own subnet is bridged, and still needs its VIP back).
+        Role::Pod | Role::Host if is_ip4 && !cx.services.is_empty() => Next::Stage(StageId::Lb),
         Role::Pod if is_ip4 && data[0..6] == node.router_mac.0 => Next::Stage(StageId::Ip4Lookup),
         Role::Pod => Next::Stage(StageId::Bridge),
         Role::Uplink if is_arp => Next::Stage(StageId::Arp),

@@ -78,7 +78,7 @@ pub fn process<F: Frame>(
         let kind = std::mem::take(&mut m.icmp);
         let l3 = usize::from(m.l3);
         let mut quote = [0u8; 60 + 8];
-        let (qlen, orig_src) = {
+        let (qlen, orig_src, orig_dst) = {
             let ip = ipv4::Packet::new_unchecked(&f.data()[l3..]);
             let hl = ip.header_len();
             if !error_allowed(
@@ -97,7 +97,7 @@ pub fn process<F: Frame>(
             }
             let q = (hl + 8).min(usize::from(ip.total_len()));
             quote[..q].copy_from_slice(&f.data()[l3..l3 + q]);
-            (q, ip.src_addr().to_u32())
+            (q, ip.src_addr().to_u32(), ip.dst_addr().to_u32())
         };
         let reason = match kind {
             IcmpKind::TimeExceeded => DropReason::Ip4TtlExpired,
@@ -125,7 +125,10 @@ pub fn process<F: Frame>(
                 to: Ipv4Addr::from_u32(orig_src),
             };
         }
-        let from = if orig_src & mask(node.cluster.1) == node.cluster.0 {
+        let from = if kind == IcmpKind::PortUnreachable {
+            // Refused by the Service's address itself.
+            orig_dst
+        } else if orig_src & mask(node.cluster.1) == node.cluster.0 {
             node.gateway_ip
         } else {
             node.node_ip
@@ -148,6 +151,7 @@ pub fn process<F: Frame>(
         let ic = ip_at + ipv4::HEADER_LEN;
         let (t, c, word) = match kind {
             IcmpKind::FragNeeded(mtu) => (icmpv4::kind::DEST_UNREACHABLE, 4u8, u32::from(mtu)),
+            IcmpKind::PortUnreachable => (icmpv4::kind::DEST_UNREACHABLE, 3u8, 0u32),
             _ => (icmpv4::kind::TIME_EXCEEDED, 0u8, 0u32),
         };
         d[ic] = t;

@@ -8,17 +8,20 @@ pub mod icmp_error;
 pub mod ip4_local;
 pub mod ip4_lookup;
 pub mod ip4_rewrite;
+pub mod lb;
 pub mod snat;
 pub mod vxlan_decap;
 pub mod vxlan_encap;
 
 use crate::pipeline::WorkerCounters;
+use crate::tables::services::ServiceTable;
 use crate::tables::{PortMap, L3};
 
 /// What every stage may look at besides the packets.
 pub struct Ctx<'a> {
     pub ports: &'a PortMap,
     pub l3: &'a L3,
+    pub services: &'a ServiceTable,
     /// TSC at the start of this poll iteration.
     pub now: u64,
     pub counters: &'a WorkerCounters,

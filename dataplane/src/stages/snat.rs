@@ -53,7 +53,7 @@ impl NatPorts {
 }
 
 /// The 5-tuple of the packet at `l3` (ICMP echo: identifier as `sport`, 0 as `dport`).
-fn tuple_of(d: &[u8], l3: usize, l4: usize, proto: u8) -> Option<Tuple> {
+pub(crate) fn tuple_of(d: &[u8], l3: usize, l4: usize, proto: u8) -> Option<Tuple> {
     let ip = ipv4::Packet::new_unchecked(&d[l3..]);
     let (src, dst) = (ip.src_addr().to_u32(), ip.dst_addr().to_u32());
     let (sport, dport) = match proto {
@@ -81,7 +81,15 @@ fn tuple_of(d: &[u8], l3: usize, l4: usize, proto: u8) -> Option<Tuple> {
 
 /// Rewrites the source (egress) or destination (replies) address and port of the
 /// packet, updating the IPv4 and L4 checksums incrementally.
-fn rewrite(d: &mut [u8], l3: usize, l4: usize, proto: u8, source: bool, addr: u32, port: u16) {
+pub(crate) fn rewrite(
+    d: &mut [u8],
+    l3: usize,
+    l4: usize,
+    proto: u8,
+    source: bool,
+    addr: u32,
+    port: u16,
+) {
     let mut ip = ipv4::Packet::new_unchecked(&mut d[l3..]);
     let old_addr = if source { ip.src_addr() } else { ip.dst_addr() }.to_u32();
     if source {
@@ -136,7 +144,7 @@ fn rewrite(d: &mut [u8], l3: usize, l4: usize, proto: u8, source: bool, addr: u3
     }
 }
 
-fn tcp_flags(d: &[u8], l4: usize, proto: u8) -> u8 {
+pub(crate) fn tcp_flags(d: &[u8], l4: usize, proto: u8) -> u8 {
     if proto == 6 {
         tcp::Packet::new_unchecked(&d[l4..]).flags()
     } else {

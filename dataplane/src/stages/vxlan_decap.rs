@@ -90,8 +90,11 @@ pub fn process<F: Frame>(
                     Next::Drop(DropReason::VxlanInnerBadSource)
                 } else if !matches!(cx.l3.route(idst), Some(NextHop::Local | NextHop::Us)) {
                     Next::Drop(DropReason::VxlanInnerNotLocal)
-                } else {
+                } else if cx.services.is_empty() {
                     Next::Stage(StageId::Ip4Lookup)
+                } else {
+                    // Replies of Service connections this node balanced come back here.
+                    Next::Stage(StageId::Lb)
                 }
             }
         };

@@ -130,6 +130,8 @@ const F_DEAD: u8 = 4;
 /// The original direction sent the FIN (so the closing side is known).
 const F_FIN_ORIG: u8 = 8;
 const F_FIN_REPLY: u8 = 16;
+/// A Service connection (destination translated), as opposed to masquerade.
+const F_DNAT: u8 = 32;
 const NIL: u32 = u32::MAX;
 
 #[derive(Debug, Clone, Copy)]
@@ -152,6 +154,10 @@ impl Entry {
     }
     pub fn seen_reply(&self) -> bool {
         self.flags & F_SEEN_REPLY != 0
+    }
+    /// A Service connection: the destination was translated to an endpoint.
+    pub fn is_dnat(&self) -> bool {
+        self.flags & F_DNAT != 0
     }
 }
 
@@ -348,6 +354,11 @@ impl Conntrack {
             _ => t.icmp,
         };
         e.expires = now.saturating_add(timeout.max(1));
+    }
+
+    /// Marks entry `i` as a Service connection.
+    pub fn set_dnat(&mut self, i: u32) {
+        self.slab[i as usize].flags |= F_DNAT;
     }
 
     /// Forgets an entry now (e.g. its endpoint went away); its slot is free at once.

@@ -8,6 +8,7 @@ pub mod mac;
 pub mod maglev;
 pub mod neighbor;
 pub mod ports;
+pub mod services;
 
 pub use l3::{NextHop, L3};
 pub use mac::{Learn, MacTable};

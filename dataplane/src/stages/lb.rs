@@ -1,0 +1,199 @@
+//! `lb`: Service load balancing (walk 4). A new connection to a Service's virtual IP
+//! and port gets an endpoint from the Service's Maglev table and its destination
+//! rewritten; the connection table remembers the choice, so later packets go to the
+//! same endpoint and the endpoint's replies get the virtual IP back as source. Runs
+//! before `ip4-lookup`, so the endpoint may be local or on another node. A Service
+//! without endpoints refuses at once: TCP with a reset, UDP with ICMP port
+//! unreachable.
+use super::snat::{rewrite, tcp_flags, tuple_of};
+use super::Ctx;
+use crate::pipeline::{DropReason, Frame, IcmpKind, Meta, Next, StageId, TraceDetail};
+use crate::tables::conntrack::{Conntrack, Dir, InsertError, Tuple};
+use crate::tables::services::ServiceTable;
+use crate::tables::Role;
+use crate::wire::{checksum, ethernet, ipv4, tcp, Ipv4Addr};
+
+/// Where a packet goes when `lb` has nothing to do with it.
+fn onward(cx: &Ctx, m: &Meta, d: &[u8]) -> Next {
+    let routed = cx.ports.role(m.in_port) != Role::Pod
+        || cx
+            .l3
+            .node
+            .as_ref()
+            .is_some_and(|n| d[0..6] == n.router_mac.0);
+    if routed {
+        Next::Stage(StageId::Ip4Lookup)
+    } else {
+        Next::Stage(StageId::Bridge)
+    }
+}
+
+fn flow_hash(t: &Tuple) -> u64 {
+    let mut h = (u64::from(t.src) << 32 | u64::from(t.dst))
+        ^ (u64::from(t.sport) << 24 | u64::from(t.dport) << 8 | u64::from(t.proto));
+    h = h.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    h ^ (h >> 29)
+}
+
+/// Turns a TCP segment into the reset that refuses it (RFC 9293 3.10.7.1), in place,
+/// addressed back to its sender.
+fn tcp_reset(d: &mut [u8], l3: usize, l4: usize) -> bool {
+    let (seq, ack, syn, fin, plen) = {
+        let ip = ipv4::Packet::new_unchecked(&d[l3..]);
+        let t = tcp::Packet::new_unchecked(&d[l4..]);
+        let hl = t.header_len();
+        let plen = usize::from(ip.total_len()).saturating_sub(ip.header_len() + hl);
+        (
+            t.seq_number(),
+            t.ack_number(),
+            t.flags() & tcp::flags::SYN != 0,
+            t.flags() & tcp::flags::FIN != 0,
+            plen,
+        )
+    };
+    let total = l4 + tcp::HEADER_LEN;
+    if d.len() < total {
+        return false;
+    }
+    // Swap addresses and ports.
+    let (mut a, mut b) = ([0u8; 4], [0u8; 4]);
+    a.copy_from_slice(&d[l3 + 12..l3 + 16]);
+    b.copy_from_slice(&d[l3 + 16..l3 + 20]);
+    d[l3 + 12..l3 + 16].copy_from_slice(&b);
+    d[l3 + 16..l3 + 20].copy_from_slice(&a);
+    let (sp, dp) = ([d[l4], d[l4 + 1]], [d[l4 + 2], d[l4 + 3]]);
+    d[l4..l4 + 2].copy_from_slice(&dp);
+    d[l4 + 2..l4 + 4].copy_from_slice(&sp);
+    let seg_len = u32::try_from(plen).unwrap_or(0) + u32::from(syn) + u32::from(fin);
+    // RST+ACK acknowledging what came; sequence from the peer's ACK when it had one.
+    let rst_seq = if d[l4 + 13] & tcp::flags::ACK != 0 {
+        ack
+    } else {
+        0
+    };
+    d[l4 + 4..l4 + 8].copy_from_slice(&rst_seq.to_be_bytes());
+    d[l4 + 8..l4 + 12].copy_from_slice(&seq.wrapping_add(seg_len).to_be_bytes());
+    d[l4 + 12] = 0x50;
+    d[l4 + 13] = tcp::flags::RST | tcp::flags::ACK;
+    d[l4 + 14..l4 + 20].fill(0);
+    let tcp_len = tcp::HEADER_LEN;
+    let ip_len = u16::try_from(l4 - l3 + tcp_len).unwrap_or(40);
+    d[l3 + 2..l3 + 4].copy_from_slice(&ip_len.to_be_bytes());
+    let mut ip = ipv4::Packet::new_unchecked(&mut d[l3..]);
+    ip.set_ttl(64);
+    ip.fill_checksum();
+    let (src, dst) = (b, a);
+    let ph = checksum::pseudo_header(src, dst, 6, u16::try_from(tcp_len).unwrap_or(20));
+    let c = !checksum::fold(ph + checksum::sum(&d[l4..l4 + tcp_len]));
+    d[l4 + 16..l4 + 18].copy_from_slice(&c.to_be_bytes());
+    true
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn process<F: Frame>(
+    cx: &Ctx,
+    ct: &mut Conntrack,
+    services: &ServiceTable,
+    now: u32,
+    pkts: &[u8],
+    frames: &mut [Option<F>],
+    meta: &mut [Meta],
+    next: &mut [Next],
+    detail: &mut [TraceDetail],
+) {
+    for &i in pkts {
+        let i = usize::from(i);
+        let Some(f) = frames[i].as_mut() else {
+            continue;
+        };
+        let m = &mut meta[i];
+        let (l3, l4) = (usize::from(m.l3), usize::from(m.l4));
+        let d = f.data_mut();
+        next[i] = onward(cx, m, d);
+        if m.l4 == 0 || (m.proto != 6 && m.proto != 17) {
+            continue;
+        }
+        let Some(t) = tuple_of(d, l3, l4, m.proto) else {
+            continue;
+        };
+        let flags = tcp_flags(d, l4, m.proto);
+        match ct.lookup(&t, now) {
+            Some((k, dir)) if ct.entry(k).is_dnat() => {
+                let e = *ct.entry(k);
+                ct.update(k, dir, flags, now);
+                if dir == Dir::Orig {
+                    // Established: to the same endpoint.
+                    rewrite(d, l3, l4, m.proto, false, e.reply.src, e.reply.sport);
+                    next[i] = Next::Stage(StageId::Ip4Lookup);
+                } else {
+                    // The endpoint's reply: from the virtual IP again.
+                    rewrite(d, l3, l4, m.proto, true, e.orig.dst, e.orig.dport);
+                }
+                if m.trace != 0 {
+                    let (to, port) = if dir == Dir::Orig {
+                        (e.reply.src, e.reply.sport)
+                    } else {
+                        (e.orig.dst, e.orig.dport)
+                    };
+                    detail[i] = TraceDetail::Nat {
+                        src: dir == Dir::Reply,
+                        to: Ipv4Addr::from_u32(to),
+                        port,
+                    };
+                }
+                continue;
+            }
+            Some(_) => continue,
+            None => {}
+        }
+        let Some(svc) = services.lookup(t.dst, t.dport, t.proto) else {
+            continue;
+        };
+        let Some(ep) = svc
+            .maglev
+            .pick(flow_hash(&t))
+            .and_then(|k| svc.endpoints.get(usize::from(k)).copied())
+        else {
+            // No endpoint: refuse now rather than let the client time out.
+            next[i] = if t.proto == 6 {
+                if l3 != ethernet::HEADER_LEN || !tcp_reset(d, l3, l4) {
+                    Next::Drop(DropReason::LbNoEndpoint)
+                } else {
+                    let total = l4 + tcp::HEADER_LEN;
+                    let _ = f.set_len(total);
+                    Next::Stage(StageId::Ip4Lookup)
+                }
+            } else {
+                m.icmp = IcmpKind::PortUnreachable;
+                Next::Stage(StageId::IcmpError)
+            };
+            continue;
+        };
+        let reply = Tuple {
+            src: ep.ip,
+            dst: t.src,
+            sport: ep.port,
+            dport: t.sport,
+            proto: t.proto,
+        };
+        match ct.insert(t, reply, now) {
+            Ok(k) => {
+                ct.set_dnat(k);
+                ct.update(k, Dir::Orig, flags, now);
+            }
+            Err(InsertError::Full) | Err(InsertError::Exists) => {
+                next[i] = Next::Drop(DropReason::LbTableFull);
+                continue;
+            }
+        }
+        rewrite(d, l3, l4, m.proto, false, ep.ip, ep.port);
+        if m.trace != 0 {
+            detail[i] = TraceDetail::Nat {
+                src: false,
+                to: Ipv4Addr::from_u32(ep.ip),
+                port: ep.port,
+            };
+        }
+        next[i] = Next::Stage(StageId::Ip4Lookup);
+    }
+}
