@@ -132,6 +132,24 @@ enum Cmd {
         #[arg(long)]
         count: u32,
     },
+    /// Answer UDP datagrams with this host's address, until `seconds` pass.
+    #[command(hide = true)]
+    UdpWhoamiServe {
+        #[arg(long)]
+        port: u16,
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+    },
+    /// Ask `count` times, `interval_ms` apart, from one socket; print who answered.
+    #[command(hide = true)]
+    UdpWhoamiAsk {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long)]
+        count: u32,
+        #[arg(long, default_value_t = 100)]
+        interval_ms: u64,
+    },
     /// Send one UDP datagram of hex bytes (run inside a namespace).
     #[command(hide = true)]
     UdpSend {
@@ -306,6 +324,39 @@ fn run(cli: Cli) -> Result<()> {
             }
             for (k, v) in &seen {
                 println!("{k} {v}");
+            }
+            Ok(())
+        }
+        Cmd::UdpWhoamiServe { port, seconds } => {
+            let s = std::net::UdpSocket::bind(("0.0.0.0", port))?;
+            s.set_read_timeout(Some(Duration::from_millis(200)))?;
+            let end = std::time::Instant::now() + Duration::from_secs(seconds);
+            let mut buf = [0u8; 512];
+            while std::time::Instant::now() < end {
+                if let Ok((_, from)) = s.recv_from(&mut buf) {
+                    // Answer from the address the request reached (the endpoint's).
+                    let me = net::local_ip_towards(from.ip()).unwrap_or_else(|| "?".into());
+                    let _ = s.send_to(me.as_bytes(), from);
+                }
+            }
+            Ok(())
+        }
+        Cmd::UdpWhoamiAsk {
+            to,
+            count,
+            interval_ms,
+        } => {
+            let s = std::net::UdpSocket::bind(("0.0.0.0", 0))?;
+            s.set_read_timeout(Some(Duration::from_millis(500)))?;
+            s.connect(to)?;
+            let mut buf = [0u8; 512];
+            for _ in 0..count {
+                s.send(b"who")?;
+                match s.recv(&mut buf) {
+                    Ok(n) => println!("{}", String::from_utf8_lossy(&buf[..n])),
+                    Err(_) => println!("none"),
+                }
+                std::thread::sleep(Duration::from_millis(interval_ms));
             }
             Ok(())
         }

@@ -95,3 +95,11 @@ pub fn kill(pid: u32, signal: &str) {
         .stderr(Stdio::null())
         .status();
 }
+
+/// This host's address on the route towards `peer` (a connected UDP socket's local
+/// address; nothing is sent).
+pub fn local_ip_towards(peer: std::net::IpAddr) -> Option<String> {
+    let s = std::net::UdpSocket::bind(("0.0.0.0", 0)).ok()?;
+    s.connect((peer, 9)).ok()?;
+    Some(s.local_addr().ok()?.ip().to_string())
+}

@@ -61,6 +61,7 @@ fn cluster_ip_spreads_over_endpoints_on_both_nodes() {
         port: 80,
         protocol: "tcp".into(),
         endpoints: eps.iter().map(|p| ep(&p.ip)).collect(),
+        affinity_timeout: None,
     };
     set(&lab, &web);
     let servers: Vec<_> = eps
@@ -122,6 +123,197 @@ fn cluster_ip_spreads_over_endpoints_on_both_nodes() {
         let _ = s.wait();
     }
 
+    // ClientIP affinity: every connection of the client goes to one endpoint.
+    let servers: Vec<_> = eps
+        .iter()
+        .map(|p| {
+            net::command_in(&p.netns, &bin())
+                .args([
+                    "whoami-serve",
+                    "--port",
+                    "8080",
+                    "--count",
+                    "300",
+                    "--seconds",
+                    "30",
+                ])
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    set(
+        &lab,
+        &ServiceSpec {
+            affinity_timeout: Some(600),
+            ..web.clone()
+        },
+    );
+    let (ok, out) = run_in(
+        &client.netns,
+        &bin(),
+        &["whoami-ask", "--to", "10.96.0.10:80", "--count", "300"],
+    );
+    assert!(ok, "{out}");
+    let answered: Vec<&str> = out.lines().filter(|l| l.ends_with(" 300")).collect();
+    assert_eq!(
+        answered.len(),
+        1,
+        "affinity: all 300 to one endpoint:\n{out}"
+    );
+    for mut s in servers {
+        let _ = s.kill();
+        let _ = s.wait();
+    }
+
+    // A long TCP stream to one endpoint survives the removal of another endpoint and
+    // the addition of a new one.
+    set(&lab, &web);
+    let receivers: Vec<_> = eps
+        .iter()
+        .map(|p| {
+            net::command_in(&p.netns, &bin())
+                .args(["tcp-recv", "--port", "8080", "--seed", "3"])
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut sender = net::command_in(&client.netns, &bin())
+        .args([
+            "tcp-send",
+            "--to",
+            "10.96.0.10:80",
+            "--seconds",
+            "4",
+            "--rate-mbps",
+            "20",
+            "--seed",
+            "3",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    let mut c = Client::connect(&n1.control_socket, "test").unwrap();
+    let Response::Conntrack(conns) = c
+        .call(Request::ConntrackList(podpath_proto::ConntrackFilter {
+            proto: Some(6),
+            addr: Some("10.96.0.10".into()),
+            port: Some(80),
+        }))
+        .unwrap()
+    else {
+        panic!()
+    };
+    let live: Vec<_> = conns
+        .iter()
+        .filter(|c| c.state.as_deref() == Some("ESTABLISHED"))
+        .collect();
+    assert_eq!(live.len(), 1, "{conns:?}");
+    let serving = live[0].reply.0.clone();
+    let other = eps.iter().find(|p| p.ip != serving).unwrap().ip.clone();
+    let mut changed = web.clone();
+    changed.endpoints.retain(|e| e.ip != other);
+    changed.endpoints.push(ep(&n1.pods[0].ip));
+    set(&lab, &changed);
+    let st = sender.wait().unwrap();
+    assert!(
+        st.success(),
+        "the stream to {serving} broke when {other} was removed"
+    );
+    for mut r in receivers {
+        let _ = r.kill();
+        let _ = r.wait();
+    }
+
+    // A UDP client whose endpoint is removed moves to a live one.
+    let dns = ServiceSpec {
+        name: "default/dns2".into(),
+        vip: "10.96.0.13".into(),
+        port: 53,
+        protocol: "udp".into(),
+        endpoints: vec![ep(&eps[1].ip), ep(&eps[2].ip)],
+        affinity_timeout: None,
+    };
+    let dns = ServiceSpec {
+        endpoints: dns
+            .endpoints
+            .iter()
+            .map(|e| EndpointSpec {
+                port: 5353,
+                ..e.clone()
+            })
+            .collect(),
+        ..dns
+    };
+    set(&lab, &dns);
+    let answerers: Vec<_> = [&eps[1], &eps[2]]
+        .iter()
+        .map(|p| {
+            net::command_in(&p.netns, &bin())
+                .args(["udp-whoami-serve", "--port", "5353", "--seconds", "15"])
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let asker = net::command_in(&client.netns, &bin())
+        .args([
+            "udp-whoami-ask",
+            "--to",
+            "10.96.0.13:53",
+            "--count",
+            "20",
+            "--interval-ms",
+            "100",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    // Remove whichever endpoint answers: ask the connection table.
+    let mut c = Client::connect(&n1.control_socket, "test").unwrap();
+    let Response::Conntrack(conns) = c
+        .call(Request::ConntrackList(podpath_proto::ConntrackFilter {
+            proto: Some(17),
+            addr: Some("10.96.0.13".into()),
+            port: None,
+        }))
+        .unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(conns.len(), 1, "{conns:?}");
+    let first = conns[0].reply.0.clone();
+    set(
+        &lab,
+        &ServiceSpec {
+            endpoints: dns
+                .endpoints
+                .iter()
+                .filter(|e| e.ip != first)
+                .cloned()
+                .collect(),
+            ..dns.clone()
+        },
+    );
+    let out = String::from_utf8_lossy(&asker.wait_with_output().unwrap().stdout).into_owned();
+    let answers: Vec<&str> = out.lines().collect();
+    assert_eq!(answers.first(), Some(&first.as_str()), "{out}");
+    let last = answers.last().copied().unwrap_or("");
+    assert!(
+        last != first && last != "none",
+        "the UDP client did not move off the removed endpoint:\n{out}"
+    );
+    for mut a in answerers {
+        let _ = a.kill();
+        let _ = a.wait();
+    }
+
     // A Service without endpoints refuses at once: TCP with a reset, UDP with ICMP.
     set(
         &lab,
@@ -131,6 +323,7 @@ fn cluster_ip_spreads_over_endpoints_on_both_nodes() {
             port: 80,
             protocol: "tcp".into(),
             endpoints: vec![],
+            affinity_timeout: None,
         },
     );
     set(
@@ -141,6 +334,7 @@ fn cluster_ip_spreads_over_endpoints_on_both_nodes() {
             port: 53,
             protocol: "udp".into(),
             endpoints: vec![],
+            affinity_timeout: None,
         },
     );
     let t = Instant::now();

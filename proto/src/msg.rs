@@ -93,6 +93,10 @@ pub struct ServiceSpec {
     pub protocol: String,
     #[serde(default)]
     pub endpoints: Vec<EndpointSpec>,
+    /// Session affinity by client IP: a client's new connections go to the endpoint
+    /// its last one used, for this many seconds (kube-proxy's default is 10800).
+    #[serde(default)]
+    pub affinity_timeout: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -607,5 +611,6 @@ pub fn sample_service() -> ServiceSpec {
             ready: true,
             terminating: false,
         }],
+        affinity_timeout: None,
     }
 }

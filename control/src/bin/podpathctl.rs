@@ -103,6 +103,9 @@ enum ServiceCmd {
         /// IP:PORT, repeated (append ",w=N" for a weight, ",terminating" or ",notready").
         #[arg(long = "endpoint")]
         endpoints: Vec<String>,
+        /// ClientIP session affinity for this many seconds.
+        #[arg(long)]
+        affinity: Option<u32>,
     },
     Del {
         name: String,
@@ -278,6 +281,7 @@ fn run(cli: Cli) -> Result<()> {
             port,
             protocol,
             endpoints,
+            affinity,
         }) => {
             let endpoints = endpoints
                 .iter()
@@ -289,6 +293,7 @@ fn run(cli: Cli) -> Result<()> {
                 port,
                 protocol,
                 endpoints,
+                affinity_timeout: affinity,
             }))?;
         }
         Cmd::Service(ServiceCmd::Del { name }) => {

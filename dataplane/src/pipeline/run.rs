@@ -98,6 +98,9 @@ pub struct Pipeline<F: Frame> {
     pub ports: Arc<PortMap>,
     pub l3: Arc<L3>,
     pub services: Arc<ServiceTable>,
+    affinity: lb::Affinity,
+    /// Where the sweep for connections whose endpoint went away has got to.
+    svc_sweep: Option<usize>,
     pub bridge: Bridge,
     pub neighbors: NeighborTable,
     pending: Vec<Parked<F>>,
@@ -143,6 +146,8 @@ impl<F: Frame> Pipeline<F> {
             ports,
             l3: Arc::new(L3::empty()),
             services: Arc::new(ServiceTable::default()),
+            affinity: lb::Affinity::new(65_536),
+            svc_sweep: None,
             bridge: Bridge::new(cfg.mac_capacity, cfg.mac_ageing_ticks),
             // Neighbours live 5 minutes; a missing one is asked for at most once a second.
             neighbors: NeighborTable::new(4096, cfg.tsc_hz.saturating_mul(300), cfg.tsc_hz),
@@ -188,6 +193,22 @@ impl<F: Frame> Pipeline<F> {
     pub fn expire_connections(&mut self) {
         let now = self.seconds();
         self.conntrack.expire(now, EXPIRE_BUDGET);
+        if let Some(from) = self.svc_sweep {
+            let svc = Arc::clone(&self.services);
+            let next = self.conntrack.sweep(from, 256, |e| {
+                e.is_dnat()
+                    && !svc.endpoint_exists(
+                        e.orig.dst,
+                        e.orig.dport,
+                        e.orig.proto,
+                        crate::tables::services::Endpoint {
+                            ip: e.reply.src,
+                            port: e.reply.sport,
+                        },
+                    )
+            });
+            self.svc_sweep = (next < self.conntrack.slab_len()).then_some(next);
+        }
         let c = &self.counters;
         let s = self.conntrack.stats;
         let len = self.conntrack.len() as u64;
@@ -205,6 +226,9 @@ impl<F: Frame> Pipeline<F> {
 
     /// Installs a new Service table; returns the old one (for the control thread to free).
     pub fn set_services(&mut self, s: Arc<ServiceTable>) -> Arc<ServiceTable> {
+        // Connections to endpoints that are gone must go too (a UDP client keeps
+        // sending into a dead endpoint otherwise): swept a little at every poll.
+        self.svc_sweep = Some(0);
         std::mem::replace(&mut self.services, s)
     }
 
@@ -339,7 +363,18 @@ impl<F: Frame> Pipeline<F> {
             StageId::Lb => {
                 let now = u32::try_from(self.now / self.tsc_hz.max(1)).unwrap_or(u32::MAX);
                 let svc = Arc::clone(&self.services);
-                lb::process(&cx, &mut self.conntrack, &svc, now, idx, s, m, n, d)
+                lb::process(
+                    &cx,
+                    &mut self.conntrack,
+                    &svc,
+                    &mut self.affinity,
+                    now,
+                    idx,
+                    s,
+                    m,
+                    n,
+                    d,
+                )
             }
             StageId::Snat => {
                 let now = u32::try_from(self.now / self.tsc_hz.max(1)).unwrap_or(u32::MAX);

@@ -9,7 +9,43 @@ use super::snat::{rewrite, tcp_flags, tuple_of};
 use super::Ctx;
 use crate::pipeline::{DropReason, Frame, IcmpKind, Meta, Next, StageId, TraceDetail};
 use crate::tables::conntrack::{Conntrack, Dir, InsertError, Tuple};
-use crate::tables::services::ServiceTable;
+use crate::tables::services::{Endpoint, ServiceTable};
+use hashbrown::HashMap;
+
+/// ClientIP affinity: (client, Service index) -> (endpoint, expiry in seconds). Per
+/// worker, bounded; stale entries (endpoint gone, expired) are ignored and replaced.
+pub struct Affinity {
+    map: HashMap<(u32, u16), (Endpoint, u32)>,
+    capacity: usize,
+}
+
+impl Affinity {
+    pub fn new(capacity: usize) -> Affinity {
+        Affinity {
+            map: HashMap::with_capacity(capacity.saturating_mul(2)),
+            capacity,
+        }
+    }
+
+    fn get(&self, client: u32, svc: u16, now: u32) -> Option<Endpoint> {
+        self.map
+            .get(&(client, svc))
+            .filter(|(_, exp)| *exp > now)
+            .map(|(e, _)| *e)
+    }
+
+    fn set(&mut self, client: u32, svc: u16, ep: Endpoint, until: u32) {
+        if self.map.len() >= self.capacity && !self.map.contains_key(&(client, svc)) {
+            // Full: drop the expired ones first; if none, do without affinity.
+            self.map
+                .retain(|_, (_, exp)| *exp > until.saturating_sub(1 << 20));
+            if self.map.len() >= self.capacity {
+                return;
+            }
+        }
+        self.map.insert((client, svc), (ep, until));
+    }
+}
 use crate::tables::Role;
 use crate::wire::{checksum, ethernet, ipv4, tcp, Ipv4Addr};
 
@@ -94,6 +130,7 @@ pub fn process<F: Frame>(
     cx: &Ctx,
     ct: &mut Conntrack,
     services: &ServiceTable,
+    affinity: &mut Affinity,
     now: u32,
     pkts: &[u8],
     frames: &mut [Option<F>],
@@ -149,11 +186,21 @@ pub fn process<F: Frame>(
         let Some(svc) = services.lookup(t.dst, t.dport, t.proto) else {
             continue;
         };
-        let Some(ep) = svc
-            .maglev
-            .pick(flow_hash(&t))
-            .and_then(|k| svc.endpoints.get(usize::from(k)).copied())
-        else {
+        let idx = services.index(t.dst, t.dport, t.proto).unwrap_or(0);
+        // Affinity first (while its endpoint still takes connections), else Maglev.
+        let sticky = (svc.affinity > 0)
+            .then(|| affinity.get(t.src, idx, now))
+            .flatten()
+            .filter(|e| svc.endpoints.contains(e));
+        let picked = sticky.or_else(|| {
+            svc.maglev
+                .pick(flow_hash(&t))
+                .and_then(|k| svc.endpoints.get(usize::from(k)).copied())
+        });
+        if let (Some(e), true) = (picked, svc.affinity > 0) {
+            affinity.set(t.src, idx, e, now.saturating_add(svc.affinity));
+        }
+        let Some(ep) = picked else {
             // No endpoint: refuse now rather than let the client time out.
             next[i] = if t.proto == 6 {
                 if l3 != ethernet::HEADER_LEN || !tcp_reset(d, l3, l4) {

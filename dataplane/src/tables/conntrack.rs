@@ -454,6 +454,24 @@ impl Conntrack {
         false
     }
 
+    /// Visits up to `n` slab slots from `from`, removing the live entries `gone` says
+    /// must go; returns where to continue (the slab length when done). Bounded work,
+    /// so a worker can sweep a large table a little at every poll.
+    pub fn sweep(&mut self, from: usize, n: usize, mut gone: impl FnMut(&Entry) -> bool) -> usize {
+        let end = (from + n).min(self.slab.len());
+        for i in from..end {
+            let e = self.slab[i];
+            if e.flags & F_DEAD == 0 && gone(&e) {
+                self.remove(u32::try_from(i).unwrap_or(NIL));
+            }
+        }
+        end
+    }
+
+    pub fn slab_len(&self) -> usize {
+        self.slab.len()
+    }
+
     /// Every live entry, for `podpathctl conntrack list`.
     pub fn entries(&self, now: u32) -> impl Iterator<Item = &Entry> + '_ {
         self.slab

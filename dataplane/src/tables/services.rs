@@ -20,7 +20,11 @@ pub struct Service {
     pub proto: u8,
     /// Endpoints that take new connections, in Maglev's index order.
     pub endpoints: Vec<Endpoint>,
+    /// Every endpoint, terminating ones included (their connections live on).
+    pub all: Vec<Endpoint>,
     pub maglev: Maglev,
+    /// ClientIP affinity, seconds (0: none).
+    pub affinity: u32,
 }
 
 #[derive(Debug, Default)]
@@ -57,12 +61,14 @@ impl ServiceTable {
                 return Err(format!("{what}: port 0"));
             }
             let mut eps = Vec::new();
+            let mut all = Vec::new();
             let mut backends = Vec::new();
             for e in &s.endpoints {
                 let ip = validate::ipv4(&e.ip).map_err(|x| format!("{what}: endpoint: {x}"))?;
                 if e.port == 0 {
                     return Err(format!("{what}: endpoint {} has port 0", e.ip));
                 }
+                all.push(Endpoint { ip, port: e.port });
                 if e.ready && !e.terminating && e.weight > 0 {
                     eps.push(Endpoint { ip, port: e.port });
                     backends.push(Backend {
@@ -90,7 +96,9 @@ impl ServiceTable {
                 port: s.port,
                 proto,
                 endpoints: eps,
+                all,
                 maglev,
+                affinity: s.affinity_timeout.unwrap_or(0),
             });
         }
         Ok(t)
@@ -98,6 +106,19 @@ impl ServiceTable {
 
     pub fn is_empty(&self) -> bool {
         self.services.is_empty()
+    }
+
+    /// The index of a Service (for affinity keys).
+    #[inline]
+    pub fn index(&self, vip: u32, port: u16, proto: u8) -> Option<u16> {
+        self.by_key.get(&(vip, port, proto)).copied()
+    }
+
+    /// Does a DNAT connection (to `vip:port`, at `ep`) still have its endpoint? False
+    /// when the Service or the endpoint was removed (terminating endpoints remain).
+    pub fn endpoint_exists(&self, vip: u32, port: u16, proto: u8, ep: Endpoint) -> bool {
+        self.lookup(vip, port, proto)
+            .is_some_and(|s| s.all.contains(&ep))
     }
 
     #[inline]
@@ -134,6 +155,7 @@ mod tests {
                 ep("10.244.1.2", false, false),
                 ep("10.244.1.3", true, true),
             ],
+            affinity_timeout: None,
         };
         let t = ServiceTable::build(std::slice::from_ref(&s)).unwrap();
         let svc = t
