@@ -209,6 +209,11 @@ impl Control {
         if roles_changed {
             self.publish();
         }
+        // Local endpoints and NodePorts depend on the node: rebuild the Services.
+        if !self.services.is_empty() {
+            let specs = self.services.clone();
+            let _ = self.set_services(specs);
+        }
         Ok(())
     }
 
@@ -327,7 +332,16 @@ impl Control {
 
     /// Builds and publishes the Service table for `specs`; on error nothing changes.
     fn set_services(&mut self, specs: Vec<ServiceSpec>) -> Result<(), ErrorReply> {
-        let t = Arc::new(ServiceTable::build(&specs).map_err(|e| err(ErrorKind::BadRequest, e))?);
+        let node = self
+            .l3
+            .node
+            .as_ref()
+            .map(|n| crate::tables::services::NodeInfo {
+                node_ip: n.node_ip,
+                pod_net: n.pod_net,
+            });
+        let t =
+            Arc::new(ServiceTable::build(&specs, node).map_err(|e| err(ErrorKind::BadRequest, e))?);
         self.services = specs;
         for w in &self.workers {
             let _ = Self::tell(w, WorkerMsg::Services(Arc::clone(&t)));

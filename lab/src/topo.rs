@@ -394,6 +394,10 @@ impl Lab {
             ],
         )?;
         ip_in(u, &["link", "set", port, "master", "br0", "up"])?;
+        // The underlay is a wire to NICs: no segment merging (GRO) or offloaded
+        // checksums on its way to an af_packet uplink, which would see merged or
+        // unfinished frames no NIC delivers.
+        offloads_off(u, port);
         if let Some(a) = addr {
             ip_in(ns, &["addr", "add", a, "dev", "eth0"])?;
         }

@@ -97,6 +97,13 @@ pub struct ServiceSpec {
     /// its last one used, for this many seconds (kube-proxy's default is 10800).
     #[serde(default)]
     pub affinity_timeout: Option<u32>,
+    /// Also open this port on the node IP (a NodePort Service).
+    #[serde(default)]
+    pub node_port: Option<u16>,
+    /// For the NodePort: "Cluster" (default; any endpoint, client source translated
+    /// to the node) or "Local" (this node's endpoints only, client source kept).
+    #[serde(default)]
+    pub external_traffic_policy: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -612,5 +619,7 @@ pub fn sample_service() -> ServiceSpec {
             terminating: false,
         }],
         affinity_timeout: None,
+        node_port: None,
+        external_traffic_policy: None,
     }
 }

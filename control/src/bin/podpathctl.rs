@@ -106,6 +106,12 @@ enum ServiceCmd {
         /// ClientIP session affinity for this many seconds.
         #[arg(long)]
         affinity: Option<u32>,
+        /// Open this port on the node IP too.
+        #[arg(long)]
+        node_port: Option<u16>,
+        /// Cluster (default) or Local.
+        #[arg(long)]
+        external_traffic_policy: Option<String>,
     },
     Del {
         name: String,
@@ -282,6 +288,8 @@ fn run(cli: Cli) -> Result<()> {
             protocol,
             endpoints,
             affinity,
+            node_port,
+            external_traffic_policy,
         }) => {
             let endpoints = endpoints
                 .iter()
@@ -294,6 +302,8 @@ fn run(cli: Cli) -> Result<()> {
                 protocol,
                 endpoints,
                 affinity_timeout: affinity,
+                node_port,
+                external_traffic_policy,
             }))?;
         }
         Cmd::Service(ServiceCmd::Del { name }) => {

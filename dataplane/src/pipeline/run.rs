@@ -368,6 +368,7 @@ impl<F: Frame> Pipeline<F> {
                     &mut self.conntrack,
                     &svc,
                     &mut self.affinity,
+                    &mut self.nat_ports,
                     now,
                     idx,
                     s,

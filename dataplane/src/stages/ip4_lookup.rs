@@ -105,7 +105,9 @@ pub fn process<F: Frame>(
                     }
                     m.out = u;
                     let in_cluster = |a: u32| a & mask(node.cluster.1) == node.cluster.0;
-                    if in_cluster(src) && !in_cluster(dst) {
+                    // Nodes route the cluster themselves: pods reach node IPs unmasqueraded.
+                    let node_addr = dst == node.node_ip || cx.l3.remote_by_ip.contains_key(&dst);
+                    if in_cluster(src) && !in_cluster(dst) && !node_addr {
                         // Masquerade: pods leave the cluster as the node.
                         Next::Stage(StageId::Snat)
                     } else {

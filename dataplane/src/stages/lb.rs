@@ -5,7 +5,7 @@
 //! before `ip4-lookup`, so the endpoint may be local or on another node. A Service
 //! without endpoints refuses at once: TCP with a reset, UDP with ICMP port
 //! unreachable.
-use super::snat::{rewrite, tcp_flags, tuple_of};
+use super::snat::{rewrite, tcp_flags, tuple_of, NatPorts};
 use super::Ctx;
 use crate::pipeline::{DropReason, Frame, IcmpKind, Meta, Next, StageId, TraceDetail};
 use crate::tables::conntrack::{Conntrack, Dir, InsertError, Tuple};
@@ -131,6 +131,7 @@ pub fn process<F: Frame>(
     ct: &mut Conntrack,
     services: &ServiceTable,
     affinity: &mut Affinity,
+    nat_ports: &mut NatPorts,
     now: u32,
     pkts: &[u8],
     frames: &mut [Option<F>],
@@ -159,12 +160,20 @@ pub fn process<F: Frame>(
                 let e = *ct.entry(k);
                 ct.update(k, dir, flags, now);
                 if dir == Dir::Orig {
-                    // Established: to the same endpoint.
+                    // Established: to the same endpoint (and, NodePort/Cluster, from
+                    // the node again).
                     rewrite(d, l3, l4, m.proto, false, e.reply.src, e.reply.sport);
+                    if e.is_masq() {
+                        rewrite(d, l3, l4, m.proto, true, e.reply.dst, e.reply.dport);
+                    }
                     next[i] = Next::Stage(StageId::Ip4Lookup);
                 } else {
-                    // The endpoint's reply: from the virtual IP again.
+                    // The endpoint's reply: from the virtual IP (or NodePort) again.
                     rewrite(d, l3, l4, m.proto, true, e.orig.dst, e.orig.dport);
+                    if e.is_masq() {
+                        rewrite(d, l3, l4, m.proto, false, e.orig.src, e.orig.sport);
+                        next[i] = Next::Stage(StageId::Ip4Lookup);
+                    }
                 }
                 if m.trace != 0 {
                     let (to, port) = if dir == Dir::Orig {
@@ -182,6 +191,26 @@ pub fn process<F: Frame>(
             }
             Some(_) => continue,
             None => {}
+        }
+        let node_ip = cx.l3.node.as_ref().map_or(0, |n| n.node_ip);
+        if t.dst == node_ip {
+            if let Some((_, svc)) = services.by_node_port(t.dport, t.proto) {
+                next[i] = node_port(
+                    ct,
+                    nat_ports,
+                    svc,
+                    &t,
+                    flags,
+                    node_ip,
+                    now,
+                    d,
+                    l3,
+                    l4,
+                    m,
+                    detail.get_mut(i),
+                );
+            }
+            continue;
         }
         let Some(svc) = services.lookup(t.dst, t.dport, t.proto) else {
             continue;
@@ -243,4 +272,86 @@ pub fn process<F: Frame>(
         }
         next[i] = Next::Stage(StageId::Ip4Lookup);
     }
+}
+
+/// A new connection to a NodePort. Policy Cluster: any endpoint, the client's source
+/// translated to the node (so the reply comes back through this node). Policy Local:
+/// this node's endpoints only, the client's address kept.
+#[allow(clippy::too_many_arguments)]
+fn node_port(
+    ct: &mut Conntrack,
+    ports: &mut NatPorts,
+    svc: &crate::tables::services::Service,
+    t: &Tuple,
+    flags: u8,
+    node_ip: u32,
+    now: u32,
+    d: &mut [u8],
+    l3: usize,
+    l4: usize,
+    m: &Meta,
+    detail: Option<&mut TraceDetail>,
+) -> Next {
+    let (eps, table) = if svc.local_policy {
+        (&svc.local_endpoints, &svc.local_maglev)
+    } else {
+        (&svc.endpoints, &svc.maglev)
+    };
+    let Some(ep) = table
+        .pick(flow_hash(t))
+        .and_then(|k| eps.get(usize::from(k)).copied())
+    else {
+        return Next::Drop(DropReason::LbNoEndpoint);
+    };
+    if svc.local_policy {
+        let reply = Tuple {
+            src: ep.ip,
+            dst: t.src,
+            sport: ep.port,
+            dport: t.sport,
+            proto: t.proto,
+        };
+        let Ok(k) = ct.insert(*t, reply, now) else {
+            return Next::Drop(DropReason::LbTableFull);
+        };
+        ct.set_dnat(k);
+        ct.update(k, Dir::Orig, flags, now);
+        rewrite(d, l3, l4, m.proto, false, ep.ip, ep.port);
+    } else {
+        // A node port for the reply to come back to, never one in use.
+        let mut chosen = None;
+        for _ in 0..256 {
+            let p = ports.take();
+            let reply = Tuple {
+                src: ep.ip,
+                dst: node_ip,
+                sport: ep.port,
+                dport: p,
+                proto: t.proto,
+            };
+            match ct.insert(*t, reply, now) {
+                Ok(k) => {
+                    chosen = Some((k, p));
+                    break;
+                }
+                Err(InsertError::Exists) => continue,
+                Err(InsertError::Full) => break,
+            }
+        }
+        let Some((k, p)) = chosen else {
+            return Next::Drop(DropReason::SnatPortsExhausted);
+        };
+        ct.set_masq(k);
+        ct.update(k, Dir::Orig, flags, now);
+        rewrite(d, l3, l4, m.proto, false, ep.ip, ep.port);
+        rewrite(d, l3, l4, m.proto, true, node_ip, p);
+    }
+    if let (Some(dt), true) = (detail, m.trace != 0) {
+        *dt = TraceDetail::Nat {
+            src: false,
+            to: Ipv4Addr::from_u32(ep.ip),
+            port: ep.port,
+        };
+    }
+    Next::Stage(StageId::Ip4Lookup)
 }

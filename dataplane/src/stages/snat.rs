@@ -41,6 +41,13 @@ impl NatPorts {
         }
     }
 
+    /// The next port of the slice, round robin (the caller checks it is free).
+    pub fn take(&mut self) -> u16 {
+        let p = self.next;
+        self.next = if p >= self.hi { self.lo } else { p + 1 };
+        p
+    }
+
     /// The worker that owns `port`, among `n` sharing `lo..=hi`.
     pub fn owner(lo: u16, hi: u16, n: u16, port: u16) -> Option<u16> {
         if port < lo || port > hi {
@@ -280,7 +287,7 @@ pub struct Owners {
 /// on the wrong core); anything else goes on to `ip4-lookup` (the node's kernel).
 #[allow(clippy::too_many_arguments)]
 pub fn reply<F: Frame>(
-    _cx: &Ctx,
+    cx: &Ctx,
     ct: &mut Conntrack,
     owners: Owners,
     now: u32,
@@ -290,6 +297,7 @@ pub fn reply<F: Frame>(
     next: &mut [Next],
     detail: &mut [TraceDetail],
 ) {
+    let services_exist = !cx.services.is_empty();
     for &i in pkts {
         let i = usize::from(i);
         let Some(f) = frames[i].as_mut() else {
@@ -297,7 +305,12 @@ pub fn reply<F: Frame>(
         };
         let m = &mut meta[i];
         let (l3, l4) = (usize::from(m.l3), usize::from(m.l4));
-        next[i] = Next::Stage(StageId::Ip4Lookup);
+        // Not ours: a NodePort (lb), or the node's kernel (ip4-lookup).
+        next[i] = if services_exist {
+            Next::Stage(StageId::Lb)
+        } else {
+            Next::Stage(StageId::Ip4Lookup)
+        };
         if m.l4 == 0 {
             continue;
         }
@@ -327,8 +340,14 @@ pub fn reply<F: Frame>(
             }
             continue;
         };
-        let orig = ct.entry(k).orig;
+        let e = *ct.entry(k);
+        let orig = e.orig;
         ct.update(k, Dir::Reply, tcp_flags(d, l4, m.proto), now);
+        if e.is_dnat() {
+            // A NodePort connection (source translated to us): the endpoint's reply
+            // comes back from the NodePort, to the client.
+            rewrite(d, l3, l4, m.proto, true, orig.dst, orig.dport);
+        }
         // The pod's own port (or echo identifier).
         let port = orig.sport;
         rewrite(d, l3, l4, m.proto, false, orig.src, port);

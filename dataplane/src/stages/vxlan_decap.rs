@@ -86,7 +86,8 @@ pub fn process<F: Frame>(
                 // through the overlay (no hairpin, no way into the node's kernel).
                 let from = cx.l3.remotes.get(usize::from(remote)).map(|r| r.pod_net);
                 let (isrc, idst) = (isrc.to_u32(), idst.to_u32());
-                if from.is_none_or(|(n, len)| isrc & mask(len) != n) {
+                // ... or the node itself (a NodePort it balanced, source translated).
+                if isrc != src && from.is_none_or(|(n, len)| isrc & mask(len) != n) {
                     Next::Drop(DropReason::VxlanInnerBadSource)
                 } else if !matches!(cx.l3.route(idst), Some(NextHop::Local | NextHop::Us)) {
                     Next::Drop(DropReason::VxlanInnerNotLocal)

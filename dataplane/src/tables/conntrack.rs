@@ -132,6 +132,9 @@ const F_FIN_ORIG: u8 = 8;
 const F_FIN_REPLY: u8 = 16;
 /// A Service connection (destination translated), as opposed to masquerade.
 const F_DNAT: u8 = 32;
+/// A Service connection whose client source was also translated (NodePort, policy
+/// Cluster): replies come back to the node.
+const F_MASQ: u8 = 64;
 const NIL: u32 = u32::MAX;
 
 #[derive(Debug, Clone, Copy)]
@@ -158,6 +161,9 @@ impl Entry {
     /// A Service connection: the destination was translated to an endpoint.
     pub fn is_dnat(&self) -> bool {
         self.flags & F_DNAT != 0
+    }
+    pub fn is_masq(&self) -> bool {
+        self.flags & F_MASQ != 0
     }
 }
 
@@ -359,6 +365,11 @@ impl Conntrack {
     /// Marks entry `i` as a Service connection.
     pub fn set_dnat(&mut self, i: u32) {
         self.slab[i as usize].flags |= F_DNAT;
+    }
+
+    /// Marks entry `i` as a Service connection with its source translated too.
+    pub fn set_masq(&mut self, i: u32) {
+        self.slab[i as usize].flags |= F_DNAT | F_MASQ;
     }
 
     /// Forgets an entry now (e.g. its endpoint went away); its slot is free at once.

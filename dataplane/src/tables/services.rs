@@ -25,12 +25,27 @@ pub struct Service {
     pub maglev: Maglev,
     /// ClientIP affinity, seconds (0: none).
     pub affinity: u32,
+    /// The NodePort (0: none), and whether its policy is Local.
+    pub node_port: u16,
+    pub local_policy: bool,
+    /// This node's endpoints that take new connections, with their own table (the
+    /// NodePort with policy Local uses only these).
+    pub local_endpoints: Vec<Endpoint>,
+    pub local_maglev: Maglev,
 }
 
 #[derive(Debug, Default)]
 pub struct ServiceTable {
     services: Vec<Service>,
     by_key: HashMap<(u32, u16, u8), u16>,
+    by_node_port: HashMap<(u16, u8), u16>,
+}
+
+/// What the table needs to know of this node: its IP and its pod CIDR.
+#[derive(Debug, Clone, Copy)]
+pub struct NodeInfo {
+    pub node_ip: u32,
+    pub pod_net: (u32, u8),
 }
 
 /// A prime table size of at least 100 entries per endpoint (the paper's advice for
@@ -44,7 +59,7 @@ fn table_size(endpoints: usize) -> usize {
 }
 
 impl ServiceTable {
-    pub fn build(specs: &[ServiceSpec]) -> Result<ServiceTable, String> {
+    pub fn build(specs: &[ServiceSpec], node: Option<NodeInfo>) -> Result<ServiceTable, String> {
         let mut t = ServiceTable::default();
         for s in specs {
             let what = format!("service {}", s.name);
@@ -63,6 +78,9 @@ impl ServiceTable {
             let mut eps = Vec::new();
             let mut all = Vec::new();
             let mut backends = Vec::new();
+            let (mut local_eps, mut local_backends) = (Vec::new(), Vec::new());
+            let is_local =
+                |ip: u32| node.is_some_and(|n| ip & super::lpm::mask(n.pod_net.1) == n.pod_net.0);
             for e in &s.endpoints {
                 let ip = validate::ipv4(&e.ip).map_err(|x| format!("{what}: endpoint: {x}"))?;
                 if e.port == 0 {
@@ -75,10 +93,44 @@ impl ServiceTable {
                         key: format!("{}:{}", e.ip, e.port),
                         weight: e.weight,
                     });
+                    if is_local(ip) {
+                        local_eps.push(Endpoint { ip, port: e.port });
+                        local_backends.push(Backend {
+                            key: format!("{}:{}", e.ip, e.port),
+                            weight: e.weight,
+                        });
+                    }
                 }
             }
             let maglev = Maglev::build(&backends, table_size(backends.len()))
                 .map_err(|e| format!("{what}: {e}"))?;
+            let local_maglev = Maglev::build(&local_backends, table_size(local_backends.len()))
+                .map_err(|e| format!("{what}: {e}"))?;
+            let local_policy = match s.external_traffic_policy.as_deref() {
+                None | Some("Cluster") => false,
+                Some("Local") => true,
+                Some(p) => {
+                    return Err(format!(
+                        "{what}: external_traffic_policy {p:?} is not Cluster or Local"
+                    ))
+                }
+            };
+            let node_port = s.node_port.unwrap_or(0);
+            if node_port != 0 {
+                if node.is_none() {
+                    return Err(format!(
+                        "{what}: a NodePort needs the node's identity (set the node first)"
+                    ));
+                }
+                let idx =
+                    u16::try_from(t.services.len()).map_err(|_| "too many services".to_string())?;
+                if t.by_node_port.insert((node_port, proto), idx).is_some() {
+                    return Err(format!(
+                        "{what}: node port {node_port}/{} is already another service's",
+                        s.protocol
+                    ));
+                }
+            }
             let idx =
                 u16::try_from(t.services.len()).map_err(|_| "too many services".to_string())?;
             if t.by_key.insert((vip, s.port, proto), idx).is_some() {
@@ -99,6 +151,10 @@ impl ServiceTable {
                 all,
                 maglev,
                 affinity: s.affinity_timeout.unwrap_or(0),
+                node_port,
+                local_policy,
+                local_endpoints: local_eps,
+                local_maglev,
             });
         }
         Ok(t)
@@ -106,6 +162,13 @@ impl ServiceTable {
 
     pub fn is_empty(&self) -> bool {
         self.services.is_empty()
+    }
+
+    /// The Service with this NodePort.
+    #[inline]
+    pub fn by_node_port(&self, port: u16, proto: u8) -> Option<(u16, &Service)> {
+        let &i = self.by_node_port.get(&(port, proto))?;
+        self.services.get(usize::from(i)).map(|s| (i, s))
     }
 
     /// The index of a Service (for affinity keys).
@@ -118,6 +181,7 @@ impl ServiceTable {
     /// when the Service or the endpoint was removed (terminating endpoints remain).
     pub fn endpoint_exists(&self, vip: u32, port: u16, proto: u8, ep: Endpoint) -> bool {
         self.lookup(vip, port, proto)
+            .or_else(|| self.by_node_port(port, proto).map(|(_, s)| s))
             .is_some_and(|s| s.all.contains(&ep))
     }
 
@@ -156,8 +220,10 @@ mod tests {
                 ep("10.244.1.3", true, true),
             ],
             affinity_timeout: None,
+            node_port: None,
+            external_traffic_policy: None,
         };
-        let t = ServiceTable::build(std::slice::from_ref(&s)).unwrap();
+        let t = ServiceTable::build(std::slice::from_ref(&s), None).unwrap();
         let svc = t
             .lookup(validate::ipv4("10.96.0.10").unwrap(), 80, 6)
             .unwrap();
@@ -167,11 +233,11 @@ mod tests {
             .is_none());
         let mut dup = s.clone();
         dup.name = "other".into();
-        assert!(ServiceTable::build(&[s.clone(), dup])
+        assert!(ServiceTable::build(&[s.clone(), dup], None)
             .unwrap_err()
             .contains("already"));
         let mut bad = s;
         bad.protocol = "sctp".into();
-        assert!(ServiceTable::build(&[bad]).is_err());
+        assert!(ServiceTable::build(&[bad], None).is_err());
     }
 }
