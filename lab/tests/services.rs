@@ -318,6 +318,49 @@ fn cluster_ip_spreads_over_endpoints_on_both_nodes() {
         let _ = a.wait();
     }
 
+    // Hairpin: a pod reaches itself through its own Service (its source becomes the
+    // gateway, so the reply comes back through the dataplane and from the VIP).
+    let me = &eps[0];
+    set(
+        &lab,
+        &ServiceSpec {
+            name: "default/self".into(),
+            vip: "10.96.0.14".into(),
+            port: 80,
+            protocol: "tcp".into(),
+            endpoints: vec![ep(&me.ip)],
+            affinity_timeout: None,
+            node_port: None,
+            external_traffic_policy: None,
+        },
+    );
+    let srv = net::command_in(&me.netns, &bin())
+        .args([
+            "whoami-serve",
+            "--port",
+            "8080",
+            "--count",
+            "5",
+            "--seconds",
+            "10",
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let (ok, out) = run_in(
+        &me.netns,
+        &bin(),
+        &["whoami-ask", "--to", "10.96.0.14:80", "--count", "5"],
+    );
+    assert!(
+        ok && out.contains(&format!("{} 5", me.ip)),
+        "hairpin: {out}"
+    );
+    let mut srv = srv;
+    let _ = srv.kill();
+    let _ = srv.wait();
+
     // A Service without endpoints refuses at once: TCP with a reset, UDP with ICMP.
     set(
         &lab,

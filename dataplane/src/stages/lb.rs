@@ -245,6 +245,23 @@ pub fn process<F: Frame>(
             };
             continue;
         };
+        if ep.ip == t.src {
+            // Hairpin: a pod reaching itself through its Service. Its source becomes
+            // the pods' gateway, so the reply comes back through the dataplane.
+            let Some(gw) = cx.l3.node.as_ref().map(|n| n.gateway_ip) else {
+                next[i] = Next::Drop(DropReason::LbNoEndpoint);
+                continue;
+            };
+            let Some((k, p)) = masq_insert(ct, nat_ports, &t, ep, gw, now) else {
+                next[i] = Next::Drop(DropReason::SnatPortsExhausted);
+                continue;
+            };
+            ct.update(k, Dir::Orig, flags, now);
+            rewrite(d, l3, l4, m.proto, false, ep.ip, ep.port);
+            rewrite(d, l3, l4, m.proto, true, gw, p);
+            next[i] = Next::Stage(StageId::Ip4Lookup);
+            continue;
+        }
         let reply = Tuple {
             src: ep.ip,
             dst: t.src,
@@ -318,30 +335,9 @@ fn node_port(
         ct.update(k, Dir::Orig, flags, now);
         rewrite(d, l3, l4, m.proto, false, ep.ip, ep.port);
     } else {
-        // A node port for the reply to come back to, never one in use.
-        let mut chosen = None;
-        for _ in 0..256 {
-            let p = ports.take();
-            let reply = Tuple {
-                src: ep.ip,
-                dst: node_ip,
-                sport: ep.port,
-                dport: p,
-                proto: t.proto,
-            };
-            match ct.insert(*t, reply, now) {
-                Ok(k) => {
-                    chosen = Some((k, p));
-                    break;
-                }
-                Err(InsertError::Exists) => continue,
-                Err(InsertError::Full) => break,
-            }
-        }
-        let Some((k, p)) = chosen else {
+        let Some((k, p)) = masq_insert(ct, ports, t, ep, node_ip, now) else {
             return Next::Drop(DropReason::SnatPortsExhausted);
         };
-        ct.set_masq(k);
         ct.update(k, Dir::Orig, flags, now);
         rewrite(d, l3, l4, m.proto, false, ep.ip, ep.port);
         rewrite(d, l3, l4, m.proto, true, node_ip, p);
@@ -354,4 +350,35 @@ fn node_port(
         };
     }
     Next::Stage(StageId::Ip4Lookup)
+}
+
+/// Tracks a Service connection whose client source is also translated, to `via`
+/// (the node for a NodePort, the pods' gateway for hairpin) and a free NAT port.
+fn masq_insert(
+    ct: &mut Conntrack,
+    ports: &mut NatPorts,
+    t: &Tuple,
+    ep: Endpoint,
+    via: u32,
+    now: u32,
+) -> Option<(u32, u16)> {
+    for _ in 0..256 {
+        let p = ports.take();
+        let reply = Tuple {
+            src: ep.ip,
+            dst: via,
+            sport: ep.port,
+            dport: p,
+            proto: t.proto,
+        };
+        match ct.insert(*t, reply, now) {
+            Ok(k) => {
+                ct.set_masq(k);
+                return Some((k, p));
+            }
+            Err(InsertError::Exists) => continue,
+            Err(InsertError::Full) => return None,
+        }
+    }
+    None
 }
