@@ -15,7 +15,7 @@ ir() {
   awk '/^summary:/ {print $2}' "$out"; rm -f "$out"
 }
 printf '%-12s %8s %14s\n' path flows instr/packet
-for path in l2-bridge ip4-route vxlan-encap vxlan-decap; do
+for path in l2-bridge ip4-route vxlan-encap vxlan-decap snat-established snat-new service-established service-new; do
   for f in $FLOWS; do
     a=$(ir "$path" "$f" "$B"); b=$(ir "$path" "$f" $((2 * B)))
     printf '%-12s %8s %14s\n' "$path" "$f" "$(awk -v a="$a" -v b="$b" -v n="$B" 'BEGIN { printf "%.1f", (b - a) / (n * 32) }')"

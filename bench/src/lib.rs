@@ -31,14 +31,27 @@ pub enum Path {
     VxlanEncap,
     /// From another node to a local pod (vxlan-decap, ip4-lookup, ip4-rewrite).
     VxlanDecap,
+    /// Pod to a host outside the cluster, connection known (snat, ip4-rewrite).
+    SnatEstablished,
+    /// The same, every packet a new connection (port allocation, table insert).
+    SnatNew,
+    /// Pod to a Service whose endpoint is on the other node, connection known (lb,
+    /// ip4-lookup, vxlan-encap).
+    ServiceEstablished,
+    /// The same, every packet a new connection (Maglev pick, table insert).
+    ServiceNew,
 }
 
 impl Path {
-    pub const ALL: [Path; 4] = [
+    pub const ALL: [Path; 8] = [
         Path::Bridge,
         Path::Route,
         Path::VxlanEncap,
         Path::VxlanDecap,
+        Path::SnatEstablished,
+        Path::SnatNew,
+        Path::ServiceEstablished,
+        Path::ServiceNew,
     ];
     pub fn name(self) -> &'static str {
         match self {
@@ -46,7 +59,15 @@ impl Path {
             Path::Route => "ip4-route",
             Path::VxlanEncap => "vxlan-encap",
             Path::VxlanDecap => "vxlan-decap",
+            Path::SnatEstablished => "snat-established",
+            Path::SnatNew => "snat-new",
+            Path::ServiceEstablished => "service-established",
+            Path::ServiceNew => "service-new",
         }
+    }
+    /// Paths whose every packet opens a connection (flows are not repeated).
+    pub fn is_new(self) -> bool {
+        matches!(self, Path::SnatNew | Path::ServiceNew)
     }
     pub fn parse(s: &str) -> Option<Path> {
         Path::ALL.into_iter().find(|p| p.name() == s)
@@ -130,8 +151,12 @@ impl Rig {
             mac_capacity: 1 << 16,
             mac_ageing_ticks: u64::MAX / 4,
             tsc_hz: hz,
-            conntrack: Default::default(),
-            nat_range: (32768, 60999),
+            conntrack: podpath_dataplane::pipeline::ConntrackConfig {
+                capacity: flows.max(1) + 1024,
+                ..Default::default()
+            },
+            // A wide range: "new" paths open many connections to one server port.
+            nat_range: (1024, 65535),
             workers: 1,
         };
         let mut p = Pipeline::new(
@@ -171,6 +196,38 @@ impl Rig {
         reply[21] = 2;
         reply[32..38].copy_from_slice(&UPLINK_MAC.0);
         r.once(UPLINK, &reply);
+        // And the external host.
+        let mut reply = arp::request(
+            MacAddr([2, 0, 0, 0, 0, 0x64]),
+            ip("192.168.77.100"),
+            ip("192.168.77.11"),
+        )
+        .to_vec();
+        reply[0..6].copy_from_slice(&UPLINK_MAC.0);
+        reply[21] = 2;
+        reply[32..38].copy_from_slice(&UPLINK_MAC.0);
+        r.once(UPLINK, &reply);
+        if matches!(path, Path::ServiceEstablished | Path::ServiceNew) {
+            let svc = podpath_proto::ServiceSpec {
+                name: "bench/web".into(),
+                vip: "10.96.0.10".into(),
+                port: 80,
+                protocol: "udp".into(),
+                endpoints: vec![podpath_proto::EndpointSpec {
+                    ip: "10.244.1.5".into(),
+                    port: 8080,
+                    weight: 1,
+                    ready: true,
+                    terminating: false,
+                }],
+                affinity_timeout: None,
+                node_port: None,
+                external_traffic_policy: None,
+            };
+            let t = podpath_dataplane::tables::services::ServiceTable::build(&[svc], None)
+                .expect("service builds");
+            r.p.set_services(Arc::new(t));
+        }
         // Bridge learning of both pods.
         r.once(
             POD_B,
@@ -191,6 +248,26 @@ impl Rig {
                 Path::VxlanEncap => {
                     let dst = [10, 244, 1, u8::try_from(2 + i % 250).unwrap_or(2)];
                     udp(POD_A_MAC, gw_mac, [10, 244, 0, 2], dst, flow(i))
+                }
+                Path::SnatEstablished | Path::SnatNew => {
+                    // At most 60 000 flows per server port: each needs its own NAT port.
+                    let mut v = Vec::new();
+                    PacketBuilder::ethernet2(POD_A_MAC, gw_mac)
+                        .ipv4([10, 244, 0, 2], [192, 168, 77, 100], 64)
+                        .udp(flow(i), 5000 + u16::try_from(i / 60000).unwrap_or(0))
+                        .write(&mut v, &[0u8; 18])
+                        .expect("build frame");
+                    v
+                }
+                Path::ServiceEstablished | Path::ServiceNew => {
+                    let src = [10, 244, 0, u8::try_from(2 + (i / 60000) % 250).unwrap_or(2)];
+                    let mut v = Vec::new();
+                    PacketBuilder::ethernet2(POD_A_MAC, gw_mac)
+                        .ipv4(src, [10, 96, 0, 10], 64)
+                        .udp(flow(i), 80)
+                        .write(&mut v, &[0u8; 18])
+                        .expect("build frame");
+                    v
                 }
                 Path::VxlanDecap => {
                     let src = [10, 244, 1, u8::try_from(2 + i % 250).unwrap_or(2)];

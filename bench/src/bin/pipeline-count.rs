@@ -4,17 +4,27 @@
 //! the extra packets is the per-packet instruction count, set-up excluded.
 fn main() {
     let a: Vec<String> = std::env::args().collect();
-    let usage = "usage: pipeline-count l2-bridge|ip4-route|vxlan-encap|vxlan-decap FLOWS BURSTS";
+    let usage = "usage: pipeline-count PATH FLOWS BURSTS (paths: l2-bridge ip4-route vxlan-encap \
+                 vxlan-decap snat-established snat-new service-established service-new)";
     let path = a
         .get(1)
         .and_then(|s| podpath_bench::Path::parse(s))
         .expect(usage);
     let flows: usize = a.get(2).and_then(|s| s.parse().ok()).expect(usage);
     let bursts: usize = a.get(3).and_then(|s| s.parse().ok()).expect(usage);
+    // "New" paths: every measured packet is a new flow (the flows are never cycled).
+    let flows = if path.is_new() {
+        flows.max(bursts * 32 + 32)
+    } else {
+        flows
+    };
     let mut rig = podpath_bench::Rig::new(path, flows);
-    // Warm the tables with every flow once, outside the measured difference.
-    for _ in 0..flows.div_ceil(32) {
-        rig.step();
+    // Warm the tables with every flow once, outside the measured difference (not for
+    // "new" paths, which measure the first packet of each connection).
+    if !path.is_new() {
+        for _ in 0..flows.div_ceil(32) {
+            rig.step();
+        }
     }
     for _ in 0..bursts {
         rig.step();
