@@ -737,6 +737,81 @@ fn demo(name: &str, state_dir: &std::path::Path, keep: bool) -> Result<()> {
         }
         ctl(n1, &["conntrack", "list"])?;
     }
+    // Walks 4 and 6: a Service with endpoints on both nodes.
+    let eps = [pod(n1, 1)?, pod(n2, 0)?, b2.clone()];
+    println!(
+        "\n== Walk 4: {} talks to a ClusterIP Service (10.96.0.10:80) with endpoints {}, {}, {} on both nodes",
+        a.name, eps[0].ip, eps[1].ip, eps[2].ip
+    );
+    let mut set = vec![
+        "service",
+        "set",
+        "default/web",
+        "--vip",
+        "10.96.0.10",
+        "--port",
+        "80",
+        "--node-port",
+        "30080",
+    ];
+    let ep_args: Vec<String> = eps.iter().map(|p| format!("{}:8080", p.ip)).collect();
+    for e in &ep_args {
+        set.push("--endpoint");
+        set.push(e);
+    }
+    ctl(n1, &set)?;
+    ctl(n2, &set)?;
+    let serve = || -> Result<Vec<std::process::Child>> {
+        eps.iter()
+            .map(|p| {
+                net::command_in(&p.netns, &exe)
+                    .args([
+                        "whoami-serve",
+                        "--port",
+                        "8080",
+                        "--count",
+                        "1000",
+                        "--seconds",
+                        "20",
+                    ])
+                    .stdout(std::process::Stdio::null())
+                    .spawn()
+                    .map_err(Into::into)
+            })
+            .collect()
+    };
+    let mut servers = serve()?;
+    std::thread::sleep(Duration::from_millis(300));
+    sh(
+        &format!(
+            "{} connects 90 times to 10.96.0.10:80 (answers by endpoint)",
+            a.name
+        ),
+        &a.netns,
+        &exe,
+        &["whoami-ask", "--to", "10.96.0.10:80", "--count", "90"],
+    )?;
+    ctl(n1, &["service", "list"])?;
+    if let Some(ext) = s.external.clone() {
+        println!("\n== Walk 6: the external host reaches the Service on {}:30080 (NodePort, policy Cluster: endpoints see the node)", n1.node_ip);
+        sh(
+            "ext connects 30 times to the NodePort",
+            &ext,
+            &exe,
+            &[
+                "whoami-ask",
+                "--to",
+                &format!("{}:30080", n1.node_ip),
+                "--count",
+                "30",
+            ],
+        )?;
+        ctl(n1, &["conntrack", "list", "--port", "30080"])?;
+    }
+    for c in &mut servers {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
     ctl(n1, &["port", "list"])?;
     ctl(n1, &["neighbors"])?;
     ctl(n1, &["stats"])?;
