@@ -487,3 +487,113 @@ fn replies_on_the_wrong_worker_are_handed_to_the_owner() {
         total(&|c| c.tx_total() + c.drops_total() + get(&c.handoff_out))
     );
 }
+
+#[test]
+fn service_connections_live_on_their_clients_worker() {
+    use podpath_dataplane::stages::lb::client_owner;
+    use podpath_dataplane::tables::services::ServiceTable;
+    let cfg = |w: u16| PipelineConfig {
+        worker: w,
+        mac_capacity: 64,
+        mac_ageing_ticks: 300 * HZ,
+        tsc_hz: HZ,
+        conntrack: Default::default(),
+        nat_range: (40000, 40999),
+        workers: 2,
+    };
+    let (base, _) = node(1);
+    let svc = podpath_proto::ServiceSpec {
+        name: "default/web".into(),
+        vip: "10.96.0.10".into(),
+        port: 80,
+        protocol: "udp".into(),
+        endpoints: vec![podpath_proto::EndpointSpec {
+            ip: "10.244.0.3".into(),
+            port: 8080,
+            weight: 1,
+            ready: true,
+            terminating: false,
+        }],
+        affinity_timeout: None,
+        node_port: None,
+        external_traffic_policy: None,
+    };
+    let table = Arc::new(ServiceTable::build(&[svc], None).unwrap());
+    let mk = |w: u16| {
+        let mut p = Pipeline::new(
+            &cfg(w),
+            Arc::clone(&base.ports),
+            Arc::new(WorkerCounters::default()),
+            Tracer::new(w, None),
+        );
+        p.set_l3(Arc::clone(&base.l3));
+        p.set_services(Arc::clone(&table));
+        p.set_now(HZ);
+        p
+    };
+    let (mut w0, mut w1) = (mk(0), mk(1));
+    let (mut io0, mut io1) = (MemIo::default(), MemIo::default());
+    let (t0, r0) = bounded(64);
+    let (t1, r1) = bounded(64);
+    w0.set_handoff(vec![None, Some(t1)], r0);
+    w1.set_handoff(vec![Some(t0), None], r1);
+    let gw = gateway_mac(ip("10.244.0.1"));
+    // Both workers know both pods (their ARP for the gateway).
+    for (w, io) in [(&mut w0, &mut io0), (&mut w1, &mut io1)] {
+        rx(
+            w,
+            io,
+            POD_A,
+            &[arp::request(MacAddr(pod_mac(1, 2)), ip("10.244.0.2"), ip("10.244.0.1")).to_vec()],
+        );
+        rx(
+            w,
+            io,
+            POD_B,
+            &[arp::request(MacAddr(pod_mac(1, 3)), ip("10.244.0.3"), ip("10.244.0.1")).to_vec()],
+        );
+        io.take_tx(POD_A);
+        io.take_tx(POD_B);
+    }
+    // A client port owned by worker 1, its first packet arriving on worker 0.
+    let sport = (1000u16..)
+        .find(|&p| client_owner(ip("10.244.0.2"), p, 2) == 1)
+        .unwrap();
+    let mut q = Vec::new();
+    PacketBuilder::ethernet2(pod_mac(1, 2), gw.0)
+        .ipv4([10, 244, 0, 2], [10, 96, 0, 10], 64)
+        .udp(sport, 80)
+        .write(&mut q, b"q")
+        .unwrap();
+    rx(&mut w0, &mut io0, POD_A, &[q]);
+    assert_eq!(
+        get(&w0.counters.handoff_out),
+        1,
+        "handed to the client's worker"
+    );
+    let mut buf = Vec::with_capacity(32);
+    w1.run_handed_off(&mut io1, &mut buf);
+    w1.flush(&mut io1);
+    let to_ep = io1.take_tx(POD_B);
+    assert_eq!(to_ep.len(), 1);
+    assert_eq!(
+        &to_ep[0][30..34],
+        &[10, 244, 0, 3],
+        "balanced to the endpoint by worker 1"
+    );
+    // The endpoint's answer lands on worker 0 (pod b's port): handed over, restored.
+    let mut a = Vec::new();
+    PacketBuilder::ethernet2(pod_mac(1, 3), gw.0)
+        .ipv4([10, 244, 0, 3], [10, 244, 0, 2], 64)
+        .udp(8080, sport)
+        .write(&mut a, b"a")
+        .unwrap();
+    rx(&mut w0, &mut io0, POD_B, &[a]);
+    assert_eq!(get(&w0.counters.handoff_out), 2);
+    w1.run_handed_off(&mut io1, &mut buf);
+    w1.flush(&mut io1);
+    let back = io1.take_tx(POD_A);
+    assert_eq!(back.len(), 1);
+    assert_eq!(&back[0][26..30], &[10, 96, 0, 10], "from the virtual IP");
+    assert_eq!(u16::from_be_bytes([back[0][34], back[0][35]]), 80);
+}

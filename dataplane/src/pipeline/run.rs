@@ -369,6 +369,7 @@ impl<F: Frame> Pipeline<F> {
                     &svc,
                     &mut self.affinity,
                     &mut self.nat_ports,
+                    self.owners,
                     now,
                     idx,
                     s,

@@ -5,7 +5,18 @@
 //! before `ip4-lookup`, so the endpoint may be local or on another node. A Service
 //! without endpoints refuses at once: TCP with a reset, UDP with ICMP port
 //! unreachable.
-use super::snat::{rewrite, tcp_flags, tuple_of, NatPorts};
+use super::snat::{rewrite, tcp_flags, tuple_of, NatPorts, Owners};
+
+/// The worker that owns a ClusterIP connection: chosen by the client's address and
+/// port, which both directions carry (source of requests, destination of replies).
+#[inline]
+pub fn client_owner(ip: u32, port: u16, workers: u16) -> u16 {
+    if workers <= 1 {
+        return 0;
+    }
+    let h = (u64::from(ip) << 16 | u64::from(port)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    u16::try_from((h >> 40) % u64::from(workers)).unwrap_or(0)
+}
 use super::Ctx;
 use crate::pipeline::{DropReason, Frame, IcmpKind, Meta, Next, StageId, TraceDetail};
 use crate::tables::conntrack::{Conntrack, Dir, InsertError, Tuple};
@@ -132,6 +143,7 @@ pub fn process<F: Frame>(
     services: &ServiceTable,
     affinity: &mut Affinity,
     nat_ports: &mut NatPorts,
+    owners: Owners,
     now: u32,
     pkts: &[u8],
     frames: &mut [Option<F>],
@@ -191,6 +203,41 @@ pub fn process<F: Frame>(
             }
             Some(_) => continue,
             None => {}
+        }
+        if owners.workers > 1 {
+            // Missed here: maybe another worker's connection. A Service endpoint's
+            // packet goes to the owner of its client (by NAT port when it is addressed
+            // to the node or the gateway: NodePort and hairpin connections).
+            if services.is_endpoint(t.src, t.sport, t.proto) {
+                let to_us = cx
+                    .l3
+                    .node
+                    .as_ref()
+                    .is_some_and(|n| t.dst == n.node_ip || t.dst == n.gateway_ip);
+                let owner = if to_us {
+                    NatPorts::owner(owners.lo, owners.hi, owners.workers, t.dport)
+                } else {
+                    Some(client_owner(t.dst, t.dport, owners.workers))
+                };
+                if let Some(w) = owner.filter(|&w| w != owners.me) {
+                    next[i] = Next::Handoff(w);
+                    continue;
+                }
+            }
+            // A new ClusterIP (or NodePort/Local, which keeps the client's address)
+            // connection is made on its client's worker.
+            let node_ip = cx.l3.node.as_ref().map_or(0, |n| n.node_ip);
+            let local_np = t.dst == node_ip
+                && services
+                    .by_node_port(t.dport, t.proto)
+                    .is_some_and(|(_, s)| s.local_policy);
+            if services.lookup(t.dst, t.dport, t.proto).is_some() || local_np {
+                let w = client_owner(t.src, t.sport, owners.workers);
+                if w != owners.me {
+                    next[i] = Next::Handoff(w);
+                    continue;
+                }
+            }
         }
         let node_ip = cx.l3.node.as_ref().map_or(0, |n| n.node_ip);
         if t.dst == node_ip {

@@ -39,6 +39,9 @@ pub struct ServiceTable {
     services: Vec<Service>,
     by_key: HashMap<(u32, u16, u8), u16>,
     by_node_port: HashMap<(u16, u8), u16>,
+    /// Every endpoint (ip, port, protocol) of every Service: packets from these may be
+    /// replies of Service connections another worker owns.
+    endpoints: hashbrown::HashSet<(u32, u16, u8)>,
 }
 
 /// What the table needs to know of this node: its IP and its pod CIDR.
@@ -87,6 +90,7 @@ impl ServiceTable {
                     return Err(format!("{what}: endpoint {} has port 0", e.ip));
                 }
                 all.push(Endpoint { ip, port: e.port });
+                t.endpoints.insert((ip, e.port, proto));
                 if e.ready && !e.terminating && e.weight > 0 {
                     eps.push(Endpoint { ip, port: e.port });
                     backends.push(Backend {
@@ -162,6 +166,12 @@ impl ServiceTable {
 
     pub fn is_empty(&self) -> bool {
         self.services.is_empty()
+    }
+
+    /// Is `(ip, port, proto)` an endpoint of some Service?
+    #[inline]
+    pub fn is_endpoint(&self, ip: u32, port: u16, proto: u8) -> bool {
+        self.endpoints.contains(&(ip, port, proto))
     }
 
     /// The Service with this NodePort.
