@@ -28,7 +28,7 @@ use crate::pipeline::{DropReason, Next, StageId, TraceDetail, TraceRecord, Worke
 use crate::tables::services::ServiceTable;
 use crate::tables::{PortEntry, PortMap, L3};
 use crate::wire::MacAddr;
-use crate::worker::{ConnRow, MacRow, NeighborRow, Retired, WorkerMsg};
+use crate::worker::{Retired, WorkerMsg};
 
 /// The control thread's view of one worker.
 pub struct WorkerHandle {
@@ -145,6 +145,32 @@ impl Control {
         Arc::new(PortMap::build(entries, workers).with_roles(uplink, host))
     }
 
+    /// Asks every worker for a copy of something it owns (MAC, neighbour, connection
+    /// tables) and collects the answers, giving each `wait` to reply.
+    fn gather<T>(
+        &self,
+        ask: impl Fn(Sender<Vec<T>>) -> WorkerMsg,
+        wait: Duration,
+    ) -> Result<Vec<Vec<T>>, ErrorReply> {
+        let mut all = Vec::with_capacity(self.workers.len());
+        for w in &self.workers {
+            let (tx, rx) = bounded::<Vec<T>>(1);
+            if !Self::tell(w, ask(tx)) {
+                return Err(err(
+                    ErrorKind::Unavailable,
+                    format!("worker {} is not taking messages", w.id),
+                ));
+            }
+            all.push(rx.recv_timeout(wait).map_err(|_| {
+                err(
+                    ErrorKind::Unavailable,
+                    format!("worker {} did not answer", w.id),
+                )
+            })?);
+        }
+        Ok(all)
+    }
+
     /// Sends a message to a worker, waiting at most a second: a stuck worker must
     /// not hang the control thread. False when the worker did not take it.
     fn tell(w: &WorkerHandle, msg: WorkerMsg) -> bool {
@@ -256,20 +282,7 @@ impl Control {
 
     fn neighbor_list(&self) -> Result<Vec<NeighborInfo>, ErrorReply> {
         let mut out = Vec::new();
-        for w in &self.workers {
-            let (tx, rx) = bounded::<Vec<NeighborRow>>(1);
-            if !Self::tell(w, WorkerMsg::DumpNeighbors(tx)) {
-                return Err(err(
-                    ErrorKind::Unavailable,
-                    format!("worker {} is not taking messages", w.id),
-                ));
-            }
-            let rows = rx.recv_timeout(Duration::from_secs(2)).map_err(|_| {
-                err(
-                    ErrorKind::Unavailable,
-                    format!("worker {} did not answer", w.id),
-                )
-            })?;
+        for rows in self.gather(WorkerMsg::DumpNeighbors, Duration::from_secs(2))? {
             let hz = self.tsc_hz.max(1);
             out.extend(rows.into_iter().map(|r| NeighborInfo {
                 worker: r.worker,
@@ -290,20 +303,7 @@ impl Control {
             .map(|a| podpath_proto::validate::ipv4(a).map_err(|e| err(ErrorKind::BadRequest, e)))
             .transpose()?;
         let mut out = Vec::new();
-        for w in &self.workers {
-            let (tx, rx) = bounded::<Vec<ConnRow>>(1);
-            if !Self::tell(w, WorkerMsg::DumpConntrack(tx)) {
-                return Err(err(
-                    ErrorKind::Unavailable,
-                    format!("worker {} is not taking messages", w.id),
-                ));
-            }
-            let rows = rx.recv_timeout(Duration::from_secs(5)).map_err(|_| {
-                err(
-                    ErrorKind::Unavailable,
-                    format!("worker {} did not answer", w.id),
-                )
-            })?;
+        for rows in self.gather(WorkerMsg::DumpConntrack, Duration::from_secs(5))? {
             for r in rows {
                 let (o, p) = (r.entry.orig, r.entry.reply);
                 let hit_addr = addr.is_none_or(|a| [o.src, o.dst, p.src, p.dst].contains(&a));
@@ -717,20 +717,7 @@ impl Control {
 
     pub fn mac_list(&self) -> Result<Vec<MacInfo>, ErrorReply> {
         let mut out = Vec::new();
-        for w in &self.workers {
-            let (tx, rx) = bounded::<Vec<MacRow>>(1);
-            if !Self::tell(w, WorkerMsg::DumpMacs(tx)) {
-                return Err(err(
-                    ErrorKind::Unavailable,
-                    format!("worker {} is not taking messages", w.id),
-                ));
-            }
-            let rows = rx.recv_timeout(Duration::from_secs(2)).map_err(|_| {
-                err(
-                    ErrorKind::Unavailable,
-                    format!("worker {} did not answer", w.id),
-                )
-            })?;
+        for rows in self.gather(WorkerMsg::DumpMacs, Duration::from_secs(2))? {
             let hz = self.tsc_hz.max(1);
             out.extend(rows.into_iter().map(|r| MacInfo {
                 worker: r.worker,

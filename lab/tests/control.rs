@@ -2,6 +2,9 @@
 //! attach/detach churn under a running stream, the dataplane killed and restarted by a
 //! supervisor, the control service restarted, and bad requests on both sockets. All
 //! in namespaces the test makes and removes; needs root.
+
+mod common;
+use common::*;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -26,10 +29,6 @@ fn lab(tag: &str, pods: usize) -> (Lab, LabOptions) {
     o.external = false;
     o.state_dir = std::env::temp_dir().join("podpath-lab-tests");
     (Lab::up(&o).expect("lab up"), o)
-}
-
-fn lab_bin() -> String {
-    env!("CARGO_BIN_EXE_podpath-lab").to_owned()
 }
 
 fn call(sock: &Path, req: Request) -> Result<Response, ClientError> {
@@ -83,13 +82,13 @@ impl Drop for Stream {
 
 /// A byte-checked TCP stream from `from` to `to_ip` (in `to_ns`), paced.
 fn stream(from: &str, to_ns: &str, to_ip: &str, port: u16, pace: &[&str]) -> Stream {
-    let rx = net::command_in(to_ns, &lab_bin())
+    let rx = net::command_in(to_ns, &bin())
         .args(["tcp-recv", "--port", &port.to_string(), "--seed", "5"])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    let tx = net::command_in(from, &lab_bin())
+    let tx = net::command_in(from, &bin())
         .args([
             "tcp-send",
             "--to",

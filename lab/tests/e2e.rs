@@ -2,7 +2,9 @@
 //! a real dataplane (one via net_af_packet on a veth, one via net_tap), ARP, ping, a
 //! 10 MB TCP transfer checked byte for byte while a third pod is hot-plugged and
 //! unplugged, and the counters' accounting. Needs root (namespaces).
-use std::path::PathBuf;
+
+mod common;
+use common::*;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -13,10 +15,6 @@ use podpath_proto::{Client, Request, Response, Stats};
 
 /// The machine has two cores: run the dataplane tests one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
-
-fn lab_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_podpath-lab"))
-}
 
 fn unique(tag: &str) -> String {
     format!("{tag}{}", std::process::id() % 1_000_000)
@@ -68,7 +66,7 @@ fn two_pods_bridged_arp_ping_tcp_and_hotplug() {
 
     // 10 MB over TCP, checked byte for byte, while pod c is plugged in and out.
     let bytes = "10485760";
-    let mut rx = net::command_in(&b.netns, &lab_bin().display().to_string())
+    let mut rx = net::command_in(&b.netns, &bin())
         .args([
             "tcp-recv", "--port", "5001", "--bytes", bytes, "--seed", "42",
         ])
@@ -76,7 +74,7 @@ fn two_pods_bridged_arp_ping_tcp_and_hotplug() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    let tx = net::command_in(&a.netns, &lab_bin().display().to_string())
+    let tx = net::command_in(&a.netns, &bin())
         .args([
             "tcp-send",
             "--to",

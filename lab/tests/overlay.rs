@@ -1,19 +1,17 @@
 //! Walks 1-3 of the packet walks over the VXLAN overlay, end to end: two nodes joined
 //! by an underlay bridge, two pods each (af_packet and tap), and an external host, all
 //! in namespaces the test makes and removes. Needs root, iputils and tcpdump.
+
+mod common;
+use common::*;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use podpath_lab::topo::LabOptions;
 use podpath_lab::{net, Lab};
 use podpath_proto::{Client, Request, Response, Stats};
 
 static SERIAL: Mutex<()> = Mutex::new(());
-
-fn bin() -> String {
-    env!("CARGO_BIN_EXE_podpath-lab").to_owned()
-}
 
 fn stats(lab: &Lab, node: usize) -> Stats {
     let mut c = Client::connect(&lab.state.nodes[node].socket, "test").unwrap();
@@ -85,8 +83,7 @@ fn tcp(from: &str, to_ns: &str, to_ip: &str, port: u16, bytes: u64) -> String {
 #[test]
 fn pods_across_nodes_over_vxlan() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let mut o = LabOptions::new(&format!("v{}", std::process::id() % 1_000_000));
-    o.state_dir = std::env::temp_dir().join("podpath-lab-tests");
+    let o = options("v");
     let lab = Lab::up(&o).expect("lab up");
     let (n1, n2) = (lab.state.nodes[0].clone(), lab.state.nodes[1].clone());
     let (a1, b1, a2, b2) = (
@@ -288,8 +285,7 @@ fn pods_across_nodes_over_vxlan() {
 #[test]
 fn flannel_port_and_another_vni() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let mut o = LabOptions::new(&format!("f{}", std::process::id() % 1_000_000));
-    o.state_dir = std::env::temp_dir().join("podpath-lab-tests");
+    let mut o = options("f");
     o.pods_per_node = 1;
     o.external = false;
     o.vxlan_port = 8472;

@@ -1,18 +1,16 @@
 //! Walk 4 end to end: a pod talks to a ClusterIP Service whose endpoints are spread
 //! over two nodes. Needs root; namespaces made and removed by the test.
+
+mod common;
+use common::*;
 use std::process::Stdio;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use podpath_lab::topo::LabOptions;
 use podpath_lab::{net, Lab};
 use podpath_proto::{Client, EndpointSpec, Request, Response, ServiceSpec};
 
 static SERIAL: Mutex<()> = Mutex::new(());
-
-fn bin() -> String {
-    env!("CARGO_BIN_EXE_podpath-lab").to_owned()
-}
 
 fn run_in(ns: &str, cmd: &str, args: &[&str]) -> (bool, String) {
     let o = net::command_in(ns, cmd)
@@ -48,8 +46,7 @@ fn ep(ip: &str) -> EndpointSpec {
 #[test]
 fn cluster_ip_spreads_over_endpoints_on_both_nodes() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let mut o = LabOptions::new(&format!("c{}", std::process::id() % 1_000_000));
-    o.state_dir = std::env::temp_dir().join("podpath-lab-tests");
+    let mut o = options("c");
     o.external = false;
     let lab = Lab::up(&o).expect("lab up");
     let (n1, n2) = (lab.state.nodes[0].clone(), lab.state.nodes[1].clone());
@@ -411,8 +408,7 @@ fn cluster_ip_spreads_over_endpoints_on_both_nodes() {
 #[test]
 fn node_port_from_an_external_host_with_both_policies() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let mut o = LabOptions::new(&format!("n{}", std::process::id() % 1_000_000));
-    o.state_dir = std::env::temp_dir().join("podpath-lab-tests");
+    let o = options("n");
     let lab = Lab::up(&o).expect("lab up");
     let (n1, n2) = (lab.state.nodes[0].clone(), lab.state.nodes[1].clone());
     let ext = lab.state.external.clone().unwrap();

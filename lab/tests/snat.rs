@@ -2,19 +2,17 @@
 //! The external host sees the node IP, replies come back, `conntrack list` shows the
 //! connections, and with short timeouts they expire on time. Namespaces made and
 //! removed by the test; needs root.
+
+mod common;
+use common::*;
 use std::process::Stdio;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use podpath_lab::topo::LabOptions;
 use podpath_lab::{net, Lab};
 use podpath_proto::{Client, ConnInfo, ConntrackFilter, Request, Response};
 
 static SERIAL: Mutex<()> = Mutex::new(());
-
-fn bin() -> String {
-    env!("CARGO_BIN_EXE_podpath-lab").to_owned()
-}
 
 fn run_in(ns: &str, cmd: &str, args: &[&str]) -> (bool, String) {
     let o = net::command_in(ns, cmd)
@@ -38,8 +36,7 @@ fn conns(lab: &Lab, f: ConntrackFilter) -> Vec<ConnInfo> {
 #[test]
 fn pods_reach_an_external_host_through_masquerade() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let mut o = LabOptions::new(&format!("s{}", std::process::id() % 1_000_000));
-    o.state_dir = std::env::temp_dir().join("podpath-lab-tests");
+    let mut o = options("s");
     o.nodes = 2;
     o.pods_per_node = 2;
     // Short UDP and ICMP timeouts, to watch entries expire.
@@ -159,8 +156,7 @@ fn pods_reach_an_external_host_through_masquerade() {
 #[test]
 fn router_errors_reach_the_pod_translated_and_tracepath_works() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let mut o = LabOptions::new(&format!("t{}", std::process::id() % 1_000_000));
-    o.state_dir = std::env::temp_dir().join("podpath-lab-tests");
+    let mut o = options("t");
     o.nodes = 1;
     o.pods_per_node = 1;
     o.external = false;

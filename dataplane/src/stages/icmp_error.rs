@@ -63,10 +63,7 @@ pub fn process<F: Frame>(
     next: &mut [Next],
     detail: &mut [TraceDetail],
 ) {
-    let Some(node) = cx.l3.node.as_ref() else {
-        for &i in pkts {
-            next[usize::from(i)] = Next::Drop(DropReason::Ip4NoNode);
-        }
+    let Some(node) = super::node_or_drop(cx, pkts, next) else {
         return;
     };
     for &i in pkts {

@@ -13,7 +13,8 @@ pub mod snat;
 pub mod vxlan_decap;
 pub mod vxlan_encap;
 
-use crate::pipeline::WorkerCounters;
+use crate::pipeline::{DropReason, Next, WorkerCounters};
+use crate::tables::l3::NodeL3;
 use crate::tables::services::ServiceTable;
 use crate::tables::{PortMap, L3};
 
@@ -25,6 +26,18 @@ pub struct Ctx<'a> {
     /// TSC at the start of this poll iteration.
     pub now: u64,
     pub counters: &'a WorkerCounters,
+}
+
+/// This node's L3 identity; without one, every packet of the burst is dropped as
+/// `ip4-no-node` (the stages that need it share this prologue).
+pub fn node_or_drop<'a>(cx: &'a Ctx, pkts: &[u8], next: &mut [Next]) -> Option<&'a NodeL3> {
+    let node = cx.l3.node.as_ref();
+    if node.is_none() {
+        for &i in pkts {
+            next[usize::from(i)] = Next::Drop(DropReason::Ip4NoNode);
+        }
+    }
+    node
 }
 
 /// Flow hash of an IPv4 5-tuple (for the VXLAN source port): cheap, and the same for
