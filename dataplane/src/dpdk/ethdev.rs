@@ -398,3 +398,52 @@ pub fn port_is_valid(id: u16) -> bool {
     // SAFETY: a plain query.
     unsafe { dpdk_sys::rte_eth_dev_is_valid_port(id) != 0 }
 }
+
+/// A port that one thread owns outright and polls itself, for tools such as the
+/// traffic generator (`bench`): queue 0 in each direction, no worker map. `&mut self`
+/// on the burst calls and `!Sync` make "one poller per queue" hold by construction;
+/// the port is started before it can be polled and stopped only by dropping it.
+pub struct SoloPort {
+    port: EthPort,
+    // !Sync: a shared reference must not let two threads poll the same queue.
+    _not_sync: std::marker::PhantomData<std::cell::Cell<()>>,
+}
+
+impl SoloPort {
+    /// Probes `devargs`, configures one rx and one tx queue from `pool` and starts it.
+    pub fn open(devargs: &str, desc: u16, pool: &Mempool) -> Result<SoloPort, PortError> {
+        let mut port = EthPort::probe(devargs)?;
+        let setup = PortSetup {
+            rx_queues: 1,
+            tx_queues: 1,
+            rx_desc: desc,
+            tx_desc: desc,
+            mtu: None,
+        };
+        port.configure(&setup, pool)?;
+        port.start()?;
+        Ok(SoloPort {
+            port,
+            _not_sync: std::marker::PhantomData,
+        })
+    }
+
+    pub fn port(&self) -> &EthPort {
+        &self.port
+    }
+
+    /// Receives up to `max` packets into the spare capacity of `out`.
+    #[inline(always)]
+    pub fn rx_burst(&mut self, out: &mut Vec<Mbuf>, max: usize) -> usize {
+        // SAFETY: the port was started in open() and stays started while self lives;
+        // queue 0 is configured; &mut self on a !Sync owner means one poller.
+        unsafe { rx_burst(self.port.id, 0, out, max) }
+    }
+
+    /// Transmits `bufs`; those the device took leave the vector.
+    #[inline(always)]
+    pub fn tx_burst(&mut self, bufs: &mut Vec<Mbuf>) -> usize {
+        // SAFETY: as for rx_burst, for tx queue 0.
+        unsafe { tx_burst(self.port.id, 0, bufs) }
+    }
+}

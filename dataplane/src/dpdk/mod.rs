@@ -13,7 +13,7 @@ pub mod mbuf;
 pub mod netns;
 
 pub use eal::{Eal, EalError};
-pub use ethdev::{EthPort, PortError, PortSetup};
+pub use ethdev::{EthPort, PortError, PortSetup, SoloPort};
 pub use io::DpdkIo;
 pub use mbuf::{Mbuf, Mempool};
 
