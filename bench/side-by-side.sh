@@ -79,7 +79,7 @@ for r in $(seq "$ROUNDS"); do
   done
 done
 
-mkdir -p bench/results
+mkdir -p docs/results
 python3 - "$dir" "$ROUNDS" "$SECS" "$FLOWS" "$SIZE" <<'EOF'
 import json, statistics, sys
 d, rounds, secs, flows, size = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
@@ -94,10 +94,10 @@ for dut in ["testpmd-io", "podpath-l2"]:
                         "runs": runs}
 m = {k: v["rx_mpps"]["median"] for k, v in out["duts"].items()}
 out["ratio_podpath_to_testpmd"] = m["podpath-l2"] / m["testpmd-io"] if m["testpmd-io"] else None
-json.dump(out, open("bench/results/side-by-side-l2.json", "w"), indent=2)
+json.dump(out, open("docs/results/side-by-side-l2.json", "w"), indent=2)
 print(f"{'dut':<12} {'median Mpps':>12} {'min':>8} {'max':>8} {'loss %':>8}")
 for k, v in out["duts"].items():
     r = v["rx_mpps"]
     print(f"{k:<12} {r['median']:>12.3f} {r['min']:>8.3f} {r['max']:>8.3f} {100*v['loss_ratio_median']:>8.4f}")
-print(f"podpath-l2 / testpmd-io = {out['ratio_podpath_to_testpmd']:.2f}  (bench/results/side-by-side-l2.json)")
+print(f"podpath-l2 / testpmd-io = {out['ratio_podpath_to_testpmd']:.2f}  (docs/results/side-by-side-l2.json)")
 EOF
