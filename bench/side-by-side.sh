@@ -6,13 +6,16 @@
 #   - podpath-l2: podpath-dataplane bridging the same two ports (bridge 1).
 # Each DUT gets one forwarding core (lcore 1); the generator runs on lcore 0.
 # Prints median / min / max of delivered Mpps and the ratio, and writes JSON.
-# Usage (root, hugepages reserved, dpdk-dev installed for dpdk-testpmd):
+# Usage (root; sets up like scripts/setup.sh and installs dpdk-dev for dpdk-testpmd):
 #   bench/side-by-side.sh [ROUNDS=3] [SECONDS=5] [FLOWS=10000] [SIZE=64]
 # OVS-DPDK and the kernel path are not in this runner yet (docs/performance.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-3}; SECS=${2:-5}; FLOWS=${3:-10000}; SIZE=${4:-64}
 [ "$(id -u)" = 0 ] || { echo "side-by-side: run as root"; exit 1; }
+# Same set-up as the other commands (packages, Rust, hugepages), plus dpdk-testpmd.
+[ "${PODPATH_SKIP_SETUP:-0}" = 1 ] || scripts/setup.sh
+command -v dpdk-testpmd >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q dpdk-dev >/dev/null
 command -v dpdk-testpmd >/dev/null || { echo "side-by-side: needs dpdk-testpmd (apt-get install dpdk-dev)"; exit 1; }
 free=$(awk '/HugePages_Free/ {print $2}' /proc/meminfo)
 [ "$free" -ge 160 ] || { echo "side-by-side: needs 160 free 2 MiB hugepages (vhost-user shares hugepage memory), $free free"; exit 1; }
