@@ -115,6 +115,43 @@ fn balanced(p: &Pipeline<MemFrame>) -> bool {
 }
 
 /// An ARP reply from (mac, ip) to (dst mac, dst ip).
+/// Two workers of node 1 (NAT range split between them, hand-off rings wired both
+/// ways), with a Service table when given.
+fn two_workers(
+    services: Option<Arc<podpath_dataplane::tables::services::ServiceTable>>,
+) -> (Pipeline<MemFrame>, MemIo, Pipeline<MemFrame>, MemIo) {
+    let (base, _) = node(1);
+    let mk = |w: u16| {
+        let cfg = PipelineConfig {
+            worker: w,
+            mac_capacity: 64,
+            mac_ageing_ticks: 300 * HZ,
+            tsc_hz: HZ,
+            conntrack: Default::default(),
+            nat_range: (40000, 40999),
+            workers: 2,
+        };
+        let mut p = Pipeline::new(
+            &cfg,
+            Arc::clone(&base.ports),
+            Arc::new(WorkerCounters::default()),
+            Tracer::new(w, None),
+        );
+        p.set_l3(Arc::clone(&base.l3));
+        if let Some(t) = &services {
+            p.set_services(Arc::clone(t));
+        }
+        p.set_now(HZ);
+        p
+    };
+    let (mut w0, mut w1) = (mk(0), mk(1));
+    let (t0, r0) = bounded(64);
+    let (t1, r1) = bounded(64);
+    w0.set_handoff(vec![None, Some(t1)], r0);
+    w1.set_handoff(vec![Some(t0), None], r1);
+    (w0, MemIo::default(), w1, MemIo::default())
+}
+
 fn arp_reply(mac: MacAddr, ip_: u32, to_mac: MacAddr, to_ip: u32) -> Vec<u8> {
     let mut f = arp::request(mac, ip_, to_ip).to_vec();
     f[0..6].copy_from_slice(&to_mac.0);
@@ -394,33 +431,7 @@ fn workers_share_what_arp_taught_them() {
 #[test]
 fn replies_on_the_wrong_worker_are_handed_to_the_owner() {
     // Two workers of node 1 with the NAT range split between them.
-    let cfg = |w: u16| PipelineConfig {
-        worker: w,
-        mac_capacity: 64,
-        mac_ageing_ticks: 300 * HZ,
-        tsc_hz: HZ,
-        conntrack: Default::default(),
-        nat_range: (40000, 40999),
-        workers: 2,
-    };
-    let (base, _) = node(1);
-    let mk = |w: u16| {
-        let mut p = Pipeline::new(
-            &cfg(w),
-            Arc::clone(&base.ports),
-            Arc::new(WorkerCounters::default()),
-            Tracer::new(w, None),
-        );
-        p.set_l3(Arc::clone(&base.l3));
-        p.set_now(HZ);
-        p
-    };
-    let (mut w0, mut w1) = (mk(0), mk(1));
-    let (mut io0, mut io1) = (MemIo::default(), MemIo::default());
-    let (t0, r0) = bounded(64);
-    let (t1, r1) = bounded(64);
-    w0.set_handoff(vec![None, Some(t1)], r0);
-    w1.set_handoff(vec![Some(t0), None], r1);
+    let (mut w0, mut io0, mut w1, mut io1) = two_workers(None);
     // Worker 1 knows the pod and the external host; the pod's UDP leaves through it.
     let gw = gateway_mac(ip("10.244.0.1"));
     rx(
@@ -492,16 +503,6 @@ fn replies_on_the_wrong_worker_are_handed_to_the_owner() {
 fn service_connections_live_on_their_clients_worker() {
     use podpath_dataplane::stages::lb::client_owner;
     use podpath_dataplane::tables::services::ServiceTable;
-    let cfg = |w: u16| PipelineConfig {
-        worker: w,
-        mac_capacity: 64,
-        mac_ageing_ticks: 300 * HZ,
-        tsc_hz: HZ,
-        conntrack: Default::default(),
-        nat_range: (40000, 40999),
-        workers: 2,
-    };
-    let (base, _) = node(1);
     let svc = podpath_proto::ServiceSpec {
         name: "default/web".into(),
         vip: "10.96.0.10".into(),
@@ -519,24 +520,7 @@ fn service_connections_live_on_their_clients_worker() {
         external_traffic_policy: None,
     };
     let table = Arc::new(ServiceTable::build(&[svc], None).unwrap());
-    let mk = |w: u16| {
-        let mut p = Pipeline::new(
-            &cfg(w),
-            Arc::clone(&base.ports),
-            Arc::new(WorkerCounters::default()),
-            Tracer::new(w, None),
-        );
-        p.set_l3(Arc::clone(&base.l3));
-        p.set_services(Arc::clone(&table));
-        p.set_now(HZ);
-        p
-    };
-    let (mut w0, mut w1) = (mk(0), mk(1));
-    let (mut io0, mut io1) = (MemIo::default(), MemIo::default());
-    let (t0, r0) = bounded(64);
-    let (t1, r1) = bounded(64);
-    w0.set_handoff(vec![None, Some(t1)], r0);
-    w1.set_handoff(vec![Some(t0), None], r1);
+    let (mut w0, mut io0, mut w1, mut io1) = two_workers(Some(table));
     let gw = gateway_mac(ip("10.244.0.1"));
     // Both workers know both pods (their ARP for the gateway).
     for (w, io) in [(&mut w0, &mut io0), (&mut w1, &mut io1)] {

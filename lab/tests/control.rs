@@ -82,12 +82,10 @@ impl Drop for Stream {
 
 /// A byte-checked TCP stream from `from` to `to_ip` (in `to_ns`), paced.
 fn stream(from: &str, to_ns: &str, to_ip: &str, port: u16, pace: &[&str]) -> Stream {
-    let rx = net::command_in(to_ns, &bin())
-        .args(["tcp-recv", "--port", &port.to_string(), "--seed", "5"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    let rx = serve_in(
+        to_ns,
+        &["tcp-recv", "--port", &port.to_string(), "--seed", "5"],
+    );
     let tx = net::command_in(from, &bin())
         .args([
             "tcp-send",

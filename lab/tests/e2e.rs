@@ -66,14 +66,12 @@ fn two_pods_bridged_arp_ping_tcp_and_hotplug() {
 
     // 10 MB over TCP, checked byte for byte, while pod c is plugged in and out.
     let bytes = "10485760";
-    let mut rx = net::command_in(&b.netns, &bin())
-        .args([
+    let mut rx = serve_in(
+        &b.netns,
+        &[
             "tcp-recv", "--port", "5001", "--bytes", bytes, "--seed", "42",
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+        ],
+    );
     let tx = net::command_in(&a.netns, &bin())
         .args([
             "tcp-send",

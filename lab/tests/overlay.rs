@@ -29,35 +29,18 @@ fn drops(s: &Stats, reason: &str) -> u64 {
         .sum()
 }
 
-fn run_in(ns: &str, cmd: &str, args: &[&str]) -> (bool, String) {
-    let o = net::command_in(ns, cmd)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let mut s = String::from_utf8_lossy(&o.stdout).into_owned();
-    s += &String::from_utf8_lossy(&o.stderr);
-    (o.status.success(), s)
-}
-
-fn ping(ns: &str, ip: &str) -> bool {
-    run_in(ns, "ping", &["-c", "2", "-i", "0.2", "-W", "2", ip]).0
-}
-
 /// A byte-checked TCP transfer; returns the address the receiver saw.
 fn tcp(from: &str, to_ns: &str, to_ip: &str, port: u16, bytes: u64) -> String {
-    let rx = net::command_in(to_ns, &bin())
-        .args([
+    let rx = serve_in(
+        to_ns,
+        &[
             "tcp-recv",
             "--port",
             &port.to_string(),
             "--bytes",
             &bytes.to_string(),
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+        ],
+    );
     let (ok, out) = run_in(
         from,
         &bin(),
@@ -136,12 +119,7 @@ fn pods_across_nodes_over_vxlan() {
         assert_eq!(tcp(&b1.netns, &p.netns, &p.ip, k, 100_000), b1.ip);
     }
     // UDP request/response across.
-    let echo = net::command_in(&a2.netns, &bin())
-        .args(["udp-echo", "--port", "7100", "--count", "5"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    let echo = serve_in(&a2.netns, &["udp-echo", "--port", "7100", "--count", "5"]);
     let (ok, out) = run_in(
         &a1.netns,
         &bin(),

@@ -7,21 +7,11 @@ use std::process::Stdio;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use podpath_lab::topo::Pod;
 use podpath_lab::{net, Lab};
 use podpath_proto::{Client, EndpointSpec, Request, Response, ServiceSpec};
 
 static SERIAL: Mutex<()> = Mutex::new(());
-
-fn run_in(ns: &str, cmd: &str, args: &[&str]) -> (bool, String) {
-    let o = net::command_in(ns, cmd)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let mut s = String::from_utf8_lossy(&o.stdout).into_owned();
-    s += &String::from_utf8_lossy(&o.stderr);
-    (o.status.success(), s)
-}
 
 fn set(lab: &Lab, svc: &ServiceSpec) {
     for n in &lab.state.nodes {
@@ -31,6 +21,23 @@ fn set(lab: &Lab, svc: &ServiceSpec) {
             Response::Done
         );
     }
+}
+
+/// whoami-serve on port 8080 in each endpoint pod (killed when dropped).
+fn whoami_servers(eps: &[Pod], count: &str, seconds: &str) -> Background {
+    let ns: Vec<&str> = eps.iter().map(|p| p.netns.as_str()).collect();
+    Background::in_each(
+        &ns,
+        &[
+            "whoami-serve",
+            "--port",
+            "8080",
+            "--count",
+            count,
+            "--seconds",
+            seconds,
+        ],
+    )
 }
 
 fn ep(ip: &str) -> EndpointSpec {
@@ -63,25 +70,8 @@ fn cluster_ip_spreads_over_endpoints_on_both_nodes() {
         external_traffic_policy: None,
     };
     set(&lab, &web);
-    let servers: Vec<_> = eps
-        .iter()
-        .map(|p| {
-            net::command_in(&p.netns, &bin())
-                .args([
-                    "whoami-serve",
-                    "--port",
-                    "8080",
-                    "--count",
-                    "300",
-                    "--seconds",
-                    "30",
-                ])
-                .stdout(Stdio::null())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    std::thread::sleep(Duration::from_millis(500));
+    let servers = whoami_servers(&eps, "300", "30");
+    std::thread::sleep(Duration::from_millis(200));
     // 300 short connections; whoami-ask fails unless every reply came from the VIP.
     let (ok, out) = run_in(
         &client.netns,
@@ -116,32 +106,10 @@ fn cluster_ip_spreads_over_endpoints_on_both_nodes() {
         panic!()
     };
     assert_eq!(conns.len(), 300);
-    for s in servers {
-        let mut s = s;
-        let _ = s.kill();
-        let _ = s.wait();
-    }
+    drop(servers);
 
     // ClientIP affinity: every connection of the client goes to one endpoint.
-    let servers: Vec<_> = eps
-        .iter()
-        .map(|p| {
-            net::command_in(&p.netns, &bin())
-                .args([
-                    "whoami-serve",
-                    "--port",
-                    "8080",
-                    "--count",
-                    "300",
-                    "--seconds",
-                    "30",
-                ])
-                .stdout(Stdio::null())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    std::thread::sleep(Duration::from_millis(300));
+    let servers = whoami_servers(&eps, "300", "30");
     set(
         &lab,
         &ServiceSpec {
@@ -161,10 +129,7 @@ fn cluster_ip_spreads_over_endpoints_on_both_nodes() {
         1,
         "affinity: all 300 to one endpoint:\n{out}"
     );
-    for mut s in servers {
-        let _ = s.kill();
-        let _ = s.wait();
-    }
+    drop(servers);
 
     // A long TCP stream to one endpoint survives the removal of another endpoint and
     // the addition of a new one.
@@ -423,25 +388,7 @@ fn node_port_from_an_external_host_with_both_policies() {
         node_port: Some(30080),
         external_traffic_policy: None,
     };
-    let serve = |count: &str| -> Vec<std::process::Child> {
-        eps.iter()
-            .map(|p| {
-                net::command_in(&p.netns, &bin())
-                    .args([
-                        "whoami-serve",
-                        "--port",
-                        "8080",
-                        "--count",
-                        count,
-                        "--seconds",
-                        "20",
-                    ])
-                    .stdout(Stdio::null())
-                    .spawn()
-                    .unwrap()
-            })
-            .collect()
-    };
+    let serve = |count: &str| whoami_servers(&eps, count, "20");
     let ask = |n: &str| -> String {
         let (ok, out) = run_in(
             &ext,
@@ -457,18 +404,11 @@ fn node_port_from_an_external_host_with_both_policies() {
         assert!(ok, "{out}");
         out
     };
-    let stop = |v: Vec<std::process::Child>| {
-        for mut c in v {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    };
     // Policy Cluster: any endpoint (local or on the other node); they see the node.
     set(&lab, &web);
     let s = serve("60");
-    std::thread::sleep(Duration::from_millis(300));
     let out = ask("60");
-    stop(s);
+    drop(s);
     let mut used = 0;
     for p in &eps {
         if out.lines().any(|l| l.starts_with(&format!("{} ", p.ip))) {
@@ -501,9 +441,8 @@ fn node_port_from_an_external_host_with_both_policies() {
     web.external_traffic_policy = Some("Local".into());
     set(&lab, &web);
     let s = serve("40");
-    std::thread::sleep(Duration::from_millis(300));
     let out = ask("30");
-    stop(s);
+    drop(s);
     assert_eq!(
         out.trim(),
         format!("{} 30", eps[0].ip),

@@ -5,25 +5,13 @@
 
 mod common;
 use common::*;
-use std::process::Stdio;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use podpath_lab::{net, Lab};
+use podpath_lab::Lab;
 use podpath_proto::{Client, ConnInfo, ConntrackFilter, Request, Response};
 
 static SERIAL: Mutex<()> = Mutex::new(());
-
-fn run_in(ns: &str, cmd: &str, args: &[&str]) -> (bool, String) {
-    let o = net::command_in(ns, cmd)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let mut s = String::from_utf8_lossy(&o.stdout).into_owned();
-    s += &String::from_utf8_lossy(&o.stderr);
-    (o.status.success(), s)
-}
 
 fn conns(lab: &Lab, f: ConntrackFilter) -> Vec<ConnInfo> {
     let mut c = Client::connect(&lab.state.nodes[0].control_socket, "test").unwrap();
@@ -53,12 +41,10 @@ fn pods_reach_an_external_host_through_masquerade() {
         "ping the external host"
     );
     // A 10 MB download, checked byte for byte; the server sees the node IP.
-    let srv = net::command_in(&ext, &bin())
-        .args(["tcp-serve", "--port", "8080", "--bytes", "10485760"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    let srv = serve_in(
+        &ext,
+        &["tcp-serve", "--port", "8080", "--bytes", "10485760"],
+    );
     let (ok, out) = run_in(
         &b.netns,
         &bin(),
@@ -78,12 +64,7 @@ fn pods_reach_an_external_host_through_masquerade() {
         "server saw {seen}"
     );
     // UDP request/response; the server answers the node.
-    let echo = net::command_in(&ext, &bin())
-        .args(["udp-echo", "--port", "5353", "--count", "3"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    let echo = serve_in(&ext, &["udp-echo", "--port", "5353", "--count", "3"]);
     let (ok, out) = run_in(
         &a.netns,
         &bin(),
@@ -181,12 +162,10 @@ fn router_errors_reach_the_pod_translated_and_tracepath_works() {
     assert!(out.contains("reached"), "{out}");
     // And a TCP download from behind the router, at the discovered path MTU.
     let inet = lab.state.internet.clone().unwrap();
-    let srv = net::command_in(&inet, &bin())
-        .args(["tcp-serve", "--port", "8443", "--bytes", "2097152"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    let srv = serve_in(
+        &inet,
+        &["tcp-serve", "--port", "8443", "--bytes", "2097152"],
+    );
     let (ok, out) = run_in(
         &a.netns,
         &bin(),

@@ -32,6 +32,18 @@ pub fn run_in(ns: &str, cmd: &str, args: &[&str]) -> (bool, String) {
     (o.status.success(), s)
 }
 
+/// Starts `podpath-lab <args>` (a server) in a namespace with its stdout captured, and
+/// gives it 300 ms to bind.
+pub fn serve_in(ns: &str, args: &[&str]) -> Child {
+    let c = net::command_in(ns, &bin())
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    c
+}
+
 /// Two pings, 200 ms apart.
 pub fn ping(ns: &str, ip: &str) -> bool {
     run_in(ns, "ping", &["-c", "2", "-i", "0.2", "-W", "2", ip]).0
