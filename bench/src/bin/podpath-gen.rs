@@ -56,6 +56,10 @@ struct Args {
     /// Seconds to send for.
     #[arg(long, default_value_t = 5.0)]
     duration: f64,
+    /// Seconds to send before measuring (not counted): a DUT resolves its next hop and
+    /// opens its connections, so the measurement sees its steady state.
+    #[arg(long, default_value_t = 0.0)]
+    warmup: f64,
     /// Milliseconds to keep receiving after the last transmit (in-flight frames).
     #[arg(long, default_value_t = 200)]
     drain_ms: u64,
@@ -75,6 +79,10 @@ struct Args {
     outer_src_ip: Ipv4Addr,
     #[arg(long, default_value = "192.168.100.2")]
     outer_dst_ip: Ipv4Addr,
+    /// Answer ARP requests that arrive on the receive port with this MAC, for any
+    /// address asked (pktgen does the same), so that a routing DUT resolves its next hop.
+    #[arg(long)]
+    arp_mac: Option<String>,
     /// Write the report as JSON to this file as well.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
@@ -298,16 +306,29 @@ struct Tally {
     stamped: u64,
     out_of_order: u64,
     last_seq: Option<u32>,
+    arp_replies: u64,
+    /// Frames stamped before this sequence number were sent during the warm-up.
+    first_seq: u32,
 }
 
-fn receive(rx: &mut SoloPort, bufs: &mut Vec<Mbuf>, t: &mut Tally, h: &mut Histogram) {
+fn receive(
+    rx: &mut SoloPort,
+    bufs: &mut Vec<Mbuf>,
+    t: &mut Tally,
+    h: &mut Histogram,
+    arp_mac: Option<[u8; 6]>,
+) {
     let n = rx.rx_burst(bufs, BURST);
     if n == 0 {
         return;
     }
     let now = rdtsc();
-    for m in bufs.iter() {
+    let mut replies = Vec::new();
+    for mut m in bufs.drain(..) {
         if let Some((seq, tsc)) = read_stamp(m.data()) {
+            if (seq.wrapping_sub(t.first_seq) as i32) < 0 {
+                continue; // sent during the warm-up
+            }
             t.stamped += 1;
             h.record(now.wrapping_sub(tsc));
             // Wrapping comparison: the sequence number is 32 bits on the wire.
@@ -315,10 +336,38 @@ fn receive(rx: &mut SoloPort, bufs: &mut Vec<Mbuf>, t: &mut Tally, h: &mut Histo
                 t.out_of_order += 1;
             }
             t.last_seq = Some(seq);
+        } else if let Some(mac) = arp_mac {
+            if arp_reply(m.data_mut(), mac) {
+                replies.push(m); // dropping the others frees them
+            }
         }
     }
     t.received += n as u64;
-    bufs.clear(); // dropping an Mbuf frees it
+    if !replies.is_empty() {
+        t.arp_replies += replies.len() as u64;
+        rx.tx_burst(&mut replies);
+    }
+}
+
+/// Turns an Ethernet ARP request into its reply in place, answering with `mac`.
+fn arp_reply(f: &mut [u8], mac: [u8; 6]) -> bool {
+    // Ethernet/IPv4 ARP request: ethertype 0x0806, htype 1, ptype 0x0800, 6/4, op 1.
+    if f.len() < 42 || f[12..22] != [0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1] {
+        return false;
+    }
+    let (sha, spa, tpa) = (
+        <[u8; 6]>::try_from(&f[22..28]).unwrap_or_default(),
+        <[u8; 4]>::try_from(&f[28..32]).unwrap_or_default(),
+        <[u8; 4]>::try_from(&f[38..42]).unwrap_or_default(),
+    );
+    f[0..6].copy_from_slice(&sha);
+    f[6..12].copy_from_slice(&mac);
+    f[21] = 2;
+    f[22..28].copy_from_slice(&mac);
+    f[28..32].copy_from_slice(&tpa);
+    f[32..38].copy_from_slice(&sha);
+    f[38..42].copy_from_slice(&spa);
+    true
 }
 
 fn main() {
@@ -361,6 +410,7 @@ fn run(a: Args) -> Result<(), String> {
             junk.clear();
         }
     }
+    let arp_mac = a.arp_mac.as_deref().map(parse_mac).transpose()?;
     let base_src = u32::from(a.src_ip);
     let mut rng = XorShift(0x2545_f491_4f6c_dd1d);
     let mut t = Tally::default();
@@ -369,10 +419,27 @@ fn run(a: Args) -> Result<(), String> {
     let mut inb: Vec<Mbuf> = Vec::with_capacity(BURST);
     let (mut tx_full, mut alloc_fail) = (0u64, 0u64);
     let mut flow = 0u32;
-    let start = rdtsc();
-    let end = start + (a.duration * hz as f64) as u64;
+    let mut seq = 0u64; // of frames sent, warm-up included
+    let mut start = rdtsc();
+    let mut warm_end = start + (a.warmup * hz as f64) as u64;
+    let mut end = warm_end + (a.duration * hz as f64) as u64;
     let mut now = start;
     while now < end {
+        if warm_end != 0 && now >= warm_end {
+            if a.warmup > 0.0 {
+                // The measurement starts here: forget the warm-up, keep ARP's count.
+                t = Tally {
+                    arp_replies: t.arp_replies,
+                    first_seq: seq as u32,
+                    ..Tally::default()
+                };
+                h = Histogram::new();
+                (tx_full, alloc_fail) = (0, 0);
+                start = now;
+                end = now + (a.duration * hz as f64) as u64;
+            }
+            warm_end = 0;
+        }
         // Pacing: how many packets the rate allows by now, in bursts of at most BURST.
         let allowed = if a.rate == 0 {
             BURST as u64
@@ -397,20 +464,21 @@ fn run(a: Args) -> Result<(), String> {
                 flow = if flow + 1 == a.flows { 0 } else { flow + 1 };
                 f
             };
-            tpl.stamp(f, base_src, fl, t.sent + i, now);
+            tpl.stamp(f, base_src, fl, seq + i, now);
             out.push(m);
         }
         let queued = out.len();
         tx.tx_burst(&mut out);
         t.sent += (queued - out.len()) as u64;
+        seq += (queued - out.len()) as u64;
         if !out.is_empty() {
             // The port is full: count it and retry these frames (restamped) next turn.
             tx_full += out.len() as u64;
             out.clear();
         }
         match rx_sep.as_mut() {
-            Some(rx) => receive(rx, &mut inb, &mut t, &mut h),
-            None => receive(&mut tx, &mut inb, &mut t, &mut h),
+            Some(rx) => receive(rx, &mut inb, &mut t, &mut h, arp_mac),
+            None => receive(&mut tx, &mut inb, &mut t, &mut h, arp_mac),
         }
         now = rdtsc();
     }
@@ -418,8 +486,8 @@ fn run(a: Args) -> Result<(), String> {
     let drain_end = now + a.drain_ms * hz / 1000;
     while rdtsc() < drain_end {
         match rx_sep.as_mut() {
-            Some(rx) => receive(rx, &mut inb, &mut t, &mut h),
-            None => receive(&mut tx, &mut inb, &mut t, &mut h),
+            Some(rx) => receive(rx, &mut inb, &mut t, &mut h, arp_mac),
+            None => receive(&mut tx, &mut inb, &mut t, &mut h, arp_mac),
         }
         if a.rx.is_none() && inb.is_empty() {
             std::thread::sleep(Duration::from_micros(50));
@@ -446,7 +514,7 @@ fn report(
         "vxlan_vni": a.vxlan, "offered_pps": a.rate, "seconds": secs,
         "sent": t.sent, "received": t.received, "stamped": t.stamped,
         "lost": loss, "loss_ratio": if t.sent > 0 { loss as f64 / t.sent as f64 } else { 0.0 },
-        "out_of_order": t.out_of_order, "tx_port_full": tx_full, "mbuf_alloc_failed": alloc_fail,
+        "out_of_order": t.out_of_order, "arp_replies": t.arp_replies, "warmup_seconds": a.warmup, "tx_port_full": tx_full, "mbuf_alloc_failed": alloc_fail,
         "tx_mpps": t.sent as f64 / secs / 1e6, "rx_mpps": t.stamped as f64 / secs / 1e6,
         "latency_us": {"p50": lat[0], "p90": lat[1], "p99": lat[2], "p999": lat[3], "max": us(h.max)},
         "tsc_hz": hz,
