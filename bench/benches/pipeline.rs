@@ -3,7 +3,7 @@
 //! of 32 (and packets per second); see docs/performance.md for instruction counts.
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use podpath_bench::{Path, Rig};
-use podpath_dataplane::pipeline::{Meta, BURST};
+use podpath_dataplane::pipeline::{Meta, RxChecksum, BURST};
 use podpath_dataplane::stages::eth_input::classify;
 
 fn paths(c: &mut Criterion) {
@@ -34,7 +34,7 @@ fn parse(c: &mut Criterion) {
     g.bench_function("eth-input-classify/udp", |b| {
         b.iter(|| {
             let mut m = Meta::default();
-            classify(std::hint::black_box(&v), &mut m)
+            classify(std::hint::black_box(&v), &mut m, RxChecksum::Unknown)
         })
     });
     g.finish();

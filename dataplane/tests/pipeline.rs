@@ -126,6 +126,19 @@ fn unknown_unicast_floods_then_learned_unicast_goes_to_one_port() {
 }
 
 #[test]
+fn a_mac_learned_mid_burst_changes_the_lookups_after_it() {
+    // The bridge caches its last lookup within a burst; learning must invalidate it.
+    let mut r = rig();
+    r.rx(0, &[udp(A, B), udp(A, B), udp(B, C), udp(A, B)]);
+    // The first two flood (B unknown; one lookup, cached), B then shows up behind
+    // port 0, so the last A -> B stays on port 0: dropped, not flooded.
+    assert_eq!((r.tx(1).len(), r.tx(2).len()), (3, 3));
+    assert_eq!(r.drops(DropReason::BridgeSamePort), 1);
+    assert_eq!(get(&r.c().mac_learned), 2);
+    assert!(r.balanced());
+}
+
+#[test]
 fn broadcast_floods_and_macs_move() {
     let mut r = rig();
     r.rx(0, &[udp(A, BCAST)]);

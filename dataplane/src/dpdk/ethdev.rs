@@ -32,6 +32,9 @@ pub enum PortError {
     },
 }
 
+/// RTE_ETH_RX_OFFLOAD_IPV4_CKSUM (RTE_BIT64(1); bindgen does not expand the macro).
+const RX_OFFLOAD_IPV4_CKSUM: u64 = 1 << 1;
+
 /// How to set a port up.
 #[derive(Debug, Clone)]
 pub struct PortSetup {
@@ -171,6 +174,9 @@ impl EthPort {
         let mut conf: dpdk_sys::rte_eth_conf = unsafe { std::mem::zeroed() };
         let rss = (RSS_IPV4 | RSS_FRAG_IPV4 | RSS_NONFRAG_IPV4_TCP | RSS_NONFRAG_IPV4_UDP)
             & info.flow_type_rss_offloads;
+        // Let the NIC check IPv4 header checksums where it can (eth-input then trusts
+        // the mbuf's flag instead of summing every header in software).
+        conf.rxmode.offloads = RX_OFFLOAD_IPV4_CKSUM & info.rx_offload_capa;
         if s.rx_queues > 1 && rss != 0 {
             conf.rxmode.mq_mode = dpdk_sys::RTE_ETH_MQ_RX_RSS;
             conf.rx_adv_conf.rss_conf.rss_hf = rss;

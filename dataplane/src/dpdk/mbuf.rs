@@ -64,6 +64,21 @@ impl Mbuf {
         self.m().nb_segs == 1
     }
 
+    /// What the NIC found when it checked the IPv4 header checksum.
+    #[inline(always)]
+    pub fn rx_ip_checksum(&self) -> crate::pipeline::RxChecksum {
+        use crate::pipeline::RxChecksum;
+        let f = self.m().ol_flags & u64::from(dpdk_sys::RTE_MBUF_F_RX_IP_CKSUM_MASK);
+        if f == u64::from(dpdk_sys::RTE_MBUF_F_RX_IP_CKSUM_GOOD) {
+            RxChecksum::Good
+        } else if f == u64::from(dpdk_sys::RTE_MBUF_F_RX_IP_CKSUM_BAD) {
+            RxChecksum::Bad
+        } else {
+            // UNKNOWN, or NONE (not filled in by a virtual sender): check in software.
+            RxChecksum::Unknown
+        }
+    }
+
     /// The port the PMD received this buffer on.
     #[inline(always)]
     pub fn port(&self) -> u16 {

@@ -4,6 +4,14 @@
 /// A packet buffer the pipeline can read and rewrite.
 pub trait Frame: Send + 'static {
     fn data(&self) -> &[u8];
+    /// The first segment's length (cheaper than `data().len()` for counting bytes).
+    fn data_len(&self) -> usize {
+        self.data().len()
+    }
+    /// What the NIC found checking the IPv4 header checksum, when it checked.
+    fn rx_ip_checksum(&self) -> RxChecksum {
+        RxChecksum::Unknown
+    }
     fn data_mut(&mut self) -> &mut [u8];
     /// False for chained (multi-segment) buffers, which the pipeline does not handle.
     fn is_contiguous(&self) -> bool;
@@ -13,6 +21,15 @@ pub trait Frame: Send + 'static {
     fn strip(&mut self, n: usize) -> bool;
     /// Sets the length, growing or shrinking at the end; false without room.
     fn set_len(&mut self, len: usize) -> bool;
+}
+
+/// The receive side's verdict on a frame's IPv4 header checksum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RxChecksum {
+    /// Not checked (no offload, or not IPv4): eth-input checks in software.
+    Unknown,
+    Good,
+    Bad,
 }
 
 /// Burst I/O on ports, and buffers for copies.
@@ -38,6 +55,14 @@ impl Frame for crate::dpdk::Mbuf {
     #[inline(always)]
     fn data_mut(&mut self) -> &mut [u8] {
         crate::dpdk::Mbuf::data_mut(self)
+    }
+    #[inline(always)]
+    fn data_len(&self) -> usize {
+        crate::dpdk::Mbuf::data(self).len()
+    }
+    #[inline(always)]
+    fn rx_ip_checksum(&self) -> RxChecksum {
+        crate::dpdk::Mbuf::rx_ip_checksum(self)
     }
     #[inline(always)]
     fn is_contiguous(&self) -> bool {

@@ -17,7 +17,7 @@ pub mod run;
 pub mod trace;
 
 pub use counters::{PortCounters, WorkerCounters};
-pub use frame::{Frame, PortIo};
+pub use frame::{Frame, PortIo, RxChecksum};
 pub use registry::{DropReason, StageId, DROP_REASONS, STAGES};
 pub use run::{ConntrackConfig, NeighborUpdate, Pipeline, PipelineConfig};
 pub use trace::{TraceDetail, TraceRecord, Tracer};

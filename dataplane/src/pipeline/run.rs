@@ -92,6 +92,9 @@ pub struct Pipeline<F: Frame> {
     detail: [TraceDetail; BURST],
     queue: [[u8; BURST]; StageId::COUNT],
     queue_len: [usize; StageId::COUNT],
+    /// Whether any packet of the current burst is traced (dispatch's fast path skips
+    /// the per-packet trace check when none is).
+    burst_traced: bool,
     tx: Vec<Vec<F>>,
     tx_dirty: u32,
     dropped: Vec<F>,
@@ -139,6 +142,7 @@ impl<F: Frame> Pipeline<F> {
             detail: [TraceDetail::None; BURST],
             queue: [[0; BURST]; StageId::COUNT],
             queue_len: [0; StageId::COUNT],
+            burst_traced: false,
             tx: (0..MAX_PORTS).map(|_| Vec::with_capacity(TX_CAP)).collect(),
             tx_dirty: 0,
             // Burst drops plus every parked packet expiring at once: never grows.
@@ -263,14 +267,16 @@ impl<F: Frame> Pipeline<F> {
         let counters = Arc::clone(&self.counters);
         let c = &*counters;
         if let Some(pc) = c.ports.get(usize::from(in_port)).filter(|_| received) {
-            let bytes: usize = rx.iter().take(n).map(|f| f.data().len()).sum();
+            let bytes: usize = rx.iter().take(n).map(Frame::data_len).sum();
             add(&pc.rx_packets, n as u64);
             add(&pc.rx_bytes, bytes as u64);
         }
         self.queue_len = [0; StageId::COUNT];
+        self.burst_traced = false;
         for (i, f) in rx.drain(..n).enumerate() {
             let trace = self.tracer.take();
             if trace != 0 {
+                self.burst_traced = true;
                 let len = u16::try_from(f.data().len()).unwrap_or(u16::MAX);
                 self.tracer.record(
                     c,
@@ -633,6 +639,22 @@ impl<F: Frame> Pipeline<F> {
         idx: &[u8],
         io: &mut P,
     ) {
+        // VPP's speculative enqueue: a stage mostly sends its whole burst on to one
+        // next stage; then the index list moves in one copy.
+        if let (Some(&first), false) = (idx.first(), self.burst_traced) {
+            if let Next::Stage(t) = self.next[usize::from(first)] {
+                let same = Next::Stage(t);
+                if idx.iter().all(|&i| self.next[usize::from(i)] == same) {
+                    let q = t.index();
+                    let at = self.queue_len[q];
+                    if let Some(dst) = self.queue[q].get_mut(at..at + idx.len()) {
+                        dst.copy_from_slice(idx);
+                        self.queue_len[q] += idx.len();
+                        return;
+                    }
+                }
+            }
+        }
         let t0 = rdtsc();
         let mut to_tx = 0u64;
         for &i in idx {
@@ -786,9 +808,14 @@ impl<F: Frame> Pipeline<F> {
             return;
         }
         let total = q.len();
-        let bytes_before: usize = q.iter().map(|f| f.data().len()).sum();
+        let bytes_before: usize = q.iter().map(Frame::data_len).sum();
         let sent = io.tx_burst(port, self.tx_queue, q);
-        let bytes_left: usize = q.iter().map(|f| f.data().len()).sum();
+        // Usually everything went: no second pass over the frames.
+        let bytes_left: usize = if q.is_empty() {
+            0
+        } else {
+            q.iter().map(Frame::data_len).sum()
+        };
         let pc = &c.ports[p];
         add(&pc.tx_packets, sent as u64);
         add(&pc.tx_bytes, (bytes_before - bytes_left) as u64);

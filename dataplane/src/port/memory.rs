@@ -28,8 +28,13 @@ impl MemFrame {
 }
 
 impl Frame for MemFrame {
+    #[inline]
     fn data(&self) -> &[u8] {
         &self.buf[self.start..self.start + self.len]
+    }
+    #[inline]
+    fn data_len(&self) -> usize {
+        self.len
     }
     fn data_mut(&mut self) -> &mut [u8] {
         &mut self.buf[self.start..self.start + self.len]

@@ -29,6 +29,11 @@ impl Bridge {
         detail: &mut [TraceDetail],
     ) {
         let (mut learned, mut moved, mut full) = (0, 0, 0);
+        // A burst comes from one port and mostly from one or two MACs to one or two
+        // MACs: remember the last source learned and the last destination looked up, so
+        // most packets skip both hash operations (VPP's l2-learn keeps such a cache).
+        let mut last_src: Option<(u16, MacAddr, u16, Learn)> = None;
+        let mut last_dst: Option<(u16, MacAddr, Option<u16>)> = None;
         for &i in pkts {
             let i = usize::from(i);
             let Some(f) = &frames[i] else {
@@ -48,17 +53,38 @@ impl Bridge {
                 next[i] = Next::Drop(DropReason::BridgeSrcMulticast);
                 continue;
             }
-            let l = self.macs.learn(bd, src, m.in_port, cx.now);
+            let l = match last_src {
+                // Learned or refreshed by an earlier packet, at the same `now`.
+                Some((b, mac, p, l)) if b == bd && mac == src && p == m.in_port => match l {
+                    Learn::Full | Learn::Static => l,
+                    _ => Learn::Refreshed,
+                },
+                _ => {
+                    let l = self.macs.learn(bd, src, m.in_port, cx.now);
+                    last_src = Some((bd, src, m.in_port, l));
+                    l
+                }
+            };
             match l {
                 Learn::Learned => learned += 1,
                 Learn::Moved => moved += 1,
                 Learn::Full => full += 1,
                 Learn::Refreshed | Learn::Static => {}
             }
+            if matches!(l, Learn::Learned | Learn::Moved) {
+                last_dst = None; // the table changed under the cached lookup
+            }
             let hit = if dst.is_multicast() {
                 None
             } else {
-                self.macs.lookup(bd, dst, cx.now)
+                match last_dst {
+                    Some((b, mac, hit)) if b == bd && mac == dst => hit,
+                    _ => {
+                        let hit = self.macs.lookup(bd, dst, cx.now);
+                        last_dst = Some((bd, dst, hit));
+                        hit
+                    }
+                }
             };
             next[i] = match hit {
                 Some(p) if p == m.in_port => Next::Drop(DropReason::BridgeSamePort),

@@ -2,7 +2,9 @@
 //! drops what is malformed, each under its own reason. It never reads past the frame:
 //! every access goes through a checked view of `wire`.
 use super::Ctx;
-use crate::pipeline::{DropReason, Frame, Meta, Next, StageId, TraceDetail, PREFETCH_AHEAD};
+use crate::pipeline::{
+    DropReason, Frame, Meta, Next, RxChecksum, StageId, TraceDetail, PREFETCH_AHEAD,
+};
 use crate::tables::Role;
 use crate::wire::{self, arp, ethernet, icmpv4, ipv4, tcp, udp, EtherType, IpProtocol};
 
@@ -11,8 +13,13 @@ use crate::wire::{self, arp, ethernet, icmpv4, ipv4, tcp, udp, EtherType, IpProt
 pub type FiveTuple = (wire::Ipv4Addr, wire::Ipv4Addr, u8, u16, u16);
 
 /// Parses one frame; on success fills `meta` and returns the parsed 5-tuple (for
-/// traces). Pure: unit-tested on byte buffers.
-pub fn classify(data: &[u8], meta: &mut Meta) -> Result<Option<FiveTuple>, DropReason> {
+/// traces). `csum` is the NIC's verdict on the IPv4 header checksum: only an unchecked
+/// header is summed here. Pure: unit-tested on byte buffers.
+pub fn classify(
+    data: &[u8],
+    meta: &mut Meta,
+    csum: RxChecksum,
+) -> Result<Option<FiveTuple>, DropReason> {
     let l2 = ethernet::parse_l2(data).map_err(|e| match e {
         wire::Error::Truncated if data.len() < ethernet::HEADER_LEN => DropReason::EthTruncated,
         _ => DropReason::VlanMalformed,
@@ -35,7 +42,12 @@ pub fn classify(data: &[u8], meta: &mut Meta) -> Result<Option<FiveTuple>, DropR
                 wire::Error::Options => DropReason::Ip4BadOptions,
                 _ => DropReason::Ip4Malformed,
             })?;
-            if !ip.verify_checksum() {
+            let good = match csum {
+                RxChecksum::Good => true,
+                RxChecksum::Bad => false,
+                RxChecksum::Unknown => ip.verify_checksum(),
+            };
+            if !good {
                 return Err(DropReason::Ip4BadChecksum);
             }
             let proto = ip.protocol();
@@ -147,7 +159,7 @@ pub fn process<F: Frame>(
             continue;
         }
         let data = f.data();
-        next[i] = match classify(data, m) {
+        next[i] = match classify(data, m, f.rx_ip_checksum()) {
             Ok(ip) => {
                 if m.trace != 0 && data.len() >= ethernet::HEADER_LEN {
                     let e = ethernet::Frame::new_unchecked(data);
@@ -190,13 +202,15 @@ mod tests {
     }
 
     fn classify_v(v: &[u8]) -> Result<Option<FiveTuple>, DropReason> {
-        classify(v, &mut Meta::default())
+        classify(v, &mut Meta::default(), RxChecksum::Unknown)
     }
 
     #[test]
     fn good_frames() {
         let mut m = Meta::default();
-        let t = classify(&udp_frame(), &mut m).unwrap().unwrap();
+        let t = classify(&udp_frame(), &mut m, RxChecksum::Unknown)
+            .unwrap()
+            .unwrap();
         assert_eq!((t.2, t.3, t.4), (17, 5000, 53));
         assert_eq!((m.l3, m.l4), (14, 34));
         let t = classify_v(&tcp_frame()).unwrap().unwrap();
@@ -214,6 +228,13 @@ mod tests {
         let mut v = u.clone();
         v[24] ^= 0xff; // checksum
         assert_eq!(classify_v(&v), Err(DropReason::Ip4BadChecksum));
+        // The NIC's verdict, when it gave one, replaces the software check.
+        let mut m = Meta::default();
+        assert!(classify(&v, &mut m, RxChecksum::Good).is_ok());
+        assert_eq!(
+            classify(&u, &mut m, RxChecksum::Bad),
+            Err(DropReason::Ip4BadChecksum)
+        );
         let mut v = u.clone();
         v[38..40].copy_from_slice(&4u16.to_be_bytes()); // UDP length 4
         assert_eq!(classify_v(&v), Err(DropReason::UdpBadLength));
@@ -250,7 +271,7 @@ mod tests {
         v.extend_from_slice(&[0x81, 0x00, 0x00, 0x07]);
         v.extend_from_slice(&u[12..]);
         let mut m = Meta::default();
-        assert!(classify(&v, &mut m).is_ok());
+        assert!(classify(&v, &mut m, RxChecksum::Unknown).is_ok());
         assert_eq!((m.vlan, m.l3), (7, 18));
         assert_eq!(classify_v(&v[..16]), Err(DropReason::VlanMalformed));
     }

@@ -20,6 +20,9 @@ pub fn process<F: Frame>(
     let Some(node) = super::node_or_drop(cx, pkts, next) else {
         return;
     };
+    // Whether the last destination to the underlay was a node address (a hash lookup;
+    // a burst mostly goes to one or a few destinations).
+    let mut last_node_addr: Option<(u32, bool)> = None;
     for &i in pkts {
         let i = usize::from(i);
         let Some(f) = frames[i].as_mut() else {
@@ -103,7 +106,14 @@ pub fn process<F: Frame>(
                     m.out = u;
                     let in_cluster = |a: u32| a & mask(node.cluster.1) == node.cluster.0;
                     // Nodes route the cluster themselves: pods reach node IPs unmasqueraded.
-                    let node_addr = dst == node.node_ip || cx.l3.remote_by_ip.contains_key(&dst);
+                    let node_addr = match last_node_addr {
+                        Some((a, is)) if a == dst => is,
+                        _ => {
+                            let is = dst == node.node_ip || cx.l3.remote_by_ip.contains_key(&dst);
+                            last_node_addr = Some((dst, is));
+                            is
+                        }
+                    };
                     if in_cluster(src) && !in_cluster(dst) && !node_addr {
                         // Masquerade: pods leave the cluster as the node.
                         Next::Stage(StageId::Snat)

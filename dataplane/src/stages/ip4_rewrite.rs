@@ -25,6 +25,14 @@ pub fn rewrite(d: &mut [u8], dst: MacAddr, src: MacAddr) {
     d[6..12].copy_from_slice(&src.0);
 }
 
+/// A resolved next hop, as the rewrite needs it.
+#[derive(Clone, Copy)]
+struct Hop {
+    mac: MacAddr,
+    port: u16,
+    src: MacAddr,
+}
+
 pub fn process<F: Frame>(
     cx: &Ctx,
     neighbors: &NeighborTable,
@@ -34,20 +42,39 @@ pub fn process<F: Frame>(
     next: &mut [Next],
     detail: &mut [TraceDetail],
 ) {
+    // Packets of a burst mostly share a next hop: look it up once per run of them.
+    let mut last: Option<(u32, u16, Option<Hop>, Option<u16>)> = None;
     for &i in pkts {
         let i = usize::from(i);
         let Some(f) = frames[i].as_mut() else {
             continue;
         };
         let m = &meta[i];
-        let found = neighbors.lookup(m.nh_ip, cx.now).filter(|n| {
-            if m.out == OUT_BRIDGE {
-                // Local pods only behind pod ports, never the uplink or the host port.
-                cx.ports.role(n.port) == Role::Pod
-            } else {
-                n.port == m.out
+        let (found, mtu) = match last {
+            Some((ip, out, found, mtu)) if ip == m.nh_ip && out == m.out => (found, mtu),
+            _ => {
+                let found = neighbors
+                    .lookup(m.nh_ip, cx.now)
+                    .filter(|n| {
+                        if m.out == OUT_BRIDGE {
+                            // Local pods only behind pod ports, never the uplink or the
+                            // host port.
+                            cx.ports.role(n.port) == Role::Pod
+                        } else {
+                            n.port == m.out
+                        }
+                    })
+                    .map(|n| Hop {
+                        mac: n.mac,
+                        port: n.port,
+                        src: src_mac(cx, n.port),
+                    });
+                let out_port = found.map_or(m.out, |n| n.port);
+                let mtu = cx.ports.port(out_port).map(|p| p.mtu);
+                last = Some((m.nh_ip, m.out, found, mtu));
+                (found, mtu)
             }
-        });
+        };
         if m.trace != 0 {
             detail[i] = TraceDetail::Rewrite {
                 nh: crate::wire::Ipv4Addr::from_u32(m.nh_ip),
@@ -56,12 +83,11 @@ pub fn process<F: Frame>(
             };
         }
         // Too big for where it goes: fragmentation needed (DF) or a counted drop.
-        let out_port = found.map_or(m.out, |n| n.port);
-        if let Some(p) = cx.ports.port(out_port) {
+        if let Some(mtu) = mtu {
             let ip = ipv4::Packet::new_unchecked(&f.data()[ethernet::HEADER_LEN..]);
-            if usize::from(ip.total_len()) > usize::from(p.mtu) {
+            if usize::from(ip.total_len()) > usize::from(mtu) {
                 next[i] = if ip.dont_frag() {
-                    meta[i].icmp = IcmpKind::FragNeeded(p.mtu);
+                    meta[i].icmp = IcmpKind::FragNeeded(mtu);
                     Next::Stage(StageId::IcmpError)
                 } else {
                     Next::Drop(DropReason::Ip4TooBig)
@@ -71,7 +97,7 @@ pub fn process<F: Frame>(
         }
         next[i] = match found {
             Some(n) => {
-                rewrite(f.data_mut(), n.mac, src_mac(cx, n.port));
+                rewrite(f.data_mut(), n.mac, n.src);
                 Next::Port(n.port)
             }
             _ => Next::Resolve,

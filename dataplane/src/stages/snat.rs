@@ -104,17 +104,14 @@ pub(crate) fn rewrite(
     } else {
         ip.set_dst_addr(Ipv4Addr::from_u32(addr));
     }
-    let c = checksum::update32(ip.checksum(), old_addr, addr);
-    ip.set_checksum(c);
+    // One sum of the address change serves the IPv4 and the TCP/UDP checksum.
+    let d_addr = checksum::delta32(old_addr, addr);
+    ip.set_checksum(checksum::apply(ip.checksum(), d_addr));
     match proto {
         6 => {
             let mut t = tcp::Packet::new_unchecked(&mut d[l4..]);
             let old_port = if source { t.src_port() } else { t.dst_port() };
-            let c = checksum::update16(
-                checksum::update32(t.checksum(), old_addr, addr),
-                old_port,
-                port,
-            );
+            let c = checksum::apply(t.checksum(), d_addr + checksum::delta16(old_port, port));
             if source {
                 t.set_src_port(port)
             } else {
@@ -132,11 +129,7 @@ pub(crate) fn rewrite(
             }
             // Zero means "no checksum" over IPv4: keep it so.
             if u.checksum() != 0 {
-                let c = checksum::update16(
-                    checksum::update32(u.checksum(), old_addr, addr),
-                    old_port,
-                    port,
-                );
+                let c = checksum::apply(u.checksum(), d_addr + checksum::delta16(old_port, port));
                 u.set_checksum(if c == 0 { 0xffff } else { c });
             }
         }

@@ -3,7 +3,7 @@
 //! Ethernet/IPv4/UDP/VXLAN headers and parses the inner frame, which goes on to
 //! `ip4-lookup`. Anything else is dropped under its reason.
 use super::{eth_input, Ctx};
-use crate::pipeline::{DropReason, Frame, Meta, Next, StageId, TraceDetail};
+use crate::pipeline::{DropReason, Frame, Meta, Next, RxChecksum, StageId, TraceDetail};
 use crate::tables::lpm::mask;
 use crate::tables::NextHop;
 use crate::wire::{ipv4, udp, vxlan, EtherType, Ipv4Addr};
@@ -72,7 +72,7 @@ pub fn process<F: Frame>(
             trace,
             ..Meta::default()
         };
-        next[i] = match eth_input::classify(f.data(), m) {
+        next[i] = match eth_input::classify(f.data(), m, RxChecksum::Unknown) {
             Err(_) => Next::Drop(DropReason::VxlanInnerMalformed),
             Ok(_) if m.ethertype != u16::from(EtherType::Ipv4) => {
                 Next::Drop(DropReason::VxlanInnerNotIp4)

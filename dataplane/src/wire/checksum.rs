@@ -21,6 +21,14 @@ pub fn sum(data: &[u8]) -> u32 {
     fold64(acc)
 }
 
+/// `sum` of a 20-byte IPv4 header (no options), as five 32-bit words: the one's
+/// complement sum folds the same whether words are 16 or 32 bits wide (RFC 1071).
+#[inline]
+pub fn sum20(h: &[u8; 20]) -> u32 {
+    let w = |i: usize| u64::from(u32::from_be_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]));
+    fold64(w(0) + w(4) + w(8) + w(12) + w(16))
+}
+
 fn fold64(mut acc: u64) -> u32 {
     while acc > 0xffff {
         acc = (acc & 0xffff) + (acc >> 16);
@@ -29,12 +37,34 @@ fn fold64(mut acc: u64) -> u32 {
     u32::from(u16::try_from(acc).unwrap_or(0xffff))
 }
 
-/// Folds a 32-bit partial sum to 16 bits.
-pub fn fold(mut acc: u32) -> u16 {
-    while acc > 0xffff {
-        acc = (acc & 0xffff) + (acc >> 16);
-    }
+/// Folds a 32-bit partial sum to 16 bits. Two end-around carries always suffice: the
+/// first leaves at most 0x1fffe, the second at most 0xffff.
+#[inline]
+pub fn fold(acc: u32) -> u16 {
+    let acc = (acc & 0xffff) + (acc >> 16);
+    let acc = (acc & 0xffff) + (acc >> 16);
     u16::try_from(acc).unwrap_or(0xffff)
+}
+
+/// RFC 1624 in two steps, so that one changed field updates several checksums (an
+/// address is in both the IPv4 header's and the TCP/UDP pseudo-header's): the change
+/// from `old` to `new` of a 32-bit field, as a partial sum...
+#[inline]
+pub fn delta32(old: u32, new: u32) -> u32 {
+    let o = !old;
+    (o >> 16) + (o & 0xffff) + (new >> 16) + (new & 0xffff)
+}
+
+/// ... the same for a 16-bit field ...
+#[inline]
+pub fn delta16(old: u16, new: u16) -> u32 {
+    u32::from(!old) + u32::from(new)
+}
+
+/// ... and the checksum after such changes (eqn. 3: HC' = ~(~HC + ~m + m')).
+#[inline]
+pub fn apply(check: u16, delta: u32) -> u16 {
+    !fold(u32::from(!check) + delta)
 }
 
 /// The checksum field value for `data` (whose checksum field must be zero).
@@ -106,5 +136,33 @@ mod tests {
         let inc = update32(c, old, new);
         hdr[10..12].copy_from_slice(&[0, 0]);
         assert_eq!(inc, checksum(&hdr));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn sum20_folds_like_sum(h in proptest::array::uniform20(proptest::num::u8::ANY)) {
+            proptest::prop_assert_eq!(fold(sum20(&h)), fold(sum(&h)));
+        }
+    }
+
+    #[test]
+    fn sum20_edges() {
+        for h in [
+            [0u8; 20],
+            [0xff; 20],
+            [
+                0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1,
+            ],
+        ] {
+            assert_eq!(fold(sum20(&h)), fold(sum(&h)));
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn deltas_match_chained_updates(c: u16, a: u32, b: u32, p: u16, q: u16) {
+            let chained = update16(update32(c, a, b), p, q);
+            proptest::prop_assert_eq!(apply(c, delta32(a, b) + delta16(p, q)), chained);
+        }
     }
 }
