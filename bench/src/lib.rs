@@ -40,10 +40,15 @@ pub enum Path {
     ServiceEstablished,
     /// The same, every packet a new connection (Maglev pick, table insert).
     ServiceNew,
+    /// A Kubernetes node's mix, established flows, with a Service installed (so every
+    /// pod packet passes `lb`): of each 20 pod packets 8 bridged, 6 to a remote pod,
+    /// 3 masqueraded, 3 to a Service; and every fifth burst arrives from the other
+    /// node (VXLAN to a local pod).
+    Mixed,
 }
 
 impl Path {
-    pub const ALL: [Path; 8] = [
+    pub const ALL: [Path; 9] = [
         Path::Bridge,
         Path::Route,
         Path::VxlanEncap,
@@ -52,6 +57,7 @@ impl Path {
         Path::SnatNew,
         Path::ServiceEstablished,
         Path::ServiceNew,
+        Path::Mixed,
     ];
     pub fn name(self) -> &'static str {
         match self {
@@ -63,6 +69,7 @@ impl Path {
             Path::SnatNew => "snat-new",
             Path::ServiceEstablished => "service-established",
             Path::ServiceNew => "service-new",
+            Path::Mixed => "mixed",
         }
     }
     /// Paths whose every packet opens a connection (flows are not repeated).
@@ -101,6 +108,10 @@ pub struct Rig {
     port: u16,
     frames: Vec<Vec<u8>>,
     next: usize,
+    /// The mixed profile's bursts from the other node.
+    uplink_frames: Vec<Vec<u8>>,
+    next_uplink: usize,
+    bursts: u64,
     rx: Vec<MemFrame>,
     /// Drops during set-up (the consumed ARP reply), not counted against a path.
     setup_drops: u64,
@@ -177,6 +188,9 @@ impl Rig {
             port: POD_A,
             frames: Vec::new(),
             next: 0,
+            uplink_frames: Vec::new(),
+            next_uplink: 0,
+            bursts: 0,
             rx: Vec::with_capacity(BURST),
             setup_drops: 0,
         };
@@ -207,7 +221,10 @@ impl Rig {
         reply[21] = 2;
         reply[32..38].copy_from_slice(&UPLINK_MAC.0);
         r.once(UPLINK, &reply);
-        if matches!(path, Path::ServiceEstablished | Path::ServiceNew) {
+        if matches!(
+            path,
+            Path::ServiceEstablished | Path::ServiceNew | Path::Mixed
+        ) {
             let svc = podpath_proto::ServiceSpec {
                 name: "bench/web".into(),
                 vip: "10.96.0.10".into(),
@@ -233,63 +250,11 @@ impl Rig {
             POD_B,
             &udp(POD_B_MAC, POD_A_MAC, [10, 244, 0, 3], [10, 244, 0, 2], 1),
         );
-        let gw_mac = gateway_mac(gw).0;
-        let flow = |i: usize| u16::try_from(1024 + i % 60000).unwrap_or(1024);
-        r.frames = (0..flows.max(1))
-            .map(|i| match path {
-                Path::Bridge => udp(
-                    POD_A_MAC,
-                    POD_B_MAC,
-                    [10, 244, 0, 2],
-                    [10, 244, 0, 3],
-                    flow(i),
-                ),
-                Path::Route => udp(POD_A_MAC, gw_mac, [10, 244, 0, 2], [10, 244, 0, 3], flow(i)),
-                Path::VxlanEncap => {
-                    let dst = [10, 244, 1, u8::try_from(2 + i % 250).unwrap_or(2)];
-                    udp(POD_A_MAC, gw_mac, [10, 244, 0, 2], dst, flow(i))
-                }
-                Path::SnatEstablished | Path::SnatNew => {
-                    // At most 60 000 flows per server port: each needs its own NAT port.
-                    let mut v = Vec::new();
-                    PacketBuilder::ethernet2(POD_A_MAC, gw_mac)
-                        .ipv4([10, 244, 0, 2], [192, 168, 77, 100], 64)
-                        .udp(flow(i), 5000 + u16::try_from(i / 60000).unwrap_or(0))
-                        .write(&mut v, &[0u8; 18])
-                        .expect("build frame");
-                    v
-                }
-                Path::ServiceEstablished | Path::ServiceNew => {
-                    let src = [10, 244, 0, u8::try_from(2 + (i / 60000) % 250).unwrap_or(2)];
-                    let mut v = Vec::new();
-                    PacketBuilder::ethernet2(POD_A_MAC, gw_mac)
-                        .ipv4(src, [10, 96, 0, 10], 64)
-                        .udp(flow(i), 80)
-                        .write(&mut v, &[0u8; 18])
-                        .expect("build frame");
-                    v
-                }
-                Path::VxlanDecap => {
-                    let src = [10, 244, 1, u8::try_from(2 + i % 250).unwrap_or(2)];
-                    let inner = udp(
-                        [2; 6],
-                        gateway_mac(ip("10.244.1.1")).0,
-                        src,
-                        [10, 244, 0, 3],
-                        flow(i),
-                    );
-                    let mut payload = vec![0x08, 0, 0, 0, 0, 0, 1, 0];
-                    payload.extend_from_slice(&inner);
-                    let mut v = Vec::new();
-                    PacketBuilder::ethernet2(REMOTE_UPLINK_MAC.0, UPLINK_MAC.0)
-                        .ipv4([192, 168, 77, 12], [192, 168, 77, 11], 64)
-                        .udp(49152 + flow(i) % 16384, 4789)
-                        .write(&mut v, &payload)
-                        .expect("build frame");
-                    v
-                }
-            })
-            .collect();
+        let n = flows.max(1);
+        r.frames = (0..n).map(|i| frame(path, i)).collect();
+        if path == Path::Mixed {
+            r.uplink_frames = (0..n).map(|i| frame(Path::VxlanDecap, i)).collect();
+        }
         r.port = if path == Path::VxlanDecap {
             UPLINK
         } else {
@@ -309,13 +274,24 @@ impl Rig {
     /// One burst of 32 through the pipeline (frames copied in as a NIC would DMA
     /// them, transmitted frames recycled). Returns the packets transmitted so far.
     pub fn step(&mut self) -> u64 {
-        for _ in 0..BURST {
-            let f = &self.frames[self.next];
-            self.next = (self.next + 1) % self.frames.len();
-            self.io.push_rx(self.port, f);
-        }
-        self.io.rx_burst(self.port, 0, &mut self.rx, BURST);
-        self.p.run(&mut self.io, self.port, &mut self.rx);
+        self.bursts += 1;
+        let port = if !self.uplink_frames.is_empty() && self.bursts.is_multiple_of(5) {
+            for _ in 0..BURST {
+                let f = &self.uplink_frames[self.next_uplink];
+                self.next_uplink = (self.next_uplink + 1) % self.uplink_frames.len();
+                self.io.push_rx(UPLINK, f);
+            }
+            UPLINK
+        } else {
+            for _ in 0..BURST {
+                let f = &self.frames[self.next];
+                self.next = (self.next + 1) % self.frames.len();
+                self.io.push_rx(self.port, f);
+            }
+            self.port
+        };
+        self.io.rx_burst(port, 0, &mut self.rx, BURST);
+        self.p.run(&mut self.io, port, &mut self.rx);
         self.p.flush(&mut self.io);
         self.io.ports.iter().map(|p| p.tx_count).sum::<u64>()
     }
@@ -323,5 +299,72 @@ impl Rig {
     /// Drops since set-up (a benchmark whose packets are dropped measures nothing).
     pub fn dropped(&self) -> u64 {
         self.p.counters.drops_total() - self.setup_drops
+    }
+}
+
+/// Frame `i` of a path (`i` picks the flow: source port, and addresses where a path
+/// has more flows than ports).
+fn frame(path: Path, i: usize) -> Vec<u8> {
+    let gw_mac = gateway_mac(ip("10.244.0.1")).0;
+    let flow = |i: usize| u16::try_from(1024 + i % 60000).unwrap_or(1024);
+    match path {
+        Path::Mixed => match i % 20 {
+            0..=7 => frame(Path::Bridge, i),
+            8..=13 => frame(Path::VxlanEncap, i),
+            14..=16 => frame(Path::SnatEstablished, i),
+            _ => frame(Path::ServiceEstablished, i),
+        },
+
+        Path::Bridge => udp(
+            POD_A_MAC,
+            POD_B_MAC,
+            [10, 244, 0, 2],
+            [10, 244, 0, 3],
+            flow(i),
+        ),
+        Path::Route => udp(POD_A_MAC, gw_mac, [10, 244, 0, 2], [10, 244, 0, 3], flow(i)),
+        Path::VxlanEncap => {
+            let dst = [10, 244, 1, u8::try_from(2 + i % 250).unwrap_or(2)];
+            udp(POD_A_MAC, gw_mac, [10, 244, 0, 2], dst, flow(i))
+        }
+        Path::SnatEstablished | Path::SnatNew => {
+            // At most 60 000 flows per server port: each needs its own NAT port.
+            let mut v = Vec::new();
+            PacketBuilder::ethernet2(POD_A_MAC, gw_mac)
+                .ipv4([10, 244, 0, 2], [192, 168, 77, 100], 64)
+                .udp(flow(i), 5000 + u16::try_from(i / 60000).unwrap_or(0))
+                .write(&mut v, &[0u8; 18])
+                .expect("build frame");
+            v
+        }
+        Path::ServiceEstablished | Path::ServiceNew => {
+            let src = [10, 244, 0, u8::try_from(2 + (i / 60000) % 250).unwrap_or(2)];
+            let mut v = Vec::new();
+            PacketBuilder::ethernet2(POD_A_MAC, gw_mac)
+                .ipv4(src, [10, 96, 0, 10], 64)
+                .udp(flow(i), 80)
+                .write(&mut v, &[0u8; 18])
+                .expect("build frame");
+            v
+        }
+        Path::VxlanDecap => {
+            let src = [10, 244, 1, u8::try_from(2 + i % 250).unwrap_or(2)];
+            let inner = udp(
+                [2; 6],
+                gateway_mac(ip("10.244.1.1")).0,
+                src,
+                [10, 244, 0, 3],
+                flow(i),
+            );
+            let mut payload = vec![0x08, 0, 0, 0, 0, 0, 1, 0];
+            payload.extend_from_slice(&inner);
+            let mut v = Vec::new();
+            PacketBuilder::ethernet2(REMOTE_UPLINK_MAC.0, UPLINK_MAC.0)
+                .ipv4([192, 168, 77, 12], [192, 168, 77, 11], 64)
+                .udp(49152 + flow(i) % 16384, 4789)
+                .write(&mut v, &payload)
+                .expect("build frame");
+            v
+        }
     }
 }

@@ -1,11 +1,24 @@
 //! Runs one path for a number of bursts, for counting instructions under callgrind:
 //! `valgrind --tool=callgrind pipeline-count PATH FLOWS BURSTS`. Run twice with
-//! different burst counts and subtract (bench/count.sh does): the difference divided by
+//! different burst counts and subtract (bench/pipeline.sh does): the difference divided by
 //! the extra packets is the per-packet instruction count, set-up excluded.
+//!
+//! `pipeline-count --report PATH FLOWS BURSTS` instead times the measured bursts (wall
+//! clock and the stages' own TSC counters) and prints one JSON line: Mpps on this
+//! core, cycles per packet in total and per stage (bench/pipeline.sh collects them).
+use std::time::Instant;
+
+use podpath_dataplane::pipeline::counters::get;
+use podpath_dataplane::pipeline::StageId;
+
 fn main() {
-    let a: Vec<String> = std::env::args().collect();
+    let mut a: Vec<String> = std::env::args().collect();
+    let report = a.get(1).is_some_and(|s| s == "--report");
+    if report {
+        a.remove(1);
+    }
     let usage = "usage: pipeline-count PATH FLOWS BURSTS (paths: l2-bridge ip4-route vxlan-encap \
-                 vxlan-decap snat-established snat-new service-established service-new)";
+                 vxlan-decap snat-established snat-new service-established service-new mixed)";
     let path = a
         .get(1)
         .and_then(|s| podpath_bench::Path::parse(s))
@@ -26,14 +39,45 @@ fn main() {
             rig.step();
         }
     }
+    let c = &rig.p.counters;
+    let stage_cycles = |c: &podpath_dataplane::pipeline::WorkerCounters| -> Vec<u64> {
+        StageId::ALL
+            .iter()
+            .map(|st| get(&c.stages[st.index()].cycles))
+            .collect()
+    };
+    let (rx0, cyc0) = (c.rx_total(), stage_cycles(c));
+    let t0 = Instant::now();
     for _ in 0..bursts {
         rig.step();
     }
+    let secs = t0.elapsed().as_secs_f64();
     assert_eq!(rig.dropped(), 0, "packets were dropped");
+    if report {
+        let c = &rig.p.counters;
+        let pkts = (c.rx_total() - rx0) as f64;
+        let cyc = stage_cycles(c);
+        let per_stage: serde_json::Map<String, serde_json::Value> = StageId::ALL
+            .iter()
+            .zip(cyc.iter().zip(&cyc0))
+            .filter(|(_, (a, b))| a > b)
+            .map(|(st, (a, b))| (st.name().to_string(), ((a - b) as f64 / pkts).into()))
+            .collect();
+        let total: u64 = cyc.iter().zip(&cyc0).map(|(a, b)| a - b).sum();
+        println!(
+            "{}",
+            serde_json::json!({
+                "path": path.name(), "flows": flows, "packets": pkts,
+                "mpps": pkts / secs / 1e6,
+                "ns_per_packet": secs * 1e9 / pkts,
+                "stage_cycles_per_packet": total as f64 / pkts,
+                "stages": per_stage,
+            })
+        );
+        return;
+    }
     if std::env::var_os("SHOW_RUNTIME").is_some() {
         // Like VPP's `show runtime`: where the TSC cycles went, per stage.
-        use podpath_dataplane::pipeline::counters::get;
-        use podpath_dataplane::pipeline::StageId;
         let c = &rig.p.counters;
         let rx = c.rx_total().max(1) as f64;
         println!(
