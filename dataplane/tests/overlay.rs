@@ -267,6 +267,27 @@ fn pod_to_remote_pod_round_trip_through_vxlan() {
         "the receiver sees the sender's pod IP"
     );
     assert_eq!(got[0][22], 62, "one more hop");
+    // Resolved now: the next ping is encapsulated at once, from the pre-built headers,
+    // with the inner DSCP/ECN copied out and a valid outer checksum.
+    let mut ping = icmp_echo(pod_mac(1, 2), gw1.0, [10, 244, 0, 2], [10, 244, 1, 3], 64);
+    ping[15] = 0xb8; // DSCP EF
+    let c = podpath_dataplane::wire::checksum::checksum(&{
+        let mut h = ping[14..34].to_vec();
+        h[10..12].copy_from_slice(&[0, 0]);
+        h
+    });
+    ping[24..26].copy_from_slice(&c.to_be_bytes());
+    rx(&mut n1, &mut io1, POD_A, &[ping]);
+    let out = io1.take_tx(UPLINK);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0][15], 0xb8, "outer TOS copied from the inner packet");
+    assert!(podpath_dataplane::wire::checksum::verify(&out[0][14..34]));
+    assert_eq!(&out[0][16..18], &(98u16 + 50 - 14).to_be_bytes());
+    assert_eq!(
+        &out[0][38..40],
+        &(98u16 + 50 - 34).to_be_bytes(),
+        "UDP length"
+    );
     assert!(balanced(&n1) && balanced(&n2));
 }
 

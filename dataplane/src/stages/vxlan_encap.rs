@@ -6,9 +6,10 @@
 //! dropped (`vxlan-too-big`) when not: podpath does not fragment.
 use super::{flow_hash, ip4_rewrite, Ctx};
 use crate::pipeline::{DropReason, Frame, IcmpKind, Meta, Next, TraceDetail};
+use crate::tables::l3::{NodeL3, Remote};
 use crate::tables::lpm::mask;
 use crate::tables::NeighborTable;
-use crate::wire::{ethernet, ipv4, udp, vxlan, EtherType, IpProtocol, Ipv4Addr};
+use crate::wire::{checksum, ethernet, ipv4, udp, vxlan, EtherType, IpProtocol, Ipv4Addr, MacAddr};
 
 /// Outer UDP source ports: the dynamic range RFC 7348 recommends (49152-65535).
 #[inline]
@@ -28,6 +29,8 @@ pub fn process<F: Frame>(
     let Some(node) = super::node_or_drop(cx, pkts, next) else {
         return;
     };
+    // The last remote's pre-built headers: a burst mostly goes to one or a few nodes.
+    let mut tpl: Option<Template> = None;
     for &i in pkts {
         let i = usize::from(i);
         let Some(f) = frames[i].as_mut() else {
@@ -83,52 +86,30 @@ pub fn process<F: Frame>(
             next[i] = Next::Drop(DropReason::VxlanNoHeadroom);
             continue;
         }
+        let t = match &tpl {
+            Some(t) if t.remote == m.remote => t,
+            _ => tpl.insert(Template::build(cx, neighbors, node, r, m.remote, uplink)),
+        };
         let d = f.data_mut();
-        // Inner Ethernet: to the remote VTEP, from our gateway MAC.
-        let inner = vxlan::OVERHEAD;
-        ip4_rewrite::rewrite(&mut d[inner..], r.vtep_mac, node.router_mac);
-        ethernet::Frame::new_unchecked(&mut d[..ethernet::HEADER_LEN])
-            .set_ethertype(EtherType::Ipv4);
-        let o_ip = ethernet::HEADER_LEN;
-        ipv4::Repr {
-            src: Ipv4Addr::from_u32(node.node_ip),
-            dst: Ipv4Addr::from_u32(r.node_ip),
-            protocol: IpProtocol::Udp,
-            payload_len: outer_ip_len - ipv4::HEADER_LEN,
-            ttl: 64,
-            ident: 0,
-            // The MTU is enforced above: outer packets are never fragmented (so a
-            // constant ident is fine, RFC 6864).
-            dont_frag: true,
-        }
-        .emit(&mut ipv4::Packet::new_unchecked(
-            &mut d[o_ip..o_ip + ipv4::HEADER_LEN],
-        ));
+        // Outer headers and the inner MACs from the template; then what varies.
+        d[..TEMPLATE_LEN].copy_from_slice(&t.bytes);
+        let ip_len = u16::try_from(outer_ip_len).unwrap_or(u16::MAX);
+        let mut delta = checksum::delta16(TEMPLATE_IP_LEN, ip_len);
         if tos != 0 {
             // DSCP and ECN of the inner packet, copied out (RFC 6040, normal mode).
-            let mut o = ipv4::Packet::new_unchecked(&mut d[o_ip..o_ip + ipv4::HEADER_LEN]);
-            o.set_tos(tos);
-            o.fill_checksum();
+            d[OUTER_IP + 1] = tos;
+            delta += checksum::delta16(0x4500, u16::from_be_bytes([0x45, tos]));
         }
-        let o_udp = o_ip + ipv4::HEADER_LEN;
-        {
-            let mut u = udp::Packet::new_unchecked(&mut d[o_udp..o_udp + udp::HEADER_LEN]);
-            u.set_src_port(source_port(hash));
-            u.set_dst_port(node.vxlan_port);
-            u.set_len(u16::try_from(outer_ip_len - ipv4::HEADER_LEN).unwrap_or(u16::MAX));
-            // Zero: no UDP checksum, as RFC 7348 allows over IPv4.
-            u.set_checksum(0);
-        }
-        let o_vx = o_udp + udp::HEADER_LEN;
-        vxlan::Packet::new_unchecked(&mut d[o_vx..o_vx + vxlan::HEADER_LEN]).emit(node.vni);
+        d[OUTER_IP + 2..OUTER_IP + 4].copy_from_slice(&ip_len.to_be_bytes());
+        let c = checksum::apply(t.ip_checksum, delta);
+        d[OUTER_IP + 10..OUTER_IP + 12].copy_from_slice(&c.to_be_bytes());
+        d[OUTER_UDP..OUTER_UDP + 2].copy_from_slice(&source_port(hash).to_be_bytes());
+        let udp_len = ip_len.saturating_sub(20);
+        d[OUTER_UDP + 4..OUTER_UDP + 6].copy_from_slice(&udp_len.to_be_bytes());
         m.l3 = 14;
-        m.l4 = u16::try_from(o_udp).unwrap_or(0);
+        m.l4 = u16::try_from(OUTER_UDP).unwrap_or(0);
         m.proto = 17;
-        let on_link = r.node_ip & mask(node.underlay.1) == node.underlay.0;
-        m.nh_ip = match (on_link, node.underlay_gateway) {
-            (false, Some(g)) => g,
-            _ => r.node_ip,
-        };
+        m.nh_ip = t.nh_ip;
         m.out = uplink;
         if m.trace != 0 {
             detail[i] = TraceDetail::Encap {
@@ -137,12 +118,91 @@ pub fn process<F: Frame>(
                 vni: node.vni,
             };
         }
-        next[i] = match neighbors.lookup(m.nh_ip, cx.now) {
-            Some(n) if n.port == uplink => {
-                ip4_rewrite::rewrite(d, n.mac, ip4_rewrite::src_mac(cx, uplink));
-                Next::Port(uplink)
-            }
-            _ => Next::Resolve,
+        // Without the next hop's MAC the runner parks the packet and asks ARP.
+        next[i] = if t.resolved {
+            Next::Port(uplink)
+        } else {
+            Next::Resolve
         };
+    }
+}
+
+/// Bytes the template covers: outer Ethernet, IPv4, UDP, VXLAN, and the inner
+/// Ethernet addresses (the inner EtherType is already 0x0800).
+const TEMPLATE_LEN: usize = vxlan::OVERHEAD + 12;
+const OUTER_IP: usize = ethernet::HEADER_LEN;
+const OUTER_UDP: usize = OUTER_IP + ipv4::HEADER_LEN;
+/// The outer IPv4 total length the template's checksum was computed with.
+const TEMPLATE_IP_LEN: u16 = 20;
+
+/// A remote node's encapsulation, pre-built once per burst and copied into each
+/// packet (VPP's rewrite strings): per packet only the lengths, the source port and
+/// an incremental checksum change.
+struct Template {
+    remote: u16,
+    bytes: [u8; TEMPLATE_LEN],
+    ip_checksum: u16,
+    nh_ip: u32,
+    /// The underlay next hop's MAC is known (else the packet waits for ARP).
+    resolved: bool,
+}
+
+impl Template {
+    fn build(
+        cx: &Ctx,
+        neighbors: &NeighborTable,
+        node: &NodeL3,
+        r: &Remote,
+        remote: u16,
+        uplink: u16,
+    ) -> Template {
+        let mut b = [0u8; TEMPLATE_LEN];
+        let on_link = r.node_ip & mask(node.underlay.1) == node.underlay.0;
+        let nh_ip = match (on_link, node.underlay_gateway) {
+            (false, Some(g)) => g,
+            _ => r.node_ip,
+        };
+        let nh = neighbors
+            .lookup(nh_ip, cx.now)
+            .filter(|n| n.port == uplink)
+            .map(|n| n.mac);
+        ip4_rewrite::rewrite(
+            &mut b,
+            nh.unwrap_or(MacAddr::ZERO),
+            ip4_rewrite::src_mac(cx, uplink),
+        );
+        ethernet::Frame::new_unchecked(&mut b[..ethernet::HEADER_LEN])
+            .set_ethertype(EtherType::Ipv4);
+        let mut ip = ipv4::Packet::new_unchecked(&mut b[OUTER_IP..OUTER_UDP]);
+        ipv4::Repr {
+            src: Ipv4Addr::from_u32(node.node_ip),
+            dst: Ipv4Addr::from_u32(r.node_ip),
+            protocol: IpProtocol::Udp,
+            payload_len: usize::from(TEMPLATE_IP_LEN) - ipv4::HEADER_LEN,
+            ttl: 64,
+            ident: 0,
+            // The MTU is enforced before encapsulation: outer packets are never
+            // fragmented (so a constant ident is fine, RFC 6864).
+            dont_frag: true,
+        }
+        .emit(&mut ip);
+        let ip_checksum = ip.checksum();
+        {
+            let mut u = udp::Packet::new_unchecked(&mut b[OUTER_UDP..OUTER_UDP + udp::HEADER_LEN]);
+            u.set_dst_port(node.vxlan_port);
+            // Zero: no UDP checksum, as RFC 7348 allows over IPv4.
+            u.set_checksum(0);
+        }
+        let o_vx = OUTER_UDP + udp::HEADER_LEN;
+        vxlan::Packet::new_unchecked(&mut b[o_vx..o_vx + vxlan::HEADER_LEN]).emit(node.vni);
+        // Inner Ethernet: to the remote VTEP, from our gateway MAC.
+        ip4_rewrite::rewrite(&mut b[vxlan::OVERHEAD..], r.vtep_mac, node.router_mac);
+        Template {
+            remote,
+            bytes: b,
+            ip_checksum,
+            nh_ip,
+            resolved: nh.is_some(),
+        }
     }
 }
