@@ -53,6 +53,7 @@ ovs_stop() {
   rm -rf "$dir/ovs"
 }
 cleanup() {
+  set +e  # clean up everything, whatever fails
   if [ -n "$dut_pid" ]; then kill "$dut_pid" 2>/dev/null; wait "$dut_pid" 2>/dev/null; fi
   ovs_stop
   ip netns del "$ns" 2>/dev/null || true
