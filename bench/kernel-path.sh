@@ -37,7 +37,12 @@
 #     af_packet send syscalls and the veth delivery they run), plus the extra kernel
 #     time on CPU 0 (the sender's CPU: the af_packet copy to podpath's ring on dut-a and
 #     the DUT stack discarding the frame) per packet, minus the veth-only run's CPU 0
-#     figure. CPU 1's kernel time is not added: it is inside the busy cycles.
+#     figure. CPU 1's kernel time is not added: it is inside the busy cycles. The CPU 0
+#     term can be below zero: the generator's own receive (the veth delivery to gen-b)
+#     runs in podpath's send syscall on CPU 1, inside the busy cycles, not on CPU 0.
+# A run in whose window other tasks (or the hypervisor) took more than 5 % of CPU 0 or 1
+# is repeated (twice at most, ROUNDS repeats in all, then kept and flagged): the machine
+# may be shared, and podpath's busy cycles (TSC) count the time it was preempted.
 # Both figures include one more veth crossing than veth-only (the DUT's second port).
 # Usage (root; sets up like scripts/setup.sh unless PODPATH_SKIP_SETUP=1, installs
 # nftables when missing; PODPATH_BIN=DIR uses prebuilt binaries instead of building):
@@ -272,8 +277,9 @@ EOF
   wait "$meas_pid"; meas_pid=; rm -f "$dir/gen.pid"
 }
 
-# Prints a run's line; fails (status 1) when other tasks or the hypervisor took more than
-# 2 % of one of our CPUs in its window, so that the run is repeated.
+# Prints a run's line; fails (status 1) when other tasks or the hypervisor took more
+# than 5 % of one of our CPUs in its window (a quiet machine shows 0-2 %), so that the
+# run is repeated.
 run_line() { # DUT ROUND OUT
   python3 - "$@" <<'EOF'
 import json, sys
@@ -284,22 +290,30 @@ o, st = c["other_tasks_share"], c["steal_share"]
 taken = {k: (o.get(k) or 0) + st.get(k, 0) for k in ("cpu0", "cpu1")}
 print(f"round {r} {dut}: {sent}  kernel time {c['kernel_us_per_packet_all']:.2f} us/packet "
       f"(CPU 0: {c['kernel_us_per_packet_cpu0']:.2f})  others+steal: CPU 0 {100 * taken['cpu0']:.1f} %, "
-      f"CPU 1 {100 * taken['cpu1']:.1f} %")
-sys.exit(1 if max(taken.values()) > 0.02 else 0)
+      f"CPU 1 {100 * taken['cpu1']:.1f} %", end="")
+if dut == "podpath-snat":
+    s = json.load(open(out + ".stats.json"))
+    busy, rx = sum(w["busy_cycles"] for w in s["workers"]), sum(w["rx"] for w in s["workers"])
+    print(f"  worker busy {1e6 * busy / s['tsc_hz'] / rx:.2f} us/packet", end="")
+print()
+sys.exit(1 if max(taken.values()) > 0.05 else 0)
 EOF
 }
 
 duts="veth-only kernel-snat podpath-snat"
+retries=$ROUNDS   # repeats in all: a busy machine must not stretch the run without bound
 for r in $(seq "$ROUNDS"); do
   for dut in $duts; do
     out=$dir/$dut.$r
-    for try in 1 2 3; do   # a run disturbed by other tasks is repeated, twice at most
+    for try in 1 2 3; do   # a disturbed run is repeated, twice at most
       start_dut "$dut"
       sleep 1   # the previous run's namespace is torn down in the background: let it settle
       measure "$out"
       stop_dut "$dut" "$out.stats.json"
       quiet=1; run_line "$dut" "$r" "$out" && break
-      quiet=0; [ "$try" = 3 ] && echo "  (kept: still disturbed after 3 tries)" || echo "  (disturbed: again)"
+      quiet=0
+      if [ "$try" = 3 ] || [ "$retries" = 0 ]; then echo "  (disturbed: kept, flagged)"; break; fi
+      retries=$((retries - 1)); echo "  (disturbed: again)"
     done
     echo "$dut $r $try $quiet" >>"$dir/runs"
   done
@@ -311,7 +325,8 @@ import json, statistics, sys
 sys.path.insert(0, "bench")
 import svgplot
 
-d, rounds, secs, rate, flows, warmup = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), float(sys.argv[6])
+d = sys.argv[1]
+rounds, secs, rate, flows, warmup = int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), float(sys.argv[6])
 runs = {}
 for line in open(f"{d}/runs"):
     dut, r, tries, quiet = line.split()
@@ -324,22 +339,23 @@ for line in open(f"{d}/runs"):
         s = json.load(open(f"{d}/{dut}.{r}.stats.json"))
         w = s["workers"]
         busy, rx = sum(x["busy_cycles"] for x in w), sum(x["rx"] for x in w)
-        run.update(busy_cycles=busy, worker_rx=rx, tsc_hz=s["tsc_hz"],
-                   busy_us_per_packet=1e6 * busy / s["tsc_hz"] / rx,
-                   stage_us_per_packet=1e6 * sum(st["cycles"] for st in s["stages"]) / s["tsc_hz"] / rx,
-                   dropped=s["dropped"], drops={f'{x["stage"]}/{x["reason"]}': x["count"] for x in s["drops"] if x["count"]},
-                   ports=s["ports"])
+        us = 1e6 / s["tsc_hz"] / rx   # per cycle and received packet
+        run.update(busy_cycles=busy, worker_rx=rx, tsc_hz=s["tsc_hz"], busy_us_per_packet=busy * us,
+                   stage_us_per_packet=sum(st["cycles"] for st in s["stages"]) * us,
+                   dropped=s["dropped"], ports=s["ports"],
+                   drops={f'{x["stage"]}/{x["reason"]}': x["count"] for x in s["drops"] if x["count"]})
     runs.setdefault(dut, {})[int(r)] = run
 
 # Net work per packet, each run against the same round's veth-only run.
 base = runs["veth-only"]
+kern = lambda x, cpus: x["cpu_window"][f"kernel_us_per_packet_{cpus}"]
 for r, x in runs["kernel-snat"].items():
-    x["us_per_packet"] = x["cpu_window"]["kernel_us_per_packet_all"] - base[r]["cpu_window"]["kernel_us_per_packet_all"]
+    x["us_per_packet"] = kern(x, "all") - kern(base[r], "all")
 for r, x in runs["podpath-snat"].items():
-    x["sender_kernel_us_per_packet"] = x["cpu_window"]["kernel_us_per_packet_cpu0"] - base[r]["cpu_window"]["kernel_us_per_packet_cpu0"]
+    x["sender_kernel_us_per_packet"] = kern(x, "cpu0") - kern(base[r], "cpu0")
     x["us_per_packet"] = x["busy_us_per_packet"] + x["sender_kernel_us_per_packet"]
 for x in base.values():
-    x["us_per_packet"] = x["cpu_window"]["kernel_us_per_packet_all"]   # absolute: the shared cost
+    x["us_per_packet"] = kern(x, "all")   # absolute: the cost every run shares
 
 def spread(xs):
     xs = [x for x in xs if x is not None]
@@ -354,7 +370,9 @@ out = {"method": "podpath-gen on CPU 0 over af_packet on veths, fixed offered ra
                  "the veth delivery they run) + (system+irq+softirq on CPU 0, the sender's) / packets "
                  "minus veth-only's CPU 0 figure. veth-only us/packet is absolute (the generator's and "
                  "one veth's kernel time, paid by every run). Steal and user time not counted; tick "
-                 "accounting (HZ 250). bridge-nf-call-iptables = 1 (kernel default, as on kubeadm nodes).",
+                 "accounting (HZ 250). A run where other tasks or steal took > 5 % of CPU 0 or 1 is "
+                 "repeated (flagged 'disturbed' if kept). bridge-nf-call-iptables = 1 (kernel "
+                 "default, as on kubeadm nodes).",
        "rate_pps": rate, "seconds": secs, "warmup_seconds": warmup, "flows": flows, "frame_size": 64,
        "rounds": rounds, "duts": {}}
 for dut, rs in runs.items():
@@ -366,7 +384,8 @@ for dut, rs in runs.items():
         for k in ("busy_us_per_packet", "sender_kernel_us_per_packet", "stage_us_per_packet"):
             e[k] = spread([x[k] for x in rs])
     e["runs"] = rs
-k, p = out["duts"]["kernel-snat"]["us_per_packet"]["median"], out["duts"]["podpath-snat"]["us_per_packet"]["median"]
+k = out["duts"]["kernel-snat"]["us_per_packet"]["median"]
+p = out["duts"]["podpath-snat"]["us_per_packet"]["median"]
 out["ratio_podpath_over_kernel"] = p / k if k > 0 else None
 json.dump(out, open("docs/results/kernel-path.json", "w"), indent=1)
 
@@ -377,8 +396,9 @@ for dut, e in out["duts"].items():
           f"{e['delivered_pps']['median'] / 1e3:>14.1f} {100 * e['loss_ratio']['median']:>7.3f}")
 pp = out["duts"]["podpath-snat"]
 print(f"(veth-only: the generator's and one veth's own kernel time, absolute; the others net of it)")
-print(f"podpath-snat = busy {pp['busy_us_per_packet']['median']:.2f} (of which pipeline stages "
-      f"{pp['stage_us_per_packet']['median']:.2f}) + sender-side kernel {pp['sender_kernel_us_per_packet']['median']:.2f} us/packet")
+med = lambda k: pp[k]["median"]
+print(f"podpath-snat = busy {med('busy_us_per_packet'):.2f} (of which pipeline stages "
+      f"{med('stage_us_per_packet'):.2f}) + sender-side kernel {med('sender_kernel_us_per_packet'):.2f} us/packet")
 drops = {}
 for x in pp["runs"]:
     for kk, v in x["drops"].items():
@@ -387,7 +407,7 @@ if drops:
     print("podpath-snat drop counters (all rounds): " + ", ".join(f"{kk} {v}" for kk, v in drops.items()))
 bad = [f"{dut} round {x['round']}" for dut, e in out["duts"].items() for x in e["runs"] if x["disturbed"]]
 if bad:
-    print("warning: other tasks took more than 2 % of a CPU in " + ", ".join(bad) + ": run again on a quiet machine")
+    print(f"warning: other tasks took more than 5 % of a CPU in {', '.join(bad)}: run again on a quiet machine")
 r = out["ratio_podpath_over_kernel"]
 print(f"podpath-snat / kernel-snat CPU time per packet = {r:.2f} (aim: <= 0.1)" if r is not None else
       "podpath-snat / kernel-snat: kernel-snat's net figure is not positive")

@@ -21,13 +21,19 @@
 # ("processing cycles"), podpath's worker busy_cycles.
 # Usage (root; sets up like scripts/setup.sh, installs dpdk-dev and
 # openvswitch-switch-dpdk when missing):
-#   bench/side-by-side.sh [JOB=all|l2|nat] [ROUNDS=3] [SECONDS=5] [FLOWS=10000] [SIZE=64]
+#   bench/side-by-side.sh [JOB=all|l2|nat|kernel] [ROUNDS=3] [SECONDS=5] [FLOWS=10000] [SIZE=64]
+#   (all = l2, nat and then kernel)
 #   (DUTS="podpath-snat ovs-ct-nat" limits a run to those DUTs.)
 # Results: docs/results/side-by-side.json (median, min, max and every run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 JOB=${1:-all}; ROUNDS=${2:-3}; SECS=${3:-5}; FLOWS=${4:-10000}; SIZE=${5:-64}
-case $JOB in all) JOBS="l2 nat" ;; l2|nat) JOBS=$JOB ;; *) echo "side-by-side: JOB is all, l2 or nat"; exit 1 ;; esac
+case $JOB in
+  all) JOBS="l2 nat" ;; l2|nat) JOBS=$JOB ;;
+  # The kernel path runs on veths, with its own runner (CPU time per packet, not Mpps).
+  kernel) exec bench/kernel-path.sh "$ROUNDS" "$SECS" ;;
+  *) echo "side-by-side: JOB is all, l2, nat or kernel"; exit 1 ;;
+esac
 [ "$(id -u)" = 0 ] || { echo "side-by-side: run as root"; exit 1; }
 [ "${PODPATH_SKIP_SETUP:-0}" = 1 ] || scripts/setup.sh
 need() { command -v "$1" >/dev/null || [ -x "$1" ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$2" >/dev/null; }
@@ -211,3 +217,7 @@ done
 
 mkdir -p docs/results
 python3 bench/side-by-side-report.py "$dir" "$results" "$SECS" "$FLOWS" "$SIZE"
+if [ "$JOB" = all ]; then
+  echo; echo "kernel: the Linux kernel path on veths (bench/kernel-path.sh)"
+  PODPATH_SKIP_SETUP=1 bench/kernel-path.sh "$ROUNDS" "$SECS"
+fi
