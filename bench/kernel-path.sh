@@ -19,6 +19,8 @@
 #                   default, 1, as kubeadm requires on nodes.
 #   - podpath-snat: podpath-dataplane, af_packet on dut-a (pod bridge 1) and dut-b
 #                   (uplink), one worker on CPU 1 (control thread, idle, on CPU 0).
+#   - podpath-snat-drain: the same with tx_drain_us = 100 (a partial transmit burst
+#                   waits up to 100 us, so one send syscall carries several packets).
 # Rounds interleaved (veth-only, kernel-snat, podpath-snat, ...) so drift hits all alike;
 # fixed rate R (default 100 kpps, below the ceiling: everything is delivered), 1000
 # flows, 64-byte frames, 1 s warm-up then S seconds measured.
@@ -110,7 +112,7 @@ veth() { # NS1 IF1 NS2 IF2: a pair, IF1 in NS1 and IF2 in NS2
 netns_add "$gen_ns"
 veth "$gen_ns" gen-c "$gen_ns" gen-d
 
-podpath_config() {
+podpath_config() { # TX_DRAIN_US
   cat <<EOF
 [eal]
 lcores = "0,1"
@@ -120,6 +122,7 @@ hugepages = "off"
 pci = false
 [dataplane]
 socket = "$dir/dp.sock"
+tx_drain_us = $1
 [idle]
 enabled = false
 [[port]]
@@ -168,8 +171,10 @@ table ip nat {
 }
 EOF
       ;;
-    podpath-snat)
-      podpath_config >"$dir/node.toml"
+    podpath-snat*)
+      # podpath-snat sends at the end of every poll (the default); podpath-snat-drain
+      # lets a partial burst wait up to 100 us (tx_drain_us), one send syscall per burst.
+      podpath_config "$([ "$1" = podpath-snat-drain ] && echo 100 || echo 0)" >"$dir/node.toml"
       ip netns exec "$n" "$bin/podpath-dataplane" --config "$dir/node.toml" --check >/dev/null
       ip netns exec "$n" taskset -c 1 "$bin/podpath-dataplane" --config "$dir/node.toml" >"$dir/dut.log" 2>&1 &
       dut_pid=$!
@@ -181,7 +186,7 @@ EOF
 # Stops DUT $1 (podpath: its counters to $2 first) and removes the DUT namespace.
 stop_dut() {
   case $1 in veth-only) return ;; esac
-  if [ "$1" = podpath-snat ]; then
+  if [[ $1 == podpath-* ]]; then
     "$bin/podpathctl" --socket "$dir/dp.sock" --json stats >"$2"
     stop_pid "$dut_pid"; dut_pid=
   fi
@@ -291,7 +296,7 @@ taken = {k: (o.get(k) or 0) + st.get(k, 0) for k in ("cpu0", "cpu1")}
 print(f"round {r} {dut}: {sent}  kernel time {c['kernel_us_per_packet_all']:.2f} us/packet "
       f"(CPU 0: {c['kernel_us_per_packet_cpu0']:.2f})  others+steal: CPU 0 {100 * taken['cpu0']:.1f} %, "
       f"CPU 1 {100 * taken['cpu1']:.1f} %", end="")
-if dut == "podpath-snat":
+if dut.startswith("podpath"):
     s = json.load(open(out + ".stats.json"))
     busy, rx = sum(w["busy_cycles"] for w in s["workers"]), sum(w["rx"] for w in s["workers"])
     print(f"  worker busy {1e6 * busy / s['tsc_hz'] / rx:.2f} us/packet", end="")
@@ -300,7 +305,7 @@ sys.exit(1 if max(taken.values()) > 0.05 else 0)
 EOF
 }
 
-duts="veth-only kernel-snat podpath-snat"
+duts="veth-only kernel-snat podpath-snat podpath-snat-drain"
 retries=$ROUNDS   # repeats in all: a busy machine must not stretch the run without bound
 for r in $(seq "$ROUNDS"); do
   for dut in $duts; do
@@ -335,7 +340,7 @@ for line in open(f"{d}/runs"):
     run = {"round": int(r), "sent": g["sent"], "received": g["received"], "loss_ratio": g["loss_ratio"],
            "delivered_pps": g["rx_mpps"] * 1e6, "latency_us": g["latency_us"], "tries": int(tries),
            "disturbed": quiet != "1", "cpu_window": c}
-    if dut == "podpath-snat":
+    if dut.startswith("podpath"):
         s = json.load(open(f"{d}/{dut}.{r}.stats.json"))
         w = s["workers"]
         busy, rx = sum(x["busy_cycles"] for x in w), sum(x["rx"] for x in w)
@@ -351,7 +356,7 @@ base = runs["veth-only"]
 kern = lambda x, cpus: x["cpu_window"][f"kernel_us_per_packet_{cpus}"]
 for r, x in runs["kernel-snat"].items():
     x["us_per_packet"] = kern(x, "all") - kern(base[r], "all")
-for r, x in runs["podpath-snat"].items():
+for r, x in [(r, x) for dut in runs if dut.startswith("podpath") for r, x in runs[dut].items()]:
     x["sender_kernel_us_per_packet"] = kern(x, "cpu0") - kern(base[r], "cpu0")
     x["us_per_packet"] = x["busy_us_per_packet"] + x["sender_kernel_us_per_packet"]
 for x in base.values():
@@ -362,7 +367,7 @@ def spread(xs):
     return {"median": statistics.median(xs), "min": min(xs), "max": max(xs)} if xs else None
 
 out = {"method": "podpath-gen on CPU 0 over af_packet on veths, fixed offered rate, rounds interleaved "
-                 "(veth-only, kernel-snat, podpath-snat), fresh DUT namespace per run. /proc/stat "
+                 "(veth-only, kernel-snat, podpath-snat, podpath-snat-drain), fresh DUT namespace per run. /proc/stat "
                  "sampled every 0.1 s; window = the generator's measured period less 0.1 s at each end; "
                  "packets = sent rate x window. kernel-snat us/packet = (system+irq+softirq, all CPUs) / "
                  "packets minus the same round's veth-only figure. podpath-snat us/packet = worker busy "
@@ -380,13 +385,13 @@ for dut, rs in runs.items():
     e = out["duts"][dut] = {"us_per_packet": spread([x["us_per_packet"] for x in rs]),
                             "delivered_pps": spread([x["delivered_pps"] for x in rs]),
                             "loss_ratio": spread([x["loss_ratio"] for x in rs])}
-    if dut == "podpath-snat":
+    if dut.startswith("podpath"):
         for k in ("busy_us_per_packet", "sender_kernel_us_per_packet", "stage_us_per_packet"):
             e[k] = spread([x[k] for x in rs])
     e["runs"] = rs
 k = out["duts"]["kernel-snat"]["us_per_packet"]["median"]
-p = out["duts"]["podpath-snat"]["us_per_packet"]["median"]
-out["ratio_podpath_over_kernel"] = p / k if k > 0 else None
+pods = [d for d in out["duts"] if d.startswith("podpath")]
+out["ratios_over_kernel"] = {d: out["duts"][d]["us_per_packet"]["median"] / k if k > 0 else None for d in pods}
 json.dump(out, open("docs/results/kernel-path.json", "w"), indent=1)
 
 print(f"\n{'dut':<13} {'us/packet median':>16} {'min':>6} {'max':>6} {'delivered kpps':>14} {'loss %':>7}")
@@ -394,25 +399,26 @@ for dut, e in out["duts"].items():
     u = e["us_per_packet"]
     print(f"{dut:<13} {u['median']:>16.2f} {u['min']:>6.2f} {u['max']:>6.2f} "
           f"{e['delivered_pps']['median'] / 1e3:>14.1f} {100 * e['loss_ratio']['median']:>7.3f}")
-pp = out["duts"]["podpath-snat"]
 print(f"(veth-only: the generator's and one veth's own kernel time, absolute; the others net of it)")
-med = lambda k: pp[k]["median"]
-print(f"podpath-snat = busy {med('busy_us_per_packet'):.2f} (of which pipeline stages "
-      f"{med('stage_us_per_packet'):.2f}) + sender-side kernel {med('sender_kernel_us_per_packet'):.2f} us/packet")
-drops = {}
-for x in pp["runs"]:
-    for kk, v in x["drops"].items():
-        drops[kk] = drops.get(kk, 0) + v
-if drops:
-    print("podpath-snat drop counters (all rounds): " + ", ".join(f"{kk} {v}" for kk, v in drops.items()))
+for dut in pods:
+    pp = out["duts"][dut]
+    med = lambda k: pp[k]["median"]
+    print(f"{dut} = busy {med('busy_us_per_packet'):.2f} (of which pipeline stages "
+          f"{med('stage_us_per_packet'):.2f}) + sender-side kernel {med('sender_kernel_us_per_packet'):.2f} us/packet")
+    drops = {}
+    for x in pp["runs"]:
+        for kk, v in x["drops"].items():
+            drops[kk] = drops.get(kk, 0) + v
+    if drops:
+        print(f"{dut} drop counters (all rounds): " + ", ".join(f"{kk} {v}" for kk, v in drops.items()))
 bad = [f"{dut} round {x['round']}" for dut, e in out["duts"].items() for x in e["runs"] if x["disturbed"]]
 if bad:
     print(f"warning: other tasks took more than 5 % of a CPU in {', '.join(bad)}: run again on a quiet machine")
-r = out["ratio_podpath_over_kernel"]
-print(f"podpath-snat / kernel-snat CPU time per packet = {r:.2f} (aim: <= 0.1)" if r is not None else
-      "podpath-snat / kernel-snat: kernel-snat's net figure is not positive")
+for dut, r in out["ratios_over_kernel"].items():
+    print(f"{dut} / kernel-snat CPU time per packet = {r:.2f} (aim: <= 0.1)" if r is not None else
+          f"{dut} / kernel-snat: kernel-snat's net figure is not positive")
 svgplot.bars("snat on veths: CPU time per packet (median, min-max)", "us per packet, lower is better",
-             [(dut, u["median"], u["min"], u["max"]) for dut in ("kernel-snat", "podpath-snat")
+             [(dut, u["median"], u["min"], u["max"]) for dut in ("kernel-snat", *pods)
               if (u := out["duts"][dut]["us_per_packet"])],
              "docs/results/kernel-path-cpu.svg",
              note=f"   (net of veth-only; {rate / 1e3:g} kpps, {flows} flows, 64 B, {rounds} rounds x {secs:g} s)")

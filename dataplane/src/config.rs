@@ -76,6 +76,9 @@ pub struct DataplaneConfig {
     pub mbuf_cache: u32,
     pub rx_desc: u16,
     pub tx_desc: u16,
+    /// Microseconds a partial transmit burst may wait for more packets (0: sent at the
+    /// end of every poll). For devices whose transmit is a syscall (af_packet, tap).
+    pub tx_drain_us: u32,
 }
 
 impl Default for DataplaneConfig {
@@ -87,6 +90,7 @@ impl Default for DataplaneConfig {
             mbuf_cache: 256,
             rx_desc: 1024,
             tx_desc: 1024,
+            tx_drain_us: 0,
         }
     }
 }
@@ -205,6 +209,12 @@ impl Config {
                     "{} MiB is too little for DPDK (at least 32)",
                     self.eal.memory_mb
                 ),
+            ));
+        }
+        if self.dataplane.tx_drain_us > 10_000 {
+            return Err(invalid(
+                "dataplane.tx_drain_us",
+                "at most 10000 (10 ms): it is added to every packet's latency",
             ));
         }
         if self.dataplane.mbufs < 512 {
@@ -378,6 +388,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("port[0]"), "{e}");
+        let e = Config::parse("[dataplane]\ntx_drain_us = 20000\n", "t")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("dataplane.tx_drain_us"), "{e}");
         let ok = Config::parse(
             "[[port]]\nname = \"pod-a\"\ndevice = \"net_tap0,iface=x\"\nbridge = 1\n",
             "t",

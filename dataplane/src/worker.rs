@@ -115,6 +115,9 @@ pub struct Worker<P: PortIo> {
     /// How often (TSC ticks) to sweep aged MACs.
     age_every: u64,
     next_age: u64,
+    /// TSC ticks a partial transmit burst may wait (0: flush every poll).
+    tx_drain: u64,
+    last_drain: u64,
 }
 
 impl<P: PortIo> Worker<P> {
@@ -128,6 +131,7 @@ impl<P: PortIo> Worker<P> {
         stop: Arc<AtomicBool>,
         idle: IdleConfig,
         age_every: u64,
+        tx_drain: u64,
     ) -> Self {
         Worker {
             id,
@@ -140,6 +144,8 @@ impl<P: PortIo> Worker<P> {
             idle,
             age_every,
             next_age: 0,
+            tx_drain,
+            last_drain: 0,
         }
     }
 
@@ -249,7 +255,14 @@ impl<P: PortIo> Worker<P> {
         }
         self.pipeline.expire(&mut self.io);
         self.pipeline.expire_connections();
-        self.pipeline.flush(&mut self.io);
+        // DPDK l3fwd's BURST_TX_DRAIN_US: with a drain interval, a partial transmit
+        // burst waits up to that long for company, so a device whose transmit costs a
+        // syscall (af_packet, tap) pays it per burst rather than per packet. Full
+        // bursts leave at once (the pipeline sends a queue as soon as it holds 32).
+        if t0.wrapping_sub(self.last_drain) >= self.tx_drain {
+            self.pipeline.flush(&mut self.io);
+            self.last_drain = t0;
+        }
         let t1 = rdtsc();
         let c = &self.pipeline.counters;
         add(&c.polls, 1);
@@ -280,6 +293,8 @@ impl<P: PortIo> Worker<P> {
             }
             empty = empty.saturating_add(1);
             if self.idle.enabled && empty >= self.idle.empty_polls {
+                // Nothing waits in a transmit queue while the worker sleeps.
+                self.pipeline.flush(&mut self.io);
                 add(&self.pipeline.counters.sleeps, 1);
                 std::thread::sleep(Duration::from_micros(u64::from(sleep_us)));
                 sleep_us = sleep_us

@@ -135,6 +135,8 @@ fn write_udp_headers(
     udp[2..4].copy_from_slice(&dport.to_be_bytes());
     udp[4..6].copy_from_slice(&((8 + payload) as u16).to_be_bytes());
     udp[6..8].copy_from_slice(&[0, 0]); // no UDP checksum (allowed in IPv4)
+    let c = ip_checksum(&f[14..34]);
+    f[24..26].copy_from_slice(&c.to_be_bytes());
 }
 
 /// The frame template and where each flow's fields go.

@@ -196,6 +196,7 @@ fn run() -> Result<()> {
             Arc::clone(&stop),
             cfg.idle,
             (ageing / 8).max(tsc_hz / 10),
+            u64::from(cfg.dataplane.tx_drain_us) * tsc_hz / 1_000_000,
         );
         match eal.launch(lcore, move || worker.run()) {
             Ok(()) => launched.push(lcore),
