@@ -139,6 +139,40 @@ fn a_mac_learned_mid_burst_changes_the_lookups_after_it() {
 }
 
 #[test]
+fn tx_drain_holds_a_partial_burst_until_its_time() {
+    use podpath_dataplane::worker::{IdleConfig, Worker};
+    use std::sync::atomic::AtomicBool;
+    // 0: sent at the end of the poll; a long interval: still queued after it.
+    for (drain, at_once) in [(0u64, true), (u64::MAX / 4, false)] {
+        let r = rig();
+        let (_ctl, ctl_rx) = crossbeam::channel::unbounded();
+        let (retired, _keep) = crossbeam::channel::unbounded();
+        let stop = Arc::new(AtomicBool::new(false));
+        let idle = IdleConfig::default();
+        let mut w = Worker::new(
+            0,
+            r.io,
+            r.p,
+            ctl_rx,
+            retired,
+            stop,
+            idle,
+            u64::MAX / 4,
+            drain,
+        );
+        w.io.push_rx(0, &udp(A, BCAST));
+        assert_eq!(w.poll_once(), 1);
+        assert_eq!(w.io.take_tx(1).len(), usize::from(at_once));
+        w.pipeline.flush(&mut w.io);
+        assert_eq!(
+            w.io.take_tx(1).len(),
+            usize::from(!at_once),
+            "queued, not lost"
+        );
+    }
+}
+
+#[test]
 fn broadcast_floods_and_macs_move() {
     let mut r = rig();
     r.rx(0, &[udp(A, BCAST)]);
