@@ -132,13 +132,8 @@ bridge = 1
 [[port]]
 name = "gen-b"
 device = "net_af_packet1,iface=dut-b"
-[node]
-node_ip = "192.168.77.11"
-underlay_cidr = "192.168.77.0/24"
-pod_cidr = "10.244.0.0/24"
-cluster_cidr = "10.244.0.0/16"
-uplink = "gen-b"
 EOF
+  cat bench/snat-node.toml
 }
 
 # Makes the DUT namespace and its veths and starts DUT $1; sets tx/rx (generator ports).

@@ -10,11 +10,13 @@
 #     B and 2B bursts of 32, (Ir(2B) - Ir(B)) / (B x 32) is the cost of one packet,
 #     set-up excluded; repeatable to a few instructions, unlike wall clock here.
 # Results: docs/results/pipeline.json and docs/results/pipeline-cycles.svg.
-# Usage: bench/pipeline.sh [BURSTS=100000] [CALLGRIND_BURSTS=2000]   (valgrind for counts;
-#        CALLGRIND_BURSTS=0 skips them)
+# Each timed run is repeated REPEAT times, interleaved path by path, and the median
+# kept (wall clock moves by tens of percent between runs on a shared VM).
+# Usage: bench/pipeline.sh [BURSTS=100000] [CALLGRIND_BURSTS=2000] [REPEAT=3]
+#        (valgrind for counts; CALLGRIND_BURSTS=0 skips them)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BURSTS=${1:-100000}; B=${2:-2000}
+BURSTS=${1:-100000}; B=${2:-2000}; REPEAT=${3:-3}
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
 cargo build --release -q -p podpath-bench --bin pipeline-count
 bin=target/release/pipeline-count
@@ -22,13 +24,15 @@ paths="l2-bridge ip4-route vxlan-encap vxlan-decap snat-established snat-new ser
 out=$(mktemp -d /tmp/pp-pipeline.XXXXXX)
 trap 'rm -rf "$out"' EXIT
 
-for path in $paths; do
+for rep in $(seq "$REPEAT"); do
+ for path in $paths; do
   for flows in 1 10000 1000000; do
     # "New" paths open a connection with every packet whatever the flow count: one run.
     case $path in *-new) [ "$flows" = 10000 ] || continue; n=$((BURSTS / 5)) ;; *) n=$BURSTS ;; esac
     "$bin" --report "$path" "$flows" "$n" >>"$out/report.jsonl"
     tail -1 "$out/report.jsonl" | python3 -c 'import json,sys; r=json.load(sys.stdin); print("%-20s %8d flows %6.2f Mpps %7.1f stage cycles/packet" % (r["path"], r["flows"], r["mpps"], r["stage_cycles_per_packet"]))'
   done
+ done
 done
 
 ir() {
@@ -56,7 +60,16 @@ import json, sys
 sys.path.insert(0, "bench")
 import svgplot
 d = sys.argv[1]
-rows = [json.loads(l) for l in open(f"{d}/report.jsonl")]
+import statistics
+runs = {}
+for r in map(json.loads, open(f"{d}/report.jsonl")):
+    runs.setdefault((r["path"], r["flows"]), []).append(r)
+def median_run(rs):
+    m = {k: statistics.median(r[k] for r in rs) for k in ("mpps", "ns_per_packet", "stage_cycles_per_packet")}
+    stages = {st: statistics.median(r["stages"].get(st, 0) for r in rs) for st in rs[0]["stages"]}
+    return {"path": rs[0]["path"], "flows": rs[0]["flows"], "packets_per_run": rs[0]["packets"], "repeats": len(rs),
+            **m, "stages": stages, "spread_mpps": [min(r["mpps"] for r in rs), max(r["mpps"] for r in rs)]}
+rows = [median_run(rs) for rs in runs.values()]
 ir = {(r["path"], r["flows"]): r["instructions_per_packet"] for r in map(json.loads, open(f"{d}/callgrind.jsonl"))}
 for r in rows:
     r["instructions_per_packet"] = ir.get((r["path"], r["flows"]))
@@ -64,7 +77,8 @@ for r in rows:
 aims = {"l2-bridge": 60, "ip4-route": 70, "vxlan-encap": 120, "vxlan-decap": 120, "snat-established": 150,
         "service-established": 200, "snat-new": 600, "service-new": 600}
 json.dump({"method": "bench/pipeline.sh: memory backend, one core, 64-byte UDP frames; stage cycles from the "
-                     "dataplane's per-stage TSC counters; instructions from callgrind (Ir difference of B and 2B bursts)",
+                     "dataplane's per-stage TSC counters; instructions from callgrind (Ir difference of B and 2B bursts); "
+                     "timed figures are medians of the repeats",
            "aims_cycles_per_packet_10k_flows": aims, "runs": rows},
           open("docs/results/pipeline.json", "w"), indent=1)
 print(f"\n{'path':<20} {'flows':>8} {'Mpps':>6} {'ns/pkt':>7} {'cyc/pkt':>8} {'instr/pkt':>9} {'aim':>5}")

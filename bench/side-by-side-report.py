@@ -16,6 +16,12 @@ for line in open(tsv):
     g = json.load(open(f"{run_dir}/{job}.{dut}.{r}.json"))
     g["busy_cycles"], g["busy_packets"] = int(busy), int(pkts)
     g["busy_cycles_per_packet"] = int(busy) / int(pkts) if int(pkts) else None
+    try:  # podpath's counters: drops inside the DUT, by reason
+        s = json.load(open(f"{run_dir}/{job}.{dut}.{r}.stats.json"))
+        g["dut_rx"], g["dut_tx"], g["dut_dropped"] = s["rx"], s["tx"], s["dropped"]
+        g["dut_drops"] = {f'{d["stage"]}/{d["reason"]}': d["count"] for d in s["drops"] if d["count"]}
+    except OSError:
+        pass
     runs[job][dut].append(g)
 
 
@@ -56,6 +62,13 @@ for job, duts in runs.items():
         r, c = v["rx_mpps"], v["busy_cycles_per_packet"]
         print(f"{job}: {d:<14} {r['median']:>11.3f} {r['min']:>7.3f} {r['max']:>7.3f} "
               f"{(c or {}).get('median', float('nan')):>12.0f} {100 * v['loss_ratio']['median']:>8.4f}")
+    for d, v in j["duts"].items():
+        drops = {}
+        for x in v["runs"]:
+            for k, n in x.get("dut_drops", {}).items():
+                drops[k] = drops.get(k, 0) + n
+        if "dut_rx" in v["runs"][0]:
+            print(f"{job}: {d} own drops over all rounds: " + (", ".join(f"{k} {n}" for k, n in drops.items()) or "none"))
     for k, v in ratios.items():
         print(f"{job}: {k} = {v:.2f}")
     svgplot.bars(f"{job}: delivered Mpps over vhost-user (median, min-max)",

@@ -95,15 +95,7 @@ bridge = 1
 name = "gen-b"
 device = "net_vhost1,iface=$dir/b.sock"
 EOF
-  if [ "$1" = l2 ]; then echo 'bridge = 1'; else cat <<EOF
-[node]
-node_ip = "192.168.77.11"
-underlay_cidr = "192.168.77.0/24"
-pod_cidr = "10.244.0.0/24"
-cluster_cidr = "10.244.0.0/16"
-uplink = "gen-b"
-EOF
-  fi
+  if [ "$1" = l2 ]; then echo 'bridge = 1'; else cat bench/snat-node.toml; fi
 }
 
 # Starts DUT $1 for job $2; sets sock_a/sock_b (the vhost-user sockets) and dut_pid.
@@ -208,6 +200,8 @@ for job in $JOBS; do
         --warmup 1 --duration "$SECS" --flows "$FLOWS" --size "$SIZE" "${gen[@]}" --json "$out" \
         >"$dir/gen.out" 2>"$dir/gen.err" || { echo "side-by-side: generator failed:"; tail -5 "$dir/gen.err"; exit 1; }
       : >"$dir/busy"; stop_dut "$dut"; read -r busy pkts <"$dir/busy" || true
+      # podpath's own counters (drops by reason): where a loss happened, if in the DUT.
+      case $dut in podpath-*) cp "$dir/stats.json" "${out%.json}.stats.json" ;; esac
       printf '%s\t%s\t%s\t%s\t%s\n' "$job" "$dut" "$r" "${busy:-0}" "${pkts:-0}" >>"$results"
       cpp=$(awk -v b="${busy:-0}" -v n="${pkts:-0}" 'BEGIN { if (n > 0) printf "%.0f", b / n; else print "?" }')
       echo "$job round $r $dut: $(head -1 "$dir/gen.out")  busy cycles/packet $cpp"
