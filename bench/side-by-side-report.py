@@ -4,6 +4,7 @@ Usage: side-by-side-report.py RUN_DIR RESULTS_TSV SECONDS FLOWS SIZE"""
 import json
 import statistics
 import sys
+import time
 from collections import defaultdict
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
@@ -39,7 +40,9 @@ out = {"method": "podpath-gen (lcore 0) over net_virtio_user to each DUT's two v
                  "over the whole run including the warm-up)",
        "seconds": secs, "flows": flows, "frame_size": size, "jobs": {}}
 for job, duts in runs.items():
-    j = out["jobs"][job] = {"duts": {}}
+    # A run of one job keeps the other's last results: say when and how each was made.
+    j = out["jobs"][job] = {"measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                            "seconds": secs, "flows": flows, "frame_size": size, "duts": {}}
     for dut, rs in duts.items():
         j["duts"][dut] = {"rx_mpps": spread([x["rx_mpps"] for x in rs]),
                           "busy_cycles_per_packet": spread([x["busy_cycles_per_packet"] for x in rs]),

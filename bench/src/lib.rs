@@ -251,7 +251,13 @@ impl Rig {
             &udp(POD_B_MAC, POD_A_MAC, [10, 244, 0, 3], [10, 244, 0, 2], 1),
         );
         let n = flows.max(1);
-        r.frames = (0..n).map(|i| frame(path, i)).collect();
+        r.frames = if path == Path::Mixed {
+            // At least one frame per slot of the mix, so that every flow count carries
+            // the whole mix: slot i % 20 picks the path, i % flows the flow.
+            (0..n.max(20)).map(|i| mixed_frame(i, i % n)).collect()
+        } else {
+            (0..n).map(|i| frame(path, i)).collect()
+        };
         if path == Path::Mixed {
             r.uplink_frames = (0..n).map(|i| frame(Path::VxlanDecap, i)).collect();
         }
@@ -308,12 +314,7 @@ fn frame(path: Path, i: usize) -> Vec<u8> {
     let gw_mac = gateway_mac(ip("10.244.0.1")).0;
     let flow = |i: usize| u16::try_from(1024 + i % 60000).unwrap_or(1024);
     match path {
-        Path::Mixed => match i % 20 {
-            0..=7 => frame(Path::Bridge, i),
-            8..=13 => frame(Path::VxlanEncap, i),
-            14..=16 => frame(Path::SnatEstablished, i),
-            _ => frame(Path::ServiceEstablished, i),
-        },
+        Path::Mixed => mixed_frame(i, i),
 
         Path::Bridge => udp(
             POD_A_MAC,
@@ -366,5 +367,16 @@ fn frame(path: Path, i: usize) -> Vec<u8> {
                 .expect("build frame");
             v
         }
+    }
+}
+
+/// Frame `slot` of the mixed profile, of flow `flow` of its path: of each 20, 8 bridged,
+/// 6 to a remote pod, 3 masqueraded, 3 to a Service.
+fn mixed_frame(slot: usize, flow: usize) -> Vec<u8> {
+    match slot % 20 {
+        0..=7 => frame(Path::Bridge, flow),
+        8..=13 => frame(Path::VxlanEncap, flow),
+        14..=16 => frame(Path::SnatEstablished, flow),
+        _ => frame(Path::ServiceEstablished, flow),
     }
 }
