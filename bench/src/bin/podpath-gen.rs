@@ -10,7 +10,7 @@
 //!   podpath-gen --tx net_ring0 --eal=--no-huge --eal=-m --eal=256 --duration 5
 // Truncating casts here are deliberate or bounded: frame lengths are checked to be at
 // most 1518 before any header is written, the sequence number goes on the wire as its
-// low 32 bits, the checksum folds to 16, and float-to-integer conversions are of
+// low 32 bits, and float-to-integer conversions are of
 // durations and percentile ranks far below 2^53.
 #![allow(
     clippy::cast_possible_truncation,
@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use podpath_dataplane::dpdk::{rdtsc, Eal, Mbuf, Mempool, SoloPort};
+use podpath_dataplane::wire::checksum;
 
 const MAGIC: u32 = 0x5050_4731; // "PPG1"
                                 // Magic, sequence number (low 32 bits), TSC at transmit: 16 bytes, so that a 64-byte
@@ -100,17 +101,6 @@ fn parse_mac(s: &str) -> Result<[u8; 6], String> {
     v.try_into().map_err(|_| format!("bad MAC address {s:?}"))
 }
 
-fn ip_checksum(h: &[u8]) -> u16 {
-    let mut sum: u32 = h
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
 /// Writes Ethernet + IPv4 + UDP headers for a datagram of `payload` bytes at `f[0..42]`.
 fn write_udp_headers(
     f: &mut [u8],
@@ -135,7 +125,7 @@ fn write_udp_headers(
     udp[2..4].copy_from_slice(&dport.to_be_bytes());
     udp[4..6].copy_from_slice(&((8 + payload) as u16).to_be_bytes());
     udp[6..8].copy_from_slice(&[0, 0]); // no UDP checksum (allowed in IPv4)
-    let c = ip_checksum(&f[14..34]);
+    let c = checksum::checksum(&f[14..34]);
     f[24..26].copy_from_slice(&c.to_be_bytes());
 }
 
@@ -206,7 +196,7 @@ impl Template {
         let sport = 1024 + (flow & 0xfff) as u16;
         f[ip + 12..ip + 16].copy_from_slice(&src.to_be_bytes());
         f[ip + 10..ip + 12].copy_from_slice(&[0, 0]);
-        let c = ip_checksum(&f[ip..ip + 20]);
+        let c = checksum::checksum(&f[ip..ip + 20]);
         f[ip + 10..ip + 12].copy_from_slice(&c.to_be_bytes());
         f[ip + 20..ip + 22].copy_from_slice(&sport.to_be_bytes());
         if let Some(o) = self.outer_sport {

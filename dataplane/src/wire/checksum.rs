@@ -29,6 +29,15 @@ pub fn sum20(h: &[u8; 20]) -> u32 {
     fold64(w(0) + w(4) + w(8) + w(12) + w(16))
 }
 
+/// `sum` of an IPv4 header: the 32-bit-word sum for the usual 20 bytes.
+#[inline]
+pub fn header_sum(h: &[u8]) -> u32 {
+    match <&[u8; 20]>::try_from(h) {
+        Ok(h20) => sum20(h20),
+        Err(_) => sum(h),
+    }
+}
+
 fn fold64(mut acc: u64) -> u32 {
     while acc > 0xffff {
         acc = (acc & 0xffff) + (acc >> 16);
@@ -83,25 +92,15 @@ pub fn pseudo_header(src: [u8; 4], dst: [u8; 4], proto: u8, len: u16) -> u32 {
 }
 
 /// RFC 1624 eqn. 3: the new checksum after a 16-bit word changed from `old` to `new`.
+#[inline]
 pub fn update16(check: u16, old: u16, new: u16) -> u16 {
-    // HC' = ~(~HC + ~m + m')
-    let acc = u32::from(!check) + u32::from(!old) + u32::from(new);
-    !fold(acc)
+    apply(check, delta16(old, new))
 }
 
 /// RFC 1624 for a 32-bit field (an IPv4 address) changed from `old` to `new`.
+#[inline]
 pub fn update32(check: u16, old: u32, new: u32) -> u16 {
-    let (o, n) = (old.to_be_bytes(), new.to_be_bytes());
-    let c = update16(
-        check,
-        u16::from_be_bytes([o[0], o[1]]),
-        u16::from_be_bytes([n[0], n[1]]),
-    );
-    update16(
-        c,
-        u16::from_be_bytes([o[2], o[3]]),
-        u16::from_be_bytes([n[2], n[3]]),
-    )
+    apply(check, delta32(old, new))
 }
 
 #[cfg(test)]

@@ -177,11 +177,9 @@ impl<T: AsRef<[u8]>> Packet<T> {
         &self.buffer.as_ref()[HEADER_LEN..self.header_len()]
     }
     pub fn verify_checksum(&self) -> bool {
-        let h = &self.buffer.as_ref()[..self.header_len()];
-        match <&[u8; 20]>::try_from(h) {
-            Ok(h20) => checksum::fold(checksum::sum20(h20)) == 0xffff,
-            Err(_) => checksum::verify(h),
-        }
+        checksum::fold(checksum::header_sum(
+            &self.buffer.as_ref()[..self.header_len()],
+        )) == 0xffff
     }
     /// The payload, up to the total length (Ethernet padding excluded).
     pub fn payload(&self) -> &[u8] {
@@ -208,11 +206,9 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     /// Recomputes the header checksum from scratch.
     pub fn fill_checksum(&mut self) {
         self.set_checksum(0);
-        let h = &self.buffer.as_ref()[..self.header_len()];
-        let c = match <&[u8; 20]>::try_from(h) {
-            Ok(h20) => !checksum::fold(checksum::sum20(h20)),
-            Err(_) => checksum::checksum(h),
-        };
+        let c = !checksum::fold(checksum::header_sum(
+            &self.buffer.as_ref()[..self.header_len()],
+        ));
         self.set_checksum(c);
     }
     /// Decrements the TTL, updating the checksum incrementally (RFC 1624).
