@@ -33,7 +33,7 @@ impl Bridge {
         // MACs: remember the last source learned and the last destination looked up, so
         // most packets skip both hash operations (VPP's l2-learn keeps such a cache).
         let mut last_src: Option<(u16, MacAddr, u16, Learn)> = None;
-        let mut last_dst: Option<(u16, MacAddr, Option<u16>)> = None;
+        let mut last_dst: Option<((u16, MacAddr), Option<u16>)> = None;
         for &i in pkts {
             let i = usize::from(i);
             let Some(f) = &frames[i] else {
@@ -77,14 +77,9 @@ impl Bridge {
             let hit = if dst.is_multicast() {
                 None
             } else {
-                match last_dst {
-                    Some((b, mac, hit)) if b == bd && mac == dst => hit,
-                    _ => {
-                        let hit = self.macs.lookup(bd, dst, cx.now);
-                        last_dst = Some((bd, dst, hit));
-                        hit
-                    }
-                }
+                super::last_or(&mut last_dst, (bd, dst), || {
+                    self.macs.lookup(bd, dst, cx.now)
+                })
             };
             next[i] = match hit {
                 Some(p) if p == m.in_port => Next::Drop(DropReason::BridgeSamePort),

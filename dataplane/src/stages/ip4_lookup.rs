@@ -106,14 +106,9 @@ pub fn process<F: Frame>(
                     m.out = u;
                     let in_cluster = |a: u32| a & mask(node.cluster.1) == node.cluster.0;
                     // Nodes route the cluster themselves: pods reach node IPs unmasqueraded.
-                    let node_addr = match last_node_addr {
-                        Some((a, is)) if a == dst => is,
-                        _ => {
-                            let is = dst == node.node_ip || cx.l3.remote_by_ip.contains_key(&dst);
-                            last_node_addr = Some((dst, is));
-                            is
-                        }
-                    };
+                    let node_addr = super::last_or(&mut last_node_addr, dst, || {
+                        dst == node.node_ip || cx.l3.remote_by_ip.contains_key(&dst)
+                    });
                     if in_cluster(src) && !in_cluster(dst) && !node_addr {
                         // Masquerade: pods leave the cluster as the node.
                         Next::Stage(StageId::Snat)

@@ -33,6 +33,9 @@ struct Hop {
     src: MacAddr,
 }
 
+/// What a next hop resolves to: its MAC and port (if known), and that port's MTU.
+type Resolved = (Option<Hop>, Option<u16>);
+
 pub fn process<F: Frame>(
     cx: &Ctx,
     neighbors: &NeighborTable,
@@ -43,38 +46,33 @@ pub fn process<F: Frame>(
     detail: &mut [TraceDetail],
 ) {
     // Packets of a burst mostly share a next hop: look it up once per run of them.
-    let mut last: Option<(u32, u16, Option<Hop>, Option<u16>)> = None;
+    let mut last: Option<((u32, u16), Resolved)> = None;
     for &i in pkts {
         let i = usize::from(i);
         let Some(f) = frames[i].as_mut() else {
             continue;
         };
         let m = &meta[i];
-        let (found, mtu) = match last {
-            Some((ip, out, found, mtu)) if ip == m.nh_ip && out == m.out => (found, mtu),
-            _ => {
-                let found = neighbors
-                    .lookup(m.nh_ip, cx.now)
-                    .filter(|n| {
-                        if m.out == OUT_BRIDGE {
-                            // Local pods only behind pod ports, never the uplink or the
-                            // host port.
-                            cx.ports.role(n.port) == Role::Pod
-                        } else {
-                            n.port == m.out
-                        }
-                    })
-                    .map(|n| Hop {
-                        mac: n.mac,
-                        port: n.port,
-                        src: src_mac(cx, n.port),
-                    });
-                let out_port = found.map_or(m.out, |n| n.port);
-                let mtu = cx.ports.port(out_port).map(|p| p.mtu);
-                last = Some((m.nh_ip, m.out, found, mtu));
-                (found, mtu)
-            }
-        };
+        let (found, mtu) = super::last_or(&mut last, (m.nh_ip, m.out), || {
+            let found = neighbors
+                .lookup(m.nh_ip, cx.now)
+                .filter(|n| {
+                    if m.out == OUT_BRIDGE {
+                        // Local pods only behind pod ports, never the uplink or the
+                        // host port.
+                        cx.ports.role(n.port) == Role::Pod
+                    } else {
+                        n.port == m.out
+                    }
+                })
+                .map(|n| Hop {
+                    mac: n.mac,
+                    port: n.port,
+                    src: src_mac(cx, n.port),
+                });
+            let out_port = found.map_or(m.out, |n| n.port);
+            (found, cx.ports.port(out_port).map(|p| p.mtu))
+        });
         if m.trace != 0 {
             detail[i] = TraceDetail::Rewrite {
                 nh: crate::wire::Ipv4Addr::from_u32(m.nh_ip),

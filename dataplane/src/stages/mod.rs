@@ -40,6 +40,26 @@ pub fn node_or_drop<'a>(cx: &'a Ctx, pkts: &[u8], next: &mut [Next]) -> Option<&
     node
 }
 
+/// The stages' per-burst cache of their last table read (VPP's way): a burst mostly
+/// repeats one key (one pod, one next hop), so the table is read once per run of
+/// equal keys. `last` lives for one call of a stage; set it to None when the table
+/// changes under it.
+#[inline(always)]
+pub fn last_or<K: PartialEq + Copy, V: Copy>(
+    last: &mut Option<(K, V)>,
+    key: K,
+    read: impl FnOnce() -> V,
+) -> V {
+    match *last {
+        Some((k, v)) if k == key => v,
+        _ => {
+            let v = read();
+            *last = Some((key, v));
+            v
+        }
+    }
+}
+
 /// Flow hash of an IPv4 5-tuple (for the VXLAN source port): cheap, and the same for
 /// every packet of a flow.
 #[inline(always)]
