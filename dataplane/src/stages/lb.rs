@@ -45,16 +45,18 @@ impl Affinity {
             .map(|(e, _)| *e)
     }
 
-    fn set(&mut self, client: u32, svc: u16, ep: Endpoint, until: u32) {
+    /// Remembers `ep` for (client, svc) until `until`. When the table is full, the
+    /// entries expired by `now` make room; if none has, the client goes without
+    /// affinity (a full table costs one scan per new client until entries expire).
+    fn set(&mut self, client: u32, svc: u16, ep: Endpoint, now: u32, until: u32) -> bool {
         if self.map.len() >= self.capacity && !self.map.contains_key(&(client, svc)) {
-            // Full: drop the expired ones first; if none, do without affinity.
-            self.map
-                .retain(|_, (_, exp)| *exp > until.saturating_sub(1 << 20));
+            self.map.retain(|_, (_, exp)| *exp > now);
             if self.map.len() >= self.capacity {
-                return;
+                return false;
             }
         }
         self.map.insert((client, svc), (ep, until));
+        true
     }
 }
 use crate::tables::Role;
@@ -274,7 +276,7 @@ pub fn process<F: Frame>(
                 .and_then(|k| svc.endpoints.get(usize::from(k)).copied())
         });
         if let (Some(e), true) = (picked, svc.affinity > 0) {
-            affinity.set(t.src, idx, e, now.saturating_add(svc.affinity));
+            affinity.set(t.src, idx, e, now, now.saturating_add(svc.affinity));
         }
         let Some(ep) = picked else {
             // No endpoint: refuse now rather than let the client time out.
@@ -428,4 +430,52 @@ fn masq_insert(
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: Endpoint = Endpoint {
+        ip: 0x0af4_0003,
+        port: 8080,
+    };
+    const B: Endpoint = Endpoint {
+        ip: 0x0af4_0102,
+        port: 8080,
+    };
+
+    #[test]
+    fn affinity_holds_until_its_timeout_and_no_longer() {
+        let mut a = Affinity::new(4);
+        assert!(a.set(1, 0, A, 100, 110));
+        assert_eq!(a.get(1, 0, 100), Some(A));
+        assert_eq!(a.get(1, 0, 109), Some(A), "still within the timeout");
+        assert_eq!(a.get(1, 0, 110), None, "expired at its deadline");
+        // Per client and per Service.
+        assert_eq!(a.get(2, 0, 100), None);
+        assert_eq!(a.get(1, 1, 100), None);
+        // A new choice replaces the old one and restarts the clock.
+        assert!(a.set(1, 0, B, 105, 115));
+        assert_eq!(a.get(1, 0, 112), Some(B));
+    }
+
+    #[test]
+    fn a_full_table_makes_room_from_expired_entries_only() {
+        let mut a = Affinity::new(2);
+        assert!(a.set(1, 0, A, 0, 10));
+        assert!(a.set(2, 0, A, 0, 20));
+        // Full, nothing expired: the third client goes without affinity.
+        assert!(!a.set(3, 0, B, 5, 15));
+        assert_eq!(a.get(3, 0, 5), None);
+        assert_eq!(a.get(1, 0, 5), Some(A), "live entries are kept");
+        // At 12 client 1's entry has expired: it makes room, client 2's stays.
+        assert!(a.set(3, 0, B, 12, 22));
+        assert_eq!(a.get(3, 0, 12), Some(B));
+        assert_eq!(a.get(2, 0, 12), Some(A));
+        assert_eq!(a.map.len(), 2, "bounded by its capacity");
+        // An existing key is updated even when full.
+        assert!(a.set(2, 0, B, 13, 30));
+        assert_eq!(a.get(2, 0, 13), Some(B));
+    }
 }

@@ -316,6 +316,12 @@ pub fn reply<F: Frame>(
                         port: 0,
                     };
                 }
+            } else if let Some(w) = quoted_nat_port(d, l3, l4)
+                .and_then(|p| NatPorts::owner(owners.lo, owners.hi, owners.workers, p))
+                .filter(|&w| w != owners.me)
+            {
+                // About a flow another worker translated: its table knows the pod.
+                next[i] = Next::Handoff(w);
             }
             continue;
         }
@@ -353,6 +359,29 @@ pub fn reply<F: Frame>(
 
 fn is_icmp_error(t: u8) -> bool {
     matches!(t, 3 | 4 | 5 | 11 | 12)
+}
+
+/// The node-side port (or echo identifier) of the packet an ICMP error quotes: what
+/// we sent from the node, so it names the worker whose NAT slice it came from.
+fn quoted_nat_port(d: &[u8], l3: usize, l4: usize) -> Option<u16> {
+    let total = usize::from(ipv4::Packet::new_unchecked(&d[l3..]).total_len());
+    let end = (l3 + total).min(d.len());
+    let q3 = l4 + icmpv4::HEADER_LEN;
+    if end < q3 + ipv4::HEADER_LEN {
+        return None;
+    }
+    let inner = ipv4::Packet::new_unchecked(&d[q3..end]);
+    let q4 = q3 + inner.header_len();
+    if inner.version() != 4 || inner.header_len() < ipv4::HEADER_LEN || end < q4 + 8 {
+        return None;
+    }
+    match u8::from(inner.protocol()) {
+        6 | 17 => Some(u16::from_be_bytes([d[q4], d[q4 + 1]])),
+        1 if d[q4] == icmpv4::kind::ECHO_REQUEST => {
+            Some(u16::from_be_bytes([d[q4 + 4], d[q4 + 5]]))
+        }
+        _ => None,
+    }
 }
 
 /// Rewrites an ICMP error about a translated flow so it reaches the pod: the outer
