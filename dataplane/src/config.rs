@@ -38,7 +38,8 @@ pub enum Hugepages {
 #[serde(deny_unknown_fields, default)]
 pub struct EalConfig {
     /// Cores, e.g. "0,1" or "0-3": the first runs the control thread, each other one a
-    /// worker.
+    /// worker. EAL's `lcore@cpu` form ("0@0,1@1,2@1") maps lcores to CPUs, so several
+    /// workers can share a CPU (with idle back-off, as in the lab).
     pub lcores: String,
     /// Keeps several DPDK processes on one machine apart (hugepage files, runtime dir).
     pub file_prefix: String,
@@ -175,14 +176,15 @@ impl Config {
 
     /// Checks what can be checked before starting DPDK.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let cores = parse_core_list(&self.eal.lcores).map_err(|m| invalid("eal.lcores", m))?;
-        if cores.len() < 2 {
+        let (lcores, cores) =
+            parse_lcores(&self.eal.lcores).map_err(|m| invalid("eal.lcores", m))?;
+        if lcores.len() < 2 {
             return Err(invalid(
                 "eal.lcores",
                 format!(
                     "{:?} names {} core(s); need one for control and at least one worker",
                     self.eal.lcores,
-                    cores.len()
+                    lcores.len()
                 ),
             ));
         }
@@ -264,18 +266,26 @@ impl Config {
     }
 
     pub fn workers(&self) -> usize {
-        parse_core_list(&self.eal.lcores).map_or(1, |c| c.len().saturating_sub(1))
+        parse_lcores(&self.eal.lcores).map_or(1, |(l, _)| l.len().saturating_sub(1))
     }
 
     /// EAL arguments. Hugepages: used when free ones exist (auto), else `--no-huge`.
     pub fn eal_args(&self) -> (Vec<String>, bool) {
-        let mut a = vec![
-            "-l".to_string(),
-            self.eal.lcores.clone(),
+        let (lcores, _) = parse_lcores(&self.eal.lcores).unwrap_or_default();
+        let mut a = if self.eal.lcores.contains('@') {
+            vec![format!("--lcores={}", self.eal.lcores)]
+        } else {
+            vec!["-l".to_string(), self.eal.lcores.clone()]
+        };
+        // EAL's default main lcore is the lowest; ours is the first listed.
+        if let Some(main) = lcores.first() {
+            a.push(format!("--main-lcore={main}"));
+        }
+        a.extend([
             format!("--file-prefix={}", self.eal.file_prefix),
             "-m".into(),
             self.eal.memory_mb.to_string(),
-        ];
+        ]);
         let huge = match self.eal.hugepages {
             Hugepages::On => true,
             Hugepages::Off => false,
@@ -302,6 +312,35 @@ pub fn validate_port(p: &PortSpec) -> Result<(), String> {
 }
 
 /// Parses "0,2-3" into [0, 2, 3].
+/// `lcores`: a core list ("0,1", "0-3"), or EAL's `lcore@cpu` pairs ("0@0,1@1,2@1").
+/// Returns the lcore ids in order and the CPUs they run on.
+pub fn parse_lcores(s: &str) -> Result<(Vec<u32>, Vec<u32>), String> {
+    if !s.contains('@') {
+        let c = parse_core_list(s)?;
+        return Ok((c.clone(), c));
+    }
+    let bad = || format!("{s:?} is not a list of lcore@cpu pairs (want e.g. \"0@0,1@1,2@1\")");
+    let (mut lcores, mut cpus) = (Vec::new(), Vec::new());
+    for part in s.split(',').map(str::trim) {
+        let (l, c) = part.split_once('@').ok_or_else(bad)?;
+        let (l, c) = (
+            l.parse::<u32>().map_err(|_| bad())?,
+            c.parse::<u32>().map_err(|_| bad())?,
+        );
+        if l >= 128 || c >= 128 {
+            return Err(bad());
+        }
+        if lcores.contains(&l) {
+            return Err(format!("lcore {l} appears twice in {s:?}"));
+        }
+        lcores.push(l);
+        if !cpus.contains(&c) {
+            cpus.push(c);
+        }
+    }
+    Ok((lcores, cpus))
+}
+
 pub fn parse_core_list(s: &str) -> Result<Vec<u32>, String> {
     let mut out = Vec::new();
     for part in s.split(',').map(str::trim) {
@@ -399,5 +438,22 @@ mod tests {
         .unwrap();
         assert_eq!(ok.ports[0].bridge, Some(1));
         assert_eq!(ok.workers(), 1);
+        // lcore@cpu: three lcores on two CPUs, two workers; the first is the main one.
+        let shared = Config::parse("[eal]\nlcores = \"0@0,1@1,2@1\"\n", "t").unwrap();
+        assert_eq!(shared.workers(), 2);
+        let (args, _) = shared.eal_args();
+        assert!(
+            args.contains(&"--lcores=0@0,1@1,2@1".to_string()),
+            "{args:?}"
+        );
+        assert!(args.contains(&"--main-lcore=0".to_string()), "{args:?}");
+        let swapped = Config::parse("[eal]\nlcores = \"1,0\"\n", "t").unwrap();
+        assert!(swapped.eal_args().0.contains(&"--main-lcore=1".to_string()));
+        for bad in ["0@0,0@1", "0@0,1@x", "0@0,1@999"] {
+            let e = Config::parse(&format!("[eal]\nlcores = \"{bad}\"\n"), "t")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("eal.lcores"), "{bad}: {e}");
+        }
     }
 }

@@ -1272,3 +1272,90 @@ fn affinity_sticks_to_its_endpoint_and_lets_go_when_the_endpoint_goes() {
         );
     }
 }
+
+#[test]
+fn a_decapsulated_reply_handed_to_its_owner_is_restored() {
+    use podpath_dataplane::stages::lb::client_owner;
+    use podpath_dataplane::tables::services::ServiceTable;
+    // A Service whose endpoint is on node 2; the client's connection lives on worker 1.
+    let svc = ServiceSpec {
+        name: "default/web".into(),
+        vip: "10.96.0.10".into(),
+        port: 80,
+        protocol: "tcp".into(),
+        endpoints: vec![EndpointSpec {
+            ip: "10.244.1.2".into(),
+            port: 8080,
+            weight: 1,
+            ready: true,
+            terminating: false,
+        }],
+        affinity_timeout: None,
+        node_port: None,
+        external_traffic_policy: None,
+    };
+    let table = Arc::new(ServiceTable::build(&[svc], None).unwrap());
+    let (mut w0, mut io0, mut w1, mut io1) = two_workers(Some(table));
+    learn_pod_a(&mut w1, &mut io1);
+    rx(
+        &mut w1,
+        &mut io1,
+        UPLINK,
+        &[arp_reply(
+            uplink_mac(2),
+            ip("192.168.77.12"),
+            uplink_mac(1),
+            ip("192.168.77.11"),
+        )],
+    );
+    let sport = (1000u16..)
+        .find(|&p| client_owner(ip("10.244.0.2"), p, 2) == 1)
+        .unwrap();
+    let mut syn = Vec::new();
+    PacketBuilder::ethernet2(pod_mac(1, 2), gateway_mac(ip("10.244.0.1")).0)
+        .ipv4([10, 244, 0, 2], [10, 96, 0, 10], 64)
+        .tcp(sport, 80, 1, 1000)
+        .syn()
+        .write(&mut syn, &[])
+        .unwrap();
+    rx(&mut w1, &mut io1, POD_A, &[syn]);
+    let out = io1.take_tx(UPLINK);
+    assert_eq!(out.len(), 1, "the SYN went to node 2 over VXLAN");
+    assert_eq!(&out[0][50 + 30..50 + 34], &[10, 244, 1, 2]);
+    // The endpoint's SYN-ACK comes back over VXLAN onto worker 0's uplink queue.
+    let mut inner = Vec::new();
+    PacketBuilder::ethernet2(
+        gateway_mac(ip("10.244.1.1")).0,
+        gateway_mac(ip("10.244.0.1")).0,
+    )
+    .ipv4([10, 244, 1, 2], [10, 244, 0, 2], 63)
+    .tcp(8080, sport, 7, 1000)
+    .syn()
+    .ack(2)
+    .write(&mut inner, &[])
+    .unwrap();
+    rx(
+        &mut w0,
+        &mut io0,
+        UPLINK,
+        &[vxlan_from_node_2(0x08, &inner)],
+    );
+    assert_eq!(
+        get(&w0.counters.handoff_out),
+        1,
+        "decapsulated, then handed over"
+    );
+    let mut buf = Vec::with_capacity(32);
+    assert_eq!(w1.run_handed_off(&mut io1, &mut buf), 1);
+    w1.flush(&mut io1);
+    assert_eq!(
+        drops(&w1, DropReason::UplinkNotForUs),
+        0,
+        "the inner frame was taken for an uplink frame"
+    );
+    let back = io1.take_tx(POD_A);
+    assert_eq!(back.len(), 1, "the SYN-ACK reached the client");
+    assert_eq!(&back[0][26..30], &[10, 96, 0, 10], "from the virtual IP");
+    assert_eq!(u16::from_be_bytes([back[0][34], back[0][35]]), 80);
+    assert!(balanced_pair(&w0, &w1));
+}

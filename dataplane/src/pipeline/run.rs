@@ -73,6 +73,10 @@ pub struct NeighborUpdate {
 /// `ip4-lookup` once); beyond, packets are dropped rather than looping.
 const MAX_PASSES: usize = 4;
 
+/// Marks a handed-off packet's input port as "inner frame from the overlay" (port
+/// ids stay below `MAX_PORTS`, far under this bit).
+const FROM_OVERLAY: u16 = 0x8000;
+
 struct Parked<F> {
     frame: F,
     ip: u32,
@@ -121,6 +125,8 @@ pub struct Pipeline<F: Frame> {
     handoff: Vec<Option<Sender<(F, u16)>>>,
     handoff_in: Option<Receiver<(F, u16)>>,
     handoff_carry: Option<(F, u16)>,
+    /// The hand-off burst being run holds decapsulated inner frames.
+    overlay_burst: bool,
     pub counters: Arc<WorkerCounters>,
     pub tracer: Tracer,
     tx_queue: u16,
@@ -179,6 +185,7 @@ impl<F: Frame> Pipeline<F> {
             handoff: Vec::new(),
             handoff_in: None,
             handoff_carry: None,
+            overlay_burst: false,
             counters,
             tracer,
             tx_queue: cfg.worker,
@@ -290,6 +297,7 @@ impl<F: Frame> Pipeline<F> {
             self.meta[i] = Meta {
                 in_port,
                 trace,
+                from_overlay: self.overlay_burst,
                 ..Meta::default()
             };
             // i < BURST (32), so it fits a u8 index.
@@ -584,7 +592,9 @@ impl<F: Frame> Pipeline<F> {
             let n = rx.len();
             total += n;
             add(&self.counters.handoff_in, n as u64);
-            self.run_from(io, p, rx, false);
+            self.overlay_burst = p & FROM_OVERLAY != 0;
+            self.run_from(io, p & !FROM_OVERLAY, rx, false);
+            self.overlay_burst = false;
             if self.handoff_carry.is_none() && n < BURST {
                 break;
             }
@@ -697,7 +707,8 @@ impl<F: Frame> Pipeline<F> {
                 }
                 Next::Handoff(w) => {
                     if let Some(f) = self.slots[i].take() {
-                        let in_port = self.meta[i].in_port;
+                        let m = &self.meta[i];
+                        let in_port = m.in_port | if m.from_overlay { FROM_OVERLAY } else { 0 };
                         match self.handoff.get(usize::from(w)).and_then(Option::as_ref) {
                             Some(tx) => match tx.try_send((f, in_port)) {
                                 Ok(()) => add(&c.handoff_out, 1),
