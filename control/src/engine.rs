@@ -382,3 +382,756 @@ impl Engine {
         r.unwrap_or_else(Response::Error)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::mpsc::{sync_channel, RecvTimeoutError};
+    use std::sync::{Arc, Mutex};
+    use std::thread::JoinHandle;
+
+    use podpath_proto::server::{bind_socket, serve, Job};
+    use podpath_proto::{
+        sample_node, sample_remote, sample_service, NodeSpec, RemoteSpec, ServiceSpec,
+    };
+
+    use super::*;
+
+    /// A directory of its own under the system's temporary one, removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(tag: &str) -> TempDir {
+            static N: AtomicUsize = AtomicUsize::new(0);
+            let n = N.fetch_add(1, Ordering::Relaxed);
+            let p = std::env::temp_dir().join(format!("pp-eng-{}-{n}-{tag}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&p);
+            std::fs::create_dir_all(&p).unwrap();
+            TempDir(p)
+        }
+
+        fn join(&self, s: &str) -> PathBuf {
+            self.0.join(s)
+        }
+
+        /// A state file that cannot be saved, even as root: its parent is a regular file.
+        fn unsavable(&self) -> PathBuf {
+            let blocker = self.join("blocker");
+            std::fs::write(&blocker, b"not a directory").unwrap();
+            blocker.join("state.json")
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A fake dataplane: the real protocol server on a Unix socket, with an executor
+    /// that records every request and answers Hello, PortList (with `ports`), the
+    /// requests in `refuse` (with their error), and everything else with Done.
+    struct Fake {
+        socket: PathBuf,
+        seen: Arc<Mutex<Vec<Request>>>,
+        ports: Arc<Mutex<Vec<PortInfo>>>,
+        refuse: Arc<Mutex<Vec<(Request, ErrorReply)>>>,
+        stop: Arc<AtomicBool>,
+        threads: Vec<JoinHandle<()>>,
+    }
+
+    impl Fake {
+        fn start(socket: PathBuf) -> Fake {
+            let listener = bind_socket(&socket, None).unwrap();
+            let (tx, rx) = sync_channel::<Job>(16);
+            let stop = Arc::new(AtomicBool::new(false));
+            let seen = Arc::new(Mutex::new(Vec::new()));
+            let ports = Arc::new(Mutex::new(Vec::new()));
+            let refuse: Arc<Mutex<Vec<(Request, ErrorReply)>>> = Arc::new(Mutex::new(Vec::new()));
+            let srv = {
+                let stop = Arc::clone(&stop);
+                std::thread::spawn(move || serve(listener, tx, stop))
+            };
+            let exec = {
+                let (stop, seen, ports, refuse) = (
+                    Arc::clone(&stop),
+                    Arc::clone(&seen),
+                    Arc::clone(&ports),
+                    Arc::clone(&refuse),
+                );
+                std::thread::spawn(move || loop {
+                    match rx.recv_timeout(Duration::from_millis(20)) {
+                        Ok((req, reply)) => {
+                            let refused = refuse
+                                .lock()
+                                .unwrap()
+                                .iter()
+                                .find(|(r, _)| *r == req)
+                                .map(|(_, e)| e.clone());
+                            let resp = match (&req, refused) {
+                                (_, Some(e)) => Response::Error(e),
+                                (Request::Hello { .. }, None) => Response::Hello {
+                                    version: PROTOCOL_VERSION,
+                                    server: "fake".into(),
+                                    dpdk: "fake".into(),
+                                },
+                                (Request::PortList, None) => {
+                                    Response::Ports(ports.lock().unwrap().clone())
+                                }
+                                _ => Response::Done,
+                            };
+                            seen.lock().unwrap().push(req);
+                            let _ = reply.send(resp);
+                        }
+                        Err(RecvTimeoutError::Timeout) if !stop.load(Ordering::Relaxed) => {}
+                        Err(_) => return,
+                    }
+                })
+            };
+            Fake {
+                socket,
+                seen,
+                ports,
+                refuse,
+                stop,
+                threads: vec![srv, exec],
+            }
+        }
+
+        /// The requests received since the last call, without Hello and Ping.
+        fn requests(&self) -> Vec<Request> {
+            std::mem::take(&mut *self.seen.lock().unwrap())
+                .into_iter()
+                .filter(|r| !matches!(r, Request::Hello { .. } | Request::Ping))
+                .collect()
+        }
+
+        fn set_ports(&self, p: Vec<PortInfo>) {
+            *self.ports.lock().unwrap() = p;
+        }
+
+        fn refuse(&self, req: Request, kind: ErrorKind, message: &str) {
+            self.refuse.lock().unwrap().push((req, err(kind, message)));
+        }
+
+        fn accept_all(&self) {
+            self.refuse.lock().unwrap().clear();
+        }
+    }
+
+    impl Drop for Fake {
+        fn drop(&mut self) {
+            self.stop.store(true, Ordering::Relaxed);
+            for t in self.threads.drain(..) {
+                let _ = t.join();
+            }
+            let _ = std::fs::remove_file(&self.socket);
+        }
+    }
+
+    fn port(name: &str, device: &str) -> PortSpec {
+        PortSpec {
+            name: name.into(),
+            device: device.into(),
+            netns: None,
+            bridge: Some(1),
+            queues: None,
+            mtu: None,
+        }
+    }
+
+    /// What the dataplane reports for a port attached as `p`.
+    fn info(p: &PortSpec, id: u16) -> PortInfo {
+        PortInfo {
+            id,
+            name: p.name.clone(),
+            device: p.device.clone(),
+            driver: "net_tap".into(),
+            netns: p.netns.clone(),
+            bridge: p.bridge,
+            mac: "02:00:00:00:00:01".into(),
+            link_up: true,
+            speed_mbps: 10000,
+            mtu: p.mtu.unwrap_or(1500),
+            queues: 1,
+            xstats: Vec::new(),
+        }
+    }
+
+    fn mac(m: &str, port: &str) -> StaticMac {
+        StaticMac {
+            bridge: 1,
+            mac: m.into(),
+            port: port.into(),
+        }
+    }
+
+    fn mac_add(m: &StaticMac) -> Request {
+        Request::MacAdd {
+            bridge: m.bridge,
+            mac: m.mac.clone(),
+            port: m.port.clone(),
+        }
+    }
+
+    fn service(name: &str, vip: &str) -> ServiceSpec {
+        ServiceSpec {
+            name: name.into(),
+            vip: vip.into(),
+            ..sample_service()
+        }
+    }
+
+    fn remote(name: &str, ip: &str, cidr: &str) -> RemoteSpec {
+        RemoteSpec {
+            name: name.into(),
+            node_ip: ip.into(),
+            vtep_mac: "0a:58:0a:f4:02:01".into(),
+            pod_cidr: cidr.into(),
+        }
+    }
+
+    /// Two ports with a static MAC, the node, a remote node and a Service.
+    fn full_state() -> State {
+        State {
+            ports: vec![
+                port("pod-a", "net_tap3,iface=eth0"),
+                port("pod-b", "net_tap4,iface=eth0"),
+            ],
+            macs: vec![mac("0a:58:0a:f4:00:05", "pod-a")],
+            node: Some(sample_node()),
+            remotes: vec![sample_remote()],
+            services: vec![sample_service()],
+        }
+    }
+
+    /// An engine connected to `fake` without reconciling.
+    fn connected(state: State, state_file: PathBuf, fake: &Fake) -> Engine {
+        let mut e = Engine::new(state, state_file, fake.socket.clone());
+        e.dp = Some(Client::connect(&fake.socket, "test").unwrap());
+        e
+    }
+
+    fn desired(e: &mut Engine) -> DesiredState {
+        match e.handle(Request::StateShow) {
+            Response::State(s) => s,
+            r => panic!("StateShow answered {r:?}"),
+        }
+    }
+
+    fn error(r: Response) -> ErrorReply {
+        match r {
+            Response::Error(e) => e,
+            r => panic!("expected an error, got {r:?}"),
+        }
+    }
+
+    fn file(path: &Path) -> Vec<u8> {
+        std::fs::read(path).unwrap()
+    }
+
+    #[test]
+    fn reconcile_fills_an_empty_dataplane() {
+        let dir = TempDir::new("fill");
+        let fake = Fake::start(dir.join("dp.sock"));
+        let mut s = full_state();
+        s.remotes
+            .push(remote("node3", "192.168.77.13", "10.244.2.0/24"));
+        s.services.push(service("default/db", "10.96.0.11"));
+        s.macs.push(mac("0a:58:0a:f4:00:06", "pod-b"));
+        let mut e = connected(s.clone(), dir.join("state.json"), &fake);
+        assert_eq!(e.reconcile(), Ok(2));
+        let want = vec![
+            Request::PortList,
+            Request::PortAttach(s.ports[0].clone()),
+            Request::PortAttach(s.ports[1].clone()),
+            Request::NodeSet(sample_node()),
+            Request::RemoteAdd(s.remotes[0].clone()),
+            Request::RemoteAdd(s.remotes[1].clone()),
+            Request::ServiceSet(s.services[0].clone()),
+            Request::ServiceSet(s.services[1].clone()),
+            mac_add(&s.macs[0]),
+            mac_add(&s.macs[1]),
+        ];
+        assert_eq!(fake.requests(), want);
+        assert_eq!(e.reconciles, 1);
+        // Reconciling does not change the desired state.
+        assert_eq!(e.state(), &s);
+    }
+
+    #[test]
+    fn reconcile_keeps_matching_ports_and_replaces_the_others() {
+        let dir = TempDir::new("diff");
+        let fake = Fake::start(dir.join("dp.sock"));
+        let keep = port("pod-a", "net_tap3,iface=eth0");
+        let moved = port("pod-b", "net_tap4,iface=eth0");
+        let mut mtu = port("pod-c", "net_tap5,iface=eth0");
+        let missing = port("pod-d", "net_tap6,iface=eth0");
+        let stray = port("old", "net_tap9,iface=eth0");
+        // The dataplane has pod-b on another device, pod-c at another MTU, a port
+        // nobody wants, and pod-a as wanted (the wanted MTU left to the dataplane).
+        fake.set_ports(vec![
+            info(&keep, 0),
+            info(&port("pod-b", "net_tap7,iface=eth0"), 1),
+            info(&mtu, 2),
+            info(&stray, 3),
+        ]);
+        mtu.mtu = Some(9000);
+        let s = State {
+            ports: vec![keep, moved.clone(), mtu.clone(), missing.clone()],
+            ..State::default()
+        };
+        let mut e = connected(s, dir.join("state.json"), &fake);
+        assert_eq!(e.reconcile(), Ok(6));
+        assert_eq!(
+            fake.requests(),
+            vec![
+                Request::PortList,
+                Request::PortDetach {
+                    name: "pod-b".into()
+                },
+                Request::PortDetach {
+                    name: "pod-c".into()
+                },
+                Request::PortDetach { name: "old".into() },
+                Request::PortAttach(moved),
+                Request::PortAttach(mtu),
+                Request::PortAttach(missing),
+            ]
+        );
+    }
+
+    #[test]
+    fn failed_attach_leaves_the_engine_out_of_sync_and_is_retried() {
+        let dir = TempDir::new("retry");
+        let fake = Fake::start(dir.join("dp.sock"));
+        let s = full_state();
+        let (a, b) = (s.ports[0].clone(), s.ports[1].clone());
+        fake.refuse(
+            Request::PortAttach(b.clone()),
+            ErrorKind::Device,
+            "probe failed",
+        );
+
+        // Reconcile reports the port and goes on with the rest.
+        let mut e = connected(s.clone(), dir.join("state.json"), &fake);
+        let msg = e.reconcile().unwrap_err();
+        assert_eq!(msg, "pod-b: probe failed");
+        let seen = fake.requests();
+        assert_eq!(
+            seen[..3],
+            [
+                Request::PortList,
+                Request::PortAttach(a.clone()),
+                Request::PortAttach(b.clone())
+            ]
+        );
+        assert!(seen.contains(&mac_add(&s.macs[0])));
+        drop(e);
+
+        // Through tick: connected, not in sync, no retry before the delay.
+        let mut e = Engine::new(s.clone(), dir.join("state.json"), fake.socket.clone());
+        assert!(!desired(&mut e).in_sync);
+        e.tick();
+        assert!(e.connected());
+        assert_eq!(e.reconciles, 1);
+        assert!(!desired(&mut e).in_sync);
+        assert!(fake.requests().contains(&Request::PortAttach(b.clone())));
+        e.tick();
+        assert_eq!(e.reconciles, 1, "retried before the delay");
+        assert!(fake.requests().is_empty());
+
+        // Once the delay is over (shortened here), the next tick retries, and succeeds.
+        fake.accept_all();
+        e.next_retry = Instant::now();
+        e.tick();
+        assert_eq!(e.reconciles, 2);
+        let seen = fake.requests();
+        assert_eq!(
+            seen[..3],
+            [
+                Request::PortList,
+                Request::PortAttach(a),
+                Request::PortAttach(b)
+            ]
+        );
+        assert!(desired(&mut e).in_sync);
+        e.tick();
+        assert_eq!(e.reconciles, 2, "reconciled again while in sync");
+    }
+
+    /// Sends `req` to an engine holding `initial` whose state file cannot be written,
+    /// and checks that the dataplane got `req` and then `undo`, and nothing changed.
+    fn undone_on_save_failure(initial: &State, req: Request, undo: Request) {
+        let dir = TempDir::new("undo");
+        let fake = Fake::start(dir.join("dp.sock"));
+        let mut e = connected(initial.clone(), dir.unsavable(), &fake);
+        let r = error(e.handle(req.clone()));
+        assert_eq!(r.kind, ErrorKind::Unavailable, "{req:?}: {r:?}");
+        assert!(r.message.contains("cannot persist"), "{req:?}: {r:?}");
+        assert!(r.message.contains("change undone"), "{req:?}: {r:?}");
+        assert_eq!(fake.requests(), vec![req.clone(), undo], "{req:?}");
+        assert_eq!(e.state(), initial, "{req:?}");
+        assert_eq!(desired(&mut e).generation, 0, "{req:?}");
+    }
+
+    #[test]
+    fn save_failure_undoes_additions() {
+        let s = full_state();
+        let c = port("pod-c", "net_tap5,iface=eth0");
+        undone_on_save_failure(
+            &s,
+            Request::PortAttach(c),
+            Request::PortDetach {
+                name: "pod-c".into(),
+            },
+        );
+        let m = mac("0a:58:0a:f4:00:07", "pod-b");
+        undone_on_save_failure(
+            &s,
+            mac_add(&m),
+            Request::MacDel {
+                bridge: 1,
+                mac: m.mac.clone(),
+            },
+        );
+        let svc = service("default/db", "10.96.0.11");
+        undone_on_save_failure(
+            &s,
+            Request::ServiceSet(svc),
+            Request::ServiceDel {
+                name: "default/db".into(),
+            },
+        );
+        let r = remote("node3", "192.168.77.13", "10.244.2.0/24");
+        undone_on_save_failure(
+            &s,
+            Request::RemoteAdd(r),
+            Request::RemoteDel {
+                name: "node3".into(),
+            },
+        );
+    }
+
+    #[test]
+    fn save_failure_undoes_replacements() {
+        let s = full_state();
+        let old = sample_service();
+        let new = ServiceSpec {
+            vip: "10.96.0.99".into(),
+            ..old.clone()
+        };
+        undone_on_save_failure(&s, Request::ServiceSet(new), Request::ServiceSet(old));
+        let old = sample_remote();
+        let new = RemoteSpec {
+            vtep_mac: "0a:58:0a:f4:01:99".into(),
+            ..old.clone()
+        };
+        undone_on_save_failure(&s, Request::RemoteAdd(new), Request::RemoteAdd(old));
+        let old = sample_node();
+        let new = NodeSpec {
+            vni: 42,
+            ..old.clone()
+        };
+        undone_on_save_failure(&s, Request::NodeSet(new), Request::NodeSet(old));
+    }
+
+    #[test]
+    fn save_failure_undoes_removals() {
+        let s = full_state();
+        undone_on_save_failure(
+            &s,
+            Request::PortDetach {
+                name: "pod-b".into(),
+            },
+            Request::PortAttach(s.ports[1].clone()),
+        );
+        undone_on_save_failure(
+            &s,
+            Request::MacDel {
+                bridge: 1,
+                mac: s.macs[0].mac.clone(),
+            },
+            mac_add(&s.macs[0]),
+        );
+        undone_on_save_failure(
+            &s,
+            Request::ServiceDel {
+                name: sample_service().name,
+            },
+            Request::ServiceSet(sample_service()),
+        );
+        undone_on_save_failure(
+            &s,
+            Request::RemoteDel {
+                name: sample_remote().name,
+            },
+            Request::RemoteAdd(sample_remote()),
+        );
+    }
+
+    #[test]
+    fn accepted_change_is_persisted() {
+        let dir = TempDir::new("persist");
+        let fake = Fake::start(dir.join("dp.sock"));
+        let path = dir.join("state.json");
+        let s = full_state();
+        s.save(&path).unwrap();
+        let mut e = connected(s.clone(), path.clone(), &fake);
+        let c = port("pod-c", "net_tap5,iface=eth0");
+        assert_eq!(e.handle(Request::PortAttach(c.clone())), Response::Done);
+        assert_eq!(fake.requests(), vec![Request::PortAttach(c.clone())]);
+        let mut want = s;
+        want.ports.push(c);
+        assert_eq!(e.state(), &want);
+        assert_eq!(State::load(&path).unwrap(), Some(want));
+        assert_eq!(desired(&mut e).generation, 1);
+    }
+
+    #[test]
+    fn refused_change_changes_nothing() {
+        let dir = TempDir::new("refuse");
+        let fake = Fake::start(dir.join("dp.sock"));
+        let path = dir.join("state.json");
+        let s = full_state();
+        s.save(&path).unwrap();
+        let before = file(&path);
+        let mut e = connected(s.clone(), path.clone(), &fake);
+        let mut bad_svc = service("default/db", "10.96.0.11");
+        bad_svc.protocol = "sctp".into();
+        let cases = [
+            (
+                Request::PortAttach(port("pod-c", "net_tap5,iface=eth0")),
+                ErrorKind::Device,
+            ),
+            (
+                mac_add(&mac("0a:58:0a:f4:00:07", "pod-b")),
+                ErrorKind::BadRequest,
+            ),
+            (Request::ServiceSet(bad_svc), ErrorKind::BadRequest),
+            (
+                Request::ServiceSet(service(&sample_service().name, "10.96.0.99")),
+                ErrorKind::AlreadyExists,
+            ),
+            (
+                Request::RemoteAdd(remote("node3", "192.168.77.13", "10.244.0.0/25")),
+                ErrorKind::BadRequest,
+            ),
+            (
+                Request::NodeSet(NodeSpec {
+                    vni: 1 << 24,
+                    ..sample_node()
+                }),
+                ErrorKind::BadRequest,
+            ),
+            (
+                Request::PortDetach {
+                    name: "pod-a".into(),
+                },
+                ErrorKind::Unavailable,
+            ),
+            (
+                Request::ServiceDel {
+                    name: sample_service().name,
+                },
+                ErrorKind::Unavailable,
+            ),
+            (
+                Request::RemoteDel {
+                    name: sample_remote().name,
+                },
+                ErrorKind::Unavailable,
+            ),
+            (
+                Request::MacDel {
+                    bridge: 1,
+                    mac: s.macs[0].mac.clone(),
+                },
+                ErrorKind::Unavailable,
+            ),
+        ];
+        for (req, kind) in cases {
+            fake.refuse(req.clone(), kind, "the fake says no");
+            assert_eq!(
+                e.handle(req.clone()),
+                Response::Error(err(kind, "the fake says no"))
+            );
+            // Sent once, and nothing to undo.
+            assert_eq!(fake.requests(), vec![req.clone()]);
+            assert_eq!(e.state(), &s, "{req:?}");
+            assert_eq!(file(&path), before, "{req:?}");
+        }
+        assert_eq!(desired(&mut e).generation, 0);
+    }
+
+    #[test]
+    fn detach_of_unknown_and_of_vanished_ports() {
+        let dir = TempDir::new("detach");
+        let fake = Fake::start(dir.join("dp.sock"));
+        let path = dir.join("state.json");
+        let s = full_state();
+        let mut e = connected(s.clone(), path.clone(), &fake);
+        let r = error(e.handle(Request::PortDetach {
+            name: "pod-z".into(),
+        }));
+        assert_eq!(r.kind, ErrorKind::NotFound);
+        assert!(r.message.contains("pod-z"), "{r:?}");
+        assert!(fake.requests().is_empty());
+        assert!(!path.exists());
+
+        // The dataplane lost pod-a already: the desired state still drops it (and its
+        // static MAC).
+        let gone = Request::PortDetach {
+            name: "pod-a".into(),
+        };
+        fake.refuse(gone.clone(), ErrorKind::NotFound, "no port named \"pod-a\"");
+        assert_eq!(e.handle(gone.clone()), Response::Done);
+        assert_eq!(fake.requests(), vec![gone]);
+        let want = s.without_port("pod-a");
+        assert!(want.macs.is_empty());
+        assert_eq!(e.state(), &want);
+        assert_eq!(State::load(&path).unwrap(), Some(want));
+    }
+
+    #[test]
+    fn local_refusals_do_not_contact_the_dataplane() {
+        let dir = TempDir::new("local");
+        let fake = Fake::start(dir.join("dp.sock"));
+        let s = full_state();
+        let mut e = connected(s.clone(), dir.join("state.json"), &fake);
+        let cases = [
+            (
+                Request::PortAttach(port("pod-a", "net_tap8")),
+                ErrorKind::AlreadyExists,
+            ),
+            (
+                Request::PortAttach(port("pod-c", "net_tap3,iface=other")),
+                ErrorKind::AlreadyExists,
+            ),
+            (
+                Request::PortAttach(port("bad name", "net_tap8")),
+                ErrorKind::BadRequest,
+            ),
+            (
+                mac_add(&mac("0a:58:0a:f4:00:07", "pod-z")),
+                ErrorKind::NotFound,
+            ),
+            (
+                mac_add(&mac("01:00:5e:00:00:01", "pod-a")),
+                ErrorKind::BadRequest,
+            ),
+            (mac_add(&s.macs[0]), ErrorKind::AlreadyExists),
+            (
+                Request::MacDel {
+                    bridge: 1,
+                    mac: "0a:58:0a:f4:00:99".into(),
+                },
+                ErrorKind::NotFound,
+            ),
+            (
+                Request::MacDel {
+                    bridge: 1,
+                    mac: "nonsense".into(),
+                },
+                ErrorKind::BadRequest,
+            ),
+            (
+                Request::ServiceDel {
+                    name: "default/none".into(),
+                },
+                ErrorKind::NotFound,
+            ),
+            (
+                Request::RemoteDel {
+                    name: "node9".into(),
+                },
+                ErrorKind::NotFound,
+            ),
+        ];
+        for (req, kind) in cases {
+            let r = error(e.handle(req.clone()));
+            assert_eq!(r.kind, kind, "{req:?}: {r:?}");
+            assert!(fake.requests().is_empty(), "{req:?} reached the dataplane");
+            assert_eq!(e.state(), &s);
+        }
+    }
+
+    #[test]
+    fn disconnected_engine_changes_nothing() {
+        let dir = TempDir::new("down");
+        let path = dir.join("state.json");
+        let s = full_state();
+        let mut e = Engine::new(s.clone(), path.clone(), dir.join("nobody.sock"));
+        e.tick();
+        assert!(!e.connected());
+        let reqs = [
+            Request::PortAttach(port("pod-c", "net_tap5,iface=eth0")),
+            Request::PortDetach {
+                name: "pod-a".into(),
+            },
+            mac_add(&mac("0a:58:0a:f4:00:07", "pod-b")),
+            Request::MacDel {
+                bridge: 1,
+                mac: s.macs[0].mac.clone(),
+            },
+            Request::NodeSet(NodeSpec {
+                vni: 42,
+                ..sample_node()
+            }),
+            Request::RemoteAdd(remote("node3", "192.168.77.13", "10.244.2.0/24")),
+            Request::RemoteDel {
+                name: sample_remote().name,
+            },
+            Request::ServiceSet(service("default/db", "10.96.0.11")),
+            Request::ServiceDel {
+                name: sample_service().name,
+            },
+            Request::PortList,
+        ];
+        for req in reqs {
+            let r = error(e.handle(req.clone()));
+            assert_eq!(r.kind, ErrorKind::Unavailable, "{req:?}: {r:?}");
+            assert!(r.message.contains("not connected"), "{req:?}: {r:?}");
+            assert_eq!(e.state(), &s);
+        }
+        assert!(!path.exists());
+        let d = desired(&mut e);
+        assert!(!d.in_sync);
+        assert_eq!(d.generation, 0);
+    }
+
+    #[test]
+    fn lost_dataplane_is_reconnected_and_reconciled() {
+        let dir = TempDir::new("restart");
+        let sock = dir.join("dp.sock");
+        let s = State {
+            ports: vec![port("pod-a", "net_tap3,iface=eth0")],
+            ..State::default()
+        };
+        let fake = Fake::start(sock.clone());
+        let mut e = Engine::new(s.clone(), dir.join("state.json"), sock.clone());
+        e.tick();
+        assert!(desired(&mut e).in_sync);
+        assert_eq!(
+            fake.requests(),
+            vec![Request::PortList, Request::PortAttach(s.ports[0].clone())]
+        );
+        drop(fake);
+
+        let r = error(e.handle(Request::PortList));
+        assert_eq!(r.kind, ErrorKind::Unavailable);
+        assert!(!e.connected());
+        assert!(!desired(&mut e).in_sync);
+
+        let fake = Fake::start(sock);
+        e.tick();
+        assert!(e.connected());
+        assert_eq!(e.reconciles, 2);
+        assert!(desired(&mut e).in_sync);
+        assert_eq!(
+            fake.requests(),
+            vec![Request::PortList, Request::PortAttach(s.ports[0].clone())]
+        );
+    }
+}

@@ -480,10 +480,11 @@ fn masqueraded_on_worker_1() -> (Pipeline<MemFrame>, MemIo, Pipeline<MemFrame>, 
             ip("192.168.77.11"),
         )],
     );
+    // Client port 5558 belongs to worker 1 (client_owner): its flow is translated there.
     let mut out = Vec::new();
     PacketBuilder::ethernet2(pod_mac(1, 2), gw.0)
         .ipv4([10, 244, 0, 2], [192, 168, 77, 100], 64)
-        .udp(5555, 53)
+        .udp(5558, 53)
         .write(&mut out, b"query")
         .unwrap();
     rx(&mut w1, &mut io1, POD_A, &[out]);
@@ -531,7 +532,7 @@ fn replies_on_the_wrong_worker_are_handed_to_the_owner() {
     let got = io1.take_tx(POD_A);
     assert_eq!(got.len(), 1, "the owner translated it back to the pod");
     assert_eq!(&got[0][30..34], &[10, 244, 0, 2]);
-    assert_eq!(u16::from_be_bytes([got[0][36], got[0][37]]), 5555);
+    assert_eq!(u16::from_be_bytes([got[0][36], got[0][37]]), 5558);
     // Totals balance across the two workers.
     assert!(balanced_pair(&w0, &w1));
 }
@@ -575,7 +576,7 @@ fn icmp_errors_on_the_wrong_worker_are_handed_to_the_owner() {
     );
     assert_eq!(
         u16::from_be_bytes([e[62], e[63]]),
-        5555,
+        5558,
         "with the pod's port"
     );
     assert!(balanced_pair(&w0, &w1));
@@ -1358,4 +1359,44 @@ fn a_decapsulated_reply_handed_to_its_owner_is_restored() {
     assert_eq!(&back[0][26..30], &[10, 96, 0, 10], "from the virtual IP");
     assert_eq!(u16::from_be_bytes([back[0][34], back[0][35]]), 80);
     assert!(balanced_pair(&w0, &w1));
+}
+
+#[test]
+fn more_drop_reasons_each_counted_alone() {
+    // UDP to the pods' gateway: the dataplane answers only ICMP echo there.
+    let (mut n, mut io) = node_with_pod_a(1);
+    rx(
+        &mut n,
+        &mut io,
+        POD_A,
+        &[udp_from_pod_a([10, 244, 0, 1], 4000, 53, 64, b"x")],
+    );
+    the_only_drop_is(&n, DropReason::Ip4LocalUnsupported, 1);
+    assert!(balanced(&n));
+    // Leaving the cluster: a protocol without ports (GRE), and a fragment.
+    let (mut n, mut io) = node_with_pod_a(1);
+    let mut gre = udp_from_pod_a([192, 168, 77, 100], 4000, 53, 64, b"x");
+    gre[23] = 47;
+    fix_ip_checksum(&mut gre);
+    let mut frag = udp_from_pod_a([192, 168, 77, 100], 4000, 53, 64, &[0; 32]);
+    frag[20..22].copy_from_slice(&0x2000u16.to_be_bytes()); // MF, offset 0
+    fix_ip_checksum(&mut frag);
+    rx(&mut n, &mut io, POD_A, &[gre]);
+    the_only_drop_is(&n, DropReason::SnatUnsupported, 1);
+    rx(&mut n, &mut io, POD_A, &[frag]);
+    assert_eq!(drops(&n, DropReason::SnatFragment), 1);
+    assert!(balanced(&n));
+    // The host port carries ARP and IPv4 only.
+    let (mut n, mut io) = node(1);
+    let mut v6 = icmp_echo(
+        [2, 0, 0, 0, 0xff, 1],
+        [2; 6],
+        [192, 168, 77, 11],
+        [10, 244, 0, 2],
+        64,
+    );
+    v6[12..14].copy_from_slice(&[0x86, 0xdd]);
+    rx(&mut n, &mut io, HOST, &[v6]);
+    the_only_drop_is(&n, DropReason::HostNotIp4, 1);
+    assert!(balanced(&n));
 }

@@ -48,6 +48,9 @@ enum Cmd {
         /// Add a router (the nodes' gateway) and a host behind it, 203.0.113.10.
         #[arg(long)]
         router: bool,
+        /// Workers per dataplane (1 or 2; they share the machine's cores, with back-off).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
+        workers: u8,
     },
     /// Namespaces, interfaces, addresses, MACs and dataplane processes.
     Status {
@@ -131,6 +134,9 @@ enum Cmd {
         to: SocketAddr,
         #[arg(long)]
         count: u32,
+        /// Fail unless every endpoint saw this source address ("self": our own).
+        #[arg(long)]
+        expect_source: Option<String>,
     },
     /// Answer UDP datagrams with this host's address, until `seconds` pass.
     #[command(hide = true)]
@@ -186,6 +192,10 @@ enum Cmd {
         bytes: u64,
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Accept every connection arriving within this many seconds (each checked
+        /// on its own), instead of one.
+        #[arg(long)]
+        accept_seconds: Option<f64>,
     },
 }
 
@@ -306,20 +316,35 @@ fn run(cli: Cli) -> Result<()> {
             println!("served {n}");
             Ok(())
         }
-        Cmd::WhoamiAsk { to, count } => {
+        Cmd::WhoamiAsk {
+            to,
+            count,
+            expect_source,
+        } => {
             use std::io::Read;
             let mut seen: std::collections::BTreeMap<String, u32> =
                 std::collections::BTreeMap::new();
             for _ in 0..count {
+                // A connect that completes proves the answer came from `to`: the
+                // kernel takes a SYN-ACK only from the address it sent the SYN to.
                 let mut s = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(3))?;
                 s.set_read_timeout(Some(Duration::from_secs(3)))?;
-                // The peer we talk to must be the Service address, whatever served us.
-                if s.peer_addr()? != to {
-                    bail!("connected to {} instead of {to}", s.peer_addr()?);
-                }
                 let mut buf = String::new();
                 s.read_to_string(&mut buf)?;
-                let who = buf.split_whitespace().next().unwrap_or("?").to_owned();
+                // "<endpoint> saw <source>"
+                let words: Vec<&str> = buf.split_whitespace().collect();
+                let who = words.first().copied().unwrap_or("?").to_owned();
+                if let Some(want) = &expect_source {
+                    let want = if want == "self" {
+                        s.local_addr()?.ip().to_string()
+                    } else {
+                        want.clone()
+                    };
+                    let got = words.get(2).copied().unwrap_or("?");
+                    if got != want {
+                        bail!("endpoint {who} saw source {got}, expected {want}");
+                    }
+                }
                 *seen.entry(who).or_default() += 1;
             }
             for (k, v) in &seen {
@@ -407,9 +432,25 @@ fn run(cli: Cli) -> Result<()> {
             println!("sent {} bytes to {to}", bytes.len());
             Ok(())
         }
-        Cmd::TcpRecv { port, bytes, seed } => {
+        Cmd::TcpRecv {
+            port,
+            bytes,
+            seed,
+            accept_seconds: None,
+        } => {
             let n = traffic::recv(port, bytes, seed, Duration::from_secs(120))?;
             println!("received {n} bytes, all correct");
+            Ok(())
+        }
+        Cmd::TcpRecv {
+            port,
+            seed,
+            accept_seconds: Some(a),
+            ..
+        } => {
+            let window = Duration::from_secs_f64(a.clamp(0.1, 600.0));
+            let (n, b) = traffic::recv_many(port, seed, window, Duration::from_secs(120))?;
+            println!("received {b} bytes on {n} connections, all correct");
             Ok(())
         }
         Cmd::Up {
@@ -421,6 +462,7 @@ fn run(cli: Cli) -> Result<()> {
             vxlan_port,
             vni,
             router,
+            workers,
         } => {
             require_root()?;
             let mut o = LabOptions::new(&cli.name);
@@ -432,6 +474,7 @@ fn run(cli: Cli) -> Result<()> {
             o.vxlan_port = vxlan_port;
             o.vni = vni;
             o.router = router;
+            o.workers = usize::from(workers);
             if let Some(d) = dataplane {
                 o.dataplane = d;
             }

@@ -103,3 +103,44 @@ pub fn local_ip_towards(peer: std::net::IpAddr) -> Option<String> {
     s.connect((peer, 9)).ok()?;
     Some(s.local_addr().ok()?.ip().to_string())
 }
+
+/// Whether iputils ping's summary says every request was answered ("3 packets
+/// transmitted, 3 received, 0% packet loss"). Its exit status is 0 as soon as one
+/// reply arrives, so reachability checks read this instead.
+pub fn all_answered(out: &str) -> bool {
+    out.lines().any(|l| {
+        let f: Vec<&str> = l.split(", ").collect();
+        l.contains(" packets transmitted, ")
+            && f.len() >= 3
+            && f[0].split_whitespace().next() == f[1].split_whitespace().next()
+            && f[2].starts_with("0% packet loss")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ping_summaries_are_judged_strictly() {
+        let all = "3 packets transmitted, 3 received, 0% packet loss, time 402ms";
+        let some = "3 packets transmitted, 1 received, 66.6667% packet loss, time 402ms";
+        let errs = "3 packets transmitted, 2 received, +1 errors, 33.3333% packet loss";
+        assert!(all_answered(all));
+        assert!(!all_answered(some) && !all_answered(errs) && !all_answered(""));
+        assert!(!all_answered(
+            "10 packets transmitted, 1 received, 90% packet loss"
+        ));
+    }
+
+    #[test]
+    fn lab_lcores_give_each_dataplane_its_own_worker_cpu() {
+        use crate::topo::lab_lcores;
+        assert_eq!(lab_lcores(0, 1, 2), "0,1");
+        assert_eq!(lab_lcores(1, 1, 2), "1,0");
+        assert_eq!(lab_lcores(0, 2, 2), "0@0,1@1,2@0");
+        assert_eq!(lab_lcores(1, 2, 2), "0@1,1@0,2@1");
+        assert_eq!(lab_lcores(0, 1, 1), "0@0,1@0");
+        assert_eq!(lab_lcores(2, 1, 4), "2,3");
+    }
+}

@@ -41,6 +41,9 @@ pub struct LabOptions {
     /// A router on the underlay (192.168.77.254, the nodes' gateway) in front of an
     /// "internet" host 203.0.113.10, over a link of MTU 1400.
     pub router: bool,
+    /// Workers per dataplane (1 or 2). With 2, every port gets two queue pairs, so
+    /// flows spread over both workers and replies cross between them (hand-off).
+    pub workers: usize,
 }
 
 impl LabOptions {
@@ -58,6 +61,7 @@ impl LabOptions {
             vni: 1,
             dataplane_extra: String::new(),
             router: false,
+            workers: 1,
         }
     }
 }
@@ -133,6 +137,42 @@ pub struct State {
     pub nodes: Vec<Node>,
     /// Every namespace made, in creation order.
     pub namespaces: Vec<String>,
+    /// Workers per dataplane.
+    #[serde(default = "one")]
+    pub workers: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+/// An af_packet device on `iface`, with a queue pair per worker (PACKET_FANOUT
+/// spreads the flows over them).
+fn af_packet(j: usize, iface: &str, workers: usize) -> String {
+    if workers > 1 {
+        format!("net_af_packet{j},iface={iface},qpairs={workers}")
+    } else {
+        format!("net_af_packet{j},iface={iface}")
+    }
+}
+
+/// The dataplane's `eal.lcores` for node `i` of the lab on `cpus` CPUs: its worker(s)
+/// on a CPU of their own where there are enough (node 1's on CPU 1, node 2's on CPU
+/// 0, ...), the control thread on another; with two workers, one on each CPU.
+pub fn lab_lcores(i: usize, workers: usize, cpus: usize) -> String {
+    let cpus = cpus.max(1);
+    let (main, first) = (i % cpus, (i + 1) % cpus);
+    match workers {
+        0 | 1 if cpus > 1 => format!("{main},{first}"),
+        0 | 1 => "0@0,1@0".into(),
+        _ => {
+            let mut l = format!("0@{main}");
+            for w in 0..workers {
+                l += &format!(",{}@{}", w + 1, (first + w) % cpus);
+            }
+            l
+        }
+    }
 }
 
 /// A running lab. `down()` (or dropping it, when `cleanup_on_drop`) removes it.
@@ -226,6 +266,7 @@ impl Lab {
                 internet: None,
                 nodes: Vec::new(),
                 namespaces: Vec::new(),
+                workers: opts.workers.clamp(1, 2),
             },
             cleanup_on_drop: true,
         };
@@ -346,7 +387,7 @@ impl Lab {
                         configure_pod_if(&pod_ns, &ip, &format!("10.244.{}.1", k - 1))?;
                         // The node end carries frames for every MAC: no offloads, no GRO.
                         offloads_off(&ns, &host);
-                        format!("net_af_packet{j},iface={host}")
+                        af_packet(j, &host, self.state.workers)
                     }
                     Attach::Tap => format!("net_tap{j},iface=eth0"),
                 };
@@ -370,7 +411,7 @@ impl Lab {
                 .filter(|o| o.name != self.state.nodes[i].name)
                 .cloned()
                 .collect();
-            write_config(&self.state.nodes[i], &others, opts)?;
+            write_config(&self.state.nodes[i], i, &others, opts)?;
             self.start_dataplane(i, opts)?;
             self.start_control(i, opts)?;
             self.wait_in_sync(i, opts.start_timeout)?;
@@ -643,6 +684,7 @@ pub fn teardown_by_name(state_dir: &Path, name: &str) -> Result<()> {
         internet: None,
         nodes: Vec::new(),
         namespaces: Vec::new(),
+        workers: 1,
     });
     teardown(&state);
     Ok(())
@@ -734,16 +776,21 @@ fn wait_for(ns: &str, dev: &str, timeout: Duration) -> Result<()> {
 
 /// Writes the node's dataplane configuration (no ports: the control service feeds
 /// them) and its control service's configuration (the pods' ports).
-fn write_config(node: &Node, others: &[Node], opts: &LabOptions) -> Result<()> {
+fn write_config(node: &Node, index: usize, others: &[Node], opts: &LabOptions) -> Result<()> {
     let dp = format!(
         "# Written by podpath-lab for {name}.\n\
-         [eal]\nlcores = \"0,1\"\nfile_prefix = \"{prefix}\"\nmemory_mb = 128\npci = false\n\n\
+         [eal]\nlcores = \"{lcores}\"\nfile_prefix = \"{prefix}\"\nmemory_mb = 128\npci = false\n\n\
          [dataplane]\nsocket = \"{sock}\"\nmbufs = 4095\nrx_desc = 512\ntx_desc = 512\n\n\
          [idle]\nenabled = {idle}\n",
         name = node.name,
         prefix = node.file_prefix,
         sock = node.socket.display(),
         idle = opts.idle_backoff,
+        lcores = lab_lcores(
+            index,
+            opts.workers.clamp(1, 2),
+            std::thread::available_parallelism().map_or(2, usize::from)
+        ),
     );
     let dp = format!("{dp}\n{}\n", opts.dataplane_extra);
     fs::write(&node.config, dp)?;
@@ -774,7 +821,10 @@ fn write_config(node: &Node, others: &[Node], opts: &LabOptions) -> Result<()> {
             r.pod_cidr
         );
     }
-    c += "[[port]]\nname = \"uplink\"\ndevice = \"net_af_packet90,iface=eth0\"\n\n";
+    c += &format!(
+        "[[port]]\nname = \"uplink\"\ndevice = \"{}\"\n\n",
+        af_packet(90, "eth0", opts.workers.clamp(1, 2))
+    );
     c += &format!(
         "[[port]]\nname = \"host\"\ndevice = \"net_tap91,iface={HOST_IF}\"\nmtu = {POD_MTU}\n\n"
     );
@@ -819,7 +869,7 @@ pub fn add_pod(lab: &mut Lab, node: &str, letter: char, attach: Attach) -> Resul
             veth_to_pod(&n.netns, &host, &pod_ns)?;
             configure_pod_if(&pod_ns, &ip, &n.gateway)?;
             offloads_off(&n.netns, &host);
-            (format!("net_af_packet{j},iface={host}"), None)
+            (af_packet(j, &host, lab.state.workers), None)
         }
         Attach::Tap => (
             format!("net_tap{j},iface=eth0"),
@@ -862,7 +912,13 @@ pub fn del_pod(lab: &mut Lab, pod: &str) -> Result<()> {
         .with_context(|| format!("no pod {pod}"))?;
     let (sock, port, ns) = (n.control_socket.clone(), p.port.clone(), p.netns.clone());
     let mut c = podpath_proto::Client::connect(&sock, "podpath-lab")?;
-    c.call(podpath_proto::Request::PortDetach { name: port })?;
+    match c.call(podpath_proto::Request::PortDetach { name: port }) {
+        Ok(_) => {}
+        // Detached already (by hand): only the namespace is left to remove.
+        Err(podpath_proto::ClientError::Server(e))
+            if e.kind == podpath_proto::ErrorKind::NotFound => {}
+        Err(e) => return Err(e.into()),
+    }
     let _ = ip(&["netns", "del", &ns]);
     for n in &mut lab.state.nodes {
         n.pods.retain(|p| p.name != pod);

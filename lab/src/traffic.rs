@@ -106,13 +106,64 @@ pub fn recv(port: u16, bytes: u64, seed: u64, timeout: Duration) -> Result<u64> 
     let l = TcpListener::bind(("0.0.0.0", port)).with_context(|| format!("binding port {port}"))?;
     l.set_nonblocking(true)?;
     let end = Instant::now() + timeout;
-    let (mut s, _) = loop {
+    let (s, _) = loop {
         match l.accept() {
             Ok(c) => break c,
             Err(_) if Instant::now() < end => std::thread::sleep(Duration::from_millis(20)),
             Err(e) => return Err(e).context("no connection arrived"),
         }
     };
+    check_stream(s, bytes, seed, timeout)
+}
+
+/// Accepts every connection that arrives on `port` within `accept_for`, checks each
+/// stream (all from `seed`) in its own thread, and waits for all of them. Fails if
+/// none arrived or any one was short or corrupted. Returns (connections, bytes).
+pub fn recv_many(
+    port: u16,
+    seed: u64,
+    accept_for: Duration,
+    timeout: Duration,
+) -> Result<(usize, u64)> {
+    let l = TcpListener::bind(("0.0.0.0", port)).with_context(|| format!("binding port {port}"))?;
+    l.set_nonblocking(true)?;
+    let end = Instant::now() + accept_for;
+    let mut threads = Vec::new();
+    while Instant::now() < end {
+        match l.accept() {
+            Ok((s, _)) => threads.push(std::thread::spawn(move || {
+                check_stream(s, 0, seed, timeout)
+            })),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+    if threads.is_empty() {
+        bail!("no connection arrived within {accept_for:?}");
+    }
+    let (mut n, mut total, mut failed) = (0, 0, Vec::new());
+    for t in threads {
+        match t.join() {
+            Ok(Ok(b)) => {
+                n += 1;
+                total += b;
+            }
+            Ok(Err(e)) => failed.push(format!("{e:#}")),
+            Err(_) => failed.push("a receiver thread panicked".into()),
+        }
+    }
+    if !failed.is_empty() {
+        bail!(
+            "{} of {} streams failed: {}",
+            failed.len(),
+            n + failed.len(),
+            failed.join("; ")
+        );
+    }
+    Ok((n, total))
+}
+
+/// Checks one accepted stream until the sender closes, and answers the verdict.
+fn check_stream(mut s: TcpStream, bytes: u64, seed: u64, timeout: Duration) -> Result<u64> {
     s.set_nonblocking(false)?;
     s.set_read_timeout(Some(timeout))?;
     if let Ok(peer) = s.peer_addr() {

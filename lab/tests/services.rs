@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use podpath_lab::topo::Pod;
 use podpath_lab::{net, Lab};
-use podpath_proto::{Client, EndpointSpec, Request, Response, ServiceSpec};
+use podpath_proto::{Client, ConnInfo, EndpointSpec, Request, Response, ServiceSpec};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -40,6 +40,23 @@ fn whoami_servers(eps: &[Pod], count: &str, seconds: &str) -> Background {
     )
 }
 
+fn conntrack(lab: &Lab, node: usize, f: podpath_proto::ConntrackFilter) -> Vec<ConnInfo> {
+    let mut c = Client::connect(&lab.state.nodes[node].control_socket, "test").unwrap();
+    match c.call(Request::ConntrackList(f)).unwrap() {
+        Response::Conntrack(v) => v,
+        r => panic!("{r:?}"),
+    }
+}
+
+/// Hand-offs between the node's workers so far (both directions).
+fn handoffs(lab: &Lab, node: usize) -> u64 {
+    let mut c = Client::connect(&lab.state.nodes[node].socket, "test").unwrap();
+    match c.call(Request::Stats).unwrap() {
+        Response::Stats(s) => s.workers.iter().map(|w| w.handoff_in).sum(),
+        r => panic!("{r:?}"),
+    }
+}
+
 fn ep(ip: &str) -> EndpointSpec {
     EndpointSpec {
         ip: ip.into(),
@@ -55,6 +72,9 @@ fn cluster_ip_spreads_over_endpoints_on_both_nodes() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let mut o = options("c");
     o.external = false;
+    // Two workers per dataplane: a client's connections live on its worker, and what
+    // arrives on the other one is handed over (checked at the end).
+    o.workers = 2;
     let lab = Lab::up(&o).expect("lab up");
     let (n1, n2) = (lab.state.nodes[0].clone(), lab.state.nodes[1].clone());
     let client = n1.pods[0].clone();
@@ -71,12 +91,20 @@ fn cluster_ip_spreads_over_endpoints_on_both_nodes() {
     };
     set(&lab, &web);
     let servers = whoami_servers(&eps, "300", "30");
-    std::thread::sleep(Duration::from_millis(200));
-    // 300 short connections; whoami-ask fails unless every reply came from the VIP.
+    // 300 short connections; each completes only if the answer came from the VIP,
+    // and each endpoint must have seen the client's own address (no SNAT).
     let (ok, out) = run_in(
         &client.netns,
         &bin(),
-        &["whoami-ask", "--to", "10.96.0.10:80", "--count", "300"],
+        &[
+            "whoami-ask",
+            "--to",
+            "10.96.0.10:80",
+            "--count",
+            "300",
+            "--expect-source",
+            "self",
+        ],
     );
     assert!(ok, "{out}");
     for p in &eps {
@@ -131,67 +159,122 @@ fn cluster_ip_spreads_over_endpoints_on_both_nodes() {
     );
     drop(servers);
 
-    // A long TCP stream to one endpoint survives the removal of another endpoint and
-    // the addition of a new one.
+    // Established connections stay pinned when the Service changes. Twelve paced
+    // streams, spread over the three endpoints; then a fourth endpoint with weight 6
+    // of 9, so Maglev moves about two thirds of its slots to it: an unpinned stream
+    // would land on a pod that never saw its SYN and be reset (for all twelve to keep
+    // their endpoints by chance: (1/3)^12). Each stream's endpoint is read from the
+    // connection table before and after.
     set(&lab, &web);
     let receivers: Vec<_> = eps
         .iter()
         .map(|p| {
-            net::command_in(&p.netns, &bin())
-                .args(["tcp-recv", "--port", "8080", "--seed", "3"])
+            serve_in(
+                &p.netns,
+                &[
+                    "tcp-recv",
+                    "--port",
+                    "8080",
+                    "--seed",
+                    "3",
+                    "--accept-seconds",
+                    "4",
+                ],
+            )
+        })
+        .collect();
+    let stop = std::env::temp_dir().join(format!("pp-pin-{}", std::process::id()));
+    let _ = std::fs::remove_file(&stop);
+    let senders: Vec<_> = (0..12)
+        .map(|_| {
+            net::command_in(&client.netns, &bin())
+                .args([
+                    "tcp-send",
+                    "--to",
+                    "10.96.0.10:80",
+                    "--stop-file",
+                    &stop.display().to_string(),
+                    "--rate-mbps",
+                    "4",
+                    "--seed",
+                    "3",
+                ])
                 .stdout(Stdio::piped())
                 .spawn()
                 .unwrap()
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(300));
-    let mut sender = net::command_in(&client.netns, &bin())
-        .args([
-            "tcp-send",
-            "--to",
-            "10.96.0.10:80",
-            "--seconds",
-            "4",
-            "--rate-mbps",
-            "20",
-            "--seed",
-            "3",
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(800));
-    let mut c = Client::connect(&n1.control_socket, "test").unwrap();
-    let Response::Conntrack(conns) = c
-        .call(Request::ConntrackList(podpath_proto::ConntrackFilter {
-            proto: Some(6),
-            addr: Some("10.96.0.10".into()),
-            port: Some(80),
-        }))
-        .unwrap()
-    else {
-        panic!()
-    };
-    let live: Vec<_> = conns
-        .iter()
+    let streams = |lab: &Lab| -> std::collections::BTreeMap<u16, String> {
+        conntrack(
+            lab,
+            0,
+            podpath_proto::ConntrackFilter {
+                proto: Some(6),
+                addr: Some("10.96.0.10".into()),
+                port: Some(80),
+            },
+        )
+        .into_iter()
         .filter(|c| c.state.as_deref() == Some("ESTABLISHED"))
-        .collect();
-    assert_eq!(live.len(), 1, "{conns:?}");
-    let serving = live[0].reply.0.clone();
-    let other = eps.iter().find(|p| p.ip != serving).unwrap().ip.clone();
-    let mut changed = web.clone();
-    changed.endpoints.retain(|e| e.ip != other);
-    changed.endpoints.push(ep(&n1.pods[0].ip));
-    set(&lab, &changed);
-    let st = sender.wait().unwrap();
+        .map(|c| (c.orig.2, c.reply.0))
+        .collect()
+    };
     assert!(
-        st.success(),
-        "the stream to {serving} broke when {other} was removed"
+        wait_until(Duration::from_secs(10), || streams(&lab).len() == 12),
+        "twelve streams did not establish: {:?}",
+        streams(&lab)
     );
-    for mut r in receivers {
-        let _ = r.kill();
-        let _ = r.wait();
+    let before = streams(&lab);
+    let used: std::collections::BTreeSet<&String> = before.values().collect();
+    assert!(used.len() >= 2, "the streams did not spread: {before:?}");
+    let mut changed = web.clone();
+    changed.endpoints.push(EndpointSpec {
+        weight: 6,
+        ..ep(&n1.pods[0].ip)
+    });
+    set(&lab, &changed);
+    std::thread::sleep(Duration::from_millis(1500));
+    let after = streams(&lab);
+    std::fs::write(&stop, b"").unwrap();
+    for (k, sender) in senders.into_iter().enumerate() {
+        let o = sender.wait_with_output().unwrap();
+        assert!(
+            o.status.success(),
+            "stream {k} broke when the Service changed: {}",
+            String::from_utf8_lossy(&o.stdout)
+        );
     }
+    let _ = std::fs::remove_file(&stop);
+    for r in receivers {
+        let o = r.wait_with_output().unwrap();
+        assert!(
+            o.status.success(),
+            "a receiver saw a short or corrupted stream: {}",
+            String::from_utf8_lossy(&o.stdout)
+        );
+    }
+    assert_eq!(after, before, "connections moved to another endpoint");
+    // New connections do follow the change: most now go to the heavy endpoint.
+    let heavy = &n1.pods[0];
+    let s = whoami_servers(std::slice::from_ref(heavy), "30", "20");
+    let srv = whoami_servers(&eps, "30", "20");
+    let (_, out) = run_in(
+        &client.netns,
+        &bin(),
+        &["whoami-ask", "--to", "10.96.0.10:80", "--count", "30"],
+    );
+    drop((s, srv));
+    let to_heavy: u32 = out
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(&format!("{} ", heavy.ip))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0);
+    assert!(
+        to_heavy >= 12,
+        "the weight-6 endpoint got {to_heavy} of 30 new connections:\n{out}"
+    );
 
     // A UDP client whose endpoint is removed moves to a live one.
     let dns = ServiceSpec {
@@ -226,7 +309,6 @@ fn cluster_ip_spreads_over_endpoints_on_both_nodes() {
                 .unwrap()
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(300));
     let asker = net::command_in(&client.netns, &bin())
         .args([
             "udp-whoami-ask",
@@ -240,19 +322,28 @@ fn cluster_ip_spreads_over_endpoints_on_both_nodes() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(700));
-    // Remove whichever endpoint answers: ask the connection table.
-    let mut c = Client::connect(&n1.control_socket, "test").unwrap();
-    let Response::Conntrack(conns) = c
-        .call(Request::ConntrackList(podpath_proto::ConntrackFilter {
-            proto: Some(17),
-            addr: Some("10.96.0.13".into()),
-            port: None,
-        }))
-        .unwrap()
-    else {
-        panic!()
+    // Remove whichever endpoint answers: ask the connection table (once the flow
+    // has had a few answers).
+    let udp = || {
+        conntrack(
+            &lab,
+            0,
+            podpath_proto::ConntrackFilter {
+                proto: Some(17),
+                addr: Some("10.96.0.13".into()),
+                port: None,
+            },
+        )
     };
+    assert!(
+        wait_until(Duration::from_secs(5), || udp()
+            .first()
+            .is_some_and(|c| c.seen_reply)),
+        "no answered UDP flow: {:?}",
+        udp()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let conns = udp();
     assert_eq!(conns.len(), 1, "{conns:?}");
     let first = conns[0].reply.0.clone();
     set(
@@ -296,32 +387,25 @@ fn cluster_ip_spreads_over_endpoints_on_both_nodes() {
             external_traffic_policy: None,
         },
     );
-    let srv = net::command_in(&me.netns, &bin())
-        .args([
-            "whoami-serve",
-            "--port",
-            "8080",
-            "--count",
-            "5",
-            "--seconds",
-            "10",
-        ])
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    let srv = whoami_servers(std::slice::from_ref(me), "5", "10");
     let (ok, out) = run_in(
         &me.netns,
         &bin(),
-        &["whoami-ask", "--to", "10.96.0.14:80", "--count", "5"],
+        &[
+            "whoami-ask",
+            "--to",
+            "10.96.0.14:80",
+            "--count",
+            "5",
+            "--expect-source",
+            &n1.gateway,
+        ],
     );
     assert!(
         ok && out.contains(&format!("{} 5", me.ip)),
-        "hairpin: {out}"
+        "hairpin (the pod sees the gateway as source): {out}"
     );
-    let mut srv = srv;
-    let _ = srv.kill();
-    let _ = srv.wait();
+    drop(srv);
 
     // A Service without endpoints refuses at once: TCP with a reset, UDP with ICMP.
     set(
@@ -368,6 +452,11 @@ fn cluster_ip_spreads_over_endpoints_on_both_nodes() {
         "refusals were not immediate: {:?}",
         t.elapsed()
     );
+    // The two workers did share the work: packets crossed between them.
+    assert!(
+        handoffs(&lab, 0) > 0,
+        "no hand-off between node 1's workers"
+    );
 }
 
 #[test]
@@ -389,7 +478,7 @@ fn node_port_from_an_external_host_with_both_policies() {
         external_traffic_policy: None,
     };
     let serve = |count: &str| whoami_servers(&eps, count, "20");
-    let ask = |n: &str| -> String {
+    let ask = |n: &str, source: &str| -> String {
         let (ok, out) = run_in(
             &ext,
             &bin(),
@@ -399,6 +488,8 @@ fn node_port_from_an_external_host_with_both_policies() {
                 &format!("{}:30080", n1.node_ip),
                 "--count",
                 n,
+                "--expect-source",
+                source,
             ],
         );
         assert!(ok, "{out}");
@@ -407,7 +498,7 @@ fn node_port_from_an_external_host_with_both_policies() {
     // Policy Cluster: any endpoint (local or on the other node); they see the node.
     set(&lab, &web);
     let s = serve("60");
-    let out = ask("60");
+    let out = ask("60", &n1.node_ip);
     drop(s);
     let mut used = 0;
     for p in &eps {
@@ -419,8 +510,8 @@ fn node_port_from_an_external_host_with_both_policies() {
         used >= 2,
         "policy Cluster should spread over the endpoints: {out}"
     );
-    // whoami-serve answers "<endpoint> saw <client>"; ask prints the first word only,
-    // so check the source the endpoints saw through the connection table instead.
+    // Each endpoint saw the node as source (--expect-source above); the connection
+    // table says the same.
     let mut c = Client::connect(&n1.control_socket, "test").unwrap();
     let Response::Conntrack(conns) = c
         .call(Request::ConntrackList(podpath_proto::ConntrackFilter {
@@ -438,10 +529,11 @@ fn node_port_from_an_external_host_with_both_policies() {
         "Cluster: endpoints answer the node: {conns:?}"
     );
     // Policy Local: only this node's endpoint, the client's address kept.
+    let cluster_phase: std::collections::BTreeSet<u16> = conns.iter().map(|c| c.orig.2).collect();
     web.external_traffic_policy = Some("Local".into());
     set(&lab, &web);
     let s = serve("40");
-    let out = ask("30");
+    let out = ask("30", "self");
     drop(s);
     assert_eq!(
         out.trim(),
@@ -458,8 +550,15 @@ fn node_port_from_an_external_host_with_both_policies() {
     else {
         panic!()
     };
+    let local: Vec<&ConnInfo> = conns
+        .iter()
+        .filter(|c| !cluster_phase.contains(&c.orig.2))
+        .collect();
+    assert_eq!(local.len(), 30, "the Local phase's connections: {local:?}");
     assert!(
-        conns.iter().any(|c| c.reply.1 == "192.168.77.100"),
-        "Local keeps the client address: {conns:?}"
+        local
+            .iter()
+            .all(|c| c.reply.1 == "192.168.77.100" && c.reply.0 == eps[0].ip),
+        "Local keeps the client address (and the local endpoint): {local:?}"
     );
 }

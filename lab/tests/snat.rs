@@ -27,6 +27,8 @@ fn pods_reach_an_external_host_through_masquerade() {
     let mut o = options("s");
     o.nodes = 2;
     o.pods_per_node = 2;
+    // Two workers: replies land on either worker's queue and go to the owner.
+    o.workers = 2;
     // Short UDP and ICMP timeouts, to watch entries expire.
     o.dataplane_extra = "[conntrack.timeouts]\nudp = 3\nudp_stream = 3\nicmp = 3\n".into();
     let lab = Lab::up(&o).expect("lab up");
@@ -36,10 +38,44 @@ fn pods_reach_an_external_host_through_masquerade() {
     let server = "192.168.77.100";
 
     // Ping out and back.
-    assert!(
-        run_in(&a.netns, "ping", &["-c", "2", "-W", "2", server]).0,
-        "ping the external host"
+    let (_, out) = run_in(
+        &a.netns,
+        "ping",
+        &["-c", "3", "-i", "0.2", "-W", "2", server],
     );
+    assert!(
+        podpath_lab::net::all_answered(&out),
+        "ping the external host: {out}"
+    );
+    // Twenty short connections: twenty flows, spread by the uplink's fanout over both
+    // workers, each answered through its owner; the server sees the node.
+    let srv = serve_in(
+        &ext,
+        &[
+            "whoami-serve",
+            "--port",
+            "8081",
+            "--count",
+            "20",
+            "--seconds",
+            "20",
+        ],
+    );
+    let (ok, out) = run_in(
+        &b.netns,
+        &bin(),
+        &[
+            "whoami-ask",
+            "--to",
+            &format!("{server}:8081"),
+            "--count",
+            "20",
+            "--expect-source",
+            &n1.node_ip,
+        ],
+    );
+    let _ = srv.wait_with_output();
+    assert!(ok, "masqueraded connections: {out}");
     // A 10 MB download, checked byte for byte; the server sees the node IP.
     let srv = serve_in(
         &ext,
@@ -77,6 +113,7 @@ fn pods_reach_an_external_host_through_masquerade() {
         ],
     );
     assert!(ok, "UDP: {out}");
+    let last_udp = Instant::now();
     assert!(
         String::from_utf8_lossy(&echo.wait_with_output().unwrap().stdout)
             .contains(&format!("to {}", n1.node_ip))
@@ -88,7 +125,7 @@ fn pods_reach_an_external_host_through_masquerade() {
         .iter()
         .filter(|c| c.proto == 6 && c.orig.3 == 8080)
         .collect();
-    assert_eq!(tcp.len(), 1, "{all:?}");
+    assert_eq!(tcp.len(), 1, "{:?}", tcp);
     assert_eq!(
         (tcp[0].orig.0.as_str(), tcp[0].reply.1.as_str()),
         (b.ip.as_str(), n1.node_ip.as_str())
@@ -104,22 +141,28 @@ fn pods_reach_an_external_host_through_masquerade() {
     );
     assert_eq!(udp.len(), 1, "filters select the UDP flow: {all:?}");
     assert!(udp[0].seen_reply);
-    // With 3-second timeouts, UDP and ICMP entries are gone a few seconds later.
-    let end = Instant::now() + Duration::from_secs(8);
-    loop {
-        let left: Vec<ConnInfo> = conns(&lab, ConntrackFilter::default())
+    // With 3-second timeouts: the UDP entry is still there 1.5 s after its last
+    // packet, and it (and every other non-TCP entry) is gone by 4.5 s (the table's
+    // clock counts whole seconds).
+    let non_tcp = || -> Vec<ConnInfo> {
+        conns(&lab, ConntrackFilter::default())
             .into_iter()
             .filter(|c| c.proto != 6)
-            .collect();
-        if left.is_empty() {
-            break;
-        }
-        assert!(Instant::now() < end, "entries did not expire: {left:?}");
-        std::thread::sleep(Duration::from_millis(250));
-    }
+            .collect()
+    };
+    std::thread::sleep(Duration::from_millis(1500).saturating_sub(last_udp.elapsed()));
+    assert!(
+        non_tcp().iter().any(|c| c.proto == 17 && c.orig.3 == 5353),
+        "the UDP entry expired early"
+    );
+    let gone = wait_until(
+        Duration::from_millis(4500).saturating_sub(last_udp.elapsed()),
+        || non_tcp().is_empty(),
+    );
+    assert!(gone, "entries did not expire within 4.5 s: {:?}", non_tcp());
     // Pod-to-pod across nodes is never translated.
     let a2 = lab.state.nodes[1].pods[0].clone();
-    assert!(run_in(&a.netns, "ping", &["-c", "1", "-W", "2", &a2.ip]).0);
+    assert!(ping(&a.netns, &a2.ip), "pod to pod across nodes");
     assert!(
         conns(
             &lab,
@@ -131,6 +174,17 @@ fn pods_reach_an_external_host_through_masquerade() {
         )
         .is_empty(),
         "pod-to-pod traffic was tracked for NAT"
+    );
+    // Both of node 1's workers took part: replies crossed to their owner.
+    let mut c = Client::connect(&n1.socket, "test").unwrap();
+    let Response::Stats(st) = c.call(Request::Stats).unwrap() else {
+        panic!()
+    };
+    assert!(
+        st.workers.iter().all(|w| w.rx > 0)
+            && st.workers.iter().map(|w| w.handoff_in).sum::<u64>() > 0,
+        "two workers with hand-off: {:?}",
+        st.workers
     );
 }
 

@@ -398,6 +398,7 @@ impl<F: Frame> Pipeline<F> {
                     &cx,
                     &mut self.conntrack,
                     &mut self.nat_ports,
+                    self.owners,
                     now,
                     idx,
                     s,

@@ -158,6 +158,7 @@ pub fn egress<F: Frame>(
     cx: &Ctx,
     ct: &mut Conntrack,
     ports: &mut NatPorts,
+    owners: Owners,
     now: u32,
     pkts: &[u8],
     frames: &mut [Option<F>],
@@ -184,6 +185,14 @@ pub fn egress<F: Frame>(
             next[i] = Next::Drop(DropReason::SnatUnsupported);
             continue;
         };
+        // A flow is translated by its client's worker only, whichever queue its
+        // packets arrive on (a tap moves a flow between queues when the socket's
+        // hash changes): another worker would give it a second NAT port.
+        let owner = super::lb::client_owner(orig.src, orig.sport, owners.workers);
+        if owner != owners.me {
+            next[i] = Next::Handoff(owner);
+            continue;
+        }
         let flags = tcp_flags(d, l4, m.proto);
         let (idx, port) = match ct.lookup(&orig, now) {
             Some((k, Dir::Orig)) => (k, ct.entry(k).reply.dport_or_id()),

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use podpath_lab::net;
 use podpath_lab::topo::LabOptions;
@@ -32,28 +32,77 @@ pub fn run_in(ns: &str, cmd: &str, args: &[&str]) -> (bool, String) {
     (o.status.success(), s)
 }
 
-/// Starts `podpath-lab <args>` (a server) in a namespace with its stdout captured, and
-/// gives it 300 ms to bind.
+/// Starts `podpath-lab <args>` (a server) in a namespace with its stdout captured,
+/// and returns once its socket listens (TCP) or is bound (UDP).
 pub fn serve_in(ns: &str, args: &[&str]) -> Child {
     let c = net::command_in(ns, &bin())
         .args(args)
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    wait_listening(ns, args);
     c
 }
 
-/// Two pings, 200 ms apart.
+/// Waits (up to 10 s) until the server started with `args` has bound its `--port`:
+/// a listening TCP socket, or a bound UDP one for the udp-* tools.
+pub fn wait_listening(ns: &str, args: &[&str]) {
+    let Some(port) = args
+        .iter()
+        .position(|a| *a == "--port")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|p| p.parse::<u16>().ok())
+    else {
+        return;
+    };
+    let udp = args.first().is_some_and(|c| c.starts_with("udp"));
+    let (table, state) = if udp {
+        ("/proc/net/udp", "07")
+    } else {
+        ("/proc/net/tcp", "0A")
+    };
+    let want = format!(":{port:04X}");
+    let ok = wait_until(Duration::from_secs(10), || {
+        let (_, out) = run_in(ns, "cat", &[table]);
+        out.lines().skip(1).any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3 && f[1].ends_with(&want) && f[3] == state
+        })
+    });
+    assert!(ok, "{args:?} in {ns} did not bind port {port} within 10 s");
+}
+
+/// Polls `cond` every 50 ms until it holds or `within` passes; whether it held.
+pub fn wait_until(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + within;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() > end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Three pings, 200 ms apart: true only if every one was answered (iputils' exit
+/// status is 0 as soon as one reply arrives, so the summary line is the verdict).
 pub fn ping(ns: &str, ip: &str) -> bool {
-    run_in(ns, "ping", &["-c", "2", "-i", "0.2", "-W", "2", ip]).0
+    ping_out(ns, ip).0
+}
+
+/// `ping`, with ping's output (for assertion messages).
+pub fn ping_out(ns: &str, ip: &str) -> (bool, String) {
+    let (ok, out) = run_in(ns, "ping", &["-c", "3", "-i", "0.2", "-W", "2", ip]);
+    (ok && net::all_answered(&out), out)
 }
 
 /// Background processes of ours, killed (by PID, as children) when dropped.
 pub struct Background(pub Vec<Child>);
 
 impl Background {
-    /// Starts `podpath-lab <args>` in each namespace.
+    /// Starts `podpath-lab <args>` in each namespace, and waits for each to bind.
     pub fn in_each(namespaces: &[&str], args: &[&str]) -> Background {
         let v = namespaces
             .iter()
@@ -65,7 +114,9 @@ impl Background {
                     .unwrap()
             })
             .collect();
-        std::thread::sleep(Duration::from_millis(300));
+        for ns in namespaces {
+            wait_listening(ns, args);
+        }
         Background(v)
     }
 }
