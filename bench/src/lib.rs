@@ -225,22 +225,13 @@ impl Rig {
             path,
             Path::ServiceEstablished | Path::ServiceNew | Path::Mixed
         ) {
-            let svc = podpath_proto::ServiceSpec {
-                name: "bench/web".into(),
-                vip: "10.96.0.10".into(),
-                port: 80,
-                protocol: "udp".into(),
-                endpoints: vec![podpath_proto::EndpointSpec {
-                    ip: "10.244.1.5".into(),
-                    port: 8080,
-                    weight: 1,
-                    ready: true,
-                    terminating: false,
-                }],
-                affinity_timeout: None,
-                node_port: None,
-                external_traffic_policy: None,
-            };
+            let svc = podpath_proto::ServiceSpec::new(
+                "bench/web",
+                "10.96.0.10",
+                80,
+                "udp",
+                vec![podpath_proto::EndpointSpec::ready("10.244.1.5", 8080)],
+            );
             let t = podpath_dataplane::tables::services::ServiceTable::build(&[svc], None)
                 .expect("service builds");
             r.p.set_services(Arc::new(t));

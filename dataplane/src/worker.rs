@@ -241,7 +241,7 @@ impl<P: PortIo> Worker<P> {
         let t0 = rdtsc();
         self.pipeline.set_now(t0);
         self.pipeline.absorb_neighbors(&mut self.io);
-        let mut got = self.pipeline.run_handed_off(&mut self.io, &mut self.rx);
+        let mut got = self.pipeline.run_handed_off(&mut self.io);
         let me = usize::from(self.id);
         // Indexing (not iterating) the map lets `run` borrow the pipeline mutably
         // without cloning the shared Arc on every poll.

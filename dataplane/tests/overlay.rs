@@ -526,8 +526,7 @@ fn replies_on_the_wrong_worker_are_handed_to_the_owner() {
         "not given to the node's kernel"
     );
     assert_eq!(get(&w0.counters.handoff_out), 1);
-    let mut buf = Vec::with_capacity(32);
-    assert_eq!(w1.run_handed_off(&mut io1, &mut buf), 1);
+    assert_eq!(w1.run_handed_off(&mut io1), 1);
     w1.flush(&mut io1);
     let got = io1.take_tx(POD_A);
     assert_eq!(got.len(), 1, "the owner translated it back to the pod");
@@ -561,8 +560,7 @@ fn icmp_errors_on_the_wrong_worker_are_handed_to_the_owner() {
         "the error about a pod's flow went to the node's kernel"
     );
     assert_eq!(get(&w0.counters.handoff_out), 1, "handed to worker 1");
-    let mut buf = Vec::with_capacity(32);
-    assert_eq!(w1.run_handed_off(&mut io1, &mut buf), 1);
+    assert_eq!(w1.run_handed_off(&mut io1), 1);
     w1.flush(&mut io1);
     let got = io1.take_tx(POD_A);
     assert_eq!(got.len(), 1, "the owner translated the error to the pod");
@@ -612,22 +610,13 @@ fn a_full_handoff_ring_drops_by_reason_and_balances() {
 fn service_connections_live_on_their_clients_worker() {
     use podpath_dataplane::stages::lb::client_owner;
     use podpath_dataplane::tables::services::ServiceTable;
-    let svc = podpath_proto::ServiceSpec {
-        name: "default/web".into(),
-        vip: "10.96.0.10".into(),
-        port: 80,
-        protocol: "udp".into(),
-        endpoints: vec![podpath_proto::EndpointSpec {
-            ip: "10.244.0.3".into(),
-            port: 8080,
-            weight: 1,
-            ready: true,
-            terminating: false,
-        }],
-        affinity_timeout: None,
-        node_port: None,
-        external_traffic_policy: None,
-    };
+    let svc = podpath_proto::ServiceSpec::new(
+        "default/web",
+        "10.96.0.10",
+        80,
+        "udp",
+        vec![podpath_proto::EndpointSpec::ready("10.244.0.3", 8080)],
+    );
     let table = Arc::new(ServiceTable::build(&[svc], None).unwrap());
     let (mut w0, mut io0, mut w1, mut io1) = two_workers(Some(table));
     let gw = gateway_mac(ip("10.244.0.1"));
@@ -664,8 +653,7 @@ fn service_connections_live_on_their_clients_worker() {
         1,
         "handed to the client's worker"
     );
-    let mut buf = Vec::with_capacity(32);
-    w1.run_handed_off(&mut io1, &mut buf);
+    w1.run_handed_off(&mut io1);
     w1.flush(&mut io1);
     let to_ep = io1.take_tx(POD_B);
     assert_eq!(to_ep.len(), 1);
@@ -683,7 +671,7 @@ fn service_connections_live_on_their_clients_worker() {
         .unwrap();
     rx(&mut w0, &mut io0, POD_B, &[a]);
     assert_eq!(get(&w0.counters.handoff_out), 2);
-    w1.run_handed_off(&mut io1, &mut buf);
+    w1.run_handed_off(&mut io1);
     w1.flush(&mut io1);
     let back = io1.take_tx(POD_A);
     assert_eq!(back.len(), 1);
@@ -793,20 +781,15 @@ fn arp_queue_full_and_arp_timeout() {
 fn node_port_local_elsewhere() -> Arc<podpath_dataplane::tables::services::ServiceTable> {
     use podpath_dataplane::tables::services::{NodeInfo, ServiceTable};
     let svc = ServiceSpec {
-        name: "default/web".into(),
-        vip: "10.96.0.10".into(),
-        port: 80,
-        protocol: "tcp".into(),
-        endpoints: vec![EndpointSpec {
-            ip: "10.244.1.2".into(),
-            port: 8080,
-            weight: 1,
-            ready: true,
-            terminating: false,
-        }],
-        affinity_timeout: None,
         node_port: Some(30080),
         external_traffic_policy: Some("Local".into()),
+        ..ServiceSpec::new(
+            "default/web",
+            "10.96.0.10",
+            80,
+            "tcp",
+            vec![EndpointSpec::ready("10.244.1.2", 8080)],
+        )
     };
     let info = NodeInfo {
         node_ip: ip("192.168.77.11"),
@@ -834,10 +817,8 @@ fn lb_no_endpoint_for_a_local_node_port_without_a_local_endpoint() {
 
 /// A DF datagram too big for the overlay, from pod a to a pod on node 2.
 fn too_big_for_the_overlay() -> Vec<u8> {
-    let mut big = udp_from_pod_a([10, 244, 1, 3], 4000, 4001, 64, &[0u8; 1472]);
-    big[20] |= 0x40; // DF
-    fix_ip_checksum(&mut big);
-    big
+    // etherparse sets DF already.
+    udp_from_pod_a([10, 244, 1, 3], 4000, 4001, 64, &[0u8; 1472])
 }
 
 #[test]
@@ -942,33 +923,19 @@ type Templates = Vec<(u16, Vec<u8>)>;
 fn full_node() -> (Pipeline<MemFrame>, MemIo, Templates) {
     use podpath_dataplane::tables::services::{NodeInfo, ServiceTable};
     let (mut n, mut io) = node_with_pod_a(1);
-    let ep = |ip: &str| EndpointSpec {
-        ip: ip.into(),
-        port: 8080,
-        weight: 1,
-        ready: true,
-        terminating: false,
-    };
+    let ep = |ip: &str| EndpointSpec::ready(ip, 8080);
     let svc = ServiceSpec {
-        name: "default/web".into(),
-        vip: "10.96.0.10".into(),
-        port: 80,
-        protocol: "tcp".into(),
-        endpoints: vec![ep("10.244.0.3"), ep("10.244.1.2")],
         affinity_timeout: Some(60),
         node_port: Some(30080),
-        external_traffic_policy: None,
+        ..ServiceSpec::new(
+            "default/web",
+            "10.96.0.10",
+            80,
+            "tcp",
+            vec![ep("10.244.0.3"), ep("10.244.1.2")],
+        )
     };
-    let dns = ServiceSpec {
-        name: "default/dns".into(),
-        vip: "10.96.0.12".into(),
-        port: 53,
-        protocol: "udp".into(),
-        endpoints: vec![],
-        affinity_timeout: None,
-        node_port: None,
-        external_traffic_policy: None,
-    };
+    let dns = ServiceSpec::new("default/dns", "10.96.0.12", 53, "udp", vec![]);
     let info = NodeInfo {
         node_ip: ip("192.168.77.11"),
         pod_net: (ip("10.244.0.0"), 24),
@@ -1199,22 +1166,10 @@ fn affinity_sticks_to_its_endpoint_and_lets_go_when_the_endpoint_goes() {
             ip("192.168.77.11"),
         )],
     );
-    let ep = |ip: &str| EndpointSpec {
-        ip: ip.into(),
-        port: 8080,
-        weight: 1,
-        ready: true,
-        terminating: false,
-    };
+    let ep = |ip: &str| EndpointSpec::ready(ip, 8080);
     let spec = |eps: Vec<EndpointSpec>| ServiceSpec {
-        name: "default/web".into(),
-        vip: "10.96.0.10".into(),
-        port: 80,
-        protocol: "tcp".into(),
-        endpoints: eps,
         affinity_timeout: Some(60),
-        node_port: None,
-        external_traffic_policy: None,
+        ..ServiceSpec::new("default/web", "10.96.0.10", 80, "tcp", eps)
     };
     let info = || NodeInfo {
         node_ip: ip("192.168.77.11"),
@@ -1279,22 +1234,13 @@ fn a_decapsulated_reply_handed_to_its_owner_is_restored() {
     use podpath_dataplane::stages::lb::client_owner;
     use podpath_dataplane::tables::services::ServiceTable;
     // A Service whose endpoint is on node 2; the client's connection lives on worker 1.
-    let svc = ServiceSpec {
-        name: "default/web".into(),
-        vip: "10.96.0.10".into(),
-        port: 80,
-        protocol: "tcp".into(),
-        endpoints: vec![EndpointSpec {
-            ip: "10.244.1.2".into(),
-            port: 8080,
-            weight: 1,
-            ready: true,
-            terminating: false,
-        }],
-        affinity_timeout: None,
-        node_port: None,
-        external_traffic_policy: None,
-    };
+    let svc = ServiceSpec::new(
+        "default/web",
+        "10.96.0.10",
+        80,
+        "tcp",
+        vec![EndpointSpec::ready("10.244.1.2", 8080)],
+    );
     let table = Arc::new(ServiceTable::build(&[svc], None).unwrap());
     let (mut w0, mut io0, mut w1, mut io1) = two_workers(Some(table));
     learn_pod_a(&mut w1, &mut io1);
@@ -1346,8 +1292,7 @@ fn a_decapsulated_reply_handed_to_its_owner_is_restored() {
         1,
         "decapsulated, then handed over"
     );
-    let mut buf = Vec::with_capacity(32);
-    assert_eq!(w1.run_handed_off(&mut io1, &mut buf), 1);
+    assert_eq!(w1.run_handed_off(&mut io1), 1);
     w1.flush(&mut io1);
     assert_eq!(
         drops(&w1, DropReason::UplinkNotForUs),
@@ -1386,6 +1331,16 @@ fn more_drop_reasons_each_counted_alone() {
     rx(&mut n, &mut io, POD_A, &[frag]);
     assert_eq!(drops(&n, DropReason::SnatFragment), 1);
     assert!(balanced(&n));
+    // Too big for the overlay with DF clear (etherparse sets DF: cleared here): not
+    // fragmented, dropped, and no ICMP error.
+    let (mut n, mut io) = node_with_pod_a(1);
+    let mut big = udp_from_pod_a([10, 244, 1, 3], 4000, 4001, 64, &[0u8; 1472]);
+    big[20] &= !0x40;
+    fix_ip_checksum(&mut big);
+    rx(&mut n, &mut io, POD_A, &[big]);
+    the_only_drop_is(&n, DropReason::VxlanTooBig, 1);
+    assert!(io.take_tx(POD_A).is_empty(), "no ICMP without DF");
+    assert!(balanced(&n));
     // The host port carries ARP and IPv4 only.
     let (mut n, mut io) = node(1);
     let mut v6 = icmp_echo(
@@ -1400,3 +1355,4 @@ fn more_drop_reasons_each_counted_alone() {
     the_only_drop_is(&n, DropReason::HostNotIp4, 1);
     assert!(balanced(&n));
 }
+

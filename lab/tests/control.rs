@@ -269,34 +269,21 @@ fn killed_dataplane_comes_back_without_any_command() {
         (a.attach.clone(), b.attach.clone()),
         (Attach::AfPacket, Attach::AfPacket)
     );
-    let web = ServiceSpec {
-        name: "default/web".into(),
-        vip: "10.96.0.10".into(),
-        port: 80,
-        protocol: "tcp".into(),
-        endpoints: [&b, &remote]
+    let web = ServiceSpec::new(
+        "default/web",
+        "10.96.0.10",
+        80,
+        "tcp",
+        [&b, &remote]
             .iter()
-            .map(|p| EndpointSpec {
-                ip: p.ip.clone(),
-                port: 8080,
-                weight: 1,
-                ready: true,
-                terminating: false,
-            })
+            .map(|p| EndpointSpec::ready(&p.ip, 8080))
             .collect(),
-        affinity_timeout: None,
-        node_port: None,
-        external_traffic_policy: None,
-    };
+    );
     assert_eq!(
         call(&n.control_socket, Request::ServiceSet(web.clone())).unwrap(),
         Response::Done
     );
-    let mac = {
-        let j = net::ip_in(&b.netns, &["-j", "link", "show", "eth0"]).unwrap();
-        let v: serde_json::Value = serde_json::from_str(&j).unwrap();
-        v[0]["address"].as_str().unwrap().to_owned()
-    };
+    let mac = mac_of(&b.netns, "eth0");
     call(
         &n.control_socket,
         Request::MacAdd {
@@ -400,11 +387,7 @@ fn restarting_the_control_service_leaves_forwarding_alone() {
     let n = lab.state.nodes[0].clone();
     let (a, c) = (n.pods[0].clone(), n.pods[2].clone());
     // A change made by the CLI must survive the restarts (persisted).
-    let mac = {
-        let j = net::ip_in(&c.netns, &["-j", "link", "show", "eth0"]).unwrap();
-        let v: serde_json::Value = serde_json::from_str(&j).unwrap();
-        v[0]["address"].as_str().unwrap().to_owned()
-    };
+    let mac = mac_of(&c.netns, "eth0");
     call(
         &n.control_socket,
         Request::MacAdd {
@@ -601,22 +584,13 @@ fn bad_requests_get_typed_errors_and_change_nothing() {
     // sockets (the control service forwards, and commits only what the dataplane
     // took).
     let node = desired.node.clone().expect("the lab sets the node");
-    let svc = ServiceSpec {
-        name: "default/web".into(),
-        vip: "10.96.0.10".into(),
-        port: 80,
-        protocol: "tcp".into(),
-        endpoints: vec![EndpointSpec {
-            ip: b.ip.clone(),
-            port: 8080,
-            weight: 1,
-            ready: true,
-            terminating: false,
-        }],
-        affinity_timeout: None,
-        node_port: None,
-        external_traffic_policy: None,
-    };
+    let svc = ServiceSpec::new(
+        "default/web",
+        "10.96.0.10",
+        80,
+        "tcp",
+        vec![EndpointSpec::ready(&b.ip, 8080)],
+    );
     let bad_services = [
         ServiceSpec {
             vip: "10.96.0.x".into(),

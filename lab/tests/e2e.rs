@@ -11,27 +11,12 @@ use std::time::{Duration, Instant};
 
 use podpath_lab::topo::{self, Attach, LabOptions};
 use podpath_lab::{net, Lab};
-use podpath_proto::{Client, Request, Response, Stats};
 
 /// The machine has two cores: run the dataplane tests one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn unique(tag: &str) -> String {
     format!("{tag}{}", std::process::id() % 1_000_000)
-}
-
-fn stats(sock: &std::path::Path) -> Stats {
-    let mut c = Client::connect(sock, "e2e").expect("connect");
-    match c.call(Request::Stats).expect("stats") {
-        Response::Stats(s) => s,
-        r => panic!("unexpected {r:?}"),
-    }
-}
-
-fn mac_of(ns: &str, dev: &str) -> String {
-    let j = net::ip_in(ns, &["-j", "link", "show", dev]).expect("ip link");
-    let v: serde_json::Value = serde_json::from_str(&j).expect("json");
-    v[0]["address"].as_str().expect("address").to_owned()
 }
 
 #[test]

@@ -13,14 +13,6 @@ use podpath_proto::{Client, Request, Response, Stats};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
-fn stats(lab: &Lab, node: usize) -> Stats {
-    let mut c = Client::connect(&lab.state.nodes[node].socket, "test").unwrap();
-    match c.call(Request::Stats).unwrap() {
-        Response::Stats(s) => s,
-        r => panic!("{r:?}"),
-    }
-}
-
 fn drops(s: &Stats, reason: &str) -> u64 {
     s.drops
         .iter()
@@ -160,7 +152,7 @@ fn pods_across_nodes_over_vxlan() {
 
     // Bad VXLAN: from an unknown VTEP (the external host), and with a wrong VNI from
     // a known one (node 2's kernel, through its dataplane).
-    let before = stats(&lab, 0);
+    let before = stats(&lab.state.nodes[0].socket);
     let to = format!("{}:4789", n1.node_ip);
     let pad = "00".repeat(42);
     assert!(
@@ -193,7 +185,7 @@ fn pods_across_nodes_over_vxlan() {
         )
         .0
     );
-    let counted = |r: &str| drops(&stats(&lab, 0), r) - drops(&before, r);
+    let counted = |r: &str| drops(&stats(&lab.state.nodes[0].socket), r) - drops(&before, r);
     wait_until(Duration::from_secs(5), || {
         counted("vxlan-unknown-vtep") >= 1 && counted("vxlan-wrong-vni") >= 1
     });
@@ -267,18 +259,18 @@ fn pods_across_nodes_over_vxlan() {
     ctl(Request::RemoteDel {
         name: remote.name.clone(),
     });
-    let before = drops(&stats(&lab, 0), "ip4-no-route");
+    let before = drops(&stats(&lab.state.nodes[0].socket), "ip4-no-route");
     assert!(
         !run_in(&a1.netns, "ping", &["-c", "1", "-W", "1", &a2.ip]).0,
         "route not withdrawn"
     );
-    assert!(drops(&stats(&lab, 0), "ip4-no-route") > before);
+    assert!(drops(&stats(&lab.state.nodes[0].socket), "ip4-no-route") > before);
     ctl(Request::RemoteAdd(remote));
     assert!(ping(&a1.netns, &a2.ip), "route not restored");
 
     // Every packet accounted for, on both nodes.
     for i in 0..2 {
-        let s = stats(&lab, i);
+        let s = stats(&lab.state.nodes[i].socket);
         assert_eq!(s.rx + s.replicated, s.tx + s.dropped, "node {i}: {s:?}");
     }
 }

@@ -40,31 +40,8 @@ fn whoami_servers(eps: &[Pod], count: &str, seconds: &str) -> Background {
     )
 }
 
-fn conntrack(lab: &Lab, node: usize, f: podpath_proto::ConntrackFilter) -> Vec<ConnInfo> {
-    let mut c = Client::connect(&lab.state.nodes[node].control_socket, "test").unwrap();
-    match c.call(Request::ConntrackList(f)).unwrap() {
-        Response::Conntrack(v) => v,
-        r => panic!("{r:?}"),
-    }
-}
-
-/// Hand-offs between the node's workers so far (both directions).
-fn handoffs(lab: &Lab, node: usize) -> u64 {
-    let mut c = Client::connect(&lab.state.nodes[node].socket, "test").unwrap();
-    match c.call(Request::Stats).unwrap() {
-        Response::Stats(s) => s.workers.iter().map(|w| w.handoff_in).sum(),
-        r => panic!("{r:?}"),
-    }
-}
-
 fn ep(ip: &str) -> EndpointSpec {
-    EndpointSpec {
-        ip: ip.into(),
-        port: 8080,
-        weight: 1,
-        ready: true,
-        terminating: false,
-    }
+    EndpointSpec::ready(ip, 8080)
 }
 
 #[test]
@@ -79,16 +56,13 @@ fn cluster_ip_spreads_over_endpoints_on_both_nodes() {
     let (n1, n2) = (lab.state.nodes[0].clone(), lab.state.nodes[1].clone());
     let client = n1.pods[0].clone();
     let eps = [n1.pods[1].clone(), n2.pods[0].clone(), n2.pods[1].clone()];
-    let web = ServiceSpec {
-        name: "default/web".into(),
-        vip: "10.96.0.10".into(),
-        port: 80,
-        protocol: "tcp".into(),
-        endpoints: eps.iter().map(|p| ep(&p.ip)).collect(),
-        affinity_timeout: None,
-        node_port: None,
-        external_traffic_policy: None,
-    };
+    let web = ServiceSpec::new(
+        "default/web",
+        "10.96.0.10",
+        80,
+        "tcp",
+        eps.iter().map(|p| ep(&p.ip)).collect(),
+    );
     set(&lab, &web);
     let servers = whoami_servers(&eps, "300", "30");
     // 300 short connections; each completes only if the answer came from the VIP,
@@ -206,8 +180,7 @@ fn cluster_ip_spreads_over_endpoints_on_both_nodes() {
         .collect();
     let streams = |lab: &Lab| -> std::collections::BTreeMap<u16, String> {
         conntrack(
-            lab,
-            0,
+            &lab.state.nodes[0].control_socket,
             podpath_proto::ConntrackFilter {
                 proto: Some(6),
                 addr: Some("10.96.0.10".into()),
@@ -277,16 +250,13 @@ fn cluster_ip_spreads_over_endpoints_on_both_nodes() {
     );
 
     // A UDP client whose endpoint is removed moves to a live one.
-    let dns = ServiceSpec {
-        name: "default/dns2".into(),
-        vip: "10.96.0.13".into(),
-        port: 53,
-        protocol: "udp".into(),
-        endpoints: vec![ep(&eps[1].ip), ep(&eps[2].ip)],
-        affinity_timeout: None,
-        node_port: None,
-        external_traffic_policy: None,
-    };
+    let dns = ServiceSpec::new(
+        "default/dns2",
+        "10.96.0.13",
+        53,
+        "udp",
+        vec![ep(&eps[1].ip), ep(&eps[2].ip)],
+    );
     let dns = ServiceSpec {
         endpoints: dns
             .endpoints
@@ -326,8 +296,7 @@ fn cluster_ip_spreads_over_endpoints_on_both_nodes() {
     // has had a few answers).
     let udp = || {
         conntrack(
-            &lab,
-            0,
+            &lab.state.nodes[0].control_socket,
             podpath_proto::ConntrackFilter {
                 proto: Some(17),
                 addr: Some("10.96.0.13".into()),
@@ -376,16 +345,7 @@ fn cluster_ip_spreads_over_endpoints_on_both_nodes() {
     let me = &eps[0];
     set(
         &lab,
-        &ServiceSpec {
-            name: "default/self".into(),
-            vip: "10.96.0.14".into(),
-            port: 80,
-            protocol: "tcp".into(),
-            endpoints: vec![ep(&me.ip)],
-            affinity_timeout: None,
-            node_port: None,
-            external_traffic_policy: None,
-        },
+        &ServiceSpec::new("default/self", "10.96.0.14", 80, "tcp", vec![ep(&me.ip)]),
     );
     let srv = whoami_servers(std::slice::from_ref(me), "5", "10");
     let (ok, out) = run_in(
@@ -410,29 +370,11 @@ fn cluster_ip_spreads_over_endpoints_on_both_nodes() {
     // A Service without endpoints refuses at once: TCP with a reset, UDP with ICMP.
     set(
         &lab,
-        &ServiceSpec {
-            name: "default/empty".into(),
-            vip: "10.96.0.11".into(),
-            port: 80,
-            protocol: "tcp".into(),
-            endpoints: vec![],
-            affinity_timeout: None,
-            node_port: None,
-            external_traffic_policy: None,
-        },
+        &ServiceSpec::new("default/empty", "10.96.0.11", 80, "tcp", vec![]),
     );
     set(
         &lab,
-        &ServiceSpec {
-            name: "default/dns".into(),
-            vip: "10.96.0.12".into(),
-            port: 53,
-            protocol: "udp".into(),
-            endpoints: vec![],
-            affinity_timeout: None,
-            node_port: None,
-            external_traffic_policy: None,
-        },
+        &ServiceSpec::new("default/dns", "10.96.0.12", 53, "udp", vec![]),
     );
     let t = Instant::now();
     let (ok, out) = run_in(
@@ -454,7 +396,7 @@ fn cluster_ip_spreads_over_endpoints_on_both_nodes() {
     );
     // The two workers did share the work: packets crossed between them.
     assert!(
-        handoffs(&lab, 0) > 0,
+        handoffs(&lab.state.nodes[0].socket) > 0,
         "no hand-off between node 1's workers"
     );
 }
@@ -468,14 +410,14 @@ fn node_port_from_an_external_host_with_both_policies() {
     let ext = lab.state.external.clone().unwrap();
     let eps = [n1.pods[1].clone(), n2.pods[0].clone(), n2.pods[1].clone()];
     let mut web = ServiceSpec {
-        name: "default/web".into(),
-        vip: "10.96.0.10".into(),
-        port: 80,
-        protocol: "tcp".into(),
-        endpoints: eps.iter().map(|p| ep(&p.ip)).collect(),
-        affinity_timeout: None,
         node_port: Some(30080),
-        external_traffic_policy: None,
+        ..ServiceSpec::new(
+            "default/web",
+            "10.96.0.10",
+            80,
+            "tcp",
+            eps.iter().map(|p| ep(&p.ip)).collect(),
+        )
     };
     let serve = |count: &str| whoami_servers(&eps, count, "20");
     let ask = |n: &str, source: &str| -> String {

@@ -9,17 +9,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use podpath_lab::Lab;
-use podpath_proto::{Client, ConnInfo, ConntrackFilter, Request, Response};
+use podpath_proto::{ConnInfo, ConntrackFilter};
 
 static SERIAL: Mutex<()> = Mutex::new(());
-
-fn conns(lab: &Lab, f: ConntrackFilter) -> Vec<ConnInfo> {
-    let mut c = Client::connect(&lab.state.nodes[0].control_socket, "test").unwrap();
-    match c.call(Request::ConntrackList(f)).unwrap() {
-        Response::Conntrack(v) => v,
-        r => panic!("{r:?}"),
-    }
-}
 
 #[test]
 fn pods_reach_an_external_host_through_masquerade() {
@@ -120,7 +112,10 @@ fn pods_reach_an_external_host_through_masquerade() {
     );
 
     // conntrack list shows the connections, translated to the node IP.
-    let all = conns(&lab, ConntrackFilter::default());
+    let all = conntrack(
+        &lab.state.nodes[0].control_socket,
+        ConntrackFilter::default(),
+    );
     let tcp: Vec<&ConnInfo> = all
         .iter()
         .filter(|c| c.proto == 6 && c.orig.3 == 8080)
@@ -131,8 +126,8 @@ fn pods_reach_an_external_host_through_masquerade() {
         (b.ip.as_str(), n1.node_ip.as_str())
     );
     assert!(tcp[0].assured);
-    let udp = conns(
-        &lab,
+    let udp = conntrack(
+        &lab.state.nodes[0].control_socket,
         ConntrackFilter {
             proto: Some(17),
             addr: Some(a.ip.clone()),
@@ -145,10 +140,13 @@ fn pods_reach_an_external_host_through_masquerade() {
     // packet, and it (and every other non-TCP entry) is gone by 4.5 s (the table's
     // clock counts whole seconds).
     let non_tcp = || -> Vec<ConnInfo> {
-        conns(&lab, ConntrackFilter::default())
-            .into_iter()
-            .filter(|c| c.proto != 6)
-            .collect()
+        conntrack(
+            &lab.state.nodes[0].control_socket,
+            ConntrackFilter::default(),
+        )
+        .into_iter()
+        .filter(|c| c.proto != 6)
+        .collect()
     };
     std::thread::sleep(Duration::from_millis(1500).saturating_sub(last_udp.elapsed()));
     assert!(
@@ -164,8 +162,8 @@ fn pods_reach_an_external_host_through_masquerade() {
     let a2 = lab.state.nodes[1].pods[0].clone();
     assert!(ping(&a.netns, &a2.ip), "pod to pod across nodes");
     assert!(
-        conns(
-            &lab,
+        conntrack(
+            &lab.state.nodes[0].control_socket,
             ConntrackFilter {
                 proto: None,
                 addr: Some(a2.ip.clone()),
@@ -176,13 +174,9 @@ fn pods_reach_an_external_host_through_masquerade() {
         "pod-to-pod traffic was tracked for NAT"
     );
     // Both of node 1's workers took part: replies crossed to their owner.
-    let mut c = Client::connect(&n1.socket, "test").unwrap();
-    let Response::Stats(st) = c.call(Request::Stats).unwrap() else {
-        panic!()
-    };
+    let st = stats(&n1.socket);
     assert!(
-        st.workers.iter().all(|w| w.rx > 0)
-            && st.workers.iter().map(|w| w.handoff_in).sum::<u64>() > 0,
+        st.workers.iter().all(|w| w.rx > 0) && handoffs(&n1.socket) > 0,
         "two workers with hand-off: {:?}",
         st.workers
     );

@@ -121,6 +121,42 @@ pub struct EndpointSpec {
     pub terminating: bool,
 }
 
+impl ServiceSpec {
+    /// A Service with these endpoints and nothing else set: no affinity, no
+    /// NodePort, the default traffic policy.
+    pub fn new(
+        name: &str,
+        vip: &str,
+        port: u16,
+        protocol: &str,
+        endpoints: Vec<EndpointSpec>,
+    ) -> Self {
+        ServiceSpec {
+            name: name.into(),
+            vip: vip.into(),
+            port,
+            protocol: protocol.into(),
+            endpoints,
+            affinity_timeout: None,
+            node_port: None,
+            external_traffic_policy: None,
+        }
+    }
+}
+
+impl EndpointSpec {
+    /// A ready endpoint of weight 1 (the defaults a request without them gets).
+    pub fn ready(ip: &str, port: u16) -> Self {
+        EndpointSpec {
+            ip: ip.into(),
+            port,
+            weight: default_weight(),
+            ready: true,
+            terminating: false,
+        }
+    }
+}
+
 /// Filters for `ConntrackList`: protocol number, an address or a port on either side.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct ConntrackFilter {

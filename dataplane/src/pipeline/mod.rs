@@ -87,7 +87,4 @@ pub struct Meta {
     pub remote: u16,
     /// Set by a stage that wants an ICMP error sent.
     pub icmp: IcmpKind,
-    /// The frame is the inner frame of VXLAN this node decapsulated: if it is handed
-    /// to another worker, that worker parses it as such (not as an uplink frame).
-    pub from_overlay: bool,
 }

@@ -73,9 +73,14 @@ pub struct NeighborUpdate {
 /// `ip4-lookup` once); beyond, packets are dropped rather than looping.
 const MAX_PASSES: usize = 4;
 
-/// Marks a handed-off packet's input port as "inner frame from the overlay" (port
-/// ids stay below `MAX_PORTS`, far under this bit).
-const FROM_OVERLAY: u16 = 0x8000;
+/// A packet one worker hands to the worker that owns its connection: with what the
+/// stages so far learned of it, so the owner resumes at the stage that handed it
+/// over (no second parse; a decapsulated inner frame stays one).
+pub struct HandedOff<F> {
+    pub frame: F,
+    pub meta: Meta,
+    pub stage: StageId,
+}
 
 struct Parked<F> {
     frame: F,
@@ -122,11 +127,8 @@ pub struct Pipeline<F: Frame> {
     nat_ports: NatPorts,
     owners: snat::Owners,
     /// Hand-off rings to the other workers (indexed by worker), and this one's.
-    handoff: Vec<Option<Sender<(F, u16)>>>,
-    handoff_in: Option<Receiver<(F, u16)>>,
-    handoff_carry: Option<(F, u16)>,
-    /// The hand-off burst being run holds decapsulated inner frames.
-    overlay_burst: bool,
+    handoff: Vec<Option<Sender<HandedOff<F>>>>,
+    handoff_in: Option<Receiver<HandedOff<F>>>,
     pub counters: Arc<WorkerCounters>,
     pub tracer: Tracer,
     tx_queue: u16,
@@ -184,8 +186,6 @@ impl<F: Frame> Pipeline<F> {
             },
             handoff: Vec::new(),
             handoff_in: None,
-            handoff_carry: None,
-            overlay_burst: false,
             counters,
             tracer,
             tx_queue: cfg.worker,
@@ -297,14 +297,18 @@ impl<F: Frame> Pipeline<F> {
             self.meta[i] = Meta {
                 in_port,
                 trace,
-                from_overlay: self.overlay_burst,
                 ..Meta::default()
             };
             // i < BURST (32), so it fits a u8 index.
             self.queue[StageId::EthInput.index()][i] = u8::try_from(i).unwrap_or(0);
         }
         self.queue_len[StageId::EthInput.index()] = n;
+        self.run_passes(c, io);
+    }
 
+    /// Runs the stages over the queued packets until every one has left (a packet
+    /// re-entering an earlier stage takes another pass, at most `MAX_PASSES`).
+    fn run_passes<P: PortIo<Frame = F>>(&mut self, c: &WorkerCounters, io: &mut P) {
         for pass in 0..MAX_PASSES {
             let mut ran = false;
             for &stage in StageId::ALL {
@@ -557,46 +561,60 @@ impl<F: Frame> Pipeline<F> {
 
     /// Connects the hand-off rings: `to[w]` reaches worker w (None for this one);
     /// `inbox` is this worker's.
-    pub fn set_handoff(&mut self, to: Vec<Option<Sender<(F, u16)>>>, inbox: Receiver<(F, u16)>) {
+    pub fn set_handoff(
+        &mut self,
+        to: Vec<Option<Sender<HandedOff<F>>>>,
+        inbox: Receiver<HandedOff<F>>,
+    ) {
         self.handoff = to;
         self.handoff_in = Some(inbox);
     }
 
     /// Runs the packets other workers handed to this one (their connections are
-    /// ours): at most four bursts per poll. Returns how many.
-    pub fn run_handed_off<P: PortIo<Frame = F>>(&mut self, io: &mut P, rx: &mut Vec<F>) -> usize {
+    /// ours), each resuming at the stage that handed it over: at most four bursts
+    /// per poll. Returns how many.
+    pub fn run_handed_off<P: PortIo<Frame = F>>(&mut self, io: &mut P) -> usize {
         let Some(inbox) = self.handoff_in.take() else {
             return 0;
         };
+        let counters = Arc::clone(&self.counters);
+        let c = &*counters;
         let mut total = 0;
         for _ in 0..4 {
-            let mut port = None;
-            if let Some((f, p)) = self.handoff_carry.take() {
-                port = Some(p);
-                rx.push(f);
-            }
-            while rx.len() < BURST {
-                match inbox.try_recv() {
-                    Ok((f, p)) if port.is_none() || port == Some(p) => {
-                        port = Some(p);
-                        rx.push(f);
-                    }
-                    // Another input port: it starts the next burst.
-                    Ok(other) => {
-                        self.handoff_carry = Some(other);
-                        break;
-                    }
-                    Err(_) => break,
+            self.queue_len = [0; StageId::COUNT];
+            self.burst_traced = false;
+            let mut n = 0;
+            while n < BURST {
+                let Ok(h) = inbox.try_recv() else { break };
+                // Trace ids are per worker: this one's tracer decides.
+                let trace = self.tracer.take();
+                if trace != 0 {
+                    self.burst_traced = true;
+                    let len = u16::try_from(h.frame.data().len()).unwrap_or(u16::MAX);
+                    let port = h.meta.in_port;
+                    self.tracer.record(
+                        c,
+                        trace,
+                        h.stage,
+                        Next::Stage(h.stage),
+                        TraceDetail::Rx { port, len },
+                    );
                 }
+                self.slots[n] = Some(h.frame);
+                self.meta[n] = Meta { trace, ..h.meta };
+                let q = h.stage.index();
+                // n < BURST (32), so it fits a u8 index.
+                self.queue[q][self.queue_len[q]] = u8::try_from(n).unwrap_or(0);
+                self.queue_len[q] += 1;
+                n += 1;
             }
-            let Some(p) = port else { break };
-            let n = rx.len();
+            if n == 0 {
+                break;
+            }
             total += n;
-            add(&self.counters.handoff_in, n as u64);
-            self.overlay_burst = p & FROM_OVERLAY != 0;
-            self.run_from(io, p & !FROM_OVERLAY, rx, false);
-            self.overlay_burst = false;
-            if self.handoff_carry.is_none() && n < BURST {
+            add(&c.handoff_in, n as u64);
+            self.run_passes(c, io);
+            if n < BURST {
                 break;
             }
         }
@@ -708,19 +726,22 @@ impl<F: Frame> Pipeline<F> {
                 }
                 Next::Handoff(w) => {
                     if let Some(f) = self.slots[i].take() {
-                        let m = &self.meta[i];
-                        let in_port = m.in_port | if m.from_overlay { FROM_OVERLAY } else { 0 };
+                        let h = HandedOff {
+                            frame: f,
+                            meta: self.meta[i],
+                            stage,
+                        };
                         match self.handoff.get(usize::from(w)).and_then(Option::as_ref) {
-                            Some(tx) => match tx.try_send((f, in_port)) {
+                            Some(tx) => match tx.try_send(h) {
                                 Ok(()) => add(&c.handoff_out, 1),
                                 Err(e) => {
                                     c.count_drop(DropReason::HandoffFull, 1);
-                                    self.dropped.push(e.into_inner().0);
+                                    self.dropped.push(e.into_inner().frame);
                                 }
                             },
                             None => {
                                 c.count_drop(DropReason::HandoffFull, 1);
-                                self.dropped.push(f);
+                                self.dropped.push(h.frame);
                             }
                         }
                     }

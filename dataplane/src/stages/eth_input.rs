@@ -177,15 +177,6 @@ fn pick(cx: &Ctx, m: &Meta, data: &[u8], ip: Option<FiveTuple>) -> Next {
     };
     let is_arp = m.ethertype == u16::from(EtherType::Arp);
     let is_ip4 = m.ethertype == u16::from(EtherType::Ipv4);
-    if m.from_overlay {
-        // Decapsulated (and checked) by another worker, handed here: on as
-        // vxlan-decap sends it.
-        return match ip {
-            Some(_) if !cx.services.is_empty() => Next::Stage(StageId::Lb),
-            Some(_) => Next::Stage(StageId::Ip4Lookup),
-            None => Next::Drop(DropReason::VxlanInnerNotIp4),
-        };
-    }
     match cx.ports.role(m.in_port) {
         Role::Pod if is_arp => Next::Stage(StageId::Arp),
         // With Services, every IPv4 packet from a pod passes `lb` (an endpoint's reply

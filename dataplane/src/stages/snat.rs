@@ -317,7 +317,10 @@ pub fn reply<F: Frame>(
         if m.proto == 1 && is_icmp_error(d[l4]) {
             // An error about one of our translated flows (a router's time exceeded, a
             // fragmentation needed): the quoted packet names the connection.
-            if let Some(pod) = translate_icmp_error(ct, now, d, l3, l4) {
+            let Some(q) = quoted(d, l3, l4) else {
+                continue;
+            };
+            if let Some(pod) = translate_icmp_error(ct, now, d, l3, l4, &q) {
                 if m.trace != 0 {
                     detail[i] = TraceDetail::Nat {
                         src: false,
@@ -325,11 +328,12 @@ pub fn reply<F: Frame>(
                         port: 0,
                     };
                 }
-            } else if let Some(w) = quoted_nat_port(d, l3, l4)
-                .and_then(|p| NatPorts::owner(owners.lo, owners.hi, owners.workers, p))
-                .filter(|&w| w != owners.me)
+            } else if let Some(w) =
+                NatPorts::owner(owners.lo, owners.hi, owners.workers, q.sent.sport)
+                    .filter(|&w| w != owners.me)
             {
-                // About a flow another worker translated: its table knows the pod.
+                // About a flow another worker translated (the quoted packet's node
+                // port is from its slice): its table knows the pod.
                 next[i] = Next::Handoff(w);
             }
             continue;
@@ -370,46 +374,28 @@ fn is_icmp_error(t: u8) -> bool {
     matches!(t, 3 | 4 | 5 | 11 | 12)
 }
 
-/// The node-side port (or echo identifier) of the packet an ICMP error quotes: what
-/// we sent from the node, so it names the worker whose NAT slice it came from.
-fn quoted_nat_port(d: &[u8], l3: usize, l4: usize) -> Option<u16> {
-    let total = usize::from(ipv4::Packet::new_unchecked(&d[l3..]).total_len());
-    let end = (l3 + total).min(d.len());
-    let q3 = l4 + icmpv4::HEADER_LEN;
-    if end < q3 + ipv4::HEADER_LEN {
-        return None;
-    }
-    let inner = ipv4::Packet::new_unchecked(&d[q3..end]);
-    let q4 = q3 + inner.header_len();
-    if inner.version() != 4 || inner.header_len() < ipv4::HEADER_LEN || end < q4 + 8 {
-        return None;
-    }
-    match u8::from(inner.protocol()) {
-        6 | 17 => Some(u16::from_be_bytes([d[q4], d[q4 + 1]])),
-        1 if d[q4] == icmpv4::kind::ECHO_REQUEST => {
-            Some(u16::from_be_bytes([d[q4 + 4], d[q4 + 5]]))
-        }
-        _ => None,
-    }
+/// Where an ICMP error's quoted packet lies (quoted IPv4 header at `q3`, its
+/// transport at `q4`, the error's end), and what it names: the packet we sent from
+/// the node (TCP/UDP as sent; ICMP echo as the reply tuple with the identifier as
+/// `sport`), so `sent.sport` is the node-side port or identifier.
+#[derive(Clone, Copy)]
+struct Quoted {
+    q3: usize,
+    q4: usize,
+    end: usize,
+    src: u32,
+    proto: u8,
+    sent: Tuple,
 }
 
-/// Rewrites an ICMP error about a translated flow so it reaches the pod: the outer
-/// destination becomes the pod, and inside the quoted packet the source address and
-/// port (or echo identifier) go back to the pod's, with the quoted IPv4 header's
-/// checksum, the quoted UDP or ICMP checksum (TCP's is not within the 8 quoted bytes)
-/// and the error's own checksum updated. Returns the pod address, or None (not ours).
-fn translate_icmp_error(
-    ct: &mut Conntrack,
-    now: u32,
-    d: &mut [u8],
-    l3: usize,
-    l4: usize,
-) -> Option<u32> {
+/// Parses the packet an ICMP error quotes (the IPv4 header and 8 bytes of what it
+/// carried: truncated by design, so checked by hand rather than by `new_checked`,
+/// which wants the whole packet). None for anything but TCP, UDP or an echo request
+/// that is not a fragment.
+fn quoted(d: &[u8], l3: usize, l4: usize) -> Option<Quoted> {
     let total = usize::from(ipv4::Packet::new_unchecked(&d[l3..]).total_len());
     let end = (l3 + total).min(d.len());
     let q3 = l4 + icmpv4::HEADER_LEN;
-    // The quoted IPv4 header and 8 bytes of what it carried: truncated by design, so
-    // checked by hand rather than by `new_checked` (which wants the whole packet).
     if end < q3 + ipv4::HEADER_LEN {
         return None;
     }
@@ -420,7 +406,6 @@ fn translate_icmp_error(
         return None;
     }
     let proto = u8::from(inner.protocol());
-    // What we sent: node -> server. Its reverse is the reply tuple we track.
     let (src, dst) = (inner.src_addr().to_u32(), inner.dst_addr().to_u32());
     let sent = match proto {
         6 | 17 => Tuple {
@@ -439,6 +424,38 @@ fn translate_icmp_error(
         },
         _ => return None,
     };
+    Some(Quoted {
+        q3,
+        q4,
+        end,
+        src,
+        proto,
+        sent,
+    })
+}
+
+/// Rewrites an ICMP error about a translated flow so it reaches the pod: the outer
+/// destination becomes the pod, and inside the quoted packet the source address and
+/// port (or echo identifier) go back to the pod's, with the quoted IPv4 header's
+/// checksum, the quoted UDP or ICMP checksum (TCP's is not within the 8 quoted bytes)
+/// and the error's own checksum updated. Returns the pod address, or None (not ours).
+fn translate_icmp_error(
+    ct: &mut Conntrack,
+    now: u32,
+    d: &mut [u8],
+    l3: usize,
+    l4: usize,
+    q: &Quoted,
+) -> Option<u32> {
+    let Quoted {
+        q3,
+        q4,
+        end,
+        src,
+        proto,
+        sent,
+    } = *q;
+    // What we sent: node -> server. Its reverse is the reply tuple we track.
     let reply = if proto == 1 { sent } else { sent.reversed() };
     let (k, Dir::Reply) = ct.lookup(&reply, now)? else {
         return None;
@@ -586,7 +603,9 @@ mod tests {
             ))
             .write(&mut err, &sent[..28])
             .unwrap();
-        let got = translate_icmp_error(&mut ct, 0, &mut err, 14, 34).expect("ours");
+        let q = quoted(&err, 14, 34).expect("a quote");
+        assert_eq!(q.sent.sport, natport, "names the node-side port");
+        let got = translate_icmp_error(&mut ct, 0, &mut err, 14, 34, &q).expect("ours");
         assert_eq!(got, u32of(pod));
         assert_eq!(&err[30..34], &pod, "outer destination is the pod");
         assert!(checksum::verify(&err[14..34]), "outer IPv4 checksum");
@@ -601,6 +620,7 @@ mod tests {
         // An error about a flow we do not know is left alone.
         let mut other = err.clone();
         other[62..64].copy_from_slice(&1u16.to_be_bytes());
-        assert!(translate_icmp_error(&mut ct, 0, &mut other, 14, 34).is_none());
+        let q = quoted(&other, 14, 34).expect("a quote");
+        assert!(translate_icmp_error(&mut ct, 0, &mut other, 14, 34, &q).is_none());
     }
 }

@@ -70,7 +70,6 @@ pub fn process<F: Frame>(
         *m = Meta {
             in_port,
             trace,
-            from_overlay: true,
             ..Meta::default()
         };
         next[i] = match eth_input::classify(f.data(), m, RxChecksum::Unknown) {

@@ -1,7 +1,9 @@
 //! Helpers shared by the end-to-end tests (each test file uses some of them).
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use podpath_proto::{Client, ConnInfo, ConntrackFilter, Request, Response, Stats};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
@@ -128,6 +130,42 @@ impl Drop for Background {
             let _ = c.wait();
         }
     }
+}
+
+/// The dataplane's (or control service's) counters.
+pub fn stats(sock: &Path) -> Stats {
+    match Client::connect(sock, "test")
+        .unwrap()
+        .call(Request::Stats)
+        .unwrap()
+    {
+        Response::Stats(s) => s,
+        r => panic!("unexpected answer to Stats: {r:?}"),
+    }
+}
+
+/// Packets handed between the dataplane's workers so far.
+pub fn handoffs(sock: &Path) -> u64 {
+    stats(sock).workers.iter().map(|w| w.handoff_in).sum()
+}
+
+/// The connection table, filtered.
+pub fn conntrack(sock: &Path, f: ConntrackFilter) -> Vec<ConnInfo> {
+    match Client::connect(sock, "test")
+        .unwrap()
+        .call(Request::ConntrackList(f))
+        .unwrap()
+    {
+        Response::Conntrack(v) => v,
+        r => panic!("unexpected answer to ConntrackList: {r:?}"),
+    }
+}
+
+/// The MAC address of `dev` in namespace `ns`.
+pub fn mac_of(ns: &str, dev: &str) -> String {
+    let j = net::ip_in(ns, &["-j", "link", "show", dev]).expect("ip link");
+    let v: serde_json::Value = serde_json::from_str(&j).expect("json");
+    v[0]["address"].as_str().expect("address").to_owned()
 }
 
 pub fn state_dir() -> PathBuf {
