@@ -1356,3 +1356,159 @@ fn more_drop_reasons_each_counted_alone() {
     assert!(balanced(&n));
 }
 
+#[test]
+fn with_two_workers_one_worker_owns_every_connection_of_an_affinity_client() {
+    use podpath_dataplane::tables::services::ServiceTable;
+    let svc = ServiceSpec {
+        affinity_timeout: Some(60),
+        ..ServiceSpec::new(
+            "default/web",
+            "10.96.0.10",
+            80,
+            "udp",
+            ["10.244.0.3", "10.244.0.4", "10.244.0.5"]
+                .iter()
+                .map(|e| EndpointSpec::ready(e, 8080))
+                .collect(),
+        )
+    };
+    let table = Arc::new(ServiceTable::build(&[svc], None).unwrap());
+    let (mut w0, mut io0, mut w1, mut io1) = two_workers(Some(table));
+    for (w, io) in [(&mut w0, &mut io0), (&mut w1, &mut io1)] {
+        learn_pod_a(w, io);
+    }
+    // Sixteen client ports, arriving on both workers' queues alternately (as a
+    // NIC's hash would spread them): one worker takes them all, one endpoint serves.
+    for (k, sport) in (41000u16..41016).enumerate() {
+        let q = udp_from_pod_a([10, 96, 0, 10], sport, 80, 64, b"q");
+        if k % 2 == 0 {
+            rx(&mut w0, &mut io0, POD_A, &[q]);
+        } else {
+            rx(&mut w1, &mut io1, POD_A, &[q]);
+        }
+    }
+    w0.run_handed_off(&mut io0);
+    w1.run_handed_off(&mut io1);
+    w0.flush(&mut io0);
+    w1.flush(&mut io1);
+    let made = |w: &Pipeline<MemFrame>| get(&w.counters.ct_inserted);
+    w0.expire_connections();
+    w1.expire_connections();
+    assert!(
+        (made(&w0), made(&w1)) == (16, 0) || (made(&w0), made(&w1)) == (0, 16),
+        "connections split over the workers: {} and {}",
+        made(&w0),
+        made(&w1)
+    );
+    // Each endpoint is asked for by ARP (not resolved here): the ARP requests name
+    // the one endpoint every connection went to.
+    let asked: std::collections::BTreeSet<[u8; 4]> = [io0.take_tx(POD_B), io1.take_tx(POD_B)]
+        .concat()
+        .iter()
+        .filter(|f| f[12..14] == [0x08, 0x06])
+        .map(|f| f[38..42].try_into().unwrap())
+        .collect();
+    assert_eq!(asked.len(), 1, "affinity split over endpoints: {asked:?}");
+}
+
+#[test]
+fn a_client_port_reused_after_time_wait_gets_the_endpoint_picked_now() {
+    use podpath_dataplane::tables::services::ServiceTable;
+    use podpath_dataplane::wire::tcp::flags::{ACK, FIN, SYN};
+    let (mut n, mut io) = node_with_pod_a(1);
+    // Pod b (endpoint A, local) and node 2 (behind endpoint B) are resolved.
+    rx(
+        &mut n,
+        &mut io,
+        POD_B,
+        &[arp::request(MacAddr(pod_mac(1, 3)), ip("10.244.0.3"), ip("10.244.0.1")).to_vec()],
+    );
+    io.take_tx(POD_B);
+    rx(
+        &mut n,
+        &mut io,
+        UPLINK,
+        &[arp_reply(
+            uplink_mac(2),
+            ip("192.168.77.12"),
+            uplink_mac(1),
+            ip("192.168.77.11"),
+        )],
+    );
+    let web = |eps: Vec<EndpointSpec>| {
+        Arc::new(
+            ServiceTable::build(
+                &[ServiceSpec::new(
+                    "default/web",
+                    "10.96.0.10",
+                    80,
+                    "tcp",
+                    eps,
+                )],
+                None,
+            )
+            .unwrap(),
+        )
+    };
+    let seg = |src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, flags: u8| {
+        let mut v = Vec::new();
+        let mut b = PacketBuilder::ethernet2(pod_mac(1, 2), gateway_mac(ip("10.244.0.1")).0)
+            .ipv4(src, dst, 64)
+            .tcp(sport, dport, 1, 1000);
+        if flags & SYN != 0 {
+            b = b.syn();
+        }
+        if flags & ACK != 0 {
+            b = b.ack(1);
+        }
+        if flags & FIN != 0 {
+            b = b.fin();
+        }
+        b.write(&mut v, &[]).unwrap();
+        v
+    };
+    let (client, vip, a) = ([10, 244, 0, 2], [10, 96, 0, 10], [10, 244, 0, 3]);
+    // A whole connection to endpoint A (the only one), closed: TIME_WAIT.
+    n.set_services(web(vec![EndpointSpec::ready("10.244.0.3", 8080)]));
+    rx(&mut n, &mut io, POD_A, &[seg(client, vip, 40000, 80, SYN)]);
+    assert_eq!(io.take_tx(POD_B).len(), 1, "the SYN reached endpoint A");
+    let mut from_a = seg(a, client, 8080, 40000, SYN | ACK);
+    from_a[6..12].copy_from_slice(&pod_mac(1, 3));
+    rx(&mut n, &mut io, POD_B, &[from_a]);
+    for (src, dst, sp, dp, f, port) in [
+        (client, vip, 40000, 80, ACK, POD_A),
+        (client, vip, 40000, 80, FIN | ACK, POD_A),
+        (a, client, 8080, 40000, FIN | ACK, POD_B),
+        (client, vip, 40000, 80, ACK, POD_A),
+    ] {
+        let mut f_ = seg(src, dst, sp, dp, f);
+        if port == POD_B {
+            f_[6..12].copy_from_slice(&pod_mac(1, 3));
+        }
+        rx(&mut n, &mut io, port, &[f_]);
+    }
+    io.take_tx(POD_A);
+    assert_eq!(
+        io.take_tx(POD_B).len(),
+        3,
+        "the rest of the connection reached A"
+    );
+    // Endpoint B comes with weight 1000: Maglev now picks B for nearly every flow
+    // (a fresh client port shows it), A stays (its connections are not swept).
+    n.set_services(web(vec![
+        EndpointSpec::ready("10.244.0.3", 8080),
+        EndpointSpec {
+            weight: 1000,
+            ..EndpointSpec::ready("10.244.1.2", 8080)
+        },
+    ]));
+    rx(&mut n, &mut io, POD_A, &[seg(client, vip, 40001, 80, SYN)]);
+    assert_eq!(io.take_tx(UPLINK).len(), 1, "a new client port goes to B");
+    // The client reuses port 40000: a new connection, so the endpoint picked now.
+    rx(&mut n, &mut io, POD_A, &[seg(client, vip, 40000, 80, SYN)]);
+    assert!(
+        io.take_tx(POD_B).is_empty(),
+        "the reopened port went to the old endpoint"
+    );
+    assert_eq!(io.take_tx(UPLINK).len(), 1, "the reopened port went to B");
+}

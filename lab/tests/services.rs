@@ -40,6 +40,30 @@ fn whoami_servers(eps: &[Pod], count: &str, seconds: &str) -> Background {
     )
 }
 
+/// Every node's non-zero drop counters and hand-offs, for failure messages.
+fn diag(lab: &Lab) -> String {
+    lab.state
+        .nodes
+        .iter()
+        .map(|n| {
+            let s = stats(&n.socket);
+            let d: Vec<String> = s
+                .drops
+                .iter()
+                .filter(|d| d.count > 0)
+                .map(|d| format!("{} {}", d.reason, d.count))
+                .collect();
+            format!(
+                "{}: drops [{}], handoffs {}",
+                n.name,
+                d.join(", "),
+                handoffs(&n.socket)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 fn ep(ip: &str) -> EndpointSpec {
     EndpointSpec::ready(ip, 8080)
 }
@@ -246,7 +270,8 @@ fn cluster_ip_spreads_over_endpoints_on_both_nodes() {
         .unwrap_or(0);
     assert!(
         to_heavy >= 12,
-        "the weight-6 endpoint got {to_heavy} of 30 new connections:\n{out}"
+        "the weight-6 endpoint got {to_heavy} of 30 new connections:\n{out}\n{}",
+        diag(&lab)
     );
 
     // A UDP client whose endpoint is removed moves to a live one.
@@ -269,16 +294,10 @@ fn cluster_ip_spreads_over_endpoints_on_both_nodes() {
         ..dns
     };
     set(&lab, &dns);
-    let answerers: Vec<_> = [&eps[1], &eps[2]]
-        .iter()
-        .map(|p| {
-            net::command_in(&p.netns, &bin())
-                .args(["udp-whoami-serve", "--port", "5353", "--seconds", "15"])
-                .stdout(Stdio::null())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
+    let answerers = Background::in_each(
+        &[&eps[1].netns, &eps[2].netns],
+        &["udp-whoami-serve", "--port", "5353", "--seconds", "15"],
+    );
     let asker = net::command_in(&client.netns, &bin())
         .args([
             "udp-whoami-ask",
@@ -329,16 +348,18 @@ fn cluster_ip_spreads_over_endpoints_on_both_nodes() {
     );
     let out = String::from_utf8_lossy(&asker.wait_with_output().unwrap().stdout).into_owned();
     let answers: Vec<&str> = out.lines().collect();
-    assert_eq!(answers.first(), Some(&first.as_str()), "{out}");
+    assert_eq!(
+        answers.first(),
+        Some(&first.as_str()),
+        "{out}\n{}",
+        diag(&lab)
+    );
     let last = answers.last().copied().unwrap_or("");
     assert!(
         last != first && last != "none",
         "the UDP client did not move off the removed endpoint:\n{out}"
     );
-    for mut a in answerers {
-        let _ = a.kill();
-        let _ = a.wait();
-    }
+    drop(answerers);
 
     // Hairpin: a pod reaches itself through its own Service (its source becomes the
     // gateway, so the reply comes back through the dataplane and from the VIP).

@@ -9,6 +9,8 @@ use super::snat::{rewrite, tcp_flags, tuple_of, NatPorts, Owners};
 
 /// The worker that owns a ClusterIP connection: chosen by the client's address and
 /// port, which both directions carry (source of requests, destination of replies).
+/// For Services whose connections are owned by client address alone
+/// (`owner_by_client_ip`, affinity), callers pass port 0.
 #[inline]
 pub fn client_owner(ip: u32, port: u16, workers: u16) -> u16 {
     if workers <= 1 {
@@ -169,7 +171,7 @@ pub fn process<F: Frame>(
             continue;
         };
         let flags = tcp_flags(d, l4, m.proto);
-        match ct.lookup(&t, now) {
+        match ct.lookup_or_reopen(&t, flags, now) {
             Some((k, dir)) if ct.entry(k).is_dnat() => {
                 let e = *ct.entry(k);
                 ct.update(k, dir, flags, now);
@@ -210,7 +212,7 @@ pub fn process<F: Frame>(
             // Missed here: maybe another worker's connection. A Service endpoint's
             // packet goes to the owner of its client (by NAT port when it is addressed
             // to the node or the gateway: NodePort and hairpin connections).
-            if services.is_endpoint(t.src, t.sport, t.proto) {
+            if let Some(by_ip) = services.endpoint_owner_by_client_ip(t.src, t.sport, t.proto) {
                 let to_us = cx
                     .l3
                     .node
@@ -219,7 +221,8 @@ pub fn process<F: Frame>(
                 let owner = if to_us {
                     NatPorts::owner(owners.lo, owners.hi, owners.workers, t.dport)
                 } else {
-                    Some(client_owner(t.dst, t.dport, owners.workers))
+                    let port = if by_ip { 0 } else { t.dport };
+                    Some(client_owner(t.dst, port, owners.workers))
                 };
                 if let Some(w) = owner.filter(|&w| w != owners.me) {
                     next[i] = Next::Handoff(w);
@@ -229,12 +232,14 @@ pub fn process<F: Frame>(
             // A new ClusterIP (or NodePort/Local, which keeps the client's address)
             // connection is made on its client's worker.
             let node_ip = cx.l3.node.as_ref().map_or(0, |n| n.node_ip);
-            let local_np = t.dst == node_ip
-                && services
-                    .by_node_port(t.dport, t.proto)
-                    .is_some_and(|(_, s)| s.local_policy);
-            if services.lookup(t.dst, t.dport, t.proto).is_some() || local_np {
-                let w = client_owner(t.src, t.sport, owners.workers);
+            let local_np = (t.dst == node_ip)
+                .then(|| services.by_node_port(t.dport, t.proto))
+                .flatten()
+                .map(|(_, s)| s)
+                .filter(|s| s.local_policy);
+            if let Some(s) = services.lookup(t.dst, t.dport, t.proto).or(local_np) {
+                let port = if s.owner_by_client_ip { 0 } else { t.sport };
+                let w = client_owner(t.src, port, owners.workers);
                 if w != owners.me {
                     next[i] = Next::Handoff(w);
                     continue;

@@ -194,7 +194,7 @@ pub fn egress<F: Frame>(
             continue;
         }
         let flags = tcp_flags(d, l4, m.proto);
-        let (idx, port) = match ct.lookup(&orig, now) {
+        let (idx, port) = match ct.lookup_or_reopen(&orig, flags, now) {
             Some((k, Dir::Orig)) => (k, ct.entry(k).reply.dport_or_id()),
             Some((_, Dir::Reply)) => {
                 // A packet that looks like a reply going out: not ours to translate.

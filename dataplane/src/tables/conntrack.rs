@@ -248,6 +248,24 @@ impl Conntrack {
         &self.slab[i as usize]
     }
 
+    /// The live entry `t` belongs to, unless `flags` open a new connection over a
+    /// finished one: a SYN (without ACK) in the original direction of an entry in
+    /// TIME_WAIT or CLOSE. Like Linux, that entry is removed and the packet is new
+    /// (it gets a fresh translation: another NAT port, the endpoint the Service
+    /// picks now), rather than continuing the old connection's state and choice.
+    #[inline]
+    pub fn lookup_or_reopen(&mut self, t: &Tuple, tcp_flags: u8, now: u32) -> Option<(u32, Dir)> {
+        use crate::wire::tcp::flags::{ACK, SYN};
+        let (i, d) = self.lookup(t, now)?;
+        let e = &self.slab[i as usize];
+        let finished = matches!(e.tcp, TcpState::TimeWait | TcpState::Close);
+        if finished && d == Dir::Orig && tcp_flags & (SYN | ACK) == SYN {
+            self.remove(i);
+            return None;
+        }
+        Some((i, d))
+    }
+
     /// Is this tuple (either direction of any live entry) in use?
     pub fn in_use(&self, t: &Tuple, now: u32) -> bool {
         self.lookup(t, now).is_some()
@@ -593,6 +611,48 @@ mod tests {
         assert_eq!(c.lookup(&o, 1), Some((i, Dir::Orig)));
         assert_eq!(c.lookup(&r, 1), Some((i, Dir::Reply)));
         assert_eq!(c.insert(o, r, 1), Err(InsertError::Exists));
+    }
+
+    #[test]
+    fn a_syn_over_a_finished_connection_opens_a_new_one() {
+        let mut c = Conntrack::new(16, Timeouts::default(), 0);
+        let o = t(40003, 6);
+        let r = nat_reply(o, 61003);
+        let i = c.insert(o, r, 0).unwrap();
+        for (d, f) in [(Dir::Orig, SYN), (Dir::Reply, SYN | ACK), (Dir::Orig, ACK)] {
+            c.update(i, d, f, 1);
+        }
+        // Live: a SYN (a retransmission, say) does not replace it, nor does any
+        // packet of the reply direction or one with ACK.
+        assert_eq!(c.lookup_or_reopen(&o, SYN, 2), Some((i, Dir::Orig)));
+        for (d, f) in [
+            (Dir::Orig, FIN | ACK),
+            (Dir::Reply, ACK),
+            (Dir::Reply, FIN | ACK),
+            (Dir::Orig, ACK),
+        ] {
+            c.update(i, d, f, 2);
+        }
+        assert_eq!(c.entry(i).tcp, TcpState::TimeWait);
+        assert_eq!(c.lookup_or_reopen(&o, ACK, 3), Some((i, Dir::Orig)));
+        assert_eq!(c.lookup_or_reopen(&r, SYN, 3), Some((i, Dir::Reply)));
+        assert_eq!(c.lookup_or_reopen(&o, SYN | ACK, 3), Some((i, Dir::Orig)));
+        assert_eq!(
+            c.lookup_or_reopen(&o, 0, 3),
+            Some((i, Dir::Orig)),
+            "UDP-like flags"
+        );
+        // A new SYN from the same client port: the old entry goes, both directions.
+        assert_eq!(c.lookup_or_reopen(&o, SYN, 3), None);
+        assert_eq!(c.lookup(&o, 3), None);
+        assert_eq!(c.lookup(&r, 3), None);
+        assert_eq!(c.len(), 0);
+        // And after a reset (CLOSE) the same.
+        let i = c.insert(o, r, 4).unwrap();
+        c.update(i, Dir::Orig, SYN, 4);
+        c.update(i, Dir::Reply, RST, 4);
+        assert_eq!(c.entry(i).tcp, TcpState::Close);
+        assert_eq!(c.lookup_or_reopen(&o, SYN, 5), None);
     }
 
     #[test]

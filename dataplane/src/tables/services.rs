@@ -32,6 +32,12 @@ pub struct Service {
     /// NodePort with policy Local uses only these).
     pub local_endpoints: Vec<Endpoint>,
     pub local_maglev: Maglev,
+    /// With several workers, this Service's connections are owned by the worker of
+    /// the client's address alone (not address and port): so one worker, and one
+    /// affinity table, sees every connection of a client. Set for Services with
+    /// affinity and for every Service sharing an endpoint with one, so an endpoint's
+    /// replies name the same owner whichever Service they belong to.
+    pub owner_by_client_ip: bool,
 }
 
 #[derive(Debug, Default)]
@@ -41,7 +47,8 @@ pub struct ServiceTable {
     by_node_port: HashMap<(u16, u8), u16>,
     /// Every endpoint (ip, port, protocol) of every Service: packets from these may be
     /// replies of Service connections another worker owns.
-    endpoints: hashbrown::HashSet<(u32, u16, u8)>,
+    /// Every endpoint, with its Services' `owner_by_client_ip`.
+    endpoints: HashMap<(u32, u16, u8), bool>,
 }
 
 /// What the table needs to know of this node: its IP and its pod CIDR.
@@ -90,7 +97,6 @@ impl ServiceTable {
                     return Err(format!("{what}: endpoint {} has port 0", e.ip));
                 }
                 all.push(Endpoint { ip, port: e.port });
-                t.endpoints.insert((ip, e.port, proto));
                 if e.ready && !e.terminating && e.weight > 0 {
                     eps.push(Endpoint { ip, port: e.port });
                     backends.push(Backend {
@@ -159,9 +165,48 @@ impl ServiceTable {
                 local_policy,
                 local_endpoints: local_eps,
                 local_maglev,
+                owner_by_client_ip: false,
             });
         }
+        t.group_owners();
         Ok(t)
+    }
+
+    /// Sets `owner_by_client_ip` per group of Services linked by shared endpoints
+    /// (union-find, at build time: nothing of it runs per packet).
+    fn group_owners(&mut self) {
+        let n = self.services.len();
+        let mut parent: Vec<usize> = (0..n).collect();
+        fn root(p: &mut [usize], mut i: usize) -> usize {
+            while p[i] != i {
+                p[i] = p[p[i]];
+                i = p[i];
+            }
+            i
+        }
+        let mut first: HashMap<(u32, u16, u8), usize> = HashMap::new();
+        for (i, s) in self.services.iter().enumerate() {
+            for e in &s.all {
+                let j = *first.entry((e.ip, e.port, s.proto)).or_insert(i);
+                let (a, b) = (root(&mut parent, i), root(&mut parent, j));
+                parent[a] = b;
+            }
+        }
+        let mut sticky = vec![false; n];
+        for (i, s) in self.services.iter().enumerate() {
+            if s.affinity > 0 {
+                let r = root(&mut parent, i);
+                sticky[r] = true;
+            }
+        }
+        for i in 0..n {
+            let by_ip = sticky[root(&mut parent, i)];
+            let s = &mut self.services[i];
+            s.owner_by_client_ip = by_ip;
+            for e in &s.all {
+                self.endpoints.insert((e.ip, e.port, s.proto), by_ip);
+            }
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -171,7 +216,14 @@ impl ServiceTable {
     /// Is `(ip, port, proto)` an endpoint of some Service?
     #[inline]
     pub fn is_endpoint(&self, ip: u32, port: u16, proto: u8) -> bool {
-        self.endpoints.contains(&(ip, port, proto))
+        self.endpoints.contains_key(&(ip, port, proto))
+    }
+
+    /// For an endpoint: whether its connections are owned by client address alone
+    /// (see `Service::owner_by_client_ip`); None when it is no endpoint.
+    #[inline]
+    pub fn endpoint_owner_by_client_ip(&self, ip: u32, port: u16, proto: u8) -> Option<bool> {
+        self.endpoints.get(&(ip, port, proto)).copied()
     }
 
     /// The Service with this NodePort.
@@ -249,5 +301,51 @@ mod tests {
         let mut bad = s;
         bad.protocol = "sctp".into();
         assert!(ServiceTable::build(&[bad], None).is_err());
+    }
+
+    #[test]
+    fn services_sharing_endpoints_with_an_affinity_service_are_owned_by_client_ip() {
+        let ip = |a: &str| validate::ipv4(a).unwrap();
+        let svc = |name: &str, vip: &str, eps: &[&str], affinity: Option<u32>| ServiceSpec {
+            affinity_timeout: affinity,
+            ..ServiceSpec::new(
+                name,
+                vip,
+                80,
+                "tcp",
+                eps.iter().map(|e| EndpointSpec::ready(e, 8080)).collect(),
+            )
+        };
+        // a (affinity) shares 10.244.0.3 with b, b shares 10.244.1.2 with c: one
+        // group; d stands alone; e has affinity but shares nothing.
+        let t = ServiceTable::build(
+            &[
+                svc("default/a", "10.96.0.1", &["10.244.0.3"], Some(60)),
+                svc(
+                    "default/b",
+                    "10.96.0.2",
+                    &["10.244.0.3", "10.244.1.2"],
+                    None,
+                ),
+                svc("default/c", "10.96.0.3", &["10.244.1.2"], None),
+                svc("default/d", "10.96.0.4", &["10.244.2.2"], None),
+                svc("default/e", "10.96.0.5", &["10.244.3.2"], Some(10)),
+            ],
+            None,
+        )
+        .unwrap();
+        let by_ip = |vip: &str| t.lookup(ip(vip), 80, 6).unwrap().owner_by_client_ip;
+        assert!(by_ip("10.96.0.1") && by_ip("10.96.0.2") && by_ip("10.96.0.3"));
+        assert!(!by_ip("10.96.0.4"));
+        assert!(by_ip("10.96.0.5"));
+        let ep = |a: &str| t.endpoint_owner_by_client_ip(ip(a), 8080, 6);
+        assert_eq!(ep("10.244.1.2"), Some(true), "linked through b");
+        assert_eq!(ep("10.244.2.2"), Some(false));
+        assert_eq!(ep("10.244.9.9"), None, "no endpoint");
+        assert_eq!(
+            t.endpoint_owner_by_client_ip(ip("10.244.0.3"), 8080, 17),
+            None,
+            "per protocol"
+        );
     }
 }
