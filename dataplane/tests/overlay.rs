@@ -203,17 +203,7 @@ fn pod_to_remote_pod_round_trip_through_vxlan() {
     let req = io1.take_tx(UPLINK);
     assert_eq!(req.len(), 1, "one ARP request for the remote node");
     assert_eq!(&req[0][38..42], &[192, 168, 77, 12]);
-    rx(
-        &mut n1,
-        &mut io1,
-        UPLINK,
-        &[arp_reply(
-            uplink_mac(2),
-            ip("192.168.77.12"),
-            uplink_mac(1),
-            ip("192.168.77.11"),
-        )],
-    );
+    resolve_node_2(&mut n1, &mut io1);
     let out = io1.take_tx(UPLINK);
     assert_eq!(out.len(), 1, "the held packet left once resolved");
     let v = &out[0];
@@ -435,17 +425,7 @@ fn workers_share_what_arp_taught_them() {
         )],
     );
     assert_eq!(io0.take_tx(UPLINK).len(), 1, "ARP request");
-    rx(
-        &mut w1,
-        &mut io1,
-        UPLINK,
-        &[arp_reply(
-            uplink_mac(2),
-            ip("192.168.77.12"),
-            uplink_mac(1),
-            ip("192.168.77.11"),
-        )],
-    );
+    resolve_node_2(&mut w1, &mut io1);
     assert!(io0.take_tx(UPLINK).is_empty());
     w0.absorb_neighbors(&mut io0);
     w0.flush(&mut io0);
@@ -469,17 +449,7 @@ fn masqueraded_on_worker_1() -> (Pipeline<MemFrame>, MemIo, Pipeline<MemFrame>, 
         &[arp::request(MacAddr(pod_mac(1, 2)), ip("10.244.0.2"), ip("10.244.0.1")).to_vec()],
     );
     io1.take_tx(POD_A);
-    rx(
-        &mut w1,
-        &mut io1,
-        UPLINK,
-        &[arp_reply(
-            MacAddr([2, 0, 0, 0, 0, 0x64]),
-            ip("192.168.77.100"),
-            uplink_mac(1),
-            ip("192.168.77.11"),
-        )],
-    );
+    resolve_ext(&mut w1, &mut io1);
     // Client port 5558 belongs to worker 1 (client_owner): its flow is translated there.
     let mut out = Vec::new();
     PacketBuilder::ethernet2(pod_mac(1, 2), gw.0)
@@ -698,6 +668,47 @@ fn learn_pod_a(n: &mut Pipeline<MemFrame>, io: &mut MemIo) {
     io.take_tx(POD_A);
 }
 
+/// Pod b's MAC learned (its ARP for the gateway).
+fn learn_pod_b(n: &mut Pipeline<MemFrame>, io: &mut MemIo) {
+    rx(
+        n,
+        io,
+        POD_B,
+        &[arp::request(MacAddr(pod_mac(1, 3)), ip("10.244.0.3"), ip("10.244.0.1")).to_vec()],
+    );
+    io.take_tx(POD_B);
+}
+
+/// Node 2's uplink MAC resolved (its ARP reply on the uplink).
+fn resolve_node_2(n: &mut Pipeline<MemFrame>, io: &mut MemIo) {
+    rx(
+        n,
+        io,
+        UPLINK,
+        &[arp_reply(
+            uplink_mac(2),
+            ip("192.168.77.12"),
+            uplink_mac(1),
+            ip("192.168.77.11"),
+        )],
+    );
+}
+
+/// The external host's MAC resolved.
+fn resolve_ext(n: &mut Pipeline<MemFrame>, io: &mut MemIo) {
+    rx(
+        n,
+        io,
+        UPLINK,
+        &[arp_reply(
+            MacAddr([2, 0, 0, 0, 0, 0x64]),
+            ip("192.168.77.100"),
+            uplink_mac(1),
+            ip("192.168.77.11"),
+        )],
+    );
+}
+
 /// Sets the IPv4 header checksum of an Ethernet frame (after an edit).
 fn fix_ip_checksum(f: &mut [u8]) {
     let hl = usize::from(f[14] & 0x0f) * 4;
@@ -736,17 +747,7 @@ fn snat_ports_exhausted_is_counted_when_the_slice_is_used_up() {
     // Two NAT ports: a third flow to the same server:port has none left.
     let (mut n, mut io) = node_with(1, |c| c.nat_range = (40000, 40001));
     learn_pod_a(&mut n, &mut io);
-    rx(
-        &mut n,
-        &mut io,
-        UPLINK,
-        &[arp_reply(
-            MacAddr([2, 0, 0, 0, 0, 0x64]),
-            ip("192.168.77.100"),
-            uplink_mac(1),
-            ip("192.168.77.11"),
-        )],
-    );
+    resolve_ext(&mut n, &mut io);
     let flows: Vec<Vec<u8>> = (1..=3)
         .map(|s| udp_from_pod_a([192, 168, 77, 100], 5000 + s, 53, 64, b"q"))
         .collect();
@@ -1148,24 +1149,8 @@ fn affinity_sticks_to_its_endpoint_and_lets_go_when_the_endpoint_goes() {
     use podpath_dataplane::tables::services::{NodeInfo, ServiceTable};
     let (mut n, mut io) = node_with_pod_a(1);
     // Pod b (a local endpoint) and node 2 (behind the remote one) are resolved.
-    rx(
-        &mut n,
-        &mut io,
-        POD_B,
-        &[arp::request(MacAddr(pod_mac(1, 3)), ip("10.244.0.3"), ip("10.244.0.1")).to_vec()],
-    );
-    io.take_tx(POD_B);
-    rx(
-        &mut n,
-        &mut io,
-        UPLINK,
-        &[arp_reply(
-            uplink_mac(2),
-            ip("192.168.77.12"),
-            uplink_mac(1),
-            ip("192.168.77.11"),
-        )],
-    );
+    learn_pod_b(&mut n, &mut io);
+    resolve_node_2(&mut n, &mut io);
     let ep = |ip: &str| EndpointSpec::ready(ip, 8080);
     let spec = |eps: Vec<EndpointSpec>| ServiceSpec {
         affinity_timeout: Some(60),
@@ -1244,17 +1229,7 @@ fn a_decapsulated_reply_handed_to_its_owner_is_restored() {
     let table = Arc::new(ServiceTable::build(&[svc], None).unwrap());
     let (mut w0, mut io0, mut w1, mut io1) = two_workers(Some(table));
     learn_pod_a(&mut w1, &mut io1);
-    rx(
-        &mut w1,
-        &mut io1,
-        UPLINK,
-        &[arp_reply(
-            uplink_mac(2),
-            ip("192.168.77.12"),
-            uplink_mac(1),
-            ip("192.168.77.11"),
-        )],
-    );
+    resolve_node_2(&mut w1, &mut io1);
     let sport = (1000u16..)
         .find(|&p| client_owner(ip("10.244.0.2"), p, 2) == 1)
         .unwrap();
@@ -1417,24 +1392,8 @@ fn a_client_port_reused_after_time_wait_gets_the_endpoint_picked_now() {
     use podpath_dataplane::wire::tcp::flags::{ACK, FIN, SYN};
     let (mut n, mut io) = node_with_pod_a(1);
     // Pod b (endpoint A, local) and node 2 (behind endpoint B) are resolved.
-    rx(
-        &mut n,
-        &mut io,
-        POD_B,
-        &[arp::request(MacAddr(pod_mac(1, 3)), ip("10.244.0.3"), ip("10.244.0.1")).to_vec()],
-    );
-    io.take_tx(POD_B);
-    rx(
-        &mut n,
-        &mut io,
-        UPLINK,
-        &[arp_reply(
-            uplink_mac(2),
-            ip("192.168.77.12"),
-            uplink_mac(1),
-            ip("192.168.77.11"),
-        )],
-    );
+    learn_pod_b(&mut n, &mut io);
+    resolve_node_2(&mut n, &mut io);
     let web = |eps: Vec<EndpointSpec>| {
         Arc::new(
             ServiceTable::build(
