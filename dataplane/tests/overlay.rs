@@ -659,24 +659,25 @@ fn node_with_pod_a(k: u8) -> (Pipeline<MemFrame>, MemIo) {
 }
 
 fn learn_pod_a(n: &mut Pipeline<MemFrame>, io: &mut MemIo) {
+    learn_pod(n, io, POD_A, 2);
+}
+
+/// Node 1's pod 10.244.0.`host` on `port` has its MAC learned (its ARP for the
+/// gateway).
+fn learn_pod(n: &mut Pipeline<MemFrame>, io: &mut MemIo, port: u16, host: u8) {
+    let me = ip(&format!("10.244.0.{host}"));
     rx(
         n,
         io,
-        POD_A,
-        &[arp::request(MacAddr(pod_mac(1, 2)), ip("10.244.0.2"), ip("10.244.0.1")).to_vec()],
+        port,
+        &[arp::request(MacAddr(pod_mac(1, host)), me, ip("10.244.0.1")).to_vec()],
     );
-    io.take_tx(POD_A);
+    io.take_tx(port);
 }
 
 /// Pod b's MAC learned (its ARP for the gateway).
 fn learn_pod_b(n: &mut Pipeline<MemFrame>, io: &mut MemIo) {
-    rx(
-        n,
-        io,
-        POD_B,
-        &[arp::request(MacAddr(pod_mac(1, 3)), ip("10.244.0.3"), ip("10.244.0.1")).to_vec()],
-    );
-    io.take_tx(POD_B);
+    learn_pod(n, io, POD_B, 3);
 }
 
 /// Node 2's uplink MAC resolved (its ARP reply on the uplink).
