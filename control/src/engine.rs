@@ -318,7 +318,7 @@ impl Engine {
                 let mut new = self.state.clone();
                 new.node = Some(n.clone());
                 let undo = self.state.node.clone().map(Request::NodeSet);
-                self.call(Request::NodeSet(n)).and_then(|_| self.commit(new, undo)).map(|()| Response::Done)
+                self.call(Request::NodeSet(n)).and_then(|r| self.commit(new, undo).map(|()| r))
             }
             Request::RemoteAdd(r) => {
                 let mut new = self.state.clone();
@@ -329,7 +329,7 @@ impl Engine {
                         Some(Request::RemoteDel { name: r.name.clone() })
                     }
                 };
-                self.call(Request::RemoteAdd(r)).and_then(|_| self.commit(new, undo)).map(|()| Response::Done)
+                self.call(Request::RemoteAdd(r)).and_then(|r| self.commit(new, undo).map(|()| r))
             }
             Request::RemoteDel { name } => {
                 let Some(old) = self.state.remotes.iter().find(|x| x.name == name).cloned() else {
@@ -337,12 +337,12 @@ impl Engine {
                 };
                 let mut new = self.state.clone();
                 new.remotes.retain(|x| x.name != name);
-                match self.call(Request::RemoteDel { name }) {
-                    Ok(_) => {}
-                    Err(e) if e.kind == ErrorKind::NotFound => {}
+                let answer = match self.call(Request::RemoteDel { name }) {
+                    Ok(r) => r,
+                    Err(e) if e.kind == ErrorKind::NotFound => Response::Done,
                     Err(e) => return Response::Error(e),
-                }
-                self.commit(new, Some(Request::RemoteAdd(old))).map(|()| Response::Done)
+                };
+                self.commit(new, Some(Request::RemoteAdd(old))).map(|()| answer)
             }
             Request::ServiceSet(svc) => {
                 let mut new = self.state.clone();
@@ -353,7 +353,7 @@ impl Engine {
                         Request::ServiceDel { name: svc.name.clone() }
                     }
                 };
-                self.call(Request::ServiceSet(svc)).and_then(|_| self.commit(new, Some(undo))).map(|()| Response::Done)
+                self.call(Request::ServiceSet(svc)).and_then(|r| self.commit(new, Some(undo)).map(|()| r))
             }
             Request::ServiceDel { name } => {
                 let Some(old) = self.state.services.iter().find(|x| x.name == name).cloned() else {
@@ -361,12 +361,12 @@ impl Engine {
                 };
                 let mut new = self.state.clone();
                 new.services.retain(|x| x.name != name);
-                match self.call(Request::ServiceDel { name }) {
-                    Ok(_) => {}
-                    Err(e) if e.kind == ErrorKind::NotFound => {}
+                let answer = match self.call(Request::ServiceDel { name }) {
+                    Ok(r) => r,
+                    Err(e) if e.kind == ErrorKind::NotFound => Response::Done,
                     Err(e) => return Response::Error(e),
-                }
-                self.commit(new, Some(Request::ServiceSet(old))).map(|()| Response::Done)
+                };
+                self.commit(new, Some(Request::ServiceSet(old))).map(|()| answer)
             }
             Request::ServiceList => Ok(Response::Services(self.state.services.clone())),
             q @ (Request::PortList

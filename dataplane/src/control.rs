@@ -25,6 +25,7 @@ use crate::config::validate_port;
 use crate::dpdk::{self, netns, EthPort, Mempool, PortSetup};
 use crate::pipeline::counters::get;
 use crate::pipeline::{DropReason, Next, StageId, TraceDetail, TraceRecord, WorkerCounters};
+use crate::snapshot::Snapshot;
 use crate::tables::services::ServiceTable;
 use crate::tables::{PortEntry, PortMap, L3};
 use crate::wire::MacAddr;
@@ -49,19 +50,61 @@ pub struct Control {
     pool: Mempool,
     workers: Vec<WorkerHandle>,
     ports: Vec<Attached>,
+    /// The generation of `snap`, the last snapshot published.
     gen: u64,
-    current: Arc<PortMap>,
+    snap: Snapshot,
     node: Option<NodeSpec>,
     remotes: Vec<RemoteSpec>,
-    l3: Arc<L3>,
     services: Vec<ServiceSpec>,
     retired: Receiver<Retired>,
     tsc_hz: u64,
     rx_desc: u16,
     tx_desc: u16,
+    /// TCP endpoints that left their Services, since when: their connections live on
+    /// (kube-proxy keeps them), so the tables keep naming them for reply ownership
+    /// until the established timeout has passed.
+    departed: HashMap<(u32, u16, u8), (bool, Instant)>,
+    departed_ttl: Duration,
     /// Port counters at attach time, by port id: DPDK reuses ids after a detach, and
     /// a port's counters start from its attach.
     port_base: HashMap<u16, [u64; 5]>,
+}
+
+/// Departed TCP endpoints remembered at most (see `Control::departed`).
+const DEPARTED_MAX: usize = 16_384;
+
+/// How long a change waits for every worker to apply it.
+const ACK_WAIT: Duration = Duration::from_secs(5);
+
+/// What the Service table needs of the node (its local endpoints and NodePorts).
+fn node_info(l3: &L3) -> Option<crate::tables::services::NodeInfo> {
+    l3.node.as_ref().map(|n| crate::tables::services::NodeInfo {
+        node_ip: n.node_ip,
+        pod_net: n.pod_net,
+    })
+}
+
+/// Waits until every worker has applied generation `gen` and settled it; false when
+/// `timeout` passed first.
+pub fn wait_settled(workers: &[&WorkerCounters], gen: u64, timeout: Duration) -> bool {
+    let end = Instant::now() + timeout;
+    loop {
+        if workers.iter().all(|c| {
+            c.applied_gen.load(Ordering::Acquire) >= gen
+                && c.settled_gen.load(Ordering::Acquire) >= gen
+        }) {
+            return true;
+        }
+        if Instant::now() > end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
+/// The answer to a change: the snapshot generation every worker now runs.
+fn applied(generation: u64) -> Response {
+    Response::Applied { generation }
 }
 
 fn err(kind: ErrorKind, message: impl Into<String>) -> ErrorReply {
@@ -84,17 +127,58 @@ impl Control {
             workers: Vec::new(),
             ports: Vec::new(),
             gen: 0,
-            current: Arc::new(PortMap::default()),
+            snap: Snapshot::default(),
             node: None,
             remotes: Vec::new(),
-            l3: Arc::new(L3::empty()),
             services: Vec::new(),
             retired,
             tsc_hz,
             rx_desc,
             tx_desc,
             port_base: HashMap::new(),
+            departed: HashMap::new(),
+            departed_ttl: Duration::from_secs(432_000),
         }
+    }
+
+    /// How long a departed endpoint is remembered: the TCP established timeout.
+    pub fn set_departed_ttl(&mut self, ttl: Duration) {
+        self.departed_ttl = ttl;
+    }
+
+    /// Builds the Service table for `specs` on `l3`, carrying the departed TCP
+    /// endpoints (those of the current table that `specs` no longer has) forward.
+    fn build_services(
+        &mut self,
+        specs: &[ServiceSpec],
+        l3: &L3,
+    ) -> Result<Arc<ServiceTable>, ErrorReply> {
+        let t =
+            ServiceTable::build(specs, node_info(l3)).map_err(|e| err(ErrorKind::BadRequest, e))?;
+        let now = Instant::now();
+        for (k, by_ip) in self.snap.services.endpoint_keys() {
+            if k.2 == 6 && !t.is_endpoint(k.0, k.1, k.2) {
+                self.departed.entry(k).or_insert((by_ip, now));
+            }
+        }
+        let ttl = self.departed_ttl;
+        self.departed
+            .retain(|k, (_, at)| !t.is_endpoint(k.0, k.1, k.2) && now.duration_since(*at) < ttl);
+        // Bounded: beyond DEPARTED_MAX the oldest are forgotten (their connections'
+        // replies may then reach a worker that does not own them and be dropped).
+        while self.departed.len() > DEPARTED_MAX {
+            let oldest = self
+                .departed
+                .iter()
+                .min_by_key(|(_, (_, at))| *at)
+                .map(|(k, _)| *k);
+            match oldest {
+                Some(k) => self.departed.remove(&k),
+                None => break,
+            };
+        }
+        let departed: Vec<_> = self.departed.iter().map(|(k, (b, _))| (*k, *b)).collect();
+        Ok(Arc::new(t.with_departed(departed)))
     }
 
     /// A port's counters summed over the workers.
@@ -177,34 +261,60 @@ impl Control {
         w.tx.send_timeout(msg, Duration::from_secs(1)).is_ok()
     }
 
-    /// Publishes the current ports to every worker; returns the generation.
-    fn publish(&mut self) -> u64 {
+    /// Publishes `next` to every worker as a new generation and waits until every
+    /// worker has applied it and finished what it implies (`settled_gen`). Err when
+    /// one did not within `ACK_WAIT`: the snapshot is published (it will be applied
+    /// when the worker gets to it) but the change is not known to be in force.
+    fn publish(&mut self, next: Snapshot) -> Result<u64, ErrorReply> {
         self.gen += 1;
-        let map = self.build_map(self.n_workers());
+        let gen = self.gen;
         for w in &self.workers {
-            // A worker that misses it never reaches `gen`: detach then keeps the port.
-            let _ = Self::tell(w, WorkerMsg::Ports(Arc::clone(&map), self.gen));
+            // A worker that misses it never reaches `gen`: the wait below says so.
+            let _ = Self::tell(w, WorkerMsg::Snapshot(next.clone(), gen));
         }
-        self.current = map;
+        self.snap = next;
+        if self.wait_settled(gen, ACK_WAIT) {
+            Ok(gen)
+        } else {
+            Err(err(
+                ErrorKind::Unavailable,
+                format!(
+                    "generation {gen} is published but not every worker applied it within {} s",
+                    ACK_WAIT.as_secs()
+                ),
+            ))
+        }
+    }
+
+    /// The current snapshot with the port map rebuilt from the attached ports.
+    fn with_ports(&self) -> Snapshot {
+        Snapshot {
+            ports: self.build_map(self.n_workers()),
+            ..self.snap.clone()
+        }
+    }
+
+    /// The generation every worker has applied (the one in force).
+    pub fn applied_generation(&self) -> u64 {
+        self.workers
+            .iter()
+            .map(|w| w.counters.applied_gen.load(Ordering::Acquire))
+            .min()
+            .unwrap_or(self.gen)
+    }
+
+    pub fn generation(&self) -> u64 {
         self.gen
     }
 
-    /// Waits until every worker has applied generation `gen`.
-    fn wait_quiescent(&self, gen: u64, timeout: Duration) -> bool {
-        let end = Instant::now() + timeout;
-        loop {
-            if self
-                .workers
-                .iter()
-                .all(|w| w.counters.applied_gen.load(Ordering::Acquire) >= gen)
-            {
-                return true;
-            }
-            if Instant::now() > end {
-                return false;
-            }
-            std::thread::sleep(Duration::from_micros(200));
-        }
+    pub fn current_snapshot(&self) -> Snapshot {
+        self.snap.clone()
+    }
+
+    /// Waits until every worker has applied generation `gen` and settled it.
+    fn wait_settled(&self, gen: u64, timeout: Duration) -> bool {
+        let counters: Vec<&WorkerCounters> = self.workers.iter().map(|w| &*w.counters).collect();
+        wait_settled(&counters, gen, timeout)
     }
 
     /// Frees the snapshots workers handed back.
@@ -212,13 +322,10 @@ impl Control {
         while self.retired.try_recv().is_ok() {}
     }
 
-    pub fn current_l3(&self) -> Arc<L3> {
-        Arc::clone(&self.l3)
-    }
-
-    /// Builds and publishes the L3 view for `node` and `remotes`; on error nothing
-    /// changes.
-    fn set_l3(&mut self, node: NodeSpec, remotes: Vec<RemoteSpec>) -> Result<(), ErrorReply> {
+    /// Builds the L3 view for `node` and `remotes`, and everything that depends on it
+    /// (port roles, the Services' local endpoints and NodePorts), and publishes them
+    /// as one snapshot; on a build error nothing changes.
+    fn set_l3(&mut self, node: NodeSpec, remotes: Vec<RemoteSpec>) -> Result<u64, ErrorReply> {
         let l3 = Arc::new(
             L3::build(&node, &remotes).map_err(|e| err(ErrorKind::BadRequest, e.to_string()))?,
         );
@@ -226,29 +333,35 @@ impl Control {
             .node
             .as_ref()
             .is_none_or(|o| o.uplink != node.uplink || o.host != node.host);
+        let services = if self.services.is_empty() {
+            Arc::clone(&self.snap.services)
+        } else {
+            let specs = self.services.clone();
+            self.build_services(&specs, &l3)
+                .map_err(|e| err(e.kind, format!("with this node: {}", e.message)))?
+        };
         self.node = Some(node);
         self.remotes = remotes;
-        self.l3 = Arc::clone(&l3);
-        for w in &self.workers {
-            let _ = Self::tell(w, WorkerMsg::L3(Arc::clone(&l3)));
-        }
-        if roles_changed {
-            self.publish();
-        }
-        // Local endpoints and NodePorts depend on the node: rebuild the Services.
-        if !self.services.is_empty() {
-            let specs = self.services.clone();
-            let _ = self.set_services(specs);
-        }
-        Ok(())
+        let ports = if roles_changed {
+            self.build_map(self.n_workers())
+        } else {
+            Arc::clone(&self.snap.ports)
+        };
+        // A publish error leaves the new state in place: it is what the workers will
+        // run; the caller learns it is not yet in force everywhere.
+        self.publish(Snapshot {
+            ports,
+            l3,
+            services,
+        })
     }
 
-    pub fn node_set(&mut self, node: NodeSpec) -> Result<(), ErrorReply> {
+    pub fn node_set(&mut self, node: NodeSpec) -> Result<u64, ErrorReply> {
         let remotes = self.remotes.clone();
         self.set_l3(node, remotes)
     }
 
-    fn remote_add(&mut self, r: RemoteSpec) -> Result<(), ErrorReply> {
+    fn remote_add(&mut self, r: RemoteSpec) -> Result<u64, ErrorReply> {
         let node = self.node.clone().ok_or_else(|| {
             err(
                 ErrorKind::BadRequest,
@@ -263,7 +376,7 @@ impl Control {
         self.set_l3(node, remotes)
     }
 
-    fn remote_del(&mut self, name: &str) -> Result<(), ErrorReply> {
+    fn remote_del(&mut self, name: &str) -> Result<u64, ErrorReply> {
         let node = self
             .node
             .clone()
@@ -330,27 +443,17 @@ impl Control {
         Ok(out)
     }
 
-    /// Builds and publishes the Service table for `specs`; on error nothing changes.
-    fn set_services(&mut self, specs: Vec<ServiceSpec>) -> Result<(), ErrorReply> {
-        let node = self
-            .l3
-            .node
-            .as_ref()
-            .map(|n| crate::tables::services::NodeInfo {
-                node_ip: n.node_ip,
-                pod_net: n.pod_net,
-            });
-        let t =
-            Arc::new(ServiceTable::build(&specs, node).map_err(|e| err(ErrorKind::BadRequest, e))?);
+    /// Builds and publishes the Service table for `specs`; on a build error nothing
+    /// changes. Returns when every worker runs it and has swept the UDP connections
+    /// whose endpoint is gone.
+    fn set_services(&mut self, specs: Vec<ServiceSpec>) -> Result<u64, ErrorReply> {
+        let l3 = Arc::clone(&self.snap.l3);
+        let t = self.build_services(&specs, &l3)?;
         self.services = specs;
-        for w in &self.workers {
-            let _ = Self::tell(w, WorkerMsg::Services(Arc::clone(&t)));
-        }
-        Ok(())
-    }
-
-    pub fn current_map(&self) -> Arc<PortMap> {
-        Arc::clone(&self.current)
+        self.publish(Snapshot {
+            services: t,
+            ..self.snap.clone()
+        })
     }
 
     /// Plugs in and starts a port, then publishes it to the workers.
@@ -401,7 +504,8 @@ impl Control {
         let id = port.id();
         self.port_base.insert(id, self.port_sums(id));
         self.ports.push(Attached { spec, port, queues });
-        self.publish();
+        // A worker that is slow to apply it only polls the new port later.
+        let _ = self.publish(self.with_ports());
         let a = self.ports.last().expect("just pushed");
         Ok(port_info(a, false))
     }
@@ -420,14 +524,16 @@ impl Control {
                 )
             })?;
         let a = self.ports.remove(i);
-        let gen = self.publish();
-        if !self.wait_quiescent(gen, Duration::from_secs(5)) {
+        if self.publish(self.with_ports()).is_err() {
             // A worker is stuck: unplugging now could pull the device from under it.
             self.ports.insert(i, a);
-            self.publish();
+            let _ = self.publish(self.with_ports());
             return Err(err(
                 ErrorKind::Unavailable,
-                "workers did not acknowledge the change within 5 s; port kept",
+                format!(
+                    "workers did not acknowledge the change within {} s; port kept",
+                    ACK_WAIT.as_secs()
+                ),
             ));
         }
         let Attached { spec, port, .. } = a;
@@ -449,7 +555,8 @@ impl Control {
     }
 
     fn port_name(&self, id: u16) -> String {
-        self.current
+        self.snap
+            .ports
             .port(id)
             .map_or_else(|| format!("port{id}"), |p| p.name.clone())
     }
@@ -457,6 +564,7 @@ impl Control {
     pub fn stats(&self) -> Stats {
         let mut s = Stats {
             tsc_hz: self.tsc_hz,
+            generation: self.applied_generation(),
             ..Stats::default()
         };
         let mut ports: HashMap<u16, PortStat> = HashMap::new();
@@ -501,6 +609,8 @@ impl Control {
                 ct_refused_full: get(&c.ct_refused_full),
                 handoff_out: get(&c.handoff_out),
                 handoff_in: get(&c.handoff_in),
+                applied_generation: c.applied_gen.load(Ordering::Acquire),
+                settled_generation: c.settled_gen.load(Ordering::Acquire),
                 ..Default::default()
             };
             for (k, st) in StageId::ALL.iter().enumerate() {
@@ -666,7 +776,8 @@ impl Control {
                     Some(crate::tables::NextHop::Local) => "local pods".into(),
                     Some(crate::tables::NextHop::Remote(r)) => format!(
                         "remote node {}",
-                        self.l3
+                        self.snap
+                            .l3
                             .remotes
                             .get(usize::from(r))
                             .map_or("?", |x| x.name.as_str())
@@ -805,11 +916,12 @@ impl Control {
             Request::TraceDump => Ok(Response::Trace(self.trace_dump())),
             Request::MacDel { bridge, mac } => self.mac_del(bridge, &mac).map(|()| Response::Done),
             Request::Ping => Ok(Response::Done),
-            Request::NodeSet(n) => self.node_set(n).map(|()| Response::Done),
-            Request::RemoteAdd(r) => self.remote_add(r).map(|()| Response::Done),
-            Request::RemoteDel { name } => self.remote_del(&name).map(|()| Response::Done),
+            Request::NodeSet(n) => self.node_set(n).map(applied),
+            Request::RemoteAdd(r) => self.remote_add(r).map(applied),
+            Request::RemoteDel { name } => self.remote_del(&name).map(applied),
             Request::RouteList => Ok(Response::Routes(
-                self.l3
+                self.snap
+                    .l3
                     .describe()
                     .into_iter()
                     .map(|(prefix, via)| RouteInfo { prefix, via })
@@ -823,12 +935,12 @@ impl Control {
                     Some(x) => *x = s,
                     None => all.push(s),
                 }
-                self.set_services(all).map(|()| Response::Done)
+                self.set_services(all).map(applied)
             }
             Request::ServiceDel { name } => {
                 if self.services.iter().any(|x| x.name == name) {
                     let all = self.services.iter().filter(|x| x.name != name).cloned().collect();
-                    self.set_services(all).map(|()| Response::Done)
+                    self.set_services(all).map(applied)
                 } else {
                     Err(err(ErrorKind::NotFound, format!("no service {name:?}")))
                 }
@@ -875,5 +987,33 @@ fn port_info(a: &Attached, xstats: bool) -> PortInfo {
         mtu: a.port.mtu(),
         queues: a.queues,
         xstats: if xstats { a.port.xstats() } else { Vec::new() },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_change_waits_for_every_worker_to_apply_and_settle_it() {
+        let (a, b) = (WorkerCounters::default(), WorkerCounters::default());
+        a.applied_gen.store(3, Ordering::Release);
+        a.settled_gen.store(3, Ordering::Release);
+        b.applied_gen.store(3, Ordering::Release);
+        // b applied 3 but its sweep is still running: not in force.
+        b.settled_gen.store(2, Ordering::Release);
+        let short = Duration::from_millis(20);
+        assert!(!wait_settled(&[&a, &b], 3, short));
+        assert!(wait_settled(&[&a, &b], 2, short));
+        // b settles while the control thread waits.
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(30));
+                b.settled_gen.store(3, Ordering::Release);
+            });
+            assert!(wait_settled(&[&a, &b], 3, Duration::from_secs(5)));
+        });
+        // No workers: nothing to wait for.
+        assert!(wait_settled(&[], 9, short));
     }
 }

@@ -6,6 +6,7 @@
 //! - [`stages`]: one file per stage.
 //! - [`tables`]: the port map and the per-worker MAC table.
 //! - [`port`]: DPDK and memory port backends.
+//! - [`snapshot`]: what workers read of the control plane, published as one.
 //! - [`worker`]: the poll loop.
 //! - [`control`]: the control thread and its socket.
 //! - [`config`]: the configuration file.
@@ -17,6 +18,7 @@ pub mod control;
 pub mod dpdk;
 pub mod pipeline;
 pub mod port;
+pub mod snapshot;
 pub mod stages;
 pub mod tables;
 pub mod wire;

@@ -14,8 +14,7 @@ use crossbeam::channel::{Receiver, Sender};
 use crate::dpdk::rdtsc;
 use crate::pipeline::counters::add;
 use crate::pipeline::{Pipeline, PortIo, WorkerCounters, BURST};
-use crate::tables::services::ServiceTable;
-use crate::tables::{PortMap, L3};
+use crate::snapshot::Snapshot;
 use crate::wire::MacAddr;
 
 /// Idle back-off: after `empty_polls` polls that received nothing, sleep, starting at
@@ -53,11 +52,7 @@ pub struct MacRow {
 }
 
 /// A snapshot a worker replaced, handed back for the control thread to free.
-pub enum Retired {
-    Ports(Arc<PortMap>),
-    L3(Arc<L3>),
-    Services(Arc<ServiceTable>),
-}
+pub struct Retired(pub Snapshot);
 
 /// One row of a worker's neighbour table.
 #[derive(Debug, Clone)]
@@ -79,14 +74,10 @@ pub struct ConnRow {
 
 /// Messages from the control thread. A worker applies them between bursts.
 pub enum WorkerMsg {
-    /// A new port map, generation `gen`: after installing it the worker stores `gen`
-    /// in `applied_gen` (its quiescent point) and returns the old map for the control
+    /// A new snapshot, generation `gen`: after installing it the worker stores `gen`
+    /// in `applied_gen` (its quiescent point) and returns the old one for the control
     /// thread to free.
-    Ports(Arc<PortMap>, u64),
-    /// A new L3 view (node, remote nodes, routes).
-    L3(Arc<L3>),
-    /// A new Service table.
-    Services(Arc<ServiceTable>),
+    Snapshot(Snapshot, u64),
     /// Send a copy of the neighbour table.
     DumpNeighbors(Sender<Vec<NeighborRow>>),
     /// Send a copy of the connection table.
@@ -155,19 +146,11 @@ impl<P: PortIo> Worker<P> {
 
     fn apply(&mut self, msg: WorkerMsg) {
         match msg {
-            WorkerMsg::Ports(map, gen) => {
-                let old = self.pipeline.set_ports(&mut self.io, map);
+            WorkerMsg::Snapshot(snap, gen) => {
+                let old = self.pipeline.install(&mut self.io, snap, gen);
                 self.counters().applied_gen.store(gen, Ordering::Release);
                 // The control thread frees it: never a large free on a worker.
-                let _ = self.retired.send(Retired::Ports(old));
-            }
-            WorkerMsg::Services(t) => {
-                let old = self.pipeline.set_services(t);
-                let _ = self.retired.send(Retired::Services(old));
-            }
-            WorkerMsg::L3(l3) => {
-                let old = self.pipeline.set_l3(l3);
-                let _ = self.retired.send(Retired::L3(old));
+                let _ = self.retired.send(Retired(old));
             }
             WorkerMsg::DumpNeighbors(reply) => {
                 let now = rdtsc();

@@ -1472,3 +1472,80 @@ fn a_client_port_reused_after_time_wait_gets_the_endpoint_picked_now() {
     );
     assert_eq!(io.take_tx(UPLINK).len(), 1, "the reopened port went to B");
 }
+
+#[test]
+fn removing_an_endpoint_sweeps_its_udp_connections_keeps_tcp_and_settles_after_the_sweep() {
+    use podpath_dataplane::snapshot::Snapshot;
+    use podpath_dataplane::tables::services::ServiceTable;
+    use podpath_dataplane::wire::tcp::flags::{ACK, SYN};
+    use std::sync::atomic::Ordering;
+    let (mut n, mut io) = node_with_pod_a(1);
+    learn_pod_b(&mut n, &mut io);
+    let table = |eps: Vec<EndpointSpec>| {
+        Arc::new(
+            ServiceTable::build(
+                &[
+                    ServiceSpec::new("default/web", "10.96.0.10", 80, "tcp", eps.clone()),
+                    ServiceSpec::new("default/dns", "10.96.0.10", 53, "udp", eps),
+                ],
+                None,
+            )
+            .unwrap(),
+        )
+    };
+    let snap = |n: &Pipeline<MemFrame>, services| Snapshot {
+        ports: Arc::clone(&n.ports),
+        l3: Arc::clone(&n.l3),
+        services,
+    };
+    let tcp = |flags: u8| {
+        let mut v = Vec::new();
+        let b = PacketBuilder::ethernet2(pod_mac(1, 2), gateway_mac(ip("10.244.0.1")).0)
+            .ipv4([10, 244, 0, 2], [10, 96, 0, 10], 64)
+            .tcp(40000, 80, 1, 1000);
+        let b = if flags & SYN != 0 { b.syn() } else { b.ack(1) };
+        b.write(&mut v, &[]).unwrap();
+        v
+    };
+    let old = n.install(
+        &mut io,
+        snap(&n, table(vec![EndpointSpec::ready("10.244.0.3", 8080)])),
+        1,
+    );
+    drop(old);
+    n.expire_connections();
+    assert_eq!(n.counters.settled_gen.load(Ordering::Acquire), 1);
+    rx(&mut n, &mut io, POD_A, &[tcp(SYN)]);
+    rx(
+        &mut n,
+        &mut io,
+        POD_A,
+        &[udp_from_pod_a([10, 96, 0, 10], 5353, 53, 64, b"q")],
+    );
+    assert_eq!(io.take_tx(POD_B).len(), 2, "both reached endpoint A");
+    assert_eq!(n.conntrack.len(), 2);
+
+    // The endpoint goes. Installed, the generation is applied but not settled until
+    // the sweep has been over the table.
+    let _old = n.install(&mut io, snap(&n, table(vec![])), 2);
+    assert_eq!(n.counters.settled_gen.load(Ordering::Acquire), 1);
+    assert_eq!(n.conntrack.len(), 2, "the sweep runs at the next poll");
+    n.expire_connections();
+    assert_eq!(n.counters.settled_gen.load(Ordering::Acquire), 2);
+    let now = n.seconds();
+    let left: Vec<u8> = n.conntrack.entries(now).map(|e| e.orig.proto).collect();
+    assert_eq!(left, vec![6], "the UDP entry is swept, the TCP one kept");
+    // The established TCP connection keeps its endpoint (kube-proxy does not cut it).
+    rx(&mut n, &mut io, POD_A, &[tcp(ACK)]);
+    let out = io.take_tx(POD_B);
+    assert_eq!(out.len(), 1, "the TCP connection still reaches A");
+    assert_eq!(&out[0][30..34], &[10, 244, 0, 3]);
+    // A new UDP datagram has no endpoint now: refused (port unreachable).
+    rx(
+        &mut n,
+        &mut io,
+        POD_A,
+        &[udp_from_pod_a([10, 96, 0, 10], 5353, 53, 64, b"q")],
+    );
+    assert!(io.take_tx(POD_B).is_empty(), "UDP no longer reaches A");
+}

@@ -65,7 +65,7 @@ enum Cmd {
         #[arg(long)]
         keep: bool,
     },
-    /// Run podpathctl against a node's dataplane: podpath-lab ctl node1 -- stats
+    /// Run podpathctl against a node's control service: podpath-lab ctl node1 -- stats
     Ctl {
         node: String,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -504,7 +504,7 @@ fn run(cli: Cli) -> Result<()> {
             let n = s.node(&node).with_context(|| format!("no node {node}"))?;
             let st = Command::new(podpathctl())
                 .arg("--socket")
-                .arg(&n.socket)
+                .arg(&n.control_socket)
                 .args(&args)
                 .status()?;
             std::process::exit(st.code().unwrap_or(1));

@@ -301,6 +301,11 @@ pub enum Response {
     },
     /// The request was applied.
     Done,
+    /// The change is in force: every worker of the dataplane runs snapshot
+    /// `generation` (and has swept what the change made stale).
+    Applied {
+        generation: u64,
+    },
     Ports(Vec<PortInfo>),
     Macs(Vec<MacInfo>),
     Stats(Stats),
@@ -419,6 +424,11 @@ pub struct WorkerStat {
     pub handoff_out: u64,
     #[serde(default)]
     pub handoff_in: u64,
+    /// The snapshot generation this worker has applied, and settled (its sweep done).
+    #[serde(default)]
+    pub applied_generation: u64,
+    #[serde(default)]
+    pub settled_generation: u64,
     pub stages: Vec<StageStat>,
     pub drops: Vec<DropStat>,
 }
@@ -428,6 +438,9 @@ pub struct WorkerStat {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Stats {
     pub tsc_hz: u64,
+    /// The snapshot generation every worker has applied (the one in force).
+    #[serde(default)]
+    pub generation: u64,
     pub rx: u64,
     pub tx: u64,
     pub dropped: u64,
@@ -514,6 +527,7 @@ pub fn sample_responses() -> Vec<Response> {
             dpdk: "DPDK 22.11.11".into(),
         },
         Response::Done,
+        Response::Applied { generation: 7 },
         Response::Ports(vec![PortInfo {
             id: 0,
             name: "pod-a".into(),
@@ -538,6 +552,7 @@ pub fn sample_responses() -> Vec<Response> {
         }]),
         Response::Stats(Stats {
             tsc_hz: 2_450_000_000,
+            generation: 3,
             rx: 10,
             tx: 9,
             dropped: 1,

@@ -12,6 +12,11 @@ pub fn stats_table(s: &Stats, all: bool) -> String {
     let mut o = String::new();
     let _ = writeln!(
         o,
+        "snapshot generation {} (applied by every worker)",
+        s.generation
+    );
+    let _ = writeln!(
+        o,
         "packets: rx {}  tx {}  dropped {}  replicated {}  (rx + replicated = tx + dropped{})",
         s.rx,
         s.tx,
@@ -293,6 +298,10 @@ pub fn conntrack_lines(conns: &[ConnInfo]) -> String {
         }
         let _ = writeln!(o, "mark=0 use=1");
     }
-    let _ = writeln!(o, "podpath: {} flow entries have been shown.", conns.len());
     o
+}
+
+/// conntrack-tools' trailer, which it prints on stderr (so stdout parses as lines).
+pub fn conntrack_trailer(n: usize) -> String {
+    format!("podpath: {n} flow entries have been shown.")
 }

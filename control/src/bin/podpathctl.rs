@@ -9,15 +9,15 @@ use podpath_proto::{render, Client, PortSpec, Request, Response};
 #[derive(Parser)]
 #[command(version, about = "Operate a podpath dataplane")]
 struct Cli {
-    /// The dataplane's control socket.
-    #[arg(
-        long,
-        short,
-        global = true,
-        env = "PODPATH_SOCKET",
-        default_value = "/run/podpath/dataplane.sock"
-    )]
-    socket: PathBuf,
+    /// The socket to talk to: by default the control service's, so changes are
+    /// persisted and kept through reconciliation.
+    #[arg(long, short, global = true, env = "PODPATH_SOCKET")]
+    socket: Option<PathBuf>,
+    /// Talk to the dataplane itself (its default socket unless --socket names one):
+    /// changes made so are not persisted and the control service undoes them when
+    /// it reconciles.
+    #[arg(long, global = true)]
+    dataplane: bool,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
@@ -224,9 +224,36 @@ fn main() {
     }
 }
 
+const CONTROL_SOCKET: &str = "/run/podpath/control.sock";
+const DATAPLANE_SOCKET: &str = "/run/podpath/dataplane.sock";
+
 fn run(cli: Cli) -> Result<()> {
-    let mut c = Client::connect(&cli.socket, "podpathctl")?;
+    let socket = cli.socket.clone().unwrap_or_else(|| {
+        PathBuf::from(if cli.dataplane {
+            DATAPLANE_SOCKET
+        } else {
+            CONTROL_SOCKET
+        })
+    });
+    let mut c = Client::connect(&socket, "podpathctl")?;
     let json = cli.json;
+    // A change's answer: the generation every worker now runs.
+    let applied = |what: String, r: Response| -> Result<()> {
+        let generation = match r {
+            Response::Applied { generation } => Some(generation),
+            Response::Done => None,
+            r => return Err(anyhow!("unexpected response {r:?}")),
+        };
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({ "applied": what, "generation": generation })
+            );
+        } else if let Some(g) = generation {
+            println!("{what}: generation {g} in force on every worker");
+        }
+        Ok(())
+    };
     let print = |v: &dyn erased::Json, table: String| {
         if json {
             println!("{}", v.json());
@@ -295,7 +322,8 @@ fn run(cli: Cli) -> Result<()> {
                 .iter()
                 .map(|e| parse_endpoint(e))
                 .collect::<Result<Vec<_>>>()?;
-            c.call(Request::ServiceSet(podpath_proto::ServiceSpec {
+            let what = format!("service {name} set");
+            let r = c.call(Request::ServiceSet(podpath_proto::ServiceSpec {
                 name,
                 vip,
                 port,
@@ -305,9 +333,11 @@ fn run(cli: Cli) -> Result<()> {
                 node_port,
                 external_traffic_policy,
             }))?;
+            applied(what, r)?;
         }
         Cmd::Service(ServiceCmd::Del { name }) => {
-            c.call(Request::ServiceDel { name })?;
+            let what = format!("service {name} deleted");
+            applied(what, c.call(Request::ServiceDel { name })?)?;
         }
         Cmd::Service(ServiceCmd::List) => match c.call(Request::ServiceList)? {
             Response::Services(v) => {
@@ -342,7 +372,12 @@ fn run(cli: Cli) -> Result<()> {
                 addr,
                 port,
             }))? {
-                Response::Conntrack(v) => print(&v, render::conntrack_lines(&v)),
+                Response::Conntrack(v) => {
+                    print(&v, render::conntrack_lines(&v));
+                    if !json {
+                        eprintln!("{}", render::conntrack_trailer(v.len()));
+                    }
+                }
                 r => return Err(anyhow!("unexpected response {r:?}")),
             }
         }
@@ -363,15 +398,18 @@ fn run(cli: Cli) -> Result<()> {
             vtep_mac,
             pod_cidr,
         }) => {
-            c.call(Request::RemoteAdd(podpath_proto::RemoteSpec {
+            let what = format!("remote node {name} added");
+            let r = c.call(Request::RemoteAdd(podpath_proto::RemoteSpec {
                 name,
                 node_ip,
                 vtep_mac,
                 pod_cidr,
             }))?;
+            applied(what, r)?;
         }
         Cmd::Remote(RemoteCmd::Del { name }) => {
-            c.call(Request::RemoteDel { name })?;
+            let what = format!("remote node {name} deleted");
+            applied(what, c.call(Request::RemoteDel { name })?)?;
         }
         Cmd::State => match c.call(Request::StateShow)? {
             Response::State(s) => {

@@ -99,6 +99,9 @@ fn run() -> Result<()> {
         cfg.dataplane.rx_desc,
         cfg.dataplane.tx_desc,
     );
+    ctl.set_departed_ttl(Duration::from_secs(u64::from(
+        cfg.conntrack.timeouts.tcp_established,
+    )));
     // Workers must exist (for queue counts) before ports: make their handles first.
     let mut handles = Vec::new();
     let mut pending = Vec::new();
@@ -165,15 +168,17 @@ fn run() -> Result<()> {
             nat_range: (cfg.nat.port_min, cfg.nat.port_max),
             workers: u16::try_from(nworkers).unwrap_or(1),
         };
-        // Drain the port-map messages already queued: start from the current map.
+        // Drain the snapshots already queued: start from the current one, as its
+        // generation.
         while rx.try_recv().is_ok() {}
-        let mut pipeline = Pipeline::new(
-            &pcfg,
-            ctl.current_map(),
-            counters,
-            Tracer::new(id, Some(prod)),
-        );
-        pipeline.set_l3(ctl.current_l3());
+        let snap = ctl.current_snapshot();
+        let gen = ctl.generation();
+        counters.applied_gen.store(gen, Ordering::Release);
+        counters.settled_gen.store(gen, Ordering::Release);
+        let mut pipeline = Pipeline::new(&pcfg, snap.ports, counters, Tracer::new(id, Some(prod)));
+        pipeline.set_l3(snap.l3);
+        pipeline.set_services(snap.services);
+        pipeline.set_installed_gen(gen);
         let peers = bus
             .iter()
             .enumerate()

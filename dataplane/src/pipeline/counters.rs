@@ -75,6 +75,9 @@ pub struct WorkerCounters {
     /// The configuration generation this worker runs with: it stores it after applying
     /// an update, which is its quiescent point for that update.
     pub applied_gen: AtomicU64,
+    /// The generation whose follow-up work is done as well (the sweep of connections
+    /// whose Service endpoint went away): `applied_gen` once that sweep finished.
+    pub settled_gen: AtomicU64,
 }
 
 impl Default for WorkerCounters {
@@ -102,6 +105,7 @@ impl Default for WorkerCounters {
             busy_cycles: AtomicU64::new(0),
             total_cycles: AtomicU64::new(0),
             applied_gen: AtomicU64::new(0),
+            settled_gen: AtomicU64::new(0),
         }
     }
 }

@@ -113,6 +113,9 @@ pub struct Pipeline<F: Frame> {
     affinity: lb::Affinity,
     /// Where the sweep for connections whose endpoint went away has got to.
     svc_sweep: Option<usize>,
+    /// The snapshot generation installed last; stored in `settled_gen` when no sweep
+    /// is left to do for it.
+    installed_gen: u64,
     pub bridge: Bridge,
     pub neighbors: NeighborTable,
     pending: Vec<Parked<F>>,
@@ -160,6 +163,7 @@ impl<F: Frame> Pipeline<F> {
             services: Arc::new(ServiceTable::default()),
             affinity: lb::Affinity::new(65_536),
             svc_sweep: None,
+            installed_gen: 0,
             bridge: Bridge::new(cfg.mac_capacity, cfg.mac_ageing_ticks),
             // Neighbours live 5 minutes; a missing one is asked for at most once a second.
             neighbors: NeighborTable::new(4096, cfg.tsc_hz.saturating_mul(300), cfg.tsc_hz),
@@ -206,8 +210,12 @@ impl<F: Frame> Pipeline<F> {
         self.conntrack.expire(now, EXPIRE_BUDGET);
         if let Some(from) = self.svc_sweep {
             let svc = Arc::clone(&self.services);
+            // UDP only, as kube-proxy clears them: a TCP connection to a removed
+            // endpoint lives on (until the pod goes and the client sees a reset or
+            // times out), it is not cut by the dataplane.
             let next = self.conntrack.sweep(from, 256, |e| {
                 e.is_dnat()
+                    && e.orig.proto == 17
                     && !svc.endpoint_exists(
                         e.orig.dst,
                         e.orig.dport,
@@ -219,6 +227,11 @@ impl<F: Frame> Pipeline<F> {
                     )
             });
             self.svc_sweep = (next < self.conntrack.slab_len()).then_some(next);
+            if self.svc_sweep.is_none() {
+                self.counters
+                    .settled_gen
+                    .store(self.installed_gen, std::sync::atomic::Ordering::Release);
+            }
         }
         let c = &self.counters;
         let s = self.conntrack.stats;
@@ -235,9 +248,47 @@ impl<F: Frame> Pipeline<F> {
             .store(s.refused_full, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Installs a snapshot (the parts that changed), as generation `gen`; returns the
+    /// old one for the control thread to free. The caller stores `gen` in
+    /// `applied_gen`; `settled_gen` follows once a Service change's sweep is done.
+    pub fn install<P: PortIo<Frame = F>>(
+        &mut self,
+        io: &mut P,
+        snap: crate::snapshot::Snapshot,
+        gen: u64,
+    ) -> crate::snapshot::Snapshot {
+        let old = crate::snapshot::Snapshot {
+            ports: Arc::clone(&self.ports),
+            l3: Arc::clone(&self.l3),
+            services: Arc::clone(&self.services),
+        };
+        let ch = snap.changes(&old);
+        if ch.ports {
+            self.set_ports(io, snap.ports);
+        }
+        if ch.l3 {
+            self.set_l3(snap.l3);
+        }
+        if ch.services {
+            self.set_services(snap.services);
+        }
+        self.installed_gen = gen;
+        if self.svc_sweep.is_none() {
+            self.counters
+                .settled_gen
+                .store(gen, std::sync::atomic::Ordering::Release);
+        }
+        old
+    }
+
+    /// The generation the parts set one by one (at start) make up.
+    pub fn set_installed_gen(&mut self, gen: u64) {
+        self.installed_gen = gen;
+    }
+
     /// Installs a new Service table; returns the old one (for the control thread to free).
     pub fn set_services(&mut self, s: Arc<ServiceTable>) -> Arc<ServiceTable> {
-        // Connections to endpoints that are gone must go too (a UDP client keeps
+        // UDP connections to endpoints that are gone must go too (a UDP client keeps
         // sending into a dead endpoint otherwise): swept a little at every poll.
         self.svc_sweep = Some(0);
         std::mem::replace(&mut self.services, s)

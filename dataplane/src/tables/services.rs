@@ -213,6 +213,26 @@ impl ServiceTable {
         self.services.is_empty()
     }
 
+    /// Every endpoint (ip, port, protocol) with its `owner_by_client_ip`, departed
+    /// ones included.
+    pub fn endpoint_keys(&self) -> impl Iterator<Item = ((u32, u16, u8), bool)> + '_ {
+        self.endpoints.iter().map(|(k, v)| (*k, *v))
+    }
+
+    /// Also knows these endpoints that left their Services while TCP connections to
+    /// them may live on (kube-proxy keeps those): with several workers, their replies
+    /// still find the worker that owns the connection. Endpoints of the table itself
+    /// keep their own entry.
+    pub fn with_departed(
+        mut self,
+        departed: impl IntoIterator<Item = ((u32, u16, u8), bool)>,
+    ) -> Self {
+        for (k, by_ip) in departed {
+            self.endpoints.entry(k).or_insert(by_ip);
+        }
+        self
+    }
+
     /// Is `(ip, port, proto)` an endpoint of some Service?
     #[inline]
     pub fn is_endpoint(&self, ip: u32, port: u16, proto: u8) -> bool {

@@ -171,3 +171,24 @@ pub fn mac_of(ns: &str, dev: &str) -> String {
 pub fn state_dir() -> PathBuf {
     std::env::temp_dir().join("podpath-lab-tests")
 }
+
+/// The podpathctl binary (built beside podpath-lab by `cargo test --workspace`).
+pub fn podpathctl() -> PathBuf {
+    Path::new(&bin()).with_file_name("podpathctl")
+}
+
+/// Runs podpathctl against `sock`: success, stdout, stderr.
+pub fn ctl(sock: &Path, args: &[&str]) -> (bool, String, String) {
+    let o = std::process::Command::new(podpathctl())
+        .arg("--socket")
+        .arg(sock)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("podpathctl (build the workspace: cargo test --workspace)");
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}

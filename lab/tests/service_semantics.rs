@@ -1,0 +1,231 @@
+//! Kubernetes Service semantics end to end, as kube-proxy has them: each test drives
+//! a two-node lab through podpathctl and the control service, with real sockets in
+//! the pods. Needs root; namespaces made and removed by the test.
+
+mod common;
+use common::*;
+use std::process::Stdio;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use podpath_lab::{net, Lab};
+use podpath_proto::ConntrackFilter;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// `podpathctl --json service set ...` on node 1's control service; the generation
+/// it says is in force.
+fn service_set(lab: &Lab, args: &[&str]) -> u64 {
+    let n = &lab.state.nodes[0];
+    let mut a = vec!["--json", "service", "set"];
+    a.extend_from_slice(args);
+    let (ok, out, err) = ctl(&n.control_socket, &a);
+    assert!(ok, "service set {args:?}: {out}{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("JSON answer");
+    v["generation"]
+        .as_u64()
+        .expect("a generation in the answer")
+}
+
+fn udp_flows(lab: &Lab, vip: &str) -> Vec<podpath_proto::ConnInfo> {
+    conntrack(
+        &lab.state.nodes[0].control_socket,
+        ConntrackFilter {
+            proto: Some(17),
+            addr: Some(vip.into()),
+            port: None,
+        },
+    )
+}
+
+/// A change returns when every worker applies it, sweep included; an established
+/// TCP connection to an endpoint that is removed keeps going (kube-proxy leaves TCP
+/// entries alone), UDP entries to it are gone when the change returns.
+#[test]
+fn a_change_is_in_force_on_every_worker_when_it_returns_and_tcp_outlives_its_endpoint() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut o = options("k");
+    o.external = false;
+    o.workers = 2;
+    let lab = Lab::up(&o).expect("lab up");
+    let n1 = lab.state.nodes[0].clone();
+    let (client, ep) = (n1.pods[0].clone(), n1.pods[1].clone());
+    let ep_arg = format!("{}:8080", ep.ip);
+    let g = service_set(
+        &lab,
+        &[
+            "default/web",
+            "--vip",
+            "10.96.0.20",
+            "--port",
+            "80",
+            "--endpoint",
+            &ep_arg,
+        ],
+    );
+    let s = stats(&n1.socket);
+    assert_eq!(s.workers.len(), 2);
+    for w in &s.workers {
+        assert!(
+            w.applied_generation >= g && w.settled_generation >= g,
+            "worker {} runs generation {}/{} after `service set` answered {g}",
+            w.id,
+            w.applied_generation,
+            w.settled_generation
+        );
+    }
+    assert!(s.generation >= g);
+
+    // A paced, byte-checked stream through the VIP.
+    let recv = serve_in(&ep.netns, &["tcp-recv", "--port", "8080", "--seed", "5"]);
+    let stop = std::env::temp_dir().join(format!("pp-keep-{}", std::process::id()));
+    let _ = std::fs::remove_file(&stop);
+    let send = net::command_in(&client.netns, &bin())
+        .args([
+            "tcp-send",
+            "--to",
+            "10.96.0.20:80",
+            "--stop-file",
+            &stop.display().to_string(),
+            "--rate-mbps",
+            "4",
+            "--seed",
+            "5",
+            "--seconds",
+            "20",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let established = || {
+        conntrack(
+            &n1.control_socket,
+            ConntrackFilter {
+                proto: Some(6),
+                addr: Some("10.96.0.20".into()),
+                port: Some(80),
+            },
+        )
+        .iter()
+        .any(|c| c.state.as_deref() == Some("ESTABLISHED"))
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), established),
+        "the stream did not establish"
+    );
+
+    // A UDP flow to the same endpoint, answered.
+    let dns_ep = format!("{}:5353", ep.ip);
+    service_set(
+        &lab,
+        &[
+            "default/dns",
+            "--vip",
+            "10.96.0.21",
+            "--port",
+            "53",
+            "--protocol",
+            "udp",
+            "--endpoint",
+            &dns_ep,
+        ],
+    );
+    let answerer = Background::in_each(
+        &[&ep.netns],
+        &["udp-whoami-serve", "--port", "5353", "--seconds", "10"],
+    );
+    let (ok, out) = run_in(
+        &client.netns,
+        &bin(),
+        &["udp-whoami-ask", "--to", "10.96.0.21:53", "--count", "3"],
+    );
+    assert!(ok && out.contains(&ep.ip), "{out}");
+    assert_eq!(udp_flows(&lab, "10.96.0.21").len(), 1);
+
+    // The endpoint goes from both Services. When `service set` returns, its UDP
+    // entry is gone on every worker: no wait.
+    service_set(
+        &lab,
+        &[
+            "default/dns",
+            "--vip",
+            "10.96.0.21",
+            "--port",
+            "53",
+            "--protocol",
+            "udp",
+        ],
+    );
+    let left = udp_flows(&lab, "10.96.0.21");
+    assert!(
+        left.is_empty(),
+        "UDP entries to the removed endpoint: {left:?}"
+    );
+    let g = service_set(
+        &lab,
+        &["default/web", "--vip", "10.96.0.20", "--port", "80"],
+    );
+    assert!(stats(&n1.socket)
+        .workers
+        .iter()
+        .all(|w| w.settled_generation >= g));
+    drop(answerer);
+    // The TCP stream keeps running for a while after its endpoint was removed.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(established(), "the TCP entry was removed with its endpoint");
+    std::fs::write(&stop, b"").unwrap();
+    let o = send.wait_with_output().unwrap();
+    let _ = std::fs::remove_file(&stop);
+    assert!(
+        o.status.success(),
+        "the stream broke when its endpoint was removed: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let r = recv.wait_with_output().unwrap();
+    assert!(
+        r.status.success(),
+        "the receiver saw a short or corrupted stream: {}",
+        String::from_utf8_lossy(&r.stdout)
+    );
+
+    // `conntrack list` prints conntrack -L lines on stdout, the trailer on stderr.
+    let (ok, out, err) = ctl(&n1.control_socket, &["conntrack", "list"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.lines()
+            .all(|l| ["tcp ", "udp ", "icmp "].iter().any(|p| l.starts_with(p))),
+        "stdout is not only flow lines:\n{out}"
+    );
+    assert!(
+        err.contains("flow entries have been shown"),
+        "no trailer on stderr: {err:?}"
+    );
+}
+
+/// podpathctl talks to the control service unless told otherwise.
+#[test]
+fn podpathctl_defaults_to_the_control_service() {
+    let o = std::process::Command::new(podpathctl())
+        .arg("version")
+        .env_remove("PODPATH_SOCKET")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    if o.status.success() {
+        // A control service runs on this machine: it answered as one.
+        assert!(String::from_utf8_lossy(&o.stdout).contains("podpath-control"));
+    } else {
+        assert!(err.contains("/run/podpath/control.sock"), "{err}");
+    }
+    let o = std::process::Command::new(podpathctl())
+        .args(["--dataplane", "version"])
+        .env_remove("PODPATH_SOCKET")
+        .output()
+        .unwrap();
+    if !o.status.success() {
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("/run/podpath/dataplane.sock"), "{err}");
+    }
+}
