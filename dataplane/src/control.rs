@@ -65,6 +65,10 @@ pub struct Control {
     /// until the established timeout has passed.
     departed: HashMap<(u32, u16, u8), (bool, Instant)>,
     departed_ttl: Duration,
+    /// Each Service's identity (`Service::uid`), by name; a deleted Service's goes
+    /// with it, so one created later under any name gets a fresh one.
+    uids: HashMap<String, u32>,
+    next_uid: u32,
     /// Port counters at attach time, by port id: DPDK reuses ids after a detach, and
     /// a port's counters start from its attach.
     port_base: HashMap<u16, [u64; 5]>,
@@ -138,6 +142,8 @@ impl Control {
             port_base: HashMap::new(),
             departed: HashMap::new(),
             departed_ttl: Duration::from_secs(432_000),
+            uids: HashMap::new(),
+            next_uid: 1,
         }
     }
 
@@ -153,8 +159,24 @@ impl Control {
         specs: &[ServiceSpec],
         l3: &L3,
     ) -> Result<Arc<ServiceTable>, ErrorReply> {
-        let t =
-            ServiceTable::build(specs, node_info(l3)).map_err(|e| err(ErrorKind::BadRequest, e))?;
+        let mut uids = HashMap::new();
+        let mut next = self.next_uid;
+        let ids: Vec<u32> = specs
+            .iter()
+            .map(|s| {
+                *uids.entry(s.name.clone()).or_insert_with(|| {
+                    self.uids.get(&s.name).copied().unwrap_or_else(|| {
+                        next += 1;
+                        next - 1
+                    })
+                })
+            })
+            .collect();
+        let t = ServiceTable::build_with_ids(specs, node_info(l3), &ids)
+            .map_err(|e| err(ErrorKind::BadRequest, e))?;
+        // Names no longer in `specs` lose their identity here.
+        self.uids = uids;
+        self.next_uid = next;
         let now = Instant::now();
         for (k, by_ip) in self.snap.services.endpoint_keys() {
             if k.2 == 6 && !t.is_endpoint(k.0, k.1, k.2) {

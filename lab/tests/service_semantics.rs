@@ -229,3 +229,106 @@ fn podpathctl_defaults_to_the_control_service() {
         assert!(err.contains("/run/podpath/dataplane.sock"), "{err}");
     }
 }
+
+/// whoami-serve on port 8080 in each pod (killed when dropped).
+fn whoami(pods: &[&podpath_lab::topo::Pod]) -> Background {
+    let ns: Vec<&str> = pods.iter().map(|p| p.netns.as_str()).collect();
+    Background::in_each(
+        &ns,
+        &[
+            "whoami-serve",
+            "--port",
+            "8080",
+            "--count",
+            "100",
+            "--seconds",
+            "40",
+        ],
+    )
+}
+
+/// One connection to `to` from `ns`: the address that answered.
+fn who(ns: &str, to: &str) -> String {
+    let (ok, out) = run_in(ns, &bin(), &["whoami-ask", "--to", to, "--count", "1"]);
+    assert!(ok, "{out}");
+    out.lines()
+        .find_map(|l| l.strip_suffix(" 1"))
+        .unwrap_or_else(|| panic!("no answer: {out}"))
+        .to_owned()
+}
+
+/// ClientIP affinity holds to its timeout in milliseconds (not a second boundary),
+/// and belongs to its ServicePort: a Service deleted and created again does not
+/// inherit the old choices.
+#[test]
+fn affinity_is_exact_to_the_millisecond_and_dies_with_its_service() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut o = options("a");
+    o.external = false;
+    let lab = Lab::up(&o).expect("lab up");
+    let (n1, n2) = (lab.state.nodes[0].clone(), lab.state.nodes[1].clone());
+    let client = n1.pods[0].clone();
+    let eps = [&n1.pods[1], &n2.pods[0], &n2.pods[1]];
+    let _servers = whoami(&eps);
+    let ep_args: Vec<String> = eps.iter().map(|p| format!("{}:8080", p.ip)).collect();
+    let mut args = vec![
+        "default/sticky",
+        "--vip",
+        "10.96.0.30",
+        "--port",
+        "80",
+        "--affinity",
+        "1",
+    ];
+    for e in &ep_args {
+        args.extend(["--endpoint", e.as_str()]);
+    }
+    service_set(&lab, &args);
+    // Ten connections 700 ms apart: each within 1 s of the last, so all must reach
+    // the first one's endpoint. (With whole-second expiry, most gaps that cross a
+    // second boundary lose it.)
+    let first = who(&client.netns, "10.96.0.30:80");
+    for k in 1..10 {
+        std::thread::sleep(Duration::from_millis(700));
+        let got = who(&client.netns, "10.96.0.30:80");
+        assert_eq!(
+            got, first,
+            "connection {k} (700 ms after the last) lost affinity"
+        );
+    }
+
+    // Deleted and created again, with the old endpoint nearly weightless: the new
+    // Service picks by its own table, never by the deleted one's affinity.
+    let (ok, _, err) = ctl(&n1.control_socket, &["service", "del", "default/sticky"]);
+    assert!(ok, "{err}");
+    let weighted: Vec<String> = eps
+        .iter()
+        .map(|p| {
+            if p.ip == first {
+                format!("{}:8080,w=1", p.ip)
+            } else {
+                format!("{}:8080,w=1000", p.ip)
+            }
+        })
+        .collect();
+    let mut args = vec![
+        "default/sticky",
+        "--vip",
+        "10.96.0.30",
+        "--port",
+        "80",
+        "--affinity",
+        "60",
+    ];
+    for e in &weighted {
+        args.extend(["--endpoint", e.as_str()]);
+    }
+    service_set(&lab, &args);
+    let got = who(&client.netns, "10.96.0.30:80");
+    assert_ne!(
+        got, first,
+        "the new Service inherited the deleted one's affinity (weight 1 of 2001)"
+    );
+    // And its own affinity holds.
+    assert_eq!(who(&client.netns, "10.96.0.30:80"), got);
+}

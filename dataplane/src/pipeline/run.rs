@@ -413,6 +413,7 @@ impl<F: Frame> Pipeline<F> {
             l3: &self.l3,
             services: &self.services,
             now: self.now,
+            now_ms: self.now / (self.tsc_hz / 1000).max(1),
             counters: c,
         };
         let (s, m, n, d) = (
@@ -561,6 +562,7 @@ impl<F: Frame> Pipeline<F> {
                         l3: &self.l3,
                         services: &self.services,
                         now: self.now,
+                        now_ms: self.now / (self.tsc_hz / 1000).max(1),
                         counters: c,
                     };
                     ip4_rewrite::src_mac(&cx, n.port)

@@ -25,11 +25,16 @@ use crate::tables::conntrack::{Conntrack, Dir, InsertError, Tuple};
 use crate::tables::services::{Endpoint, ServiceTable};
 use hashbrown::HashMap;
 
-/// ClientIP affinity: (client, Service index) -> (endpoint, expiry in seconds). Per
-/// worker, bounded; stale entries (endpoint gone, expired) are ignored and replaced.
+/// ClientIP affinity: (client, ServicePort identity) -> (endpoint, expiry in ms). Per
+/// worker, bounded. Keyed by the Service's `uid`, which a deleted Service takes with
+/// it (a new one never inherits its choices); stale entries (endpoint gone, expired,
+/// Service gone) are ignored, replaced, or evicted when room is needed.
 pub struct Affinity {
-    map: HashMap<(u32, u16), (Endpoint, u32)>,
+    map: HashMap<(u32, u32), (Endpoint, u64)>,
     capacity: usize,
+    /// When a full table found nothing to evict: the earliest expiry it holds. Until
+    /// then a new client goes without affinity at no cost (no scan per client).
+    full_until: u64,
 }
 
 impl Affinity {
@@ -37,28 +42,58 @@ impl Affinity {
         Affinity {
             map: HashMap::with_capacity(capacity.saturating_mul(2)),
             capacity,
+            full_until: 0,
         }
     }
 
-    fn get(&self, client: u32, svc: u16, now: u32) -> Option<Endpoint> {
+    fn get(&self, client: u32, svc: u32, now_ms: u64) -> Option<Endpoint> {
         self.map
             .get(&(client, svc))
-            .filter(|(_, exp)| *exp > now)
+            .filter(|(_, exp)| *exp > now_ms)
             .map(|(e, _)| *e)
     }
 
-    /// Remembers `ep` for (client, svc) until `until`. When the table is full, the
-    /// entries expired by `now` make room; if none has, the client goes without
-    /// affinity (a full table costs one scan per new client until entries expire).
-    fn set(&mut self, client: u32, svc: u16, ep: Endpoint, now: u32, until: u32) -> bool {
+    /// Remembers `ep` for (client, svc) until `until_ms`. When the table is full, the
+    /// entries expired by `now_ms` or of Services that are gone (`live` says which
+    /// are not) make room; if none is, the client goes without affinity, and so does
+    /// every new client until the earliest entry expires (one scan, not one per
+    /// client).
+    fn set(
+        &mut self,
+        client: u32,
+        svc: u32,
+        ep: Endpoint,
+        now_ms: u64,
+        until_ms: u64,
+        live: impl Fn(u32) -> bool,
+    ) -> bool {
         if self.map.len() >= self.capacity && !self.map.contains_key(&(client, svc)) {
-            self.map.retain(|_, (_, exp)| *exp > now);
+            if now_ms < self.full_until {
+                return false;
+            }
+            let mut soonest = u64::MAX;
+            self.map.retain(|k, (_, exp)| {
+                let keep = *exp > now_ms && live(k.1);
+                if keep {
+                    soonest = soonest.min(*exp);
+                }
+                keep
+            });
             if self.map.len() >= self.capacity {
+                self.full_until = soonest;
                 return false;
             }
         }
-        self.map.insert((client, svc), (ep, until));
+        self.map.insert((client, svc), (ep, until_ms));
         true
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
     }
 }
 use crate::tables::Role;
@@ -269,10 +304,10 @@ pub fn process<F: Frame>(
         let Some(svc) = services.lookup(t.dst, t.dport, t.proto) else {
             continue;
         };
-        let idx = services.index(t.dst, t.dport, t.proto).unwrap_or(0);
         // Affinity first (while its endpoint still takes connections), else Maglev.
+        let now_ms = cx.now_ms;
         let sticky = (svc.affinity > 0)
-            .then(|| affinity.get(t.src, idx, now))
+            .then(|| affinity.get(t.src, svc.uid, now_ms))
             .flatten()
             .filter(|e| svc.endpoints.contains(e));
         let picked = sticky.or_else(|| {
@@ -281,7 +316,8 @@ pub fn process<F: Frame>(
                 .and_then(|k| svc.endpoints.get(usize::from(k)).copied())
         });
         if let (Some(e), true) = (picked, svc.affinity > 0) {
-            affinity.set(t.src, idx, e, now, now.saturating_add(svc.affinity));
+            let until = now_ms.saturating_add(u64::from(svc.affinity).saturating_mul(1000));
+            affinity.set(t.src, svc.uid, e, now_ms, until, |u| services.has_uid(u));
         }
         let Some(ep) = picked else {
             // No endpoint: refuse now rather than let the client time out.
@@ -451,36 +487,60 @@ mod tests {
     };
 
     #[test]
-    fn affinity_holds_until_its_timeout_and_no_longer() {
+    fn affinity_holds_to_the_millisecond_and_no_longer() {
         let mut a = Affinity::new(4);
-        assert!(a.set(1, 0, A, 100, 110));
-        assert_eq!(a.get(1, 0, 100), Some(A));
-        assert_eq!(a.get(1, 0, 109), Some(A), "still within the timeout");
-        assert_eq!(a.get(1, 0, 110), None, "expired at its deadline");
-        // Per client and per Service.
-        assert_eq!(a.get(2, 0, 100), None);
-        assert_eq!(a.get(1, 1, 100), None);
+        let live = |_| true;
+        // A 1 s affinity set at 100 ms holds until 1 099 ms, not to a second boundary.
+        assert!(a.set(1, 7, A, 100, 1100, live));
+        assert_eq!(a.get(1, 7, 100), Some(A));
+        assert_eq!(a.get(1, 7, 1099), Some(A), "still within the timeout");
+        assert_eq!(a.get(1, 7, 1100), None, "expired at its deadline");
+        // Per client and per ServicePort identity.
+        assert_eq!(a.get(2, 7, 500), None);
+        assert_eq!(
+            a.get(1, 8, 500),
+            None,
+            "another Service does not inherit it"
+        );
         // A new choice replaces the old one and restarts the clock.
-        assert!(a.set(1, 0, B, 105, 115));
-        assert_eq!(a.get(1, 0, 112), Some(B));
+        assert!(a.set(1, 7, B, 105, 1105, live));
+        assert_eq!(a.get(1, 7, 1102), Some(B));
     }
 
     #[test]
-    fn a_full_table_makes_room_from_expired_entries_only() {
+    fn a_full_table_makes_room_from_expired_or_deleted_entries_and_does_not_rescan() {
         let mut a = Affinity::new(2);
-        assert!(a.set(1, 0, A, 0, 10));
-        assert!(a.set(2, 0, A, 0, 20));
-        // Full, nothing expired: the third client goes without affinity.
-        assert!(!a.set(3, 0, B, 5, 15));
-        assert_eq!(a.get(3, 0, 5), None);
-        assert_eq!(a.get(1, 0, 5), Some(A), "live entries are kept");
-        // At 12 client 1's entry has expired: it makes room, client 2's stays.
-        assert!(a.set(3, 0, B, 12, 22));
-        assert_eq!(a.get(3, 0, 12), Some(B));
-        assert_eq!(a.get(2, 0, 12), Some(A));
+        let live = |_| true;
+        assert!(a.set(1, 1, A, 0, 10_000, live));
+        assert!(a.set(2, 1, A, 0, 20_000, live));
+        // Full, nothing expired: the third client goes without affinity, and until
+        // the first entry expires no further client makes the table scan.
+        assert!(!a.set(3, 1, B, 5_000, 15_000, live));
+        assert_eq!(a.full_until, 10_000);
+        let scanned = std::cell::Cell::new(0);
+        let counting = |_| {
+            scanned.set(scanned.get() + 1);
+            true
+        };
+        assert!(!a.set(4, 1, B, 6_000, 16_000, counting));
+        assert_eq!(
+            scanned.get(),
+            0,
+            "a full table was scanned again before 10 s"
+        );
+        assert_eq!(a.get(3, 1, 5_000), None);
+        assert_eq!(a.get(1, 1, 5_000), Some(A), "live entries are kept");
+        // At 12 s client 1's entry has expired: it makes room, client 2's stays.
+        assert!(a.set(3, 1, B, 12_000, 22_000, live));
+        assert_eq!(a.get(3, 1, 12_000), Some(B));
+        assert_eq!(a.get(2, 1, 12_000), Some(A));
         assert_eq!(a.map.len(), 2, "bounded by its capacity");
         // An existing key is updated even when full.
-        assert!(a.set(2, 0, B, 13, 30));
-        assert_eq!(a.get(2, 0, 13), Some(B));
+        assert!(a.set(2, 1, B, 13_000, 30_000, live));
+        assert_eq!(a.get(2, 1, 13_000), Some(B));
+        // Service 1 is deleted: its entries make room though they have not expired.
+        assert!(a.set(5, 2, A, 14_000, 40_000, |u| u != 1));
+        assert_eq!(a.get(5, 2, 14_000), Some(A));
+        assert_eq!(a.map.len(), 1);
     }
 }

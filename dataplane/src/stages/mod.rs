@@ -25,6 +25,8 @@ pub struct Ctx<'a> {
     pub services: &'a ServiceTable,
     /// TSC at the start of this poll iteration.
     pub now: u64,
+    /// The same instant in milliseconds (affinity timeouts).
+    pub now_ms: u64,
     pub counters: &'a WorkerCounters,
 }
 

@@ -25,6 +25,9 @@ pub struct Service {
     pub maglev: Maglev,
     /// ClientIP affinity, seconds (0: none).
     pub affinity: u32,
+    /// The ServicePort's identity (affinity keys): stable while it exists, never
+    /// given to another after it is deleted. Assigned by the control thread.
+    pub uid: u32,
     /// The NodePort (0: none), and whether its policy is Local.
     pub node_port: u16,
     pub local_policy: bool,
@@ -49,6 +52,7 @@ pub struct ServiceTable {
     /// replies of Service connections another worker owns.
     /// Every endpoint, with its Services' `owner_by_client_ip`.
     endpoints: HashMap<(u32, u16, u8), bool>,
+    uids: hashbrown::HashSet<u32>,
 }
 
 /// What the table needs to know of this node: its IP and its pod CIDR.
@@ -69,8 +73,22 @@ fn table_size(endpoints: usize) -> usize {
 }
 
 impl ServiceTable {
+    /// A table whose Services are identified by their position (tests, benchmarks).
     pub fn build(specs: &[ServiceSpec], node: Option<NodeInfo>) -> Result<ServiceTable, String> {
+        let ids: Vec<u32> = (1..=u32::try_from(specs.len()).unwrap_or(u32::MAX)).collect();
+        Self::build_with_ids(specs, node, &ids)
+    }
+
+    /// The table for `specs`, `uids[k]` being spec k's identity.
+    pub fn build_with_ids(
+        specs: &[ServiceSpec],
+        node: Option<NodeInfo>,
+        uids: &[u32],
+    ) -> Result<ServiceTable, String> {
         let mut t = ServiceTable::default();
+        if uids.len() != specs.len() {
+            return Err("internal: one identity per service".into());
+        }
         for s in specs {
             let what = format!("service {}", s.name);
             if s.name.is_empty() {
@@ -161,6 +179,7 @@ impl ServiceTable {
                 all,
                 maglev,
                 affinity: s.affinity_timeout.unwrap_or(0),
+                uid: uids[t.services.len()],
                 node_port,
                 local_policy,
                 local_endpoints: local_eps,
@@ -169,6 +188,7 @@ impl ServiceTable {
             });
         }
         t.group_owners();
+        t.uids = t.services.iter().map(|s| s.uid).collect();
         Ok(t)
     }
 
@@ -211,6 +231,12 @@ impl ServiceTable {
 
     pub fn is_empty(&self) -> bool {
         self.services.is_empty()
+    }
+
+    /// Does a Service with this identity exist?
+    #[inline]
+    pub fn has_uid(&self, uid: u32) -> bool {
+        self.uids.contains(&uid)
     }
 
     /// Every endpoint (ip, port, protocol) with its `owner_by_client_ip`, departed
