@@ -69,10 +69,16 @@ pub struct Control {
     /// with it, so one created later under any name gets a fresh one.
     uids: HashMap<String, u32>,
     next_uid: u32,
+    /// Connections refused because a table was full, as last logged, and when.
+    refused_logged: u64,
+    refused_logged_at: Option<Instant>,
     /// Port counters at attach time, by port id: DPDK reuses ids after a detach, and
     /// a port's counters start from its attach.
     port_base: HashMap<u16, [u64; 5]>,
 }
+
+/// At most one "connection table full" log line this often.
+const REFUSED_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Departed TCP endpoints remembered at most (see `Control::departed`).
 const DEPARTED_MAX: usize = 16_384;
@@ -144,7 +150,38 @@ impl Control {
             departed_ttl: Duration::from_secs(432_000),
             uids: HashMap::new(),
             next_uid: 1,
+            refused_logged: 0,
+            refused_logged_at: None,
         }
+    }
+
+    /// A log line when connection tables refused new connections since the last
+    /// one: at most one per `REFUSED_LOG_EVERY` (workers never log; the counters
+    /// say it, the control thread reads them).
+    pub fn watch(&mut self) -> Option<String> {
+        let refused: u64 = self
+            .workers
+            .iter()
+            .map(|w| get(&w.counters.ct_refused_full))
+            .sum();
+        if refused <= self.refused_logged
+            || self
+                .refused_logged_at
+                .is_some_and(|t| t.elapsed() < REFUSED_LOG_EVERY)
+        {
+            return None;
+        }
+        let n = refused - self.refused_logged;
+        let cap: u64 = self
+            .workers
+            .iter()
+            .map(|w| get(&w.counters.ct_capacity))
+            .sum();
+        self.refused_logged = refused;
+        self.refused_logged_at = Some(Instant::now());
+        Some(format!(
+            "connection table full: {n} new connection(s) refused (ct-table-full) since the last report; {cap} entries in all workers' tables and none unassured to evict; raise [conntrack] capacity"
+        ))
     }
 
     /// How long a departed endpoint is remembered: the TCP established timeout.

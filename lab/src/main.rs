@@ -156,6 +156,19 @@ enum Cmd {
         #[arg(long, default_value_t = 100)]
         interval_ms: u64,
     },
+    /// Send one crafted TCP segment from a raw socket (run inside a namespace):
+    /// flags as letters S F R A P U, or "none".
+    #[command(hide = true)]
+    TcpRaw {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long)]
+        sport: u16,
+        #[arg(long)]
+        flags: String,
+        #[arg(long, default_value_t = 0)]
+        seq: u32,
+    },
     /// Send one UDP datagram of hex bytes (run inside a namespace).
     #[command(hide = true)]
     UdpSend {
@@ -419,6 +432,16 @@ fn run(cli: Cli) -> Result<()> {
             if ok != count {
                 bail!("{} requests got no reply", count - ok);
             }
+            Ok(())
+        }
+        Cmd::TcpRaw {
+            to,
+            sport,
+            flags,
+            seq,
+        } => {
+            let n = traffic::tcp_raw(to, sport, &flags, seq)?;
+            println!("sent a {n}-byte segment with flags {flags} to {to}");
             Ok(())
         }
         Cmd::UdpSend { to, from, hex } => {

@@ -258,6 +258,46 @@ pub fn fetch(from: SocketAddr, bytes: u64, seed: u64, timeout: Duration) -> Resu
     Ok(got)
 }
 
+/// Sends one TCP segment with exactly `flags` (S F R A P U, or "none") from a raw
+/// socket: the kernel adds the IPv4 header and our source address; the segment is
+/// built here (etherparse computes the checksum). For provoking a dataplane with
+/// flag combinations no TCP stack sends. Returns the segment's length.
+pub fn tcp_raw(to: SocketAddr, sport: u16, flags: &str, seq: u32) -> Result<usize> {
+    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+    let SocketAddr::V4(dst) = to else {
+        anyhow::bail!("IPv4 only");
+    };
+    let s = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::TCP))?;
+    // The source address the kernel will use for this destination.
+    let probe = std::net::UdpSocket::bind(("0.0.0.0", 0))?;
+    probe.connect(to)?;
+    let std::net::IpAddr::V4(src) = probe.local_addr()?.ip() else {
+        anyhow::bail!("no IPv4 source for {to}");
+    };
+    let mut h = etherparse::TcpHeader::new(sport, dst.port(), seq, 64_240);
+    for c in flags.chars() {
+        match c {
+            'S' => h.syn = true,
+            'F' => h.fin = true,
+            'R' => h.rst = true,
+            'A' => {
+                h.ack = true;
+                h.acknowledgment_number = 1;
+            }
+            'P' => h.psh = true,
+            'U' => h.urg = true,
+            _ if flags == "none" => {}
+            _ => anyhow::bail!("flag {c:?}: use S F R A P U or none"),
+        }
+    }
+    h.checksum = h
+        .calc_checksum_ipv4_raw(src.octets(), dst.ip().octets(), &[])
+        .map_err(|e| anyhow::anyhow!("checksum: {e}"))?;
+    let bytes = h.to_bytes();
+    s.send_to(&bytes, &SockAddr::from(to))?;
+    Ok(bytes.len())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -332,3 +332,209 @@ fn affinity_is_exact_to_the_millisecond_and_dies_with_its_service() {
     // And its own affinity holds.
     assert_eq!(who(&client.netns, "10.96.0.30:80"), got);
 }
+
+fn drop_count(sock: &std::path::Path, reason: &str) -> u64 {
+    stats(sock)
+        .drops
+        .iter()
+        .filter(|d| d.reason == reason)
+        .map(|d| d.count)
+        .sum()
+}
+
+/// Connection tracking as Linux does it: a UDP flow is ASSURED only when replied
+/// and older than 2 s; segments with flags no connection carries are dropped and
+/// change nothing; a full table refuses with its own reason and says so in the log.
+#[test]
+fn conntrack_follows_linux_on_udp_streams_invalid_flags_and_a_full_table() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut o = options("f");
+    o.external = false;
+    // Room for a handful of connections per worker.
+    o.dataplane_extra = "[conntrack]\ncapacity = 16\n".into();
+    let lab = Lab::up(&o).expect("lab up");
+    let n1 = lab.state.nodes[0].clone();
+    let (client, ep) = (n1.pods[0].clone(), n1.pods[1].clone());
+    let udp_ep = format!("{}:5353", ep.ip);
+    service_set(
+        &lab,
+        &[
+            "default/dns",
+            "--vip",
+            "10.96.0.40",
+            "--port",
+            "53",
+            "--protocol",
+            "udp",
+            "--endpoint",
+            &udp_ep,
+        ],
+    );
+    let tcp_ep = format!("{}:8080", ep.ip);
+    service_set(
+        &lab,
+        &[
+            "default/web",
+            "--vip",
+            "10.96.0.41",
+            "--port",
+            "80",
+            "--endpoint",
+            &tcp_ep,
+        ],
+    );
+    let _answerer = Background::in_each(
+        &[&ep.netns],
+        &["udp-whoami-serve", "--port", "5353", "--seconds", "30"],
+    );
+
+    // One query, answered at once: replied, not assured, the 30 s timeout.
+    let (ok, out) = run_in(
+        &client.netns,
+        &bin(),
+        &["udp-whoami-ask", "--to", "10.96.0.40:53", "--count", "1"],
+    );
+    assert!(ok && out.contains(&ep.ip), "{out}");
+    let q = udp_flows(&lab, "10.96.0.40");
+    assert_eq!(q.len(), 1, "{q:?}");
+    assert!(
+        q[0].seen_reply && !q[0].assured,
+        "a single answered query: {q:?}"
+    );
+    assert!(q[0].timeout <= 30, "{q:?}");
+    // A flow that goes on for 3 s (30 queries from one socket): assured, 120 s.
+    let (ok, out) = run_in(
+        &client.netns,
+        &bin(),
+        &[
+            "udp-whoami-ask",
+            "--to",
+            "10.96.0.40:53",
+            "--count",
+            "30",
+            "--interval-ms",
+            "100",
+        ],
+    );
+    assert!(ok, "{out}");
+    let streams: Vec<_> = udp_flows(&lab, "10.96.0.40")
+        .into_iter()
+        .filter(|c| c.assured)
+        .collect();
+    assert_eq!(streams.len(), 1, "the 3 s flow is not assured");
+    assert!(streams[0].timeout > 100, "{streams:?}");
+
+    // An established stream; then segments with invalid flags on its tuple.
+    let recv = serve_in(&ep.netns, &["tcp-recv", "--port", "8080", "--seed", "9"]);
+    let stop = std::env::temp_dir().join(format!("pp-inval-{}", std::process::id()));
+    let _ = std::fs::remove_file(&stop);
+    let send = net::command_in(&client.netns, &bin())
+        .args([
+            "tcp-send",
+            "--to",
+            "10.96.0.41:80",
+            "--stop-file",
+            &stop.display().to_string(),
+            "--rate-mbps",
+            "2",
+            "--seed",
+            "9",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let web = || {
+        conntrack(
+            &n1.control_socket,
+            ConntrackFilter {
+                proto: Some(6),
+                addr: Some("10.96.0.41".into()),
+                port: None,
+            },
+        )
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || web()
+            .iter()
+            .any(|c| c.state.as_deref() == Some("ESTABLISHED"))),
+        "{:?}",
+        web()
+    );
+    let sport = web()[0].orig.2.to_string();
+    let before = drop_count(&n1.socket, "ct-invalid");
+    for flags in ["SF", "SR", "F", "none", "SFA"] {
+        let (ok, out) = run_in(
+            &client.netns,
+            &bin(),
+            &[
+                "tcp-raw",
+                "--to",
+                "10.96.0.41:80",
+                "--sport",
+                &sport,
+                "--flags",
+                flags,
+            ],
+        );
+        assert!(ok, "{out}");
+    }
+    assert!(
+        wait_until(Duration::from_secs(3), || drop_count(
+            &n1.socket,
+            "ct-invalid"
+        ) >= before + 5),
+        "ct-invalid counted {} of 5",
+        drop_count(&n1.socket, "ct-invalid") - before
+    );
+    let now = web();
+    assert_eq!(
+        now[0].state.as_deref(),
+        Some("ESTABLISHED"),
+        "invalid segments changed the state: {now:?}"
+    );
+    std::fs::write(&stop, b"").unwrap();
+    let o = send.wait_with_output().unwrap();
+    let _ = std::fs::remove_file(&stop);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    assert!(recv.wait_with_output().unwrap().status.success());
+
+    // Fill the table with assured flows: two are there (the 3 s UDP flow and the
+    // closed stream in TIME_WAIT), fourteen 3 s flows from their own sockets make
+    // sixteen (the unassured single query is evicted for them). Then a new
+    // connection is refused as ct-table-full, not as a NAT port shortage, and the
+    // log says so.
+    let askers: Vec<_> = (0..14)
+        .map(|_| {
+            net::command_in(&client.netns, &bin())
+                .args([
+                    "udp-whoami-ask",
+                    "--to",
+                    "10.96.0.40:53",
+                    "--count",
+                    "30",
+                    "--interval-ms",
+                    "100",
+                ])
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut a in askers {
+        let _ = a.wait();
+    }
+    let (_, out) = run_in(
+        &client.netns,
+        &bin(),
+        &["udp-whoami-ask", "--to", "10.96.0.40:53", "--count", "1"],
+    );
+    let full = drop_count(&n1.socket, "ct-table-full");
+    assert!(full > 0, "no ct-table-full drop with a full table: {out}");
+    assert_eq!(drop_count(&n1.socket, "snat-ports-exhausted"), 0);
+    assert!(
+        wait_until(Duration::from_secs(3), || std::fs::read_to_string(&n1.log)
+            .unwrap_or_default()
+            .contains("connection table full")),
+        "no log line about the full table"
+    );
+}

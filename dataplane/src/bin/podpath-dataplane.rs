@@ -223,6 +223,9 @@ fn run() -> Result<()> {
                 let _ = reply.send(resp);
             }
             ctl.reclaim();
+            if let Some(m) = ctl.watch() {
+                log(m);
+            }
         }
         log("stopping");
     }

@@ -59,6 +59,8 @@ pub struct WorkerCounters {
     pub ct_expired: AtomicU64,
     pub ct_early_dropped: AtomicU64,
     pub ct_refused_full: AtomicU64,
+    /// The connection table's capacity (set once).
+    pub ct_capacity: AtomicU64,
     /// Packets handed to another worker (the owner of their connection), and taken
     /// from others. Summed over workers, the two are equal at rest, so totals keep
     /// rx + replicated = tx + dropped.
@@ -97,6 +99,7 @@ impl Default for WorkerCounters {
             ct_expired: AtomicU64::new(0),
             ct_early_dropped: AtomicU64::new(0),
             ct_refused_full: AtomicU64::new(0),
+            ct_capacity: AtomicU64::new(0),
             handoff_out: AtomicU64::new(0),
             handoff_in: AtomicU64::new(0),
             polls: AtomicU64::new(0),

@@ -246,6 +246,10 @@ impl<F: Frame> Pipeline<F> {
             .store(s.early_dropped, std::sync::atomic::Ordering::Relaxed);
         c.ct_refused_full
             .store(s.refused_full, std::sync::atomic::Ordering::Relaxed);
+        c.ct_capacity.store(
+            self.conntrack.capacity() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 
     /// Installs a snapshot (the parts that changed), as generation `gen`; returns the

@@ -21,7 +21,7 @@ pub fn client_owner(ip: u32, port: u16, workers: u16) -> u16 {
 }
 use super::Ctx;
 use crate::pipeline::{DropReason, Frame, IcmpKind, Meta, Next, StageId, TraceDetail};
-use crate::tables::conntrack::{Conntrack, Dir, InsertError, Tuple};
+use crate::tables::conntrack::{tcp_flags_valid, Conntrack, Dir, InsertError, Tuple};
 use crate::tables::services::{Endpoint, ServiceTable};
 use hashbrown::HashMap;
 
@@ -209,7 +209,10 @@ pub fn process<F: Frame>(
         match ct.lookup_or_reopen(&t, flags, now) {
             Some((k, dir)) if ct.entry(k).is_dnat() => {
                 let e = *ct.entry(k);
-                ct.update(k, dir, flags, now);
+                if !ct.update(k, dir, flags, now) {
+                    next[i] = Next::Drop(DropReason::CtInvalid);
+                    continue;
+                }
                 if dir == Dir::Orig {
                     // Established: to the same endpoint (and, NodePort/Cluster, from
                     // the node again).
@@ -284,6 +287,10 @@ pub fn process<F: Frame>(
         let node_ip = cx.l3.node.as_ref().map_or(0, |n| n.node_ip);
         if t.dst == node_ip {
             if let Some((_, svc)) = services.by_node_port(t.dport, t.proto) {
+                if t.proto == 6 && !tcp_flags_valid(flags) {
+                    next[i] = Next::Drop(DropReason::CtInvalid);
+                    continue;
+                }
                 next[i] = node_port(
                     ct,
                     nat_ports,
@@ -304,6 +311,11 @@ pub fn process<F: Frame>(
         let Some(svc) = services.lookup(t.dst, t.dport, t.proto) else {
             continue;
         };
+        if t.proto == 6 && !tcp_flags_valid(flags) {
+            // No connection starts with these flags: not tracked, not translated.
+            next[i] = Next::Drop(DropReason::CtInvalid);
+            continue;
+        }
         // Affinity first (while its endpoint still takes connections), else Maglev.
         let now_ms = cx.now_ms;
         let sticky = (svc.affinity > 0)
@@ -342,9 +354,12 @@ pub fn process<F: Frame>(
                 next[i] = Next::Drop(DropReason::LbNoEndpoint);
                 continue;
             };
-            let Some((k, p)) = masq_insert(ct, nat_ports, &t, ep, gw, now) else {
-                next[i] = Next::Drop(DropReason::SnatPortsExhausted);
-                continue;
+            let (k, p) = match masq_insert(ct, nat_ports, &t, ep, gw, now) {
+                Ok(v) => v,
+                Err(r) => {
+                    next[i] = Next::Drop(r);
+                    continue;
+                }
             };
             ct.update(k, Dir::Orig, flags, now);
             rewrite(d, l3, l4, m.proto, false, ep.ip, ep.port);
@@ -364,8 +379,12 @@ pub fn process<F: Frame>(
                 ct.set_dnat(k);
                 ct.update(k, Dir::Orig, flags, now);
             }
-            Err(InsertError::Full) | Err(InsertError::Exists) => {
-                next[i] = Next::Drop(DropReason::LbTableFull);
+            Err(InsertError::Full) => {
+                next[i] = Next::Drop(DropReason::CtTableFull);
+                continue;
+            }
+            Err(InsertError::Exists) => {
+                next[i] = Next::Drop(DropReason::LbTupleClash);
                 continue;
             }
         }
@@ -418,15 +437,18 @@ fn node_port(
             dport: t.sport,
             proto: t.proto,
         };
-        let Ok(k) = ct.insert(*t, reply, now) else {
-            return Next::Drop(DropReason::LbTableFull);
+        let k = match ct.insert(*t, reply, now) {
+            Ok(k) => k,
+            Err(InsertError::Full) => return Next::Drop(DropReason::CtTableFull),
+            Err(InsertError::Exists) => return Next::Drop(DropReason::LbTupleClash),
         };
         ct.set_dnat(k);
         ct.update(k, Dir::Orig, flags, now);
         rewrite(d, l3, l4, m.proto, false, ep.ip, ep.port);
     } else {
-        let Some((k, p)) = masq_insert(ct, ports, t, ep, node_ip, now) else {
-            return Next::Drop(DropReason::SnatPortsExhausted);
+        let (k, p) = match masq_insert(ct, ports, t, ep, node_ip, now) {
+            Ok(v) => v,
+            Err(r) => return Next::Drop(r),
         };
         ct.update(k, Dir::Orig, flags, now);
         rewrite(d, l3, l4, m.proto, false, ep.ip, ep.port);
@@ -451,7 +473,7 @@ fn masq_insert(
     ep: Endpoint,
     via: u32,
     now: u32,
-) -> Option<(u32, u16)> {
+) -> Result<(u32, u16), DropReason> {
     for _ in 0..256 {
         let p = ports.take();
         let reply = Tuple {
@@ -464,13 +486,13 @@ fn masq_insert(
         match ct.insert(*t, reply, now) {
             Ok(k) => {
                 ct.set_masq(k);
-                return Some((k, p));
+                return Ok((k, p));
             }
             Err(InsertError::Exists) => continue,
-            Err(InsertError::Full) => return None,
+            Err(InsertError::Full) => return Err(DropReason::CtTableFull),
         }
     }
-    None
+    Err(DropReason::SnatPortsExhausted)
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@
 //! Pod-to-pod and node-to-pod traffic never comes here.
 use super::Ctx;
 use crate::pipeline::{DropReason, Frame, Meta, Next, StageId, TraceDetail};
-use crate::tables::conntrack::{Conntrack, Dir, InsertError, Tuple};
+use crate::tables::conntrack::{tcp_flags_valid, Conntrack, Dir, InsertError, Tuple};
 use crate::wire::{checksum, icmpv4, ipv4, tcp, udp, Ipv4Addr};
 
 /// This worker's share of the NAT port range.
@@ -194,6 +194,10 @@ pub fn egress<F: Frame>(
             continue;
         }
         let flags = tcp_flags(d, l4, m.proto);
+        if orig.proto == 6 && !tcp_flags_valid(flags) {
+            next[i] = Next::Drop(DropReason::CtInvalid);
+            continue;
+        }
         let (idx, port) = match ct.lookup_or_reopen(&orig, flags, now) {
             Some((k, Dir::Orig)) => (k, ct.entry(k).reply.dport_or_id()),
             Some((_, Dir::Reply)) => {
@@ -201,13 +205,13 @@ pub fn egress<F: Frame>(
                 next[i] = Next::Drop(DropReason::SnatUnsupported);
                 continue;
             }
-            None => {
-                let Some((k, p)) = allocate(ct, ports, &orig, node.node_ip, now) else {
-                    next[i] = Next::Drop(DropReason::SnatPortsExhausted);
+            None => match allocate(ct, ports, &orig, node.node_ip, now) {
+                Ok(v) => v,
+                Err(r) => {
+                    next[i] = Next::Drop(r);
                     continue;
-                };
-                (k, p)
-            }
+                }
+            },
         };
         ct.update(idx, Dir::Orig, flags, now);
         rewrite(d, l3, l4, m.proto, true, node.node_ip, port);
@@ -240,7 +244,7 @@ fn allocate(
     orig: &Tuple,
     node_ip: u32,
     now: u32,
-) -> Option<(u32, u16)> {
+) -> Result<(u32, u16), DropReason> {
     let span = u32::from(ports.hi - ports.lo) + 1;
     // A bounded search: the range is shared by all of this worker's flows.
     for _ in 0..span.min(256) {
@@ -264,12 +268,12 @@ fn allocate(
             }
         };
         match ct.insert(*orig, reply, now) {
-            Ok(k) => return Some((k, p)),
+            Ok(k) => return Ok((k, p)),
             Err(InsertError::Exists) => continue,
-            Err(InsertError::Full) => return None,
+            Err(InsertError::Full) => return Err(DropReason::CtTableFull),
         }
     }
-    None
+    Err(DropReason::SnatPortsExhausted)
 }
 
 /// Who owns which NAT port: the whole range, the number of workers, this worker.
@@ -351,7 +355,10 @@ pub fn reply<F: Frame>(
         };
         let e = *ct.entry(k);
         let orig = e.orig;
-        ct.update(k, Dir::Reply, tcp_flags(d, l4, m.proto), now);
+        if !ct.update(k, Dir::Reply, tcp_flags(d, l4, m.proto), now) {
+            next[i] = Next::Drop(DropReason::CtInvalid);
+            continue;
+        }
         if e.is_dnat() {
             // A NodePort connection (source translated to us): the endpoint's reply
             // comes back from the NodePort, to the client.
@@ -553,8 +560,9 @@ mod tests {
         }
         got.sort_unstable();
         assert_eq!(got, vec![40000, 40001, 40002, 40003]);
-        assert!(
-            allocate(&mut ct, &mut ports, &flow(5), node, 0).is_none(),
+        assert_eq!(
+            allocate(&mut ct, &mut ports, &flow(5), node, 0),
+            Err(DropReason::SnatPortsExhausted),
             "exhausted"
         );
         // Another destination can reuse the ports: the reply tuples differ.
@@ -562,10 +570,10 @@ mod tests {
             dst: 0x0101_0101,
             ..flow(6)
         };
-        assert!(allocate(&mut ct, &mut ports, &other, node, 0).is_some());
+        assert!(allocate(&mut ct, &mut ports, &other, node, 0).is_ok());
         // After expiry the ports come back.
         ct.expire(5, 100);
-        assert!(allocate(&mut ct, &mut ports, &flow(7), node, 5).is_some());
+        assert!(allocate(&mut ct, &mut ports, &flow(7), node, 5).is_ok());
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! expiry never stalls the worker. When the table is full, an unassured entry near
 //! its expiry is evicted (early drop); if none is found the new connection is refused.
 //!
-//! Memory: an entry is 48 bytes in the slab, and each of its two keys takes about
+//! Memory: an entry is 52 bytes in the slab, and each of its two keys takes about
 //! 24 bytes of hash table at the table's load (x2 reserve), under 128 bytes per
 //! connection in all (`Conntrack::bytes_per_entry`).
 use hashbrown::HashMap;
@@ -136,6 +136,21 @@ const F_DNAT: u8 = 32;
 /// Cluster): replies come back to the node.
 const F_MASQ: u8 = 64;
 const NIL: u32 = u32::MAX;
+/// Seconds a replied UDP flow must live before it is a stream (Linux: 2 s).
+const UDP_STREAM_AFTER: u32 = 2;
+
+/// Whether a TCP segment's flags are a combination a connection can carry: Linux's
+/// `tcp_valid_flags` table over FIN, SYN, RST, ACK and URG (PSH, ECE and CWR aside):
+/// SYN, SYN+URG, SYN+ACK, RST, RST+ACK, FIN+ACK, FIN+ACK+URG, ACK, ACK+URG. SYN+FIN,
+/// SYN+RST, FIN alone and no flags at all are not.
+#[inline]
+pub fn tcp_flags_valid(flags: u8) -> bool {
+    // FIN 0x01, SYN 0x02, RST 0x04, ACK 0x10, URG 0x20.
+    matches!(
+        flags & 0x37,
+        0x02 | 0x22 | 0x12 | 0x04 | 0x14 | 0x11 | 0x31 | 0x10 | 0x30
+    )
+}
 
 #[derive(Debug, Clone, Copy)]
 pub struct Entry {
@@ -143,6 +158,8 @@ pub struct Entry {
     pub reply: Tuple,
     /// Absolute expiry, in seconds of the table's clock.
     pub expires: u32,
+    /// When the connection was created (UDP becomes a stream only after 2 s).
+    pub born: u32,
     pub tcp: TcpState,
     flags: u8,
     /// The timer-wheel slot this entry is filed in, and its neighbours there.
@@ -322,6 +339,7 @@ impl Conntrack {
             orig,
             reply,
             expires: now.saturating_add(timeout.max(1)),
+            born: now,
             tcp: if orig.proto == 6 {
                 TcpState::SynSent
             } else {
@@ -352,10 +370,14 @@ impl Conntrack {
     }
 
     /// Accounts a packet of entry `i` going `dir` (TCP `flags` for TCP): advances the
-    /// state and refreshes the timeout.
-    pub fn update(&mut self, i: u32, dir: Dir, tcp_flags: u8, now: u32) {
+    /// state and refreshes the timeout. False, and nothing changed, for a TCP segment
+    /// whose flags no connection carries (`tcp_flags_valid`): the caller drops it.
+    pub fn update(&mut self, i: u32, dir: Dir, tcp_flags: u8, now: u32) -> bool {
         let t = self.timeouts;
         let e = &mut self.slab[i as usize];
+        if e.orig.proto == 6 && !tcp_flags_valid(tcp_flags) {
+            return false;
+        }
         if dir == Dir::Reply {
             e.flags |= F_SEEN_REPLY;
         }
@@ -368,8 +390,13 @@ impl Conntrack {
                 t.tcp(e.tcp)
             }
             17 => {
-                if e.flags & F_SEEN_REPLY != 0 {
+                // Linux's rule: a replied flow still alive 2 s after it began is a
+                // stream (assured, the long timeout); before that, or unreplied, the
+                // short one (a DNS query and its answer are not kept for 120 s).
+                if e.flags & F_SEEN_REPLY != 0 && now.saturating_sub(e.born) >= UDP_STREAM_AFTER {
                     e.flags |= F_ASSURED;
+                }
+                if e.flags & F_ASSURED != 0 {
                     t.udp_stream
                 } else {
                     t.udp
@@ -378,6 +405,7 @@ impl Conntrack {
             _ => t.icmp,
         };
         e.expires = now.saturating_add(timeout.max(1));
+        true
     }
 
     /// Marks entry `i` as a Service connection.
@@ -562,7 +590,11 @@ fn tcp_next(s: TcpState, dir: Dir, flags: u8, ef: &mut u8) -> TcpState {
             LastAck
         }
         (LastAck, _) if ack => TimeWait,
-        (TimeWait, Dir::Orig) if syn && !ack => SynSent,
+        (TimeWait | Close, Dir::Orig) if syn && !ack => {
+            // A new connection on the old tuple: nothing of the old one's close.
+            *ef &= !(F_FIN_ORIG | F_FIN_REPLY | F_ASSURED | F_SEEN_REPLY);
+            SynSent
+        }
         (st, _) => st,
     }
 }
@@ -599,7 +631,8 @@ mod tests {
             "{}",
             Conntrack::bytes_per_entry()
         );
-        assert!(std::mem::size_of::<Entry>() <= 48);
+        // 48 bytes of tuples, expiry and wheel links, and the creation time.
+        assert!(std::mem::size_of::<Entry>() <= 52);
     }
 
     #[test]
@@ -707,6 +740,101 @@ mod tests {
     }
 
     #[test]
+    fn udp_is_a_stream_only_when_replied_and_older_than_two_seconds() {
+        let mut c = Conntrack::new(16, Timeouts::default(), 0);
+        let o = t(5354, 17);
+        let i = c.insert(o, nat_reply(o, 61004), 100).unwrap();
+        // A query answered at once (DNS): replied, not a stream, the short timeout.
+        c.update(i, Dir::Reply, 0, 100);
+        assert!(c.entry(i).seen_reply() && !c.entry(i).assured());
+        assert_eq!(c.entry(i).expires, 130);
+        c.update(i, Dir::Orig, 0, 101);
+        assert!(!c.entry(i).assured(), "1 s old");
+        assert_eq!(c.entry(i).expires, 131);
+        // Still going 2 s after it began, replied: assured, 120 s.
+        c.update(i, Dir::Orig, 0, 102);
+        assert!(c.entry(i).assured());
+        assert_eq!(c.entry(i).expires, 222);
+        // Unreplied flows never become streams, however old.
+        let o2 = t(5355, 17);
+        let k = c.insert(o2, nat_reply(o2, 61005), 100).unwrap();
+        c.update(k, Dir::Orig, 0, 110);
+        assert!(!c.entry(k).assured());
+        assert_eq!(c.entry(k).expires, 140);
+    }
+
+    #[test]
+    fn invalid_tcp_flags_change_nothing() {
+        let mut c = Conntrack::new(16, Timeouts::default(), 0);
+        let o = t(41000, 6);
+        let i = c.insert(o, nat_reply(o, 61010), 0).unwrap();
+        assert!(c.update(i, Dir::Orig, SYN, 0));
+        assert!(c.update(i, Dir::Reply, SYN | ACK, 0));
+        assert!(c.update(i, Dir::Orig, ACK, 0));
+        assert_eq!(c.entry(i).tcp, TcpState::Established);
+        let before = *c.entry(i);
+        for bad in [
+            SYN | FIN,
+            SYN | RST,
+            FIN,
+            0,
+            SYN | FIN | ACK,
+            SYN | RST | ACK,
+        ] {
+            assert!(!tcp_flags_valid(bad), "{bad:#x}");
+            assert!(!c.update(i, Dir::Orig, bad, 50), "{bad:#x} accepted");
+            let e = c.entry(i);
+            assert_eq!(e.tcp, TcpState::Established, "{bad:#x} moved the state");
+            assert_eq!(e.expires, before.expires, "{bad:#x} refreshed the timeout");
+        }
+        // PSH (0x08) and URG where Linux allows it are fine.
+        for good in [ACK | 0x08, FIN | ACK, RST, RST | ACK, ACK | 0x20, SYN | ACK] {
+            assert!(tcp_flags_valid(good), "{good:#x}");
+        }
+        assert!(
+            !tcp_flags_valid(SYN | ACK | 0x20),
+            "SYN+ACK+URG (Linux: invalid)"
+        );
+    }
+
+    #[test]
+    fn a_reopened_tuple_starts_a_clean_connection() {
+        let mut c = Conntrack::new(16, Timeouts::default(), 0);
+        let o = t(41001, 6);
+        let close = |c: &mut Conntrack, i: u32| {
+            for (d, f) in [
+                (Dir::Orig, SYN),
+                (Dir::Reply, SYN | ACK),
+                (Dir::Orig, ACK),
+                (Dir::Orig, FIN | ACK),
+                (Dir::Reply, FIN | ACK),
+                (Dir::Orig, ACK),
+            ] {
+                assert!(c.update(i, d, f, 1));
+            }
+        };
+        let i = c.insert(o, nat_reply(o, 61011), 0).unwrap();
+        close(&mut c, i);
+        assert_eq!(c.entry(i).tcp, TcpState::TimeWait);
+        // Ten connections on the same tuple, each opened over the last one's
+        // TIME_WAIT: every one closes to TIME_WAIT again (none is left in CLOSE_WAIT
+        // by the previous one's FIN bits).
+        for round in 0..10 {
+            assert!(c.lookup_or_reopen(&o, SYN, 1).is_none(), "round {round}");
+            let k = c.insert(o, nat_reply(o, 61011), 1).unwrap();
+            close(&mut c, k);
+            assert_eq!(c.entry(k).tcp, TcpState::TimeWait, "round {round}");
+        }
+        // The state machine alone (no removal) also forgets the old close.
+        let mut flags = F_FIN_ORIG | F_FIN_REPLY | F_ASSURED | F_SEEN_REPLY;
+        assert_eq!(
+            tcp_next(TcpState::TimeWait, Dir::Orig, SYN, &mut flags),
+            TcpState::SynSent
+        );
+        assert_eq!(flags, 0);
+    }
+
+    #[test]
     fn entries_expire_on_time_with_bounded_work() {
         let to = Timeouts {
             udp: 3,
@@ -744,10 +872,12 @@ mod tests {
         let mut c = Conntrack::new(10, to, 0);
         let o = t(7, 17);
         let i = c.insert(o, nat_reply(o, 60007), 0).unwrap();
-        c.update(i, Dir::Reply, 0, 1);
+        // Replied 2 s after it began: a stream, 10 s from then.
+        c.update(i, Dir::Reply, 0, 2);
         assert_eq!(c.expire(5, 100), 0, "re-filed, not expired");
         assert!(c.lookup(&o, 5).is_some());
-        assert_eq!(c.expire(11, 100), 1);
+        assert_eq!(c.expire(11, 100), 0);
+        assert_eq!(c.expire(12, 100), 1);
     }
 
     #[test]
@@ -756,21 +886,21 @@ mod tests {
         let a = t(1, 17);
         let b = t(2, 17);
         let ia = c.insert(a, nat_reply(a, 60001), 0).unwrap();
-        c.update(ia, Dir::Reply, 0, 0); // assured
-        c.insert(b, nat_reply(b, 60002), 0).unwrap();
+        c.update(ia, Dir::Reply, 0, 2); // a replied stream: assured
+        c.insert(b, nat_reply(b, 60002), 2).unwrap();
         let x = t(3, 17);
-        assert!(c.insert(x, nat_reply(x, 60003), 0).is_ok(), "b evicted");
+        assert!(c.insert(x, nat_reply(x, 60003), 2).is_ok(), "b evicted");
         assert_eq!(c.stats.early_dropped, 1);
-        assert!(c.lookup(&a, 0).is_some());
-        assert!(c.lookup(&b, 0).is_none());
-        // Now both are... x unassured, a assured: one more evicts x.
+        assert!(c.lookup(&a, 2).is_some());
+        assert!(c.lookup(&b, 2).is_none());
+        // Now x unassured, a assured: one more evicts x.
         let y = t(4, 17);
-        assert!(c.insert(y, nat_reply(y, 60004), 0).is_ok());
+        assert!(c.insert(y, nat_reply(y, 60004), 2).is_ok());
         // Make everything assured: the next insert is refused.
-        let iy = c.lookup(&y, 0).unwrap().0;
-        c.update(iy, Dir::Reply, 0, 0);
+        let iy = c.lookup(&y, 2).unwrap().0;
+        c.update(iy, Dir::Reply, 0, 4);
         let z = t(5, 17);
-        assert_eq!(c.insert(z, nat_reply(z, 60005), 0), Err(InsertError::Full));
+        assert_eq!(c.insert(z, nat_reply(z, 60005), 4), Err(InsertError::Full));
         assert_eq!(c.stats.refused_full, 1);
     }
 }
