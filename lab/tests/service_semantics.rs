@@ -16,7 +16,12 @@ static SERIAL: Mutex<()> = Mutex::new(());
 /// `podpathctl --json service set ...` on node 1's control service; the generation
 /// it says is in force.
 fn service_set(lab: &Lab, args: &[&str]) -> u64 {
-    let n = &lab.state.nodes[0];
+    service_set_on(lab, 0, args)
+}
+
+/// `service_set` on node `k`'s control service.
+fn service_set_on(lab: &Lab, k: usize, args: &[&str]) -> u64 {
+    let n = &lab.state.nodes[k];
     let mut a = vec!["--json", "service", "set"];
     a.extend_from_slice(args);
     let (ok, out, err) = ctl(&n.control_socket, &a);
@@ -537,4 +542,131 @@ fn conntrack_follows_linux_on_udp_streams_invalid_flags_and_a_full_table() {
             .contains("connection table full")),
         "no log line about the full table"
     );
+}
+
+/// Connections from `ns` to `to`, `n` of them: how many each address answered, and
+/// how many failed (and how).
+fn spread(ns: &str, to: &str, n: u32) -> (std::collections::BTreeMap<String, u32>, String) {
+    let (_, out) = run_in(
+        ns,
+        &bin(),
+        &["whoami-ask", "--to", to, "--count", &n.to_string()],
+    );
+    let mut m = std::collections::BTreeMap::new();
+    for l in out.lines() {
+        if let Some((a, c)) = l.rsplit_once(' ') {
+            if let (Ok(c), true) = (c.parse::<u32>(), a.contains('.')) {
+                m.insert(a.to_owned(), c);
+            }
+        }
+    }
+    (m, out)
+}
+
+/// internalTrafficPolicy Local: each node's pods reach only that node's endpoints;
+/// where there is none, connections fail silently (no reset), counted.
+/// EndpointSlice conditions: ready endpoints take new connections; when none is
+/// ready, the serving terminating ones do; with nothing serving, a reset.
+#[test]
+fn internal_traffic_policy_local_and_endpoint_conditions() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut o = options("l");
+    o.external = false;
+    let lab = Lab::up(&o).expect("lab up");
+    let (n1, n2) = (lab.state.nodes[0].clone(), lab.state.nodes[1].clone());
+    let (c1, e1, c2, e2) = (&n1.pods[0], &n1.pods[1], &n2.pods[0], &n2.pods[1]);
+    let _servers = whoami(&[e1, e2]);
+    let both = [format!("{}:8080", e1.ip), format!("{}:8080", e2.ip)];
+    let local = |eps: &[String]| {
+        let mut a = vec![
+            "default/local",
+            "--vip",
+            "10.96.0.50",
+            "--port",
+            "80",
+            "--internal-traffic-policy",
+            "Local",
+        ];
+        for e in eps {
+            a.extend(["--endpoint", e.as_str()]);
+        }
+        a.iter().map(|s| s.to_string()).collect::<Vec<String>>()
+    };
+    for k in 0..2 {
+        let a = local(&both);
+        service_set_on(&lab, k, &a.iter().map(String::as_str).collect::<Vec<_>>());
+    }
+    let (m, out) = spread(&c1.netns, "10.96.0.50:80", 10);
+    assert_eq!(
+        m.get(&e1.ip),
+        Some(&10),
+        "node 1's pod: only node 1's endpoint:\n{out}"
+    );
+    let (m, out) = spread(&c2.netns, "10.96.0.50:80", 10);
+    assert_eq!(
+        m.get(&e2.ip),
+        Some(&10),
+        "node 2's pod: only node 2's endpoint:\n{out}"
+    );
+    // Node 1 loses its local endpoint: its pods' connections vanish, no reset.
+    for k in 0..2 {
+        let a = local(&both[1..]);
+        service_set_on(&lab, k, &a.iter().map(String::as_str).collect::<Vec<_>>());
+    }
+    let before = drop_count(&n1.socket, "lb-no-local-endpoint");
+    let t = std::time::Instant::now();
+    let (ok, out) = run_in(
+        &c1.netns,
+        &bin(),
+        &["whoami-ask", "--to", "10.96.0.50:80", "--count", "1"],
+    );
+    assert!(!ok && !out.contains("refused"), "not a silent drop: {out}");
+    assert!(
+        t.elapsed() >= Duration::from_secs(2),
+        "answered at once: {out}"
+    );
+    assert!(drop_count(&n1.socket, "lb-no-local-endpoint") > before);
+    let (m, out) = spread(&c2.netns, "10.96.0.50:80", 5);
+    assert_eq!(m.get(&e2.ip), Some(&5), "node 2 still served:\n{out}");
+
+    // Conditions, on node 1: e1 ready, e2 serving and terminating.
+    let cond = |e1c: &str, e2c: &str| {
+        let (a, b) = (
+            format!("{}:8080{e1c}", e1.ip),
+            format!("{}:8080{e2c}", e2.ip),
+        );
+        service_set(
+            &lab,
+            &[
+                "default/roll",
+                "--vip",
+                "10.96.0.51",
+                "--port",
+                "80",
+                "--endpoint",
+                &a,
+                "--endpoint",
+                &b,
+            ],
+        );
+    };
+    cond("", ",notready,terminating,serving");
+    let (m, out) = spread(&c1.netns, "10.96.0.51:80", 20);
+    assert_eq!(m.get(&e1.ip), Some(&20), "only the ready endpoint:\n{out}");
+    // e1 not ready either: the serving terminating e2 takes the new connections.
+    cond(",notready,notserving", ",notready,terminating,serving");
+    let (m, out) = spread(&c1.netns, "10.96.0.51:80", 20);
+    assert_eq!(
+        m.get(&e2.ip),
+        Some(&20),
+        "the serving terminating fallback:\n{out}"
+    );
+    // Nothing serving: refused at once.
+    cond(",notready,notserving", ",notready,terminating,notserving");
+    let (ok, out) = run_in(
+        &c1.netns,
+        &bin(),
+        &["whoami-ask", "--to", "10.96.0.51:80", "--count", "1"],
+    );
+    assert!(!ok && out.contains("refused"), "{out}");
 }

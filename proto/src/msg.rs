@@ -104,6 +104,10 @@ pub struct ServiceSpec {
     /// to the node) or "Local" (this node's endpoints only, client source kept).
     #[serde(default)]
     pub external_traffic_policy: Option<String>,
+    /// For the ClusterIP, from pods and the node: "Cluster" (default; any endpoint)
+    /// or "Local" (this node's endpoints only; none: a silent drop).
+    #[serde(default)]
+    pub internal_traffic_policy: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,9 +120,14 @@ pub struct EndpointSpec {
     /// Not ready endpoints get no traffic.
     #[serde(default = "default_true")]
     pub ready: bool,
-    /// Terminating endpoints keep their connections and get no new ones.
+    /// Terminating endpoints keep their connections and get no new ones (unless no
+    /// endpoint is ready: then the serving terminating ones take them).
     #[serde(default)]
     pub terminating: bool,
+    /// EndpointSlice's `serving`: ready, whether terminating or not. Absent: the
+    /// same as `ready` (as Kubernetes says consumers should read a missing one).
+    #[serde(default)]
+    pub serving: Option<bool>,
 }
 
 impl ServiceSpec {
@@ -140,6 +149,7 @@ impl ServiceSpec {
             affinity_timeout: None,
             node_port: None,
             external_traffic_policy: None,
+            internal_traffic_policy: None,
         }
     }
 }
@@ -153,6 +163,7 @@ impl EndpointSpec {
             weight: default_weight(),
             ready: true,
             terminating: false,
+            serving: None,
         }
     }
 }
@@ -668,9 +679,11 @@ pub fn sample_service() -> ServiceSpec {
             weight: 1,
             ready: true,
             terminating: false,
+            serving: None,
         }],
         affinity_timeout: None,
         node_port: None,
-        external_traffic_policy: None,
+        external_traffic_policy: Some("Cluster".into()),
+        internal_traffic_policy: Some("Local".into()),
     }
 }

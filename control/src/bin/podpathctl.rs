@@ -100,7 +100,8 @@ enum ServiceCmd {
         port: u16,
         #[arg(long, default_value = "tcp")]
         protocol: String,
-        /// IP:PORT, repeated (append ",w=N" for a weight, ",terminating" or ",notready").
+        /// IP:PORT, repeated (append ",w=N" for a weight, and the EndpointSlice
+        /// conditions ",notready", ",terminating", ",serving", ",notserving").
         #[arg(long = "endpoint")]
         endpoints: Vec<String>,
         /// ClientIP session affinity for this many seconds.
@@ -109,9 +110,12 @@ enum ServiceCmd {
         /// Open this port on the node IP too.
         #[arg(long)]
         node_port: Option<u16>,
-        /// Cluster (default) or Local.
+        /// For the NodePort: Cluster (default) or Local.
         #[arg(long)]
         external_traffic_policy: Option<String>,
+        /// For the ClusterIP: Cluster (default) or Local (this node's endpoints only).
+        #[arg(long)]
+        internal_traffic_policy: Option<String>,
     },
     Del {
         name: String,
@@ -133,11 +137,14 @@ fn parse_endpoint(s: &str) -> Result<podpath_proto::EndpointSpec> {
         weight: 1,
         ready: true,
         terminating: false,
+        serving: None,
     };
     for p in parts {
         match p {
             "terminating" => e.terminating = true,
             "notready" => e.ready = false,
+            "serving" => e.serving = Some(true),
+            "notserving" => e.serving = Some(false),
             w if w.starts_with("w=") => {
                 e.weight = w[2..]
                     .parse()
@@ -317,6 +324,7 @@ fn run(cli: Cli) -> Result<()> {
             affinity,
             node_port,
             external_traffic_policy,
+            internal_traffic_policy,
         }) => {
             let endpoints = endpoints
                 .iter()
@@ -332,6 +340,7 @@ fn run(cli: Cli) -> Result<()> {
                 affinity_timeout: affinity,
                 node_port,
                 external_traffic_policy,
+                internal_traffic_policy,
             }))?;
             applied(what, r)?;
         }

@@ -316,22 +316,33 @@ pub fn process<F: Frame>(
             next[i] = Next::Drop(DropReason::CtInvalid);
             continue;
         }
+        // internalTrafficPolicy Local: this node's endpoints only.
+        let (eps, table) = if svc.internal_local {
+            (&svc.local_endpoints, &svc.local_maglev)
+        } else {
+            (&svc.endpoints, &svc.maglev)
+        };
         // Affinity first (while its endpoint still takes connections), else Maglev.
         let now_ms = cx.now_ms;
         let sticky = (svc.affinity > 0)
             .then(|| affinity.get(t.src, svc.uid, now_ms))
             .flatten()
-            .filter(|e| svc.endpoints.contains(e));
+            .filter(|e| eps.contains(e));
         let picked = sticky.or_else(|| {
-            svc.maglev
+            table
                 .pick(flow_hash(&t))
-                .and_then(|k| svc.endpoints.get(usize::from(k)).copied())
+                .and_then(|k| eps.get(usize::from(k)).copied())
         });
         if let (Some(e), true) = (picked, svc.affinity > 0) {
             let until = now_ms.saturating_add(u64::from(svc.affinity).saturating_mul(1000));
             affinity.set(t.src, svc.uid, e, now_ms, until, |u| services.has_uid(u));
         }
         let Some(ep) = picked else {
+            if svc.internal_local {
+                // kube-proxy drops these silently: the Service works on other nodes.
+                next[i] = Next::Drop(DropReason::LbNoLocalEndpoint);
+                continue;
+            }
             // No endpoint: refuse now rather than let the client time out.
             next[i] = if t.proto == 6 {
                 if l3 != ethernet::HEADER_LEN || !tcp_reset(d, l3, l4) {

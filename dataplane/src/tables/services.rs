@@ -31,6 +31,8 @@ pub struct Service {
     /// The NodePort (0: none), and whether its policy is Local.
     pub node_port: u16,
     pub local_policy: bool,
+    /// internalTrafficPolicy Local: the ClusterIP uses this node's endpoints only.
+    pub internal_local: bool,
     /// This node's endpoints that take new connections, with their own table (the
     /// NodePort with policy Local uses only these).
     pub local_endpoints: Vec<Endpoint>,
@@ -103,37 +105,71 @@ impl ServiceTable {
             if s.port == 0 {
                 return Err(format!("{what}: port 0"));
             }
-            let mut eps = Vec::new();
+            // New connections go to ready endpoints (ready is serving and not
+            // terminating); when none is ready, to the serving terminating ones
+            // (kube-proxy's fallback, so a rolling update's last pods keep
+            // answering). The same rule again among this node's endpoints, for the
+            // Local policies.
             let mut all = Vec::new();
-            let mut backends = Vec::new();
-            let (mut local_eps, mut local_backends) = (Vec::new(), Vec::new());
-            let is_local =
-                |ip: u32| node.is_some_and(|n| ip & super::lpm::mask(n.pod_net.1) == n.pod_net.0);
+            let mut parsed = Vec::new();
             for e in &s.endpoints {
                 let ip = validate::ipv4(&e.ip).map_err(|x| format!("{what}: endpoint: {x}"))?;
                 if e.port == 0 {
                     return Err(format!("{what}: endpoint {} has port 0", e.ip));
                 }
                 all.push(Endpoint { ip, port: e.port });
-                if e.ready && !e.terminating && e.weight > 0 {
-                    eps.push(Endpoint { ip, port: e.port });
-                    backends.push(Backend {
-                        key: format!("{}:{}", e.ip, e.port),
-                        weight: e.weight,
-                    });
-                    if is_local(ip) {
-                        local_eps.push(Endpoint { ip, port: e.port });
-                        local_backends.push(Backend {
-                            key: format!("{}:{}", e.ip, e.port),
-                            weight: e.weight,
-                        });
-                    }
-                }
+                parsed.push((ip, e));
             }
+            let is_local =
+                |ip: u32| node.is_some_and(|n| ip & super::lpm::mask(n.pod_net.1) == n.pod_net.0);
+            let takers = |local_only: bool| -> (Vec<Endpoint>, Vec<Backend>) {
+                let pick = |fallback: bool| {
+                    let mut eps = Vec::new();
+                    let mut backends = Vec::new();
+                    for &(ip, e) in &parsed {
+                        let serving = e.serving.unwrap_or(e.ready);
+                        let ok = if fallback {
+                            serving && e.terminating
+                        } else {
+                            e.ready && !e.terminating
+                        };
+                        if ok && e.weight > 0 && (!local_only || is_local(ip)) {
+                            eps.push(Endpoint { ip, port: e.port });
+                            backends.push(Backend {
+                                key: format!("{}:{}", e.ip, e.port),
+                                weight: e.weight,
+                            });
+                        }
+                    }
+                    (eps, backends)
+                };
+                let ready = pick(false);
+                if ready.0.is_empty() {
+                    pick(true)
+                } else {
+                    ready
+                }
+            };
+            let (eps, backends) = takers(false);
+            let (local_eps, local_backends) = takers(true);
             let maglev = Maglev::build(&backends, table_size(backends.len()))
                 .map_err(|e| format!("{what}: {e}"))?;
             let local_maglev = Maglev::build(&local_backends, table_size(local_backends.len()))
                 .map_err(|e| format!("{what}: {e}"))?;
+            let internal_local = match s.internal_traffic_policy.as_deref() {
+                None | Some("Cluster") => false,
+                Some("Local") => true,
+                Some(p) => {
+                    return Err(format!(
+                        "{what}: internal_traffic_policy {p:?} is not Cluster or Local"
+                    ))
+                }
+            };
+            if internal_local && node.is_none() {
+                return Err(format!(
+                    "{what}: internal_traffic_policy Local needs the node's identity (set the node first)"
+                ));
+            }
             let local_policy = match s.external_traffic_policy.as_deref() {
                 None | Some("Cluster") => false,
                 Some("Local") => true,
@@ -182,6 +218,7 @@ impl ServiceTable {
                 uid: uids[t.services.len()],
                 node_port,
                 local_policy,
+                internal_local,
                 local_endpoints: local_eps,
                 local_maglev,
                 owner_by_client_ip: false,
@@ -312,6 +349,7 @@ mod tests {
             weight: 1,
             ready,
             terminating,
+            serving: None,
         }
     }
 
@@ -330,6 +368,7 @@ mod tests {
             affinity_timeout: None,
             node_port: None,
             external_traffic_policy: None,
+            internal_traffic_policy: None,
         };
         let t = ServiceTable::build(std::slice::from_ref(&s), None).unwrap();
         let svc = t
@@ -393,5 +432,90 @@ mod tests {
             None,
             "per protocol"
         );
+    }
+
+    #[test]
+    fn serving_terminating_endpoints_take_new_connections_only_when_none_is_ready() {
+        let ip = |a: &str| validate::ipv4(a).unwrap();
+        let e = |a: &str, ready: bool, terminating: bool, serving: Option<bool>| EndpointSpec {
+            terminating,
+            serving,
+            ready,
+            ..EndpointSpec::ready(a, 8080)
+        };
+        let eps_of = |eps: Vec<EndpointSpec>| -> Vec<u32> {
+            let t = ServiceTable::build(
+                &[ServiceSpec::new(
+                    "default/web",
+                    "10.96.0.10",
+                    80,
+                    "tcp",
+                    eps,
+                )],
+                None,
+            )
+            .unwrap();
+            let s = t.lookup(ip("10.96.0.10"), 80, 6).unwrap();
+            s.endpoints.iter().map(|e| e.ip).collect()
+        };
+        let (a, b, c) = ("10.244.0.3", "10.244.1.2", "10.244.1.3");
+        // A ready one exists: only it, the serving terminating one waits.
+        assert_eq!(
+            eps_of(vec![e(a, true, false, None), e(b, false, true, Some(true))]),
+            vec![ip(a)]
+        );
+        // None ready: the serving terminating ones (not the non-serving one).
+        assert_eq!(
+            eps_of(vec![
+                e(a, false, false, Some(false)),
+                e(b, false, true, Some(true)),
+                e(c, false, true, Some(false)),
+            ]),
+            vec![ip(b)]
+        );
+        // serving absent reads as ready: a ready terminating endpoint serves.
+        assert_eq!(eps_of(vec![e(a, true, true, None)]), vec![ip(a)]);
+        // Nothing serving: no endpoint (the Service refuses).
+        assert!(eps_of(vec![e(a, false, true, None)]).is_empty());
+    }
+
+    #[test]
+    fn internal_traffic_policy_local_needs_the_node_and_keeps_local_endpoints() {
+        let ip = |a: &str| validate::ipv4(a).unwrap();
+        let spec = ServiceSpec {
+            internal_traffic_policy: Some("Local".into()),
+            ..ServiceSpec::new(
+                "default/web",
+                "10.96.0.10",
+                80,
+                "tcp",
+                vec![
+                    EndpointSpec::ready("10.244.0.3", 8080),
+                    EndpointSpec::ready("10.244.1.2", 8080),
+                ],
+            )
+        };
+        assert!(ServiceTable::build(std::slice::from_ref(&spec), None)
+            .unwrap_err()
+            .contains("node"));
+        let node = NodeInfo {
+            node_ip: ip("192.168.77.11"),
+            pod_net: (ip("10.244.0.0"), 24),
+        };
+        let t = ServiceTable::build(std::slice::from_ref(&spec), Some(node)).unwrap();
+        let s = t.lookup(ip("10.96.0.10"), 80, 6).unwrap();
+        assert!(s.internal_local);
+        assert_eq!(
+            s.local_endpoints,
+            vec![Endpoint {
+                ip: ip("10.244.0.3"),
+                port: 8080
+            }]
+        );
+        let bad = ServiceSpec {
+            internal_traffic_policy: Some("Nearby".into()),
+            ..spec
+        };
+        assert!(ServiceTable::build(&[bad], Some(node)).is_err());
     }
 }
