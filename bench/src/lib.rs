@@ -130,6 +130,7 @@ impl Rig {
             host: Some("host".into()),
             vni: 1,
             vxlan_port: 4789,
+            service_cidr: Some("10.96.0.0/12".into()),
         };
         let remote = RemoteSpec {
             name: "node2".into(),

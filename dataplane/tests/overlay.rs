@@ -54,6 +54,7 @@ fn node_with(k: u8, edit: impl FnOnce(&mut PipelineConfig)) -> (Pipeline<MemFram
         host: Some("host".into()),
         vni: 1,
         vxlan_port: 4789,
+        service_cidr: Some("10.96.0.0/12".into()),
     };
     let remote = RemoteSpec {
         name: format!("node{other}"),
@@ -1548,4 +1549,82 @@ fn removing_an_endpoint_sweeps_its_udp_connections_keeps_tcp_and_settles_after_t
         &[udp_from_pod_a([10, 96, 0, 10], 5353, 53, 64, b"q")],
     );
     assert!(io.take_tx(POD_B).is_empty(), "UDP no longer reaches A");
+}
+
+#[test]
+fn the_service_range_refuses_undefined_ports_and_drops_unallocated_addresses() {
+    use podpath_dataplane::tables::services::ServiceTable;
+    let (mut n, mut io) = node_with_pod_a(1);
+    // No Service at all: the range is unallocated, dropped silently.
+    rx(
+        &mut n,
+        &mut io,
+        POD_A,
+        &[udp_from_pod_a([10, 96, 5, 5], 5000, 53, 64, b"q")],
+    );
+    assert!(io.take_tx(POD_A).is_empty() && io.take_tx(UPLINK).is_empty());
+    the_only_drop_is(&n, DropReason::LbUnallocatedClusterIp, 1);
+    n.set_services(Arc::new(
+        ServiceTable::build(
+            &[ServiceSpec::new(
+                "default/web",
+                "10.96.0.10",
+                80,
+                "tcp",
+                vec![EndpointSpec::ready("10.244.1.2", 8080)],
+            )],
+            None,
+        )
+        .unwrap(),
+    ));
+    // The ClusterIP on a port no ServicePort defines: TCP gets a reset from it.
+    let mut syn = Vec::new();
+    PacketBuilder::ethernet2(pod_mac(1, 2), gateway_mac(ip("10.244.0.1")).0)
+        .ipv4([10, 244, 0, 2], [10, 96, 0, 10], 64)
+        .tcp(40000, 81, 7, 1000)
+        .syn()
+        .write(&mut syn, &[])
+        .unwrap();
+    rx(&mut n, &mut io, POD_A, &[syn]);
+    let out = io.take_tx(POD_A);
+    assert_eq!(out.len(), 1, "no reset back to the pod");
+    let p = SlicedPacket::from_ethernet(&out[0]).unwrap();
+    let Some(TransportSlice::Tcp(t)) = p.transport else {
+        panic!("not TCP: {:?}", p.transport)
+    };
+    assert!(t.rst() && t.ack() && t.source_port() == 81 && t.acknowledgment_number() == 8);
+    assert_eq!(
+        &out[0][26..30],
+        &[10, 96, 0, 10],
+        "the reset comes from the ClusterIP"
+    );
+    // UDP and ICMP echo to it: ICMP port unreachable from the ClusterIP.
+    let mut echo = Vec::new();
+    PacketBuilder::ethernet2(pod_mac(1, 2), gateway_mac(ip("10.244.0.1")).0)
+        .ipv4([10, 244, 0, 2], [10, 96, 0, 10], 64)
+        .icmpv4_echo_request(9, 1)
+        .write(&mut echo, b"ping")
+        .unwrap();
+    rx(
+        &mut n,
+        &mut io,
+        POD_A,
+        &[udp_from_pod_a([10, 96, 0, 10], 5000, 53, 64, b"q"), echo],
+    );
+    let out = io.take_tx(POD_A);
+    assert_eq!(out.len(), 2, "two port unreachables");
+    for f in &out {
+        assert_eq!(&f[26..30], &[10, 96, 0, 10]);
+        assert_eq!((f[34], f[35]), (3, 3), "destination unreachable, port");
+    }
+    // Another address of the range: dropped, no answer.
+    rx(
+        &mut n,
+        &mut io,
+        POD_A,
+        &[udp_from_pod_a([10, 96, 0, 11], 5000, 53, 64, b"q")],
+    );
+    assert!(io.take_tx(POD_A).is_empty() && io.take_tx(UPLINK).is_empty());
+    the_only_drop_is(&n, DropReason::LbUnallocatedClusterIp, 2);
+    assert!(balanced(&n));
 }

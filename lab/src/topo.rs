@@ -12,6 +12,8 @@ use crate::net::{self, ip, ip_in};
 pub const UNDERLAY_PREFIX: &str = "192.168.77";
 pub const POD_MTU: u16 = 1450;
 pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
+/// The Service range every lab node is configured with (kubeadm's default).
+pub const SERVICE_CIDR: &str = "10.96.0.0/12";
 /// The underlay router's host number (192.168.77.254), when the lab has one.
 pub const ROUTER_HOST: u8 = 254;
 /// The host behind the router.
@@ -805,7 +807,7 @@ fn write_config(node: &Node, index: usize, others: &[Node], opts: &LabOptions) -
     c += &format!(
         "[node]\nnode_ip = \"{ip}\"\nunderlay_cidr = \"{UNDERLAY_PREFIX}.0/24\"\n{gw}pod_cidr = \"{pods}\"\n\
          cluster_cidr = \"{CLUSTER_CIDR}\"\nbridge = 1\nuplink = \"uplink\"\nhost = \"host\"\n\
-         vni = {vni}\nvxlan_port = {port}\n\n",
+         vni = {vni}\nvxlan_port = {port}\nservice_cidr = \"{SERVICE_CIDR}\"\n\n",
         ip = node.node_ip,
         pods = node.pod_cidr,
         vni = opts.vni,

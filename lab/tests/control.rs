@@ -646,6 +646,10 @@ fn bad_requests_get_typed_errors_and_change_nothing() {
             vxlan_port: 0,
             ..node.clone()
         },
+        NodeSpec {
+            service_cidr: Some("10.244.0.0/12".into()),
+            ..node.clone()
+        },
     ];
     let remote = RemoteSpec {
         name: "node9".into(),

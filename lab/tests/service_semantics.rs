@@ -670,3 +670,68 @@ fn internal_traffic_policy_local_and_endpoint_conditions() {
     );
     assert!(!ok && out.contains("refused"), "{out}");
 }
+
+/// The Service range (10.96.0.0/12 in the lab's node config): a ClusterIP's
+/// undefined ports are refused at once, unallocated addresses dropped, nothing of
+/// it leaves by the default route.
+#[test]
+fn the_service_range_refuses_undefined_ports_and_drops_unallocated_addresses() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut o = options("r");
+    o.external = false;
+    let lab = Lab::up(&o).expect("lab up");
+    let n1 = lab.state.nodes[0].clone();
+    let (client, ep) = (&n1.pods[0], &n1.pods[1]);
+    let e = format!("{}:8080", ep.ip);
+    service_set(
+        &lab,
+        &[
+            "default/web",
+            "--vip",
+            "10.96.0.60",
+            "--port",
+            "80",
+            "--endpoint",
+            &e,
+        ],
+    );
+    let t = std::time::Instant::now();
+    let (ok, out) = run_in(
+        &client.netns,
+        &bin(),
+        &["whoami-ask", "--to", "10.96.0.60:81", "--count", "1"],
+    );
+    assert!(
+        !ok && out.contains("refused"),
+        "TCP to an undefined port: {out}"
+    );
+    let (ok, out) = run_in(
+        &client.netns,
+        &bin(),
+        &["udp-ping", "--to", "10.96.0.60:53", "--count", "1"],
+    );
+    assert!(
+        !ok && out.contains("refused"),
+        "UDP to an undefined port: {out}"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "refusals took {:?}",
+        t.elapsed()
+    );
+    let before = drop_count(&n1.socket, "lb-unallocated-cluster-ip");
+    let (ok, out) = run_in(
+        &client.netns,
+        &bin(),
+        &["whoami-ask", "--to", "10.96.0.61:80", "--count", "1"],
+    );
+    assert!(
+        !ok && !out.contains("refused"),
+        "unallocated, not dropped: {out}"
+    );
+    assert!(drop_count(&n1.socket, "lb-unallocated-cluster-ip") > before);
+    let s = stats(&n1.socket);
+    // Nothing was tracked: no connection went out masqueraded.
+    let masq: u64 = s.workers.iter().map(|w| w.ct_entries).sum();
+    assert_eq!(masq, 0, "a connection was tracked (masqueraded?)");
+}

@@ -233,6 +233,11 @@ pub struct NodeSpec {
     /// 4789 (IANA) by default; 8472 to interoperate with flannel.
     #[serde(default = "default_vxlan_port")]
     pub vxlan_port: u16,
+    /// The cluster's Service range (kube-apiserver's --service-cluster-ip-range),
+    /// e.g. "10.96.0.0/12": a ClusterIP's undefined ports are refused, unallocated
+    /// addresses in it dropped, instead of leaving by the default route.
+    #[serde(default)]
+    pub service_cidr: Option<String>,
 }
 
 /// Another node of the cluster, reached over VXLAN.
@@ -653,6 +658,7 @@ pub fn sample_node() -> NodeSpec {
         host: Some("host".into()),
         vni: 1,
         vxlan_port: 4789,
+        service_cidr: Some("10.96.0.0/12".into()),
     }
 }
 

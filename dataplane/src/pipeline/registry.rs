@@ -90,6 +90,8 @@ drops! {
     SnatUnsupported = Snat "snat-unsupported": "protocol without ports or echo identifier (only TCP, UDP, ICMP echo are translated)",
     HandoffFull = SnatReply "handoff-full": "the owning worker's hand-off ring was full",
     LbNoEndpoint = Lb "lb-no-endpoint": "Service without endpoints, refusal not possible (answered with a reset or port unreachable otherwise)",
+    LbNoServicePort = Lb "lb-no-service-port": "to a ClusterIP on a port no ServicePort defines, and no reset can be made (a reset itself): dropped (others are refused)",
+    LbUnallocatedClusterIp = Lb "lb-unallocated-cluster-ip": "to an address in the Service range that is no ClusterIP: dropped without an answer, as kube-proxy does",
     LbNoLocalEndpoint = Lb "lb-no-local-endpoint": "internalTrafficPolicy Local and no endpoint on this node: dropped without an answer, as kube-proxy does",
     LbTupleClash = Lb "lb-tuple-clash": "the translated connection's reply tuple is another connection's (a client reaching an endpoint directly and through its Service from one port)",
     SnatPortsExhausted = Snat "snat-ports-exhausted": "no free NAT port in this worker's slice",

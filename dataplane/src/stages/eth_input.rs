@@ -1,7 +1,7 @@
 //! `eth-input`: parses each frame once, records offsets in the packet's metadata, and
 //! drops what is malformed, each under its own reason. It never reads past the frame:
 //! every access goes through a checked view of `wire`.
-use super::Ctx;
+use super::{in_service_range, Ctx};
 use crate::pipeline::{
     DropReason, Frame, Meta, Next, RxChecksum, StageId, TraceDetail, PREFETCH_AHEAD,
 };
@@ -180,8 +180,15 @@ fn pick(cx: &Ctx, m: &Meta, data: &[u8], ip: Option<FiveTuple>) -> Next {
     match cx.ports.role(m.in_port) {
         Role::Pod if is_arp => Next::Stage(StageId::Arp),
         // With Services, every IPv4 packet from a pod passes `lb` (an endpoint's reply
-        // to a client on its own subnet is bridged, and still needs its VIP back).
-        Role::Pod | Role::Host if is_ip4 && !cx.services.is_empty() => Next::Stage(StageId::Lb),
+        // to a client on its own subnet is bridged, and still needs its VIP back);
+        // without, only what is addressed into the Service range (refused there).
+        Role::Pod | Role::Host
+            if is_ip4
+                && (!cx.services.is_empty()
+                    || ip.is_some_and(|(_, dst, ..)| in_service_range(node, dst.to_u32()))) =>
+        {
+            Next::Stage(StageId::Lb)
+        }
         Role::Pod if is_ip4 && data[0..6] == node.router_mac.0 => Next::Stage(StageId::Ip4Lookup),
         Role::Pod => Next::Stage(StageId::Bridge),
         Role::Uplink if is_arp => Next::Stage(StageId::Arp),

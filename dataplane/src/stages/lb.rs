@@ -199,7 +199,21 @@ pub fn process<F: Frame>(
         let (l3, l4) = (usize::from(m.l3), usize::from(m.l4));
         let d = f.data_mut();
         next[i] = onward(cx, m, d);
-        if m.l4 == 0 || (m.proto != 6 && m.proto != 17) {
+        if m.l4 == 0 {
+            continue;
+        }
+        // Into the Service range (when the node knows it): what no Service takes is
+        // refused or dropped here, as kube-proxy does, not routed out masqueraded.
+        let dst = u32::from_be_bytes([d[l3 + 16], d[l3 + 17], d[l3 + 18], d[l3 + 19]]);
+        let in_range = cx
+            .l3
+            .node
+            .as_ref()
+            .is_some_and(|n| super::in_service_range(n, dst));
+        if m.proto != 6 && m.proto != 17 {
+            if in_range {
+                next[i] = not_a_service(services, f, m, dst);
+            }
             continue;
         }
         let Some(t) = tuple_of(d, l3, l4, m.proto) else {
@@ -309,6 +323,9 @@ pub fn process<F: Frame>(
             continue;
         }
         let Some(svc) = services.lookup(t.dst, t.dport, t.proto) else {
+            if in_range {
+                next[i] = not_a_service(services, f, m, dst);
+            }
             continue;
         };
         if t.proto == 6 && !tcp_flags_valid(flags) {
@@ -344,18 +361,7 @@ pub fn process<F: Frame>(
                 continue;
             }
             // No endpoint: refuse now rather than let the client time out.
-            next[i] = if t.proto == 6 {
-                if l3 != ethernet::HEADER_LEN || !tcp_reset(d, l3, l4) {
-                    Next::Drop(DropReason::LbNoEndpoint)
-                } else {
-                    let total = l4 + tcp::HEADER_LEN;
-                    let _ = f.set_len(total);
-                    Next::Stage(StageId::Ip4Lookup)
-                }
-            } else {
-                m.icmp = IcmpKind::PortUnreachable;
-                Next::Stage(StageId::IcmpError)
-            };
+            next[i] = refuse(f, m, DropReason::LbNoEndpoint);
             continue;
         };
         if ep.ip == t.src {
@@ -408,6 +414,37 @@ pub fn process<F: Frame>(
             };
         }
         next[i] = Next::Stage(StageId::Ip4Lookup);
+    }
+}
+
+/// Refuses a packet in place, as the destination's kernel would: a TCP segment
+/// becomes the reset that answers it, anything else an ICMP port unreachable (built
+/// by `icmp-error`, from the address it was sent to). `why` when no reset can be
+/// made (a segment that is itself a reset, IP options).
+fn refuse<F: Frame>(f: &mut F, m: &mut Meta, why: DropReason) -> Next {
+    let (l3, l4) = (usize::from(m.l3), usize::from(m.l4));
+    if m.proto != 6 {
+        m.icmp = IcmpKind::PortUnreachable;
+        return Next::Stage(StageId::IcmpError);
+    }
+    let d = f.data_mut();
+    // Never a reset for a reset (RFC 9293 3.10.7.1).
+    if d[l4 + 13] & tcp::flags::RST != 0 || l3 != ethernet::HEADER_LEN || !tcp_reset(d, l3, l4) {
+        return Next::Drop(why);
+    }
+    let _ = f.set_len(l4 + tcp::HEADER_LEN);
+    Next::Stage(StageId::Ip4Lookup)
+}
+
+/// A packet into the Service range that no Service takes: to a ClusterIP on a port
+/// (or protocol) none of its ServicePorts defines, refused (kube-proxy's "reject
+/// traffic to invalid ports of ClusterIPs"); to an address that is no ClusterIP,
+/// dropped without an answer ("drop traffic to unallocated ClusterIPs").
+fn not_a_service<F: Frame>(services: &ServiceTable, f: &mut F, m: &mut Meta, dst: u32) -> Next {
+    if services.has_vip(dst) {
+        refuse(f, m, DropReason::LbNoServicePort)
+    } else {
+        Next::Drop(DropReason::LbUnallocatedClusterIp)
     }
 }
 

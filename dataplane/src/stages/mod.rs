@@ -30,6 +30,13 @@ pub struct Ctx<'a> {
     pub counters: &'a WorkerCounters,
 }
 
+/// Is `dst` inside the cluster's Service range (when the node has one)?
+#[inline]
+pub fn in_service_range(node: &NodeL3, dst: u32) -> bool {
+    node.service_net
+        .is_some_and(|(net, len)| dst & crate::tables::lpm::mask(len) == net)
+}
+
 /// This node's L3 identity; without one, every packet of the burst is dropped as
 /// `ip4-no-node` (the stages that need it share this prologue).
 pub fn node_or_drop<'a>(cx: &'a Ctx, pkts: &[u8], next: &mut [Next]) -> Option<&'a NodeL3> {

@@ -45,6 +45,8 @@ pub struct NodeL3 {
     pub bridge: u16,
     pub vni: u32,
     pub vxlan_port: u16,
+    /// The cluster's Service range, when configured.
+    pub service_net: Option<(u32, u8)>,
 }
 
 pub struct L3 {
@@ -128,6 +130,22 @@ impl L3 {
         }
         if node.vxlan_port == 0 {
             return Err(L3Error::Invalid("vxlan_port must not be 0".into()));
+        }
+        let service_net = node
+            .service_cidr
+            .as_deref()
+            .map(|c| parse_net(c, "service_cidr"))
+            .transpose()?;
+        if let Some(sn) = service_net {
+            let overlaps = |a: (u32, u8), b: (u32, u8)| {
+                validate::cidr_contains(a, b) || validate::cidr_contains(b, a)
+            };
+            if overlaps(sn, cluster) || overlaps(sn, underlay) {
+                return Err(L3Error::Invalid(format!(
+                    "service_cidr {} overlaps the cluster or underlay CIDR",
+                    node.service_cidr.as_deref().unwrap_or("")
+                )));
+            }
         }
         let gateway_ip = pod_net.0 + 1;
         let mut next_hops: Vec<Option<NextHop>> = vec![None];
@@ -215,6 +233,7 @@ impl L3 {
                 bridge: node.bridge,
                 vni: node.vni,
                 vxlan_port: node.vxlan_port,
+                service_net,
             }),
             remotes: rs,
             next_hops,
@@ -288,6 +307,7 @@ mod tests {
             host: Some("host".into()),
             vni: 1,
             vxlan_port: 4789,
+            service_cidr: None,
         }
     }
 

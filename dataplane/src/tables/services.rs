@@ -55,6 +55,8 @@ pub struct ServiceTable {
     /// Every endpoint, with its Services' `owner_by_client_ip`.
     endpoints: HashMap<(u32, u16, u8), bool>,
     uids: hashbrown::HashSet<u32>,
+    /// Every ClusterIP (any port, any protocol).
+    vips: hashbrown::HashSet<u32>,
 }
 
 /// What the table needs to know of this node: its IP and its pod CIDR.
@@ -226,6 +228,7 @@ impl ServiceTable {
         }
         t.group_owners();
         t.uids = t.services.iter().map(|s| s.uid).collect();
+        t.vips = t.services.iter().map(|s| s.vip).collect();
         Ok(t)
     }
 
@@ -268,6 +271,12 @@ impl ServiceTable {
 
     pub fn is_empty(&self) -> bool {
         self.services.is_empty()
+    }
+
+    /// Is `ip` some Service's ClusterIP?
+    #[inline]
+    pub fn has_vip(&self, ip: u32) -> bool {
+        self.vips.contains(&ip)
     }
 
     /// Does a Service with this identity exist?
