@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use podpath_proto::{
-    validate, Client, ClientError, DesiredState, ErrorKind, ErrorReply, PortInfo, PortSpec,
-    Request, Response, StaticMac, PROTOCOL_VERSION,
+    validate, Client, ClientError, ConntrackSettings, DesiredState, ErrorKind, ErrorReply,
+    PortInfo, PortSpec, Request, Response, StaticMac, PROTOCOL_VERSION,
 };
 
 use crate::state::State;
@@ -168,6 +168,11 @@ impl Engine {
         for svc in self.state.services.clone() {
             if let Err(e) = self.call(Request::ServiceSet(svc.clone())) {
                 failed.push(format!("service {}: {}", svc.name, e.message));
+            }
+        }
+        if let Some(c) = self.state.conntrack.clone() {
+            if let Err(e) = self.call(Request::ConntrackSet(c)) {
+                failed.push(format!("conntrack settings: {}", e.message));
             }
         }
         for m in self.state.macs.clone() {
@@ -369,11 +374,25 @@ impl Engine {
                 self.commit(new, Some(Request::ServiceSet(old))).map(|()| answer)
             }
             Request::ServiceList => Ok(Response::Services(self.state.services.clone())),
+            Request::ConntrackSet(s) => {
+                let mut new = self.state.clone();
+                new.conntrack = Some(self.state.conntrack.clone().unwrap_or_default().merged(&s));
+                // To undo: the values the dataplane runs now.
+                let undo = match self.call(Request::ConntrackSettingsShow) {
+                    Ok(Response::ConntrackSettings(cur)) => Some(Request::ConntrackSet(ConntrackSettings {
+                        max_capacity: None,
+                        ..cur
+                    })),
+                    _ => None,
+                };
+                self.call(Request::ConntrackSet(s)).and_then(|r| self.commit(new, undo).map(|()| r))
+            }
             q @ (Request::PortList
             | Request::RouteList
             | Request::NeighborList
             | Request::ConntrackList(_)
             | Request::ConntrackFlush
+            | Request::ConntrackSettingsShow
             | Request::MacList
             | Request::Stats
             | Request::TraceStart { .. }
@@ -603,6 +622,10 @@ mod tests {
             node: Some(sample_node()),
             remotes: vec![sample_remote()],
             services: vec![sample_service()],
+            conntrack: Some(podpath_proto::ConntrackSettings {
+                udp: Some(60),
+                ..Default::default()
+            }),
         }
     }
 
@@ -651,6 +674,8 @@ mod tests {
             Request::RemoteAdd(s.remotes[1].clone()),
             Request::ServiceSet(s.services[0].clone()),
             Request::ServiceSet(s.services[1].clone()),
+            // Knobs changed at run time are replayed too.
+            Request::ConntrackSet(s.conntrack.clone().unwrap()),
             mac_add(&s.macs[0]),
             mac_add(&s.macs[1]),
         ];

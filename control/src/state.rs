@@ -6,7 +6,8 @@ use std::io::Write;
 use std::path::Path;
 
 use podpath_proto::{
-    validate, ErrorKind, ErrorReply, NodeSpec, PortSpec, RemoteSpec, ServiceSpec, StaticMac,
+    validate, ConntrackSettings, ErrorKind, ErrorReply, NodeSpec, PortSpec, RemoteSpec,
+    ServiceSpec, StaticMac,
 };
 use serde::{Deserialize, Serialize};
 
@@ -21,6 +22,10 @@ pub struct State {
     pub remotes: Vec<RemoteSpec>,
     #[serde(default)]
     pub services: Vec<ServiceSpec>,
+    /// Connection-tracking knobs changed at run time (the fields given; the rest
+    /// stay as the dataplane's configuration has them).
+    #[serde(default)]
+    pub conntrack: Option<ConntrackSettings>,
 }
 
 fn bad(kind: ErrorKind, message: impl Into<String>) -> ErrorReply {

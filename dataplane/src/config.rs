@@ -243,6 +243,16 @@ impl Config {
                 "at least 16 connections per worker",
             ));
         }
+        if self
+            .conntrack
+            .max_capacity
+            .is_some_and(|m| m < self.conntrack.capacity)
+        {
+            return Err(invalid(
+                "conntrack.max_capacity",
+                "must be at least conntrack.capacity (it is the room capacity may grow into)",
+            ));
+        }
         if self.bridge.max_macs == 0 || self.bridge.ageing_s == 0 {
             return Err(invalid("bridge", "max_macs and ageing_s must be positive"));
         }

@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 
 use crossbeam::channel::{bounded, Receiver, Sender};
 use podpath_proto::{
-    ConnInfo, ConntrackFilter, DropStat, ErrorKind, ErrorReply, MacInfo, NeighborInfo, NodeSpec,
-    PortInfo, PortSpec, PortStat, RemoteSpec, Request, Response, RouteInfo, ServiceSpec, StageStat,
-    Stats, TraceLine, WorkerStat, PROTOCOL_VERSION,
+    ConnInfo, ConntrackFilter, ConntrackSettings, DropStat, ErrorKind, ErrorReply, MacInfo,
+    NeighborInfo, NodeSpec, PortInfo, PortSpec, PortStat, RemoteSpec, Request, Response, RouteInfo,
+    ServiceSpec, StageStat, Stats, TraceLine, WorkerStat, PROTOCOL_VERSION,
 };
 use ringbuf::traits::Consumer;
 use ringbuf::HeapCons;
@@ -24,8 +24,9 @@ use ringbuf::HeapCons;
 use crate::config::validate_port;
 use crate::dpdk::{self, netns, EthPort, Mempool, PortSetup};
 use crate::pipeline::counters::get;
+use crate::pipeline::ConntrackConfig;
 use crate::pipeline::{DropReason, Next, StageId, TraceDetail, TraceRecord, WorkerCounters};
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Settings, Snapshot};
 use crate::tables::services::ServiceTable;
 use crate::tables::{PortEntry, PortMap, L3};
 use crate::wire::MacAddr;
@@ -50,6 +51,9 @@ pub struct Control {
     pool: Mempool,
     workers: Vec<WorkerHandle>,
     ports: Vec<Attached>,
+    /// The connection-tracking settings in force (what `snap.settings` holds), and
+    /// the reservation that bounds the capacity.
+    conntrack: ConntrackConfig,
     /// The generation of `snap`, the last snapshot published.
     gen: u64,
     snap: Snapshot,
@@ -79,6 +83,9 @@ pub struct Control {
 
 /// At most one "connection table full" log line this often.
 const REFUSED_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// The longest timeout a knob may take (ten years).
+const MAX_TIMEOUT_S: u32 = 315_360_000;
 
 /// Departed TCP endpoints remembered at most (see `Control::departed`).
 const DEPARTED_MAX: usize = 16_384;
@@ -131,13 +138,22 @@ impl Control {
         tsc_hz: u64,
         rx_desc: u16,
         tx_desc: u16,
+        conntrack: ConntrackConfig,
     ) -> Control {
+        let settings = Arc::new(Settings {
+            conntrack_capacity: conntrack.capacity,
+            timeouts: conntrack.timeouts,
+        });
         Control {
+            conntrack,
             pool,
             workers: Vec::new(),
             ports: Vec::new(),
             gen: 0,
-            snap: Snapshot::default(),
+            snap: Snapshot {
+                settings,
+                ..Snapshot::default()
+            },
             node: None,
             remotes: Vec::new(),
             services: Vec::new(),
@@ -182,6 +198,83 @@ impl Control {
         Some(format!(
             "connection table full: {n} new connection(s) refused (ct-table-full) since the last report; {cap} entries in all workers' tables and none unassured to evict; raise [conntrack] capacity"
         ))
+    }
+
+    /// The connection-tracking knobs in force, every field given.
+    pub fn conntrack_settings(&self) -> ConntrackSettings {
+        let c = &self.conntrack;
+        let t = &c.timeouts;
+        ConntrackSettings {
+            capacity: u32::try_from(c.capacity).ok(),
+            max_capacity: u32::try_from(c.reserved()).ok(),
+            tcp_syn_sent: Some(t.tcp_syn_sent),
+            tcp_syn_recv: Some(t.tcp_syn_recv),
+            tcp_established: Some(t.tcp_established),
+            tcp_fin_wait: Some(t.tcp_fin_wait),
+            tcp_close_wait: Some(t.tcp_close_wait),
+            tcp_last_ack: Some(t.tcp_last_ack),
+            tcp_time_wait: Some(t.tcp_time_wait),
+            tcp_close: Some(t.tcp_close),
+            udp: Some(t.udp),
+            udp_stream: Some(t.udp_stream),
+            icmp: Some(t.icmp),
+        }
+    }
+
+    /// Applies the knobs `req` gives, checked whole first (a bad one changes
+    /// nothing), and publishes them; returns once every worker runs them.
+    fn conntrack_set(&mut self, req: &ConntrackSettings) -> Result<u64, ErrorReply> {
+        let bad = |m: String| err(ErrorKind::BadRequest, m);
+        if req.max_capacity.is_some() {
+            return Err(bad(
+                "max_capacity is reserved at start ([conntrack] max_capacity); it cannot change at run time".into(),
+            ));
+        }
+        let mut c = self.conntrack;
+        if let Some(cap) = req.capacity {
+            let cap = cap as usize;
+            if cap < 16 || cap > c.reserved() {
+                return Err(bad(format!(
+                    "capacity {cap}: between 16 and {} connections per worker (the room reserved at start, [conntrack] max_capacity)",
+                    c.reserved()
+                )));
+            }
+            c.capacity = cap;
+        }
+        let t = &mut c.timeouts;
+        let slots = [
+            &mut t.tcp_syn_sent,
+            &mut t.tcp_syn_recv,
+            &mut t.tcp_established,
+            &mut t.tcp_fin_wait,
+            &mut t.tcp_close_wait,
+            &mut t.tcp_last_ack,
+            &mut t.tcp_time_wait,
+            &mut t.tcp_close,
+            &mut t.udp,
+            &mut t.udp_stream,
+            &mut t.icmp,
+        ];
+        for ((name, v), slot) in req.timeouts().into_iter().zip(slots) {
+            if let Some(v) = v {
+                if v == 0 || v > MAX_TIMEOUT_S {
+                    return Err(bad(format!(
+                        "{name} {v}: a timeout is 1 to {MAX_TIMEOUT_S} seconds"
+                    )));
+                }
+                *slot = v;
+            }
+        }
+        let settings = Arc::new(Settings {
+            conntrack_capacity: c.capacity,
+            timeouts: c.timeouts,
+        });
+        self.conntrack = c;
+        self.set_departed_ttl(Duration::from_secs(u64::from(c.timeouts.tcp_established)));
+        self.publish(Snapshot {
+            settings,
+            ..self.snap.clone()
+        })
     }
 
     /// How long a departed endpoint is remembered: the TCP established timeout.
@@ -412,6 +505,7 @@ impl Control {
             ports,
             l3,
             services,
+            settings: Arc::clone(&self.snap.settings),
         })
     }
 
@@ -1005,6 +1099,8 @@ impl Control {
                 }
             }
             Request::ServiceList => Ok(Response::Services(self.services.clone())),
+            Request::ConntrackSet(s) => self.conntrack_set(&s).map(applied),
+            Request::ConntrackSettingsShow => Ok(Response::ConntrackSettings(self.conntrack_settings())),
             Request::ConntrackFlush => {
                 for w in &self.workers {
                     let _ = Self::tell(w, WorkerMsg::FlushConntrack);

@@ -10,6 +10,7 @@
 //! and "applied" in an answer means applied by all.
 use std::sync::Arc;
 
+use crate::tables::conntrack::Timeouts;
 use crate::tables::services::ServiceTable;
 use crate::tables::{PortMap, L3};
 
@@ -18,6 +19,15 @@ pub struct Snapshot {
     pub ports: Arc<PortMap>,
     pub l3: Arc<L3>,
     pub services: Arc<ServiceTable>,
+    pub settings: Arc<Settings>,
+}
+
+/// Knobs the workers apply at run time.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// Connections per worker (within what each table reserved at start).
+    pub conntrack_capacity: usize,
+    pub timeouts: Timeouts,
 }
 
 impl Default for Snapshot {
@@ -27,6 +37,10 @@ impl Default for Snapshot {
             ports: Arc::new(PortMap::default()),
             l3: Arc::new(L3::empty()),
             services: Arc::new(ServiceTable::default()),
+            settings: Arc::new(Settings {
+                conntrack_capacity: 65_536,
+                timeouts: Timeouts::default(),
+            }),
         }
     }
 }
@@ -39,6 +53,7 @@ impl Snapshot {
             ports: !Arc::ptr_eq(&self.ports, &old.ports),
             l3: !Arc::ptr_eq(&self.l3, &old.l3),
             services: !Arc::ptr_eq(&self.services, &old.services),
+            settings: !Arc::ptr_eq(&self.settings, &old.settings),
         }
     }
 }
@@ -48,4 +63,5 @@ pub struct Changes {
     pub ports: bool,
     pub l3: bool,
     pub services: bool,
+    pub settings: bool,
 }

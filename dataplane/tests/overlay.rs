@@ -1495,9 +1495,8 @@ fn removing_an_endpoint_sweeps_its_udp_connections_keeps_tcp_and_settles_after_t
         )
     };
     let snap = |n: &Pipeline<MemFrame>, services| Snapshot {
-        ports: Arc::clone(&n.ports),
-        l3: Arc::clone(&n.l3),
         services,
+        ..n.snapshot()
     };
     let tcp = |flags: u8| {
         let mut v = Vec::new();

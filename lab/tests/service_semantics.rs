@@ -735,3 +735,109 @@ fn the_service_range_refuses_undefined_ports_and_drops_unallocated_addresses() {
     let masq: u64 = s.workers.iter().map(|w| w.ct_entries).sum();
     assert_eq!(masq, 0, "a connection was tracked (masqueraded?)");
 }
+
+fn settings(sock: &std::path::Path) -> serde_json::Value {
+    let (ok, out, err) = ctl(sock, &["--json", "conntrack", "settings"]);
+    assert!(ok, "{err}");
+    serde_json::from_str(&out).expect("JSON settings")
+}
+
+/// Connection-tracking timeouts and capacity change at run time through podpathctl
+/// and the control service, take effect without a restart, survive one (the
+/// control service replays them), and a bad value changes nothing.
+#[test]
+fn conntrack_knobs_change_at_run_time_and_persist() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut o = options("t");
+    o.external = false;
+    o.nodes = 1;
+    let mut lab = Lab::up(&o).expect("lab up");
+    let n1 = lab.state.nodes[0].clone();
+    let (client, ep) = (n1.pods[0].clone(), n1.pods[1].clone());
+    let cs = &n1.control_socket;
+    let s = settings(cs);
+    assert_eq!(s["udp"], 30);
+    assert_eq!(s["capacity"], 65536);
+    assert_eq!(s["max_capacity"], 4 * 65536);
+    let e = format!("{}:5353", ep.ip);
+    service_set(
+        &lab,
+        &[
+            "default/dns",
+            "--vip",
+            "10.96.0.70",
+            "--port",
+            "53",
+            "--protocol",
+            "udp",
+            "--endpoint",
+            &e,
+        ],
+    );
+    let ask = || {
+        let _ = run_in(
+            &client.netns,
+            &bin(),
+            &["udp-send", "--to", "10.96.0.70:53", "--hex", "00"],
+        );
+        udp_flows(&lab, "10.96.0.70")
+    };
+    let before = ask();
+    assert!(before.iter().all(|c| c.timeout > 20), "{before:?}");
+    // Five seconds for unreplied UDP, and a smaller table.
+    let (ok, out, err) = ctl(
+        cs,
+        &[
+            "--json",
+            "conntrack",
+            "set",
+            "--udp",
+            "5",
+            "--capacity",
+            "1000",
+        ],
+    );
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("generation"), "{out}");
+    let s = settings(cs);
+    assert_eq!(
+        (s["udp"].as_u64(), s["capacity"].as_u64()),
+        (Some(5), Some(1000))
+    );
+    assert_eq!(s["tcp_established"], 432000, "other knobs unchanged");
+    // The new flow gets it (the old one keeps its expiry until its next packet,
+    // as Linux applies a changed sysctl).
+    let after = ask();
+    let new: Vec<_> = after
+        .iter()
+        .filter(|c| !before.iter().any(|b| b.orig.2 == c.orig.2))
+        .collect();
+    assert_eq!(new.len(), 1, "{after:?}");
+    assert!(
+        new[0].timeout <= 5,
+        "the new timeout is not in force: {after:?}"
+    );
+    // Bad values: a clear error, nothing changed.
+    for bad in [
+        vec!["--udp", "0"],
+        vec!["--capacity", "10"],
+        vec!["--capacity", "999999999"],
+    ] {
+        let mut a = vec!["conntrack", "set"];
+        a.extend(bad.iter());
+        let (ok, _, err) = ctl(cs, &a);
+        assert!(!ok && !err.is_empty(), "{bad:?} accepted");
+    }
+    assert_eq!(settings(cs)["udp"], 5);
+    // kill -9 of the dataplane: the control service puts the knobs back.
+    lab.stop_dataplane(0, "KILL");
+    lab.start_dataplane(0, &o).expect("restart dataplane");
+    lab.wait_in_sync(0, Duration::from_secs(30))
+        .expect("back in sync");
+    let s = settings(&n1.socket);
+    assert_eq!(
+        (s["udp"].as_u64(), s["capacity"].as_u64()),
+        (Some(5), Some(1000)),
+        "the restarted dataplane runs its file's knobs, not the persisted ones"
+    );
+}

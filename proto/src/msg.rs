@@ -63,6 +63,12 @@ pub enum Request {
     ConntrackList(ConntrackFilter),
     /// Forget every tracked connection.
     ConntrackFlush,
+    /// Change connection-tracking knobs at run time: each field given replaces the
+    /// current value (timeouts apply to each connection at its next packet; the
+    /// capacity up to the size reserved at start).
+    ConntrackSet(ConntrackSettings),
+    /// The knobs in force.
+    ConntrackSettingsShow,
     /// Add or replace (by name) a Service.
     ServiceSet(ServiceSpec),
     /// Remove a Service by name.
@@ -174,6 +180,66 @@ pub struct ConntrackFilter {
     pub proto: Option<u8>,
     pub addr: Option<String>,
     pub port: Option<u16>,
+}
+
+/// Connection-tracking knobs (seconds; capacity in connections per worker). In a
+/// `ConntrackSet`, absent fields keep their value; in an answer, all are given and
+/// `max_capacity` says how far `capacity` may grow without a restart.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConntrackSettings {
+    pub capacity: Option<u32>,
+    pub max_capacity: Option<u32>,
+    pub tcp_syn_sent: Option<u32>,
+    pub tcp_syn_recv: Option<u32>,
+    pub tcp_established: Option<u32>,
+    pub tcp_fin_wait: Option<u32>,
+    pub tcp_close_wait: Option<u32>,
+    pub tcp_last_ack: Option<u32>,
+    pub tcp_time_wait: Option<u32>,
+    pub tcp_close: Option<u32>,
+    pub udp: Option<u32>,
+    pub udp_stream: Option<u32>,
+    pub icmp: Option<u32>,
+}
+
+impl ConntrackSettings {
+    /// `self` with every field `newer` gives replaced.
+    pub fn merged(&self, newer: &ConntrackSettings) -> ConntrackSettings {
+        let m = |a: Option<u32>, b: Option<u32>| b.or(a);
+        ConntrackSettings {
+            capacity: m(self.capacity, newer.capacity),
+            max_capacity: m(self.max_capacity, newer.max_capacity),
+            tcp_syn_sent: m(self.tcp_syn_sent, newer.tcp_syn_sent),
+            tcp_syn_recv: m(self.tcp_syn_recv, newer.tcp_syn_recv),
+            tcp_established: m(self.tcp_established, newer.tcp_established),
+            tcp_fin_wait: m(self.tcp_fin_wait, newer.tcp_fin_wait),
+            tcp_close_wait: m(self.tcp_close_wait, newer.tcp_close_wait),
+            tcp_last_ack: m(self.tcp_last_ack, newer.tcp_last_ack),
+            tcp_time_wait: m(self.tcp_time_wait, newer.tcp_time_wait),
+            tcp_close: m(self.tcp_close, newer.tcp_close),
+            udp: m(self.udp, newer.udp),
+            udp_stream: m(self.udp_stream, newer.udp_stream),
+            icmp: m(self.icmp, newer.icmp),
+        }
+    }
+
+    /// The timeouts given, by their configuration names.
+    pub fn timeouts(&self) -> [(&'static str, Option<u32>); 11] {
+        [
+            ("tcp_syn_sent", self.tcp_syn_sent),
+            ("tcp_syn_recv", self.tcp_syn_recv),
+            ("tcp_established", self.tcp_established),
+            ("tcp_fin_wait", self.tcp_fin_wait),
+            ("tcp_close_wait", self.tcp_close_wait),
+            ("tcp_last_ack", self.tcp_last_ack),
+            ("tcp_time_wait", self.tcp_time_wait),
+            ("tcp_close", self.tcp_close),
+            ("udp", self.udp),
+            ("udp_stream", self.udp_stream),
+            ("icmp", self.icmp),
+        ]
+    }
 }
 
 /// One tracked connection, both directions.
@@ -331,6 +397,7 @@ pub enum Response {
     Neighbors(Vec<NeighborInfo>),
     Conntrack(Vec<ConnInfo>),
     Services(Vec<ServiceSpec>),
+    ConntrackSettings(ConntrackSettings),
     Error(ErrorReply),
 }
 
@@ -526,6 +593,11 @@ pub fn sample_requests() -> Vec<Request> {
             port: Some(80),
         }),
         Request::ConntrackFlush,
+        Request::ConntrackSet(ConntrackSettings {
+            tcp_established: Some(86_400),
+            ..ConntrackSettings::default()
+        }),
+        Request::ConntrackSettingsShow,
         Request::ServiceSet(sample_service()),
         Request::ServiceDel {
             name: "default/web".into(),
@@ -604,6 +676,11 @@ pub fn sample_responses() -> Vec<Response> {
             detail: "learned".into(),
         }]),
         Response::Services(vec![sample_service()]),
+        Response::ConntrackSettings(ConntrackSettings {
+            capacity: Some(65_536),
+            udp: Some(30),
+            ..ConntrackSettings::default()
+        }),
         Response::Conntrack(vec![ConnInfo {
             worker: 0,
             proto: 6,

@@ -55,6 +55,7 @@ fn run() -> Result<()> {
             node: cfg.node.clone(),
             remotes: cfg.remotes.clone(),
             services: cfg.services.clone(),
+            conntrack: None,
         },
     };
     state

@@ -172,6 +172,37 @@ enum ConntrackCmd {
     },
     /// Forget every tracked connection.
     Flush,
+    /// Change timeouts (seconds) or the capacity (connections per worker) at run
+    /// time; persisted by the control service. Timeouts apply to each connection at
+    /// its next packet, as with Linux's sysctls.
+    Set {
+        #[arg(long)]
+        capacity: Option<u32>,
+        #[arg(long)]
+        tcp_syn_sent: Option<u32>,
+        #[arg(long)]
+        tcp_syn_recv: Option<u32>,
+        #[arg(long)]
+        tcp_established: Option<u32>,
+        #[arg(long)]
+        tcp_fin_wait: Option<u32>,
+        #[arg(long)]
+        tcp_close_wait: Option<u32>,
+        #[arg(long)]
+        tcp_last_ack: Option<u32>,
+        #[arg(long)]
+        tcp_time_wait: Option<u32>,
+        #[arg(long)]
+        tcp_close: Option<u32>,
+        #[arg(long)]
+        udp: Option<u32>,
+        #[arg(long)]
+        udp_stream: Option<u32>,
+        #[arg(long)]
+        icmp: Option<u32>,
+    },
+    /// The timeouts and capacity in force.
+    Settings,
 }
 
 #[derive(Subcommand)]
@@ -390,6 +421,54 @@ fn run(cli: Cli) -> Result<()> {
                 r => return Err(anyhow!("unexpected response {r:?}")),
             }
         }
+        Cmd::Conntrack(ConntrackCmd::Set {
+            capacity,
+            tcp_syn_sent,
+            tcp_syn_recv,
+            tcp_established,
+            tcp_fin_wait,
+            tcp_close_wait,
+            tcp_last_ack,
+            tcp_time_wait,
+            tcp_close,
+            udp,
+            udp_stream,
+            icmp,
+        }) => {
+            let s = podpath_proto::ConntrackSettings {
+                capacity,
+                max_capacity: None,
+                tcp_syn_sent,
+                tcp_syn_recv,
+                tcp_established,
+                tcp_fin_wait,
+                tcp_close_wait,
+                tcp_last_ack,
+                tcp_time_wait,
+                tcp_close,
+                udp,
+                udp_stream,
+                icmp,
+            };
+            applied(
+                "conntrack settings".into(),
+                c.call(Request::ConntrackSet(s))?,
+            )?;
+        }
+        Cmd::Conntrack(ConntrackCmd::Settings) => match c.call(Request::ConntrackSettingsShow)? {
+            Response::ConntrackSettings(s) => {
+                let mut t = format!(
+                    "capacity {} per worker (up to {} without a restart)\n",
+                    s.capacity.unwrap_or(0),
+                    s.max_capacity.unwrap_or(0)
+                );
+                for (name, v) in s.timeouts() {
+                    t += &format!("{name:<16} {} s\n", v.unwrap_or(0));
+                }
+                print(&s, t)
+            }
+            r => return Err(anyhow!("unexpected response {r:?}")),
+        },
         Cmd::Conntrack(ConntrackCmd::Flush) => {
             c.call(Request::ConntrackFlush)?;
         }

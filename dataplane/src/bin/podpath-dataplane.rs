@@ -98,6 +98,7 @@ fn run() -> Result<()> {
         tsc_hz,
         cfg.dataplane.rx_desc,
         cfg.dataplane.tx_desc,
+        cfg.conntrack,
     );
     ctl.set_departed_ttl(Duration::from_secs(u64::from(
         cfg.conntrack.timeouts.tcp_established,

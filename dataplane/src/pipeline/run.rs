@@ -43,13 +43,26 @@ pub struct PipelineConfig {
 pub struct ConntrackConfig {
     /// Connections per worker.
     pub capacity: usize,
+    /// Room reserved per worker, so `capacity` can grow at run time (podpathctl
+    /// conntrack set) up to it; default 4 x capacity (address space, not memory,
+    /// until used).
+    pub max_capacity: Option<usize>,
     pub timeouts: Timeouts,
+}
+
+impl ConntrackConfig {
+    pub fn reserved(&self) -> usize {
+        self.max_capacity
+            .unwrap_or(self.capacity.saturating_mul(4))
+            .max(self.capacity)
+    }
 }
 
 impl Default for ConntrackConfig {
     fn default() -> Self {
         ConntrackConfig {
             capacity: 65_536,
+            max_capacity: None,
             timeouts: Timeouts::default(),
         }
     }
@@ -127,6 +140,8 @@ pub struct Pipeline<F: Frame> {
     inbox: Option<Receiver<NeighborUpdate>>,
     /// This worker's connections (NAT), and its NAT ports.
     pub conntrack: Conntrack,
+    /// The connection-tracking knobs in force (from the snapshot).
+    settings: Arc<crate::snapshot::Settings>,
     nat_ports: NatPorts,
     owners: snat::Owners,
     /// Hand-off rings to the other workers (indexed by worker), and this one's.
@@ -175,7 +190,16 @@ impl<F: Frame> Pipeline<F> {
             arp_limit: RateLimit::new(100, 20, cfg.tsc_hz),
             peers: Vec::new(),
             inbox: None,
-            conntrack: Conntrack::new(cfg.conntrack.capacity, cfg.conntrack.timeouts, 0),
+            conntrack: Conntrack::with_reserve(
+                cfg.conntrack.capacity,
+                cfg.conntrack.reserved(),
+                cfg.conntrack.timeouts,
+                0,
+            ),
+            settings: Arc::new(crate::snapshot::Settings {
+                conntrack_capacity: cfg.conntrack.capacity,
+                timeouts: cfg.conntrack.timeouts,
+            }),
             nat_ports: NatPorts::for_worker(
                 cfg.nat_range.0,
                 cfg.nat_range.1,
@@ -261,11 +285,7 @@ impl<F: Frame> Pipeline<F> {
         snap: crate::snapshot::Snapshot,
         gen: u64,
     ) -> crate::snapshot::Snapshot {
-        let old = crate::snapshot::Snapshot {
-            ports: Arc::clone(&self.ports),
-            l3: Arc::clone(&self.l3),
-            services: Arc::clone(&self.services),
-        };
+        let old = self.snapshot();
         let ch = snap.changes(&old);
         if ch.ports {
             self.set_ports(io, snap.ports);
@@ -276,6 +296,13 @@ impl<F: Frame> Pipeline<F> {
         if ch.services {
             self.set_services(snap.services);
         }
+        if ch.settings {
+            // Checked against the reservation by the control thread.
+            self.conntrack.timeouts = snap.settings.timeouts;
+            self.conntrack
+                .set_capacity(snap.settings.conntrack_capacity);
+            self.settings = snap.settings;
+        }
         self.installed_gen = gen;
         if self.svc_sweep.is_none() {
             self.counters
@@ -283,6 +310,16 @@ impl<F: Frame> Pipeline<F> {
                 .store(gen, std::sync::atomic::Ordering::Release);
         }
         old
+    }
+
+    /// The snapshot this worker runs.
+    pub fn snapshot(&self) -> crate::snapshot::Snapshot {
+        crate::snapshot::Snapshot {
+            ports: Arc::clone(&self.ports),
+            l3: Arc::clone(&self.l3),
+            services: Arc::clone(&self.services),
+            settings: Arc::clone(&self.settings),
+        }
     }
 
     /// The generation the parts set one by one (at start) make up.

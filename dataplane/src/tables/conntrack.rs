@@ -207,7 +207,9 @@ pub struct Conntrack {
     slab: Vec<Entry>,
     free: Vec<u32>,
     live: usize,
+    /// The limit in force, at most `reserved` (what was allocated at start).
     capacity: usize,
+    reserved: usize,
     wheel: Vec<u32>,
     /// The wheel's position: every slot before it (in seconds) has been expired.
     cursor: u32,
@@ -222,12 +224,26 @@ const WHEEL_SLOTS: usize = 1024;
 impl Conntrack {
     /// A table for `capacity` connections, everything reserved up front.
     pub fn new(capacity: usize, timeouts: Timeouts, now: u32) -> Conntrack {
+        Self::with_reserve(capacity, capacity, timeouts, now)
+    }
+
+    /// A table for `capacity` connections with room reserved for `reserved` (so the
+    /// limit can be raised at run time without allocating on the worker; memory the
+    /// table never fills is only address space).
+    pub fn with_reserve(
+        capacity: usize,
+        reserved: usize,
+        timeouts: Timeouts,
+        now: u32,
+    ) -> Conntrack {
+        let reserved = reserved.max(capacity);
         Conntrack {
-            index: HashMap::with_capacity(capacity.saturating_mul(2).saturating_mul(2)),
-            slab: Vec::with_capacity(capacity),
-            free: Vec::with_capacity(capacity),
+            index: HashMap::with_capacity(reserved.saturating_mul(2).saturating_mul(2)),
+            slab: Vec::with_capacity(reserved),
+            free: Vec::with_capacity(reserved),
             live: 0,
             capacity,
+            reserved,
             wheel: vec![NIL; WHEEL_SLOTS],
             cursor: now,
             walking: NIL,
@@ -251,6 +267,21 @@ impl Conntrack {
 
     pub fn capacity(&self) -> usize {
         self.capacity
+    }
+
+    /// Changes the limit (at most what was reserved; a lower one than the entries
+    /// now live refuses new connections until enough have gone, nothing is evicted
+    /// for it). False, and nothing changed, beyond the reservation.
+    pub fn set_capacity(&mut self, capacity: usize) -> bool {
+        if capacity > self.reserved {
+            return false;
+        }
+        self.capacity = capacity;
+        true
+    }
+
+    pub fn reserved(&self) -> usize {
+        self.reserved
     }
 
     /// The entry a tuple belongs to, with the direction it names.
