@@ -1627,3 +1627,87 @@ fn the_service_range_refuses_undefined_ports_and_drops_unallocated_addresses() {
     the_only_drop_is(&n, DropReason::LbUnallocatedClusterIp, 2);
     assert!(balanced(&n));
 }
+
+#[test]
+fn an_endpoints_icmp_error_reaches_the_client_from_the_virtual_ip_about_what_it_sent() {
+    use podpath_dataplane::tables::services::ServiceTable;
+    use podpath_dataplane::wire::checksum::{fold, sum};
+    let (mut n, mut io) = node_with_pod_a(1);
+    learn_pod_b(&mut n, &mut io);
+    n.set_services(Arc::new(
+        ServiceTable::build(
+            &[
+                ServiceSpec::new(
+                    "default/web",
+                    "10.96.0.10",
+                    80,
+                    "tcp",
+                    vec![EndpointSpec::ready("10.244.0.3", 8080)],
+                ),
+                ServiceSpec::new(
+                    "default/dns",
+                    "10.96.0.10",
+                    53,
+                    "udp",
+                    vec![EndpointSpec::ready("10.244.0.3", 5353)],
+                ),
+            ],
+            None,
+        )
+        .unwrap(),
+    ));
+    let mut syn = Vec::new();
+    PacketBuilder::ethernet2(pod_mac(1, 2), gateway_mac(ip("10.244.0.1")).0)
+        .ipv4([10, 244, 0, 2], [10, 96, 0, 10], 64)
+        .tcp(40000, 80, 7, 1000)
+        .syn()
+        .write(&mut syn, &[])
+        .unwrap();
+    for (request, sport, vport) in [
+        (syn, 40000u16, 80u16),
+        (
+            udp_from_pod_a([10, 96, 0, 10], 5000, 53, 64, b"query"),
+            5000,
+            53,
+        ),
+    ] {
+        let sent = request.clone();
+        rx(&mut n, &mut io, POD_A, &[request]);
+        let at_ep = io.take_tx(POD_B);
+        assert_eq!(at_ep.len(), 1);
+        // The endpoint's kernel answers port unreachable about what it got.
+        let quote = &at_ep[0][14..14 + 20 + 8];
+        let mut err = Vec::new();
+        PacketBuilder::ethernet2(pod_mac(1, 3), pod_mac(1, 2))
+            .ipv4([10, 244, 0, 3], [10, 244, 0, 2], 64)
+            .icmpv4_raw(3, 3, [0; 4])
+            .write(&mut err, quote)
+            .unwrap();
+        rx(&mut n, &mut io, POD_B, &[err]);
+        let out = io.take_tx(POD_A);
+        assert_eq!(out.len(), 1, "the error did not reach the client");
+        let f = &out[0];
+        assert_eq!(&f[26..30], &[10, 96, 0, 10], "outer source: the virtual IP");
+        assert_eq!(&f[30..34], &[10, 244, 0, 2]);
+        let q = &f[42..];
+        assert_eq!(&q[12..16], &[10, 244, 0, 2], "quoted source: the client");
+        assert_eq!(
+            &q[16..20],
+            &[10, 96, 0, 10],
+            "quoted destination: the virtual IP"
+        );
+        assert_eq!(u16::from_be_bytes([q[20], q[21]]), sport);
+        assert_eq!(
+            u16::from_be_bytes([q[22], q[23]]),
+            vport,
+            "the Service port"
+        );
+        assert_eq!(fold(sum(&f[14..34])), 0xffff, "outer IPv4 checksum");
+        assert_eq!(fold(sum(&q[..20])), 0xffff, "quoted IPv4 checksum");
+        assert_eq!(fold(sum(&f[34..])), 0xffff, "ICMP checksum");
+        // The quoted 8 bytes of transport are what the client sent (UDP: its
+        // checksum too, so the client's stack can match it).
+        assert_eq!(&q[20..28], &sent[34..42], "quoted transport header");
+    }
+    assert!(balanced(&n));
+}

@@ -841,3 +841,57 @@ fn conntrack_knobs_change_at_run_time_and_persist() {
         "the restarted dataplane runs its file's knobs, not the persisted ones"
     );
 }
+
+/// An endpoint with nothing listening answers ICMP port unreachable; the client's
+/// socket must see it as from the virtual IP about what it sent (ECONNREFUSED on a
+/// connected UDP socket), for endpoints on both nodes, with two workers per node.
+#[test]
+fn an_endpoints_port_unreachable_reaches_the_client_from_the_virtual_ip() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut o = options("i");
+    o.external = false;
+    o.workers = 2;
+    let lab = Lab::up(&o).expect("lab up");
+    let (n1, n2) = (lab.state.nodes[0].clone(), lab.state.nodes[1].clone());
+    let client = &n1.pods[0];
+    for (name, vip, ep) in [
+        ("default/dns-here", "10.96.0.80", &n1.pods[1]),
+        ("default/dns-there", "10.96.0.81", &n2.pods[0]),
+    ] {
+        let e = format!("{}:5353", ep.ip);
+        service_set(
+            &lab,
+            &[
+                name,
+                "--vip",
+                vip,
+                "--port",
+                "53",
+                "--protocol",
+                "udp",
+                "--endpoint",
+                &e,
+            ],
+        );
+        // Several flows, so both workers' ownership is exercised.
+        for k in 0..4 {
+            let to = format!("{vip}:53");
+            let t = std::time::Instant::now();
+            let (ok, out) = run_in(
+                &client.netns,
+                &bin(),
+                &["udp-ping", "--to", &to, "--count", "1"],
+            );
+            assert!(
+                !ok && out.contains("refused"),
+                "{name} (endpoint {}), try {k}: the port unreachable did not reach the socket: {out}",
+                ep.ip
+            );
+            assert!(
+                t.elapsed() < Duration::from_secs(2),
+                "{name}: {:?}",
+                t.elapsed()
+            );
+        }
+    }
+}

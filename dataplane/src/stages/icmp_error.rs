@@ -50,10 +50,6 @@ pub fn error_allowed(src: u32, dst: u32, frag_offset: u16) -> bool {
     frag_offset == 0 && one_host(src) && one_host(dst)
 }
 
-fn is_icmp_error(t: u8) -> bool {
-    matches!(t, 3 | 4 | 5 | 11 | 12)
-}
-
 pub fn process<F: Frame>(
     cx: &Ctx,
     limit: &mut RateLimit,
@@ -87,7 +83,10 @@ pub fn process<F: Frame>(
                 continue;
             }
             if ip.protocol() == IpProtocol::Icmp
-                && ip.payload().first().is_some_and(|&t| is_icmp_error(t))
+                && ip
+                    .payload()
+                    .first()
+                    .is_some_and(|&t| super::nat_icmp::is_icmp_error(t))
             {
                 next[i] = Next::Drop(DropReason::IcmpAboutIcmpError);
                 continue;

@@ -5,6 +5,7 @@
 //! before `ip4-lookup`, so the endpoint may be local or on another node. A Service
 //! without endpoints refuses at once: TCP with a reset, UDP with ICMP port
 //! unreachable.
+use super::nat_icmp::{is_icmp_error, quoted, untranslate};
 use super::snat::{rewrite, tcp_flags, tuple_of, NatPorts, Owners};
 
 /// The worker that owns a ClusterIP connection: chosen by the client's address and
@@ -210,6 +211,45 @@ pub fn process<F: Frame>(
             .node
             .as_ref()
             .is_some_and(|n| super::in_service_range(n, dst));
+        if m.proto == 1 && is_icmp_error(d[l4]) {
+            // An error about a Service connection (an endpoint's port unreachable, a
+            // router's fragmentation needed): the client must see it from the
+            // virtual IP, about the packet it sent.
+            if let Some(q) = quoted(d, l3, l4).filter(|q| q.proto != 1) {
+                if let Some((k, _)) = untranslate(ct, now, d, l3, l4, &q) {
+                    if ct.entry(k).is_masq() {
+                        // Its destination was the node or the gateway: route it.
+                        next[i] = Next::Stage(StageId::Ip4Lookup);
+                    }
+                } else if owners.workers > 1 {
+                    // Another worker's connection: the quoted packet names its
+                    // client (or, translated to the node, its NAT port).
+                    let s = q.sent;
+                    let owner = match services.endpoint_owner_by_client_ip(s.dst, s.dport, s.proto)
+                    {
+                        None => None,
+                        Some(_)
+                            if NatPorts::owner(owners.lo, owners.hi, owners.workers, s.sport)
+                                .is_some()
+                                && cx.l3.node.as_ref().is_some_and(|n| {
+                                    s.src == n.node_ip || s.src == n.gateway_ip
+                                }) =>
+                        {
+                            NatPorts::owner(owners.lo, owners.hi, owners.workers, s.sport)
+                        }
+                        Some(by_ip) => Some(client_owner(
+                            s.src,
+                            if by_ip { 0 } else { s.sport },
+                            owners.workers,
+                        )),
+                    };
+                    if let Some(w) = owner.filter(|&w| w != owners.me) {
+                        next[i] = Next::Handoff(w);
+                    }
+                }
+            }
+            continue;
+        }
         if m.proto != 6 && m.proto != 17 {
             if in_range {
                 next[i] = not_a_service(services, f, m, dst);

@@ -9,6 +9,7 @@ pub mod ip4_local;
 pub mod ip4_lookup;
 pub mod ip4_rewrite;
 pub mod lb;
+pub mod nat_icmp;
 pub mod snat;
 pub mod vxlan_decap;
 pub mod vxlan_encap;

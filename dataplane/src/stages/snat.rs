@@ -5,6 +5,7 @@
 //! pod. Checksums are updated incrementally (RFC 1624). A tuple in use is never handed
 //! out again; when no port is free, new flows are dropped (`snat-ports-exhausted`).
 //! Pod-to-pod and node-to-pod traffic never comes here.
+use super::nat_icmp::{is_icmp_error, quoted, untranslate};
 use super::Ctx;
 use crate::pipeline::{DropReason, Frame, Meta, Next, StageId, TraceDetail};
 use crate::tables::conntrack::{tcp_flags_valid, Conntrack, Dir, InsertError, Tuple};
@@ -324,7 +325,7 @@ pub fn reply<F: Frame>(
             let Some(q) = quoted(d, l3, l4) else {
                 continue;
             };
-            if let Some(pod) = translate_icmp_error(ct, now, d, l3, l4, &q) {
+            if let Some((_, pod)) = untranslate(ct, now, d, l3, l4, &q) {
                 if m.trace != 0 {
                     detail[i] = TraceDetail::Nat {
                         src: false,
@@ -375,142 +376,6 @@ pub fn reply<F: Frame>(
             };
         }
     }
-}
-
-fn is_icmp_error(t: u8) -> bool {
-    matches!(t, 3 | 4 | 5 | 11 | 12)
-}
-
-/// Where an ICMP error's quoted packet lies (quoted IPv4 header at `q3`, its
-/// transport at `q4`, the error's end), and what it names: the packet we sent from
-/// the node (TCP/UDP as sent; ICMP echo as the reply tuple with the identifier as
-/// `sport`), so `sent.sport` is the node-side port or identifier.
-#[derive(Clone, Copy)]
-struct Quoted {
-    q3: usize,
-    q4: usize,
-    end: usize,
-    src: u32,
-    proto: u8,
-    sent: Tuple,
-}
-
-/// Parses the packet an ICMP error quotes (the IPv4 header and 8 bytes of what it
-/// carried: truncated by design, so checked by hand rather than by `new_checked`,
-/// which wants the whole packet). None for anything but TCP, UDP or an echo request
-/// that is not a fragment.
-fn quoted(d: &[u8], l3: usize, l4: usize) -> Option<Quoted> {
-    let total = usize::from(ipv4::Packet::new_unchecked(&d[l3..]).total_len());
-    let end = (l3 + total).min(d.len());
-    let q3 = l4 + icmpv4::HEADER_LEN;
-    if end < q3 + ipv4::HEADER_LEN {
-        return None;
-    }
-    let inner = ipv4::Packet::new_unchecked(&d[q3..end]);
-    let qhl = inner.header_len();
-    let q4 = q3 + qhl;
-    if inner.version() != 4 || qhl < ipv4::HEADER_LEN || end < q4 + 8 || inner.is_fragment() {
-        return None;
-    }
-    let proto = u8::from(inner.protocol());
-    let (src, dst) = (inner.src_addr().to_u32(), inner.dst_addr().to_u32());
-    let sent = match proto {
-        6 | 17 => Tuple {
-            src,
-            dst,
-            sport: u16::from_be_bytes([d[q4], d[q4 + 1]]),
-            dport: u16::from_be_bytes([d[q4 + 2], d[q4 + 3]]),
-            proto,
-        },
-        1 if d[q4] == icmpv4::kind::ECHO_REQUEST => Tuple {
-            src: dst,
-            dst: src,
-            sport: u16::from_be_bytes([d[q4 + 4], d[q4 + 5]]),
-            dport: 0,
-            proto,
-        },
-        _ => return None,
-    };
-    Some(Quoted {
-        q3,
-        q4,
-        end,
-        src,
-        proto,
-        sent,
-    })
-}
-
-/// Rewrites an ICMP error about a translated flow so it reaches the pod: the outer
-/// destination becomes the pod, and inside the quoted packet the source address and
-/// port (or echo identifier) go back to the pod's, with the quoted IPv4 header's
-/// checksum, the quoted UDP or ICMP checksum (TCP's is not within the 8 quoted bytes)
-/// and the error's own checksum updated. Returns the pod address, or None (not ours).
-fn translate_icmp_error(
-    ct: &mut Conntrack,
-    now: u32,
-    d: &mut [u8],
-    l3: usize,
-    l4: usize,
-    q: &Quoted,
-) -> Option<u32> {
-    let Quoted {
-        q3,
-        q4,
-        end,
-        src,
-        proto,
-        sent,
-    } = *q;
-    // What we sent: node -> server. Its reverse is the reply tuple we track.
-    let reply = if proto == 1 { sent } else { sent.reversed() };
-    let (k, Dir::Reply) = ct.lookup(&reply, now)? else {
-        return None;
-    };
-    let orig = ct.entry(k).orig;
-    // Outer destination: node -> pod.
-    {
-        let mut ip = ipv4::Packet::new_unchecked(&mut d[l3..]);
-        let old = ip.dst_addr().to_u32();
-        ip.set_dst_addr(Ipv4Addr::from_u32(orig.src));
-        let c = checksum::update32(ip.checksum(), old, orig.src);
-        ip.set_checksum(c);
-    }
-    // Quoted header: source node -> pod.
-    {
-        let mut ip = ipv4::Packet::new_unchecked(&mut d[q3..end]);
-        let old = ip.src_addr().to_u32();
-        ip.set_src_addr(Ipv4Addr::from_u32(orig.src));
-        let c = checksum::update32(ip.checksum(), old, orig.src);
-        ip.set_checksum(c);
-    }
-    // Quoted transport: the pod's port (or echo identifier) back.
-    match proto {
-        6 => d[q4..q4 + 2].copy_from_slice(&orig.sport.to_be_bytes()),
-        17 => {
-            let mut u = udp::Packet::new_unchecked(&mut d[q4..q4 + 8]);
-            let old_port = u.src_port();
-            u.set_src_port(orig.sport);
-            if u.checksum() != 0 {
-                let c = checksum::update16(
-                    checksum::update32(u.checksum(), src, orig.src),
-                    old_port,
-                    orig.sport,
-                );
-                u.set_checksum(if c == 0 { 0xffff } else { c });
-            }
-        }
-        _ => {
-            let mut e = icmpv4::Packet::new_unchecked(&mut d[q4..q4 + 8]);
-            let old = e.echo_ident();
-            let c = checksum::update16(e.checksum(), old, orig.sport);
-            e.set_echo_ident(orig.sport);
-            e.set_checksum(c);
-        }
-    }
-    // The error's own checksum covers all of the above: recompute (errors are rare).
-    icmpv4::Packet::new_unchecked(&mut d[l4..end]).fill_checksum();
-    Some(orig.src)
 }
 
 #[cfg(test)]
@@ -613,8 +478,8 @@ mod tests {
             .unwrap();
         let q = quoted(&err, 14, 34).expect("a quote");
         assert_eq!(q.sent.sport, natport, "names the node-side port");
-        let got = translate_icmp_error(&mut ct, 0, &mut err, 14, 34, &q).expect("ours");
-        assert_eq!(got, u32of(pod));
+        let got = untranslate(&mut ct, 0, &mut err, 14, 34, &q).expect("ours");
+        assert_eq!(got.1, u32of(pod));
         assert_eq!(&err[30..34], &pod, "outer destination is the pod");
         assert!(checksum::verify(&err[14..34]), "outer IPv4 checksum");
         assert!(checksum::verify(&err[34..]), "ICMP checksum");
@@ -629,6 +494,6 @@ mod tests {
         let mut other = err.clone();
         other[62..64].copy_from_slice(&1u16.to_be_bytes());
         let q = quoted(&other, 14, 34).expect("a quote");
-        assert!(translate_icmp_error(&mut ct, 0, &mut other, 14, 34, &q).is_none());
+        assert!(untranslate(&mut ct, 0, &mut other, 14, 34, &q).is_none());
     }
 }
