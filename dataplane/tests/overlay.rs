@@ -1711,3 +1711,68 @@ fn an_endpoints_icmp_error_reaches_the_client_from_the_virtual_ip_about_what_it_
     }
     assert!(balanced(&n));
 }
+
+#[test]
+fn too_big_for_the_overlay_on_a_node_port_the_error_goes_to_the_client_about_what_it_sent() {
+    use podpath_dataplane::tables::services::{NodeInfo, ServiceTable};
+    use podpath_dataplane::wire::checksum::{fold, sum};
+    let (mut n, mut io) = node(1);
+    resolve_ext(&mut n, &mut io);
+    resolve_node_2(&mut n, &mut io);
+    // NodePort 30053/udp, policy Cluster, its endpoint on node 2.
+    let svc = ServiceSpec {
+        node_port: Some(30053),
+        ..ServiceSpec::new(
+            "default/dns",
+            "10.96.0.53",
+            53,
+            "udp",
+            vec![EndpointSpec::ready("10.244.1.2", 5353)],
+        )
+    };
+    let info = NodeInfo {
+        node_ip: ip("192.168.77.11"),
+        pod_net: (ip("10.244.0.0"), 24),
+    };
+    n.set_services(Arc::new(ServiceTable::build(&[svc], Some(info)).unwrap()));
+    // 1 500 bytes with DF from an external host: translated, it does not fit the
+    // overlay (1 500 + 50 on a 1 500 uplink).
+    let mut big = Vec::new();
+    PacketBuilder::ethernet2([2, 0, 0, 0, 0, 0x64], uplink_mac(1).0)
+        .ipv4([192, 168, 77, 100], [192, 168, 77, 11], 64)
+        .udp(5000, 30053)
+        .write(&mut big, &[7u8; 1472])
+        .unwrap();
+    let sent = big.clone();
+    rx(&mut n, &mut io, UPLINK, &[big]);
+    let out = io.take_tx(UPLINK);
+    assert_eq!(out.len(), 1, "no fragmentation-needed on the uplink");
+    let f = &out[0];
+    assert_eq!(
+        (f[34], f[35]),
+        (3, 4),
+        "destination unreachable, fragmentation needed"
+    );
+    assert_eq!(
+        &f[30..34],
+        &[192, 168, 77, 100],
+        "to the client, not the node"
+    );
+    assert_eq!(&f[0..6], &[2, 0, 0, 0, 0, 0x64], "on the client's MAC");
+    let q = &f[42..];
+    assert_eq!(
+        &q[12..20],
+        &sent[26..34],
+        "quoted addresses: as the client sent them"
+    );
+    assert_eq!(
+        &q[20..28],
+        &sent[34..42],
+        "quoted ports and checksum: as sent"
+    );
+    assert_eq!(u16::from_be_bytes([f[40], f[41]]), 1450, "the next-hop MTU");
+    assert_eq!(fold(sum(&f[14..34])), 0xffff);
+    assert_eq!(fold(sum(&q[..20])), 0xffff);
+    assert_eq!(fold(sum(&f[34..])), 0xffff);
+    assert!(balanced(&n));
+}

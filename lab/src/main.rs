@@ -194,6 +194,9 @@ enum Cmd {
         to: SocketAddr,
         #[arg(long, default_value_t = 1)]
         count: u32,
+        /// Pad each request to this many bytes of payload.
+        #[arg(long, default_value_t = 0)]
+        size: usize,
     },
     /// Receive and check a TCP stream (run inside a namespace).
     #[command(hide = true)]
@@ -409,7 +412,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::UdpPing { to, count } => {
+        Cmd::UdpPing { to, count, size } => {
             let s = std::net::UdpSocket::bind(("0.0.0.0", 0))?;
             s.set_read_timeout(Some(Duration::from_secs(3)))?;
             // Connected, so ICMP errors (port unreachable) surface as errors at once.
@@ -417,7 +420,10 @@ fn run(cli: Cli) -> Result<()> {
             let mut ok = 0;
             let mut buf = [0u8; 2048];
             for i in 0..count {
-                let msg = format!("podpath udp request {i}");
+                let mut msg = format!("podpath udp request {i}");
+                while msg.len() < size {
+                    msg.push('.');
+                }
                 s.send(msg.as_bytes())?;
                 match s.recv(&mut buf) {
                     Ok(n) if &buf[..n] == msg.as_bytes() => ok += 1,

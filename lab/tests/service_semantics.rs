@@ -895,3 +895,49 @@ fn an_endpoints_port_unreachable_reaches_the_client_from_the_virtual_ip() {
         }
     }
 }
+
+/// Path MTU on a NodePort: an external client's DF datagram too big for the overlay
+/// (its endpoint is on the other node) gets fragmentation needed addressed to it,
+/// quoting what it sent, so its kernel learns the path MTU.
+#[test]
+fn path_mtu_discovery_works_through_a_node_port() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let o = options("m");
+    let lab = Lab::up(&o).expect("lab up");
+    let (n1, n2) = (lab.state.nodes[0].clone(), lab.state.nodes[1].clone());
+    let ext = lab.state.external.clone().expect("an external host");
+    let e = format!("{}:5353", n2.pods[0].ip);
+    service_set(
+        &lab,
+        &[
+            "default/dns",
+            "--vip",
+            "10.96.0.90",
+            "--port",
+            "53",
+            "--protocol",
+            "udp",
+            "--node-port",
+            "30053",
+            "--endpoint",
+            &e,
+        ],
+    );
+    let mtu = || net::ip_in(&ext, &["-4", "route", "get", &n1.node_ip]).unwrap_or_default();
+    assert!(
+        !mtu().contains("mtu"),
+        "a path MTU is known already: {}",
+        mtu()
+    );
+    // 1 472 bytes of UDP: a 1 500-byte packet with DF (Linux's default for UDP),
+    // from a socket that stays open (Linux applies a fragmentation needed only for
+    // a socket it finds). Nothing answers it: only the error matters.
+    let to = format!("{}:30053", n1.node_ip);
+    let (_, out) = run_in(&ext, &bin(), &["udp-ping", "--to", &to, "--size", "1472"]);
+    assert!(
+        wait_until(Duration::from_secs(3), || mtu().contains("mtu 1450")),
+        "the client did not learn the path MTU: {}\n{out}\ndrops: {}",
+        mtu(),
+        drop_count(&n1.socket, "vxlan-too-big")
+    );
+}

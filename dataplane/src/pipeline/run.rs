@@ -508,7 +508,20 @@ impl<F: Frame> Pipeline<F> {
                 let now = u32::try_from(self.now / self.tsc_hz.max(1)).unwrap_or(u32::MAX);
                 snat::reply(&cx, &mut self.conntrack, self.owners, now, idx, s, m, n, d)
             }
-            StageId::IcmpError => icmp_error::process(&cx, &mut self.icmp_limit, idx, s, m, n, d),
+            StageId::IcmpError => {
+                let now = u32::try_from(self.now / self.tsc_hz.max(1)).unwrap_or(u32::MAX);
+                icmp_error::process(
+                    &cx,
+                    &mut self.icmp_limit,
+                    &mut self.conntrack,
+                    now,
+                    idx,
+                    s,
+                    m,
+                    n,
+                    d,
+                )
+            }
             StageId::VxlanEncap => vxlan_encap::process(&cx, &self.neighbors, idx, s, m, n, d),
             StageId::Ip4Rewrite => ip4_rewrite::process(&cx, &self.neighbors, idx, s, m, n, d),
             StageId::Bridge => self.bridge.process(&cx, idx, &s[..], m, n, d),

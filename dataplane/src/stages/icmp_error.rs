@@ -5,6 +5,7 @@
 //! about another ICMP error; at most `rate` per second per worker.
 use super::Ctx;
 use crate::pipeline::{DropReason, Frame, IcmpKind, Meta, Next, StageId, TraceDetail};
+use crate::tables::conntrack::Conntrack;
 use crate::tables::lpm::mask;
 use crate::wire::{ethernet, icmpv4, ipv4, IpProtocol, Ipv4Addr};
 
@@ -50,9 +51,12 @@ pub fn error_allowed(src: u32, dst: u32, frag_offset: u16) -> bool {
     frag_offset == 0 && one_host(src) && one_host(dst)
 }
 
+#[allow(clippy::too_many_arguments)]
 pub fn process<F: Frame>(
     cx: &Ctx,
     limit: &mut RateLimit,
+    ct: &mut Conntrack,
+    now: u32,
     pkts: &[u8],
     frames: &mut [Option<F>],
     meta: &mut [Meta],
@@ -155,6 +159,12 @@ pub fn process<F: Frame>(
         d[ic + 4..ic + 8].copy_from_slice(&word.to_be_bytes());
         d[ic + 8..ic + 8 + qlen].copy_from_slice(&quote[..qlen]);
         icmpv4::Packet::new_unchecked(&mut d[ic..ic + icmp_len]).fill_checksum();
+        // About a packet this node translated (a NodePort connection too big for the
+        // overlay, a masqueraded one too big for the uplink): the error goes to the
+        // connection's client and quotes what it sent, not to the node itself.
+        if let Some(q) = super::nat_icmp::quoted(d, ip_at, ic) {
+            let _ = super::nat_icmp::untranslate(ct, now, d, ip_at, ic, &q);
+        }
         m.l3 = 14;
         m.l4 = u16::try_from(ic).unwrap_or(0);
         m.proto = 1;
