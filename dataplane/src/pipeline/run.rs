@@ -151,6 +151,8 @@ pub struct Pipeline<F: Frame> {
     pub tracer: Tracer,
     tx_queue: u16,
     now: u64,
+    /// `now` in milliseconds (affinity), computed once per poll.
+    now_ms: u64,
     tsc_hz: u64,
 }
 
@@ -218,6 +220,7 @@ impl<F: Frame> Pipeline<F> {
             tracer,
             tx_queue: cfg.worker,
             now: 0,
+            now_ms: 0,
             tsc_hz: cfg.tsc_hz,
         }
     }
@@ -344,6 +347,7 @@ impl<F: Frame> Pipeline<F> {
     #[inline(always)]
     pub fn set_now(&mut self, now: u64) {
         self.now = now;
+        self.now_ms = now / (self.tsc_hz / 1000).max(1);
     }
 
     /// Runs one received burst (all from `in_port`) through the pipeline. `rx` is left
@@ -454,7 +458,7 @@ impl<F: Frame> Pipeline<F> {
             l3: &self.l3,
             services: &self.services,
             now: self.now,
-            now_ms: self.now / (self.tsc_hz / 1000).max(1),
+            now_ms: self.now_ms,
             counters: c,
         };
         let (s, m, n, d) = (
@@ -616,7 +620,7 @@ impl<F: Frame> Pipeline<F> {
                         l3: &self.l3,
                         services: &self.services,
                         now: self.now,
-                        now_ms: self.now / (self.tsc_hz / 1000).max(1),
+                        now_ms: self.now_ms,
                         counters: c,
                     };
                     ip4_rewrite::src_mac(&cx, n.port)

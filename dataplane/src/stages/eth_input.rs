@@ -168,6 +168,16 @@ fn classify_general(
     }
 }
 
+/// A routed packet: to `lb` when it is addressed into the Service range (no Service
+/// exists, so it is refused or dropped there), else to `ip4-lookup`.
+#[inline]
+fn to_range_or(node: &crate::tables::l3::NodeL3, ip: Option<FiveTuple>) -> Next {
+    match ip {
+        Some((_, dst, ..)) if in_service_range(node, dst.to_u32()) => Next::Stage(StageId::Lb),
+        _ => Next::Stage(StageId::Ip4Lookup),
+    }
+}
+
 /// Where a parsed frame goes, by the role of its input port.
 #[inline]
 fn pick(cx: &Ctx, m: &Meta, data: &[u8], ip: Option<FiveTuple>) -> Next {
@@ -180,16 +190,11 @@ fn pick(cx: &Ctx, m: &Meta, data: &[u8], ip: Option<FiveTuple>) -> Next {
     match cx.ports.role(m.in_port) {
         Role::Pod if is_arp => Next::Stage(StageId::Arp),
         // With Services, every IPv4 packet from a pod passes `lb` (an endpoint's reply
-        // to a client on its own subnet is bridged, and still needs its VIP back);
-        // without, only what is addressed into the Service range (refused there).
-        Role::Pod | Role::Host
-            if is_ip4
-                && (!cx.services.is_empty()
-                    || ip.is_some_and(|(_, dst, ..)| in_service_range(node, dst.to_u32()))) =>
-        {
-            Next::Stage(StageId::Lb)
-        }
-        Role::Pod if is_ip4 && data[0..6] == node.router_mac.0 => Next::Stage(StageId::Ip4Lookup),
+        // to a client on its own subnet is bridged, and still needs its VIP back).
+        Role::Pod | Role::Host if is_ip4 && !cx.services.is_empty() => Next::Stage(StageId::Lb),
+        // Without, only what is routed into the Service range (refused there); a
+        // bridged frame is never for a ClusterIP, so it skips the range check.
+        Role::Pod if is_ip4 && data[0..6] == node.router_mac.0 => to_range_or(node, ip),
         Role::Pod => Next::Stage(StageId::Bridge),
         Role::Uplink if is_arp => Next::Stage(StageId::Arp),
         Role::Uplink => match ip {
@@ -204,7 +209,7 @@ fn pick(cx: &Ctx, m: &Meta, data: &[u8], ip: Option<FiveTuple>) -> Next {
             _ => Next::Drop(DropReason::UplinkNotForUs),
         },
         Role::Host if is_arp => Next::Stage(StageId::Arp),
-        Role::Host if is_ip4 => Next::Stage(StageId::Ip4Lookup),
+        Role::Host if is_ip4 => to_range_or(node, ip),
         Role::Host => Next::Drop(DropReason::HostNotIp4),
     }
 }

@@ -205,12 +205,15 @@ pub fn process<F: Frame>(
         }
         // Into the Service range (when the node knows it): what no Service takes is
         // refused or dropped here, as kube-proxy does, not routed out masqueraded.
-        let dst = u32::from_be_bytes([d[l3 + 16], d[l3 + 17], d[l3 + 18], d[l3 + 19]]);
-        let in_range = cx
-            .l3
-            .node
-            .as_ref()
-            .is_some_and(|n| super::in_service_range(n, dst));
+        // Asked only where no Service took the packet.
+        let in_range = |d: &[u8]| {
+            let dst = u32::from_be_bytes([d[l3 + 16], d[l3 + 17], d[l3 + 18], d[l3 + 19]]);
+            cx.l3
+                .node
+                .as_ref()
+                .is_some_and(|n| super::in_service_range(n, dst))
+                .then_some(dst)
+        };
         if m.proto == 1 && is_icmp_error(d[l4]) {
             // An error about a Service connection (an endpoint's port unreachable, a
             // router's fragmentation needed): the client must see it from the
@@ -251,7 +254,7 @@ pub fn process<F: Frame>(
             continue;
         }
         if m.proto != 6 && m.proto != 17 {
-            if in_range {
+            if let Some(dst) = in_range(d) {
                 next[i] = not_a_service(services, f, m, dst);
             }
             continue;
@@ -363,7 +366,7 @@ pub fn process<F: Frame>(
             continue;
         }
         let Some(svc) = services.lookup(t.dst, t.dport, t.proto) else {
-            if in_range {
+            if let Some(dst) = in_range(d) {
                 next[i] = not_a_service(services, f, m, dst);
             }
             continue;
