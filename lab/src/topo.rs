@@ -739,6 +739,12 @@ pub fn configure_host(n: &Node) -> Result<()> {
         &n.netns,
         &["route", "replace", CLUSTER_CIDR, "dev", HOST_IF],
     )?;
+    // Node processes reach ClusterIPs through the dataplane too (kube-proxy's
+    // OUTPUT chains on a kernel node).
+    ip_in(
+        &n.netns,
+        &["route", "replace", SERVICE_CIDR, "dev", HOST_IF],
+    )?;
     ip_in(
         &n.netns,
         &[

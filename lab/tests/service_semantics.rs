@@ -941,3 +941,114 @@ fn path_mtu_discovery_works_through_a_node_port() {
         drop_count(&n1.socket, "vxlan-too-big")
     );
 }
+
+/// externalIPs and LoadBalancer IPs: reachable from outside (with the external
+/// traffic policy, as the NodePort), from pods (as the ClusterIP) and from node
+/// processes; loadBalancerSourceRanges drop other sources on the LB IP only.
+#[test]
+fn external_and_load_balancer_ips_with_policies_and_source_ranges() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let o = options("x");
+    let lab = Lab::up(&o).expect("lab up");
+    let (n1, n2) = (lab.state.nodes[0].clone(), lab.state.nodes[1].clone());
+    let ext = lab.state.external.clone().expect("an external host");
+    let (client, local_ep, remote_ep) = (&n1.pods[0], &n1.pods[1], &n2.pods[0]);
+    let _servers = whoami(&[local_ep, remote_ep]);
+    // The network routes the external addresses to node 1 (as a cloud LB or a
+    // router would); node 1's processes reach them through the dataplane.
+    for a in ["198.51.100.50", "198.51.100.60"] {
+        net::ip_in(
+            &ext,
+            &["route", "add", &format!("{a}/32"), "via", &n1.node_ip],
+        )
+        .unwrap();
+        net::ip_in(
+            &n1.netns,
+            &[
+                "route",
+                "add",
+                &format!("{a}/32"),
+                "dev",
+                podpath_lab::topo::HOST_IF,
+            ],
+        )
+        .unwrap();
+    }
+    let eps = [
+        format!("{}:8080", local_ep.ip),
+        format!("{}:8080", remote_ep.ip),
+    ];
+    let set = |policy: &str, range: &str| {
+        let mut a = vec![
+            "default/web",
+            "--vip",
+            "10.96.0.100",
+            "--port",
+            "80",
+            "--node-port",
+            "30080",
+            "--external-traffic-policy",
+            policy,
+            "--external-ip",
+            "198.51.100.50",
+            "--load-balancer-ip",
+            "198.51.100.60",
+            "--load-balancer-source-range",
+            range,
+        ];
+        for e in &eps {
+            a.extend(["--endpoint", e.as_str()]);
+        }
+        service_set(&lab, &a);
+    };
+    let ask = |ns: &str, to: &str, n: &str, source: &str| {
+        run_in(
+            ns,
+            &bin(),
+            &[
+                "whoami-ask",
+                "--to",
+                to,
+                "--count",
+                n,
+                "--expect-source",
+                source,
+            ],
+        )
+    };
+    // Policy Cluster, LB open to 10.0.0.0/8 only.
+    set("Cluster", "10.0.0.0/8");
+    let (ok, out) = ask(&ext, "198.51.100.50:80", "10", &n1.node_ip);
+    assert!(
+        ok,
+        "external IP from outside, masqueraded to the node: {out}"
+    );
+    let (ok, out) = ask(&client.netns, "198.51.100.50:80", "10", "self");
+    assert!(ok, "external IP from a pod, its own address kept: {out}");
+    let (ok, out) = ask(&n1.netns, "198.51.100.50:80", "5", &n1.node_ip);
+    assert!(ok, "external IP from the node: {out}");
+    let before = drop_count(&n1.socket, "lb-source-not-allowed");
+    let (ok, out) = ask(&ext, "198.51.100.60:80", "1", &n1.node_ip);
+    assert!(
+        !ok && !out.contains("refused"),
+        "LB IP from outside the ranges: {out}"
+    );
+    assert!(drop_count(&n1.socket, "lb-source-not-allowed") > before);
+    let (ok, out) = ask(&client.netns, "198.51.100.60:80", "5", "self");
+    assert!(ok, "LB IP from a pod (inside 10.0.0.0/8): {out}");
+    let np = format!("{}:30080", n1.node_ip);
+    let (ok, out) = ask(&ext, &np, "5", &n1.node_ip);
+    assert!(ok, "the NodePort stays open to all: {out}");
+    // The range now takes the external host.
+    set("Cluster", "192.168.77.0/24");
+    let (ok, out) = ask(&ext, "198.51.100.60:80", "10", &n1.node_ip);
+    assert!(ok, "LB IP from inside the ranges: {out}");
+    // Policy Local: only node 1's endpoint, the client's address kept.
+    set("Local", "192.168.77.0/24");
+    let (ok, out) = ask(&ext, "198.51.100.50:80", "10", "192.168.77.100");
+    assert!(ok, "external IP, policy Local: {out}");
+    assert!(
+        out.contains(&format!("{} 10", local_ep.ip)),
+        "not only the local endpoint: {out}"
+    );
+}

@@ -114,6 +114,17 @@ pub struct ServiceSpec {
     /// or "Local" (this node's endpoints only; none: a silent drop).
     #[serde(default)]
     pub internal_traffic_policy: Option<String>,
+    /// spec.externalIPs: more addresses the Service answers on at its port, routed
+    /// to the nodes by the network; handled as the NodePort is (its
+    /// external_traffic_policy), and as the ClusterIP for traffic from pods.
+    #[serde(default)]
+    pub external_ips: Vec<String>,
+    /// status.loadBalancer.ingress IPs: as external IPs, and only sources within
+    /// `load_balancer_source_ranges` (when any is given) may use them.
+    #[serde(default)]
+    pub load_balancer_ips: Vec<String>,
+    #[serde(default)]
+    pub load_balancer_source_ranges: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -156,6 +167,9 @@ impl ServiceSpec {
             node_port: None,
             external_traffic_policy: None,
             internal_traffic_policy: None,
+            external_ips: Vec::new(),
+            load_balancer_ips: Vec::new(),
+            load_balancer_source_ranges: Vec::new(),
         }
     }
 }
@@ -768,5 +782,8 @@ pub fn sample_service() -> ServiceSpec {
         node_port: None,
         external_traffic_policy: Some("Cluster".into()),
         internal_traffic_policy: Some("Local".into()),
+        external_ips: vec!["203.0.113.50".into()],
+        load_balancer_ips: vec!["203.0.113.60".into()],
+        load_balancer_source_ranges: vec!["192.168.77.0/24".into()],
     }
 }

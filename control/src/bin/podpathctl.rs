@@ -88,6 +88,8 @@ enum PortCmd {
     },
 }
 
+// Parsed once per run: the size of a variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum ServiceCmd {
     /// Add or replace a Service.
@@ -116,6 +118,15 @@ enum ServiceCmd {
         /// For the ClusterIP: Cluster (default) or Local (this node's endpoints only).
         #[arg(long)]
         internal_traffic_policy: Option<String>,
+        /// An external IP (spec.externalIPs), repeated.
+        #[arg(long = "external-ip")]
+        external_ips: Vec<String>,
+        /// A LoadBalancer ingress IP, repeated.
+        #[arg(long = "load-balancer-ip")]
+        load_balancer_ips: Vec<String>,
+        /// A CIDR allowed to use the LoadBalancer IPs, repeated (none: all).
+        #[arg(long = "load-balancer-source-range")]
+        load_balancer_source_ranges: Vec<String>,
     },
     Del {
         name: String,
@@ -356,6 +367,9 @@ fn run(cli: Cli) -> Result<()> {
             node_port,
             external_traffic_policy,
             internal_traffic_policy,
+            external_ips,
+            load_balancer_ips,
+            load_balancer_source_ranges,
         }) => {
             let endpoints = endpoints
                 .iter()
@@ -372,6 +386,9 @@ fn run(cli: Cli) -> Result<()> {
                 node_port,
                 external_traffic_policy,
                 internal_traffic_policy,
+                external_ips,
+                load_balancer_ips,
+                load_balancer_source_ranges,
             }))?;
             applied(what, r)?;
         }

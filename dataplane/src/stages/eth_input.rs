@@ -206,6 +206,10 @@ fn pick(cx: &Ctx, m: &Meta, data: &[u8], ip: Option<FiveTuple>) -> Next {
                     Next::Stage(StageId::SnatReply)
                 }
             }
+            // An external or LoadBalancer IP of a Service, routed to this node.
+            Some((_, dst, ..)) if cx.services.is_external_ip(dst.to_u32()) => {
+                Next::Stage(StageId::Lb)
+            }
             _ => Next::Drop(DropReason::UplinkNotForUs),
         },
         Role::Host if is_arp => Next::Stage(StageId::Arp),

@@ -332,7 +332,22 @@ pub fn process<F: Frame>(
                 .flatten()
                 .map(|(_, s)| s)
                 .filter(|s| s.local_policy);
-            if let Some(s) = services.lookup(t.dst, t.dport, t.proto).or(local_np) {
+            let from_pod = cx
+                .l3
+                .node
+                .as_ref()
+                .is_some_and(|n| t.src & crate::tables::lpm::mask(n.cluster.1) == n.cluster.0);
+            // External IPs keep the client's address from pods and with policy
+            // Local: those connections belong to the client's worker too.
+            let external = services
+                .by_external(t.dst, t.dport, t.proto)
+                .map(|(s, _)| s)
+                .filter(|s| from_pod || s.local_policy);
+            if let Some(s) = services
+                .lookup(t.dst, t.dport, t.proto)
+                .or(local_np)
+                .or(external)
+            {
                 let port = if s.owner_by_client_ip { 0 } else { t.sport };
                 let w = client_owner(t.src, port, owners.workers);
                 if w != owners.me {
@@ -365,11 +380,58 @@ pub fn process<F: Frame>(
             }
             continue;
         }
-        let Some(svc) = services.lookup(t.dst, t.dport, t.proto) else {
-            if let Some(dst) = in_range(d) {
-                next[i] = not_a_service(services, f, m, dst);
-            }
-            continue;
+        let svc = match services.lookup(t.dst, t.dport, t.proto) {
+            Some(s) => s,
+            None => match services.by_external(t.dst, t.dport, t.proto) {
+                Some((s, is_lb)) => {
+                    if is_lb
+                        && !s.source_ranges.is_empty()
+                        && !s
+                            .source_ranges
+                            .iter()
+                            .any(|&(n, len)| t.src & crate::tables::lpm::mask(len) == n)
+                    {
+                        next[i] = Next::Drop(DropReason::LbSourceNotAllowed);
+                        continue;
+                    }
+                    let from_pod = cx.l3.node.as_ref().is_some_and(|n| {
+                        t.src & crate::tables::lpm::mask(n.cluster.1) == n.cluster.0
+                    });
+                    if from_pod {
+                        // From a pod: as its ClusterIP (kube-proxy short-circuits
+                        // in-cluster traffic to external addresses).
+                        s
+                    } else {
+                        // From outside or the node: as its NodePort, with the
+                        // external traffic policy.
+                        if t.proto == 6 && !tcp_flags_valid(flags) {
+                            next[i] = Next::Drop(DropReason::CtInvalid);
+                            continue;
+                        }
+                        next[i] = node_port(
+                            ct,
+                            nat_ports,
+                            s,
+                            &t,
+                            flags,
+                            node_ip,
+                            now,
+                            d,
+                            l3,
+                            l4,
+                            m,
+                            detail.get_mut(i),
+                        );
+                        continue;
+                    }
+                }
+                None => {
+                    if let Some(dst) = in_range(d) {
+                        next[i] = not_a_service(services, f, m, dst);
+                    }
+                    continue;
+                }
+            },
         };
         if t.proto == 6 && !tcp_flags_valid(flags) {
             // No connection starts with these flags: not tracked, not translated.

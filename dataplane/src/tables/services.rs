@@ -33,6 +33,9 @@ pub struct Service {
     pub local_policy: bool,
     /// internalTrafficPolicy Local: the ClusterIP uses this node's endpoints only.
     pub internal_local: bool,
+    /// loadBalancerSourceRanges: the sources allowed on the LoadBalancer IPs (empty:
+    /// all).
+    pub source_ranges: Vec<(u32, u8)>,
     /// This node's endpoints that take new connections, with their own table (the
     /// NodePort with policy Local uses only these).
     pub local_endpoints: Vec<Endpoint>,
@@ -57,6 +60,10 @@ pub struct ServiceTable {
     uids: hashbrown::HashSet<u32>,
     /// Every ClusterIP (any port, any protocol).
     vips: hashbrown::HashSet<u32>,
+    /// External and LoadBalancer IPs: (ip, port, protocol) -> (Service, is an LB IP).
+    by_external: HashMap<(u32, u16, u8), (u16, bool)>,
+    /// Every external or LoadBalancer IP (for the uplink's first look).
+    external_ips: hashbrown::HashSet<u32>,
 }
 
 /// What the table needs to know of this node: its IP and its pod CIDR.
@@ -199,7 +206,9 @@ impl ServiceTable {
             }
             let idx =
                 u16::try_from(t.services.len()).map_err(|_| "too many services".to_string())?;
-            if t.by_key.insert((vip, s.port, proto), idx).is_some() {
+            if t.by_key.insert((vip, s.port, proto), idx).is_some()
+                || t.by_external.contains_key(&(vip, s.port, proto))
+            {
                 return Err(format!(
                     "{what}: {}:{}/{} is already another service",
                     s.vip, s.port, s.protocol
@@ -207,6 +216,35 @@ impl ServiceTable {
             }
             if t.services.iter().any(|x| x.name == s.name) {
                 return Err(format!("{what}: the name is used twice"));
+            }
+            let mut source_ranges = Vec::new();
+            for r in &s.load_balancer_source_ranges {
+                source_ranges.push(
+                    validate::cidr(r)
+                        .map_err(|e| format!("{what}: load_balancer_source_ranges: {e}"))?,
+                );
+            }
+            let externals = s
+                .external_ips
+                .iter()
+                .map(|a| (a, false))
+                .chain(s.load_balancer_ips.iter().map(|a| (a, true)));
+            for (a, is_lb) in externals {
+                let eip = validate::ipv4(a).map_err(|e| format!("{what}: external IP: {e}"))?;
+                if node.is_some_and(|n| n.node_ip == eip) {
+                    return Err(format!("{what}: {a} is the node's own address"));
+                }
+                if t.by_key.contains_key(&(eip, s.port, proto))
+                    || t.by_external
+                        .insert((eip, s.port, proto), (idx, is_lb))
+                        .is_some()
+                {
+                    return Err(format!(
+                        "{what}: {a}:{}/{} is already another service's",
+                        s.port, s.protocol
+                    ));
+                }
+                t.external_ips.insert(eip);
             }
             t.services.push(Service {
                 name: s.name.clone(),
@@ -221,6 +259,7 @@ impl ServiceTable {
                 node_port,
                 local_policy,
                 internal_local,
+                source_ranges,
                 local_endpoints: local_eps,
                 local_maglev,
                 owner_by_client_ip: false,
@@ -271,6 +310,20 @@ impl ServiceTable {
 
     pub fn is_empty(&self) -> bool {
         self.services.is_empty()
+    }
+
+    /// The Service on this external or LoadBalancer IP and port, and whether it is
+    /// a LoadBalancer IP (source ranges apply).
+    #[inline]
+    pub fn by_external(&self, ip: u32, port: u16, proto: u8) -> Option<(&Service, bool)> {
+        let &(i, is_lb) = self.by_external.get(&(ip, port, proto))?;
+        self.services.get(usize::from(i)).map(|s| (s, is_lb))
+    }
+
+    /// Is `ip` an external or LoadBalancer IP of some Service?
+    #[inline]
+    pub fn is_external_ip(&self, ip: u32) -> bool {
+        !self.external_ips.is_empty() && self.external_ips.contains(&ip)
     }
 
     /// Is `ip` some Service's ClusterIP?
@@ -335,6 +388,7 @@ impl ServiceTable {
     /// when the Service or the endpoint was removed (terminating endpoints remain).
     pub fn endpoint_exists(&self, vip: u32, port: u16, proto: u8, ep: Endpoint) -> bool {
         self.lookup(vip, port, proto)
+            .or_else(|| self.by_external(vip, port, proto).map(|(s, _)| s))
             .or_else(|| self.by_node_port(port, proto).map(|(_, s)| s))
             .is_some_and(|s| s.all.contains(&ep))
     }
@@ -378,6 +432,9 @@ mod tests {
             node_port: None,
             external_traffic_policy: None,
             internal_traffic_policy: None,
+            external_ips: Vec::new(),
+            load_balancer_ips: Vec::new(),
+            load_balancer_source_ranges: Vec::new(),
         };
         let t = ServiceTable::build(std::slice::from_ref(&s), None).unwrap();
         let svc = t
@@ -526,5 +583,50 @@ mod tests {
             ..spec
         };
         assert!(ServiceTable::build(&[bad], Some(node)).is_err());
+    }
+
+    #[test]
+    fn external_and_load_balancer_ips_are_checked_and_found() {
+        let ip = |a: &str| validate::ipv4(a).unwrap();
+        let web = ServiceSpec {
+            external_ips: vec!["198.51.100.50".into()],
+            load_balancer_ips: vec!["198.51.100.60".into()],
+            load_balancer_source_ranges: vec!["10.0.0.0/8".into()],
+            ..ServiceSpec::new(
+                "default/web",
+                "10.96.0.10",
+                80,
+                "tcp",
+                vec![EndpointSpec::ready("10.244.0.3", 8080)],
+            )
+        };
+        let t = ServiceTable::build(std::slice::from_ref(&web), None).unwrap();
+        let (s, is_lb) = t.by_external(ip("198.51.100.50"), 80, 6).unwrap();
+        assert!(!is_lb && s.name == "default/web");
+        assert!(t.by_external(ip("198.51.100.60"), 80, 6).unwrap().1);
+        assert!(t.by_external(ip("198.51.100.50"), 81, 6).is_none());
+        assert!(t.is_external_ip(ip("198.51.100.60")) && !t.is_external_ip(ip("10.96.0.10")));
+        assert_eq!(s.source_ranges, vec![(ip("10.0.0.0"), 8)]);
+        // Another Service on the same external address and port, an external IP
+        // that is a ClusterIP:port, a bad range: refused.
+        let other = ServiceSpec {
+            external_ips: vec!["198.51.100.50".into()],
+            ..ServiceSpec::new("default/other", "10.96.0.11", 80, "tcp", vec![])
+        };
+        assert!(ServiceTable::build(&[web.clone(), other], None)
+            .unwrap_err()
+            .contains("already"));
+        let clash = ServiceSpec {
+            external_ips: vec!["10.96.0.10".into()],
+            ..ServiceSpec::new("default/clash", "10.96.0.12", 80, "tcp", vec![])
+        };
+        assert!(ServiceTable::build(&[web.clone(), clash], None).is_err());
+        let bad = ServiceSpec {
+            load_balancer_source_ranges: vec!["10.0.0.0/40".into()],
+            ..web
+        };
+        assert!(ServiceTable::build(&[bad], None)
+            .unwrap_err()
+            .contains("source_ranges"));
     }
 }
