@@ -9,6 +9,7 @@ use podpath_proto::{
     PortInfo, PortSpec, Request, Response, StaticMac, PROTOCOL_VERSION,
 };
 
+use crate::health::{self, HealthServers};
 use crate::state::State;
 
 fn err(kind: ErrorKind, message: impl Into<String>) -> ErrorReply {
@@ -40,11 +41,13 @@ pub struct Engine {
     next_retry: Instant,
     /// Times the engine reconciled a (re)connected dataplane.
     pub reconciles: u64,
+    /// The healthCheckNodePort servers the Services ask for.
+    health: HealthServers,
 }
 
 impl Engine {
     pub fn new(state: State, state_file: PathBuf, dp_socket: PathBuf) -> Engine {
-        Engine {
+        let mut e = Engine {
             state,
             state_file,
             dp_socket,
@@ -53,7 +56,24 @@ impl Engine {
             generation: 0,
             next_retry: Instant::now(),
             reconciles: 0,
+            health: HealthServers::default(),
+        };
+        e.refresh_health();
+        e
+    }
+
+    /// Serves the health ports the desired Services ask for (their answers follow
+    /// every change of endpoints or of the node).
+    fn refresh_health(&mut self) {
+        let want = health::wanted(&self.state.services, self.state.node.as_ref());
+        for f in self.health.update(want) {
+            log(f);
         }
+    }
+
+    /// The health ports being served.
+    pub fn health_ports(&self) -> Vec<u16> {
+        self.health.ports()
     }
 
     pub fn state(&self) -> &State {
@@ -209,6 +229,7 @@ impl Engine {
         }
         self.state = new;
         self.generation += 1;
+        self.refresh_health();
         Ok(())
     }
 

@@ -8,4 +8,5 @@
 //! failed step.
 pub mod config;
 pub mod engine;
+pub mod health;
 pub mod state;

@@ -156,6 +156,14 @@ enum Cmd {
         #[arg(long, default_value_t = 100)]
         interval_ms: u64,
     },
+    /// One HTTP GET (run inside a namespace): prints the status code and the body.
+    #[command(hide = true)]
+    HttpGet {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long, default_value = "/healthz")]
+        path: String,
+    },
     /// Send one crafted TCP segment from a raw socket (run inside a namespace):
     /// flags as letters S F R A P U, or "none".
     #[command(hide = true)]
@@ -438,6 +446,12 @@ fn run(cli: Cli) -> Result<()> {
             if ok != count {
                 bail!("{} requests got no reply", count - ok);
             }
+            Ok(())
+        }
+        Cmd::HttpGet { to, path } => {
+            let (code, body) = traffic::http_get(to, &path)?;
+            println!("{code}");
+            println!("{body}");
             Ok(())
         }
         Cmd::TcpRaw {

@@ -298,6 +298,26 @@ pub fn tcp_raw(to: SocketAddr, sport: u16, flags: &str, seq: u32) -> Result<usiz
     Ok(bytes.len())
 }
 
+/// One HTTP/1.1 GET with `Connection: close`: the status code and the body.
+pub fn http_get(to: SocketAddr, path: &str) -> Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(3))?;
+    s.set_read_timeout(Some(Duration::from_secs(3)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {to}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut resp = Vec::new();
+    s.take(1 << 16).read_to_end(&mut resp)?;
+    let text = String::from_utf8_lossy(&resp);
+    let (head, body) = text.split_once("\r\n\r\n").context("no end of headers")?;
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("no status code")?;
+    Ok((code, body.to_owned()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

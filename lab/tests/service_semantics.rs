@@ -1052,3 +1052,66 @@ fn external_and_load_balancer_ips_with_policies_and_source_ranges() {
         "not only the local endpoint: {out}"
     );
 }
+
+/// healthCheckNodePort: every node answers HTTP on it, 200 with its local endpoint
+/// count where it has endpoints, 503 where not, with kube-proxy's JSON; the answer
+/// follows endpoint changes. Asked from the external host, as a load balancer does.
+#[test]
+fn health_check_node_port_answers_per_node_as_kube_proxy() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let o = options("h");
+    let lab = Lab::up(&o).expect("lab up");
+    let (n1, n2) = (lab.state.nodes[0].clone(), lab.state.nodes[1].clone());
+    let ext = lab.state.external.clone().expect("an external host");
+    let set = |eps: &[&str]| {
+        for k in 0..2 {
+            let mut a = vec![
+                "default/web",
+                "--vip",
+                "10.96.0.110",
+                "--port",
+                "80",
+                "--node-port",
+                "30081",
+                "--external-traffic-policy",
+                "Local",
+                "--health-check-node-port",
+                "30999",
+            ];
+            let e: Vec<String> = eps.iter().map(|ip| format!("{ip}:8080")).collect();
+            for x in &e {
+                a.extend(["--endpoint", x.as_str()]);
+            }
+            service_set_on(&lab, k, &a);
+        }
+    };
+    let get = |node: &podpath_lab::Node| -> (u16, serde_json::Value) {
+        let to = format!("{}:30999", node.node_ip);
+        let (ok, out) = run_in(&ext, &bin(), &["http-get", "--to", &to]);
+        assert!(ok, "{}: {out}", node.name);
+        let mut l = out.lines();
+        let code = l.next().and_then(|c| c.parse().ok()).unwrap_or(0);
+        let body = serde_json::from_str(l.next().unwrap_or("")).unwrap_or_default();
+        (code, body)
+    };
+    // Endpoints on node 2 only.
+    set(&[&n2.pods[0].ip, &n2.pods[1].ip]);
+    let (c1, b1) = get(&n1);
+    let (c2, b2) = get(&n2);
+    assert_eq!(
+        (c1, &b1["localEndpoints"]),
+        (503, &serde_json::json!(0)),
+        "{b1}"
+    );
+    assert_eq!(
+        (c2, &b2["localEndpoints"]),
+        (200, &serde_json::json!(2)),
+        "{b2}"
+    );
+    assert_eq!(b2["service"]["namespace"], "default");
+    assert_eq!(b2["service"]["name"], "web");
+    // One moves to node 1: both healthy.
+    set(&[&n1.pods[1].ip, &n2.pods[1].ip]);
+    assert_eq!(get(&n1).0, 200);
+    assert_eq!(get(&n2).1["localEndpoints"], 1);
+}

@@ -125,6 +125,10 @@ pub struct ServiceSpec {
     pub load_balancer_ips: Vec<String>,
     #[serde(default)]
     pub load_balancer_source_ranges: Vec<String>,
+    /// spec.healthCheckNodePort (externalTrafficPolicy Local): the node answers
+    /// HTTP on it, 200 when it has endpoints for the Service, else 503.
+    #[serde(default)]
+    pub health_check_node_port: Option<u16>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -170,6 +174,7 @@ impl ServiceSpec {
             external_ips: Vec::new(),
             load_balancer_ips: Vec::new(),
             load_balancer_source_ranges: Vec::new(),
+            health_check_node_port: None,
         }
     }
 }
@@ -785,5 +790,6 @@ pub fn sample_service() -> ServiceSpec {
         external_ips: vec!["203.0.113.50".into()],
         load_balancer_ips: vec!["203.0.113.60".into()],
         load_balancer_source_ranges: vec!["192.168.77.0/24".into()],
+        health_check_node_port: None,
     }
 }

@@ -127,6 +127,9 @@ enum ServiceCmd {
         /// A CIDR allowed to use the LoadBalancer IPs, repeated (none: all).
         #[arg(long = "load-balancer-source-range")]
         load_balancer_source_ranges: Vec<String>,
+        /// The node answers HTTP health checks on this port (policy Local).
+        #[arg(long)]
+        health_check_node_port: Option<u16>,
     },
     Del {
         name: String,
@@ -370,6 +373,7 @@ fn run(cli: Cli) -> Result<()> {
             external_ips,
             load_balancer_ips,
             load_balancer_source_ranges,
+            health_check_node_port,
         }) => {
             let endpoints = endpoints
                 .iter()
@@ -389,6 +393,7 @@ fn run(cli: Cli) -> Result<()> {
                 external_ips,
                 load_balancer_ips,
                 load_balancer_source_ranges,
+                health_check_node_port,
             }))?;
             applied(what, r)?;
         }

@@ -435,6 +435,7 @@ mod tests {
             external_ips: Vec::new(),
             load_balancer_ips: Vec::new(),
             load_balancer_source_ranges: Vec::new(),
+            health_check_node_port: None,
         };
         let t = ServiceTable::build(std::slice::from_ref(&s), None).unwrap();
         let svc = t
