@@ -67,7 +67,7 @@ pub struct Control {
     /// TCP endpoints that left their Services, since when: their connections live on
     /// (kube-proxy keeps them), so the tables keep naming them for reply ownership
     /// until the established timeout has passed.
-    departed: HashMap<(u32, u16, u8), (bool, Instant)>,
+    departed: HashMap<Departed, (bool, Instant)>,
     departed_ttl: Duration,
     /// Each Service's identity (`Service::uid`), by name; a deleted Service's goes
     /// with it, so one created later under any name gets a fresh one.
@@ -87,7 +87,15 @@ const REFUSED_LOG_EVERY: Duration = Duration::from_secs(10);
 /// The longest timeout a knob may take (ten years).
 const MAX_TIMEOUT_S: u32 = 315_360_000;
 
-/// Departed TCP endpoints remembered at most (see `Control::departed`).
+/// Something that left the Service table while TCP connections to it may live on:
+/// an endpoint, or a whole Service's virtual IP, port and protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Departed {
+    Endpoint(u32, u16, u8),
+    Vip(u32, u16, u8),
+}
+
+/// Departed TCP endpoints and Services remembered at most (see `Control::departed`).
 const DEPARTED_MAX: usize = 16_384;
 
 /// How long a change waits for every worker to apply it.
@@ -308,14 +316,27 @@ impl Control {
         self.uids = uids;
         self.next_uid = next;
         let now = Instant::now();
-        for (k, by_ip) in self.snap.services.endpoint_keys() {
-            if k.2 == 6 && !t.is_endpoint(k.0, k.1, k.2) {
+        let current = |k: &Departed| match *k {
+            Departed::Endpoint(ip, port, proto) => t.is_endpoint(ip, port, proto),
+            Departed::Vip(ip, port, proto) => t.lookup(ip, port, proto).is_some(),
+        };
+        let old = &self.snap.services;
+        let gone = old
+            .endpoint_keys()
+            .map(|(k, b)| (Departed::Endpoint(k.0, k.1, k.2), b))
+            .chain(
+                old.service_keys()
+                    .map(|(k, b)| (Departed::Vip(k.0, k.1, k.2), b)),
+            );
+        for (k, by_ip) in gone {
+            let tcp = matches!(k, Departed::Endpoint(_, _, 6) | Departed::Vip(_, _, 6));
+            if tcp && !current(&k) {
                 self.departed.entry(k).or_insert((by_ip, now));
             }
         }
         let ttl = self.departed_ttl;
         self.departed
-            .retain(|k, (_, at)| !t.is_endpoint(k.0, k.1, k.2) && now.duration_since(*at) < ttl);
+            .retain(|k, (_, at)| !current(k) && now.duration_since(*at) < ttl);
         // Bounded: beyond DEPARTED_MAX the oldest are forgotten (their connections'
         // replies may then reach a worker that does not own them and be dropped).
         while self.departed.len() > DEPARTED_MAX {
@@ -329,8 +350,14 @@ impl Control {
                 None => break,
             };
         }
-        let departed: Vec<_> = self.departed.iter().map(|(k, (b, _))| (*k, *b)).collect();
-        Ok(Arc::new(t.with_departed(departed)))
+        let (mut eps, mut vips) = (Vec::new(), Vec::new());
+        for (k, (b, _)) in &self.departed {
+            match *k {
+                Departed::Endpoint(ip, port, proto) => eps.push(((ip, port, proto), *b)),
+                Departed::Vip(ip, port, proto) => vips.push(((ip, port, proto), *b)),
+            }
+        }
+        Ok(Arc::new(t.with_departed(eps).with_departed_vips(vips)))
     }
 
     /// A port's counters summed over the workers.

@@ -195,6 +195,89 @@ fn a_change_is_in_force_on_every_worker_when_it_returns_and_tcp_outlives_its_end
         String::from_utf8_lossy(&r.stdout)
     );
 
+    // The whole Service is deleted under a stream: the connection lives on (with
+    // two workers, its packets still reach the worker that owns it).
+    service_set(
+        &lab,
+        &[
+            "default/web",
+            "--vip",
+            "10.96.0.20",
+            "--port",
+            "80",
+            "--endpoint",
+            &ep_arg,
+        ],
+    );
+    // Four streams, so that some cross between the workers (a flow's packets and
+    // its owner are picked by different hashes).
+    let recv = serve_in(
+        &ep.netns,
+        &[
+            "tcp-recv",
+            "--port",
+            "8080",
+            "--seed",
+            "6",
+            "--accept-seconds",
+            "4",
+        ],
+    );
+    let stop2 = std::env::temp_dir().join(format!("pp-keep2-{}", std::process::id()));
+    let _ = std::fs::remove_file(&stop2);
+    let senders: Vec<_> = (0..4)
+        .map(|_| {
+            net::command_in(&client.netns, &bin())
+                .args([
+                    "tcp-send",
+                    "--to",
+                    "10.96.0.20:80",
+                    "--stop-file",
+                    &stop2.display().to_string(),
+                    "--rate-mbps",
+                    "2",
+                    "--seed",
+                    "6",
+                ])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let streams = || {
+        conntrack(
+            &n1.control_socket,
+            ConntrackFilter {
+                proto: Some(6),
+                addr: Some("10.96.0.20".into()),
+                port: Some(80),
+            },
+        )
+        .iter()
+        .filter(|c| c.state.as_deref() == Some("ESTABLISHED"))
+        .count()
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || streams() == 4),
+        "four streams did not establish"
+    );
+    let (ok, _, err) = ctl(&n1.control_socket, &["service", "del", "default/web"]);
+    assert!(ok, "{err}");
+    std::thread::sleep(Duration::from_millis(1500));
+    std::fs::write(&stop2, b"").unwrap();
+    for (k, send) in senders.into_iter().enumerate() {
+        let o = send.wait_with_output().unwrap();
+        assert!(
+            o.status.success(),
+            "stream {k} broke when its Service was deleted: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    let _ = std::fs::remove_file(&stop2);
+    assert!(recv.wait_with_output().unwrap().status.success());
+
     // `conntrack list` prints conntrack -L lines on stdout, the trailer on stderr.
     let (ok, out, err) = ctl(&n1.control_socket, &["conntrack", "list"]);
     assert!(ok, "{err}");

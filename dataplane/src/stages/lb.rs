@@ -343,12 +343,15 @@ pub fn process<F: Frame>(
                 .by_external(t.dst, t.dport, t.proto)
                 .map(|(s, _)| s)
                 .filter(|s| from_pod || s.local_policy);
-            if let Some(s) = services
+            let by_ip = services
                 .lookup(t.dst, t.dport, t.proto)
                 .or(local_np)
                 .or(external)
-            {
-                let port = if s.owner_by_client_ip { 0 } else { t.sport };
+                .map(|s| s.owner_by_client_ip)
+                // A deleted Service's connection (it lives on where it was made).
+                .or_else(|| services.departed_vip(t.dst, t.dport, t.proto));
+            if let Some(by_ip) = by_ip {
+                let port = if by_ip { 0 } else { t.sport };
                 let w = client_owner(t.src, port, owners.workers);
                 if w != owners.me {
                     next[i] = Next::Handoff(w);

@@ -64,6 +64,9 @@ pub struct ServiceTable {
     by_external: HashMap<(u32, u16, u8), (u16, bool)>,
     /// Every external or LoadBalancer IP (for the uplink's first look).
     external_ips: hashbrown::HashSet<u32>,
+    /// Services deleted while TCP connections to them may live on, with their
+    /// `owner_by_client_ip`: a worker that gets such a packet hands it to the owner.
+    departed_vips: HashMap<(u32, u16, u8), bool>,
 }
 
 /// What the table needs to know of this node: its IP and its pod CIDR.
@@ -336,6 +339,37 @@ impl ServiceTable {
     #[inline]
     pub fn has_uid(&self, uid: u32) -> bool {
         self.uids.contains(&uid)
+    }
+
+    /// Every Service's (virtual IP, port, protocol) with its `owner_by_client_ip`,
+    /// departed ones included.
+    pub fn service_keys(&self) -> impl Iterator<Item = ((u32, u16, u8), bool)> + '_ {
+        self.services
+            .iter()
+            .map(|s| ((s.vip, s.port, s.proto), s.owner_by_client_ip))
+            .chain(self.departed_vips.iter().map(|(k, v)| (*k, *v)))
+    }
+
+    /// Also knows these deleted Services, for hand-off only (see `departed_vips`).
+    pub fn with_departed_vips(
+        mut self,
+        departed: impl IntoIterator<Item = ((u32, u16, u8), bool)>,
+    ) -> Self {
+        for (k, by_ip) in departed {
+            if !self.by_key.contains_key(&k) {
+                self.departed_vips.insert(k, by_ip);
+            }
+        }
+        self
+    }
+
+    /// A deleted Service's `owner_by_client_ip`, while its connections may live.
+    #[inline]
+    pub fn departed_vip(&self, ip: u32, port: u16, proto: u8) -> Option<bool> {
+        if self.departed_vips.is_empty() {
+            return None;
+        }
+        self.departed_vips.get(&(ip, port, proto)).copied()
     }
 
     /// Every endpoint (ip, port, protocol) with its `owner_by_client_ip`, departed
