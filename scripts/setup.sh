@@ -7,7 +7,8 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
   dpdk libdpdk-dev pkg-config libclang-dev clang gcc libc6-dev \
-  iproute2 iputils-ping iputils-tracepath ethtool tcpdump procps kmod ca-certificates curl >/dev/null
+  iproute2 iputils-ping iputils-tracepath ethtool tcpdump procps kmod ca-certificates curl \
+  prometheus >/dev/null
 if ! command -v cargo >/dev/null 2>&1; then
   if [ -x "$HOME/.cargo/bin/cargo" ]; then
     :

@@ -25,6 +25,9 @@ pub struct ServiceConfig {
     pub state_file: PathBuf,
     /// How often to check the dataplane connection (ms).
     pub check_interval_ms: u64,
+    /// Where to serve Prometheus metrics (`/metrics`), e.g. "127.0.0.1:9469"; none:
+    /// not served.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 impl Default for ServiceConfig {
@@ -35,6 +38,7 @@ impl Default for ServiceConfig {
             dataplane_socket: PathBuf::from("/run/podpath/dataplane.sock"),
             state_file: PathBuf::from("/var/lib/podpath/state.json"),
             check_interval_ms: 200,
+            metrics: None,
         }
     }
 }

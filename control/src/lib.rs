@@ -9,4 +9,5 @@
 pub mod config;
 pub mod engine;
 pub mod health;
+pub mod metrics;
 pub mod state;

@@ -12,6 +12,9 @@ use crate::net::{self, ip, ip_in};
 pub const UNDERLAY_PREFIX: &str = "192.168.77";
 pub const POD_MTU: u16 = 1450;
 pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
+/// Where each node's control service serves Prometheus metrics (inside the node's
+/// namespace, so every node has the same).
+pub const METRICS_ADDR: &str = "127.0.0.1:9469";
 /// The Service range every lab node is configured with (kubeadm's default).
 pub const SERVICE_CIDR: &str = "10.96.0.0/12";
 /// The underlay router's host number (192.168.77.254), when the lab has one.
@@ -804,7 +807,8 @@ fn write_config(node: &Node, index: usize, others: &[Node], opts: &LabOptions) -
     fs::write(&node.config, dp)?;
     let mut c = format!(
         "# Written by podpath-lab for {name}.\n\
-         [control]\nsocket = \"{csock}\"\ndataplane_socket = \"{sock}\"\nstate_file = \"{state}\"\n\n",
+         [control]\nsocket = \"{csock}\"\ndataplane_socket = \"{sock}\"\nstate_file = \"{state}\"\n\
+         metrics = \"{METRICS_ADDR}\"\n\n",
         name = node.name,
         csock = node.control_socket.display(),
         sock = node.socket.display(),

@@ -78,6 +78,13 @@ fn run() -> Result<()> {
         c.dataplane_socket.display()
     );
     let (jobs_tx, jobs_rx) = sync_channel::<Job>(64);
+    if let Some(addr) = c.metrics {
+        let l =
+            std::net::TcpListener::bind(addr).with_context(|| format!("metrics address {addr}"))?;
+        eprintln!("podpath-control: metrics at http://{addr}/metrics");
+        let (jobs, s3) = (jobs_tx.clone(), Arc::clone(&stop));
+        std::thread::spawn(move || serve_metrics(l, &jobs, &s3));
+    }
     let s2 = Arc::clone(&stop);
     let srv = std::thread::spawn(move || server::serve(listener, jobs_tx, s2));
 
@@ -98,4 +105,60 @@ fn run() -> Result<()> {
     let _ = std::fs::remove_file(&c.socket);
     let _ = srv.join();
     Ok(())
+}
+
+/// Asks the engine (through the same queue as socket clients, so it never races a
+/// change) for one answer.
+fn ask(
+    jobs: &std::sync::mpsc::SyncSender<Job>,
+    req: podpath_proto::Request,
+) -> Option<podpath_proto::Response> {
+    let (tx, rx) = sync_channel(1);
+    jobs.send((req, tx)).ok()?;
+    rx.recv_timeout(Duration::from_secs(10)).ok()
+}
+
+/// The `/metrics` endpoint: one `Stats` and one `ServiceList` per scrape.
+fn serve_metrics(
+    l: std::net::TcpListener,
+    jobs: &std::sync::mpsc::SyncSender<Job>,
+    stop: &AtomicBool,
+) {
+    use std::io::{Read, Write};
+    let _ = l.set_nonblocking(true);
+    while !stop.load(Ordering::Relaxed) {
+        let Ok((mut s, _)) = l.accept() else {
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        };
+        let _ = s.set_nonblocking(false);
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        let _ = s.set_write_timeout(Some(Duration::from_secs(5)));
+        let mut buf = [0u8; 4096];
+        let n = s.read(&mut buf).unwrap_or(0);
+        let req = String::from_utf8_lossy(&buf[..n]);
+        let path = req.split_whitespace().nth(1).unwrap_or("");
+        let (code, ctype, body) = if path == "/metrics" || path.starts_with("/metrics?") {
+            let stats = match ask(jobs, podpath_proto::Request::Stats) {
+                Some(podpath_proto::Response::Stats(st)) => Some(st),
+                _ => None,
+            };
+            let services = match ask(jobs, podpath_proto::Request::ServiceList) {
+                Some(podpath_proto::Response::Services(v)) => v,
+                _ => Vec::new(),
+            };
+            (
+                "200 OK",
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                podpath_control::metrics::render(stats.as_ref(), &services),
+            )
+        } else {
+            ("404 Not Found", "text/plain", "see /metrics\n".to_string())
+        };
+        let _ = write!(
+            s,
+            "HTTP/1.1 {code}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+    }
 }
