@@ -223,7 +223,7 @@ impl<P: PortIo> Worker<P> {
         }
         let t0 = rdtsc();
         self.pipeline.set_now(t0);
-        self.pipeline.absorb_neighbors(&mut self.io);
+        self.pipeline.absorb_peers(&mut self.io);
         let mut got = self.pipeline.run_handed_off(&mut self.io);
         let me = usize::from(self.id);
         // Indexing (not iterating) the map lets `run` borrow the pipeline mutably

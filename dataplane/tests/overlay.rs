@@ -409,8 +409,8 @@ fn workers_share_what_arp_taught_them() {
     let (mut w1, mut io1) = node(1);
     let (tx0, rx0) = bounded(16);
     let (tx1, rx1) = bounded(16);
-    w0.set_neighbor_bus(vec![tx1], rx0);
-    w1.set_neighbor_bus(vec![tx0], rx1);
+    w0.set_peer_bus(vec![tx1], rx0);
+    w1.set_peer_bus(vec![tx0], rx1);
     // Worker 0 needs node 2's uplink MAC and asks; the answer lands on worker 1.
     let gw = gateway_mac(ip("10.244.0.1"));
     rx(
@@ -428,7 +428,7 @@ fn workers_share_what_arp_taught_them() {
     assert_eq!(io0.take_tx(UPLINK).len(), 1, "ARP request");
     resolve_node_2(&mut w1, &mut io1);
     assert!(io0.take_tx(UPLINK).is_empty());
-    w0.absorb_neighbors(&mut io0);
+    w0.absorb_peers(&mut io0);
     w0.flush(&mut io0);
     assert_eq!(
         io0.take_tx(UPLINK).len(),
@@ -1775,4 +1775,182 @@ fn too_big_for_the_overlay_on_a_node_port_the_error_goes_to_the_client_about_wha
     assert_eq!(fold(sum(&q[..20])), 0xffff);
     assert_eq!(fold(sum(&f[34..])), 0xffff);
     assert!(balanced(&n));
+}
+
+/// A UDP datagram of `len` payload bytes split into two IPv4 fragments (the first
+/// carrying 1 200 bytes of IP payload), DF clear, identifier `id`.
+fn two_fragments(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: [u8; 4],
+    dst: [u8; 4],
+    ports: (u16, u16),
+    id: u16,
+    len: usize,
+) -> [Vec<u8>; 2] {
+    let mut whole = Vec::new();
+    PacketBuilder::ethernet2(src_mac, dst_mac)
+        .ipv4(src, dst, 64)
+        .udp(ports.0, ports.1)
+        .write(&mut whole, &vec![0x5a; len])
+        .unwrap();
+    let ip_payload = &whole[34..];
+    let frag = |data: &[u8], offset: usize, more: bool| {
+        let mut f = whole[..34].to_vec();
+        f.extend_from_slice(data);
+        let total = u16::try_from(20 + data.len()).unwrap();
+        f[16..18].copy_from_slice(&total.to_be_bytes());
+        f[18..20].copy_from_slice(&id.to_be_bytes());
+        let fo = u16::try_from(offset / 8).unwrap() | if more { 0x2000 } else { 0 };
+        f[20..22].copy_from_slice(&fo.to_be_bytes());
+        fix_ip_checksum(&mut f);
+        f
+    };
+    [
+        frag(&ip_payload[..1200], 0, true),
+        frag(&ip_payload[1200..], 1200, false),
+    ]
+}
+
+#[test]
+fn fragments_of_a_service_datagram_follow_the_first_ones_translation_both_ways() {
+    use podpath_dataplane::tables::services::ServiceTable;
+    use podpath_dataplane::wire::checksum::{fold, sum};
+    let (mut n, mut io) = node_with_pod_a(1);
+    learn_pod_b(&mut n, &mut io);
+    n.set_services(Arc::new(
+        ServiceTable::build(
+            &[ServiceSpec::new(
+                "default/dns",
+                "10.96.0.10",
+                53,
+                "udp",
+                vec![EndpointSpec::ready("10.244.0.3", 5353)],
+            )],
+            None,
+        )
+        .unwrap(),
+    ));
+    let gw = gateway_mac(ip("10.244.0.1")).0;
+    let req = two_fragments(
+        pod_mac(1, 2),
+        gw,
+        [10, 244, 0, 2],
+        [10, 96, 0, 10],
+        (5000, 53),
+        0x1234,
+        2000,
+    );
+    rx(&mut n, &mut io, POD_A, &req);
+    let out = io.take_tx(POD_B);
+    assert_eq!(out.len(), 2, "both fragments reach the endpoint");
+    for f in &out {
+        assert_eq!(&f[30..34], &[10, 244, 0, 3], "to the endpoint");
+        assert_eq!(fold(sum(&f[14..34])), 0xffff, "IPv4 checksum");
+    }
+    assert_eq!(
+        u16::from_be_bytes([out[0][36], out[0][37]]),
+        5353,
+        "the first carries the port"
+    );
+    // The endpoint's answer, fragmented too: both from the virtual IP.
+    let reply = two_fragments(
+        pod_mac(1, 3),
+        pod_mac(1, 2),
+        [10, 244, 0, 3],
+        [10, 244, 0, 2],
+        (5353, 5000),
+        0x4321,
+        1800,
+    );
+    rx(&mut n, &mut io, POD_B, &reply);
+    let back = io.take_tx(POD_A);
+    assert_eq!(back.len(), 2, "both reply fragments reach the client");
+    for f in &back {
+        assert_eq!(&f[26..30], &[10, 96, 0, 10], "from the virtual IP");
+        assert_eq!(fold(sum(&f[14..34])), 0xffff);
+    }
+    // Fragments that are no Service's pass untouched (pod to pod).
+    let plain = two_fragments(
+        pod_mac(1, 2),
+        pod_mac(1, 3),
+        [10, 244, 0, 2],
+        [10, 244, 0, 3],
+        (6000, 7000),
+        0x5555,
+        1500,
+    );
+    rx(&mut n, &mut io, POD_A, &plain);
+    let p = io.take_tx(POD_B);
+    assert_eq!(p.len(), 2);
+    assert_eq!(p[0], plain[0]);
+    assert_eq!(p[1], plain[1]);
+    assert!(balanced(&n));
+}
+
+#[test]
+fn with_two_workers_a_fragment_on_either_gets_the_translation_its_first_one_got() {
+    use podpath_dataplane::stages::lb::client_owner;
+    use podpath_dataplane::tables::services::ServiceTable;
+    let table = Arc::new(
+        ServiceTable::build(
+            &[ServiceSpec::new(
+                "default/dns",
+                "10.96.0.10",
+                53,
+                "udp",
+                vec![EndpointSpec::ready("10.244.0.3", 5353)],
+            )],
+            None,
+        )
+        .unwrap(),
+    );
+    let (mut w0, mut io0, mut w1, mut io1) = two_workers(Some(table));
+    let (t0, r0) = bounded(64);
+    let (t1, r1) = bounded(64);
+    w0.set_peer_bus(vec![t1], r0);
+    w1.set_peer_bus(vec![t0], r1);
+    let gw = gateway_mac(ip("10.244.0.1"));
+    for (w, io) in [(&mut w0, &mut io0), (&mut w1, &mut io1)] {
+        rx(
+            w,
+            io,
+            POD_B,
+            &[arp::request(MacAddr(pod_mac(1, 3)), ip("10.244.0.3"), ip("10.244.0.1")).to_vec()],
+        );
+        io.take_tx(POD_B);
+    }
+    // A client port owned by worker 1; the first fragment arrives on worker 0.
+    let sport = (1000u16..)
+        .find(|&p| client_owner(ip("10.244.0.2"), p, 2) == 1)
+        .unwrap();
+    let [first, later] = two_fragments(
+        pod_mac(1, 2),
+        gw.0,
+        [10, 244, 0, 2],
+        [10, 96, 0, 10],
+        (sport, 53),
+        0x7777,
+        2000,
+    );
+    rx(&mut w0, &mut io0, POD_A, &[first]);
+    w1.run_handed_off(&mut io1);
+    w1.flush(&mut io1);
+    assert_eq!(
+        io1.take_tx(POD_B).len(),
+        1,
+        "worker 1 translated the first fragment"
+    );
+    // Worker 0 hears of it between bursts; the later fragment is fine on either.
+    w0.absorb_peers(&mut io0);
+    for (w, io) in [(&mut w0, &mut io0), (&mut w1, &mut io1)] {
+        rx(w, io, POD_A, std::slice::from_ref(&later));
+        let out = io.take_tx(POD_B);
+        assert_eq!(
+            out.len(),
+            1,
+            "the later fragment did not reach the endpoint"
+        );
+        assert_eq!(&out[0][30..34], &[10, 244, 0, 3]);
+    }
 }

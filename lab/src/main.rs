@@ -412,7 +412,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::UdpEcho { port, count } => {
             let s = std::net::UdpSocket::bind(("0.0.0.0", port))?;
             s.set_read_timeout(Some(Duration::from_secs(30)))?;
-            let mut buf = [0u8; 2048];
+            let mut buf = vec![0u8; 65_536];
             for _ in 0..count {
                 let (n, from) = s.recv_from(&mut buf).context("no request arrived")?;
                 s.send_to(&buf[..n], from)?;
@@ -426,7 +426,7 @@ fn run(cli: Cli) -> Result<()> {
             // Connected, so ICMP errors (port unreachable) surface as errors at once.
             s.connect(to)?;
             let mut ok = 0;
-            let mut buf = [0u8; 2048];
+            let mut buf = vec![0u8; 65_536];
             for i in 0..count {
                 let mut msg = format!("podpath udp request {i}");
                 while msg.len() < size {

@@ -1198,3 +1198,66 @@ fn health_check_node_port_answers_per_node_as_kube_proxy() {
     assert_eq!(get(&n1).0, 200);
     assert_eq!(get(&n2).1["localEndpoints"], 1);
 }
+
+/// IP fragments: a 3 000-byte UDP request to a VIP and its 3 000-byte answer travel
+/// as fragments (tap pods: the kernel hands the dataplane each fragment), the
+/// endpoint across the overlay; every fragment gets its datagram's translation.
+#[test]
+fn fragmented_datagrams_to_a_service_and_back() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut o = options("g");
+    o.external = false;
+    let lab = Lab::up(&o).expect("lab up");
+    let (n1, n2) = (lab.state.nodes[0].clone(), lab.state.nodes[1].clone());
+    let (client, ep) = (&n1.pods[1], &n2.pods[1]);
+    assert_eq!(
+        (client.attach.clone(), ep.attach.clone()),
+        (
+            podpath_lab::topo::Attach::Tap,
+            podpath_lab::topo::Attach::Tap
+        )
+    );
+    let e = format!("{}:5353", ep.ip);
+    service_set(
+        &lab,
+        &[
+            "default/big",
+            "--vip",
+            "10.96.0.120",
+            "--port",
+            "53",
+            "--protocol",
+            "udp",
+            "--endpoint",
+            &e,
+        ],
+    );
+    let _echo = Background::in_each(
+        &[&ep.netns],
+        &["udp-echo", "--port", "5353", "--count", "10"],
+    );
+    let (ok, out) = run_in(
+        &client.netns,
+        &bin(),
+        &[
+            "udp-ping",
+            "--to",
+            "10.96.0.120:53",
+            "--count",
+            "3",
+            "--size",
+            "3000",
+        ],
+    );
+    assert!(
+        ok,
+        "3 000-byte datagrams through the VIP: {out}\nnode 1 drops: {}",
+        stats(&n1.socket)
+            .drops
+            .iter()
+            .filter(|d| d.count > 0)
+            .map(|d| format!("{} {}", d.reason, d.count))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+}

@@ -186,7 +186,7 @@ fn run() -> Result<()> {
             .filter(|(k, _)| *k != usize::from(id))
             .map(|(_, (tx, _))| tx.clone())
             .collect();
-        pipeline.set_neighbor_bus(peers, bus[usize::from(id)].1.clone());
+        pipeline.set_peer_bus(peers, bus[usize::from(id)].1.clone());
         let to = rings
             .iter()
             .enumerate()

@@ -19,7 +19,7 @@ pub mod trace;
 pub use counters::{PortCounters, WorkerCounters};
 pub use frame::{Frame, PortIo, RxChecksum};
 pub use registry::{DropReason, StageId, DROP_REASONS, STAGES};
-pub use run::{ConntrackConfig, NeighborUpdate, Pipeline, PipelineConfig};
+pub use run::{ConntrackConfig, NeighborUpdate, PeerUpdate, Pipeline, PipelineConfig};
 pub use trace::{TraceDetail, TraceRecord, Tracer};
 
 /// Packets per rx burst (DPDK's customary 32).

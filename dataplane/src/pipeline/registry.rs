@@ -93,6 +93,7 @@ drops! {
     LbNoServicePort = Lb "lb-no-service-port": "to a ClusterIP on a port no ServicePort defines, and no reset can be made (a reset itself): dropped (others are refused)",
     LbUnallocatedClusterIp = Lb "lb-unallocated-cluster-ip": "to an address in the Service range that is no ClusterIP: dropped without an answer, as kube-proxy does",
     LbSourceNotAllowed = Lb "lb-source-not-allowed": "to a LoadBalancer IP from a source outside its loadBalancerSourceRanges",
+    LbFragmentUnknown = Lb "lb-fragment-unknown": "a later fragment to a virtual IP whose first fragment was not seen (out of order or lost): not translatable",
     LbNoLocalEndpoint = Lb "lb-no-local-endpoint": "internalTrafficPolicy Local and no endpoint on this node: dropped without an answer, as kube-proxy does",
     LbTupleClash = Lb "lb-tuple-clash": "the translated connection's reply tuple is another connection's (a client reaching an endpoint directly and through its Service from one port)",
     SnatPortsExhausted = Snat "snat-ports-exhausted": "no free NAT port in this worker's slice",

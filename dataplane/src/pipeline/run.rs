@@ -82,6 +82,14 @@ pub struct NeighborUpdate {
     pub mac: crate::wire::MacAddr,
     pub port: u16,
 }
+
+/// What one worker tells the others between bursts: a neighbour it learned, or the
+/// translation of a datagram whose first fragment it translated.
+#[derive(Debug, Clone, Copy)]
+pub enum PeerUpdate {
+    Neighbor(NeighborUpdate),
+    Frag(crate::tables::frag::FragUpdate),
+}
 /// How many passes over the stages one burst may take (an ICMP error goes back to
 /// `ip4-lookup` once); beyond, packets are dropped rather than looping.
 const MAX_PASSES: usize = 4;
@@ -136,8 +144,12 @@ pub struct Pipeline<F: Frame> {
     learned: Vec<u32>,
     icmp_limit: RateLimit,
     arp_limit: RateLimit,
-    peers: Vec<Sender<NeighborUpdate>>,
-    inbox: Option<Receiver<NeighborUpdate>>,
+    peers: Vec<Sender<PeerUpdate>>,
+    inbox: Option<Receiver<PeerUpdate>>,
+    /// Translations of fragmented datagrams (this worker's and the others'), and
+    /// this burst's new ones, to tell the others.
+    frags: crate::tables::frag::FragTable,
+    frag_news: Vec<crate::tables::frag::FragUpdate>,
     /// This worker's connections (NAT), and its NAT ports.
     pub conntrack: Conntrack,
     /// The connection-tracking knobs in force (from the snapshot).
@@ -192,6 +204,8 @@ impl<F: Frame> Pipeline<F> {
             arp_limit: RateLimit::new(100, 20, cfg.tsc_hz),
             peers: Vec::new(),
             inbox: None,
+            frags: crate::tables::frag::FragTable::new(4096),
+            frag_news: Vec::with_capacity(BURST),
             conntrack: Conntrack::with_reserve(
                 cfg.conntrack.capacity,
                 cfg.conntrack.reserved(),
@@ -446,6 +460,9 @@ impl<F: Frame> Pipeline<F> {
             self.share_learned();
             self.release(c, io);
         }
+        if !self.frag_news.is_empty() {
+            self.share_frags();
+        }
         if !self.dropped.is_empty() {
             io.free_bulk(&mut self.dropped);
         }
@@ -484,6 +501,8 @@ impl<F: Frame> Pipeline<F> {
                     &svc,
                     &mut self.affinity,
                     &mut self.nat_ports,
+                    &mut self.frags,
+                    &mut self.frag_news,
                     self.owners,
                     now,
                     idx,
@@ -639,27 +658,31 @@ impl<F: Frame> Pipeline<F> {
         self.pending_spare = pending;
     }
 
-    /// Connects this worker's neighbour table to the other workers': what it learns
-    /// goes to `peers`, what they learn arrives on `inbox`. Lock-free channels; a full
-    /// peer misses an update and resolves by itself.
-    pub fn set_neighbor_bus(
-        &mut self,
-        peers: Vec<Sender<NeighborUpdate>>,
-        inbox: Receiver<NeighborUpdate>,
-    ) {
+    /// Connects this worker to the others: what it learns (neighbours, fragment
+    /// translations) goes to `peers`, what they learn arrives on `inbox`. Lock-free
+    /// channels; a full peer misses an update (it resolves the neighbour itself).
+    pub fn set_peer_bus(&mut self, peers: Vec<Sender<PeerUpdate>>, inbox: Receiver<PeerUpdate>) {
         self.peers = peers;
         self.inbox = Some(inbox);
     }
 
-    /// Learns what the other workers learned, and sends what it can now send.
-    pub fn absorb_neighbors<P: PortIo<Frame = F>>(&mut self, io: &mut P) {
+    /// Learns what the other workers learned (neighbours, fragment translations),
+    /// and sends what it can now send.
+    pub fn absorb_peers<P: PortIo<Frame = F>>(&mut self, io: &mut P) {
         let Some(inbox) = self.inbox.as_ref() else {
             return;
         };
         let mut any = false;
         while let Ok(u) = inbox.try_recv() {
-            self.neighbors.learn(u.ip, u.mac, u.port, self.now);
-            any = true;
+            match u {
+                PeerUpdate::Neighbor(u) => {
+                    self.neighbors.learn(u.ip, u.mac, u.port, self.now);
+                    any = true;
+                }
+                PeerUpdate::Frag(f) => {
+                    self.frags.remember(f.key, f.nat, self.now_ms);
+                }
+            }
         }
         if any && !self.pending.is_empty() {
             let counters = Arc::clone(&self.counters);
@@ -743,8 +766,18 @@ impl<F: Frame> Pipeline<F> {
                     port: n.port,
                 };
                 for p in &self.peers {
-                    let _ = p.try_send(u);
+                    let _ = p.try_send(PeerUpdate::Neighbor(u));
                 }
+            }
+        }
+    }
+
+    /// Tells the other workers the fragment translations this burst made (a full
+    /// peer misses one: that datagram's later fragments are dropped there).
+    fn share_frags(&mut self) {
+        for f in self.frag_news.drain(..) {
+            for p in &self.peers {
+                let _ = p.try_send(PeerUpdate::Frag(f));
             }
         }
     }

@@ -23,6 +23,7 @@ pub fn client_owner(ip: u32, port: u16, workers: u16) -> u16 {
 use super::Ctx;
 use crate::pipeline::{DropReason, Frame, IcmpKind, Meta, Next, StageId, TraceDetail};
 use crate::tables::conntrack::{tcp_flags_valid, Conntrack, Dir, InsertError, Tuple};
+use crate::tables::frag::{FragKey, FragNat, FragTable, FragUpdate};
 use crate::tables::services::{Endpoint, ServiceTable};
 use hashbrown::HashMap;
 
@@ -183,6 +184,8 @@ pub fn process<F: Frame>(
     services: &ServiceTable,
     affinity: &mut Affinity,
     nat_ports: &mut NatPorts,
+    frags: &mut FragTable,
+    frag_news: &mut Vec<FragUpdate>,
     owners: Owners,
     now: u32,
     pkts: &[u8],
@@ -191,6 +194,20 @@ pub fn process<F: Frame>(
     next: &mut [Next],
     detail: &mut [TraceDetail],
 ) {
+    // First fragments seen in this vector, with their addresses before any rewrite:
+    // after the loop, each translated one is remembered for its later fragments.
+    let mut firsts = [(
+        0u8,
+        FragKey {
+            src: 0,
+            dst: 0,
+            id: 0,
+            proto: 0,
+        },
+    ); crate::pipeline::BURST];
+    let mut n_firsts = 0;
+    let mut laters = [0u8; crate::pipeline::BURST];
+    let mut n_laters = 0;
     for &i in pkts {
         let i = usize::from(i);
         let Some(f) = frames[i].as_mut() else {
@@ -200,6 +217,23 @@ pub fn process<F: Frame>(
         let (l3, l4) = (usize::from(m.l3), usize::from(m.l4));
         let d = f.data_mut();
         next[i] = onward(cx, m, d);
+        let (mf, offset) = {
+            let fo = u16::from_be_bytes([d[l3 + 6], d[l3 + 7]]);
+            (fo & 0x2000 != 0, fo & 0x1fff)
+        };
+        if offset != 0 {
+            // A later fragment: after the loop, when this vector's first fragments
+            // have been remembered (both may arrive in one burst).
+            if n_laters < laters.len() {
+                laters[n_laters] = u8::try_from(i).unwrap_or(0);
+                n_laters += 1;
+            }
+            continue;
+        }
+        if mf && n_firsts < firsts.len() {
+            firsts[n_firsts] = (u8::try_from(i).unwrap_or(0), frag_key(d, l3, m.proto));
+            n_firsts += 1;
+        }
         if m.l4 == 0 {
             continue;
         }
@@ -523,6 +557,74 @@ pub fn process<F: Frame>(
         }
         next[i] = Next::Stage(StageId::Ip4Lookup);
     }
+    for &(i, key) in &firsts[..n_firsts] {
+        let i = usize::from(i);
+        let (Some(f), Next::Stage(_)) = (frames[i].as_ref(), next[i]) else {
+            continue;
+        };
+        let d = f.data();
+        let l3 = usize::from(meta[i].l3);
+        let now = frag_key(d, l3, key.proto);
+        // Translated (not a refusal, which swaps the addresses back to the sender).
+        let swapped = (now.src, now.dst) == (key.dst, key.src);
+        if (now.src, now.dst) != (key.src, key.dst) && !swapped {
+            let nat = FragNat {
+                src: now.src,
+                dst: now.dst,
+            };
+            if frags.remember(key, nat, cx.now_ms) && frag_news.len() < frag_news.capacity() {
+                frag_news.push(FragUpdate { key, nat });
+            }
+        }
+    }
+    // Later fragments: the first one's translation, if it had one.
+    for &i in &laters[..n_laters] {
+        let i = usize::from(i);
+        let Some(f) = frames[i].as_mut() else {
+            continue;
+        };
+        let m = &meta[i];
+        let l3 = usize::from(m.l3);
+        let d = f.data_mut();
+        let key = frag_key(d, l3, m.proto);
+        if let Some(nat) = frags.lookup(&key, cx.now_ms) {
+            rewrite_addrs(d, l3, nat);
+            if nat.dst != key.dst {
+                next[i] = Next::Stage(StageId::Ip4Lookup);
+            }
+        } else if services.has_vip(key.dst) {
+            // To a virtual IP, but its first fragment was not seen (out of order,
+            // lost, or the table was full): nothing to translate it to.
+            next[i] = Next::Drop(DropReason::LbFragmentUnknown);
+        }
+    }
+}
+
+/// The (source, destination, protocol, IP identifier) of a fragment as it is now.
+#[inline]
+fn frag_key(d: &[u8], l3: usize, proto: u8) -> FragKey {
+    let a = |o: usize| u32::from_be_bytes([d[o], d[o + 1], d[o + 2], d[o + 3]]);
+    FragKey {
+        src: a(l3 + 12),
+        dst: a(l3 + 16),
+        id: u16::from_be_bytes([d[l3 + 4], d[l3 + 5]]),
+        proto,
+    }
+}
+
+/// Gives a later fragment its datagram's translated addresses (its IPv4 header is
+/// all it carries of them).
+fn rewrite_addrs(d: &mut [u8], l3: usize, nat: FragNat) {
+    let mut ip = ipv4::Packet::new_unchecked(&mut d[l3..]);
+    let (old_src, old_dst) = (ip.src_addr().to_u32(), ip.dst_addr().to_u32());
+    ip.set_src_addr(Ipv4Addr::from_u32(nat.src));
+    ip.set_dst_addr(Ipv4Addr::from_u32(nat.dst));
+    let c = checksum::update32(
+        checksum::update32(ip.checksum(), old_src, nat.src),
+        old_dst,
+        nat.dst,
+    );
+    ip.set_checksum(c);
 }
 
 /// Refuses a packet in place, as the destination's kernel would: a TCP segment

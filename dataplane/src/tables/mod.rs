@@ -2,6 +2,7 @@
 //! control thread publishes by message; per-worker ones (the MAC table) are owned by
 //! one worker and never locked.
 pub mod conntrack;
+pub mod frag;
 pub mod l3;
 pub mod lpm;
 pub mod mac;

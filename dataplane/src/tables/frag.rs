@@ -1,0 +1,104 @@
+//! Fragments of translated datagrams. Only a datagram's first fragment carries the
+//! ports a connection is found by; its later fragments carry only the IPv4 header.
+//! When a first fragment is translated, the translation of its addresses is kept
+//! here under (source, destination, protocol, IP identifier) as the fragment had
+//! them, so the later ones get the same rewrite (what Linux's conntrack gets by
+//! reassembling first). Bounded; entries live 30 s (Linux's `ipfrag_time`).
+use hashbrown::HashMap;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FragKey {
+    pub src: u32,
+    pub dst: u32,
+    pub id: u16,
+    pub proto: u8,
+}
+
+/// The addresses the later fragments of a datagram get.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FragNat {
+    pub src: u32,
+    pub dst: u32,
+}
+
+/// One translation, for the other workers (a datagram's fragments may arrive on
+/// any of them).
+#[derive(Debug, Clone, Copy)]
+pub struct FragUpdate {
+    pub key: FragKey,
+    pub nat: FragNat,
+}
+
+pub struct FragTable {
+    map: HashMap<FragKey, (FragNat, u64)>,
+    capacity: usize,
+    ttl_ms: u64,
+}
+
+impl FragTable {
+    pub fn new(capacity: usize) -> FragTable {
+        FragTable {
+            map: HashMap::with_capacity(capacity.saturating_mul(2)),
+            capacity,
+            ttl_ms: 30_000,
+        }
+    }
+
+    /// Remembers a first fragment's translation; false when the table is full of
+    /// live entries (the later fragments are then dropped).
+    pub fn remember(&mut self, key: FragKey, nat: FragNat, now_ms: u64) -> bool {
+        if self.map.len() >= self.capacity && !self.map.contains_key(&key) {
+            self.map.retain(|_, (_, exp)| *exp > now_ms);
+            if self.map.len() >= self.capacity {
+                return false;
+            }
+        }
+        self.map
+            .insert(key, (nat, now_ms.saturating_add(self.ttl_ms)));
+        true
+    }
+
+    #[inline]
+    pub fn lookup(&self, key: &FragKey, now_ms: u64) -> Option<FragNat> {
+        if self.map.is_empty() {
+            return None;
+        }
+        self.map
+            .get(key)
+            .filter(|(_, exp)| *exp > now_ms)
+            .map(|(n, _)| *n)
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn later_fragments_find_the_first_ones_translation_until_it_expires() {
+        let mut t = FragTable::new(2);
+        let k = |id| FragKey {
+            src: 1,
+            dst: 2,
+            id,
+            proto: 17,
+        };
+        let n = FragNat { src: 1, dst: 9 };
+        assert!(t.remember(k(7), n, 0));
+        assert_eq!(t.lookup(&k(7), 29_999), Some(n));
+        assert_eq!(t.lookup(&k(7), 30_000), None, "ipfrag_time is over");
+        assert_eq!(t.lookup(&k(8), 0), None, "another datagram");
+        assert!(t.remember(k(8), n, 0));
+        assert!(!t.remember(k(9), n, 10), "full of live entries");
+        assert!(t.remember(k(9), n, 40_000), "expired ones make room");
+        assert!(t.len() <= 2);
+    }
+}
