@@ -87,4 +87,11 @@ pub struct Meta {
     pub remote: u16,
     /// Set by a stage that wants an ICMP error sent.
     pub icmp: IcmpKind,
+    /// IPv4 fragment: 0 none, [`FRAG_FIRST`] or [`FRAG_LATER`] (set by the parse).
+    pub frag: u8,
 }
+
+/// `Meta::frag`: the first fragment of a datagram (it carries the L4 header).
+pub const FRAG_FIRST: u8 = 1;
+/// `Meta::frag`: a later fragment (only its IPv4 header).
+pub const FRAG_LATER: u8 = 2;

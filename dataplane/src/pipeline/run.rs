@@ -150,6 +150,7 @@ pub struct Pipeline<F: Frame> {
     /// this burst's new ones, to tell the others.
     frags: crate::tables::frag::FragTable,
     frag_news: Vec<crate::tables::frag::FragUpdate>,
+    frag_scratch: lb::FragScratch,
     /// This worker's connections (NAT), and its NAT ports.
     pub conntrack: Conntrack,
     /// The connection-tracking knobs in force (from the snapshot).
@@ -206,6 +207,7 @@ impl<F: Frame> Pipeline<F> {
             inbox: None,
             frags: crate::tables::frag::FragTable::new(4096),
             frag_news: Vec::with_capacity(BURST),
+            frag_scratch: lb::FragScratch::default(),
             conntrack: Conntrack::with_reserve(
                 cfg.conntrack.capacity,
                 cfg.conntrack.reserved(),
@@ -503,6 +505,7 @@ impl<F: Frame> Pipeline<F> {
                     &mut self.nat_ports,
                     &mut self.frags,
                     &mut self.frag_news,
+                    &mut self.frag_scratch,
                     self.owners,
                     now,
                     idx,

@@ -122,7 +122,11 @@ fn classify_general(
             let (src, dst) = (ip.src_addr(), ip.dst_addr());
             // Only a first fragment (or an unfragmented packet) carries the L4 header.
             if ip.frag_offset() != 0 {
+                meta.frag = crate::pipeline::FRAG_LATER;
                 return Ok(Some((src, dst, meta.proto, 0, 0)));
+            }
+            if ip.more_frags() {
+                meta.frag = crate::pipeline::FRAG_FIRST;
             }
             let l4_off = l2.l3_offset + ip.header_len();
             let payload = ip.payload();

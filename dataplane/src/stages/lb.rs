@@ -186,6 +186,7 @@ pub fn process<F: Frame>(
     nat_ports: &mut NatPorts,
     frags: &mut FragTable,
     frag_news: &mut Vec<FragUpdate>,
+    scratch: &mut FragScratch,
     owners: Owners,
     now: u32,
     pkts: &[u8],
@@ -194,20 +195,8 @@ pub fn process<F: Frame>(
     next: &mut [Next],
     detail: &mut [TraceDetail],
 ) {
-    // First fragments seen in this vector, with their addresses before any rewrite:
-    // after the loop, each translated one is remembered for its later fragments.
-    let mut firsts = [(
-        0u8,
-        FragKey {
-            src: 0,
-            dst: 0,
-            id: 0,
-            proto: 0,
-        },
-    ); crate::pipeline::BURST];
-    let mut n_firsts = 0;
-    let mut laters = [0u8; crate::pipeline::BURST];
-    let mut n_laters = 0;
+    let FragScratch { firsts, laters } = scratch;
+    let (mut n_firsts, mut n_laters) = (0, 0);
     for &i in pkts {
         let i = usize::from(i);
         let Some(f) = frames[i].as_mut() else {
@@ -217,11 +206,7 @@ pub fn process<F: Frame>(
         let (l3, l4) = (usize::from(m.l3), usize::from(m.l4));
         let d = f.data_mut();
         next[i] = onward(cx, m, d);
-        let (mf, offset) = {
-            let fo = u16::from_be_bytes([d[l3 + 6], d[l3 + 7]]);
-            (fo & 0x2000 != 0, fo & 0x1fff)
-        };
-        if offset != 0 {
+        if m.frag == crate::pipeline::FRAG_LATER {
             // A later fragment: after the loop, when this vector's first fragments
             // have been remembered (both may arrive in one burst).
             if n_laters < laters.len() {
@@ -230,7 +215,7 @@ pub fn process<F: Frame>(
             }
             continue;
         }
-        if mf && n_firsts < firsts.len() {
+        if m.frag == crate::pipeline::FRAG_FIRST && n_firsts < firsts.len() {
             firsts[n_firsts] = (u8::try_from(i).unwrap_or(0), frag_key(d, l3, m.proto));
             n_firsts += 1;
         }
@@ -240,8 +225,7 @@ pub fn process<F: Frame>(
         // Into the Service range (when the node knows it): what no Service takes is
         // refused or dropped here, as kube-proxy does, not routed out masqueraded.
         // Asked only where no Service took the packet.
-        let in_range = |d: &[u8]| {
-            let dst = u32::from_be_bytes([d[l3 + 16], d[l3 + 17], d[l3 + 18], d[l3 + 19]]);
+        let in_range = |dst: u32| {
             cx.l3
                 .node
                 .as_ref()
@@ -288,7 +272,8 @@ pub fn process<F: Frame>(
             continue;
         }
         if m.proto != 6 && m.proto != 17 {
-            if let Some(dst) = in_range(d) {
+            let dst = u32::from_be_bytes([d[l3 + 16], d[l3 + 17], d[l3 + 18], d[l3 + 19]]);
+            if let Some(dst) = in_range(dst) {
                 next[i] = not_a_service(services, f, m, dst);
             }
             continue;
@@ -463,7 +448,7 @@ pub fn process<F: Frame>(
                     }
                 }
                 None => {
-                    if let Some(dst) = in_range(d) {
+                    if let Some(dst) = in_range(t.dst) {
                         next[i] = not_a_service(services, f, m, dst);
                     }
                     continue;
@@ -596,6 +581,30 @@ pub fn process<F: Frame>(
             // To a virtual IP, but its first fragment was not seen (out of order,
             // lost, or the table was full): nothing to translate it to.
             next[i] = Next::Drop(DropReason::LbFragmentUnknown);
+        }
+    }
+}
+
+/// Per-vector notes on fragments, kept by the pipeline so no call initialises them:
+/// the first fragments seen, with their addresses before any rewrite (each one
+/// translated is remembered after the loop), and the later ones (translated after
+/// that, so both may come in one vector).
+pub struct FragScratch {
+    firsts: [(u8, FragKey); crate::pipeline::BURST],
+    laters: [u8; crate::pipeline::BURST],
+}
+
+impl Default for FragScratch {
+    fn default() -> Self {
+        let k = FragKey {
+            src: 0,
+            dst: 0,
+            id: 0,
+            proto: 0,
+        };
+        FragScratch {
+            firsts: [(0, k); crate::pipeline::BURST],
+            laters: [0; crate::pipeline::BURST],
         }
     }
 }

@@ -403,8 +403,9 @@ impl Conntrack {
     /// Accounts a packet of entry `i` going `dir` (TCP `flags` for TCP): advances the
     /// state and refreshes the timeout. False, and nothing changed, for a TCP segment
     /// whose flags no connection carries (`tcp_flags_valid`): the caller drops it.
+    #[inline]
     pub fn update(&mut self, i: u32, dir: Dir, tcp_flags: u8, now: u32) -> bool {
-        let t = self.timeouts;
+        let t = &self.timeouts;
         let e = &mut self.slab[i as usize];
         if e.orig.proto == 6 && !tcp_flags_valid(tcp_flags) {
             return false;
@@ -424,10 +425,12 @@ impl Conntrack {
                 // Linux's rule: a replied flow still alive 2 s after it began is a
                 // stream (assured, the long timeout); before that, or unreplied, the
                 // short one (a DNS query and its answer are not kept for 120 s).
-                if e.flags & F_SEEN_REPLY != 0 && now.saturating_sub(e.born) >= UDP_STREAM_AFTER {
-                    e.flags |= F_ASSURED;
-                }
                 if e.flags & F_ASSURED != 0 {
+                    t.udp_stream
+                } else if e.flags & F_SEEN_REPLY != 0
+                    && now.saturating_sub(e.born) >= UDP_STREAM_AFTER
+                {
+                    e.flags |= F_ASSURED;
                     t.udp_stream
                 } else {
                     t.udp
