@@ -379,16 +379,49 @@ pub fn process<F: Frame>(
             }
         }
         let node_ip = cx.l3.node.as_ref().map_or(0, |n| n.node_ip);
-        if t.dst == node_ip {
-            if let Some((_, svc)) = services.by_node_port(t.dport, t.proto) {
-                if t.proto == 6 && !tcp_flags_valid(flags) {
-                    next[i] = Next::Drop(DropReason::CtInvalid);
-                    continue;
-                }
-                next[i] = node_port(
+        // What is handled as a NodePort (with the external traffic policy): the node
+        // IP at a NodePort, and external or LoadBalancer IPs from outside or the
+        // node; from pods, those are handled as the ClusterIP (kube-proxy
+        // short-circuits in-cluster traffic to external addresses).
+        let mut from_pod_external = None;
+        let as_node_port = if t.dst == node_ip {
+            match services.by_node_port(t.dport, t.proto) {
+                Some((_, s)) => Some(s),
+                None => continue,
+            }
+        } else if let Some((s, is_lb)) = services.by_external(t.dst, t.dport, t.proto) {
+            if is_lb
+                && !s.source_ranges.is_empty()
+                && !s
+                    .source_ranges
+                    .iter()
+                    .any(|&(n, len)| t.src & crate::tables::lpm::mask(len) == n)
+            {
+                next[i] = Next::Drop(DropReason::LbSourceNotAllowed);
+                continue;
+            }
+            let from_pod = cx
+                .l3
+                .node
+                .as_ref()
+                .is_some_and(|n| t.src & crate::tables::lpm::mask(n.cluster.1) == n.cluster.0);
+            if from_pod {
+                from_pod_external = Some(s);
+                None
+            } else {
+                Some(s)
+            }
+        } else {
+            None
+        };
+        if let Some(s) = as_node_port {
+            next[i] = if t.proto == 6 && !tcp_flags_valid(flags) {
+                Next::Drop(DropReason::CtInvalid)
+            } else {
+                node_port(
                     ct,
                     nat_ports,
-                    svc,
+                    s,
                     &t,
                     flags,
                     node_ip,
@@ -398,62 +431,18 @@ pub fn process<F: Frame>(
                     l4,
                     m,
                     detail.get_mut(i),
-                );
-            }
+                )
+            };
             continue;
         }
-        let svc = match services.lookup(t.dst, t.dport, t.proto) {
-            Some(s) => s,
-            None => match services.by_external(t.dst, t.dport, t.proto) {
-                Some((s, is_lb)) => {
-                    if is_lb
-                        && !s.source_ranges.is_empty()
-                        && !s
-                            .source_ranges
-                            .iter()
-                            .any(|&(n, len)| t.src & crate::tables::lpm::mask(len) == n)
-                    {
-                        next[i] = Next::Drop(DropReason::LbSourceNotAllowed);
-                        continue;
-                    }
-                    let from_pod = cx.l3.node.as_ref().is_some_and(|n| {
-                        t.src & crate::tables::lpm::mask(n.cluster.1) == n.cluster.0
-                    });
-                    if from_pod {
-                        // From a pod: as its ClusterIP (kube-proxy short-circuits
-                        // in-cluster traffic to external addresses).
-                        s
-                    } else {
-                        // From outside or the node: as its NodePort, with the
-                        // external traffic policy.
-                        if t.proto == 6 && !tcp_flags_valid(flags) {
-                            next[i] = Next::Drop(DropReason::CtInvalid);
-                            continue;
-                        }
-                        next[i] = node_port(
-                            ct,
-                            nat_ports,
-                            s,
-                            &t,
-                            flags,
-                            node_ip,
-                            now,
-                            d,
-                            l3,
-                            l4,
-                            m,
-                            detail.get_mut(i),
-                        );
-                        continue;
-                    }
-                }
-                None => {
-                    if let Some(dst) = in_range(t.dst) {
-                        next[i] = not_a_service(services, f, m, dst);
-                    }
-                    continue;
-                }
-            },
+        let Some(svc) = services
+            .lookup(t.dst, t.dport, t.proto)
+            .or(from_pod_external)
+        else {
+            if let Some(dst) = in_range(t.dst) {
+                next[i] = not_a_service(services, f, m, dst);
+            }
+            continue;
         };
         if t.proto == 6 && !tcp_flags_valid(flags) {
             // No connection starts with these flags: not tracked, not translated.
