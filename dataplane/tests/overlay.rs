@@ -1295,13 +1295,15 @@ fn more_drop_reasons_each_counted_alone() {
     );
     the_only_drop_is(&n, DropReason::Ip4LocalUnsupported, 1);
     assert!(balanced(&n));
-    // Leaving the cluster: a protocol without ports (GRE), and a fragment.
+    // Leaving the cluster: a protocol without ports (GRE), and a later fragment
+    // whose first one was never seen (a first fragment is translated, with its
+    // later ones: see the fragment tests).
     let (mut n, mut io) = node_with_pod_a(1);
     let mut gre = udp_from_pod_a([192, 168, 77, 100], 4000, 53, 64, b"x");
     gre[23] = 47;
     fix_ip_checksum(&mut gre);
     let mut frag = udp_from_pod_a([192, 168, 77, 100], 4000, 53, 64, &[0; 32]);
-    frag[20..22].copy_from_slice(&0x2000u16.to_be_bytes()); // MF, offset 0
+    frag[20..22].copy_from_slice(&0x0004u16.to_be_bytes()); // offset 32, no first
     fix_ip_checksum(&mut frag);
     rx(&mut n, &mut io, POD_A, &[gre]);
     the_only_drop_is(&n, DropReason::SnatUnsupported, 1);
@@ -1953,4 +1955,52 @@ fn with_two_workers_a_fragment_on_either_gets_the_translation_its_first_one_got(
         );
         assert_eq!(&out[0][30..34], &[10, 244, 0, 3]);
     }
+}
+
+#[test]
+fn fragments_of_a_masqueraded_datagram_follow_the_first_ones_translation_both_ways() {
+    use podpath_dataplane::wire::checksum::{fold, sum};
+    let (mut n, mut io) = node_with_pod_a(1);
+    resolve_ext(&mut n, &mut io);
+    let gw = gateway_mac(ip("10.244.0.1")).0;
+    let out = two_fragments(
+        pod_mac(1, 2),
+        gw,
+        [10, 244, 0, 2],
+        [192, 168, 77, 100],
+        (5000, 53),
+        0x2468,
+        2000,
+    );
+    rx(&mut n, &mut io, POD_A, &out);
+    let up = io.take_tx(UPLINK);
+    assert_eq!(up.len(), 2, "both fragments leave");
+    for f in &up {
+        assert_eq!(&f[26..30], &[192, 168, 77, 11], "from the node");
+        assert_eq!(fold(sum(&f[14..34])), 0xffff);
+    }
+    let nat_port = u16::from_be_bytes([up[0][34], up[0][35]]);
+    // The server's answer, fragmented, to the node's NAT port: both to the pod.
+    let back = two_fragments(
+        [2, 0, 0, 0, 0, 0x64],
+        uplink_mac(1).0,
+        [192, 168, 77, 100],
+        [192, 168, 77, 11],
+        (53, nat_port),
+        0x1357,
+        1800,
+    );
+    rx(&mut n, &mut io, UPLINK, &back);
+    let to_pod = io.take_tx(POD_A);
+    assert_eq!(to_pod.len(), 2, "both reply fragments reach the pod");
+    for f in &to_pod {
+        assert_eq!(&f[30..34], &[10, 244, 0, 2]);
+        assert_eq!(fold(sum(&f[14..34])), 0xffff);
+    }
+    assert_eq!(
+        u16::from_be_bytes([to_pod[0][36], to_pod[0][37]]),
+        5000,
+        "the pod's port"
+    );
+    assert!(balanced(&n));
 }

@@ -155,6 +155,9 @@ enum Cmd {
         count: u32,
         #[arg(long, default_value_t = 100)]
         interval_ms: u64,
+        /// Pad each question to this many bytes (a large one is sent in fragments).
+        #[arg(long, default_value_t = 3)]
+        size: usize,
     },
     /// One HTTP GET (run inside a namespace): prints the status code and the body.
     #[command(hide = true)]
@@ -394,13 +397,16 @@ fn run(cli: Cli) -> Result<()> {
             to,
             count,
             interval_ms,
+            size,
         } => {
+            let mut question = b"who".to_vec();
+            question.resize(size.max(3), b'.');
             let s = std::net::UdpSocket::bind(("0.0.0.0", 0))?;
             s.set_read_timeout(Some(Duration::from_millis(500)))?;
             s.connect(to)?;
             let mut buf = [0u8; 512];
             for _ in 0..count {
-                s.send(b"who")?;
+                s.send(&question)?;
                 match s.recv(&mut buf) {
                     Ok(n) => println!("{}", String::from_utf8_lossy(&buf[..n])),
                     Err(_) => println!("none"),

@@ -230,3 +230,44 @@ fn router_errors_reach_the_pod_translated_and_tracepath_works() {
         "{out}"
     );
 }
+
+/// A masqueraded datagram too big for one frame: the tap pod's kernel fragments it,
+/// every fragment leaves with the node's address (the external host reassembles
+/// it and answers the node's NAT port, which goes back to the pod).
+#[test]
+fn fragmented_datagrams_leave_masqueraded() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = Lab::up(&options("q")).expect("lab up");
+    let n1 = lab.state.nodes[0].clone();
+    let pod = &n1.pods[1];
+    assert_eq!(pod.attach, podpath_lab::topo::Attach::Tap);
+    let ext = lab.state.external.clone().expect("an external host");
+    let _srv = Background::in_each(
+        &[ext.as_str()],
+        &["udp-whoami-serve", "--port", "5353", "--seconds", "20"],
+    );
+    let (ok, out) = run_in(
+        &pod.netns,
+        &bin(),
+        &[
+            "udp-whoami-ask",
+            "--to",
+            "192.168.77.100:5353",
+            "--count",
+            "3",
+            "--size",
+            "3000",
+        ],
+    );
+    let answered = out.lines().filter(|l| l.contains("192.168.77.100")).count();
+    assert!(
+        ok && answered == 3,
+        "3 000-byte questions through SNAT, answered {answered} of 3:\n{out}\ndrops: {:?}",
+        stats(&n1.socket)
+            .drops
+            .iter()
+            .filter(|d| d.count > 0)
+            .map(|d| (d.reason.clone(), d.count))
+            .collect::<Vec<_>>()
+    );
+}

@@ -148,8 +148,7 @@ pub struct Pipeline<F: Frame> {
     inbox: Option<Receiver<PeerUpdate>>,
     /// Translations of fragmented datagrams (this worker's and the others'), and
     /// this burst's new ones, to tell the others.
-    frags: crate::tables::frag::FragTable,
-    frag_news: Vec<crate::tables::frag::FragUpdate>,
+    frags: crate::tables::frag::Fragments,
     frag_scratch: lb::FragScratch,
     /// This worker's connections (NAT), and its NAT ports.
     pub conntrack: Conntrack,
@@ -205,8 +204,7 @@ impl<F: Frame> Pipeline<F> {
             arp_limit: RateLimit::new(100, 20, cfg.tsc_hz),
             peers: Vec::new(),
             inbox: None,
-            frags: crate::tables::frag::FragTable::new(4096),
-            frag_news: Vec::with_capacity(BURST),
+            frags: crate::tables::frag::Fragments::new(4096, BURST),
             frag_scratch: lb::FragScratch::default(),
             conntrack: Conntrack::with_reserve(
                 cfg.conntrack.capacity,
@@ -462,7 +460,7 @@ impl<F: Frame> Pipeline<F> {
             self.share_learned();
             self.release(c, io);
         }
-        if !self.frag_news.is_empty() {
+        if !self.frags.news.is_empty() {
             self.share_frags();
         }
         if !self.dropped.is_empty() {
@@ -504,7 +502,6 @@ impl<F: Frame> Pipeline<F> {
                     &mut self.affinity,
                     &mut self.nat_ports,
                     &mut self.frags,
-                    &mut self.frag_news,
                     &mut self.frag_scratch,
                     self.owners,
                     now,
@@ -521,6 +518,7 @@ impl<F: Frame> Pipeline<F> {
                     &cx,
                     &mut self.conntrack,
                     &mut self.nat_ports,
+                    &mut self.frags,
                     self.owners,
                     now,
                     idx,
@@ -532,7 +530,18 @@ impl<F: Frame> Pipeline<F> {
             }
             StageId::SnatReply => {
                 let now = u32::try_from(self.now / self.tsc_hz.max(1)).unwrap_or(u32::MAX);
-                snat::reply(&cx, &mut self.conntrack, self.owners, now, idx, s, m, n, d)
+                snat::reply(
+                    &cx,
+                    &mut self.conntrack,
+                    &mut self.frags,
+                    self.owners,
+                    now,
+                    idx,
+                    s,
+                    m,
+                    n,
+                    d,
+                )
             }
             StageId::IcmpError => {
                 let now = u32::try_from(self.now / self.tsc_hz.max(1)).unwrap_or(u32::MAX);
@@ -683,7 +692,7 @@ impl<F: Frame> Pipeline<F> {
                     any = true;
                 }
                 PeerUpdate::Frag(f) => {
-                    self.frags.remember(f.key, f.nat, self.now_ms);
+                    self.frags.table.remember(f.key, f.nat, self.now_ms);
                 }
             }
         }
@@ -778,7 +787,7 @@ impl<F: Frame> Pipeline<F> {
     /// Tells the other workers the fragment translations this burst made (a full
     /// peer misses one: that datagram's later fragments are dropped there).
     fn share_frags(&mut self) {
-        for f in self.frag_news.drain(..) {
+        for f in self.frags.news.drain(..) {
             for p in &self.peers {
                 let _ = p.try_send(PeerUpdate::Frag(f));
             }

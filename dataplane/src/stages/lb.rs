@@ -23,7 +23,7 @@ pub fn client_owner(ip: u32, port: u16, workers: u16) -> u16 {
 use super::Ctx;
 use crate::pipeline::{DropReason, Frame, IcmpKind, Meta, Next, StageId, TraceDetail};
 use crate::tables::conntrack::{tcp_flags_valid, Conntrack, Dir, InsertError, Tuple};
-use crate::tables::frag::{FragKey, FragNat, FragTable, FragUpdate};
+use crate::tables::frag::{FragKey, FragNat, Fragments};
 use crate::tables::services::{Endpoint, ServiceTable};
 use hashbrown::HashMap;
 
@@ -184,8 +184,7 @@ pub fn process<F: Frame>(
     services: &ServiceTable,
     affinity: &mut Affinity,
     nat_ports: &mut NatPorts,
-    frags: &mut FragTable,
-    frag_news: &mut Vec<FragUpdate>,
+    frags: &mut Fragments,
     scratch: &mut FragScratch,
     owners: Owners,
     now: u32,
@@ -216,7 +215,10 @@ pub fn process<F: Frame>(
             continue;
         }
         if m.frag == crate::pipeline::FRAG_FIRST && n_firsts < firsts.len() {
-            firsts[n_firsts] = (u8::try_from(i).unwrap_or(0), frag_key(d, l3, m.proto));
+            firsts[n_firsts] = (
+                u8::try_from(i).unwrap_or(0),
+                Fragments::key_of(d, l3, m.proto),
+            );
             n_firsts += 1;
         }
         if m.l4 == 0 {
@@ -536,9 +538,7 @@ pub fn process<F: Frame>(
         let (Some(f), Next::Stage(_)) = (frames[i].as_ref(), next[i]) else {
             continue;
         };
-        let d = f.data();
-        let l3 = usize::from(meta[i].l3);
-        let now = frag_key(d, l3, key.proto);
+        let now = Fragments::key_of(f.data(), usize::from(meta[i].l3), key.proto);
         // Translated (not a refusal, which swaps the addresses back to the sender).
         let swapped = (now.src, now.dst) == (key.dst, key.src);
         if (now.src, now.dst) != (key.src, key.dst) && !swapped {
@@ -546,9 +546,7 @@ pub fn process<F: Frame>(
                 src: now.src,
                 dst: now.dst,
             };
-            if frags.remember(key, nat, cx.now_ms) && frag_news.len() < frag_news.capacity() {
-                frag_news.push(FragUpdate { key, nat });
-            }
+            frags.remember(key, nat, cx.now_ms);
         }
     }
     // Later fragments: the first one's translation, if it had one.
@@ -559,17 +557,15 @@ pub fn process<F: Frame>(
         };
         let m = &meta[i];
         let l3 = usize::from(m.l3);
-        let d = f.data_mut();
-        let key = frag_key(d, l3, m.proto);
-        if let Some(nat) = frags.lookup(&key, cx.now_ms) {
-            rewrite_addrs(d, l3, nat);
-            if nat.dst != key.dst {
-                next[i] = Next::Stage(StageId::Ip4Lookup);
+        match frags.translate_later(f.data_mut(), l3, m.proto, cx.now_ms) {
+            Some((key, nat)) if nat.dst != key.dst => next[i] = Next::Stage(StageId::Ip4Lookup),
+            Some(_) => {}
+            None if services.has_vip(Fragments::key_of(f.data(), l3, m.proto).dst) => {
+                // To a virtual IP, but its first fragment was not seen (out of
+                // order, lost, or the table was full): nothing to translate it to.
+                next[i] = Next::Drop(DropReason::LbFragmentUnknown);
             }
-        } else if services.has_vip(key.dst) {
-            // To a virtual IP, but its first fragment was not seen (out of order,
-            // lost, or the table was full): nothing to translate it to.
-            next[i] = Next::Drop(DropReason::LbFragmentUnknown);
+            None => {}
         }
     }
 }
@@ -596,33 +592,6 @@ impl Default for FragScratch {
             laters: [0; crate::pipeline::BURST],
         }
     }
-}
-
-/// The (source, destination, protocol, IP identifier) of a fragment as it is now.
-#[inline]
-fn frag_key(d: &[u8], l3: usize, proto: u8) -> FragKey {
-    let a = |o: usize| u32::from_be_bytes([d[o], d[o + 1], d[o + 2], d[o + 3]]);
-    FragKey {
-        src: a(l3 + 12),
-        dst: a(l3 + 16),
-        id: u16::from_be_bytes([d[l3 + 4], d[l3 + 5]]),
-        proto,
-    }
-}
-
-/// Gives a later fragment its datagram's translated addresses (its IPv4 header is
-/// all it carries of them).
-fn rewrite_addrs(d: &mut [u8], l3: usize, nat: FragNat) {
-    let mut ip = ipv4::Packet::new_unchecked(&mut d[l3..]);
-    let (old_src, old_dst) = (ip.src_addr().to_u32(), ip.dst_addr().to_u32());
-    ip.set_src_addr(Ipv4Addr::from_u32(nat.src));
-    ip.set_dst_addr(Ipv4Addr::from_u32(nat.dst));
-    let c = checksum::update32(
-        checksum::update32(ip.checksum(), old_src, nat.src),
-        old_dst,
-        nat.dst,
-    );
-    ip.set_checksum(c);
 }
 
 /// Refuses a packet in place, as the destination's kernel would: a TCP segment

@@ -9,6 +9,7 @@ use super::nat_icmp::{is_icmp_error, quoted, untranslate};
 use super::Ctx;
 use crate::pipeline::{DropReason, Frame, Meta, Next, StageId, TraceDetail};
 use crate::tables::conntrack::{tcp_flags_valid, Conntrack, Dir, InsertError, Tuple};
+use crate::tables::frag::{FragKey, FragNat, Fragments};
 use crate::wire::{checksum, icmpv4, ipv4, tcp, udp, Ipv4Addr};
 
 /// This worker's share of the NAT port range.
@@ -159,6 +160,7 @@ pub fn egress<F: Frame>(
     cx: &Ctx,
     ct: &mut Conntrack,
     ports: &mut NatPorts,
+    frags: &mut Fragments,
     owners: Owners,
     now: u32,
     pkts: &[u8],
@@ -178,7 +180,16 @@ pub fn egress<F: Frame>(
         let m = &mut meta[i];
         let (l3, l4) = (usize::from(m.l3), usize::from(m.l4));
         let d = f.data_mut();
-        if m.l4 == 0 || ipv4::Packet::new_unchecked(&d[l3..]).is_fragment() {
+        if m.frag == crate::pipeline::FRAG_LATER {
+            // A later fragment: its datagram's first fragment was translated (the
+            // source became the node), or it cannot be.
+            next[i] = match frags.translate_later(d, l3, m.proto, cx.now_ms) {
+                Some(_) => Next::Stage(StageId::Ip4Rewrite),
+                None => Next::Drop(DropReason::SnatFragment),
+            };
+            continue;
+        }
+        if m.l4 == 0 {
             next[i] = Next::Drop(DropReason::SnatFragment);
             continue;
         }
@@ -215,7 +226,13 @@ pub fn egress<F: Frame>(
             },
         };
         ct.update(idx, Dir::Orig, flags, now);
+        let first =
+            (m.frag == crate::pipeline::FRAG_FIRST).then(|| Fragments::key_of(d, l3, m.proto));
         rewrite(d, l3, l4, m.proto, true, node.node_ip, port);
+        if let Some(key) = first {
+            // Its later fragments carry no port: they get the same new source.
+            remember_first(frags, key, d, l3, cx.now_ms);
+        }
         if m.trace != 0 {
             detail[i] = TraceDetail::Nat {
                 src: true,
@@ -225,6 +242,17 @@ pub fn egress<F: Frame>(
         }
         next[i] = Next::Stage(StageId::Ip4Rewrite);
     }
+}
+
+/// Keeps a translated first fragment's addresses (`key`: before, the header at `l3`:
+/// after) for its later fragments.
+fn remember_first(frags: &mut Fragments, key: FragKey, d: &[u8], l3: usize, now_ms: u64) {
+    let now = Fragments::key_of(d, l3, key.proto);
+    let nat = FragNat {
+        src: now.src,
+        dst: now.dst,
+    };
+    frags.remember(key, nat, now_ms);
 }
 
 impl Tuple {
@@ -293,6 +321,7 @@ pub struct Owners {
 pub fn reply<F: Frame>(
     cx: &Ctx,
     ct: &mut Conntrack,
+    frags: &mut Fragments,
     owners: Owners,
     now: u32,
     pkts: &[u8],
@@ -315,6 +344,12 @@ pub fn reply<F: Frame>(
         } else {
             Next::Stage(StageId::Ip4Lookup)
         };
+        if m.frag == crate::pipeline::FRAG_LATER {
+            // A later fragment of a reply whose first one was restored: the same
+            // destination (else it is the node kernel's).
+            let _ = frags.translate_later(f.data_mut(), l3, m.proto, cx.now_ms);
+            continue;
+        }
         if m.l4 == 0 {
             continue;
         }
@@ -360,6 +395,8 @@ pub fn reply<F: Frame>(
             next[i] = Next::Drop(DropReason::CtInvalid);
             continue;
         }
+        let first =
+            (m.frag == crate::pipeline::FRAG_FIRST).then(|| Fragments::key_of(d, l3, m.proto));
         if e.is_dnat() {
             // A NodePort connection (source translated to us): the endpoint's reply
             // comes back from the NodePort, to the client.
@@ -368,6 +405,9 @@ pub fn reply<F: Frame>(
         // The pod's own port (or echo identifier).
         let port = orig.sport;
         rewrite(d, l3, l4, m.proto, false, orig.src, port);
+        if let Some(key) = first {
+            remember_first(frags, key, d, l3, cx.now_ms);
+        }
         if m.trace != 0 {
             detail[i] = TraceDetail::Nat {
                 src: false,

@@ -78,6 +78,67 @@ impl FragTable {
     }
 }
 
+/// A worker's fragment translations and the ones this burst made (for the others).
+pub struct Fragments {
+    pub table: FragTable,
+    pub news: Vec<FragUpdate>,
+}
+
+impl Fragments {
+    pub fn new(capacity: usize, burst: usize) -> Fragments {
+        Fragments {
+            table: FragTable::new(capacity),
+            news: Vec::with_capacity(burst),
+        }
+    }
+
+    /// Keeps a first fragment's translation (`key`: its addresses before, `nat`:
+    /// after) and queues it for the other workers (no room: they miss it).
+    pub fn remember(&mut self, key: FragKey, nat: FragNat, now_ms: u64) {
+        if self.table.remember(key, nat, now_ms) && self.news.len() < self.news.capacity() {
+            self.news.push(FragUpdate { key, nat });
+        }
+    }
+
+    /// The (source, destination, protocol, IP identifier) of the IPv4 header at `l3`.
+    #[inline]
+    pub fn key_of(d: &[u8], l3: usize, proto: u8) -> FragKey {
+        let a = |o: usize| u32::from_be_bytes([d[o], d[o + 1], d[o + 2], d[o + 3]]);
+        FragKey {
+            src: a(l3 + 12),
+            dst: a(l3 + 16),
+            id: u16::from_be_bytes([d[l3 + 4], d[l3 + 5]]),
+            proto,
+        }
+    }
+
+    /// Gives a later fragment its datagram's translation, when there is one: its
+    /// addresses and the IPv4 checksum (all it carries of the datagram's header).
+    /// Returns the translation applied.
+    pub fn translate_later(
+        &self,
+        d: &mut [u8],
+        l3: usize,
+        proto: u8,
+        now_ms: u64,
+    ) -> Option<(FragKey, FragNat)> {
+        let key = Self::key_of(d, l3, proto);
+        let nat = self.table.lookup(&key, now_ms)?;
+        let a = |o: usize, d: &[u8]| u32::from_be_bytes([d[o], d[o + 1], d[o + 2], d[o + 3]]);
+        let (old_src, old_dst) = (a(l3 + 12, d), a(l3 + 16, d));
+        d[l3 + 12..l3 + 16].copy_from_slice(&nat.src.to_be_bytes());
+        d[l3 + 16..l3 + 20].copy_from_slice(&nat.dst.to_be_bytes());
+        let c = u16::from_be_bytes([d[l3 + 10], d[l3 + 11]]);
+        let c = crate::wire::checksum::update32(
+            crate::wire::checksum::update32(c, old_src, nat.src),
+            old_dst,
+            nat.dst,
+        );
+        d[l3 + 10..l3 + 12].copy_from_slice(&c.to_be_bytes());
+        Some((key, nat))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
