@@ -57,6 +57,11 @@ impl Client {
         write_frame(&mut self.stream, &Envelope { id, body })?;
         let resp: Envelope<Response> = read_frame(&mut self.stream)?;
         if resp.id != id {
+            // Id 0: the server's answer to no request (too many clients, a frame it
+            // could not read): say what it said.
+            if let (0, Response::Error(e)) = (resp.id, resp.body) {
+                return Err(ClientError::Server(e));
+            }
             return Err(ClientError::Unexpected(id));
         }
         match resp.body {

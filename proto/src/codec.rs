@@ -16,6 +16,8 @@ pub enum CodecError {
     TooLarge(u64),
     #[error("undecodable frame: {0}")]
     Decode(postcard::Error),
+    #[error("{0} bytes after the message in its frame")]
+    Trailing(usize),
     #[error("cannot encode message: {0}")]
     Encode(postcard::Error),
 }
@@ -33,8 +35,15 @@ pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, CodecError> {
 }
 
 /// Decodes one frame body (without the length prefix).
+/// One whole value: bytes left after it make the frame invalid (a request that
+/// decodes is not taken with junk behind it).
 pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, CodecError> {
-    postcard::from_bytes(body).map_err(CodecError::Decode)
+    let (v, rest) = postcard::take_from_bytes(body).map_err(CodecError::Decode)?;
+    if rest.is_empty() {
+        Ok(v)
+    } else {
+        Err(CodecError::Trailing(rest.len()))
+    }
 }
 
 pub fn write_frame<W: Write, T: Serialize>(w: &mut W, v: &T) -> Result<(), CodecError> {
@@ -83,6 +92,21 @@ mod tests {
         for r in sample_responses() {
             round_trip(Envelope { id: 9, body: r });
         }
+    }
+
+    #[test]
+    fn a_valid_message_with_junk_behind_it_is_refused() {
+        let mut body = postcard::to_stdvec(&Envelope {
+            id: 1,
+            body: Request::Ping,
+        })
+        .unwrap();
+        assert!(decode::<Envelope<Request>>(&body).is_ok());
+        body.extend_from_slice(b"junk");
+        assert!(matches!(
+            decode::<Envelope<Request>>(&body),
+            Err(CodecError::Trailing(4))
+        ));
     }
 
     #[test]
