@@ -19,6 +19,15 @@ fn service_set(lab: &Lab, args: &[&str]) -> u64 {
     service_set_on(lab, 0, args)
 }
 
+/// `service_set` on node `k`, with `--endpoint` for each of `eps`.
+fn service_set_eps(lab: &Lab, k: usize, args: &[&str], eps: &[String]) -> u64 {
+    let mut a = args.to_vec();
+    for e in eps {
+        a.extend(["--endpoint", e.as_str()]);
+    }
+    service_set_on(lab, k, &a)
+}
+
 /// `service_set` on node `k`'s control service.
 fn service_set_on(lab: &Lab, k: usize, args: &[&str]) -> u64 {
     let n = &lab.state.nodes[k];
@@ -359,7 +368,7 @@ fn affinity_is_exact_to_the_millisecond_and_dies_with_its_service() {
     let eps = [&n1.pods[1], &n2.pods[0], &n2.pods[1]];
     let _servers = whoami(&eps);
     let ep_args: Vec<String> = eps.iter().map(|p| format!("{}:8080", p.ip)).collect();
-    let mut args = vec![
+    let args = [
         "default/sticky",
         "--vip",
         "10.96.0.30",
@@ -368,10 +377,7 @@ fn affinity_is_exact_to_the_millisecond_and_dies_with_its_service() {
         "--affinity",
         "1",
     ];
-    for e in &ep_args {
-        args.extend(["--endpoint", e.as_str()]);
-    }
-    service_set(&lab, &args);
+    service_set_eps(&lab, 0, &args, &ep_args);
     // Ten connections 700 ms apart: each within 1 s of the last, so all must reach
     // the first one's endpoint. (With whole-second expiry, most gaps that cross a
     // second boundary lose it.)
@@ -399,7 +405,7 @@ fn affinity_is_exact_to_the_millisecond_and_dies_with_its_service() {
             }
         })
         .collect();
-    let mut args = vec![
+    let args = [
         "default/sticky",
         "--vip",
         "10.96.0.30",
@@ -408,10 +414,7 @@ fn affinity_is_exact_to_the_millisecond_and_dies_with_its_service() {
         "--affinity",
         "60",
     ];
-    for e in &weighted {
-        args.extend(["--endpoint", e.as_str()]);
-    }
-    service_set(&lab, &args);
+    service_set_eps(&lab, 0, &args, &weighted);
     let got = who(&client.netns, "10.96.0.30:80");
     assert_ne!(
         got, first,
@@ -660,24 +663,17 @@ fn internal_traffic_policy_local_and_endpoint_conditions() {
     let (c1, e1, c2, e2) = (&n1.pods[0], &n1.pods[1], &n2.pods[0], &n2.pods[1]);
     let _servers = whoami(&[e1, e2]);
     let both = [format!("{}:8080", e1.ip), format!("{}:8080", e2.ip)];
-    let local = |eps: &[String]| {
-        let mut a = vec![
-            "default/local",
-            "--vip",
-            "10.96.0.50",
-            "--port",
-            "80",
-            "--internal-traffic-policy",
-            "Local",
-        ];
-        for e in eps {
-            a.extend(["--endpoint", e.as_str()]);
-        }
-        a.iter().map(|s| s.to_string()).collect::<Vec<String>>()
-    };
+    let local = [
+        "default/local",
+        "--vip",
+        "10.96.0.50",
+        "--port",
+        "80",
+        "--internal-traffic-policy",
+        "Local",
+    ];
     for k in 0..2 {
-        let a = local(&both);
-        service_set_on(&lab, k, &a.iter().map(String::as_str).collect::<Vec<_>>());
+        service_set_eps(&lab, k, &local, &both);
     }
     let (m, out) = spread(&c1.netns, "10.96.0.50:80", 10);
     assert_eq!(
@@ -693,8 +689,7 @@ fn internal_traffic_policy_local_and_endpoint_conditions() {
     );
     // Node 1 loses its local endpoint: its pods' connections vanish, no reset.
     for k in 0..2 {
-        let a = local(&both[1..]);
-        service_set_on(&lab, k, &a.iter().map(String::as_str).collect::<Vec<_>>());
+        service_set_eps(&lab, k, &local, &both[1..]);
     }
     let before = drop_count(&n1.socket, "lb-no-local-endpoint");
     let t = std::time::Instant::now();
@@ -1062,7 +1057,7 @@ fn external_and_load_balancer_ips_with_policies_and_source_ranges() {
         format!("{}:8080", remote_ep.ip),
     ];
     let set = |policy: &str, range: &str| {
-        let mut a = vec![
+        let a = [
             "default/web",
             "--vip",
             "10.96.0.100",
@@ -1079,10 +1074,7 @@ fn external_and_load_balancer_ips_with_policies_and_source_ranges() {
             "--load-balancer-source-range",
             range,
         ];
-        for e in &eps {
-            a.extend(["--endpoint", e.as_str()]);
-        }
-        service_set(&lab, &a);
+        service_set_eps(&lab, 0, &a, &eps);
     };
     let ask = |ns: &str, to: &str, n: &str, source: &str| {
         run_in(
@@ -1148,7 +1140,7 @@ fn health_check_node_port_answers_per_node_as_kube_proxy() {
     let ext = lab.state.external.clone().expect("an external host");
     let set = |eps: &[&str]| {
         for k in 0..2 {
-            let mut a = vec![
+            let a = [
                 "default/web",
                 "--vip",
                 "10.96.0.110",
@@ -1162,10 +1154,7 @@ fn health_check_node_port_answers_per_node_as_kube_proxy() {
                 "30999",
             ];
             let e: Vec<String> = eps.iter().map(|ip| format!("{ip}:8080")).collect();
-            for x in &e {
-                a.extend(["--endpoint", x.as_str()]);
-            }
-            service_set_on(&lab, k, &a);
+            service_set_eps(&lab, k, &a, &e);
         }
     };
     let get = |node: &podpath_lab::Node| -> (u16, serde_json::Value) {
