@@ -6,13 +6,11 @@
 //! to the node IP that are not the dataplane's reach the node's kernel through the
 //! host port), never in the dataplane.
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use podpath_proto::{validate, NodeSpec, ServiceSpec};
+use podpath_proto::{taking_new_connections, validate, EndpointSpec, NodeSpec, ServiceSpec};
 
 /// What one health port reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,36 +38,18 @@ impl Health {
 /// terminating, the dataplane's rule). ServicePorts of one Service share its port.
 pub fn wanted(services: &[ServiceSpec], node: Option<&NodeSpec>) -> BTreeMap<u16, Health> {
     let pod_net = node.and_then(|n| validate::cidr(&n.pod_cidr).ok());
-    let local = |ip: &str| {
-        let (Some((net, len)), Ok(a)) = (pod_net, validate::ipv4(ip)) else {
-            return false;
-        };
-        let mask = if len == 0 {
-            0
-        } else {
-            u32::MAX << (32 - u32::from(len))
-        };
-        a & mask == net
+    let local = |ip: &str| match (pod_net, validate::ipv4(ip)) {
+        (Some(net), Ok(a)) => validate::cidr_contains(net, (a, 32)),
+        _ => false,
     };
     let mut out: BTreeMap<u16, Health> = BTreeMap::new();
     for s in services {
         let Some(port) = s.health_check_node_port.filter(|&p| p != 0) else {
             continue;
         };
-        let ready: Vec<_> = s
-            .endpoints
-            .iter()
-            .filter(|e| e.ready && !e.terminating && e.weight > 0)
-            .collect();
-        let takers: Vec<_> = if ready.is_empty() {
-            s.endpoints
-                .iter()
-                .filter(|e| e.terminating && e.serving.unwrap_or(e.ready) && e.weight > 0)
-                .collect()
-        } else {
-            ready
-        };
-        let n = takers.iter().filter(|e| local(&e.ip)).count();
+        // The endpoints policy Local uses: this node's, by the dataplane's rule.
+        let here: Vec<&EndpointSpec> = s.endpoints.iter().filter(|e| local(&e.ip)).collect();
+        let n = taking_new_connections(&here, |e| e).len();
         let (namespace, name) = s.name.split_once('/').unwrap_or(("default", &s.name));
         // A Service's name without its port suffix ("web:https" -> "web").
         let name = name.split(':').next().unwrap_or(name);
@@ -109,7 +89,21 @@ impl HealthServers {
                 Ok(l) => {
                     let stop = Arc::new(AtomicBool::new(false));
                     let (table, s2) = (Arc::clone(&self.table), Arc::clone(&stop));
-                    std::thread::spawn(move || serve(l, port, &table, &s2));
+                    std::thread::spawn(move || {
+                        crate::http::serve(l, &s2, |_| {
+                            let h = table
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .get(&port)
+                                .cloned();
+                            let (code, body) = h.map_or((503, "{}".to_string()), |h| h.answer());
+                            crate::http::Answer {
+                                code,
+                                content_type: "application/json",
+                                body,
+                            }
+                        })
+                    });
                     self.running.insert(port, stop);
                 }
                 Err(e) => failed.push(format!("health check port {port}: {e}")),
@@ -128,40 +122,6 @@ impl Drop for HealthServers {
     fn drop(&mut self) {
         for stop in self.running.values() {
             stop.store(true, Ordering::Relaxed);
-        }
-    }
-}
-
-/// Accepts until `stop`; each request gets one answer and the connection closes.
-fn serve(l: TcpListener, port: u16, table: &Mutex<BTreeMap<u16, Health>>, stop: &AtomicBool) {
-    let _ = l.set_nonblocking(true);
-    while !stop.load(Ordering::Relaxed) {
-        match l.accept() {
-            Ok((mut s, _)) => {
-                let _ = s.set_nonblocking(false);
-                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-                let _ = s.set_write_timeout(Some(Duration::from_secs(2)));
-                // The request line and headers: read what comes (bounded), answer.
-                let mut buf = [0u8; 2048];
-                let _ = s.read(&mut buf);
-                let h = table
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get(&port)
-                    .cloned();
-                let (code, body) = h.map_or((503, "{}".to_string()), |h| h.answer());
-                let reason = if code == 200 {
-                    "OK"
-                } else {
-                    "Service Unavailable"
-                };
-                let _ = write!(
-                    s,
-                    "HTTP/1.1 {code} {reason}\r\nContent-Type: application/json\r\nX-Content-Type-Options: nosniff\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(50)),
         }
     }
 }

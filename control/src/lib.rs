@@ -9,5 +9,6 @@
 pub mod config;
 pub mod engine;
 pub mod health;
+pub mod http;
 pub mod metrics;
 pub mod state;

@@ -223,7 +223,7 @@ pub fn render(stats: Option<&Stats>, services: &[ServiceSpec]) -> String {
             "podpath_conntrack_entries",
             "Connections tracked now",
         );
-        let macs = gauges::<WorkerL>(
+        let gens = gauges::<WorkerL>(
             &mut r,
             "podpath_worker_generation",
             "The snapshot generation this worker applied",
@@ -244,7 +244,7 @@ pub fn render(stats: Option<&Stats>, services: &[ServiceSpec]) -> String {
             early.get_or_create(&l).inc_by(x.ct_early_dropped);
             refused.get_or_create(&l).inc_by(x.ct_refused_full);
             entries.get_or_create(&l).set(g(x.ct_entries));
-            macs.get_or_create(&l).set(g(x.applied_generation));
+            gens.get_or_create(&l).set(g(x.applied_generation));
         }
     }
     let mut out = String::new();

@@ -191,6 +191,34 @@ impl EndpointSpec {
             serving: None,
         }
     }
+
+    /// EndpointSlice's `serving`; absent, the same as `ready`.
+    pub fn is_serving(&self) -> bool {
+        self.serving.unwrap_or(self.ready)
+    }
+}
+
+/// Of `eps`, those that take new connections (weight above 0): the ready ones
+/// (ready and not terminating); when none is, the serving terminating ones
+/// (kube-proxy's fallback). One rule for the dataplane's tables and the control
+/// service's health checks; `spec` finds each item's endpoint.
+pub fn taking_new_connections<T>(eps: &[T], spec: impl Fn(&T) -> &EndpointSpec) -> Vec<&T> {
+    let ready: Vec<&T> = eps
+        .iter()
+        .filter(|x| {
+            let e = spec(x);
+            e.weight > 0 && e.ready && !e.terminating
+        })
+        .collect();
+    if !ready.is_empty() {
+        return ready;
+    }
+    eps.iter()
+        .filter(|x| {
+            let e = spec(x);
+            e.weight > 0 && e.terminating && e.is_serving()
+        })
+        .collect()
 }
 
 /// Filters for `ConntrackList`: protocol number, an address or a port on either side.

@@ -124,41 +124,26 @@ fn serve_metrics(
     jobs: &std::sync::mpsc::SyncSender<Job>,
     stop: &AtomicBool,
 ) {
-    use std::io::{Read, Write};
-    let _ = l.set_nonblocking(true);
-    while !stop.load(Ordering::Relaxed) {
-        let Ok((mut s, _)) = l.accept() else {
-            std::thread::sleep(Duration::from_millis(50));
-            continue;
-        };
-        let _ = s.set_nonblocking(false);
-        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-        let _ = s.set_write_timeout(Some(Duration::from_secs(5)));
-        let mut buf = [0u8; 4096];
-        let n = s.read(&mut buf).unwrap_or(0);
-        let req = String::from_utf8_lossy(&buf[..n]);
-        let path = req.split_whitespace().nth(1).unwrap_or("");
-        let (code, ctype, body) = if path == "/metrics" || path.starts_with("/metrics?") {
-            let stats = match ask(jobs, podpath_proto::Request::Stats) {
-                Some(podpath_proto::Response::Stats(st)) => Some(st),
-                _ => None,
+    podpath_control::http::serve(l, stop, |path| {
+        if path != "/metrics" && !path.starts_with("/metrics?") {
+            return podpath_control::http::Answer {
+                code: 404,
+                content_type: "text/plain",
+                body: "see /metrics\n".into(),
             };
-            let services = match ask(jobs, podpath_proto::Request::ServiceList) {
-                Some(podpath_proto::Response::Services(v)) => v,
-                _ => Vec::new(),
-            };
-            (
-                "200 OK",
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                podpath_control::metrics::render(stats.as_ref(), &services),
-            )
-        } else {
-            ("404 Not Found", "text/plain", "see /metrics\n".to_string())
+        }
+        let stats = match ask(jobs, podpath_proto::Request::Stats) {
+            Some(podpath_proto::Response::Stats(st)) => Some(st),
+            _ => None,
         };
-        let _ = write!(
-            s,
-            "HTTP/1.1 {code}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-    }
+        let services = match ask(jobs, podpath_proto::Request::ServiceList) {
+            Some(podpath_proto::Response::Services(v)) => v,
+            _ => Vec::new(),
+        };
+        podpath_control::http::Answer {
+            code: 200,
+            content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            body: podpath_control::metrics::render(stats.as_ref(), &services),
+        }
+    });
 }

@@ -470,6 +470,8 @@ impl<F: Frame> Pipeline<F> {
 
     /// Calls one stage on the packets queued for it.
     fn run_stage(&mut self, c: &WorkerCounters, stage: StageId, idx: &[u8]) {
+        // The connection table's clock, for the stages that track connections.
+        let now = self.seconds();
         let cx = Ctx {
             ports: &self.ports,
             l3: &self.l3,
@@ -493,7 +495,6 @@ impl<F: Frame> Pipeline<F> {
             StageId::Ip4Lookup => ip4_lookup::process(&cx, idx, s, m, n, d),
             StageId::Ip4Local => ip4_local::process(&cx, idx, s, m, n, d),
             StageId::Lb => {
-                let now = u32::try_from(self.now / self.tsc_hz.max(1)).unwrap_or(u32::MAX);
                 let svc = Arc::clone(&self.services);
                 lb::process(
                     &cx,
@@ -512,51 +513,42 @@ impl<F: Frame> Pipeline<F> {
                     d,
                 )
             }
-            StageId::Snat => {
-                let now = u32::try_from(self.now / self.tsc_hz.max(1)).unwrap_or(u32::MAX);
-                snat::egress(
-                    &cx,
-                    &mut self.conntrack,
-                    &mut self.nat_ports,
-                    &mut self.frags,
-                    self.owners,
-                    now,
-                    idx,
-                    s,
-                    m,
-                    n,
-                    d,
-                )
-            }
-            StageId::SnatReply => {
-                let now = u32::try_from(self.now / self.tsc_hz.max(1)).unwrap_or(u32::MAX);
-                snat::reply(
-                    &cx,
-                    &mut self.conntrack,
-                    &mut self.frags,
-                    self.owners,
-                    now,
-                    idx,
-                    s,
-                    m,
-                    n,
-                    d,
-                )
-            }
-            StageId::IcmpError => {
-                let now = u32::try_from(self.now / self.tsc_hz.max(1)).unwrap_or(u32::MAX);
-                icmp_error::process(
-                    &cx,
-                    &mut self.icmp_limit,
-                    &mut self.conntrack,
-                    now,
-                    idx,
-                    s,
-                    m,
-                    n,
-                    d,
-                )
-            }
+            StageId::Snat => snat::egress(
+                &cx,
+                &mut self.conntrack,
+                &mut self.nat_ports,
+                &mut self.frags,
+                self.owners,
+                now,
+                idx,
+                s,
+                m,
+                n,
+                d,
+            ),
+            StageId::SnatReply => snat::reply(
+                &cx,
+                &mut self.conntrack,
+                &mut self.frags,
+                self.owners,
+                now,
+                idx,
+                s,
+                m,
+                n,
+                d,
+            ),
+            StageId::IcmpError => icmp_error::process(
+                &cx,
+                &mut self.icmp_limit,
+                &mut self.conntrack,
+                now,
+                idx,
+                s,
+                m,
+                n,
+                d,
+            ),
             StageId::VxlanEncap => vxlan_encap::process(&cx, &self.neighbors, idx, s, m, n, d),
             StageId::Ip4Rewrite => ip4_rewrite::process(&cx, &self.neighbors, idx, s, m, n, d),
             StageId::Bridge => self.bridge.process(&cx, idx, &s[..], m, n, d),

@@ -124,8 +124,7 @@ impl Fragments {
     ) -> Option<(FragKey, FragNat)> {
         let key = Self::key_of(d, l3, proto);
         let nat = self.table.lookup(&key, now_ms)?;
-        let a = |o: usize, d: &[u8]| u32::from_be_bytes([d[o], d[o + 1], d[o + 2], d[o + 3]]);
-        let (old_src, old_dst) = (a(l3 + 12, d), a(l3 + 16, d));
+        let (old_src, old_dst) = (key.src, key.dst);
         d[l3 + 12..l3 + 16].copy_from_slice(&nat.src.to_be_bytes());
         d[l3 + 16..l3 + 20].copy_from_slice(&nat.dst.to_be_bytes());
         let c = u16::from_be_bytes([d[l3 + 10], d[l3 + 11]]);

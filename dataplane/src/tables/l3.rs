@@ -137,10 +137,7 @@ impl L3 {
             .map(|c| parse_net(c, "service_cidr"))
             .transpose()?;
         if let Some(sn) = service_net {
-            let overlaps = |a: (u32, u8), b: (u32, u8)| {
-                validate::cidr_contains(a, b) || validate::cidr_contains(b, a)
-            };
-            if overlaps(sn, cluster) || overlaps(sn, underlay) {
+            if validate::cidr_overlap(sn, cluster) || validate::cidr_overlap(sn, underlay) {
                 return Err(L3Error::Invalid(format!(
                     "service_cidr {} overlaps the cluster or underlay CIDR",
                     node.service_cidr.as_deref().unwrap_or("")

@@ -2,7 +2,7 @@
 //! endpoints that may take new connections (ready, not terminating). Built by the
 //! control thread from the Service specs, published whole to the workers.
 use hashbrown::HashMap;
-use podpath_proto::{validate, ServiceSpec};
+use podpath_proto::{taking_new_connections, validate, EndpointSpec, ServiceSpec};
 
 use super::maglev::{Backend, Maglev};
 
@@ -135,32 +135,20 @@ impl ServiceTable {
             let is_local =
                 |ip: u32| node.is_some_and(|n| ip & super::lpm::mask(n.pod_net.1) == n.pod_net.0);
             let takers = |local_only: bool| -> (Vec<Endpoint>, Vec<Backend>) {
-                let pick = |fallback: bool| {
-                    let mut eps = Vec::new();
-                    let mut backends = Vec::new();
-                    for &(ip, e) in &parsed {
-                        let serving = e.serving.unwrap_or(e.ready);
-                        let ok = if fallback {
-                            serving && e.terminating
-                        } else {
-                            e.ready && !e.terminating
+                let here: Vec<&(u32, &EndpointSpec)> = parsed
+                    .iter()
+                    .filter(|(ip, _)| !local_only || is_local(*ip))
+                    .collect();
+                taking_new_connections(&here, |x| x.1)
+                    .into_iter()
+                    .map(|&&(ip, e)| {
+                        let b = Backend {
+                            key: format!("{}:{}", e.ip, e.port),
+                            weight: e.weight,
                         };
-                        if ok && e.weight > 0 && (!local_only || is_local(ip)) {
-                            eps.push(Endpoint { ip, port: e.port });
-                            backends.push(Backend {
-                                key: format!("{}:{}", e.ip, e.port),
-                                weight: e.weight,
-                            });
-                        }
-                    }
-                    (eps, backends)
-                };
-                let ready = pick(false);
-                if ready.0.is_empty() {
-                    pick(true)
-                } else {
-                    ready
-                }
+                        (Endpoint { ip, port: e.port }, b)
+                    })
+                    .unzip()
             };
             let (eps, backends) = takers(false);
             let (local_eps, local_backends) = takers(true);
@@ -452,25 +440,17 @@ mod tests {
 
     #[test]
     fn only_ready_endpoints_take_new_connections() {
-        let s = ServiceSpec {
-            name: "default/web".into(),
-            vip: "10.96.0.10".into(),
-            port: 80,
-            protocol: "tcp".into(),
-            endpoints: vec![
+        let s = ServiceSpec::new(
+            "default/web",
+            "10.96.0.10",
+            80,
+            "tcp",
+            vec![
                 ep("10.244.0.3", true, false),
                 ep("10.244.1.2", false, false),
                 ep("10.244.1.3", true, true),
             ],
-            affinity_timeout: None,
-            node_port: None,
-            external_traffic_policy: None,
-            internal_traffic_policy: None,
-            external_ips: Vec::new(),
-            load_balancer_ips: Vec::new(),
-            load_balancer_source_ranges: Vec::new(),
-            health_check_node_port: None,
-        };
+        );
         let t = ServiceTable::build(std::slice::from_ref(&s), None).unwrap();
         let svc = t
             .lookup(validate::ipv4("10.96.0.10").unwrap(), 80, 6)
