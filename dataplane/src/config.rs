@@ -80,7 +80,16 @@ pub struct DataplaneConfig {
     /// Microseconds a partial transmit burst may wait for more packets (0: sent at the
     /// end of every poll). For devices whose transmit is a syscall (af_packet, tap).
     pub tx_drain_us: u32,
+    /// The largest frame an af_packet port takes whole, in bytes. The kernel
+    /// reassembles fragments before an af_packet socket sees them, so this bounds
+    /// the datagrams such a port can carry; larger ones arrive cut short and are
+    /// dropped (`ip4-truncated`). Other devices take their MTU plus headers.
+    pub max_frame: u32,
 }
+
+/// `dataplane.max_frame` by default: jumbo frames, and reassembled datagrams of up
+/// to 9 KiB.
+pub const DEFAULT_MAX_FRAME: u32 = 9216;
 
 impl Default for DataplaneConfig {
     fn default() -> Self {
@@ -92,6 +101,7 @@ impl Default for DataplaneConfig {
             rx_desc: 1024,
             tx_desc: 1024,
             tx_drain_us: 0,
+            max_frame: DEFAULT_MAX_FRAME,
         }
     }
 }
@@ -217,6 +227,13 @@ impl Config {
             return Err(invalid(
                 "dataplane.tx_drain_us",
                 "at most 10000 (10 ms): it is added to every packet's latency",
+            ));
+        }
+        let limit = crate::dpdk::af_packet::MAX_FRAME_LIMIT;
+        if !(1514..=limit).contains(&self.dataplane.max_frame) {
+            return Err(invalid(
+                "dataplane.max_frame",
+                format!("must be 1514..={limit} bytes (a standard frame up to what a 16-bit buffer holds)"),
             ));
         }
         if self.dataplane.mbufs < 512 {

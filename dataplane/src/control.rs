@@ -49,6 +49,10 @@ struct Attached {
 
 pub struct Control {
     pool: Mempool,
+    /// Buffers for af_packet ports' frames (up to `max_frame`), made at the first
+    /// af_packet attach.
+    jumbo: Option<Mempool>,
+    max_frame: u32,
     workers: Vec<WorkerHandle>,
     ports: Vec<Attached>,
     /// The connection-tracking settings in force (what `snap.settings` holds), and
@@ -132,6 +136,13 @@ fn applied(generation: u64) -> Response {
     Response::Applied { generation }
 }
 
+/// The common pool's buffers: room for a 2 048-byte frame behind DPDK's headroom.
+pub const MBUF_HEADROOM: u32 = 128;
+pub const MBUF_DATA_ROOM: u16 = 2048 + 128;
+/// Buffers of the af_packet (large frame) pool: bursts in flight, tx queues, held
+/// and handed-off packets; each is copied out by the PMD at transmit.
+const JUMBO_MBUFS: u32 = 2047;
+
 fn err(kind: ErrorKind, message: impl Into<String>) -> ErrorReply {
     ErrorReply {
         kind,
@@ -155,6 +166,8 @@ impl Control {
         Control {
             conntrack,
             pool,
+            jumbo: None,
+            max_frame: crate::config::DEFAULT_MAX_FRAME,
             workers: Vec::new(),
             ports: Vec::new(),
             gen: 0,
@@ -636,6 +649,49 @@ impl Control {
         })
     }
 
+    /// The largest frame an af_packet port takes whole (`dataplane.max_frame`).
+    pub fn set_max_frame(&mut self, max_frame: u32) {
+        self.max_frame = max_frame;
+    }
+
+    /// What to probe a port's device with, and the pool its rx queues fill from:
+    /// af_packet ports get ring frames and buffers for `max_frame` (the kernel hands
+    /// them reassembled datagrams); other devices use the common pool.
+    fn devargs_and_pool(&mut self, spec: &PortSpec) -> Result<(String, Mempool), ErrorReply> {
+        if !dpdk::af_packet::is_af_packet(&spec.device) {
+            return Ok((spec.device.clone(), self.pool));
+        }
+        let (devargs, frame) = dpdk::af_packet::devargs(&spec.device, self.max_frame)
+            .map_err(|m| err(ErrorKind::BadRequest, format!("port {}: {m}", spec.name)))?;
+        if dpdk::af_packet::data_room(frame, MBUF_HEADROOM) <= u32::from(MBUF_DATA_ROOM) {
+            return Ok((devargs, self.pool));
+        }
+        if let Some(j) = self.jumbo {
+            return Ok((devargs, j));
+        }
+        let room =
+            dpdk::af_packet::data_room(dpdk::af_packet::ring_frame(self.max_frame), MBUF_HEADROOM);
+        let j = Mempool::new(
+            "podpath_jumbo",
+            JUMBO_MBUFS,
+            64,
+            u16::try_from(room).unwrap_or(u16::MAX),
+        )
+        .map_err(|e| {
+            err(
+                ErrorKind::Device,
+                format!(
+                    "port {}: no buffers for af_packet frames of {} bytes ({e}): raise eal.memory_mb by {} MiB or lower dataplane.max_frame",
+                    spec.name,
+                    self.max_frame,
+                    (u64::from(JUMBO_MBUFS) * u64::from(room)) >> 20
+                ),
+            )
+        })?;
+        self.jumbo = Some(j);
+        Ok((devargs, j))
+    }
+
     /// Plugs in and starts a port, then publishes it to the workers.
     pub fn attach(&mut self, spec: PortSpec) -> Result<PortInfo, ErrorReply> {
         validate_port(&spec).map_err(|m| err(ErrorKind::BadRequest, m))?;
@@ -658,9 +714,9 @@ impl Control {
             tx_desc: self.tx_desc,
             mtu: spec.mtu,
         };
-        let pool = self.pool;
+        let (devargs, pool) = self.devargs_and_pool(&spec)?;
         let bring_up = || -> Result<EthPort, dpdk::PortError> {
-            let mut p = EthPort::probe(&spec.device)?;
+            let mut p = EthPort::probe(&devargs)?;
             p.configure(&setup, &pool)?;
             p.start()?;
             Ok(p)
@@ -892,6 +948,7 @@ impl Control {
             Next::Stage(s) => format!("-> {}", s.name()),
             Next::Port(p) => format!("-> port {}", self.port_name(p)),
             Next::Flood => "-> flood".into(),
+            Next::Fragment => "-> ip4-fragment (each piece encapsulated)".into(),
             Next::Drop(r) => format!("drop {}", r.name()),
             Next::Resolve => "-> hold for ARP".into(),
             Next::Handoff(w) => format!("-> worker {w} (owns the connection)"),
@@ -940,6 +997,9 @@ impl Control {
             ),
             TraceDetail::Out { port } => format!("queued on {}", self.port_name(port)),
             TraceDetail::Flood { ports } => format!("flooded to {ports} port(s)"),
+            TraceDetail::Fragment { pieces, mtu } => {
+                format!("split into {pieces} fragments of at most {mtu} bytes")
+            }
             TraceDetail::Nat {
                 src: true,
                 to,

@@ -7,7 +7,7 @@ use crossbeam::channel::bounded;
 use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
 use podpath_dataplane::pipeline::counters::get;
 use podpath_dataplane::pipeline::{
-    DropReason, Pipeline, PipelineConfig, PortIo, Tracer, WorkerCounters,
+    DropReason, Pipeline, PipelineConfig, PortIo, StageId, Tracer, WorkerCounters,
 };
 use podpath_dataplane::port::{MemFrame, MemIo};
 use podpath_dataplane::stages::arp;
@@ -1310,16 +1310,6 @@ fn more_drop_reasons_each_counted_alone() {
     rx(&mut n, &mut io, POD_A, &[frag]);
     assert_eq!(drops(&n, DropReason::SnatFragment), 1);
     assert!(balanced(&n));
-    // Too big for the overlay with DF clear (etherparse sets DF: cleared here): not
-    // fragmented, dropped, and no ICMP error.
-    let (mut n, mut io) = node_with_pod_a(1);
-    let mut big = udp_from_pod_a([10, 244, 1, 3], 4000, 4001, 64, &[0u8; 1472]);
-    big[20] &= !0x40;
-    fix_ip_checksum(&mut big);
-    rx(&mut n, &mut io, POD_A, &[big]);
-    the_only_drop_is(&n, DropReason::VxlanTooBig, 1);
-    assert!(io.take_tx(POD_A).is_empty(), "no ICMP without DF");
-    assert!(balanced(&n));
     // The host port carries ARP and IPv4 only.
     let (mut n, mut io) = node(1);
     let mut v6 = icmp_echo(
@@ -2003,4 +1993,173 @@ fn fragments_of_a_masqueraded_datagram_follow_the_first_ones_translation_both_wa
         "the pod's port"
     );
     assert!(balanced(&n));
+}
+
+/// A UDP datagram from pod a with DF clear (etherparse sets DF: cleared here) and a
+/// payload of `len` bytes that counts up.
+fn big_from_pod_a(dst: [u8; 4], len: usize) -> Vec<u8> {
+    let payload: Vec<u8> = (0..len).map(|i| u8::try_from(i % 251).unwrap()).collect();
+    let mut big = udp_from_pod_a(dst, 4000, 4001, 64, &payload);
+    big[20] &= !0x40;
+    fix_ip_checksum(&mut big);
+    big
+}
+
+/// Reassembles IPv4 fragments (Ethernet frames, IPv4 at `l3`) as a receiver would:
+/// checks each header and returns the whole IPv4 payload.
+fn reassemble(pieces: &[Vec<u8>], l3: usize, mtu: usize) -> Vec<u8> {
+    let mut whole = Vec::new();
+    let mut last_seen = false;
+    for p in pieces {
+        let h = etherparse::Ipv4HeaderSlice::from_slice(&p[l3..]).unwrap();
+        assert!(usize::from(h.total_len()) <= mtu, "a piece fits {mtu}");
+        assert!(!h.dont_fragment());
+        assert!(podpath_dataplane::wire::checksum::verify(
+            &p[l3..l3 + h.slice().len()]
+        ));
+        let off = usize::from(h.fragments_offset().value()) * 8;
+        let body = &p[l3 + h.slice().len()..l3 + usize::from(h.total_len())];
+        if whole.len() < off + body.len() {
+            whole.resize(off + body.len(), 0);
+        }
+        whole[off..off + body.len()].copy_from_slice(body);
+        last_seen |= !h.more_fragments();
+    }
+    assert!(last_seen, "a last fragment");
+    whole
+}
+
+#[test]
+fn too_big_for_the_overlay_without_df_is_split_and_each_piece_encapsulated() {
+    let (mut n1, mut io1) = node_with_pod_a(1);
+    resolve_node_2(&mut n1, &mut io1);
+    io1.take_tx(UPLINK);
+    // 3 000 bytes of UDP (a datagram the kernel behind an af_packet port reassembled).
+    let big = big_from_pod_a([10, 244, 1, 3], 3000);
+    rx(&mut n1, &mut io1, POD_A, std::slice::from_ref(&big));
+    let out = io1.take_tx(UPLINK);
+    assert_eq!(
+        out.len(),
+        3,
+        "3 008 bytes in 1 424-byte pieces (1 450 less 20)"
+    );
+    for v in &out {
+        assert!(
+            v.len() <= 1514,
+            "each VXLAN packet fits the uplink: {}",
+            v.len()
+        );
+        assert_eq!(&v[36..38], &4789u16.to_be_bytes());
+        assert_eq!(u16::from_be_bytes([v[16], v[17]]) as usize, v.len() - 14);
+    }
+    let inner: Vec<Vec<u8>> = out.iter().map(|v| v[50..].to_vec()).collect();
+    assert_eq!(reassemble(&inner, 14, 1450), big[34..].to_vec());
+    assert_eq!(
+        get(&n1.counters.stages[StageId::Ip4Fragment.index()].packets),
+        1
+    );
+    assert!(io1.take_tx(POD_A).is_empty(), "no ICMP without DF");
+    assert!(balanced(&n1));
+    // Node 2 decapsulates each piece to pod b.
+    let (mut n2, mut io2) = node(2);
+    rx(
+        &mut n2,
+        &mut io2,
+        POD_B,
+        &[arp::request(MacAddr(pod_mac(2, 3)), ip("10.244.1.3"), ip("10.244.1.1")).to_vec()],
+    );
+    io2.take_tx(POD_B);
+    rx(&mut n2, &mut io2, UPLINK, &out);
+    let got = io2.take_tx(POD_B);
+    assert_eq!(got.len(), 3, "drops: {:?}", nonzero_drops(&n2));
+    assert_eq!(reassemble(&got, 14, 1450), big[34..].to_vec());
+    assert!(balanced(&n2));
+}
+
+#[test]
+fn a_datagram_bigger_than_the_output_port_is_fragmented_after_its_translation() {
+    // Masqueraded to the external host: the uplink (1 500) takes it in three pieces,
+    // and the UDP checksum snat fixed covers the whole datagram.
+    let (mut n, mut io) = node_with_pod_a(1);
+    resolve_ext(&mut n, &mut io);
+    io.take_tx(UPLINK);
+    let big = big_from_pod_a([192, 168, 77, 100], 4000);
+    rx(&mut n, &mut io, POD_A, std::slice::from_ref(&big));
+    let out = io.take_tx(UPLINK);
+    assert_eq!(out.len(), 3, "drops: {:?}", nonzero_drops(&n));
+    for v in &out {
+        assert_eq!(&v[26..30], &[192, 168, 77, 11], "from the node IP");
+        assert_eq!(&v[..6], &[2, 0, 0, 0, 0, 0x64]);
+    }
+    let udp = reassemble(&out, 14, 1500);
+    assert_eq!(&udp[8..], &big[42..], "the payload, whole");
+    let mut pseudo = vec![192, 168, 77, 11, 192, 168, 77, 100, 0, 17];
+    pseudo.extend_from_slice(&u16::try_from(udp.len()).unwrap().to_be_bytes());
+    pseudo.extend_from_slice(&udp);
+    assert_eq!(
+        podpath_dataplane::wire::checksum::checksum(&pseudo),
+        0,
+        "the UDP checksum verifies over the reassembled datagram"
+    );
+    assert_eq!(
+        get(&n.counters.replicated),
+        2,
+        "two copies, the original last"
+    );
+    assert!(balanced(&n));
+    // With DF, routed: fragmentation needed to the pod, nothing leaves.
+    let mut df = big.clone();
+    df[20] |= 0x40;
+    fix_ip_checksum(&mut df);
+    rx(&mut n, &mut io, POD_A, &[df]);
+    assert!(io.take_tx(UPLINK).is_empty());
+    let err = io.take_tx(POD_A);
+    assert_eq!(err.len(), 1);
+    assert_eq!((err[0][34], err[0][35]), (3, 4), "fragmentation needed");
+    assert!(balanced(&n));
+}
+
+#[test]
+fn bridged_frames_bigger_than_the_pod_port_split_or_drop_by_reason() {
+    // Pod a to pod b (1 450): DF clear is split, DF set is dropped (a bridge sends no
+    // ICMP), a big non-IPv4 frame is dropped.
+    let (mut n, mut io) = node_with_pod_a(1);
+    learn_pod_b(&mut n, &mut io);
+    let to_b = |df: bool| {
+        let payload: Vec<u8> = (0..3000).map(|i| u8::try_from(i % 251).unwrap()).collect();
+        let mut v = Vec::new();
+        PacketBuilder::ethernet2(pod_mac(1, 2), pod_mac(1, 3))
+            .ipv4([10, 244, 0, 2], [10, 244, 0, 3], 64)
+            .udp(4000, 4001)
+            .write(&mut v, &payload)
+            .unwrap();
+        if !df {
+            v[20] &= !0x40;
+            fix_ip_checksum(&mut v);
+        }
+        v
+    };
+    let big = to_b(false);
+    rx(&mut n, &mut io, POD_A, std::slice::from_ref(&big));
+    let got = io.take_tx(POD_B);
+    assert_eq!(got.len(), 3, "drops: {:?}", nonzero_drops(&n));
+    assert_eq!(reassemble(&got, 14, 1450), big[34..].to_vec());
+    rx(&mut n, &mut io, POD_A, &[to_b(true)]);
+    the_only_drop_is(&n, DropReason::Ip4FragDontFragment, 1);
+    let mut arp_big = vec![0u8; 2000];
+    arp_big[..6].copy_from_slice(&pod_mac(1, 3));
+    arp_big[6..12].copy_from_slice(&pod_mac(1, 2));
+    arp_big[12..14].copy_from_slice(&[0x88, 0xb5]);
+    rx(&mut n, &mut io, POD_A, &[arp_big]);
+    assert_eq!(drops(&n, DropReason::Ip4FragNotIp4), 1);
+    assert!(io.take_tx(POD_B).is_empty());
+    assert!(balanced(&n));
+}
+
+fn nonzero_drops(p: &Pipeline<MemFrame>) -> Vec<(&'static str, u64)> {
+    DropReason::ALL
+        .iter()
+        .map(|&r| (r.name(), drops(p, r)))
+        .filter(|&(_, c)| c > 0)
+        .collect()
 }

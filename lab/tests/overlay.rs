@@ -342,3 +342,91 @@ fn flannel_port_and_another_vni() {
         "{text}"
     );
 }
+
+/// Large UDP datagrams from an af_packet pod. The pod's kernel fragments them, the
+/// kernel behind its af_packet port reassembles them (DPDK's fanout defragments),
+/// and the dataplane takes the whole datagram (`dataplane.max_frame`) and splits it
+/// again where it goes: into the overlay (inner fragments, each encapsulated), out
+/// of the uplink (masqueraded) and to a pod port; the answers come back the same
+/// way. Beyond `max_frame` a datagram arrives cut short and is counted
+/// `ip4-truncated`.
+#[test]
+fn large_datagrams_from_an_af_packet_pod_cross_every_path() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = Lab::up(&options("j")).expect("lab up");
+    let (n1, n2) = (lab.state.nodes[0].clone(), lab.state.nodes[1].clone());
+    let a1 = n1.pods[0].clone();
+    assert_eq!(a1.attach, podpath_lab::topo::Attach::AfPacket);
+    let ext = lab.state.external.clone().unwrap();
+    let targets = [
+        (
+            "across the overlay",
+            n2.pods[0].netns.clone(),
+            n2.pods[0].ip.clone(),
+        ),
+        (
+            "to a tap pod on the same node",
+            n1.pods[1].netns.clone(),
+            n1.pods[1].ip.clone(),
+        ),
+        (
+            "masqueraded to the external host",
+            ext.clone(),
+            "192.168.77.100".to_string(),
+        ),
+    ];
+    for (what, ns, ip) in &targets {
+        // Three sizes each: just over one frame, two af_packet frames' worth, and
+        // near max_frame (9 216).
+        let echo = Background::in_each(
+            &[ns.as_str()],
+            &["udp-echo", "--port", "7007", "--count", "3"],
+        );
+        let to = format!("{ip}:7007");
+        let mut lost = Vec::new();
+        for size in ["1600", "4000", "9000"] {
+            let (ok, out) = run_in(
+                &a1.netns,
+                &bin(),
+                &["udp-ping", "--to", &to, "--count", "1", "--size", size],
+            );
+            if !ok {
+                lost.push(format!("{size}: {out}"));
+            }
+        }
+        drop(echo);
+        let s1 = stats(&n1.socket);
+        assert!(
+            lost.is_empty(),
+            "{what}: {lost:?}\nnode1 drops: {:?}",
+            s1.drops
+                .iter()
+                .filter(|d| d.count > 0)
+                .map(|d| (&d.reason, d.count))
+                .collect::<Vec<_>>()
+        );
+    }
+    let s1 = stats(&n1.socket);
+    let split = s1
+        .stages
+        .iter()
+        .find(|s| s.name == "ip4-fragment")
+        .map_or(0, |s| s.packets);
+    assert!(split >= 9, "ip4-fragment split the datagrams: {split}");
+    // Beyond max_frame: cut short by the kernel ring, counted, nothing crashes.
+    let before = drops(&s1, "ip4-truncated");
+    let to = format!("{}:7008", n2.pods[0].ip);
+    let (ok, _) = run_in(
+        &a1.netns,
+        &bin(),
+        &["udp-ping", "--to", &to, "--count", "1", "--size", "20000"],
+    );
+    assert!(!ok, "a 20 000-byte datagram is beyond max_frame");
+    assert!(
+        wait_until(Duration::from_secs(2), || drops(
+            &stats(&n1.socket),
+            "ip4-truncated"
+        ) > before),
+        "counted ip4-truncated"
+    );
+}

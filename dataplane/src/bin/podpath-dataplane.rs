@@ -88,7 +88,7 @@ fn run() -> Result<()> {
         "podpath_mbufs",
         cfg.dataplane.mbufs,
         cfg.dataplane.mbuf_cache,
-        2048 + 128,
+        podpath_dataplane::control::MBUF_DATA_ROOM,
     )?;
 
     let (retired_tx, retired_rx) = unbounded();
@@ -100,6 +100,7 @@ fn run() -> Result<()> {
         cfg.dataplane.tx_desc,
         cfg.conntrack,
     );
+    ctl.set_max_frame(cfg.dataplane.max_frame);
     ctl.set_departed_ttl(Duration::from_secs(u64::from(
         cfg.conntrack.timeouts.tcp_established,
     )));

@@ -5,7 +5,9 @@
 //! - [`mbuf`]: owned packet buffers ([`Mbuf`]) and mempools.
 //! - [`ethdev`]: ports: hot-plug of virtual devices, queues, start/stop, MAC, link,
 //!   xstats, and the burst I/O the workers use.
+//! - [`af_packet`]: the af_packet PMD's ring geometry from `dataplane.max_frame`.
 //! - [`netns`]: running a probe inside another network namespace.
+pub mod af_packet;
 pub mod eal;
 pub mod ethdev;
 pub mod io;

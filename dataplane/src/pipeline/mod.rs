@@ -43,6 +43,9 @@ pub enum Next {
     /// Hold until `Meta::nh_ip` is resolved by ARP on `Meta::out` (a port, or the
     /// pods' bridge domain when [`OUT_BRIDGE`]); the runner asks and parks the frame.
     Resolve,
+    /// Split to fit the overlay (vxlan-encap: the inner packet is bigger than the
+    /// uplink's MTU less the encapsulation, DF clear); each piece is encapsulated.
+    Fragment,
     /// Hand to worker N (it owns the packet's connection) over its hand-off ring.
     Handoff(u16),
 }

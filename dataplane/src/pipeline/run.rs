@@ -11,12 +11,13 @@ use crate::dpdk::rdtsc;
 use crate::stages::icmp_error::RateLimit;
 use crate::stages::snat::{self, NatPorts};
 use crate::stages::{
-    arp, bridge::Bridge, eth_input, icmp_error, ip4_local, ip4_lookup, ip4_rewrite, lb,
-    vxlan_decap, vxlan_encap, Ctx,
+    arp, bridge::Bridge, eth_input, icmp_error, ip4_fragment, ip4_local, ip4_lookup, ip4_rewrite,
+    lb, vxlan_decap, vxlan_encap, Ctx,
 };
 use crate::tables::conntrack::{Conntrack, Timeouts};
 use crate::tables::services::ServiceTable;
 use crate::tables::{NeighborTable, PortMap, Role, L3};
+use crate::wire::ethernet;
 use crossbeam::channel::{Receiver, Sender};
 
 /// Sizes and times for one worker's pipeline.
@@ -150,6 +151,8 @@ pub struct Pipeline<F: Frame> {
     /// this burst's new ones, to tell the others.
     frags: crate::tables::frag::Fragments,
     frag_scratch: lb::FragScratch,
+    /// The pieces of the datagram being split (ip4-fragment), reused.
+    frag_out: Vec<F>,
     /// This worker's connections (NAT), and its NAT ports.
     pub conntrack: Conntrack,
     /// The connection-tracking knobs in force (from the snapshot).
@@ -206,6 +209,7 @@ impl<F: Frame> Pipeline<F> {
             inbox: None,
             frags: crate::tables::frag::Fragments::new(4096, BURST),
             frag_scratch: lb::FragScratch::default(),
+            frag_out: Vec::with_capacity(ip4_fragment::MAX_PIECES),
             conntrack: Conntrack::with_reserve(
                 cfg.conntrack.capacity,
                 cfg.conntrack.reserved(),
@@ -424,7 +428,7 @@ impl<F: Frame> Pipeline<F> {
             for &stage in StageId::ALL {
                 let s = stage.index();
                 let len = self.queue_len[s];
-                if len == 0 || stage == StageId::Tx {
+                if len == 0 || stage == StageId::Tx || stage == StageId::Ip4Fragment {
                     continue;
                 }
                 ran = true;
@@ -552,7 +556,8 @@ impl<F: Frame> Pipeline<F> {
             StageId::VxlanEncap => vxlan_encap::process(&cx, &self.neighbors, idx, s, m, n, d),
             StageId::Ip4Rewrite => ip4_rewrite::process(&cx, &self.neighbors, idx, s, m, n, d),
             StageId::Bridge => self.bridge.process(&cx, idx, &s[..], m, n, d),
-            StageId::Tx => {}
+            // Run by the runner where a packet needs splitting (output, Next::Fragment).
+            StageId::Ip4Fragment | StageId::Tx => {}
         }
     }
 
@@ -872,6 +877,11 @@ impl<F: Frame> Pipeline<F> {
                         self.park(c, io, i, f);
                     }
                 }
+                Next::Fragment => {
+                    if let Some(f) = self.slots[i].take() {
+                        self.fragment_encap(c, io, i, f);
+                    }
+                }
                 Next::Handoff(w) => {
                     if let Some(f) = self.slots[i].take() {
                         let h = HandedOff {
@@ -914,9 +924,20 @@ impl<F: Frame> Pipeline<F> {
         trace: u32,
     ) {
         let p = usize::from(port);
-        if p >= MAX_PORTS || self.ports.port(port).is_none() {
+        let Some(mtu) = self
+            .ports
+            .port(port)
+            .filter(|_| p < MAX_PORTS)
+            .map(|p| p.mtu)
+        else {
             c.count_drop(DropReason::TxNoPort, 1);
             self.dropped.push(f);
+            return;
+        };
+        // Room for the Ethernet header and one VLAN tag; the exact check is the
+        // fragmenter's (rare: frames are rarely bigger than their port's MTU).
+        if f.data_len() > usize::from(mtu) + ethernet::HEADER_LEN {
+            self.fragment_out(c, io, port, mtu, f, trace);
             return;
         }
         if trace != 0 {
@@ -928,11 +949,183 @@ impl<F: Frame> Pipeline<F> {
                 TraceDetail::Out { port },
             );
         }
+        self.queue_tx(c, io, port, f);
+    }
+
+    /// Queues a frame on a port known to exist; a full burst goes at once.
+    #[inline]
+    fn queue_tx<P: PortIo<Frame = F>>(&mut self, c: &WorkerCounters, io: &mut P, port: u16, f: F) {
+        let p = usize::from(port);
         self.tx[p].push(f);
         self.tx_dirty |= 1 << p;
         if self.tx[p].len() >= BURST {
             self.flush_port(c, io, port);
         }
+    }
+
+    /// ip4-fragment on output: `f` is bigger than `port`'s MTU. Split when it is
+    /// IPv4 without DF; the pieces go out in order.
+    #[cold]
+    fn fragment_out<P: PortIo<Frame = F>>(
+        &mut self,
+        c: &WorkerCounters,
+        io: &mut P,
+        port: u16,
+        mtu: u16,
+        f: F,
+        trace: u32,
+    ) {
+        let t0 = rdtsc();
+        let plan = match ip4_fragment::l3_offset(f.data()) {
+            None => Err(DropReason::Ip4FragNotIp4),
+            Some(l3) => ip4_fragment::Plan::new(&f.data()[l3..], mtu).map(|p| p.map(|p| (l3, p))),
+        };
+        let (l3, plan) = match plan {
+            // A tagged frame that fits after all.
+            Ok(None) => return self.queue_tx(c, io, port, f),
+            Ok(Some(lp)) => lp,
+            Err(r) => {
+                c.count_drop(r, 1);
+                self.dropped.push(f);
+                return;
+            }
+        };
+        let mut pieces = std::mem::take(&mut self.frag_out);
+        match ip4_fragment::split(f, l3, &plan, |d| io.copy_frame(d), &mut pieces) {
+            Ok(()) => {
+                let n = pieces.len();
+                add(&c.replicated, n as u64 - 1);
+                if trace != 0 {
+                    self.tracer.record(
+                        c,
+                        trace,
+                        StageId::Ip4Fragment,
+                        Next::Port(port),
+                        TraceDetail::Fragment {
+                            pieces: u16::try_from(n).unwrap_or(u16::MAX),
+                            mtu,
+                        },
+                    );
+                }
+                for g in pieces.drain(..) {
+                    self.queue_tx(c, io, port, g);
+                }
+            }
+            Err((f, r)) => {
+                c.count_drop(r, 1);
+                self.dropped.push(f);
+            }
+        }
+        self.frag_out = pieces;
+        let sc = &c.stages[StageId::Ip4Fragment.index()];
+        add(&sc.packets, 1);
+        add(&sc.calls, 1);
+        add(&sc.cycles, rdtsc().wrapping_sub(t0));
+    }
+
+    /// ip4-fragment for the overlay: packet `i` (`f`) is too big to encapsulate, DF
+    /// clear. Its pieces are each encapsulated by vxlan-encap's per-packet work and
+    /// sent (or parked for ARP) as the stage would.
+    #[cold]
+    fn fragment_encap<P: PortIo<Frame = F>>(
+        &mut self,
+        c: &WorkerCounters,
+        io: &mut P,
+        i: usize,
+        f: F,
+    ) {
+        let t0 = rdtsc();
+        let (ports, l3, services) = (
+            Arc::clone(&self.ports),
+            Arc::clone(&self.l3),
+            Arc::clone(&self.services),
+        );
+        let cx = Ctx {
+            ports: &ports,
+            l3: &l3,
+            services: &services,
+            now: self.now,
+            now_ms: self.now_ms,
+            counters: c,
+        };
+        let mtu = vxlan_encap::inner_mtu(&cx);
+        let plan = ip4_fragment::Plan::new(&f.data()[ethernet::HEADER_LEN..], mtu);
+        let mut pieces = std::mem::take(&mut self.frag_out);
+        let split = match plan {
+            Ok(Some(plan)) => ip4_fragment::split(
+                f,
+                ethernet::HEADER_LEN,
+                &plan,
+                |d| io.copy_frame(d),
+                &mut pieces,
+            ),
+            // vxlan-encap found it too big; nothing else fits here.
+            Ok(None) => Err((f, DropReason::Ip4FragTooMany)),
+            Err(r) => Err((f, r)),
+        };
+        match split {
+            Ok(()) => {
+                let n = pieces.len();
+                add(&c.replicated, n as u64 - 1);
+                let m0 = self.meta[i];
+                if m0.trace != 0 {
+                    self.tracer.record(
+                        c,
+                        m0.trace,
+                        StageId::Ip4Fragment,
+                        Next::Stage(StageId::VxlanEncap),
+                        TraceDetail::Fragment {
+                            pieces: u16::try_from(n).unwrap_or(u16::MAX),
+                            mtu,
+                        },
+                    );
+                }
+                let node = l3.node.as_ref();
+                let mut tpl = None;
+                for mut g in pieces.drain(..) {
+                    let mut m = Meta { trace: 0, ..m0 };
+                    let next = match node {
+                        Some(node) => {
+                            let mut d = TraceDetail::None;
+                            vxlan_encap::encap(
+                                &cx,
+                                &self.neighbors,
+                                node,
+                                &mut tpl,
+                                &mut g,
+                                &mut m,
+                                &mut d,
+                            )
+                        }
+                        None => Next::Drop(DropReason::Ip4NoNode),
+                    };
+                    match next {
+                        Next::Port(p) => self.queue_tx(c, io, p, g),
+                        Next::Resolve => {
+                            self.meta[i] = m;
+                            self.park(c, io, i, g);
+                        }
+                        Next::Drop(r) => {
+                            c.count_drop(r, 1);
+                            self.dropped.push(g);
+                        }
+                        _ => {
+                            c.count_drop(DropReason::GraphLoop, 1);
+                            self.dropped.push(g);
+                        }
+                    }
+                }
+            }
+            Err((f, r)) => {
+                c.count_drop(r, 1);
+                self.dropped.push(f);
+            }
+        }
+        self.frag_out = pieces;
+        let sc = &c.stages[StageId::Ip4Fragment.index()];
+        add(&sc.packets, 1);
+        add(&sc.calls, 1);
+        add(&sc.cycles, rdtsc().wrapping_sub(t0));
     }
 
     /// Copies a frame to every other port of its bridge domain; the original goes to

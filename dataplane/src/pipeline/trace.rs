@@ -81,6 +81,11 @@ pub enum TraceDetail {
     Out {
         port: u16,
     },
+    /// ip4-fragment: split into `pieces` fragments of at most `mtu` bytes of IPv4.
+    Fragment {
+        pieces: u16,
+        mtu: u16,
+    },
     /// Flooded to `ports` ports (`ports - 1` copies and the original).
     Flood {
         ports: u16,

@@ -3,7 +3,7 @@
 //! kernel, the uplink's MAC towards the underlay). Unknown next hops are resolved:
 //! the runner parks the packet and sends an ARP request.
 use super::Ctx;
-use crate::pipeline::{DropReason, Frame, IcmpKind, Meta, Next, StageId, TraceDetail, OUT_BRIDGE};
+use crate::pipeline::{Frame, IcmpKind, Meta, Next, StageId, TraceDetail, OUT_BRIDGE};
 use crate::tables::{NeighborTable, Role};
 use crate::wire::MacAddr;
 use crate::wire::{ethernet, ipv4};
@@ -80,16 +80,13 @@ pub fn process<F: Frame>(
                 port: found.map_or(m.out, |n| n.port),
             };
         }
-        // Too big for where it goes: fragmentation needed (DF) or a counted drop.
+        // Too big for where it goes with DF: fragmentation needed. Without DF the
+        // runner's output splits it (ip4-fragment).
         if let Some(mtu) = mtu {
             let ip = ipv4::Packet::new_unchecked(&f.data()[ethernet::HEADER_LEN..]);
-            if usize::from(ip.total_len()) > usize::from(mtu) {
-                next[i] = if ip.dont_frag() {
-                    meta[i].icmp = IcmpKind::FragNeeded(mtu);
-                    Next::Stage(StageId::IcmpError)
-                } else {
-                    Next::Drop(DropReason::Ip4TooBig)
-                };
+            if usize::from(ip.total_len()) > usize::from(mtu) && ip.dont_frag() {
+                meta[i].icmp = IcmpKind::FragNeeded(mtu);
+                next[i] = Next::Stage(StageId::IcmpError);
                 continue;
             }
         }

@@ -5,6 +5,7 @@ pub mod arp;
 pub mod bridge;
 pub mod eth_input;
 pub mod icmp_error;
+pub mod ip4_fragment;
 pub mod ip4_local;
 pub mod ip4_lookup;
 pub mod ip4_rewrite;

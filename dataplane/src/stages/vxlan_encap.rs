@@ -2,8 +2,8 @@
 //! (RFC 7348). The inner frame gets the remote VTEP's MAC as destination; the outer
 //! headers carry the node IPs, UDP to the configured port with a source port hashed
 //! from the inner flow (so the underlay can spread flows), and the VNI. A packet that
-//! would exceed the uplink MTU gets ICMP fragmentation-needed when DF is set, and is
-//! dropped (`vxlan-too-big`) when not: podpath does not fragment.
+//! would exceed the uplink MTU gets ICMP fragmentation-needed when DF is set; without
+//! DF it is split (`ip4-fragment`) and each piece encapsulated.
 use super::{flow_hash, ip4_rewrite, Ctx};
 use crate::pipeline::{DropReason, Frame, IcmpKind, Meta, Next, TraceDetail};
 use crate::tables::l3::{NodeL3, Remote};
@@ -36,94 +36,123 @@ pub fn process<F: Frame>(
         let Some(f) = frames[i].as_mut() else {
             continue;
         };
-        let m = &mut meta[i];
-        let (Some(uplink), Some(r)) = (cx.ports.uplink, cx.l3.remotes.get(usize::from(m.remote)))
-        else {
-            next[i] = Next::Drop(DropReason::VxlanNoUplink);
-            continue;
-        };
-        let mtu = cx.ports.port(uplink).map_or(1500, |p| p.mtu);
-        // ip4-lookup left the IPv4 header at offset 14.
-        let (total, df, hash, tos) = {
-            let ip = ipv4::Packet::new_unchecked(&f.data()[ethernet::HEADER_LEN..]);
-            let d = f.data();
-            let l4 = usize::from(m.l4);
-            let ports = if (m.proto == 6 || m.proto == 17)
-                && !ip.is_fragment()
-                && l4 != 0
-                && d.len() >= l4 + 4
+        next[i] = encap(
+            cx,
+            neighbors,
+            node,
+            &mut tpl,
+            f,
+            &mut meta[i],
+            &mut detail[i],
+        );
+    }
+}
+
+/// The overlay's MTU for inner packets: what fits the uplink after encapsulation.
+#[inline]
+pub fn inner_mtu(cx: &Ctx) -> u16 {
+    let mtu = cx
+        .ports
+        .uplink
+        .and_then(|u| cx.ports.port(u))
+        .map_or(1500, |p| p.mtu);
+    let overhead = u16::try_from(vxlan::OVERHEAD).unwrap_or(50);
+    mtu.saturating_sub(overhead)
+}
+
+/// Encapsulates one packet (routed, IPv4 at 14) for the remote node `m.remote`:
+/// the stage's work per packet, also called by the runner for each piece of an
+/// inner packet split to fit ([`Next::Fragment`]).
+#[inline]
+pub fn encap<F: Frame>(
+    cx: &Ctx,
+    neighbors: &NeighborTable,
+    node: &NodeL3,
+    tpl: &mut Option<Template>,
+    f: &mut F,
+    m: &mut Meta,
+    detail: &mut TraceDetail,
+) -> Next {
+    let (Some(uplink), Some(r)) = (cx.ports.uplink, cx.l3.remotes.get(usize::from(m.remote)))
+    else {
+        return Next::Drop(DropReason::VxlanNoUplink);
+    };
+    let mtu = cx.ports.port(uplink).map_or(1500, |p| p.mtu);
+    // ip4-lookup left the IPv4 header at offset 14.
+    let (total, df, hash, tos) = {
+        let ip = ipv4::Packet::new_unchecked(&f.data()[ethernet::HEADER_LEN..]);
+        let d = f.data();
+        let l4 = usize::from(m.l4);
+        let ports =
+            if (m.proto == 6 || m.proto == 17) && !ip.is_fragment() && l4 != 0 && d.len() >= l4 + 4
             {
                 u32::from_be_bytes([d[l4], d[l4 + 1], d[l4 + 2], d[l4 + 3]])
             } else {
                 0
             };
-            (
-                usize::from(ip.total_len()),
-                ip.dont_frag(),
-                flow_hash(
-                    ip.src_addr().to_u32(),
-                    ip.dst_addr().to_u32(),
-                    m.proto,
-                    ports,
-                ),
-                ip.tos(),
-            )
+        (
+            usize::from(ip.total_len()),
+            ip.dont_frag(),
+            flow_hash(
+                ip.src_addr().to_u32(),
+                ip.dst_addr().to_u32(),
+                m.proto,
+                ports,
+            ),
+            ip.tos(),
+        )
+    };
+    // Outer IPv4 carries UDP, VXLAN and the whole inner frame (its Ethernet header too).
+    let inner_len = ethernet::HEADER_LEN + total;
+    let outer_ip_len = ipv4::HEADER_LEN + udp::HEADER_LEN + vxlan::HEADER_LEN + inner_len;
+    if outer_ip_len > usize::from(mtu) {
+        if df {
+            m.icmp = IcmpKind::FragNeeded(mtu.saturating_sub(50));
+            return Next::Stage(crate::pipeline::StageId::IcmpError);
+        }
+        return Next::Fragment;
+    }
+    // Drop Ethernet padding, then make room for the outer headers.
+    if !f.set_len(ethernet::HEADER_LEN + total) || !f.prepend(vxlan::OVERHEAD) {
+        return Next::Drop(DropReason::VxlanNoHeadroom);
+    }
+    let t = match tpl {
+        Some(t) if t.remote == m.remote => t,
+        _ => tpl.insert(Template::build(cx, neighbors, node, r, m.remote, uplink)),
+    };
+    let d = f.data_mut();
+    // Outer headers and the inner MACs from the template; then what varies.
+    d[..TEMPLATE_LEN].copy_from_slice(&t.bytes);
+    let ip_len = u16::try_from(outer_ip_len).unwrap_or(u16::MAX);
+    let mut delta = checksum::delta16(TEMPLATE_IP_LEN, ip_len);
+    if tos != 0 {
+        // DSCP and ECN of the inner packet, copied out (RFC 6040, normal mode).
+        d[OUTER_IP + 1] = tos;
+        delta += checksum::delta16(0x4500, u16::from_be_bytes([0x45, tos]));
+    }
+    d[OUTER_IP + 2..OUTER_IP + 4].copy_from_slice(&ip_len.to_be_bytes());
+    let c = checksum::apply(t.ip_checksum, delta);
+    d[OUTER_IP + 10..OUTER_IP + 12].copy_from_slice(&c.to_be_bytes());
+    d[OUTER_UDP..OUTER_UDP + 2].copy_from_slice(&source_port(hash).to_be_bytes());
+    let udp_len = ip_len.saturating_sub(20);
+    d[OUTER_UDP + 4..OUTER_UDP + 6].copy_from_slice(&udp_len.to_be_bytes());
+    m.l3 = 14;
+    m.l4 = u16::try_from(OUTER_UDP).unwrap_or(0);
+    m.proto = 17;
+    m.nh_ip = t.nh_ip;
+    m.out = uplink;
+    if m.trace != 0 {
+        *detail = TraceDetail::Encap {
+            to: Ipv4Addr::from_u32(r.node_ip),
+            sport: source_port(hash),
+            vni: node.vni,
         };
-        // Outer IPv4 carries UDP, VXLAN and the whole inner frame (its Ethernet header too).
-        let inner_len = ethernet::HEADER_LEN + total;
-        let outer_ip_len = ipv4::HEADER_LEN + udp::HEADER_LEN + vxlan::HEADER_LEN + inner_len;
-        if outer_ip_len > usize::from(mtu) {
-            if df {
-                m.icmp = IcmpKind::FragNeeded(mtu.saturating_sub(50));
-                next[i] = Next::Stage(crate::pipeline::StageId::IcmpError);
-            } else {
-                next[i] = Next::Drop(DropReason::VxlanTooBig);
-            }
-            continue;
-        }
-        // Drop Ethernet padding, then make room for the outer headers.
-        if !f.set_len(ethernet::HEADER_LEN + total) || !f.prepend(vxlan::OVERHEAD) {
-            next[i] = Next::Drop(DropReason::VxlanNoHeadroom);
-            continue;
-        }
-        let t = match &tpl {
-            Some(t) if t.remote == m.remote => t,
-            _ => tpl.insert(Template::build(cx, neighbors, node, r, m.remote, uplink)),
-        };
-        let d = f.data_mut();
-        // Outer headers and the inner MACs from the template; then what varies.
-        d[..TEMPLATE_LEN].copy_from_slice(&t.bytes);
-        let ip_len = u16::try_from(outer_ip_len).unwrap_or(u16::MAX);
-        let mut delta = checksum::delta16(TEMPLATE_IP_LEN, ip_len);
-        if tos != 0 {
-            // DSCP and ECN of the inner packet, copied out (RFC 6040, normal mode).
-            d[OUTER_IP + 1] = tos;
-            delta += checksum::delta16(0x4500, u16::from_be_bytes([0x45, tos]));
-        }
-        d[OUTER_IP + 2..OUTER_IP + 4].copy_from_slice(&ip_len.to_be_bytes());
-        let c = checksum::apply(t.ip_checksum, delta);
-        d[OUTER_IP + 10..OUTER_IP + 12].copy_from_slice(&c.to_be_bytes());
-        d[OUTER_UDP..OUTER_UDP + 2].copy_from_slice(&source_port(hash).to_be_bytes());
-        let udp_len = ip_len.saturating_sub(20);
-        d[OUTER_UDP + 4..OUTER_UDP + 6].copy_from_slice(&udp_len.to_be_bytes());
-        m.l3 = 14;
-        m.l4 = u16::try_from(OUTER_UDP).unwrap_or(0);
-        m.proto = 17;
-        m.nh_ip = t.nh_ip;
-        m.out = uplink;
-        if m.trace != 0 {
-            detail[i] = TraceDetail::Encap {
-                to: Ipv4Addr::from_u32(r.node_ip),
-                sport: source_port(hash),
-                vni: node.vni,
-            };
-        }
-        // Without the next hop's MAC the runner parks the packet and asks ARP.
-        next[i] = if t.resolved {
-            Next::Port(uplink)
-        } else {
-            Next::Resolve
-        };
+    }
+    // Without the next hop's MAC the runner parks the packet and asks ARP.
+    if t.resolved {
+        Next::Port(uplink)
+    } else {
+        Next::Resolve
     }
 }
 
@@ -138,7 +167,7 @@ const TEMPLATE_IP_LEN: u16 = 20;
 /// A remote node's encapsulation, pre-built once per burst and copied into each
 /// packet (VPP's rewrite strings): per packet only the lengths, the source port and
 /// an incremental checksum change.
-struct Template {
+pub struct Template {
     remote: u16,
     bytes: [u8; TEMPLATE_LEN],
     ip_checksum: u16,
