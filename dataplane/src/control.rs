@@ -657,11 +657,15 @@ impl Control {
     /// What to probe a port's device with, and the pool its rx queues fill from:
     /// af_packet ports get ring frames and buffers for `max_frame` (the kernel hands
     /// them reassembled datagrams); other devices use the common pool.
-    fn devargs_and_pool(&mut self, spec: &PortSpec) -> Result<(String, Mempool), ErrorReply> {
+    fn devargs_and_pool(
+        &mut self,
+        spec: &PortSpec,
+        queues: u16,
+    ) -> Result<(String, Mempool), ErrorReply> {
         if !dpdk::af_packet::is_af_packet(&spec.device) {
             return Ok((spec.device.clone(), self.pool));
         }
-        let (devargs, frame) = dpdk::af_packet::devargs(&spec.device, self.max_frame)
+        let (devargs, frame) = dpdk::af_packet::devargs(&spec.device, self.max_frame, queues)
             .map_err(|m| err(ErrorKind::BadRequest, format!("port {}: {m}", spec.name)))?;
         if dpdk::af_packet::data_room(frame, MBUF_HEADROOM) <= u32::from(MBUF_DATA_ROOM) {
             return Ok((devargs, self.pool));
@@ -714,7 +718,7 @@ impl Control {
             tx_desc: self.tx_desc,
             mtu: spec.mtu,
         };
-        let (devargs, pool) = self.devargs_and_pool(&spec)?;
+        let (devargs, pool) = self.devargs_and_pool(&spec, setup.rx_queues.max(setup.tx_queues))?;
         let bring_up = || -> Result<EthPort, dpdk::PortError> {
             let mut p = EthPort::probe(&devargs)?;
             p.configure(&setup, &pool)?;

@@ -49,8 +49,9 @@ fn arg<'a>(devargs: &'a str, key: &str) -> Option<&'a str> {
 
 /// The device arguments to probe with, and the ring frame size they give: podpath's
 /// geometry added where the user gave none (`framesz`/`blocksz` given are kept,
-/// and checked against what the buffers can take).
-pub fn devargs(devargs: &str, max_frame: u32) -> Result<(String, u32), String> {
+/// and checked against what the buffers can take), and one queue pair per queue
+/// the port needs (`qpairs`) unless given.
+pub fn devargs(devargs: &str, max_frame: u32, queues: u16) -> Result<(String, u32), String> {
     let parse = |key: &str| -> Result<Option<u32>, String> {
         arg(devargs, key)
             .map(|v| {
@@ -68,6 +69,9 @@ pub fn devargs(devargs: &str, max_frame: u32) -> Result<(String, u32), String> {
         ));
     }
     let mut out = devargs.to_owned();
+    if arg(devargs, "qpairs").is_none() && queues > 1 {
+        out.push_str(&format!(",qpairs={queues}"));
+    }
     if framesz.is_none() {
         out.push_str(&format!(",framesz={frame}"));
     }
@@ -95,19 +99,22 @@ mod tests {
 
     #[test]
     fn devargs_gain_the_geometry_unless_given() {
-        let (d, f) = devargs("net_af_packet0,iface=vp-a,qpairs=2", 9216).unwrap();
+        let (d, f) = devargs("net_af_packet0,iface=vp-a,qpairs=2", 9216, 4).unwrap();
         assert_eq!(
             d,
             "net_af_packet0,iface=vp-a,qpairs=2,framesz=12288,blocksz=12288"
         );
         assert_eq!(f, 12_288);
-        let (d, f) = devargs("net_af_packet1,iface=x,framesz=2048", 9216).unwrap();
-        assert_eq!(d, "net_af_packet1,iface=x,framesz=2048,blocksz=4096");
+        let (d, f) = devargs("net_af_packet1,iface=x,framesz=2048", 9216, 2).unwrap();
+        assert_eq!(
+            d,
+            "net_af_packet1,iface=x,framesz=2048,qpairs=2,blocksz=4096"
+        );
         assert_eq!(f, 2048);
-        assert!(devargs("net_af_packet1,iface=x,framesz=65536", 9216)
+        assert!(devargs("net_af_packet1,iface=x,framesz=65536", 9216, 1)
             .unwrap_err()
             .contains("max_frame"));
-        assert!(devargs("net_af_packet1,iface=x,framesz=big", 9216)
+        assert!(devargs("net_af_packet1,iface=x,framesz=big", 9216, 1)
             .unwrap_err()
             .contains("not a number"));
         assert!(is_af_packet("net_af_packet3,iface=eth0"));
