@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what podpath needs on Debian 12 (run as root): DPDK 22.11 and its headers,
-# clang for bindgen, the network tools the lab and tests use, and Rust if missing.
+# clang for bindgen, the network tools the lab and tests use, the CNI reference
+# plugins, containerd/runc and etcd the tests start themselves, and Rust if missing.
 # Reserves hugepages when the kernel lets us (the dataplane falls back to --no-huge).
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
@@ -8,7 +9,11 @@ apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
   dpdk libdpdk-dev pkg-config libclang-dev clang gcc libc6-dev \
   iproute2 iputils-ping iputils-tracepath ethtool tcpdump procps kmod ca-certificates curl \
-  prometheus >/dev/null
+  prometheus util-linux \
+  containernetworking-plugins containerd runc busybox-static \
+  etcd-server etcd-client protobuf-compiler >/dev/null
+# The reference CNI plugins (the tests' oracle) and a container runtime the tests
+# start privately; etcd for the node agent. None of their daemons runs by default.
 if ! command -v cargo >/dev/null 2>&1; then
   if [ -x "$HOME/.cargo/bin/cargo" ]; then
     :
