@@ -49,6 +49,9 @@ pub struct LabOptions {
     /// Workers per dataplane (1 or 2). With 2, every port gets two queue pairs, so
     /// flows spread over both workers and replies cross between them (hand-off).
     pub workers: usize,
+    /// Write every other node into each node's configuration as a static remote
+    /// (false: the nodes find each other through the agent, e.g. over etcd).
+    pub static_remotes: bool,
 }
 
 impl LabOptions {
@@ -67,6 +70,7 @@ impl LabOptions {
             dataplane_extra: String::new(),
             router: false,
             workers: 1,
+            static_remotes: true,
         }
     }
 }
@@ -824,7 +828,7 @@ fn write_config(node: &Node, index: usize, others: &[Node], opts: &LabOptions) -
         port = opts.vxlan_port,
         gw = if opts.router { format!("underlay_gateway = \"{UNDERLAY_PREFIX}.{ROUTER_HOST}\"\n") } else { String::new() },
     );
-    for r in others {
+    for r in others.iter().filter(|_| opts.static_remotes) {
         c += &format!(
             "[[remote]]\nname = \"{}\"\nnode_ip = \"{}\"\nvtep_mac = \"{}\"\npod_cidr = \"{}\"\n\n",
             r.name,
@@ -856,8 +860,9 @@ fn write_config(node: &Node, index: usize, others: &[Node], opts: &LabOptions) -
 
 /// The MAC the dataplane uses for a gateway address (0a:58 + the address).
 fn gateway_mac(gw: &str) -> String {
-    let o: Vec<u8> = gw.split('.').filter_map(|x| x.parse().ok()).collect();
-    format!("0a:58:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3])
+    gw.parse()
+        .map(podpath_proto::gateway_mac_text)
+        .unwrap_or_default()
 }
 
 /// Adds a pod to a running node: creates its namespace, and attaches it through the

@@ -821,3 +821,28 @@ pub fn sample_service() -> ServiceSpec {
         health_check_node_port: None,
     }
 }
+
+/// The MAC the dataplane answers for a node's pods' gateway, which is also the node's
+/// VTEP MAC (the inner destination other nodes write; flannel's `VtepMAC`): 0a:58
+/// and the gateway's address, the convention of Kubernetes' bridge plugins. One rule
+/// for the dataplane, the agent that announces it, and the lab.
+pub fn gateway_mac(gw: std::net::Ipv4Addr) -> [u8; 6] {
+    let o = gw.octets();
+    [0x0a, 0x58, o[0], o[1], o[2], o[3]]
+}
+
+/// [`gateway_mac`] as text ("0a:58:0a:f4:00:01").
+pub fn gateway_mac_text(gw: std::net::Ipv4Addr) -> String {
+    gateway_mac(gw)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// A pod CIDR's gateway: its first address ("10.244.1.0/24" -> 10.244.1.1).
+pub fn pod_gateway(pod_cidr: &str) -> Option<std::net::Ipv4Addr> {
+    let (a, _) = pod_cidr.split_once('/')?;
+    let a: std::net::Ipv4Addr = a.parse().ok()?;
+    Some(std::net::Ipv4Addr::from(u32::from(a).wrapping_add(1)))
+}

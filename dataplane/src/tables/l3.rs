@@ -77,8 +77,7 @@ fn parse_net(s: &str, what: &str) -> Result<(u32, u8), L3Error> {
 /// The pods' gateway MAC for a gateway address: 0a:58 + the IPv4 address, the
 /// convention Kubernetes bridge plugins use for addresses they derive.
 pub fn gateway_mac(gw: u32) -> MacAddr {
-    let b = gw.to_be_bytes();
-    MacAddr([0x0a, 0x58, b[0], b[1], b[2], b[3]])
+    MacAddr(podpath_proto::gateway_mac(std::net::Ipv4Addr::from(gw)))
 }
 
 impl L3 {

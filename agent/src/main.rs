@@ -1,0 +1,60 @@
+//! podpath-agent --config FILE: see the library's documentation and docs/kubernetes.md.
+use std::path::PathBuf;
+
+use clap::Parser;
+use podpath_agent::config::{Config, Source};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "podpath's node agent: the cluster's nodes into the node's control service"
+)]
+struct Args {
+    #[arg(long, default_value = "/etc/podpath/agent.toml")]
+    config: PathBuf,
+}
+
+fn log(m: &str) {
+    eprintln!("podpath-agent: {m}");
+}
+
+fn main() {
+    let args = Args::parse();
+    let cfg = match Config::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    rt.block_on(async {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+            }
+            let _ = tx.send(true);
+        });
+        match cfg.agent.source {
+            Source::Etcd => podpath_agent::etcd::run(&cfg, rx, &log).await,
+            Source::Static => {
+                log("source static: nothing to watch (the control service's file and podpathctl)");
+                let mut rx = rx;
+                let _ = rx.changed().await;
+            }
+        }
+    });
+    log("stopped");
+}

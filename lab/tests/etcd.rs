@@ -1,0 +1,292 @@
+//! Nodes find each other through a real etcd (Debian's etcd-server on 127.0.0.1, a
+//! port and data directory of this run) in flannel's layout, each node's
+//! podpath-agent registering its lease and watching the others'. A third node
+//! joins, dies (its lease expires), and etcd restarts under running agents.
+mod common;
+use common::*;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use podpath_lab::{topo::Node, Lab};
+
+/// The lease TTL the agents use here (short, to watch a node expire).
+const TTL_S: u64 = 3;
+
+struct Etcd {
+    child: Option<Child>,
+    dir: PathBuf,
+    client: u16,
+    peer: u16,
+}
+
+impl Etcd {
+    fn start(dir: &Path, client: u16, peer: u16) -> Etcd {
+        let mut e = Etcd {
+            child: None,
+            dir: dir.to_owned(),
+            client,
+            peer,
+        };
+        e.restart();
+        e
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client)
+    }
+
+    fn restart(&mut self) {
+        let (c, p) = (self.client, self.peer);
+        let log = std::fs::File::create(self.dir.with_extension("log")).unwrap();
+        let child = Command::new("etcd")
+            .args(["--name", "podpath-test", "--data-dir"])
+            .arg(&self.dir)
+            .arg(format!("--listen-client-urls=http://127.0.0.1:{c}"))
+            .arg(format!("--advertise-client-urls=http://127.0.0.1:{c}"))
+            .arg(format!("--listen-peer-urls=http://127.0.0.1:{p}"))
+            .arg(format!(
+                "--initial-advertise-peer-urls=http://127.0.0.1:{p}"
+            ))
+            .arg(format!(
+                "--initial-cluster=podpath-test=http://127.0.0.1:{p}"
+            ))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("etcd (apt-get install etcd-server)");
+        self.child = Some(child);
+        assert!(
+            wait_until(Duration::from_secs(10), || self.get("/probe").is_some()),
+            "etcd did not answer: {}",
+            std::fs::read_to_string(self.dir.with_extension("log")).unwrap_or_default()
+        );
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").arg(c.id().to_string()).status();
+            let _ = c.wait();
+        }
+    }
+
+    fn etcdctl(&self, args: &[&str]) -> Option<String> {
+        let o = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", self.endpoint()))
+            .arg("--dial-timeout=1s")
+            .args(args)
+            .output()
+            .ok()?;
+        o.status
+            .success()
+            .then(|| String::from_utf8_lossy(&o.stdout).into_owned())
+    }
+
+    /// The value at `key` (Some("") when etcd answers and the key is absent).
+    fn get(&self, key: &str) -> Option<String> {
+        self.etcdctl(&["get", "--print-value-only", key])
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_file(self.dir.with_extension("log"));
+    }
+}
+
+/// A node's agent (ours, killed by PID when dropped).
+struct Agent(Child);
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn agent(dir: &Path, n: &Node, etcd: &Etcd) -> Agent {
+    let conf = dir.join(format!("agent-{}.toml", n.name));
+    std::fs::write(
+        &conf,
+        format!(
+            "[agent]\ncontrol_socket = \"{}\"\nsource = \"etcd\"\n\n[etcd]\nendpoints = [\"{}\"]\nlease_ttl_s = {TTL_S}\n",
+            n.control_socket.display(),
+            etcd.endpoint()
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.join(format!("agent-{}.log", n.name))).unwrap();
+    let agent = Path::new(&bin()).with_file_name("podpath-agent");
+    Agent(
+        Command::new(agent)
+            .arg("--config")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("podpath-agent (cargo build --workspace)"),
+    )
+}
+
+fn routes(n: &Node) -> Vec<String> {
+    let (_, out, _) = ctl(&n.control_socket, &["--json", "routes"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|r| r["prefix"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// How long until `cond` holds (polled every 20 ms), if within `limit`.
+fn time_until(limit: Duration, mut cond: impl FnMut() -> bool) -> Option<Duration> {
+    let t0 = Instant::now();
+    while t0.elapsed() < limit {
+        if cond() {
+            return Some(t0.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+fn free_port(base: u16) -> u16 {
+    (base..base + 1000)
+        .find(|p| TcpStream::connect(("127.0.0.1", *p)).is_err())
+        .expect("a free port")
+}
+
+#[test]
+fn nodes_join_leave_and_survive_an_etcd_restart_through_etcd() {
+    let mut o = options("e");
+    o.nodes = 3;
+    o.pods_per_node = 1;
+    o.external = false;
+    o.static_remotes = false;
+    let lab = Lab::up(&o).expect("lab up");
+    let [n1, n2, n3] = [0, 1, 2].map(|i| lab.state.nodes[i].clone());
+    let dir = std::env::temp_dir().join(format!("podpath-etcd-{}", lab.state.prefix));
+    std::fs::create_dir_all(&dir).unwrap();
+    let base = 20_000 + u16::try_from(std::process::id() % 20_000).unwrap();
+    let client = free_port(base);
+    let peer = free_port(client + 1);
+    let mut etcd = Etcd::start(&dir.join("etcd"), client, peer);
+    let net = r#"{"Network":"10.244.0.0/16","SubnetLen":24,"Backend":{"Type":"vxlan","VNI":1,"Port":4789}}"#;
+    assert!(etcd
+        .etcdctl(&["put", "/coreos.com/network/config", net])
+        .is_some());
+
+    let _a1 = agent(&dir, &n1, &etcd);
+    let _a2 = agent(&dir, &n2, &etcd);
+    assert!(
+        wait_until(Duration::from_secs(10), || routes(&n1)
+            .contains(&n2.pod_cidr)
+            && routes(&n2).contains(&n1.pod_cidr)),
+        "nodes 1 and 2 found each other: {:?} {:?}",
+        routes(&n1),
+        routes(&n2)
+    );
+    assert!(
+        ping(&n1.pods[0].netns, &n2.pods[0].ip),
+        "pod to pod over the overlay"
+    );
+    assert!(
+        !routes(&n1).contains(&n3.pod_cidr),
+        "node 3 is not there yet"
+    );
+    let lease = |n: &Node| {
+        format!(
+            "/coreos.com/network/subnets/{}",
+            n.pod_cidr.replace('/', "-")
+        )
+    };
+    let v = etcd.get(&lease(&n1)).unwrap();
+    assert!(
+        v.contains("\"VtepMAC\":\"0a:58:0a:f4:00:01\"") && v.contains("\"PublicIP\":\"192.168.77."),
+        "flannel's lease: {v}"
+    );
+
+    // Node 3 joins: its lease appears, and within 1 s both others route to it.
+    let mut a3 = agent(&dir, &n3, &etcd);
+    assert!(wait_until(Duration::from_secs(10), || etcd
+        .get(&lease(&n3))
+        .is_some_and(|v| !v.is_empty())));
+    let joined = time_until(Duration::from_secs(5), || {
+        routes(&n1).contains(&n3.pod_cidr) && routes(&n2).contains(&n3.pod_cidr)
+    });
+    assert!(
+        joined.is_some_and(|t| t <= Duration::from_secs(1)),
+        "node 3 known within 1 s of its lease: {joined:?}"
+    );
+    eprintln!("join: lease to routes on both nodes in {joined:?}");
+    assert!(ping(&n1.pods[0].netns, &n3.pods[0].ip) && ping(&n3.pods[0].netns, &n2.pods[0].ip));
+
+    // Node 3's agent dies (no revoke): its lease expires, the others withdraw it
+    // within the TTL + 1 s.
+    let _ = a3.0.kill();
+    let _ = a3.0.wait();
+    let gone = time_until(Duration::from_secs(TTL_S + 5), || {
+        !routes(&n1).contains(&n3.pod_cidr) && !routes(&n2).contains(&n3.pod_cidr)
+    });
+    assert!(
+        gone.is_some_and(|t| t <= Duration::from_secs(TTL_S + 1)),
+        "node 3 withdrawn within TTL + 1 s: {gone:?}"
+    );
+    eprintln!("leave: kill to withdrawn on both nodes in {gone:?} (TTL {TTL_S} s)");
+
+    // etcd restarts under the agents: nothing is lost while it is down, and after
+    // it the agents are in step again (a new node is seen, a dead one withdrawn).
+    let _a3 = agent(&dir, &n3, &etcd);
+    assert!(wait_until(Duration::from_secs(5), || routes(&n1)
+        .contains(&n3.pod_cidr)));
+    etcd.stop();
+    std::thread::sleep(Duration::from_secs(TTL_S + 1));
+    for (n, others) in [(&n1, [&n2, &n3]), (&n2, [&n1, &n3])] {
+        for o in others {
+            assert!(
+                routes(n).contains(&o.pod_cidr),
+                "{} kept {} while etcd was down",
+                n.name,
+                o.name
+            );
+        }
+    }
+    assert!(
+        ping(&n1.pods[0].netns, &n2.pods[0].ip),
+        "traffic kept flowing"
+    );
+    etcd.restart();
+    assert!(
+        wait_until(Duration::from_secs(15), || [&n1, &n2, &n3]
+            .iter()
+            .all(|n| etcd.get(&lease(n)).is_some_and(|v| !v.is_empty()))),
+        "every agent registered again after the restart"
+    );
+    assert!(routes(&n1).contains(&n2.pod_cidr) && routes(&n1).contains(&n3.pod_cidr));
+    // Someone deletes node 2's key while its lease lives: its agent announces it
+    // again, and node 1 routes to it.
+    assert!(etcd.etcdctl(&["del", &lease(&n2)]).is_some());
+    assert!(
+        wait_until(Duration::from_secs(5), || etcd
+            .get(&lease(&n2))
+            .is_some_and(|v| !v.is_empty())),
+        "node 2's agent registered it again"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || routes(&n1)
+            .contains(&n2.pod_cidr)),
+        "node 2 known to node 1 again"
+    );
+    drop(_a3);
+    assert!(
+        wait_until(Duration::from_secs(TTL_S + 2), || !routes(&n1)
+            .contains(&n3.pod_cidr)),
+        "the watch after the restart sees node 3 leave"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
