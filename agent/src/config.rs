@@ -10,6 +10,22 @@ pub struct Config {
     pub agent: AgentConfig,
     #[serde(default)]
     pub etcd: EtcdConfig,
+    #[serde(default)]
+    pub kubernetes: KubernetesConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KubernetesConfig {
+    /// The API server's URL; none: the pod's service account (in a DaemonSet), else
+    /// KUBECONFIG or ~/.kube/config.
+    pub url: Option<String>,
+    /// This node's name (its own Node is not a remote); default $NODE_NAME (the
+    /// DaemonSet sets it from spec.nodeName).
+    pub node_name: Option<String>,
+    /// Also take other nodes from their Node objects (podCIDR, flannel's
+    /// annotations); off when etcd provides them.
+    pub nodes: bool,
 }
 
 /// Where the cluster's state comes from.
@@ -18,6 +34,12 @@ pub struct Config {
 pub enum Source {
     /// flannel's layout in etcd: this node's lease registered, the others watched.
     Etcd,
+    /// The Kubernetes API: Services and EndpointSlices (kube-proxy's part), and the
+    /// other Nodes (flannel's kube subnet manager's part) when `kubernetes.nodes`.
+    Kubernetes,
+    /// etcd for the nodes and the Kubernetes API for Services: flannel's etcd
+    /// backend beside kube-proxy.
+    EtcdAndKubernetes,
     /// Nothing: the control service's configuration file and podpathctl only.
     Static,
 }
@@ -66,7 +88,9 @@ impl Config {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let c: Config = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-        if c.agent.source == Source::Etcd && c.etcd.endpoints.is_empty() {
+        if matches!(c.agent.source, Source::Etcd | Source::EtcdAndKubernetes)
+            && c.etcd.endpoints.is_empty()
+        {
             return Err(format!("{}: etcd.endpoints is empty", path.display()));
         }
         if !(2..=86_400).contains(&c.etcd.lease_ttl_s) {

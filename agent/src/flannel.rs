@@ -118,6 +118,15 @@ pub fn remote(key: &str, value: &[u8]) -> Result<RemoteSpec, String> {
 /// What to change so that the agent's remotes in `current` become `desired`:
 /// (to add or replace, names to delete). Remotes not named by the agent stay.
 pub fn diff(current: &[RemoteSpec], desired: &[RemoteSpec]) -> (Vec<RemoteSpec>, Vec<String>) {
+    diff_with(current, desired, REMOTE_PREFIX)
+}
+
+/// [`diff`] over the remotes named with `prefix`.
+pub fn diff_with(
+    current: &[RemoteSpec],
+    desired: &[RemoteSpec],
+    prefix: &str,
+) -> (Vec<RemoteSpec>, Vec<String>) {
     let adds = desired
         .iter()
         .filter(|d| !current.contains(d))
@@ -125,7 +134,7 @@ pub fn diff(current: &[RemoteSpec], desired: &[RemoteSpec]) -> (Vec<RemoteSpec>,
         .collect();
     let dels = current
         .iter()
-        .filter(|c| c.name.starts_with(REMOTE_PREFIX))
+        .filter(|c| c.name.starts_with(prefix))
         .filter(|c| !desired.iter().any(|d| d.name == c.name))
         .map(|c| c.name.clone())
         .collect();

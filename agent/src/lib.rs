@@ -7,9 +7,11 @@
 //!
 //! - `flannel`: flannel's etcd layout and its translation (pure, tested);
 //! - `etcd`: the etcd source (lease, keep-alive, list + watch, reconcile);
+//! - `kubernetes`: the Kubernetes API source (Nodes, Services, EndpointSlices);
 //! - `node`: the calls on the control service;
 //! - `config`: `configs/agent.toml`.
 pub mod config;
 pub mod etcd;
 pub mod flannel;
+pub mod kubernetes;
 pub mod node;

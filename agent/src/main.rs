@@ -49,6 +49,13 @@ fn main() {
         });
         match cfg.agent.source {
             Source::Etcd => podpath_agent::etcd::run(&cfg, rx, &log).await,
+            Source::Kubernetes => podpath_agent::kubernetes::run(&cfg, rx, &log).await,
+            Source::EtcdAndKubernetes => {
+                tokio::join!(
+                    podpath_agent::etcd::run(&cfg, rx.clone(), &log),
+                    podpath_agent::kubernetes::run(&cfg, rx, &log)
+                );
+            }
             Source::Static => {
                 log("source static: nothing to watch (the control service's file and podpathctl)");
                 let mut rx = rx;

@@ -53,10 +53,38 @@ impl Node {
         }
     }
 
-    /// Makes the agent's remotes exactly `desired`.
+    pub fn service_set(&mut self, s: &podpath_proto::ServiceSpec) -> Result<(), String> {
+        self.client
+            .call(Request::ServiceSet(s.clone()))
+            .map(|_| ())
+            .map_err(|e| format!("service {}: {e}", s.name))
+    }
+
+    pub fn service_del(&mut self, name: &str) -> Result<(), String> {
+        match self.client.call(Request::ServiceDel { name: name.into() }) {
+            Ok(_) => Ok(()),
+            Err(podpath_proto::ClientError::Server(e))
+                if e.kind == podpath_proto::ErrorKind::NotFound =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(format!("service {name}: {e}")),
+        }
+    }
+
+    /// Makes the etcd source's remotes exactly `desired`.
     pub fn reconcile(&mut self, desired: &[RemoteSpec]) -> Result<(usize, usize), String> {
+        self.reconcile_with(desired, crate::flannel::REMOTE_PREFIX)
+    }
+
+    /// Makes the remotes named with `prefix` exactly `desired`.
+    pub fn reconcile_with(
+        &mut self,
+        desired: &[RemoteSpec],
+        prefix: &str,
+    ) -> Result<(usize, usize), String> {
         let current = self.state()?.remotes;
-        let (adds, dels) = crate::flannel::diff(&current, desired);
+        let (adds, dels) = crate::flannel::diff_with(&current, desired, prefix);
         for r in &adds {
             self.add(r)?;
         }
