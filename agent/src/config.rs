@@ -12,6 +12,8 @@ pub struct Config {
     pub etcd: EtcdConfig,
     #[serde(default)]
     pub kubernetes: KubernetesConfig,
+    #[serde(default)]
+    pub bootstrap: crate::bootstrap::BootstrapConfig,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -9,7 +9,9 @@
 //! - `etcd`: the etcd source (lease, keep-alive, list + watch, reconcile);
 //! - `kubernetes`: the Kubernetes API source (Nodes, Services, EndpointSlices);
 //! - `node`: the calls on the control service;
+//! - `bootstrap`: the node's kernel side (host port address and routes, uplink quiet);
 //! - `config`: `configs/agent.toml`.
+pub mod bootstrap;
 pub mod config;
 pub mod etcd;
 pub mod flannel;

@@ -37,6 +37,20 @@ fn main() {
             std::process::exit(1);
         }
     };
+    // The node's kernel side first: pods and Services reachable from the node.
+    let applied = if cfg.bootstrap.enabled {
+        let node = podpath_agent::node::Node::connect(&cfg.agent.control_socket)
+            .and_then(|mut n| n.spec());
+        match node.and_then(|n| podpath_agent::bootstrap::apply(&cfg.bootstrap, &n, &log)) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                eprintln!("error: bootstrap: {e}");
+                std::process::exit(1);
+            }
+        }
+    } else {
+        None
+    };
     rt.block_on(async {
         let (tx, rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
@@ -63,5 +77,8 @@ fn main() {
             }
         }
     });
+    if let Some(a) = &applied {
+        podpath_agent::bootstrap::undo(&cfg.bootstrap, a, &log);
+    }
     log("stopped");
 }

@@ -52,6 +52,9 @@ pub struct LabOptions {
     /// Write every other node into each node's configuration as a static remote
     /// (false: the nodes find each other through the agent, e.g. over etcd).
     pub static_remotes: bool,
+    /// Leave the node's kernel side (host port address and routes, the uplink
+    /// without ARP and with strict rp_filter) to podpath-agent's bootstrap.
+    pub agent_bootstrap: bool,
 }
 
 impl LabOptions {
@@ -71,6 +74,7 @@ impl LabOptions {
             router: false,
             workers: 1,
             static_remotes: true,
+            agent_bootstrap: false,
         }
     }
 }
@@ -354,12 +358,14 @@ impl Lab {
             offloads_off(&ns, "eth0");
             // The kernel must not answer on it either: no ARP, and strict reverse-path
             // filtering drops what it would otherwise take for its (host-port) address.
-            ip_in(&ns, &["link", "set", "eth0", "arp", "off"])?;
-            for key in [
-                "net.ipv4.conf.all.rp_filter=1",
-                "net.ipv4.conf.eth0.rp_filter=1",
-            ] {
-                net::exec_in(&ns, "sysctl", &["-qw", key])?;
+            if !opts.agent_bootstrap {
+                ip_in(&ns, &["link", "set", "eth0", "arp", "off"])?;
+                for key in [
+                    "net.ipv4.conf.all.rp_filter=1",
+                    "net.ipv4.conf.eth0.rp_filter=1",
+                ] {
+                    net::exec_in(&ns, "sysctl", &["-qw", key])?;
+                }
             }
             let mut node = Node {
                 name: name.clone(),
@@ -426,7 +432,9 @@ impl Lab {
             self.wait_in_sync(i, opts.start_timeout)?;
         }
         for n in &self.state.nodes {
-            configure_host(n)?;
+            if !opts.agent_bootstrap {
+                configure_host(n)?;
+            }
             for p in n.pods.iter().filter(|p| p.attach == Attach::Tap) {
                 wait_for(&p.netns, "eth0", Duration::from_secs(10))?;
                 configure_pod_if(&p.netns, &p.ip, &n.gateway)?;

@@ -100,6 +100,16 @@ impl Drop for Etcd {
 
 /// A node's agent (ours, killed by PID when dropped).
 struct Agent(Child);
+impl Agent {
+    /// A clean stop (SIGTERM): the agent revokes its lease and undoes the node side.
+    fn stop(&mut self) -> bool {
+        let _ = Command::new("kill").arg(self.0.id().to_string()).status();
+        wait_until(Duration::from_secs(10), || {
+            matches!(self.0.try_wait(), Ok(Some(_)))
+        })
+    }
+}
+
 impl Drop for Agent {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -112,9 +122,11 @@ fn agent(dir: &Path, n: &Node, etcd: &Etcd) -> Agent {
     std::fs::write(
         &conf,
         format!(
-            "[agent]\ncontrol_socket = \"{}\"\nsource = \"etcd\"\n\n[etcd]\nendpoints = [\"{}\"]\nlease_ttl_s = {TTL_S}\n",
+            "[agent]\ncontrol_socket = \"{}\"\nsource = \"etcd\"\n\n[etcd]\nendpoints = [\"{}\"]\nlease_ttl_s = {TTL_S}\n\n\
+             [bootstrap]\nenabled = true\nhost_if = \"pphost\"\nuplink_if = \"eth0\"\nnetns = \"/run/netns/{}\"\n",
             n.control_socket.display(),
-            etcd.endpoint()
+            etcd.endpoint(),
+            n.netns
         ),
     )
     .unwrap();
@@ -168,6 +180,7 @@ fn nodes_join_leave_and_survive_an_etcd_restart_through_etcd() {
     o.pods_per_node = 1;
     o.external = false;
     o.static_remotes = false;
+    o.agent_bootstrap = true;
     let lab = Lab::up(&o).expect("lab up");
     let [n1, n2, n3] = [0, 1, 2].map(|i| lab.state.nodes[i].clone());
     let dir = std::env::temp_dir().join(format!("podpath-etcd-{}", lab.state.prefix));
@@ -181,7 +194,7 @@ fn nodes_join_leave_and_survive_an_etcd_restart_through_etcd() {
         .etcdctl(&["put", "/coreos.com/network/config", net])
         .is_some());
 
-    let _a1 = agent(&dir, &n1, &etcd);
+    let mut a1 = agent(&dir, &n1, &etcd);
     let _a2 = agent(&dir, &n2, &etcd);
     assert!(
         wait_until(Duration::from_secs(10), || routes(&n1)
@@ -194,6 +207,17 @@ fn nodes_join_leave_and_survive_an_etcd_restart_through_etcd() {
     assert!(
         ping(&n1.pods[0].netns, &n2.pods[0].ip),
         "pod to pod over the overlay"
+    );
+    // The agents made the node side: node 1's kernel reaches its pod and node 2's.
+    assert!(
+        ping(&n1.netns, &n1.pods[0].ip) && ping(&n1.netns, &n2.pods[0].ip),
+        "node to pods through the host port"
+    );
+    let link =
+        |n: &Node| podpath_lab::net::ip_in(&n.netns, &["link", "show", "eth0"]).unwrap_or_default();
+    assert!(
+        link(&n1).contains("NOARP"),
+        "the uplink's kernel side answers no ARP"
     );
     assert!(
         !routes(&n1).contains(&n3.pod_cidr),
@@ -287,6 +311,26 @@ fn nodes_join_leave_and_survive_an_etcd_restart_through_etcd() {
         wait_until(Duration::from_secs(TTL_S + 2), || !routes(&n1)
             .contains(&n3.pod_cidr)),
         "the watch after the restart sees node 3 leave"
+    );
+    // A clean stop of node 1's agent: node 2 withdraws it at once (the lease is
+    // revoked), and node 1's kernel side is as it was before the agent.
+    assert!(a1.stop(), "the agent stops on SIGTERM");
+    let gone = time_until(Duration::from_secs(5), || {
+        !routes(&n2).contains(&n1.pod_cidr)
+    });
+    assert!(
+        gone.is_some_and(|t| t <= Duration::from_secs(1)),
+        "withdrawn at once, not after the TTL: {gone:?}"
+    );
+    let r = podpath_lab::net::ip_in(&n1.netns, &["route"]).unwrap_or_default();
+    assert!(
+        !r.contains("10.244.0.0/16") && !r.contains("10.96.0.0/12"),
+        "routes undone: {r}"
+    );
+    assert!(
+        !link(&n1).contains("NOARP"),
+        "ARP back on the uplink: {}",
+        link(&n1)
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
