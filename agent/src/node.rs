@@ -72,6 +72,18 @@ impl Node {
         }
     }
 
+    /// Several changes as one (one snapshot, one persisted state).
+    pub fn batch(&mut self, reqs: Vec<Request>) -> Result<(), String> {
+        if reqs.is_empty() {
+            return Ok(());
+        }
+        let n = reqs.len();
+        self.client
+            .call(Request::Batch(reqs))
+            .map(|_| ())
+            .map_err(|e| format!("a batch of {n} changes: {e}"))
+    }
+
     /// Makes the etcd source's remotes exactly `desired`.
     pub fn reconcile(&mut self, desired: &[RemoteSpec]) -> Result<(usize, usize), String> {
         self.reconcile_with(desired, crate::flannel::REMOTE_PREFIX)
@@ -85,12 +97,13 @@ impl Node {
     ) -> Result<(usize, usize), String> {
         let current = self.state()?.remotes;
         let (adds, dels) = crate::flannel::diff_with(&current, desired, prefix);
-        for r in &adds {
-            self.add(r)?;
-        }
-        for n in &dels {
-            self.del(n)?;
-        }
-        Ok((adds.len(), dels.len()))
+        let (a, d) = (adds.len(), dels.len());
+        let reqs = adds
+            .into_iter()
+            .map(Request::RemoteAdd)
+            .chain(dels.into_iter().map(|name| Request::RemoteDel { name }))
+            .collect();
+        self.batch(reqs)?;
+        Ok((a, d))
     }
 }

@@ -1,6 +1,7 @@
 //! The engine: one thread owning the desired state and the dataplane connection.
 //! It executes requests one at a time, each whole or not at all, and reconciles the
 //! dataplane to the desired state whenever it (re)connects.
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -175,19 +176,26 @@ impl Engine {
                 Err(e) => failed.push(format!("{}: {}", spec.name, e.message)),
             }
         }
+        // Remotes and Services in one batch (one rebuild for any size); if it is
+        // refused, one by one, to say which entries fail.
+        let mut changes_batch = Vec::new();
         if let Some(n) = self.state.node.clone() {
             if let Err(e) = self.call(Request::NodeSet(n)) {
                 failed.push(format!("node: {}", e.message));
             }
-            for r in self.state.remotes.clone() {
-                if let Err(e) = self.call(Request::RemoteAdd(r.clone())) {
-                    failed.push(format!("remote node {}: {}", r.name, e.message));
-                }
-            }
+            changes_batch.extend(self.state.remotes.iter().cloned().map(Request::RemoteAdd));
         }
-        for svc in self.state.services.clone() {
-            if let Err(e) = self.call(Request::ServiceSet(svc.clone())) {
-                failed.push(format!("service {}: {}", svc.name, e.message));
+        changes_batch.extend(self.state.services.iter().cloned().map(Request::ServiceSet));
+        if !changes_batch.is_empty() && self.call(Request::Batch(changes_batch.clone())).is_err() {
+            for c in changes_batch {
+                let what = match &c {
+                    Request::RemoteAdd(r) => format!("remote node {}", r.name),
+                    Request::ServiceSet(s) => format!("service {}", s.name),
+                    _ => String::new(),
+                };
+                if let Err(e) = self.call(c) {
+                    failed.push(format!("{what}: {}", e.message));
+                }
             }
         }
         if let Some(c) = self.state.conntrack.clone() {
@@ -209,6 +217,112 @@ impl Engine {
         } else {
             Err(failed.join("; "))
         }
+    }
+
+    /// Several remote and Service changes as one: the new state is worked out first
+    /// (a bad entry refuses the batch before the dataplane sees it), the dataplane
+    /// applies the batch as one snapshot, then the state is persisted once; the undo
+    /// is the batch of inverses.
+    fn batch(&mut self, reqs: Vec<Request>) -> Result<Response, ErrorReply> {
+        let mut new = self.state.clone();
+        let mut undo = Vec::new();
+        {
+            let mut remotes: HashMap<String, usize> = new
+                .remotes
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (r.name.clone(), i))
+                .collect();
+            let mut services: HashMap<String, usize> = new
+                .services
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (s.name.clone(), i))
+                .collect();
+            let mut gone_remotes = std::collections::HashSet::new();
+            let mut gone_services = std::collections::HashSet::new();
+            for r in &reqs {
+                match r {
+                    Request::RemoteAdd(x) => match remotes.get(&x.name) {
+                        Some(&i) if !gone_remotes.contains(&i) => undo.push(Request::RemoteAdd(
+                            std::mem::replace(&mut new.remotes[i], x.clone()),
+                        )),
+                        _ => {
+                            remotes.insert(x.name.clone(), new.remotes.len());
+                            new.remotes.push(x.clone());
+                            undo.push(Request::RemoteDel {
+                                name: x.name.clone(),
+                            });
+                        }
+                    },
+                    Request::RemoteDel { name } => match remotes.remove(name) {
+                        Some(i) => {
+                            undo.push(Request::RemoteAdd(new.remotes[i].clone()));
+                            gone_remotes.insert(i);
+                        }
+                        None => {
+                            return Err(err(
+                                ErrorKind::NotFound,
+                                format!("batch: no remote node {name:?}"),
+                            ))
+                        }
+                    },
+                    Request::ServiceSet(x) => match services.get(&x.name) {
+                        Some(&i) if !gone_services.contains(&i) => undo.push(Request::ServiceSet(
+                            std::mem::replace(&mut new.services[i], x.clone()),
+                        )),
+                        _ => {
+                            services.insert(x.name.clone(), new.services.len());
+                            new.services.push(x.clone());
+                            undo.push(Request::ServiceDel {
+                                name: x.name.clone(),
+                            });
+                        }
+                    },
+                    Request::ServiceDel { name } => match services.remove(name) {
+                        Some(i) => {
+                            undo.push(Request::ServiceSet(new.services[i].clone()));
+                            gone_services.insert(i);
+                        }
+                        None => {
+                            return Err(err(
+                                ErrorKind::NotFound,
+                                format!("batch: no service {name:?}"),
+                            ))
+                        }
+                    },
+                    other => {
+                        return Err(err(
+                            ErrorKind::BadRequest,
+                            format!("a batch holds remote and service changes only, not {other:?}"),
+                        ))
+                    }
+                }
+            }
+            let keep = |gone: &std::collections::HashSet<usize>, len: usize| -> Vec<bool> {
+                let mut k = vec![true; len];
+                for &i in gone.iter() {
+                    k[i] = false;
+                }
+                k
+            };
+            let kr = keep(&gone_remotes, new.remotes.len());
+            let mut i = 0;
+            new.remotes.retain(|_| {
+                i += 1;
+                kr[i - 1]
+            });
+            let ks = keep(&gone_services, new.services.len());
+            let mut i = 0;
+            new.services.retain(|_| {
+                i += 1;
+                ks[i - 1]
+            });
+        }
+        undo.reverse();
+        let r = self.call(Request::Batch(reqs))?;
+        self.commit(new, Some(Request::Batch(undo)))?;
+        Ok(r)
     }
 
     /// Adopts `new` as the desired state after the dataplane accepted the change:
@@ -395,6 +509,7 @@ impl Engine {
                 self.commit(new, Some(Request::ServiceSet(old))).map(|()| answer)
             }
             Request::ServiceList => Ok(Response::Services(self.state.services.clone())),
+            Request::Batch(reqs) => self.batch(reqs),
             Request::ConntrackSet(s) => {
                 let mut new = self.state.clone();
                 new.conntrack = Some(self.state.conntrack.clone().unwrap_or_default().merged(&s));
@@ -691,10 +806,13 @@ mod tests {
             Request::PortAttach(s.ports[0].clone()),
             Request::PortAttach(s.ports[1].clone()),
             Request::NodeSet(sample_node()),
-            Request::RemoteAdd(s.remotes[0].clone()),
-            Request::RemoteAdd(s.remotes[1].clone()),
-            Request::ServiceSet(s.services[0].clone()),
-            Request::ServiceSet(s.services[1].clone()),
+            // Remotes and Services as one batch: one rebuild whatever their number.
+            Request::Batch(vec![
+                Request::RemoteAdd(s.remotes[0].clone()),
+                Request::RemoteAdd(s.remotes[1].clone()),
+                Request::ServiceSet(s.services[0].clone()),
+                Request::ServiceSet(s.services[1].clone()),
+            ]),
             // Knobs changed at run time are replayed too.
             Request::ConntrackSet(s.conntrack.clone().unwrap()),
             mac_add(&s.macs[0]),
@@ -704,6 +822,41 @@ mod tests {
         assert_eq!(e.reconciles, 1);
         // Reconciling does not change the desired state.
         assert_eq!(e.state(), &s);
+    }
+
+    #[test]
+    fn a_batch_is_all_or_nothing_and_one_dataplane_call() {
+        let dir = TempDir::new("batch");
+        let fake = Fake::start(dir.join("dp.sock"));
+        let s = full_state();
+        let mut e = connected(s.clone(), dir.join("state.json"), &fake);
+        let before = fake.requests().len();
+        // A delete of a Service that does not exist refuses the whole batch.
+        let bad = Request::Batch(vec![
+            Request::ServiceSet(service("default/new", "10.96.0.12")),
+            Request::ServiceDel { name: "default/none".into() },
+        ]);
+        assert_eq!(error(e.handle(bad)).kind, ErrorKind::NotFound);
+        assert_eq!(fake.requests().len(), before, "the dataplane saw nothing");
+        assert_eq!(e.state(), &s, "nothing changed");
+        // A good one: one call, one persisted state with every change.
+        let old = s.services[0].name.clone();
+        let good = vec![
+            Request::RemoteAdd(remote("node9", "192.168.77.19", "10.244.8.0/24")),
+            Request::ServiceSet(service("default/new", "10.96.0.12")),
+            Request::ServiceDel { name: old.clone() },
+        ];
+        let r = e.handle(Request::Batch(good.clone()));
+        assert!(!matches!(r, Response::Error(_)), "{r:?}");
+        assert_eq!(fake.requests()[before..], [Request::Batch(good)]);
+        let saved: State = serde_json::from_slice(&file(&dir.join("state.json"))).unwrap();
+        assert_eq!(&saved, e.state());
+        assert!(saved.remotes.iter().any(|r| r.name == "node9"));
+        assert!(saved.services.iter().any(|x| x.name == "default/new"));
+        assert!(!saved.services.iter().any(|x| x.name == old));
+        // Only remote and Service changes go in a batch.
+        let odd = Request::Batch(vec![Request::PortList]);
+        assert_eq!(error(e.handle(odd)).kind, ErrorKind::BadRequest);
     }
 
     #[test]

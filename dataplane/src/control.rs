@@ -323,7 +323,9 @@ impl Control {
                 })
             })
             .collect();
-        let t = ServiceTable::build_with_ids(specs, node_info(l3), &ids)
+        // Services whose spec did not change keep their built tables.
+        let prev = (&*self.snap.services, self.services.as_slice());
+        let t = ServiceTable::build_reusing(specs, node_info(l3), &ids, Some(prev))
             .map_err(|e| err(ErrorKind::BadRequest, e))?;
         // Names no longer in `specs` lose their identity here.
         self.uids = uids;
@@ -584,6 +586,114 @@ impl Control {
             .cloned()
             .collect();
         self.set_l3(node, remotes)
+    }
+
+    /// Applies remote and Service changes together and publishes one snapshot.
+    fn batch(&mut self, reqs: Vec<Request>) -> Result<u64, ErrorReply> {
+        /// A list edited by name: replace in place, delete by tombstone, in O(1).
+        struct ByName<T> {
+            items: Vec<Option<T>>,
+            at: HashMap<String, usize>,
+        }
+        impl<T: Clone> ByName<T> {
+            fn new(v: &[T], name: impl Fn(&T) -> &str) -> Self {
+                let at = v
+                    .iter()
+                    .enumerate()
+                    .map(|(i, x)| (name(x).to_string(), i))
+                    .collect();
+                ByName {
+                    items: v.iter().cloned().map(Some).collect(),
+                    at,
+                }
+            }
+            fn set(&mut self, name: &str, x: T) {
+                match self.at.get(name) {
+                    Some(&i) => self.items[i] = Some(x),
+                    None => {
+                        self.at.insert(name.to_string(), self.items.len());
+                        self.items.push(Some(x));
+                    }
+                }
+            }
+            fn del(&mut self, name: &str) -> bool {
+                match self.at.remove(name) {
+                    Some(i) => self.items[i].take().is_some(),
+                    None => false,
+                }
+            }
+            fn into_vec(self) -> Vec<T> {
+                self.items.into_iter().flatten().collect()
+            }
+        }
+        let mut remotes = ByName::new(&self.remotes, |r: &RemoteSpec| &r.name);
+        let mut services = ByName::new(&self.services, |s: &ServiceSpec| &s.name);
+        let (mut l3_changed, mut svc_changed) = (false, false);
+        for r in reqs {
+            match r {
+                Request::RemoteAdd(r) => {
+                    l3_changed = true;
+                    let name = r.name.clone();
+                    remotes.set(&name, r);
+                }
+                Request::RemoteDel { name } => {
+                    l3_changed = true;
+                    if !remotes.del(&name) {
+                        return Err(err(
+                            ErrorKind::NotFound,
+                            format!("batch: no remote node {name:?}"),
+                        ));
+                    }
+                }
+                Request::ServiceSet(s) => {
+                    svc_changed = true;
+                    let name = s.name.clone();
+                    services.set(&name, s);
+                }
+                Request::ServiceDel { name } => {
+                    svc_changed = true;
+                    if !services.del(&name) {
+                        return Err(err(
+                            ErrorKind::NotFound,
+                            format!("batch: no service {name:?}"),
+                        ));
+                    }
+                }
+                other => {
+                    return Err(err(
+                        ErrorKind::BadRequest,
+                        format!("a batch holds remote and service changes only, not {other:?}"),
+                    ))
+                }
+            }
+        }
+        let (remotes, services) = (remotes.into_vec(), services.into_vec());
+        let l3 = if l3_changed {
+            let node = self.node.clone().ok_or_else(|| {
+                err(
+                    ErrorKind::BadRequest,
+                    "set the node first (NodeSet): remote nodes need its underlay and VNI",
+                )
+            })?;
+            Arc::new(
+                L3::build(&node, &remotes)
+                    .map_err(|e| err(ErrorKind::BadRequest, e.to_string()))?,
+            )
+        } else {
+            Arc::clone(&self.snap.l3)
+        };
+        let table = if svc_changed || (l3_changed && !services.is_empty()) {
+            self.build_services(&services, &l3)?
+        } else {
+            Arc::clone(&self.snap.services)
+        };
+        self.remotes = remotes;
+        self.services = services;
+        self.publish(Snapshot {
+            l3,
+            services: table,
+            ..self.snap.clone()
+        })
     }
 
     fn neighbor_list(&self) -> Result<Vec<NeighborInfo>, ErrorReply> {
@@ -1190,6 +1300,7 @@ impl Control {
                 }
             }
             Request::ServiceList => Ok(Response::Services(self.services.clone())),
+            Request::Batch(reqs) => self.batch(reqs).map(applied),
             Request::ConntrackSet(s) => self.conntrack_set(&s).map(applied),
             Request::ConntrackSettingsShow => Ok(Response::ConntrackSettings(self.conntrack_settings())),
             Request::ConntrackFlush => {

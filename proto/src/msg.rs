@@ -76,6 +76,11 @@ pub enum Request {
         name: String,
     },
     ServiceList,
+    /// Several changes applied as one: RemoteAdd, RemoteDel, ServiceSet and
+    /// ServiceDel, in order, then one snapshot (one acknowledgement, one persisted
+    /// state). For resyncs: n changes cost one rebuild, not n. All or nothing: a bad
+    /// entry refuses the whole batch and changes nothing.
+    Batch(Vec<Request>),
 }
 
 fn default_weight() -> u32 {

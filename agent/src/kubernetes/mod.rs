@@ -14,7 +14,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client};
-use podpath_proto::ServiceSpec;
+use podpath_proto::{Request, ServiceSpec};
 use tokio::sync::watch as tokio_watch;
 
 use crate::config::Config;
@@ -192,34 +192,51 @@ impl Cluster {
         } else {
             w.services.clone()
         };
+        // The changed entries of every touched Service, sent as one batch.
+        let mut reqs = Vec::new();
+        let mut next = Vec::new();
         for k in &keys {
             let new = self.specs(k);
-            let old = self.applied.get(k).cloned().unwrap_or_default();
+            let old = self.applied.get(k).map_or(&[][..], Vec::as_slice);
             for o in old.iter().filter(|o| !new.iter().any(|n| n.name == o.name)) {
-                node.service_del(&o.name)?;
+                reqs.push(Request::ServiceDel {
+                    name: o.name.clone(),
+                });
             }
             for n in new.iter().filter(|n| !old.contains(n)) {
-                node.service_set(n)?;
+                reqs.push(Request::ServiceSet(n.clone()));
             }
+            next.push((k.clone(), new));
+        }
+        let mut mine = BTreeSet::new();
+        if w.all_services {
+            // Entries this source made before (a restart of the agent) that are gone.
+            mine = next
+                .iter()
+                .flat_map(|(_, v)| v.iter().map(|s| s.name.clone()))
+                .collect();
+            let deleting: BTreeSet<String> = reqs
+                .iter()
+                .filter_map(|r| match r {
+                    Request::ServiceDel { name } => Some(name.clone()),
+                    _ => None,
+                })
+                .collect();
+            for s in node.state()?.services {
+                if is_k8s_name(&s.name) && !mine.contains(&s.name) && !deleting.contains(&s.name) {
+                    reqs.push(Request::ServiceDel { name: s.name });
+                }
+            }
+        }
+        node.batch(reqs)?;
+        for (k, new) in next {
             if new.is_empty() {
-                self.applied.remove(k);
+                self.applied.remove(&k);
             } else {
-                self.applied.insert(k.clone(), new);
+                self.applied.insert(k, new);
             }
         }
         if w.all_services {
-            // Entries this source made before (a restart of the agent) that are gone.
-            let mine: BTreeSet<String> = self
-                .applied
-                .values()
-                .flatten()
-                .map(|s| s.name.clone())
-                .collect();
-            for s in node.state()?.services {
-                if is_k8s_name(&s.name) && !mine.contains(&s.name) {
-                    node.service_del(&s.name)?;
-                }
-            }
             log(&format!("Services in step: {} entries", mine.len()));
         }
         if w.nodes {

@@ -46,9 +46,11 @@ pub fn is_prime(n: usize) -> bool {
 }
 
 /// The lookup table: backend index per entry (u16::MAX when there are no backends).
+/// Shared, not copied: a Service table rebuilt for a change to another Service
+/// reuses this one (a reference count, not 1-260 thousand entries).
 #[derive(Debug, Clone)]
 pub struct Maglev {
-    table: Vec<u16>,
+    table: std::sync::Arc<[u16]>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -82,7 +84,7 @@ impl Maglev {
             .collect();
         if live.is_empty() {
             return Ok(Maglev {
-                table: vec![u16::MAX; size],
+                table: vec![u16::MAX; size].into(),
             });
         }
         if size < live.len() * 10 {
@@ -132,7 +134,9 @@ impl Maglev {
                 }
             }
         }
-        Ok(Maglev { table })
+        Ok(Maglev {
+            table: table.into(),
+        })
     }
 
     /// The backend (index into the list given to `build`) for a flow hash.
@@ -142,6 +146,11 @@ impl Maglev {
         (e != u16::MAX).then_some(e)
     }
 
+    /// Is this the very table `other` holds (shared by a rebuild, not a copy)?
+    pub fn same_table(&self, other: &Maglev) -> bool {
+        std::sync::Arc::ptr_eq(&self.table, &other.table)
+    }
+
     pub fn size(&self) -> usize {
         self.table.len()
     }
@@ -149,7 +158,7 @@ impl Maglev {
     /// Entries per backend index (for tests and `podpathctl service show`).
     pub fn shares(&self, backends: usize) -> Vec<usize> {
         let mut v = vec![0; backends];
-        for &e in &self.table {
+        for &e in self.table.iter() {
             if let Some(x) = v.get_mut(usize::from(e)) {
                 *x += 1;
             }

@@ -67,10 +67,13 @@ pub struct ServiceTable {
     /// Services deleted while TCP connections to them may live on, with their
     /// `owner_by_client_ip`: a worker that gets such a packet hands it to the owner.
     departed_vips: HashMap<(u32, u16, u8), bool>,
+    /// The node the table was built for (a reused Service must have been built for
+    /// the same one: its local endpoints depend on it).
+    node: Option<NodeInfo>,
 }
 
 /// What the table needs to know of this node: its IP and its pod CIDR.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NodeInfo {
     pub node_ip: u32,
     pub pod_net: (u32, u8),
@@ -99,7 +102,33 @@ impl ServiceTable {
         node: Option<NodeInfo>,
         uids: &[u32],
     ) -> Result<ServiceTable, String> {
-        let mut t = ServiceTable::default();
+        Self::build_reusing(specs, node, uids, None)
+    }
+
+    /// As [`build_with_ids`](Self::build_with_ids), taking each Service whose spec
+    /// is unchanged since `prev` (the previous table and the specs it was built
+    /// from, in order) from it: its endpoints and Maglev tables (shared, not
+    /// rebuilt). A change to one Service then rebuilds one Service's tables, not
+    /// every Service's.
+    pub fn build_reusing(
+        specs: &[ServiceSpec],
+        node: Option<NodeInfo>,
+        uids: &[u32],
+        prev: Option<(&ServiceTable, &[ServiceSpec])>,
+    ) -> Result<ServiceTable, String> {
+        let mut t = ServiceTable {
+            node,
+            ..ServiceTable::default()
+        };
+        let reusable: HashMap<&str, (&ServiceSpec, &Service)> = match prev {
+            Some((pt, ps)) if pt.node == node && pt.services.len() == ps.len() => ps
+                .iter()
+                .zip(&pt.services)
+                .map(|(spec, svc)| (spec.name.as_str(), (spec, svc)))
+                .collect(),
+            _ => HashMap::new(),
+        };
+        let mut names: hashbrown::HashSet<&str> = hashbrown::HashSet::new();
         if uids.len() != specs.len() {
             return Err("internal: one identity per service".into());
         }
@@ -122,9 +151,13 @@ impl ServiceTable {
             // (kube-proxy's fallback, so a rolling update's last pods keep
             // answering). The same rule again among this node's endpoints, for the
             // Local policies.
+            let reused = reusable
+                .get(s.name.as_str())
+                .filter(|(p, _)| *p == s)
+                .map(|&(_, svc)| svc);
             let mut all = Vec::new();
             let mut parsed = Vec::new();
-            for e in &s.endpoints {
+            for e in s.endpoints.iter().filter(|_| reused.is_none()) {
                 let ip = validate::ipv4(&e.ip).map_err(|x| format!("{what}: endpoint: {x}"))?;
                 if e.port == 0 {
                     return Err(format!("{what}: endpoint {} has port 0", e.ip));
@@ -150,12 +183,27 @@ impl ServiceTable {
                     })
                     .unzip()
             };
-            let (eps, backends) = takers(false);
-            let (local_eps, local_backends) = takers(true);
-            let maglev = Maglev::build(&backends, table_size(backends.len()))
-                .map_err(|e| format!("{what}: {e}"))?;
-            let local_maglev = Maglev::build(&local_backends, table_size(local_backends.len()))
-                .map_err(|e| format!("{what}: {e}"))?;
+            let (eps, local_eps, maglev, local_maglev) = match reused {
+                Some(r) => {
+                    all.clone_from(&r.all);
+                    (
+                        r.endpoints.clone(),
+                        r.local_endpoints.clone(),
+                        r.maglev.clone(),
+                        r.local_maglev.clone(),
+                    )
+                }
+                None => {
+                    let (eps, backends) = takers(false);
+                    let (local_eps, local_backends) = takers(true);
+                    let maglev = Maglev::build(&backends, table_size(backends.len()))
+                        .map_err(|e| format!("{what}: {e}"))?;
+                    let local_maglev =
+                        Maglev::build(&local_backends, table_size(local_backends.len()))
+                            .map_err(|e| format!("{what}: {e}"))?;
+                    (eps, local_eps, maglev, local_maglev)
+                }
+            };
             let internal_local = match s.internal_traffic_policy.as_deref() {
                 None | Some("Cluster") => false,
                 Some("Local") => true,
@@ -205,7 +253,7 @@ impl ServiceTable {
                     s.vip, s.port, s.protocol
                 ));
             }
-            if t.services.iter().any(|x| x.name == s.name) {
+            if !names.insert(s.name.as_str()) {
                 return Err(format!("{what}: the name is used twice"));
             }
             let mut source_ranges = Vec::new();
@@ -643,5 +691,72 @@ mod tests {
         assert!(ServiceTable::build(&[bad], None)
             .unwrap_err()
             .contains("source_ranges"));
+    }
+
+    #[test]
+    fn a_rebuild_shares_the_tables_of_unchanged_services_and_rebuilds_the_rest() {
+        let ep = |ip: &str| EndpointSpec {
+            ip: ip.into(),
+            port: 8080,
+            weight: 1,
+            ready: true,
+            terminating: false,
+            serving: None,
+        };
+        let mk = |n: usize, last: &str| -> Vec<ServiceSpec> {
+            (0..n)
+                .map(|k| {
+                    let e = if k + 1 == n { last } else { "10.244.1.9" };
+                    ServiceSpec::new(
+                        &format!("d/s{k}"),
+                        &format!("10.96.0.{}", k + 1),
+                        80,
+                        "tcp",
+                        vec![ep("10.244.0.5"), ep(e)],
+                    )
+                })
+                .collect()
+        };
+        let node = Some(NodeInfo {
+            node_ip: 0xc0a8_4d0b,
+            pod_net: (0x0af4_0000, 24),
+        });
+        let ids: Vec<u32> = (1..=4).collect();
+        let a = mk(4, "10.244.1.9");
+        let ta = ServiceTable::build_with_ids(&a, node, &ids).unwrap();
+        let b = mk(4, "10.244.2.7");
+        let tb = ServiceTable::build_reusing(&b, node, &ids, Some((&ta, &a))).unwrap();
+        for k in 0..3 {
+            assert!(
+                tb.services[k].maglev.same_table(&ta.services[k].maglev),
+                "s{k} unchanged: shared"
+            );
+            assert!(tb.services[k]
+                .local_maglev
+                .same_table(&ta.services[k].local_maglev));
+        }
+        assert!(
+            !tb.services[3].maglev.same_table(&ta.services[3].maglev),
+            "s3 changed: rebuilt"
+        );
+        // The same table as a build from scratch, entry for entry.
+        let fresh = ServiceTable::build_with_ids(&b, node, &ids).unwrap();
+        for (x, y) in tb.services.iter().zip(&fresh.services) {
+            assert_eq!(x.endpoints, y.endpoints);
+            assert_eq!(x.local_endpoints, y.local_endpoints);
+            assert!((0..1000u64).all(|h| x.maglev.pick(h) == y.maglev.pick(h)));
+        }
+        // Another node: local endpoints differ, nothing is reused.
+        let other = Some(NodeInfo {
+            node_ip: 0xc0a8_4d0c,
+            pod_net: (0x0af4_0100, 24),
+        });
+        let tc = ServiceTable::build_reusing(&b, other, &ids, Some((&tb, &b))).unwrap();
+        assert!(!tc.services[0].maglev.same_table(&tb.services[0].maglev));
+        assert_eq!(
+            tc.services[0].local_endpoints.len(),
+            1,
+            "10.244.1.9 is local there"
+        );
     }
 }
