@@ -17,3 +17,6 @@ pub mod etcd;
 pub mod flannel;
 pub mod kubernetes;
 pub mod node;
+
+/// The Kubernetes types the agent reads (for benchmarks and tests that build objects).
+pub use k8s_openapi;

@@ -834,7 +834,9 @@ mod tests {
         // A delete of a Service that does not exist refuses the whole batch.
         let bad = Request::Batch(vec![
             Request::ServiceSet(service("default/new", "10.96.0.12")),
-            Request::ServiceDel { name: "default/none".into() },
+            Request::ServiceDel {
+                name: "default/none".into(),
+            },
         ]);
         assert_eq!(error(e.handle(bad)).kind, ErrorKind::NotFound);
         assert_eq!(fake.requests().len(), before, "the dataplane saw nothing");

@@ -3,7 +3,7 @@
 //! A connection starts with [`Request::Hello`]; the server answers with its own
 //! version or a [`ErrorKind::Version`] error. Every message is a frame: a 4-byte
 //! big-endian length, then an [`Envelope`] encoded with postcard (a compact, stable
-//! serde format). Frames above [`MAX_FRAME_LEN`] are refused before any allocation.
+//! serde format). Frames above [`MAX_FRAME_LEN`] are refused, and a body grows as its bytes arrive.
 //! Requests carry an id the response repeats. `docs/protocol.md` lists every message.
 pub mod client;
 pub mod codec;
