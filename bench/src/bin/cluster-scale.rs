@@ -84,11 +84,12 @@ fn rss_mib(pid: u32) -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-fn pct(v: &[Duration], p: f64) -> f64 {
+/// The nearest-rank percentile (`per_mille` of 1000) in milliseconds.
+fn pct(v: &[Duration], per_mille: usize) -> f64 {
     let mut s: Vec<f64> = v.iter().map(|d| d.as_secs_f64() * 1e3).collect();
     s.sort_by(f64::total_cmp);
-    let i = ((s.len() as f64 - 1.0) * p).round() as usize;
-    s.get(i).copied().unwrap_or(0.0)
+    let rank = (per_mille * s.len()).div_ceil(1000).max(1);
+    s.get(rank - 1).copied().unwrap_or(0.0)
 }
 
 fn main() {
@@ -145,7 +146,7 @@ fn main() {
         "in_state": {"remotes": state.remotes.len(), "services": state.services.len(), "endpoints": eps},
         "objects_ms": gen.as_secs_f64() * 1e3,
         "full_resync_ms": resync.as_secs_f64() * 1e3,
-        "change_ms": {"p50": pct(&lat, 0.5), "p99": pct(&lat, 0.99), "max": pct(&lat, 1.0), "n": lat.len()},
+        "change_ms": {"p50": pct(&lat, 500), "p99": pct(&lat, 990), "max": pct(&lat, 1000), "n": lat.len()},
         "rss_mib": {
             "dataplane": a.dataplane_pid.map_or(0.0, rss_mib),
             "control": a.control_pid.map_or(0.0, rss_mib),
