@@ -1,7 +1,6 @@
 //! The engine: one thread owning the desired state and the dataplane connection.
 //! It executes requests one at a time, each whole or not at all, and reconciles the
 //! dataplane to the desired state whenever it (re)connects.
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -12,6 +11,11 @@ use podpath_proto::{
 
 use crate::health::{self, HealthServers};
 use crate::state::State;
+
+/// The journal's size at which the state is saved whole and the journal restarts
+/// (the journal is replayed at start; the whole file costs tens of milliseconds at
+/// cluster scale, a journal line microseconds).
+const JOURNAL_MAX: u64 = 16 << 20;
 
 fn err(kind: ErrorKind, message: impl Into<String>) -> ErrorReply {
     ErrorReply {
@@ -219,109 +223,41 @@ impl Engine {
         }
     }
 
-    /// Several remote and Service changes as one: the new state is worked out first
-    /// (a bad entry refuses the batch before the dataplane sees it), the dataplane
-    /// applies the batch as one snapshot, then the state is persisted once; the undo
-    /// is the batch of inverses.
+    /// Several remote and Service changes as one: checked against the state first
+    /// (a bad entry refuses the batch before the dataplane sees it), applied by the
+    /// dataplane as one snapshot, then applied to the state in place and appended to
+    /// the journal (one line, not the whole state: at cluster scale the state is tens
+    /// of megabytes). Past `JOURNAL_MAX` bytes the state is saved whole and the
+    /// journal starts again. If the journal cannot be written, the batch is undone.
     fn batch(&mut self, reqs: Vec<Request>) -> Result<Response, ErrorReply> {
-        let mut new = self.state.clone();
-        let mut undo = Vec::new();
-        {
-            let mut remotes: HashMap<String, usize> = new
-                .remotes
-                .iter()
-                .enumerate()
-                .map(|(i, r)| (r.name.clone(), i))
-                .collect();
-            let mut services: HashMap<String, usize> = new
-                .services
-                .iter()
-                .enumerate()
-                .map(|(i, s)| (s.name.clone(), i))
-                .collect();
-            let mut gone_remotes = std::collections::HashSet::new();
-            let mut gone_services = std::collections::HashSet::new();
-            for r in &reqs {
-                match r {
-                    Request::RemoteAdd(x) => match remotes.get(&x.name) {
-                        Some(&i) if !gone_remotes.contains(&i) => undo.push(Request::RemoteAdd(
-                            std::mem::replace(&mut new.remotes[i], x.clone()),
-                        )),
-                        _ => {
-                            remotes.insert(x.name.clone(), new.remotes.len());
-                            new.remotes.push(x.clone());
-                            undo.push(Request::RemoteDel {
-                                name: x.name.clone(),
-                            });
-                        }
-                    },
-                    Request::RemoteDel { name } => match remotes.remove(name) {
-                        Some(i) => {
-                            undo.push(Request::RemoteAdd(new.remotes[i].clone()));
-                            gone_remotes.insert(i);
-                        }
-                        None => {
-                            return Err(err(
-                                ErrorKind::NotFound,
-                                format!("batch: no remote node {name:?}"),
-                            ))
-                        }
-                    },
-                    Request::ServiceSet(x) => match services.get(&x.name) {
-                        Some(&i) if !gone_services.contains(&i) => undo.push(Request::ServiceSet(
-                            std::mem::replace(&mut new.services[i], x.clone()),
-                        )),
-                        _ => {
-                            services.insert(x.name.clone(), new.services.len());
-                            new.services.push(x.clone());
-                            undo.push(Request::ServiceDel {
-                                name: x.name.clone(),
-                            });
-                        }
-                    },
-                    Request::ServiceDel { name } => match services.remove(name) {
-                        Some(i) => {
-                            undo.push(Request::ServiceSet(new.services[i].clone()));
-                            gone_services.insert(i);
-                        }
-                        None => {
-                            return Err(err(
-                                ErrorKind::NotFound,
-                                format!("batch: no service {name:?}"),
-                            ))
-                        }
-                    },
-                    other => {
-                        return Err(err(
-                            ErrorKind::BadRequest,
-                            format!("a batch holds remote and service changes only, not {other:?}"),
-                        ))
-                    }
+        self.state.check_batch(&reqs)?;
+        let r = self.call(Request::Batch(reqs.clone()))?;
+        let undo = self.state.apply_batch(&reqs);
+        // A journal needs the file it follows: the first change writes the file.
+        let persisted = if self.state_file.exists() {
+            State::append_journal(&self.state_file, &reqs).and_then(|size| {
+                if size > JOURNAL_MAX {
+                    self.state.save(&self.state_file)
+                } else {
+                    Ok(())
                 }
-            }
-            let keep = |gone: &std::collections::HashSet<usize>, len: usize| -> Vec<bool> {
-                let mut k = vec![true; len];
-                for &i in gone.iter() {
-                    k[i] = false;
-                }
-                k
-            };
-            let kr = keep(&gone_remotes, new.remotes.len());
-            let mut i = 0;
-            new.remotes.retain(|_| {
-                i += 1;
-                kr[i - 1]
-            });
-            let ks = keep(&gone_services, new.services.len());
-            let mut i = 0;
-            new.services.retain(|_| {
-                i += 1;
-                ks[i - 1]
-            });
+            })
+        } else {
+            self.state.save(&self.state_file)
+        };
+        if let Err(e) = persisted {
+            self.state.apply_batch(&undo);
+            let _ = self.call(Request::Batch(undo));
+            return Err(err(
+                ErrorKind::Unavailable,
+                format!(
+                    "cannot persist the state to {}: {e}; change undone",
+                    self.state_file.display()
+                ),
+            ));
         }
-        undo.reverse();
-        let r = self.call(Request::Batch(reqs))?;
-        self.commit(new, Some(Request::Batch(undo)))?;
+        self.generation += 1;
+        self.refresh_health();
         Ok(r)
     }
 
@@ -851,7 +787,19 @@ mod tests {
         let r = e.handle(Request::Batch(good.clone()));
         assert!(!matches!(r, Response::Error(_)), "{r:?}");
         assert_eq!(fake.requests()[before..], [Request::Batch(good)]);
-        let saved: State = serde_json::from_slice(&file(&dir.join("state.json"))).unwrap();
+        // The first change writes the whole file; later ones one journal line each,
+        // which loading replays.
+        let saved = State::load(&dir.join("state.json")).unwrap().unwrap();
+        assert_eq!(&saved, e.state());
+        assert!(!dir.join("state.journal").exists());
+        let more = vec![Request::ServiceSet(service("default/more", "10.96.0.13"))];
+        assert!(!matches!(
+            e.handle(Request::Batch(more)),
+            Response::Error(_)
+        ));
+        let journal = String::from_utf8(file(&dir.join("state.journal"))).unwrap();
+        assert_eq!(journal.lines().count(), 1);
+        let saved = State::load(&dir.join("state.json")).unwrap().unwrap();
         assert_eq!(&saved, e.state());
         assert!(saved.remotes.iter().any(|r| r.name == "node9"));
         assert!(saved.services.iter().any(|x| x.name == "default/new"));

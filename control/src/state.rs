@@ -1,14 +1,41 @@
 //! The desired state: ports and static MACs, their validation as a whole, and atomic
 //! persistence (write a temporary file, fsync, rename, fsync the directory), so a
-//! crash leaves either the old or the new state, never a torn one.
+//! crash leaves either the old or the new state, never a torn one. Batches (the
+//! agent's changes, at cluster scale) are appended to a journal beside the file
+//! instead (one fsynced line, not the whole state): loading replays it, and the
+//! next full save folds it in.
 use std::fs;
 use std::io::Write;
 use std::path::Path;
 
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+
 use podpath_proto::{
-    validate, ConntrackSettings, ErrorKind, ErrorReply, NodeSpec, PortSpec, RemoteSpec,
+    validate, ConntrackSettings, ErrorKind, ErrorReply, NodeSpec, PortSpec, RemoteSpec, Request,
     ServiceSpec, StaticMac,
 };
+
+fn remote_name(r: &Request) -> Option<&str> {
+    match r {
+        Request::RemoteAdd(x) => Some(&x.name),
+        Request::RemoteDel { name } => Some(name),
+        _ => None,
+    }
+}
+
+fn service_name(r: &Request) -> Option<&str> {
+    match r {
+        Request::ServiceSet(x) => Some(&x.name),
+        Request::ServiceDel { name } => Some(name),
+        _ => None,
+    }
+}
+
+/// The journal beside a state file (`state.json` -> `state.journal`).
+pub fn journal_path(path: &Path) -> PathBuf {
+    path.with_extension("journal")
+}
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -118,13 +145,162 @@ impl State {
     }
 
     pub fn load(path: &Path) -> Result<Option<State>, String> {
-        match fs::read(path) {
+        let mut state: Option<State> = match fs::read(path) {
             Ok(b) => serde_json::from_slice(&b)
                 .map(Some)
-                .map_err(|e| format!("state file {} is unreadable: {e}", path.display())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(format!("cannot read state file {}: {e}", path.display())),
+                .map_err(|e| format!("state file {} is unreadable: {e}", path.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(format!("cannot read state file {}: {e}", path.display())),
+        };
+        // The batches acknowledged since the file was written. A torn last line (a
+        // crash while appending) was never acknowledged: replay stops there.
+        if let Ok(j) = fs::read(journal_path(path)) {
+            let st = state.get_or_insert_with(State::default);
+            for line in j.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+                match serde_json::from_slice::<Vec<Request>>(line) {
+                    Ok(reqs) => {
+                        st.apply_batch(&reqs);
+                    }
+                    Err(_) => break,
+                }
+            }
         }
+        Ok(state)
+    }
+
+    /// Checks a batch against this state: deletes name what exists (as the batch
+    /// goes), and only remote and Service changes.
+    pub fn check_batch(&self, reqs: &[Request]) -> Result<(), ErrorReply> {
+        let mut remotes: HashSet<&str> = self.remotes.iter().map(|r| r.name.as_str()).collect();
+        let mut services: HashSet<&str> = self.services.iter().map(|s| s.name.as_str()).collect();
+        for r in reqs {
+            match r {
+                Request::RemoteAdd(x) => {
+                    remotes.insert(&x.name);
+                }
+                Request::ServiceSet(x) => {
+                    services.insert(&x.name);
+                }
+                Request::RemoteDel { name } if !remotes.remove(name.as_str()) => {
+                    return Err(bad(
+                        ErrorKind::NotFound,
+                        format!("batch: no remote node {name:?}"),
+                    ))
+                }
+                Request::ServiceDel { name } if !services.remove(name.as_str()) => {
+                    return Err(bad(
+                        ErrorKind::NotFound,
+                        format!("batch: no service {name:?}"),
+                    ))
+                }
+                Request::RemoteDel { .. } | Request::ServiceDel { .. } => {}
+                other => {
+                    return Err(bad(
+                        ErrorKind::BadRequest,
+                        format!("a batch holds remote and service changes only, not {other:?}"),
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies a batch in place (deletes of absent names do nothing, so a replay is
+    /// idempotent) and returns the batch that undoes it.
+    pub fn apply_batch(&mut self, reqs: &[Request]) -> Vec<Request> {
+        let mut undo = Vec::new();
+        // Only the entries the batch names are indexed (one pass, no copy of every
+        // name): a change to one Service costs a scan, not a rebuild of the index.
+        let wanted_r: HashSet<&str> = reqs.iter().filter_map(remote_name).collect();
+        let wanted_s: HashSet<&str> = reqs.iter().filter_map(service_name).collect();
+        let mut remotes: HashMap<String, usize> = self
+            .remotes
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| wanted_r.contains(r.name.as_str()))
+            .map(|(i, r)| (r.name.clone(), i))
+            .collect();
+        let mut services: HashMap<String, usize> = self
+            .services
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| wanted_s.contains(s.name.as_str()))
+            .map(|(i, s)| (s.name.clone(), i))
+            .collect();
+        let (mut gone_r, mut gone_s) = (HashSet::new(), HashSet::new());
+        for r in reqs {
+            match r {
+                Request::RemoteAdd(x) => match remotes.get(&x.name) {
+                    Some(&i) => undo.push(Request::RemoteAdd(std::mem::replace(
+                        &mut self.remotes[i],
+                        x.clone(),
+                    ))),
+                    None => {
+                        remotes.insert(x.name.clone(), self.remotes.len());
+                        self.remotes.push(x.clone());
+                        undo.push(Request::RemoteDel {
+                            name: x.name.clone(),
+                        });
+                    }
+                },
+                Request::RemoteDel { name } => {
+                    if let Some(i) = remotes.remove(name) {
+                        undo.push(Request::RemoteAdd(self.remotes[i].clone()));
+                        gone_r.insert(i);
+                    }
+                }
+                Request::ServiceSet(x) => match services.get(&x.name) {
+                    Some(&i) => undo.push(Request::ServiceSet(std::mem::replace(
+                        &mut self.services[i],
+                        x.clone(),
+                    ))),
+                    None => {
+                        services.insert(x.name.clone(), self.services.len());
+                        self.services.push(x.clone());
+                        undo.push(Request::ServiceDel {
+                            name: x.name.clone(),
+                        });
+                    }
+                },
+                Request::ServiceDel { name } => {
+                    if let Some(i) = services.remove(name) {
+                        undo.push(Request::ServiceSet(self.services[i].clone()));
+                        gone_s.insert(i);
+                    }
+                }
+                _ => {}
+            }
+        }
+        if !gone_r.is_empty() {
+            let mut i = 0;
+            self.remotes.retain(|_| {
+                i += 1;
+                !gone_r.contains(&(i - 1))
+            });
+        }
+        if !gone_s.is_empty() {
+            let mut i = 0;
+            self.services.retain(|_| {
+                i += 1;
+                !gone_s.contains(&(i - 1))
+            });
+        }
+        undo.reverse();
+        undo
+    }
+
+    /// Appends an acknowledged batch to the journal (fsynced); returns the
+    /// journal's size.
+    pub fn append_journal(path: &Path, reqs: &[Request]) -> std::io::Result<u64> {
+        let mut line = serde_json::to_vec(reqs).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        let mut f = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(journal_path(path))?;
+        f.write_all(&line)?;
+        f.sync_data()?;
+        Ok(f.metadata()?.len())
     }
 
     /// Writes the state atomically.
@@ -139,6 +315,12 @@ impl State {
         }
         fs::rename(&tmp, path)?;
         fs::File::open(dir)?.sync_all()?;
+        // The file holds everything now; a journal left by a crash here would only
+        // be replayed on top (idempotent).
+        match fs::remove_file(journal_path(path)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
         Ok(())
     }
 }
@@ -215,5 +397,56 @@ mod tests {
         fs::write(&path, b"{garbage").unwrap();
         assert!(State::load(&path).is_err());
         let _ = fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn the_journal_replays_batches_stops_at_a_torn_line_and_folds_into_a_save() {
+        let dir = std::env::temp_dir().join(format!("podpath-journal-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("state.json");
+        let base = State::default();
+        base.save(&path).unwrap();
+        let svc = |n: &str| ServiceSpec::new(n, "10.96.0.10", 80, "tcp", vec![]);
+        let b1 = vec![
+            Request::ServiceSet(svc("d/a")),
+            Request::ServiceSet(svc("d/b")),
+        ];
+        let b2 = vec![Request::ServiceDel { name: "d/a".into() }];
+        State::append_journal(&path, &b1).unwrap();
+        State::append_journal(&path, &b2).unwrap();
+        // A crash while appending a third: half a line.
+        let mut f = fs::OpenOptions::new()
+            .append(true)
+            .open(journal_path(&path))
+            .unwrap();
+        f.write_all(b"[{\"ServiceDel\":{\"na").unwrap();
+        drop(f);
+        let loaded = State::load(&path).unwrap().unwrap();
+        let names: Vec<&str> = loaded.services.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["d/b"], "both whole batches, not the torn one");
+        // Replaying twice gives the same (a crash between a save and the journal's
+        // removal replays it on top).
+        let mut again = loaded.clone();
+        again.apply_batch(&b1);
+        again.apply_batch(&b2);
+        assert_eq!(again, loaded);
+        // An undo gives the state back.
+        let mut s = loaded.clone();
+        let undo = s.apply_batch(&[
+            Request::ServiceSet(svc("d/c")),
+            Request::ServiceDel { name: "d/b".into() },
+        ]);
+        assert_ne!(s, loaded);
+        s.apply_batch(&undo);
+        assert_eq!(s, loaded);
+        loaded.save(&path).unwrap();
+        assert!(!journal_path(&path).exists(), "a save folds the journal in");
+        assert_eq!(State::load(&path).unwrap().unwrap(), loaded);
+        assert!(loaded
+            .check_batch(&[Request::ServiceDel { name: "d/x".into() }])
+            .is_err());
+        assert!(loaded.check_batch(&[Request::PortList]).is_err());
+        let _ = fs::remove_dir_all(&dir);
     }
 }

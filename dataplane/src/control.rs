@@ -75,7 +75,7 @@ pub struct Control {
     departed_ttl: Duration,
     /// Each Service's identity (`Service::uid`), by name; a deleted Service's goes
     /// with it, so one created later under any name gets a fresh one.
-    uids: HashMap<String, u32>,
+    uids: hashbrown::HashMap<String, u32>,
     next_uid: u32,
     /// Connections refused because a table was full, as last logged, and when.
     refused_logged: u64,
@@ -132,6 +132,73 @@ pub fn wait_settled(workers: &[&WorkerCounters], gen: u64, timeout: Duration) ->
 }
 
 /// The answer to a change: the snapshot generation every worker now runs.
+/// A list edited by name (a batch's remotes or Services): replace in place, delete by
+/// tombstone, both O(1), with an undo log to give the original list back.
+struct ByName<T> {
+    items: Vec<Option<T>>,
+    at: hashbrown::HashMap<String, usize>,
+    /// (slot, what it held) for every edit, and the length before the batch.
+    undo: Vec<(usize, Option<T>)>,
+    len: usize,
+}
+
+impl<T> ByName<T> {
+    /// Indexes the entries named in `touched` only (the batch's names).
+    fn new(v: Vec<T>, name: impl Fn(&T) -> &str, touched: &hashbrown::HashSet<String>) -> Self {
+        let at = v
+            .iter()
+            .enumerate()
+            .filter(|(_, x)| touched.contains(name(x)))
+            .map(|(i, x)| (name(x).to_string(), i))
+            .collect();
+        let len = v.len();
+        ByName {
+            items: v.into_iter().map(Some).collect(),
+            at,
+            undo: Vec::new(),
+            len,
+        }
+    }
+
+    fn set(&mut self, name: &str, x: T) {
+        match self.at.get(name) {
+            Some(&i) => {
+                let old = self.items[i].replace(x);
+                self.undo.push((i, old));
+            }
+            None => {
+                self.at.insert(name.to_string(), self.items.len());
+                self.items.push(Some(x));
+            }
+        }
+    }
+
+    fn del(&mut self, name: &str) {
+        if let Some(i) = self.at.remove(name) {
+            let old = self.items[i].take();
+            self.undo.push((i, old));
+        }
+    }
+
+    /// The list as edited, by reference.
+    fn current(&self) -> Vec<&T> {
+        self.items.iter().flatten().collect()
+    }
+
+    fn into_vec(self) -> Vec<T> {
+        self.items.into_iter().flatten().collect()
+    }
+
+    /// The list from before the edits.
+    fn rollback(mut self) -> Vec<T> {
+        while let Some((i, old)) = self.undo.pop() {
+            self.items[i] = old;
+        }
+        self.items.truncate(self.len);
+        self.items.into_iter().flatten().collect()
+    }
+}
+
 fn applied(generation: u64) -> Response {
     Response::Applied { generation }
 }
@@ -185,7 +252,7 @@ impl Control {
             port_base: HashMap::new(),
             departed: HashMap::new(),
             departed_ttl: Duration::from_secs(432_000),
-            uids: HashMap::new(),
+            uids: hashbrown::HashMap::new(),
             next_uid: 1,
             refused_logged: 0,
             refused_logged_at: None,
@@ -305,44 +372,58 @@ impl Control {
 
     /// Builds the Service table for `specs` on `l3`, carrying the departed TCP
     /// endpoints (those of the current table that `specs` no longer has) forward.
+    /// `unchanged(name)`: that Service's spec is the one the current table was
+    /// built from (its tables are reused; only changed Services can lose
+    /// endpoints). The work for a change to one Service is then a pass over the
+    /// names, not a rebuild of every Service.
     fn build_services(
         &mut self,
-        specs: &[ServiceSpec],
+        specs: &[&ServiceSpec],
         l3: &L3,
+        unchanged: &dyn Fn(&str) -> bool,
     ) -> Result<Arc<ServiceTable>, ErrorReply> {
-        let mut uids = HashMap::new();
         let mut next = self.next_uid;
+        let mut fresh = Vec::new();
         let ids: Vec<u32> = specs
             .iter()
-            .map(|s| {
-                *uids.entry(s.name.clone()).or_insert_with(|| {
-                    self.uids.get(&s.name).copied().unwrap_or_else(|| {
-                        next += 1;
-                        next - 1
-                    })
-                })
+            .map(|s| match self.uids.get(s.name.as_str()) {
+                Some(&id) => id,
+                None => {
+                    next += 1;
+                    fresh.push((s.name.clone(), next - 1));
+                    next - 1
+                }
             })
             .collect();
-        // Services whose spec did not change keep their built tables.
-        let prev = (&*self.snap.services, self.services.as_slice());
+        let prev: (&ServiceTable, crate::tables::services::Unchanged) =
+            (&self.snap.services, unchanged);
         let t = ServiceTable::build_reusing(specs, node_info(l3), &ids, Some(prev))
             .map_err(|e| err(ErrorKind::BadRequest, e))?;
-        // Names no longer in `specs` lose their identity here.
-        self.uids = uids;
+        self.uids.extend(fresh);
         self.next_uid = next;
+        // Names no longer in `specs` lose their identity here.
+        if self.uids.len() > specs.len() {
+            let names: hashbrown::HashSet<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+            self.uids.retain(|k, _| names.contains(k.as_str()));
+        }
         let now = Instant::now();
         let current = |k: &Departed| match *k {
             Departed::Endpoint(ip, port, proto) => t.is_endpoint(ip, port, proto),
             Departed::Vip(ip, port, proto) => t.lookup(ip, port, proto).is_some(),
         };
+        // Only a changed (or removed) Service can take an endpoint or a VIP away.
         let old = &self.snap.services;
         let gone = old
-            .endpoint_keys()
-            .map(|(k, b)| (Departed::Endpoint(k.0, k.1, k.2), b))
-            .chain(
-                old.service_keys()
-                    .map(|(k, b)| (Departed::Vip(k.0, k.1, k.2), b)),
-            );
+            .services()
+            .iter()
+            .filter(|s| !unchanged(&s.name))
+            .flat_map(|s| {
+                let b = s.owner_by_client_ip;
+                s.all
+                    .iter()
+                    .map(move |e| (Departed::Endpoint(e.ip, e.port, s.proto), b))
+                    .chain(std::iter::once((Departed::Vip(s.vip, s.port, s.proto), b)))
+            });
         for (k, by_ip) in gone {
             let tcp = matches!(k, Departed::Endpoint(_, _, 6) | Departed::Vip(_, _, 6));
             if tcp && !current(&k) {
@@ -530,9 +611,14 @@ impl Control {
         let services = if self.services.is_empty() {
             Arc::clone(&self.snap.services)
         } else {
-            let specs = self.services.clone();
-            self.build_services(&specs, &l3)
-                .map_err(|e| err(e.kind, format!("with this node: {}", e.message)))?
+            // The specs are the same; with the same node identity every Service's
+            // tables are reused (a remote node added), else rebuilt.
+            let specs = std::mem::take(&mut self.services);
+            let refs: Vec<&ServiceSpec> = specs.iter().collect();
+            let r = self.build_services(&refs, &l3, &|_| true);
+            drop(refs);
+            self.services = specs;
+            r.map_err(|e| err(e.kind, format!("with this node: {}", e.message)))?
         };
         self.node = Some(node);
         self.remotes = remotes;
@@ -590,44 +676,76 @@ impl Control {
 
     /// Applies remote and Service changes together and publishes one snapshot.
     fn batch(&mut self, reqs: Vec<Request>) -> Result<u64, ErrorReply> {
-        /// A list edited by name: replace in place, delete by tombstone, in O(1).
-        struct ByName<T> {
-            items: Vec<Option<T>>,
-            at: HashMap<String, usize>,
-        }
-        impl<T: Clone> ByName<T> {
-            fn new(v: &[T], name: impl Fn(&T) -> &str) -> Self {
-                let at = v
-                    .iter()
-                    .enumerate()
-                    .map(|(i, x)| (name(x).to_string(), i))
-                    .collect();
-                ByName {
-                    items: v.iter().cloned().map(Some).collect(),
-                    at,
-                }
-            }
-            fn set(&mut self, name: &str, x: T) {
-                match self.at.get(name) {
-                    Some(&i) => self.items[i] = Some(x),
-                    None => {
-                        self.at.insert(name.to_string(), self.items.len());
-                        self.items.push(Some(x));
+        // Only the names the batch touches are looked at (a pass over the lists, no
+        // copy or hash of every name): checked before anything moves, so a batch
+        // that cannot apply changes nothing.
+        let wanted: hashbrown::HashSet<&str> = reqs
+            .iter()
+            .filter_map(|r| match r {
+                Request::RemoteAdd(x) => Some(x.name.as_str()),
+                Request::ServiceSet(x) => Some(x.name.as_str()),
+                Request::RemoteDel { name } | Request::ServiceDel { name } => Some(name.as_str()),
+                _ => None,
+            })
+            .collect();
+        {
+            let mut remotes: hashbrown::HashSet<&str> = self
+                .remotes
+                .iter()
+                .map(|r| r.name.as_str())
+                .filter(|n| wanted.contains(n))
+                .collect();
+            let mut services: hashbrown::HashSet<&str> = self
+                .services
+                .iter()
+                .map(|s| s.name.as_str())
+                .filter(|n| wanted.contains(n))
+                .collect();
+            for r in &reqs {
+                match r {
+                    Request::RemoteAdd(x) => {
+                        remotes.insert(&x.name);
+                    }
+                    Request::ServiceSet(x) => {
+                        services.insert(&x.name);
+                    }
+                    Request::RemoteDel { name } if !remotes.remove(name.as_str()) => {
+                        return Err(err(
+                            ErrorKind::NotFound,
+                            format!("batch: no remote node {name:?}"),
+                        ));
+                    }
+                    Request::ServiceDel { name } if !services.remove(name.as_str()) => {
+                        return Err(err(
+                            ErrorKind::NotFound,
+                            format!("batch: no service {name:?}"),
+                        ));
+                    }
+                    Request::RemoteDel { .. } | Request::ServiceDel { .. } => {}
+                    other => {
+                        return Err(err(
+                            ErrorKind::BadRequest,
+                            format!("a batch holds remote and service changes only, not {other:?}"),
+                        ))
                     }
                 }
             }
-            fn del(&mut self, name: &str) -> bool {
-                match self.at.remove(name) {
-                    Some(i) => self.items[i].take().is_some(),
-                    None => false,
-                }
-            }
-            fn into_vec(self) -> Vec<T> {
-                self.items.into_iter().flatten().collect()
-            }
         }
-        let mut remotes = ByName::new(&self.remotes, |r: &RemoteSpec| &r.name);
-        let mut services = ByName::new(&self.services, |s: &ServiceSpec| &s.name);
+        // The lists are edited in place, not copied (they may hold 100 000
+        // endpoints), with an undo log for a build that fails.
+        let names: hashbrown::HashSet<String> = wanted.iter().map(|n| n.to_string()).collect();
+        drop(wanted);
+        let mut remotes = ByName::new(
+            std::mem::take(&mut self.remotes),
+            |r: &RemoteSpec| &r.name,
+            &names,
+        );
+        let mut services = ByName::new(
+            std::mem::take(&mut self.services),
+            |s: &ServiceSpec| &s.name,
+            &names,
+        );
+        let mut changed: std::collections::HashSet<String> = std::collections::HashSet::new();
         let (mut l3_changed, mut svc_changed) = (false, false);
         for r in reqs {
             match r {
@@ -638,62 +756,65 @@ impl Control {
                 }
                 Request::RemoteDel { name } => {
                     l3_changed = true;
-                    if !remotes.del(&name) {
-                        return Err(err(
-                            ErrorKind::NotFound,
-                            format!("batch: no remote node {name:?}"),
-                        ));
-                    }
+                    remotes.del(&name);
                 }
                 Request::ServiceSet(s) => {
                     svc_changed = true;
                     let name = s.name.clone();
                     services.set(&name, s);
+                    changed.insert(name);
                 }
                 Request::ServiceDel { name } => {
                     svc_changed = true;
-                    if !services.del(&name) {
-                        return Err(err(
-                            ErrorKind::NotFound,
-                            format!("batch: no service {name:?}"),
-                        ));
-                    }
+                    services.del(&name);
+                    changed.insert(name);
                 }
-                other => {
-                    return Err(err(
-                        ErrorKind::BadRequest,
-                        format!("a batch holds remote and service changes only, not {other:?}"),
-                    ))
-                }
+                _ => {}
             }
         }
-        let (remotes, services) = (remotes.into_vec(), services.into_vec());
-        let l3 = if l3_changed {
-            let node = self.node.clone().ok_or_else(|| {
-                err(
-                    ErrorKind::BadRequest,
-                    "set the node first (NodeSet): remote nodes need its underlay and VNI",
-                )
-            })?;
-            Arc::new(
-                L3::build(&node, &remotes)
+        let (new_remotes, new_services) = (remotes.current(), services.current());
+        let built = (|| {
+            let l3 = if l3_changed {
+                let node = self.node.clone().ok_or_else(|| {
+                    err(
+                        ErrorKind::BadRequest,
+                        "set the node first (NodeSet): remote nodes need its underlay and VNI",
+                    )
+                })?;
+                Arc::new(
+                    L3::build(
+                        &node,
+                        &new_remotes.iter().map(|r| (*r).clone()).collect::<Vec<_>>(),
+                    )
                     .map_err(|e| err(ErrorKind::BadRequest, e.to_string()))?,
-            )
-        } else {
-            Arc::clone(&self.snap.l3)
-        };
-        let table = if svc_changed || (l3_changed && !services.is_empty()) {
-            self.build_services(&services, &l3)?
-        } else {
-            Arc::clone(&self.snap.services)
-        };
-        self.remotes = remotes;
-        self.services = services;
-        self.publish(Snapshot {
-            l3,
-            services: table,
-            ..self.snap.clone()
-        })
+                )
+            } else {
+                Arc::clone(&self.snap.l3)
+            };
+            let table = if svc_changed || (l3_changed && !new_services.is_empty()) {
+                self.build_services(&new_services, &l3, &|n| !changed.contains(n))?
+            } else {
+                Arc::clone(&self.snap.services)
+            };
+            Ok::<_, ErrorReply>((l3, table))
+        })();
+        drop((new_remotes, new_services));
+        match built {
+            Ok((l3, table)) => {
+                self.remotes = remotes.into_vec();
+                self.services = services.into_vec();
+                self.publish(Snapshot {
+                    l3,
+                    services: table,
+                    ..self.snap.clone()
+                })
+            }
+            Err(e) => {
+                self.remotes = remotes.rollback();
+                self.services = services.rollback();
+                Err(e)
+            }
+        }
     }
 
     fn neighbor_list(&self) -> Result<Vec<NeighborInfo>, ErrorReply> {
@@ -749,9 +870,13 @@ impl Control {
     /// Builds and publishes the Service table for `specs`; on a build error nothing
     /// changes. Returns when every worker runs it and has swept the UDP connections
     /// whose endpoint is gone.
-    fn set_services(&mut self, specs: Vec<ServiceSpec>) -> Result<u64, ErrorReply> {
+    /// Installs `specs`, of which only the Service named `changed` differs from the
+    /// current ones.
+    fn set_services(&mut self, specs: Vec<ServiceSpec>, changed: &str) -> Result<u64, ErrorReply> {
         let l3 = Arc::clone(&self.snap.l3);
-        let t = self.build_services(&specs, &l3)?;
+        let refs: Vec<&ServiceSpec> = specs.iter().collect();
+        let t = self.build_services(&refs, &l3, &|n| n != changed)?;
+        drop(refs);
         self.services = specs;
         self.publish(Snapshot {
             services: t,
@@ -1285,16 +1410,17 @@ impl Control {
             Request::ConntrackList(f) => self.conntrack_list(&f).map(Response::Conntrack),
             Request::ServiceSet(s) => {
                 let mut all = self.services.clone();
+                let name = s.name.clone();
                 match all.iter_mut().find(|x| x.name == s.name) {
                     Some(x) => *x = s,
                     None => all.push(s),
                 }
-                self.set_services(all).map(applied)
+                self.set_services(all, &name).map(applied)
             }
             Request::ServiceDel { name } => {
                 if self.services.iter().any(|x| x.name == name) {
                     let all = self.services.iter().filter(|x| x.name != name).cloned().collect();
-                    self.set_services(all).map(applied)
+                    self.set_services(all, &name).map(applied)
                 } else {
                     Err(err(ErrorKind::NotFound, format!("no service {name:?}")))
                 }
@@ -1350,6 +1476,27 @@ fn port_info(a: &Attached, xstats: bool) -> PortInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_edits_lists_in_place_and_rolls_back_exactly() {
+        let v = vec![("a", 1), ("b", 2), ("c", 3)];
+        let touched: hashbrown::HashSet<String> = ["a", "b", "d", "e"].map(String::from).into();
+        let mut l = ByName::new(v.clone(), |x: &(&str, i32)| x.0, &touched);
+        l.set("b", ("b", 20));
+        l.del("a");
+        l.set("d", ("d", 4));
+        l.del("d");
+        l.set("e", ("e", 5));
+        assert_eq!(l.current(), [&("b", 20), &("c", 3), &("e", 5)]);
+        assert_eq!(l.rollback(), v, "the list from before, in order");
+        let mut l = ByName::new(v, |x: &(&str, i32)| x.0, &touched);
+        l.set("a", ("a", 10));
+        assert_eq!(
+            l.into_vec(),
+            [("a", 10), ("b", 2), ("c", 3)],
+            "replaced in place"
+        );
+    }
 
     #[test]
     fn a_change_waits_for_every_worker_to_apply_and_settle_it() {

@@ -1,6 +1,8 @@
 //! Services: virtual IP, port and protocol -> endpoints, with a Maglev table over the
 //! endpoints that may take new connections (ready, not terminating). Built by the
 //! control thread from the Service specs, published whole to the workers.
+use std::sync::Arc;
+
 use hashbrown::HashMap;
 use podpath_proto::{taking_new_connections, validate, EndpointSpec, ServiceSpec};
 
@@ -18,10 +20,11 @@ pub struct Service {
     pub vip: u32,
     pub port: u16,
     pub proto: u8,
-    /// Endpoints that take new connections, in Maglev's index order.
-    pub endpoints: Vec<Endpoint>,
+    /// Endpoints that take new connections, in Maglev's index order. Shared (as the
+    /// Maglev tables are) by the tables rebuilt while this Service is unchanged.
+    pub endpoints: Arc<[Endpoint]>,
     /// Every endpoint, terminating ones included (their connections live on).
-    pub all: Vec<Endpoint>,
+    pub all: Arc<[Endpoint]>,
     pub maglev: Maglev,
     /// ClientIP affinity, seconds (0: none).
     pub affinity: u32,
@@ -38,7 +41,7 @@ pub struct Service {
     pub source_ranges: Vec<(u32, u8)>,
     /// This node's endpoints that take new connections, with their own table (the
     /// NodePort with policy Local uses only these).
-    pub local_endpoints: Vec<Endpoint>,
+    pub local_endpoints: Arc<[Endpoint]>,
     pub local_maglev: Maglev,
     /// With several workers, this Service's connections are owned by the worker of
     /// the client's address alone (not address and port): so one worker, and one
@@ -72,6 +75,19 @@ pub struct ServiceTable {
     node: Option<NodeInfo>,
 }
 
+/// Whether a Service (by name) has the spec the previous table was built from.
+pub type Unchanged<'a> = &'a dyn Fn(&str) -> bool;
+
+/// "service NAME" in error messages, formatted only when an error is made (a build
+/// visits every Service; most builds make no error).
+struct What<'a>(&'a str);
+
+impl std::fmt::Display for What<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "service {}", self.0)
+    }
+}
+
 /// What the table needs to know of this node: its IP and its pod CIDR.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NodeInfo {
@@ -102,38 +118,43 @@ impl ServiceTable {
         node: Option<NodeInfo>,
         uids: &[u32],
     ) -> Result<ServiceTable, String> {
-        Self::build_reusing(specs, node, uids, None)
+        let refs: Vec<&ServiceSpec> = specs.iter().collect();
+        Self::build_reusing(&refs, node, uids, None)
     }
 
-    /// As [`build_with_ids`](Self::build_with_ids), taking each Service whose spec
-    /// is unchanged since `prev` (the previous table and the specs it was built
-    /// from, in order) from it: its endpoints and Maglev tables (shared, not
-    /// rebuilt). A change to one Service then rebuilds one Service's tables, not
-    /// every Service's.
+    /// As [`build_with_ids`](Self::build_with_ids), taking each Service that
+    /// `unchanged` says has the same spec as in `prev` from it: its endpoints and
+    /// Maglev tables (shared, not rebuilt). A change to one Service then rebuilds
+    /// one Service's tables, not every Service's. Nothing is reused when `prev` was
+    /// built for another node (local endpoints depend on it).
     pub fn build_reusing(
-        specs: &[ServiceSpec],
+        specs: &[&ServiceSpec],
         node: Option<NodeInfo>,
         uids: &[u32],
-        prev: Option<(&ServiceTable, &[ServiceSpec])>,
+        prev: Option<(&ServiceTable, Unchanged)>,
     ) -> Result<ServiceTable, String> {
         let mut t = ServiceTable {
             node,
             ..ServiceTable::default()
         };
-        let reusable: HashMap<&str, (&ServiceSpec, &Service)> = match prev {
-            Some((pt, ps)) if pt.node == node && pt.services.len() == ps.len() => ps
-                .iter()
-                .zip(&pt.services)
-                .map(|(spec, svc)| (spec.name.as_str(), (spec, svc)))
-                .collect(),
-            _ => HashMap::new(),
+        let (reusable, unchanged): (HashMap<&str, &Service>, Unchanged) = match prev {
+            Some((pt, same)) if pt.node == node => (
+                pt.services
+                    .iter()
+                    .map(|svc| (svc.name.as_str(), svc))
+                    .collect(),
+                same,
+            ),
+            _ => (HashMap::new(), &|_| false),
         };
-        let mut names: hashbrown::HashSet<&str> = hashbrown::HashSet::new();
+        let mut names: hashbrown::HashSet<&str> = hashbrown::HashSet::with_capacity(specs.len());
+        t.services.reserve(specs.len());
+        t.by_key.reserve(specs.len());
         if uids.len() != specs.len() {
             return Err("internal: one identity per service".into());
         }
         for s in specs {
-            let what = format!("service {}", s.name);
+            let what = What(&s.name);
             if s.name.is_empty() {
                 return Err("a service needs a name".into());
             }
@@ -153,8 +174,8 @@ impl ServiceTable {
             // Local policies.
             let reused = reusable
                 .get(s.name.as_str())
-                .filter(|(p, _)| *p == s)
-                .map(|&(_, svc)| svc);
+                .filter(|_| unchanged(&s.name))
+                .copied();
             let mut all = Vec::new();
             let mut parsed = Vec::new();
             for e in s.endpoints.iter().filter(|_| reused.is_none()) {
@@ -183,16 +204,14 @@ impl ServiceTable {
                     })
                     .unzip()
             };
-            let (eps, local_eps, maglev, local_maglev) = match reused {
-                Some(r) => {
-                    all.clone_from(&r.all);
-                    (
-                        r.endpoints.clone(),
-                        r.local_endpoints.clone(),
-                        r.maglev.clone(),
-                        r.local_maglev.clone(),
-                    )
-                }
+            let (all, eps, local_eps, maglev, local_maglev) = match reused {
+                Some(r) => (
+                    Arc::clone(&r.all),
+                    Arc::clone(&r.endpoints),
+                    Arc::clone(&r.local_endpoints),
+                    r.maglev.clone(),
+                    r.local_maglev.clone(),
+                ),
                 None => {
                     let (eps, backends) = takers(false);
                     let (local_eps, local_backends) = takers(true);
@@ -201,7 +220,13 @@ impl ServiceTable {
                     let local_maglev =
                         Maglev::build(&local_backends, table_size(local_backends.len()))
                             .map_err(|e| format!("{what}: {e}"))?;
-                    (eps, local_eps, maglev, local_maglev)
+                    (
+                        Arc::from(all),
+                        Arc::from(eps),
+                        Arc::from(local_eps),
+                        maglev,
+                        local_maglev,
+                    )
                 }
             };
             let internal_local = match s.internal_traffic_policy.as_deref() {
@@ -314,6 +339,21 @@ impl ServiceTable {
     /// (union-find, at build time: nothing of it runs per packet).
     fn group_owners(&mut self) {
         let n = self.services.len();
+        // Without affinity anywhere no Service is owned by client address: no
+        // grouping to do (the common case, and a pass less over every endpoint).
+        if self.services.iter().all(|s| s.affinity == 0) {
+            for s in &mut self.services {
+                s.owner_by_client_ip = false;
+            }
+            let total: usize = self.services.iter().map(|s| s.all.len()).sum();
+            self.endpoints.reserve(total);
+            for s in &self.services {
+                for e in s.all.iter() {
+                    self.endpoints.insert((e.ip, e.port, s.proto), false);
+                }
+            }
+            return;
+        }
         let mut parent: Vec<usize> = (0..n).collect();
         fn root(p: &mut [usize], mut i: usize) -> usize {
             while p[i] != i {
@@ -324,7 +364,7 @@ impl ServiceTable {
         }
         let mut first: HashMap<(u32, u16, u8), usize> = HashMap::new();
         for (i, s) in self.services.iter().enumerate() {
-            for e in &s.all {
+            for e in s.all.iter() {
                 let j = *first.entry((e.ip, e.port, s.proto)).or_insert(i);
                 let (a, b) = (root(&mut parent, i), root(&mut parent, j));
                 parent[a] = b;
@@ -341,7 +381,7 @@ impl ServiceTable {
             let by_ip = sticky[root(&mut parent, i)];
             let s = &mut self.services[i];
             s.owner_by_client_ip = by_ip;
-            for e in &s.all {
+            for e in s.all.iter() {
                 self.endpoints.insert((e.ip, e.port, s.proto), by_ip);
             }
         }
@@ -349,6 +389,11 @@ impl ServiceTable {
 
     pub fn is_empty(&self) -> bool {
         self.services.is_empty()
+    }
+
+    /// Every Service, in the order of the specs it was built from.
+    pub fn services(&self) -> &[Service] {
+        &self.services
     }
 
     /// The Service on this external or LoadBalancer IP and port, and whether it is
@@ -635,8 +680,8 @@ mod tests {
         let s = t.lookup(ip("10.96.0.10"), 80, 6).unwrap();
         assert!(s.internal_local);
         assert_eq!(
-            s.local_endpoints,
-            vec![Endpoint {
+            &s.local_endpoints[..],
+            [Endpoint {
                 ip: ip("10.244.0.3"),
                 port: 8080
             }]
@@ -724,8 +769,11 @@ mod tests {
         let ids: Vec<u32> = (1..=4).collect();
         let a = mk(4, "10.244.1.9");
         let ta = ServiceTable::build_with_ids(&a, node, &ids).unwrap();
+        let _ = &a;
         let b = mk(4, "10.244.2.7");
-        let tb = ServiceTable::build_reusing(&b, node, &ids, Some((&ta, &a))).unwrap();
+        let refs: Vec<&ServiceSpec> = b.iter().collect();
+        let only_s3: &dyn Fn(&str) -> bool = &|n| n != "d/s3";
+        let tb = ServiceTable::build_reusing(&refs, node, &ids, Some((&ta, only_s3))).unwrap();
         for k in 0..3 {
             assert!(
                 tb.services[k].maglev.same_table(&ta.services[k].maglev),
@@ -751,7 +799,8 @@ mod tests {
             node_ip: 0xc0a8_4d0c,
             pod_net: (0x0af4_0100, 24),
         });
-        let tc = ServiceTable::build_reusing(&b, other, &ids, Some((&tb, &b))).unwrap();
+        let all_same: &dyn Fn(&str) -> bool = &|_| true;
+        let tc = ServiceTable::build_reusing(&refs, other, &ids, Some((&tb, all_same))).unwrap();
         assert!(!tc.services[0].maglev.same_table(&tb.services[0].maglev));
         assert_eq!(
             tc.services[0].local_endpoints.len(),
