@@ -149,6 +149,13 @@ fn the_cni_protocol_attaches_pods_that_reach_the_other_node() {
         ports(&n1.control_socket).contains(&host),
         "port {host} attached"
     );
+    let (_, state, _) = ctl(&n1.control_socket, &["state"]);
+    assert!(
+        state
+            .lines()
+            .any(|l| l.starts_with(&host) && l.contains(" cni ")),
+        "podpathctl state says the port came from the CNI plugin:\n{state}"
+    );
     let ip = addr.split('/').next().unwrap().to_string();
     let c1_name = pods.0[0].clone();
     assert!(

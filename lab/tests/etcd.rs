@@ -223,6 +223,13 @@ fn nodes_join_leave_and_survive_an_etcd_restart_through_etcd() {
         !routes(&n1).contains(&n3.pod_cidr),
         "node 3 is not there yet"
     );
+    let (_, state, _) = ctl(&n1.control_socket, &["state"]);
+    assert!(
+        state
+            .lines()
+            .any(|l| l.starts_with("etcd-10.244.1.0-24") && l.trim_end().ends_with("etcd")),
+        "podpathctl state says node 2 came from etcd:\n{state}"
+    );
     let lease = |n: &Node| {
         format!(
             "/coreos.com/network/subnets/{}",

@@ -851,3 +851,88 @@ pub fn pod_gateway(pod_cidr: &str) -> Option<std::net::Ipv4Addr> {
     let a: std::net::Ipv4Addr = a.parse().ok()?;
     Some(std::net::Ipv4Addr::from(u32::from(a).wrapping_add(1)))
 }
+
+/// Where a part of a node's desired state came from, read from its name: each
+/// source names what it makes in its own way, so `podpathctl state` can say it and
+/// each source touches only its own entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// podpath-cni's ports: "pp" and 8 hex digits.
+    Cni,
+    /// The agent's etcd source: remotes "etcd-<subnet>".
+    Etcd,
+    /// The agent's Kubernetes source: remotes "k8s-<node>", Services
+    /// "namespace/name:port/protocol".
+    Kubernetes,
+    /// The configuration file or podpathctl.
+    Config,
+}
+
+impl Origin {
+    pub fn of_port(name: &str) -> Origin {
+        let hex = name.len() == 10
+            && name.starts_with("pp")
+            && name[2..].chars().all(|c| c.is_ascii_hexdigit());
+        if hex {
+            Origin::Cni
+        } else {
+            Origin::Config
+        }
+    }
+
+    pub fn of_remote(name: &str) -> Origin {
+        if name.starts_with("etcd-") {
+            Origin::Etcd
+        } else if name.starts_with("k8s-") {
+            Origin::Kubernetes
+        } else {
+            Origin::Config
+        }
+    }
+
+    pub fn of_service(name: &str) -> Origin {
+        if is_kubernetes_service_name(name) {
+            Origin::Kubernetes
+        } else {
+            Origin::Config
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Origin::Cni => "cni",
+            Origin::Etcd => "etcd",
+            Origin::Kubernetes => "kubernetes",
+            Origin::Config => "config",
+        }
+    }
+}
+
+/// The names the agent's Kubernetes source gives Service entries:
+/// "namespace/name:port/protocol".
+pub fn is_kubernetes_service_name(n: &str) -> bool {
+    n.split_once('/')
+        .and_then(|(_, rest)| rest.rsplit_once(':'))
+        .and_then(|(_, pp)| pp.split_once('/'))
+        .is_some_and(|(port, proto)| {
+            port.parse::<u16>().is_ok() && (proto == "tcp" || proto == "udp")
+        })
+}
+
+#[cfg(test)]
+mod origin_tests {
+    use super::*;
+
+    #[test]
+    fn each_source_is_told_by_its_names() {
+        assert_eq!(Origin::of_port("pp0a1b2c3d"), Origin::Cni);
+        assert_eq!(Origin::of_port("pod-a"), Origin::Config);
+        assert_eq!(Origin::of_port("ppxyz12345"), Origin::Config);
+        assert_eq!(Origin::of_remote("etcd-10.244.1.0-24"), Origin::Etcd);
+        assert_eq!(Origin::of_remote("k8s-node2"), Origin::Kubernetes);
+        assert_eq!(Origin::of_remote("node2"), Origin::Config);
+        assert_eq!(Origin::of_service("shop/web:80/tcp"), Origin::Kubernetes);
+        assert_eq!(Origin::of_service("default/web"), Origin::Config);
+        assert_eq!(Origin::of_service("d/a:http"), Origin::Config);
+    }
+}

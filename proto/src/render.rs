@@ -202,17 +202,18 @@ pub fn ports_spec_table(ports: &[PortSpec]) -> String {
     let mut o = String::new();
     let _ = writeln!(
         o,
-        "{:<16} {:>6} {:>6} {:>6}  device",
-        "port", "bridge", "mtu", "queues"
+        "{:<16} {:>6} {:>6} {:>6}  {:<6} device",
+        "port", "bridge", "mtu", "queues", "from"
     );
     for p in ports {
         let _ = writeln!(
             o,
-            "{:<16} {:>6} {:>6} {:>6}  {}{}",
+            "{:<16} {:>6} {:>6} {:>6}  {:<6} {}{}",
             p.name,
             p.bridge.map_or("-".into(), |b| b.to_string()),
             p.mtu.map_or("-".into(), |b| b.to_string()),
             p.queues.map_or("-".into(), |b| b.to_string()),
+            crate::Origin::of_port(&p.name).name(),
             p.device,
             p.netns
                 .as_ref()
@@ -304,4 +305,40 @@ pub fn conntrack_lines(conns: &[ConnInfo]) -> String {
 /// conntrack-tools' trailer, which it prints on stderr (so stdout parses as lines).
 pub fn conntrack_trailer(n: usize) -> String {
     format!("podpath: {n} flow entries have been shown.")
+}
+
+/// The remotes and Services of a desired state, each with where it came from.
+pub fn origins_table(remotes: &[crate::RemoteSpec], services: &[crate::ServiceSpec]) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "{:<28} {:<16} {:<18} from",
+        "remote", "node ip", "pod cidr"
+    );
+    for r in remotes {
+        let _ = writeln!(
+            o,
+            "{:<28} {:<16} {:<18} {}",
+            r.name,
+            r.node_ip,
+            r.pod_cidr,
+            crate::Origin::of_remote(&r.name).name()
+        );
+    }
+    let _ = writeln!(
+        o,
+        "{:<36} {:<22} {:>9} from",
+        "service", "vip:port/proto", "endpoints"
+    );
+    for s in services {
+        let _ = writeln!(
+            o,
+            "{:<36} {:<22} {:>9} {}",
+            s.name,
+            format!("{}:{}/{}", s.vip, s.port, s.protocol),
+            s.endpoints.len(),
+            crate::Origin::of_service(&s.name).name()
+        );
+    }
+    o
 }

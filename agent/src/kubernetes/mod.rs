@@ -250,14 +250,9 @@ impl Cluster {
     }
 }
 
-/// Names the Kubernetes source gives entries: "namespace/name:port/protocol".
+/// Names the Kubernetes source gives entries (the one rule, in proto).
 fn is_k8s_name(n: &str) -> bool {
-    n.split_once('/')
-        .and_then(|(_, rest)| rest.rsplit_once(':'))
-        .and_then(|(_, pp)| pp.split_once('/'))
-        .is_some_and(|(port, proto)| {
-            port.parse::<u16>().is_ok() && (proto == "tcp" || proto == "udp")
-        })
+    podpath_proto::is_kubernetes_service_name(n)
 }
 
 async fn client(cfg: &Config) -> Result<Client, String> {

@@ -524,7 +524,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::State => match c.call(Request::StateShow)? {
             Response::State(s) => {
                 let table = format!(
-                    "generation {}, dataplane {}\n{}{}",
+                    "generation {}, dataplane {}\n{}{}{}",
                     s.generation,
                     if s.in_sync {
                         "in sync"
@@ -532,7 +532,8 @@ fn run(cli: Cli) -> Result<()> {
                         "NOT in sync (disconnected or reconciling)"
                     },
                     render::ports_spec_table(&s.ports),
-                    render::static_macs_table(&s.macs)
+                    render::static_macs_table(&s.macs),
+                    render::origins_table(&s.remotes, &s.services)
                 );
                 print(&s, table)
             }
