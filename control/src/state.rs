@@ -168,41 +168,13 @@ impl State {
         Ok(state)
     }
 
-    /// Checks a batch against this state: deletes name what exists (as the batch
-    /// goes), and only remote and Service changes.
+    /// Checks a batch against this state (see `podpath_proto::batch::check`).
     pub fn check_batch(&self, reqs: &[Request]) -> Result<(), ErrorReply> {
-        let mut remotes: HashSet<&str> = self.remotes.iter().map(|r| r.name.as_str()).collect();
-        let mut services: HashSet<&str> = self.services.iter().map(|s| s.name.as_str()).collect();
-        for r in reqs {
-            match r {
-                Request::RemoteAdd(x) => {
-                    remotes.insert(&x.name);
-                }
-                Request::ServiceSet(x) => {
-                    services.insert(&x.name);
-                }
-                Request::RemoteDel { name } if !remotes.remove(name.as_str()) => {
-                    return Err(bad(
-                        ErrorKind::NotFound,
-                        format!("batch: no remote node {name:?}"),
-                    ))
-                }
-                Request::ServiceDel { name } if !services.remove(name.as_str()) => {
-                    return Err(bad(
-                        ErrorKind::NotFound,
-                        format!("batch: no service {name:?}"),
-                    ))
-                }
-                Request::RemoteDel { .. } | Request::ServiceDel { .. } => {}
-                other => {
-                    return Err(bad(
-                        ErrorKind::BadRequest,
-                        format!("a batch holds remote and service changes only, not {other:?}"),
-                    ))
-                }
-            }
-        }
-        Ok(())
+        podpath_proto::batch::check(
+            reqs,
+            self.remotes.iter().map(|r| r.name.as_str()),
+            self.services.iter().map(|s| s.name.as_str()),
+        )
     }
 
     /// Applies a batch in place (deletes of absent names do nothing, so a replay is

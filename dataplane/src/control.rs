@@ -676,9 +676,12 @@ impl Control {
 
     /// Applies remote and Service changes together and publishes one snapshot.
     fn batch(&mut self, reqs: Vec<Request>) -> Result<u64, ErrorReply> {
-        // Only the names the batch touches are looked at (a pass over the lists, no
-        // copy or hash of every name): checked before anything moves, so a batch
-        // that cannot apply changes nothing.
+        // Checked before anything moves: a batch that cannot apply changes nothing.
+        podpath_proto::batch::check(
+            &reqs,
+            self.remotes.iter().map(|r| r.name.as_str()),
+            self.services.iter().map(|s| s.name.as_str()),
+        )?;
         let wanted: hashbrown::HashSet<&str> = reqs
             .iter()
             .filter_map(|r| match r {
@@ -688,49 +691,6 @@ impl Control {
                 _ => None,
             })
             .collect();
-        {
-            let mut remotes: hashbrown::HashSet<&str> = self
-                .remotes
-                .iter()
-                .map(|r| r.name.as_str())
-                .filter(|n| wanted.contains(n))
-                .collect();
-            let mut services: hashbrown::HashSet<&str> = self
-                .services
-                .iter()
-                .map(|s| s.name.as_str())
-                .filter(|n| wanted.contains(n))
-                .collect();
-            for r in &reqs {
-                match r {
-                    Request::RemoteAdd(x) => {
-                        remotes.insert(&x.name);
-                    }
-                    Request::ServiceSet(x) => {
-                        services.insert(&x.name);
-                    }
-                    Request::RemoteDel { name } if !remotes.remove(name.as_str()) => {
-                        return Err(err(
-                            ErrorKind::NotFound,
-                            format!("batch: no remote node {name:?}"),
-                        ));
-                    }
-                    Request::ServiceDel { name } if !services.remove(name.as_str()) => {
-                        return Err(err(
-                            ErrorKind::NotFound,
-                            format!("batch: no service {name:?}"),
-                        ));
-                    }
-                    Request::RemoteDel { .. } | Request::ServiceDel { .. } => {}
-                    other => {
-                        return Err(err(
-                            ErrorKind::BadRequest,
-                            format!("a batch holds remote and service changes only, not {other:?}"),
-                        ))
-                    }
-                }
-            }
-        }
         // The lists are edited in place, not copied (they may hold 100 000
         // endpoints), with an undo log for a build that fails.
         let names: hashbrown::HashSet<String> = wanted.iter().map(|n| n.to_string()).collect();

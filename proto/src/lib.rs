@@ -5,6 +5,7 @@
 //! big-endian length, then an [`Envelope`] encoded with postcard (a compact, stable
 //! serde format). Frames above [`MAX_FRAME_LEN`] are refused, and a body grows as its bytes arrive.
 //! Requests carry an id the response repeats. `docs/protocol.md` lists every message.
+pub mod batch;
 pub mod client;
 pub mod codec;
 pub mod msg;

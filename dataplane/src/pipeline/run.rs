@@ -112,6 +112,14 @@ struct Parked<F> {
     deadline: u64,
 }
 
+/// ip4-fragment's counters for one datagram split (it runs outside the stage loop).
+fn count_fragmented(c: &WorkerCounters, t0: u64) {
+    let sc = &c.stages[StageId::Ip4Fragment.index()];
+    add(&sc.packets, 1);
+    add(&sc.calls, 1);
+    add(&sc.cycles, rdtsc().wrapping_sub(t0));
+}
+
 /// Packets waiting to be transmitted on one port; flushed when a burst is full and at
 /// the end of every poll iteration.
 const TX_CAP: usize = 2 * BURST;
@@ -1017,10 +1025,7 @@ impl<F: Frame> Pipeline<F> {
             }
         }
         self.frag_out = pieces;
-        let sc = &c.stages[StageId::Ip4Fragment.index()];
-        add(&sc.packets, 1);
-        add(&sc.calls, 1);
-        add(&sc.cycles, rdtsc().wrapping_sub(t0));
+        count_fragmented(c, t0);
     }
 
     /// ip4-fragment for the overlay: packet `i` (`f`) is too big to encapsulate, DF
@@ -1122,10 +1127,7 @@ impl<F: Frame> Pipeline<F> {
             }
         }
         self.frag_out = pieces;
-        let sc = &c.stages[StageId::Ip4Fragment.index()];
-        add(&sc.packets, 1);
-        add(&sc.calls, 1);
-        add(&sc.cycles, rdtsc().wrapping_sub(t0));
+        count_fragmented(c, t0);
     }
 
     /// Copies a frame to every other port of its bridge domain; the original goes to
