@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Sets up and runs the demo on a fresh Debian 12 machine, as root: a two-node lab of
-# network namespaces with a podpath dataplane per node, then walk 1 of the packet
-# walks (ARP, ping, 10 MB over TCP between two pods bridged by the dataplane) with
-# the dataplane's ports, MAC table, packet trace and counters. Pass --keep to leave
-# the lab running (podpath-lab down removes it).
+# network namespaces with a podpath dataplane, control service and agent per node (the
+# nodes find each other through a private etcd), then the six packet walks and a pod
+# attached by podpath-cni, with the dataplane's ports, state, trace and counters.
+# Pass --keep to leave the lab running (podpath-lab down removes it, etcd and the
+# agents included).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "demo.sh: run as root (the lab creates network namespaces)"; exit 1; }

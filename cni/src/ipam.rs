@@ -86,6 +86,7 @@ impl Store {
     pub fn allocate(
         &mut self,
         net: (u32, u8),
+        range_start: Option<Ipv4Addr>,
         id: &str,
         ifname: &str,
     ) -> Result<Ipv4Addr, CniError> {
@@ -94,7 +95,13 @@ impl Store {
         }
         let (base, len) = net;
         let size = 1u32 << (32 - u32::from(len));
-        let (first, last) = (base + 2, base + size - 2);
+        let (mut first, last) = (base + 2, base + size - 2);
+        if let Some(r) = range_start
+            .map(u32::from)
+            .filter(|r| (first..=last).contains(r))
+        {
+            first = r;
+        }
         let last_file = self.dir.join("last_reserved_ip.0");
         let prev = fs::read_to_string(&last_file)
             .ok()
@@ -202,33 +209,43 @@ mod tests {
         let d = tmp("a");
         let net = parse_cidr("10.244.0.0/29").unwrap();
         let mut s = Store::open(&d).unwrap();
-        let a = s.allocate(net, "c1", "eth0").unwrap();
+        let a = s.allocate(net, None, "c1", "eth0").unwrap();
         assert_eq!(
             a,
             Ipv4Addr::new(10, 244, 0, 2),
             "the first after the gateway"
         );
         assert_eq!(
-            s.allocate(net, "c1", "eth0").unwrap(),
+            s.allocate(net, None, "c1", "eth0").unwrap(),
             a,
             "ADD again: the same"
         );
-        let b = s.allocate(net, "c2", "eth0").unwrap();
+        let b = s.allocate(net, None, "c2", "eth0").unwrap();
         assert_eq!(b, Ipv4Addr::new(10, 244, 0, 3));
         assert_eq!(s.release("c1", "eth0"), Some(a));
         assert_eq!(s.release("c1", "eth0"), None, "DEL twice");
-        let c = s.allocate(net, "c3", "eth0").unwrap();
+        let c = s.allocate(net, None, "c3", "eth0").unwrap();
         assert_eq!(c, Ipv4Addr::new(10, 244, 0, 4), "not .2 again at once");
         for id in ["c4", "c5"] {
-            s.allocate(net, id, "eth0").unwrap();
+            s.allocate(net, None, id, "eth0").unwrap();
         }
         // .2 .. .6 are the usable ones (.7 is broadcast): .2 came free.
-        assert_eq!(s.allocate(net, "c6", "eth0").unwrap(), a);
+        assert_eq!(s.allocate(net, None, "c6", "eth0").unwrap(), a);
         assert_eq!(
-            s.allocate(net, "c7", "eth0").unwrap_err().code,
+            s.allocate(net, None, "c7", "eth0").unwrap_err().code,
             code::TRY_AGAIN
         );
         assert_eq!(s.all().len(), 5);
+        // rangeStart: nothing below it is given out.
+        let from = s
+            .allocate(
+                parse_cidr("10.244.1.0/24").unwrap(),
+                Some(Ipv4Addr::new(10, 244, 1, 100)),
+                "r1",
+                "eth0",
+            )
+            .unwrap();
+        assert_eq!(from, Ipv4Addr::new(10, 244, 1, 100));
         drop(s);
         let _ = fs::remove_dir_all(&d);
     }
@@ -248,7 +265,7 @@ mod tests {
                         go.wait();
                         Store::open(&d)
                             .unwrap()
-                            .allocate(net, &format!("c{round}-{t}"), "eth0")
+                            .allocate(net, None, &format!("c{round}-{t}"), "eth0")
                             .unwrap()
                     })
                 })

@@ -175,7 +175,13 @@ fn allocate(
             format!("subnet {subnet:?} is no IPv4 CIDR up to /30"),
         )
     })?;
-    let ip = ipam::Store::open(&store_dir(conf))?.allocate(net, &env.container_id, &env.ifname)?;
+    let start = conf.ipam.as_ref().and_then(|i| i.range_start);
+    let ip = ipam::Store::open(&store_dir(conf))?.allocate(
+        net,
+        start,
+        &env.container_id,
+        &env.ifname,
+    )?;
     let gw = std::net::Ipv4Addr::from(net.0 + 1);
     Ok((format!("{ip}/{}", net.1), gw.to_string()))
 }

@@ -134,6 +134,10 @@ pub struct IpamConf {
     /// control service).
     #[serde(default)]
     pub subnet: Option<String>,
+    /// The first address to give out (host-local's `rangeStart`), e.g. to keep
+    /// addresses below it for pods attached otherwise.
+    #[serde(default, rename = "rangeStart")]
+    pub range_start: Option<std::net::Ipv4Addr>,
 }
 
 fn default_ipam() -> String {

@@ -11,6 +11,7 @@
 //! to the root namespace. Pods alternate between af_packet (veth) and tap attachment.
 //! State lives in `<state-dir>/<name>/state.json`; `down` works from it and from the
 //! name prefix, so it also cleans up after a crash.
+pub mod cluster;
 pub mod net;
 pub mod topo;
 pub mod traffic;

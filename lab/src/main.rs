@@ -691,21 +691,113 @@ fn demo_tcp(
     Ok(())
 }
 
+/// The demo's cluster side: etcd and an agent per node (nodes find each other
+/// through etcd; the agents set up the nodes' kernel side).
+struct DemoCluster {
+    etcd: podpath_lab::cluster::Etcd,
+    agents: Vec<podpath_lab::cluster::Agent>,
+}
+
+fn demo_cluster(lab: &mut Lab) -> Result<DemoCluster> {
+    use podpath_lab::cluster::{agent_config, flannel_config, Agent, Etcd};
+    let bin_dir = std::env::current_exe()?
+        .parent()
+        .context("no directory")?
+        .to_path_buf();
+    let dir = lab.state.dir.clone();
+    let etcd = Etcd::start(&dir.join("etcd"), 23790)?;
+    etcd.etcdctl(&[
+        "put",
+        "/coreos.com/network/config",
+        &flannel_config(1, 4789),
+    ])
+    .context("etcdctl put")?;
+    let mut agents = Vec::new();
+    for n in &lab.state.nodes {
+        let c = agent_config(n, &etcd.endpoint(), 60, true);
+        agents.push(Agent::start(&bin_dir.join("podpath-agent"), &dir, n, &c)?);
+    }
+    lab.state.helpers = agents
+        .iter()
+        .map(|a| (a.pid(), "podpath-agent".to_string()))
+        .chain(etcd.pid().map(|p| (p, "etcd".to_string())))
+        .collect();
+    lab.state.save()?;
+    // Every node routes to every other's pods once the leases are in.
+    let routes = |n: &podpath_lab::Node| -> Vec<String> {
+        let o = Command::new(podpathctl())
+            .arg("--socket")
+            .arg(&n.control_socket)
+            .args(["--json", "routes"])
+            .output();
+        let v: serde_json::Value = o
+            .ok()
+            .and_then(|o| serde_json::from_slice(&o.stdout).ok())
+            .unwrap_or_default();
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|r| r["prefix"].as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let end = std::time::Instant::now() + Duration::from_secs(20);
+    let nodes = lab.state.nodes.clone();
+    while !nodes.iter().all(|n| {
+        let r = routes(n);
+        nodes
+            .iter()
+            .filter(|o| o.name != n.name)
+            .all(|o| r.contains(&o.pod_cidr))
+    }) {
+        if std::time::Instant::now() > end {
+            bail!(
+                "the nodes did not find each other through etcd (agent logs in {})",
+                dir.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(DemoCluster { etcd, agents })
+}
+
 fn demo(name: &str, state_dir: &std::path::Path, keep: bool) -> Result<()> {
-    let mut lab = match State::load(state_dir, name) {
-        Ok(s) => Lab {
-            state: s,
-            cleanup_on_drop: false,
-        },
+    let (mut lab, fresh) = match State::load(state_dir, name) {
+        Ok(s) => (
+            Lab {
+                state: s,
+                cleanup_on_drop: false,
+            },
+            false,
+        ),
         Err(_) => {
             let mut o = LabOptions::new(name);
             o.state_dir = state_dir.to_path_buf();
+            // Nodes learn each other from etcd, and the agents set up the kernel side.
+            o.static_remotes = false;
+            o.agent_bootstrap = true;
             let mut l = Lab::up(&o)?;
             l.cleanup_on_drop = !keep;
-            l
+            (l, true)
         }
     };
+    let mut cluster = if fresh {
+        Some(demo_cluster(&mut lab)?)
+    } else {
+        None
+    };
     print_summary(&lab.state);
+    if let Some(c) = &cluster {
+        println!("\n== The nodes found each other through etcd (flannel's layout; each node's podpath-agent holds its lease)");
+        println!("\n$ etcdctl get --prefix /coreos.com/network/subnets");
+        print!(
+            "{}",
+            c.etcd
+                .etcdctl(&["get", "--prefix", "/coreos.com/network/subnets"])
+                .unwrap_or_default()
+        );
+    }
     let s = lab.state.clone();
     let n1 = s.nodes.first().context("no node")?;
     let n2 = s.nodes.get(1).context("the demo needs two nodes")?;
@@ -904,6 +996,50 @@ fn demo(name: &str, state_dir: &std::path::Path, keep: bool) -> Result<()> {
         let _ = c.kill();
         let _ = c.wait();
     }
+    {
+        println!("\n== Walk 7: a pod attached by podpath-cni, run as a container runtime runs it (ADD, then DEL)");
+        let cni = std::env::current_exe()?.with_file_name("podpath-cni");
+        let ns = format!("{}-cni", s.prefix);
+        net::ip(&["netns", "add", &ns])?;
+        let path = format!("/run/netns/{ns}");
+        let conf = serde_json::json!({
+            "cniVersion": "1.0.0", "name": "podpath-demo", "type": "podpath-cni",
+            "controlSocket": n1.control_socket, "dataDir": s.dir.join("cni"),
+            // Below .100 are the lab's own pods.
+            "ipam": {"type": "podpath", "rangeStart": "10.244.0.100"},
+        })
+        .to_string();
+        let walk = (|| -> Result<()> {
+            println!(
+                "\n$ CNI_COMMAND=ADD CNI_NETNS={path} podpath-cni < conflist (in {})",
+                n1.netns
+            );
+            let (ok, out) =
+                podpath_lab::cluster::run_cni(&cni, &n1.netns, "ADD", "demo-1", &path, &conf)?;
+            println!("{out}");
+            if !ok {
+                bail!("podpath-cni ADD failed");
+            }
+            ctl(n1, &["state"])?;
+            sh(
+                &format!("the CNI pod pings {} on node 2", b2.name),
+                &ns,
+                "ping",
+                &["-c", "3", "-i", "0.2", "-W", "2", &b2.ip],
+            )
+        })();
+        let (ok, _) =
+            podpath_lab::cluster::run_cni(&cni, &n1.netns, "DEL", "demo-1", &path, &conf)?;
+        println!(
+            "\n$ CNI_COMMAND=DEL podpath-cni: {}",
+            if ok { "done" } else { "FAILED" }
+        );
+        let _ = net::ip(&["netns", "del", &ns]);
+        walk?;
+        if !ok {
+            bail!("podpath-cni DEL failed");
+        }
+    }
     ctl(n1, &["port", "list"])?;
     ctl(n1, &["neighbors"])?;
     ctl(n1, &["stats"])?;
@@ -911,7 +1047,19 @@ fn demo(name: &str, state_dir: &std::path::Path, keep: bool) -> Result<()> {
     if keep {
         println!("\nThe lab stays up: `podpath-lab down --name {name}` removes it.");
         lab.cleanup_on_drop = false;
+        if let Some(c) = cluster.as_mut() {
+            c.etcd.keep();
+            for a in &mut c.agents {
+                a.keep();
+            }
+        }
     } else {
+        // The agents undo the node side and revoke their leases, then etcd stops.
+        if let Some(mut c) = cluster.take() {
+            for a in &mut c.agents {
+                a.stop();
+            }
+        }
         lab.down();
         println!("\nlab {name} removed");
     }

@@ -153,6 +153,10 @@ pub struct State {
     /// Workers per dataplane.
     #[serde(default = "one")]
     pub workers: usize,
+    /// Processes started beside the nodes (etcd, the agents), stopped first by
+    /// `down`: (PID, program name, as its command line shows it).
+    #[serde(default)]
+    pub helpers: Vec<(u32, String)>,
 }
 
 fn one() -> usize {
@@ -280,6 +284,7 @@ impl Lab {
                 nodes: Vec::new(),
                 namespaces: Vec::new(),
                 workers: opts.workers.clamp(1, 2),
+                helpers: Vec::new(),
             },
             cleanup_on_drop: true,
         };
@@ -651,6 +656,10 @@ fn stop_pid(pid: u32, signal: &str, program: &str) {
 /// Stops the lab's dataplanes and deletes its namespaces and files; works from a
 /// partial state (a crashed `up`) because it also sweeps the name prefix.
 pub fn teardown(state: &State) {
+    // Agents first (they undo the node side and revoke their leases), then etcd.
+    for (pid, program) in &state.helpers {
+        stop_pid(*pid, "TERM", program);
+    }
     for n in &state.nodes {
         if let Some(pid) = n.control_pid {
             stop_pid(pid, "TERM", "podpath-control");
@@ -702,6 +711,7 @@ pub fn teardown_by_name(state_dir: &Path, name: &str) -> Result<()> {
         nodes: Vec::new(),
         namespaces: Vec::new(),
         workers: 1,
+        helpers: Vec::new(),
     });
     teardown(&state);
     Ok(())

@@ -117,6 +117,8 @@ fn the_cni_protocol_attaches_pods_that_reach_the_other_node() {
             "controlSocket": n1.control_socket,
             "dataDir": data,
             "mtu": 1450,
+            // Below .100 are the lab's own pods.
+            "ipam": {"type": "podpath", "rangeStart": "10.244.0.100"},
         });
         for (k, v) in extra.as_object().unwrap() {
             c[k] = v.clone();
@@ -382,6 +384,7 @@ fn results_have_the_reference_plugins_shape() {
         "type": "podpath-cni",
         "controlSocket": n1.control_socket,
         "dataDir": data.join("pp"),
+        "ipam": {"type": "podpath", "rangeStart": "10.244.0.100"},
     });
     let p = plugin(&n1.netns, &cni_bin(), "ADD", "pp1", &pod_pp, &ours);
     assert!(p.ok, "{}\n{}", p.out, p.err);

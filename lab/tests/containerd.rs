@@ -125,6 +125,7 @@ fn a_container_run_by_containerd_gets_its_network_from_podpath_cni() {
                 "type": plugin,
                 "controlSocket": n1.control_socket,
                 "dataDir": dir.join("ipam"),
+                "ipam": {"type": "podpath", "rangeStart": "10.244.0.100"},
             }],
         })
         .to_string(),

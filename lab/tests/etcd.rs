@@ -4,143 +4,24 @@
 //! joins, dies (its lease expires), and etcd restarts under running agents.
 mod common;
 use common::*;
-use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use podpath_lab::cluster::{agent_config, flannel_config, Agent, Etcd};
 use podpath_lab::{topo::Node, Lab};
 
 /// The lease TTL the agents use here (short, to watch a node expire).
 const TTL_S: u64 = 3;
 
-struct Etcd {
-    child: Option<Child>,
-    dir: PathBuf,
-    client: u16,
-    peer: u16,
-}
-
-impl Etcd {
-    fn start(dir: &Path, client: u16, peer: u16) -> Etcd {
-        let mut e = Etcd {
-            child: None,
-            dir: dir.to_owned(),
-            client,
-            peer,
-        };
-        e.restart();
-        e
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client)
-    }
-
-    fn restart(&mut self) {
-        let (c, p) = (self.client, self.peer);
-        let log = std::fs::File::create(self.dir.with_extension("log")).unwrap();
-        let child = Command::new("etcd")
-            .args(["--name", "podpath-test", "--data-dir"])
-            .arg(&self.dir)
-            .arg(format!("--listen-client-urls=http://127.0.0.1:{c}"))
-            .arg(format!("--advertise-client-urls=http://127.0.0.1:{c}"))
-            .arg(format!("--listen-peer-urls=http://127.0.0.1:{p}"))
-            .arg(format!(
-                "--initial-advertise-peer-urls=http://127.0.0.1:{p}"
-            ))
-            .arg(format!(
-                "--initial-cluster=podpath-test=http://127.0.0.1:{p}"
-            ))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("etcd (apt-get install etcd-server)");
-        self.child = Some(child);
-        assert!(
-            wait_until(Duration::from_secs(10), || self.get("/probe").is_some()),
-            "etcd did not answer: {}",
-            std::fs::read_to_string(self.dir.with_extension("log")).unwrap_or_default()
-        );
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill").arg(c.id().to_string()).status();
-            let _ = c.wait();
-        }
-    }
-
-    fn etcdctl(&self, args: &[&str]) -> Option<String> {
-        let o = Command::new("etcdctl")
-            .env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints={}", self.endpoint()))
-            .arg("--dial-timeout=1s")
-            .args(args)
-            .output()
-            .ok()?;
-        o.status
-            .success()
-            .then(|| String::from_utf8_lossy(&o.stdout).into_owned())
-    }
-
-    /// The value at `key` (Some("") when etcd answers and the key is absent).
-    fn get(&self, key: &str) -> Option<String> {
-        self.etcdctl(&["get", "--print-value-only", key])
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        self.stop();
-        let _ = std::fs::remove_dir_all(&self.dir);
-        let _ = std::fs::remove_file(self.dir.with_extension("log"));
-    }
-}
-
-/// A node's agent (ours, killed by PID when dropped).
-struct Agent(Child);
-impl Agent {
-    /// A clean stop (SIGTERM): the agent revokes its lease and undoes the node side.
-    fn stop(&mut self) -> bool {
-        let _ = Command::new("kill").arg(self.0.id().to_string()).status();
-        wait_until(Duration::from_secs(10), || {
-            matches!(self.0.try_wait(), Ok(Some(_)))
-        })
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn agent(dir: &Path, n: &Node, etcd: &Etcd) -> Agent {
-    let conf = dir.join(format!("agent-{}.toml", n.name));
-    std::fs::write(
-        &conf,
-        format!(
-            "[agent]\ncontrol_socket = \"{}\"\nsource = \"etcd\"\n\n[etcd]\nendpoints = [\"{}\"]\nlease_ttl_s = {TTL_S}\n\n\
-             [bootstrap]\nenabled = true\nhost_if = \"pphost\"\nuplink_if = \"eth0\"\nnetns = \"/run/netns/{}\"\n",
-            n.control_socket.display(),
-            etcd.endpoint(),
-            n.netns
-        ),
+    let bin = Path::new(&bin()).with_file_name("podpath-agent");
+    Agent::start(
+        &bin,
+        dir,
+        n,
+        &agent_config(n, &etcd.endpoint(), TTL_S, true),
     )
-    .unwrap();
-    let log = std::fs::File::create(dir.join(format!("agent-{}.log", n.name))).unwrap();
-    let agent = Path::new(&bin()).with_file_name("podpath-agent");
-    Agent(
-        Command::new(agent)
-            .arg("--config")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("podpath-agent (cargo build --workspace)"),
-    )
+    .expect("podpath-agent")
 }
 
 fn routes(n: &Node) -> Vec<String> {
@@ -167,12 +48,6 @@ fn time_until(limit: Duration, mut cond: impl FnMut() -> bool) -> Option<Duratio
     None
 }
 
-fn free_port(base: u16) -> u16 {
-    (base..base + 1000)
-        .find(|p| TcpStream::connect(("127.0.0.1", *p)).is_err())
-        .expect("a free port")
-}
-
 #[test]
 fn nodes_join_leave_and_survive_an_etcd_restart_through_etcd() {
     let mut o = options("e");
@@ -186,12 +61,10 @@ fn nodes_join_leave_and_survive_an_etcd_restart_through_etcd() {
     let dir = std::env::temp_dir().join(format!("podpath-etcd-{}", lab.state.prefix));
     std::fs::create_dir_all(&dir).unwrap();
     let base = 20_000 + u16::try_from(std::process::id() % 20_000).unwrap();
-    let client = free_port(base);
-    let peer = free_port(client + 1);
-    let mut etcd = Etcd::start(&dir.join("etcd"), client, peer);
-    let net = r#"{"Network":"10.244.0.0/16","SubnetLen":24,"Backend":{"Type":"vxlan","VNI":1,"Port":4789}}"#;
+    let mut etcd = Etcd::start(&dir.join("etcd"), base).expect("etcd");
+    let net = flannel_config(o.vni, o.vxlan_port);
     assert!(etcd
-        .etcdctl(&["put", "/coreos.com/network/config", net])
+        .etcdctl(&["put", "/coreos.com/network/config", &net])
         .is_some());
 
     let mut a1 = agent(&dir, &n1, &etcd);
@@ -259,8 +132,7 @@ fn nodes_join_leave_and_survive_an_etcd_restart_through_etcd() {
 
     // Node 3's agent dies (no revoke): its lease expires, the others withdraw it
     // within the TTL + 1 s.
-    let _ = a3.0.kill();
-    let _ = a3.0.wait();
+    a3.kill();
     let gone = time_until(Duration::from_secs(TTL_S + 5), || {
         !routes(&n1).contains(&n3.pod_cidr) && !routes(&n2).contains(&n3.pod_cidr)
     });
@@ -291,7 +163,7 @@ fn nodes_join_leave_and_survive_an_etcd_restart_through_etcd() {
         ping(&n1.pods[0].netns, &n2.pods[0].ip),
         "traffic kept flowing"
     );
-    etcd.restart();
+    etcd.restart().expect("etcd again");
     assert!(
         wait_until(Duration::from_secs(15), || [&n1, &n2, &n3]
             .iter()
