@@ -251,6 +251,8 @@ fn add(
     let attach = (|| -> Result<(), CniError> {
         if conf.attach == Attach::AfPacket {
             link::add_veth(&host, &env.netns, &env.ifname, conf.mtu)?;
+            link::offloads_off(None, &host)?;
+            link::offloads_off(Some(&env.netns), &env.ifname)?;
         }
         match call(
             &mut c,
@@ -260,6 +262,10 @@ fn add(
             // A retried ADD: the port from the first try is still there.
             Err(e) if e.msg.contains("already") => {}
             Err(e) => return Err(e),
+        }
+        if conf.attach == Attach::Tap {
+            // The dataplane's tap: best effort (a tap may refuse some of these).
+            let _ = link::offloads_off(Some(&env.netns), &env.ifname);
         }
         link::configure_pod(&env.netns, &env.ifname, &cidr, &gw, conf.mtu)
     })();

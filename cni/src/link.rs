@@ -106,6 +106,26 @@ pub fn link_exists(netns: Option<&str>, name: &str) -> bool {
     ip(netns, &["link", "show", "dev", name]).is_ok()
 }
 
+/// Turns off checksum offload, segmentation and receive coalescing on `dev`: a
+/// frame that reaches a user-space switch (af_packet reads the node end) must be
+/// finished, with its L4 checksum and at most MTU-sized. Without it TCP from the pod
+/// leaves with checksums the kernel meant to fill in later, and its receiver drops
+/// every segment.
+pub fn offloads_off(netns: Option<&str>, dev: &str) -> Result<(), CniError> {
+    let args = [
+        "-K", dev, "tx", "off", "tso", "off", "gso", "off", "gro", "off",
+    ];
+    let mut c = match netns {
+        Some(ns) => {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net={ns}")).arg("ethtool");
+            c
+        }
+        None => Command::new("ethtool"),
+    };
+    run(c.args(args)).map(|_| ())
+}
+
 /// Address, MTU, up, loopback up, default route via the gateway: the pod's side.
 pub fn configure_pod(
     netns: &str,

@@ -165,6 +165,12 @@ fn the_cni_protocol_attaches_pods_that_reach_the_other_node() {
         "the CNI pod reaches a pod on node 2"
     );
     assert!(ping(&n2.pods[1].netns, &ip), "and is reached from it");
+    // TCP both ways, checked byte for byte: the veth's offloads must be off (half-
+    // finished checksums would reach the dataplane through af_packet).
+    let (ok, out) = tcp_transfer(&c1_name, &n2.pods[0].netns, &n2.pods[0].ip, 7301, 1 << 20);
+    assert!(ok, "TCP from the CNI pod: {out}");
+    let (ok, out) = tcp_transfer(&n2.pods[0].netns, &c1_name, &ip, 7302, 1 << 20);
+    assert!(ok, "TCP to the CNI pod: {out}");
     // CHECK with the result as prevResult.
     let chk = plugin(
         &n1.netns,
@@ -222,6 +228,8 @@ fn the_cni_protocol_attaches_pods_that_reach_the_other_node() {
         ping(&pods.0[1], &n2.pods[0].ip),
         "the tap pod reaches node 2"
     );
+    let (ok, out) = tcp_transfer(&pods.0[1], &n2.pods[0].netns, &n2.pods[0].ip, 7303, 1 << 20);
+    assert!(ok, "TCP from the tap pod: {out}");
 
     // DEL: idempotent, without a netns, without prevResult.
     for (id, ns) in [

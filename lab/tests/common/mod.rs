@@ -192,3 +192,32 @@ pub fn ctl(sock: &Path, args: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&o.stderr).into_owned(),
     )
 }
+
+/// A byte-checked TCP transfer of `bytes` from namespace `from` to `to_ip:port` (a
+/// receiver started in `to_ns`): whether every byte arrived, and what both said.
+pub fn tcp_transfer(from: &str, to_ns: &str, to_ip: &str, port: u16, bytes: u64) -> (bool, String) {
+    let rx = serve_in(
+        to_ns,
+        &[
+            "tcp-recv",
+            "--port",
+            &port.to_string(),
+            "--bytes",
+            &bytes.to_string(),
+        ],
+    );
+    let (ok, out) = run_in(
+        from,
+        &bin(),
+        &[
+            "tcp-send",
+            "--to",
+            &format!("{to_ip}:{port}"),
+            "--bytes",
+            &bytes.to_string(),
+        ],
+    );
+    let r = rx.wait_with_output().unwrap();
+    let rout = String::from_utf8_lossy(&r.stdout).into_owned();
+    (ok && r.status.success(), format!("{out} / {rout}"))
+}
