@@ -777,6 +777,8 @@ fn demo(name: &str, state_dir: &std::path::Path, keep: bool) -> Result<()> {
             // Nodes learn each other from etcd, and the agents set up the kernel side.
             o.static_remotes = false;
             o.agent_bootstrap = true;
+            // Pods attached by podpath-cni, as a container runtime runs it.
+            o.cni_pods = true;
             let mut l = Lab::up(&o)?;
             l.cleanup_on_drop = !keep;
             (l, true)

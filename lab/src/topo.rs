@@ -55,6 +55,9 @@ pub struct LabOptions {
     /// Leave the node's kernel side (host port address and routes, the uplink
     /// without ARP and with strict rp_filter) to podpath-agent's bootstrap.
     pub agent_bootstrap: bool,
+    /// Attach the pods by running podpath-cni as a container runtime does (after the
+    /// node's control service is up), instead of the lab's own veths and ports.
+    pub cni_pods: bool,
 }
 
 impl LabOptions {
@@ -75,6 +78,7 @@ impl LabOptions {
             workers: 1,
             static_remotes: true,
             agent_bootstrap: false,
+            cni_pods: false,
         }
     }
 }
@@ -400,6 +404,18 @@ impl Lab {
                     Attach::Tap
                 };
                 let ip = format!("10.244.{}.{}", k - 1, j + 2);
+                if opts.cni_pods {
+                    // podpath-cni makes the interface and the port once the node runs.
+                    node.pods.push(Pod {
+                        name: format!("{name}-{letter}"),
+                        netns: pod_ns,
+                        ip,
+                        attach,
+                        port: String::new(),
+                        device: String::new(),
+                    });
+                    continue;
+                }
                 let device = match attach {
                     Attach::AfPacket => {
                         let host = format!("vp-{letter}");
@@ -435,15 +451,72 @@ impl Lab {
             self.start_dataplane(i, opts)?;
             self.start_control(i, opts)?;
             self.wait_in_sync(i, opts.start_timeout)?;
+            if opts.cni_pods {
+                self.attach_pods_by_cni(i, opts)?;
+            }
         }
         for n in &self.state.nodes {
             if !opts.agent_bootstrap {
                 configure_host(n)?;
             }
-            for p in n.pods.iter().filter(|p| p.attach == Attach::Tap) {
+            for p in n
+                .pods
+                .iter()
+                .filter(|p| p.attach == Attach::Tap && !opts.cni_pods)
+            {
                 wait_for(&p.netns, "eth0", Duration::from_secs(10))?;
                 configure_pod_if(&p.netns, &p.ip, &n.gateway)?;
             }
+        }
+        self.state.save()
+    }
+
+    /// Runs podpath-cni ADD for each pod of node `i`, as a runtime would: the address
+    /// the lab planned (rangeStart), af_packet or tap as planned; the port's name and
+    /// device come back from the control service.
+    fn attach_pods_by_cni(&mut self, i: usize, opts: &LabOptions) -> Result<()> {
+        let cni = opts.dataplane.with_file_name("podpath-cni");
+        let n = self.state.nodes[i].clone();
+        for (j, p) in n.pods.iter().enumerate() {
+            let conf = serde_json::json!({
+                "cniVersion": "1.0.0",
+                "name": format!("{}-{}", self.state.prefix, n.name),
+                "type": "podpath-cni",
+                "controlSocket": n.control_socket,
+                "dataDir": self.state.dir.join(format!("cni-{}", n.name)),
+                "mtu": POD_MTU,
+                "attach": if p.attach == Attach::Tap { "tap" } else { "af_packet" },
+                "ipam": {"type": "podpath", "subnet": n.pod_cidr, "rangeStart": p.ip},
+            })
+            .to_string();
+            let netns = format!("/run/netns/{}", p.netns);
+            let (ok, out) = crate::cluster::run_cni(&cni, &n.netns, "ADD", &p.name, &netns, &conf)?;
+            let r: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+            let addr = r["ips"][0]["address"].as_str().unwrap_or("");
+            if !ok || addr != format!("{}/24", p.ip) {
+                bail!("podpath-cni ADD for {}: {out}", p.name);
+            }
+            let mut c = podpath_proto::Client::connect(&n.control_socket, "podpath-lab")?;
+            let ports = match c.call(podpath_proto::Request::PortList)? {
+                podpath_proto::Response::Ports(v) => v,
+                r => bail!("unexpected {r:?}"),
+            };
+            let known: Vec<&str> = self.state.nodes[i]
+                .pods
+                .iter()
+                .map(|q| q.port.as_str())
+                .collect();
+            let port = ports
+                .iter()
+                .find(|x| {
+                    podpath_proto::Origin::of_port(&x.name) == podpath_proto::Origin::Cni
+                        && !known.contains(&x.name.as_str())
+                })
+                .context("the CNI pod's port")?;
+            let (name, device) = (port.name.clone(), port.device.clone());
+            let q = &mut self.state.nodes[i].pods[j];
+            q.port = name;
+            q.device = device;
         }
         self.state.save()
     }
@@ -862,7 +935,7 @@ fn write_config(node: &Node, index: usize, others: &[Node], opts: &LabOptions) -
     c += &format!(
         "[[port]]\nname = \"host\"\ndevice = \"net_tap91,iface={HOST_IF}\"\nmtu = {POD_MTU}\n\n"
     );
-    for p in &node.pods {
+    for p in node.pods.iter().filter(|_| !opts.cni_pods) {
         c += &format!(
             "[[port]]\nname = \"{}\"\ndevice = \"{}\"\nbridge = 1\nmtu = {POD_MTU}\n",
             p.port, p.device

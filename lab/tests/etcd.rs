@@ -56,6 +56,9 @@ fn nodes_join_leave_and_survive_an_etcd_restart_through_etcd() {
     o.external = false;
     o.static_remotes = false;
     o.agent_bootstrap = true;
+    // The pods attached by podpath-cni, as a runtime would: the whole node side is
+    // podpath's own here.
+    o.cni_pods = true;
     let lab = Lab::up(&o).expect("lab up");
     let [n1, n2, n3] = [0, 1, 2].map(|i| lab.state.nodes[i].clone());
     let dir = std::env::temp_dir().join(format!("podpath-etcd-{}", lab.state.prefix));
