@@ -51,6 +51,11 @@ enum Cmd {
         /// Workers per dataplane (1 or 2; they share the machine's cores, with back-off).
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
         workers: u8,
+        /// The lab's own way: static remotes and the lab's veths and ports, no etcd or
+        /// agents (default: pods attached by podpath-cni, nodes found through a private
+        /// etcd, an agent per node).
+        #[arg(long = "static")]
+        static_nodes: bool,
     },
     /// Namespaces, interfaces, addresses, MACs and dataplane processes.
     Status {
@@ -512,6 +517,7 @@ fn run(cli: Cli) -> Result<()> {
             vni,
             router,
             workers,
+            static_nodes,
         } => {
             require_root()?;
             let mut o = LabOptions::new(&cli.name);
@@ -527,7 +533,18 @@ fn run(cli: Cli) -> Result<()> {
             if let Some(d) = dataplane {
                 o.dataplane = d;
             }
+            o.static_remotes = static_nodes;
+            o.agent_bootstrap = !static_nodes;
+            o.cni_pods = !static_nodes;
             let mut lab = Lab::up(&o)?;
+            if !static_nodes {
+                // Until `down`, which stops them by the PIDs the lab records.
+                let mut c = demo_cluster(&mut lab, o.vni, o.vxlan_port)?;
+                c.etcd.keep();
+                for a in &mut c.agents {
+                    a.keep();
+                }
+            }
             lab.cleanup_on_drop = false;
             print_summary(&lab.state);
             Ok(())
@@ -698,7 +715,7 @@ struct DemoCluster {
     agents: Vec<podpath_lab::cluster::Agent>,
 }
 
-fn demo_cluster(lab: &mut Lab) -> Result<DemoCluster> {
+fn demo_cluster(lab: &mut Lab, vni: u32, vxlan_port: u16) -> Result<DemoCluster> {
     use podpath_lab::cluster::{agent_config, flannel_config, Agent, Etcd};
     let bin_dir = std::env::current_exe()?
         .parent()
@@ -709,7 +726,7 @@ fn demo_cluster(lab: &mut Lab) -> Result<DemoCluster> {
     etcd.etcdctl(&[
         "put",
         "/coreos.com/network/config",
-        &flannel_config(1, 4789),
+        &flannel_config(vni, vxlan_port),
     ])
     .context("etcdctl put")?;
     let mut agents = Vec::new();
@@ -785,7 +802,7 @@ fn demo(name: &str, state_dir: &std::path::Path, keep: bool) -> Result<()> {
         }
     };
     let mut cluster = if fresh {
-        Some(demo_cluster(&mut lab)?)
+        Some(demo_cluster(&mut lab, 1, 4789)?)
     } else {
         None
     };
