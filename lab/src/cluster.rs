@@ -217,7 +217,7 @@ impl Drop for Agent {
 }
 
 /// Runs a CNI plugin as a runtime does, inside the node namespace `node_ns`: only the
-/// spec's environment, `conf` on stdin. Returns success and stdout.
+/// spec's environment, `conf` on stdin. Returns success, stdout and stderr.
 pub fn run_cni(
     plugin: &Path,
     node_ns: &str,
@@ -225,7 +225,7 @@ pub fn run_cni(
     container: &str,
     netns: &str,
     conf: &str,
-) -> Result<(bool, String)> {
+) -> Result<(bool, String, String)> {
     use std::io::Write;
     let mut c = Command::new("ip")
         .args(["netns", "exec", node_ns, "env", "-i"])
@@ -238,6 +238,7 @@ pub fn run_cni(
         .arg(plugin)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("{} (cargo build --workspace --bins)", plugin.display()))?;
     if let Some(mut i) = c.stdin.take() {
@@ -247,5 +248,6 @@ pub fn run_cni(
     Ok((
         o.status.success(),
         String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
     ))
 }

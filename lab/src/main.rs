@@ -741,24 +741,7 @@ fn demo_cluster(lab: &mut Lab, vni: u32, vxlan_port: u16) -> Result<DemoCluster>
         .collect();
     lab.state.save()?;
     // Every node routes to every other's pods once the leases are in.
-    let routes = |n: &podpath_lab::Node| -> Vec<String> {
-        let o = Command::new(podpathctl())
-            .arg("--socket")
-            .arg(&n.control_socket)
-            .args(["--json", "routes"])
-            .output();
-        let v: serde_json::Value = o
-            .ok()
-            .and_then(|o| serde_json::from_slice(&o.stdout).ok())
-            .unwrap_or_default();
-        v.as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|r| r["prefix"].as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
+    let routes = topo::routes;
     let end = std::time::Instant::now() + Duration::from_secs(20);
     let nodes = lab.state.nodes.clone();
     while !nodes.iter().all(|n| {
@@ -1033,7 +1016,7 @@ fn demo(name: &str, state_dir: &std::path::Path, keep: bool) -> Result<()> {
                 "\n$ CNI_COMMAND=ADD CNI_NETNS={path} podpath-cni < conflist (in {})",
                 n1.netns
             );
-            let (ok, out) =
+            let (ok, out, _) =
                 podpath_lab::cluster::run_cni(&cni, &n1.netns, "ADD", "demo-1", &path, &conf)?;
             println!("{out}");
             if !ok {
@@ -1047,7 +1030,7 @@ fn demo(name: &str, state_dir: &std::path::Path, keep: bool) -> Result<()> {
                 &["-c", "3", "-i", "0.2", "-W", "2", &b2.ip],
             )
         })();
-        let (ok, _) =
+        let (ok, _, _) =
             podpath_lab::cluster::run_cni(&cni, &n1.netns, "DEL", "demo-1", &path, &conf)?;
         println!(
             "\n$ CNI_COMMAND=DEL podpath-cni: {}",

@@ -490,7 +490,8 @@ impl Lab {
             })
             .to_string();
             let netns = format!("/run/netns/{}", p.netns);
-            let (ok, out) = crate::cluster::run_cni(&cni, &n.netns, "ADD", &p.name, &netns, &conf)?;
+            let (ok, out, _) =
+                crate::cluster::run_cni(&cni, &n.netns, "ADD", &p.name, &netns, &conf)?;
             let r: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
             let addr = r["ips"][0]["address"].as_str().unwrap_or("");
             if !ok || addr != format!("{}/24", p.ip) {
@@ -954,6 +955,17 @@ fn gateway_mac(gw: &str) -> String {
     gw.parse()
         .map(podpath_proto::gateway_mac_text)
         .unwrap_or_default()
+}
+
+/// The prefixes a node's dataplane routes (its control service's RouteList).
+pub fn routes(n: &Node) -> Vec<String> {
+    let Ok(mut c) = podpath_proto::Client::connect(&n.control_socket, "podpath-lab") else {
+        return Vec::new();
+    };
+    match c.call(podpath_proto::Request::RouteList) {
+        Ok(podpath_proto::Response::Routes(r)) => r.into_iter().map(|r| r.prefix).collect(),
+        _ => Vec::new(),
+    }
 }
 
 /// Adds a pod to a running node: creates its namespace, and attaches it through the

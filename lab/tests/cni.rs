@@ -5,9 +5,7 @@
 //! the result's shape. Namespaces and files are the test's own and removed after it.
 mod common;
 use common::*;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::Mutex;
 
 use podpath_lab::{net, Lab};
@@ -28,36 +26,18 @@ struct Run {
 
 /// Runs `plugin` in namespace `ns` with only the spec's environment, `conf` on stdin.
 fn plugin(ns: &str, plugin: &Path, cmd: &str, id: &str, netns: &str, conf: &Value) -> Run {
-    let mut c = Command::new("ip")
-        .args(["netns", "exec", ns, "env", "-i"])
-        .arg(format!("CNI_COMMAND={cmd}"))
-        .arg(format!("CNI_CONTAINERID={id}"))
-        .arg(format!("CNI_NETNS={netns}"))
-        .arg("CNI_IFNAME=eth0")
-        .arg("CNI_PATH=/usr/lib/cni")
-        .arg("PATH=/usr/sbin:/usr/bin:/sbin:/bin")
-        .arg(plugin)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run the plugin");
-    c.stdin
-        .take()
-        .unwrap()
-        .write_all(conf.to_string().as_bytes())
-        .unwrap();
-    let o = c.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    let (ok, text, err) =
+        podpath_lab::cluster::run_cni(plugin, ns, cmd, id, netns, &conf.to_string())
+            .expect("run the plugin");
     Run {
-        ok: o.status.success(),
+        ok,
         out: if text.trim().is_empty() {
             Value::Null
         } else {
             serde_json::from_str(&text)
                 .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {text:?}"))
         },
-        err: String::from_utf8_lossy(&o.stderr).into_owned(),
+        err,
     }
 }
 

@@ -8,7 +8,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use podpath_lab::cluster::{agent_config, flannel_config, Agent, Etcd};
-use podpath_lab::{topo::Node, Lab};
+use podpath_lab::topo::{routes, Node};
+use podpath_lab::Lab;
 
 /// The lease TTL the agents use here (short, to watch a node expire).
 const TTL_S: u64 = 3;
@@ -22,18 +23,6 @@ fn agent(dir: &Path, n: &Node, etcd: &Etcd) -> Agent {
         &agent_config(n, &etcd.endpoint(), TTL_S, true),
     )
     .expect("podpath-agent")
-}
-
-fn routes(n: &Node) -> Vec<String> {
-    let (_, out, _) = ctl(&n.control_socket, &["--json", "routes"]);
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
-    v.as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|r| r["prefix"].as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// How long until `cond` holds (polled every 20 ms), if within `limit`.

@@ -23,34 +23,9 @@ fn drops(s: &Stats, reason: &str) -> u64 {
 
 /// A byte-checked TCP transfer; returns the address the receiver saw.
 fn tcp(from: &str, to_ns: &str, to_ip: &str, port: u16, bytes: u64) -> String {
-    let rx = serve_in(
-        to_ns,
-        &[
-            "tcp-recv",
-            "--port",
-            &port.to_string(),
-            "--bytes",
-            &bytes.to_string(),
-        ],
-    );
-    let (ok, out) = run_in(
-        from,
-        &bin(),
-        &[
-            "tcp-send",
-            "--to",
-            &format!("{to_ip}:{port}"),
-            "--bytes",
-            &bytes.to_string(),
-        ],
-    );
-    let r = rx.wait_with_output().unwrap();
-    let rout = String::from_utf8_lossy(&r.stdout).into_owned();
-    assert!(
-        ok && r.status.success(),
-        "TCP {from} -> {to_ip}: {out} / {rout}"
-    );
-    rout.lines()
+    let (ok, out) = tcp_transfer(from, to_ns, to_ip, port, bytes);
+    assert!(ok, "TCP {from} -> {to_ip}: {out}");
+    out.lines()
         .find_map(|l| l.strip_prefix("connection from ").map(str::to_owned))
         .unwrap_or_default()
 }

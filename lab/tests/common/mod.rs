@@ -219,5 +219,5 @@ pub fn tcp_transfer(from: &str, to_ns: &str, to_ip: &str, port: u16, bytes: u64)
     );
     let r = rx.wait_with_output().unwrap();
     let rout = String::from_utf8_lossy(&r.stdout).into_owned();
-    (ok && r.status.success(), format!("{out} / {rout}"))
+    (ok && r.status.success(), format!("{out}\n{rout}"))
 }
