@@ -24,6 +24,7 @@ pub enum End {
 pub async fn run(cfg: &Config, mut stop: watch::Receiver<bool>, log: &dyn Fn(&str)) {
     let mut backoff = Duration::from_millis(200);
     loop {
+        let began = tokio::time::Instant::now();
         match session(cfg, &mut stop, log).await {
             Ok(End::Stopped) => return,
             Err(e) => log(&format!("etcd session ended: {e}; again in {backoff:?}")),
@@ -32,7 +33,12 @@ pub async fn run(cfg: &Config, mut stop: watch::Receiver<bool>, log: &dyn Fn(&st
             _ = tokio::time::sleep(backoff) => {}
             _ = stop.changed() => return,
         }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
+        // A session that ran a while (then lost etcd) starts the back-off afresh.
+        backoff = if began.elapsed() > Duration::from_secs(10) {
+            Duration::from_millis(200)
+        } else {
+            (backoff * 2).min(Duration::from_secs(5))
+        };
     }
 }
 

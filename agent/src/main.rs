@@ -38,14 +38,29 @@ fn main() {
         }
     };
     // The node's kernel side first: pods and Services reachable from the node.
+    // The control service may start after the agent (separate containers of a
+    // DaemonSet start in any order): wait for it, saying so, for up to two minutes.
     let applied = if cfg.bootstrap.enabled {
-        let node = podpath_agent::node::Node::connect(&cfg.agent.control_socket)
-            .and_then(|mut n| n.spec());
-        match node.and_then(|n| podpath_agent::bootstrap::apply(&cfg.bootstrap, &n, &log)) {
-            Ok(a) => Some(a),
-            Err(e) => {
-                eprintln!("error: bootstrap: {e}");
-                std::process::exit(1);
+        let t0 = std::time::Instant::now();
+        let mut said = std::time::Instant::now();
+        loop {
+            let node = podpath_agent::node::Node::connect(&cfg.agent.control_socket)
+                .and_then(|mut n| n.spec());
+            match node.and_then(|n| podpath_agent::bootstrap::apply(&cfg.bootstrap, &n, &log)) {
+                Ok(a) => break Some(a),
+                Err(e) if t0.elapsed() > std::time::Duration::from_secs(120) => {
+                    eprintln!("error: bootstrap: {e}");
+                    std::process::exit(1);
+                }
+                Err(e) => {
+                    if said.elapsed() > std::time::Duration::from_secs(5) {
+                        log(&format!(
+                            "bootstrap waits for the node's control service: {e}"
+                        ));
+                        said = std::time::Instant::now();
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(300));
+                }
             }
         }
     } else {

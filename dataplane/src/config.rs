@@ -316,7 +316,9 @@ impl Config {
         let huge = match self.eal.hugepages {
             Hugepages::On => true,
             Hugepages::Off => false,
-            Hugepages::Auto => free_hugepages() > 0,
+            // Free pages are not enough: a container must also have a hugetlbfs
+            // mounted that it may write (else EAL fails to map them).
+            Hugepages::Auto => free_hugepages() > 0 && crate::preflight::hugetlbfs().is_ok(),
         };
         if huge {
             // Unlink hugepage files once mapped: the pages go back to the system when

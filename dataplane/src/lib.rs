@@ -10,6 +10,7 @@
 //! - [`worker`]: the poll loop.
 //! - [`control`]: the control thread and its socket.
 //! - [`config`]: the configuration file.
+//! - [`preflight`]: the capabilities and mounts the process needs, checked at start.
 #![deny(unsafe_code)]
 
 pub mod config;
@@ -18,6 +19,7 @@ pub mod control;
 pub mod dpdk;
 pub mod pipeline;
 pub mod port;
+pub mod preflight;
 pub mod snapshot;
 pub mod stages;
 pub mod tables;

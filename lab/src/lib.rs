@@ -12,6 +12,7 @@
 //! State lives in `<state-dir>/<name>/state.json`; `down` works from it and from the
 //! name prefix, so it also cleans up after a crash.
 pub mod cluster;
+pub mod docker;
 pub mod net;
 pub mod topo;
 pub mod traffic;

@@ -11,11 +11,12 @@ use crossbeam::channel::{bounded, unbounded};
 use ringbuf::traits::Split;
 use ringbuf::HeapRb;
 
-use podpath_dataplane::config::Config;
+use podpath_dataplane::config::{free_hugepages, Config, Hugepages};
 use podpath_dataplane::control::{Control, WorkerHandle};
 use podpath_dataplane::dpdk::{Eal, Mempool};
 use podpath_dataplane::pipeline::{Pipeline, PipelineConfig, Tracer, WorkerCounters};
 use podpath_dataplane::port::DpdkIo;
+use podpath_dataplane::preflight;
 use podpath_dataplane::worker::Worker;
 use podpath_proto::server::{self, Job};
 
@@ -68,10 +69,22 @@ fn run() -> Result<()> {
             .context("installing signal handlers")?;
     }
 
+    // Before EAL: a missing capability or mount is named here, not deep inside EAL.
+    preflight::raise();
     let (eal_args, huge) = cfg.eal_args();
-    if !huge {
+    for w in preflight::check_capabilities(huge).map_err(anyhow::Error::msg)? {
+        log(format!("warning: {w}"));
+    }
+    if cfg.eal.hugepages == Hugepages::On {
+        preflight::hugetlbfs().map_err(|e| anyhow::anyhow!("eal.hugepages = \"on\": {e}"))?;
+    }
+    if !huge && cfg.eal.hugepages == Hugepages::Auto {
+        let why = match preflight::hugetlbfs() {
+            Err(e) if free_hugepages() > 0 => e,
+            _ => "no free hugepages".into(),
+        };
         log(format!(
-            "no free hugepages: running with --no-huge -m {} (reserve hugepages for production)",
+            "{why}: running with --no-huge -m {} (reserve hugepages for production)",
             cfg.eal.memory_mb
         ));
     }

@@ -1,0 +1,584 @@
+//! podpath in Docker, the way the tests and `scripts/demo.sh --docker` run it: a
+//! private dockerd inside a network namespace of its own (started in the root one it
+//! would rewrite the host's firewall; docs/docker.md), podpath's images loaded into
+//! it, and a cluster of node containers on a private Docker network:
+//!
+//! - `etcd`: Debian's etcd (image podpath-etcd), the nodes' meeting point;
+//! - `nodeK`: a node's kernel and its pods (network namespaces made by
+//!   podpath-cni, as a runtime would), with a node's powers;
+//! - `podpathK`: podpath on that node (`podpath-node`: dataplane, control service,
+//!   agent), in `nodeK`'s network namespace as a DaemonSet pod with hostNetwork is,
+//!   its uplink `net_af_packet` on the node's `eth0`;
+//! - `ext`: an external host on the same network.
+//!
+//! Everything is ours: the daemon is stopped by PID and its namespace and directory
+//! removed when the handle drops, also when a test fails.
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+/// A private Docker daemon in a network namespace of its own.
+pub struct Dockerd {
+    pub netns: String,
+    pub dir: PathBuf,
+    child: Child,
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+impl Dockerd {
+    /// Starts dockerd with its data and exec roots in a temp dir, in a new network
+    /// namespace; ready when `docker info` answers (30 s at most).
+    pub fn start() -> Result<Dockerd> {
+        let tag = format!(
+            "{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        let netns = format!("ppdk-{tag}");
+        let dir = std::env::temp_dir().join(format!("podpath-docker-{tag}"));
+        std::fs::create_dir_all(&dir)?;
+        crate::net::ip(&["netns", "add", &netns])?;
+        let _ = crate::net::ip(&["-n", &netns, "link", "set", "lo", "up"]);
+        let log = std::fs::File::create(dir.join("dockerd.log"))?;
+        // nsenter, not `ip netns exec`: that one remounts /sys and hides the cgroup
+        // mounts dockerd needs.
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{netns}"))
+            .arg("dockerd")
+            .arg("--data-root")
+            .arg(dir.join("root"))
+            .arg("--exec-root")
+            .arg(dir.join("exec"))
+            .arg("-H")
+            .arg(format!("unix://{}", dir.join("docker.sock").display()))
+            .arg("--pidfile")
+            .arg(dir.join("dockerd.pid"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn();
+        let child = match child {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = crate::net::ip(&["netns", "del", &netns]);
+                bail!("starting dockerd (apt-get install docker.io): {e}")
+            }
+        };
+        let d = Dockerd { netns, dir, child };
+        let end = Instant::now() + Duration::from_secs(30);
+        while d.run(&["info", "--format", "{{.ServerVersion}}"]).is_err() {
+            if Instant::now() > end {
+                bail!("dockerd did not answer within 30 s: {}", d.log_tail());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Ok(d)
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("docker");
+        c.arg("-H")
+            .arg(format!("unix://{}", self.dir.join("docker.sock").display()))
+            .args(args);
+        c
+    }
+
+    /// `docker ARGS`: its stdout, or an error with its stderr.
+    pub fn run(&self, args: &[&str]) -> Result<String> {
+        let o = self
+            .command(args)
+            .stdin(Stdio::null())
+            .output()
+            .context("docker (apt-get install docker.io)")?;
+        if !o.status.success() {
+            bail!(
+                "docker {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+    }
+
+    /// `docker ARGS`: success, stdout, stderr (for commands expected to fail).
+    pub fn output(&self, args: &[&str]) -> (bool, String, String) {
+        match self.command(args).stdin(Stdio::null()).output() {
+            Ok(o) => (
+                o.status.success(),
+                String::from_utf8_lossy(&o.stdout).into_owned(),
+                String::from_utf8_lossy(&o.stderr).into_owned(),
+            ),
+            Err(e) => (false, String::new(), e.to_string()),
+        }
+    }
+
+    /// `docker exec -i CONTAINER ARGS` with `input` on stdin.
+    pub fn exec_stdin(&self, container: &str, args: &[&str], input: &str) -> Result<String> {
+        use std::io::Write;
+        let mut all = vec!["exec", "-i", container];
+        all.extend_from_slice(args);
+        let mut c = self
+            .command(&all)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        if let Some(mut i) = c.stdin.take() {
+            i.write_all(input.as_bytes())?;
+        }
+        let o = c.wait_with_output()?;
+        if !o.status.success() {
+            bail!(
+                "{container}: {}: {} {}",
+                args.join(" "),
+                String::from_utf8_lossy(&o.stdout).trim(),
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+    }
+
+    /// `docker exec CONTAINER ARGS`.
+    pub fn exec(&self, container: &str, args: &[&str]) -> Result<String> {
+        let mut all = vec!["exec", container];
+        all.extend_from_slice(args);
+        self.run(&all)
+    }
+
+    /// Loads a docker-archive (docker/build.sh's output).
+    pub fn load(&self, tar: &Path) -> Result<()> {
+        self.run(&["load", "-i", &tar.display().to_string()])
+            .map(|_| ())
+    }
+
+    pub fn log_tail(&self) -> String {
+        let s = std::fs::read_to_string(self.dir.join("dockerd.log")).unwrap_or_default();
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(15)..].join("\n")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Turns checksum and segmentation offloads off on `container`'s eth0. Docker's
+    /// veths leave TCP/UDP checksums to the receiver and merge segments (GRO): an
+    /// af_packet socket then reads unfinished or 64 KB frames, which a NIC on a real
+    /// network never puts on the wire. Done from outside (the container's network
+    /// namespace by its PID), so the container needs no ethtool nor NET_ADMIN.
+    pub fn offloads_off(&self, container: &str) -> Result<()> {
+        let pid = self.run(&["inspect", "--format", "{{.State.Pid}}", container])?;
+        let o = Command::new("nsenter")
+            .arg(format!("--net=/proc/{}/ns/net", pid.trim()))
+            .args([
+                "ethtool", "-K", "eth0", "tx", "off", "tso", "off", "gso", "off", "gro", "off",
+            ])
+            .output()?;
+        if !o.status.success() {
+            bail!(
+                "ethtool in {container}: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Dockerd {
+    fn drop(&mut self) {
+        if let Ok(ids) = self.run(&["ps", "-aq"]) {
+            let ids: Vec<&str> = ids.split_whitespace().collect();
+            if !ids.is_empty() {
+                let mut a = vec!["rm", "-f", "-v"];
+                a.extend(ids);
+                let _ = self.run(&a);
+            }
+        }
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let end = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < end && !matches!(self.child.try_wait(), Ok(Some(_))) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // Anything dockerd left mounted under its directory (overlays, shm).
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        let mut under: Vec<&str> = mounts
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .filter(|m| Path::new(m).starts_with(&self.dir))
+            .collect();
+        under.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in under {
+            let _ = Command::new("umount").args(["-l", m]).status();
+        }
+        let _ = crate::net::ip(&["netns", "del", &self.netns]);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Where docker/build.sh sits (the workspace root).
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("lab/ has a parent")
+        .to_path_buf()
+}
+
+/// Builds podpath's images from the binaries already built (`profile`), into `out`.
+/// Returns the image tag.
+pub fn build_images(profile: &str, out: &Path) -> Result<String> {
+    let o = Command::new("bash")
+        .arg(workspace().join("docker/build.sh"))
+        .args(["--no-build", "--profile", profile, "--out"])
+        .arg(out)
+        .output()
+        .context("docker/build.sh")?;
+    if !o.status.success() {
+        bail!(
+            "docker/build.sh: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        );
+    }
+    Ok(format!("podpath:{}", env!("CARGO_PKG_VERSION")))
+}
+
+/// The Docker network's addresses: nodes .11, .12, ...; etcd .2; the external host .100.
+pub const SUBNET: &str = "172.30.0.0/24";
+pub const NET: &str = "ppnet";
+pub const ETCD_IP: &str = "172.30.0.2";
+pub const EXT_IP: &str = "172.30.0.100";
+
+/// What a node container and podpath's container in it may do: a node's powers
+/// (every capability but SYS_RESOURCE, which this sandbox's bounding set lacks, so
+/// `--privileged` cannot start here), writable /proc/sys for the agent's sysctls,
+/// and /dev/net/tun for the host port.
+pub const NODE_POWERS: [&str; 12] = [
+    "--cap-add",
+    "ALL",
+    "--cap-drop",
+    "SYS_RESOURCE",
+    "--security-opt",
+    "seccomp=unconfined",
+    "--security-opt",
+    "apparmor=unconfined",
+    "--security-opt",
+    "systempaths=unconfined",
+    "--device",
+    "/dev/net/tun",
+];
+
+/// One node of a Docker cluster.
+#[derive(Debug, Clone)]
+pub struct DockerNode {
+    /// The node container (kernel, pods).
+    pub node: String,
+    /// podpath's container in it.
+    pub podpath: String,
+    pub ip: String,
+    pub pod_cidr: String,
+    pub gateway: String,
+}
+
+/// A pod inside a node container.
+#[derive(Debug, Clone)]
+pub struct DockerPod {
+    pub node: String,
+    pub netns: String,
+    pub ip: String,
+}
+
+pub struct Cluster {
+    pub d: Dockerd,
+    pub tag: String,
+    pub nodes: Vec<DockerNode>,
+    pub lease_ttl_s: u64,
+}
+
+/// flannel's network config as the Docker cluster's nodes expect it.
+pub fn flannel_config() -> String {
+    crate::cluster::flannel_config(1, 8472)
+}
+
+impl Cluster {
+    /// The network, etcd with flannel's config, the external host, and `n` nodes
+    /// each with podpath running; returns once every node routes to all the others.
+    pub fn up(images: &Path, n: usize, lease_ttl_s: u64) -> Result<Cluster> {
+        let d = Dockerd::start()?;
+        d.load(&images.join("podpath.tar"))?;
+        d.load(&images.join("podpath-etcd.tar"))?;
+        let v = env!("CARGO_PKG_VERSION");
+        let tag = format!("podpath:{v}");
+        d.run(&["network", "create", "--subnet", SUBNET, NET])?;
+        d.run(&[
+            "run",
+            "-d",
+            "--name",
+            "etcd",
+            "--network",
+            NET,
+            "--ip",
+            ETCD_IP,
+            &format!("podpath-etcd:{v}"),
+            "--data-dir",
+            "/var/lib/etcd/data",
+            "--listen-client-urls",
+            "http://0.0.0.0:2379",
+            "--advertise-client-urls",
+            &format!("http://{ETCD_IP}:2379"),
+        ])?;
+        d.offloads_off("etcd")?;
+        let end = Instant::now() + Duration::from_secs(20);
+        while d
+            .exec(
+                "etcd",
+                &[
+                    "etcdctl",
+                    "put",
+                    "/coreos.com/network/config",
+                    &flannel_config(),
+                ],
+            )
+            .is_err()
+        {
+            if Instant::now() > end {
+                bail!(
+                    "etcd did not start: {}",
+                    d.run(&["logs", "etcd"]).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        d.run(&[
+            "run",
+            "-d",
+            "--name",
+            "ext",
+            "--hostname",
+            "ext",
+            "--network",
+            NET,
+            "--ip",
+            EXT_IP,
+            "--user",
+            "0",
+            "--entrypoint",
+            "sleep",
+            &tag,
+            "infinity",
+        ])?;
+        d.offloads_off("ext")?;
+        let mut c = Cluster {
+            d,
+            tag,
+            nodes: Vec::new(),
+            lease_ttl_s,
+        };
+        for k in 1..=n {
+            c.add_node(k)?;
+        }
+        c.wait_meshed(Duration::from_secs(60))?;
+        Ok(c)
+    }
+
+    /// Node `k`: its container (it makes pod namespaces) and podpath's.
+    fn add_node(&mut self, k: usize) -> Result<()> {
+        let n = DockerNode {
+            node: format!("node{k}"),
+            podpath: format!("podpath{k}"),
+            ip: format!("172.30.0.{}", 10 + k),
+            pod_cidr: format!("10.244.{}.0/24", k - 1),
+            gateway: format!("10.244.{}.1", k - 1),
+        };
+        let run = format!("run{k}:/run/podpath");
+        let mut a = vec![
+            "run",
+            "-d",
+            "--name",
+            &n.node,
+            "--hostname",
+            &n.node,
+            "--network",
+            NET,
+            "--ip",
+            &n.ip,
+            "--user",
+            "0",
+            "-v",
+            &run,
+        ];
+        a.extend(NODE_POWERS);
+        a.extend(["--entrypoint", "sleep", &self.tag, "infinity"]);
+        self.d.run(&a)?;
+        self.d.offloads_off(&n.node)?;
+        self.start_podpath(&n)?;
+        self.nodes.push(n);
+        Ok(())
+    }
+
+    /// podpath's container for `n` (the DaemonSet pod of a real node).
+    fn start_podpath(&self, n: &DockerNode) -> Result<()> {
+        let ttl = self.lease_ttl_s.to_string();
+        let env = [
+            format!("POD_CIDR={}", n.pod_cidr),
+            format!("ETCD_ENDPOINTS=http://{ETCD_IP}:2379"),
+            format!("LEASE_TTL_S={ttl}"),
+            "IDLE_BACKOFF=true".into(),
+            "HUGEPAGES=off".into(),
+        ];
+        let mut a: Vec<String> = [
+            "run",
+            "-d",
+            "--name",
+            &n.podpath,
+            "--network",
+            &format!("container:{}", n.node),
+            "--user",
+            "0",
+            "-v",
+            &format!("run{}:/run/podpath", &n.node[4..]),
+        ]
+        .iter()
+        .chain(NODE_POWERS.iter())
+        .map(|s| s.to_string())
+        .collect();
+        for e in env {
+            a.push("-e".into());
+            a.push(e);
+        }
+        a.push(self.tag.clone());
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        self.d.run(&a)?;
+        Ok(())
+    }
+
+    /// The prefixes node `i`'s dataplane routes.
+    pub fn routes(&self, i: usize) -> Vec<String> {
+        let Ok(out) = self
+            .d
+            .exec(&self.nodes[i].podpath, &["podpathctl", "routes", "--json"])
+        else {
+            return Vec::new();
+        };
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|r| r["prefix"].as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Whether node `i` routes to node `j`'s pods.
+    pub fn knows(&self, i: usize, j: usize) -> bool {
+        self.routes(i).contains(&self.nodes[j].pod_cidr)
+    }
+
+    /// Waits until every node routes to every other.
+    pub fn wait_meshed(&self, timeout: Duration) -> Result<()> {
+        let end = Instant::now() + timeout;
+        loop {
+            let missing: Vec<String> = (0..self.nodes.len())
+                .flat_map(|i| (0..self.nodes.len()).map(move |j| (i, j)))
+                .filter(|&(i, j)| i != j && !self.knows(i, j))
+                .map(|(i, j)| format!("{} -> {}", self.nodes[i].node, self.nodes[j].node))
+                .collect();
+            if missing.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > end {
+                bail!(
+                    "nodes not meshed after {timeout:?}: {missing:?}\n{}",
+                    self.logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    /// The last lines of every podpath container's log.
+    pub fn logs(&self) -> String {
+        let mut s = String::new();
+        for n in &self.nodes {
+            let (_, out, err) = self.d.output(&["logs", "--tail", "25", &n.podpath]);
+            s += &format!("--- {}\n{out}{err}", n.podpath);
+        }
+        s
+    }
+
+    /// A pod on node `i`, attached by podpath-cni as a runtime would (af_packet: a
+    /// tap inside a pod's namespace needs that namespace in podpath's mount
+    /// namespace, which a pod of another container does not share).
+    pub fn add_pod(&self, i: usize, name: &str) -> Result<DockerPod> {
+        let n = &self.nodes[i];
+        self.d.exec(&n.node, &["ip", "netns", "add", name])?;
+        let conf = serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": "podpath",
+            "type": "podpath-cni",
+            "controlSocket": "/run/podpath/control.sock",
+            "attach": "af_packet",
+            "mtu": 1450,
+            "ipam": {"type": "podpath"},
+        })
+        .to_string();
+        let out = self.d.exec_stdin(
+            &n.node,
+            &[
+                "env",
+                "-i",
+                "CNI_COMMAND=ADD",
+                &format!("CNI_CONTAINERID={name}"),
+                &format!("CNI_NETNS=/run/netns/{name}"),
+                "CNI_IFNAME=eth0",
+                "CNI_PATH=/usr/bin",
+                "PATH=/usr/sbin:/usr/bin",
+                "podpath-cni",
+            ],
+            &conf,
+        )?;
+        let r: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+        let ip = r["ips"][0]["address"]
+            .as_str()
+            .and_then(|a| a.split('/').next())
+            .with_context(|| format!("podpath-cni ADD on {}: {out}", n.node))?
+            .to_string();
+        Ok(DockerPod {
+            node: n.node.clone(),
+            netns: name.into(),
+            ip,
+        })
+    }
+
+    /// `ARGS` inside `pod`'s namespace.
+    pub fn in_pod(&self, pod: &DockerPod, args: &[&str]) -> Result<String> {
+        let mut a = vec!["ip", "netns", "exec", &pod.netns];
+        a.extend_from_slice(args);
+        self.d.exec(&pod.node, &a)
+    }
+
+    /// `ARGS` inside `pod`'s namespace, in the background (servers).
+    pub fn in_pod_detached(&self, pod: &DockerPod, args: &[&str]) -> Result<()> {
+        let mut a = vec!["exec", "-d", &pod.node, "ip", "netns", "exec", &pod.netns];
+        a.extend_from_slice(args);
+        self.d.run(&a).map(|_| ())
+    }
+
+    /// podpathctl on node `i`.
+    pub fn ctl(&self, i: usize, args: &[&str]) -> Result<String> {
+        let mut a = vec!["podpathctl"];
+        a.extend_from_slice(args);
+        self.d.exec(&self.nodes[i].podpath, &a)
+    }
+
+    /// Starts node `i`'s podpath container again after a stop or kill.
+    pub fn restart_podpath(&self, i: usize) -> Result<()> {
+        self.d.run(&["start", &self.nodes[i].podpath]).map(|_| ())
+    }
+}
