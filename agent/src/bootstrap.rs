@@ -38,10 +38,20 @@ fn default_mtu() -> u16 {
     1450
 }
 
+/// The routing table (and the preference of its rule) of the route to the underlay
+/// through the host port. A table of its own, not the main one: the uplink's kernel
+/// interface may keep its address (a Docker network, a NIC whose address the node
+/// keeps), and a runtime re-adding that interface refuses to when the main table
+/// routes its network elsewhere ("conflicts with existing route"). The rule makes
+/// ours win over the interface's connected route all the same.
+pub const UNDERLAY_TABLE: &str = "1450";
+
 /// What was applied, to undo.
 #[derive(Debug, Default)]
 pub struct Applied {
     routes: Vec<String>,
+    /// The underlay's rule and route in [`UNDERLAY_TABLE`].
+    underlay: Option<String>,
     address: Option<String>,
     /// (sysctl key, value before).
     sysctls: Vec<(String, String)>,
@@ -96,12 +106,18 @@ pub fn apply(
         &cfg.mtu.to_string(),
         "up",
     ])?;
-    let mut nets = vec![node.cluster_cidr.clone(), node.underlay_cidr.clone()];
+    let mut nets = vec![node.cluster_cidr.clone()];
     nets.extend(node.service_cidr.clone());
     for n in nets {
         ip(&["route", "replace", &n, "dev", &cfg.host_if])?;
         a.routes.push(n);
     }
+    let u = &node.underlay_cidr;
+    let t = UNDERLAY_TABLE;
+    ip(&["route", "replace", u, "dev", &cfg.host_if, "table", t])?;
+    let _ = ip(&["rule", "del", "pref", t]);
+    ip(&["rule", "add", "pref", t, "to", u, "lookup", t])?;
+    a.underlay = Some(u.clone());
     if let Some(u) = &cfg.uplink_if {
         let show = ip(&["link", "show", "dev", u])?;
         a.arp_was_on = !show.contains("NOARP");
@@ -116,10 +132,12 @@ pub fn apply(
         }
     }
     log(&format!(
-        "node side applied: {} on {}, routes {:?}{}",
+        "node side applied: {} on {}, routes {:?}, the underlay {} (table {}){}",
         node.node_ip,
         cfg.host_if,
         a.routes,
+        node.underlay_cidr,
+        UNDERLAY_TABLE,
         cfg.uplink_if
             .as_deref()
             .map(|u| format!(", {u} without ARP, rp_filter 1"))
@@ -133,6 +151,15 @@ pub fn undo(cfg: &BootstrapConfig, a: &Applied, log: &dyn Fn(&str)) {
     let ns = cfg.netns.as_deref();
     for r in &a.routes {
         let _ = run(ns, "ip", &["route", "del", r, "dev", &cfg.host_if]);
+    }
+    if let Some(u) = &a.underlay {
+        let t = UNDERLAY_TABLE;
+        let _ = run(ns, "ip", &["rule", "del", "pref", t, "to", u, "lookup", t]);
+        let _ = run(
+            ns,
+            "ip",
+            &["route", "del", u, "dev", &cfg.host_if, "table", t],
+        );
     }
     if let Some(addr) = &a.address {
         let _ = run(ns, "ip", &["addr", "del", addr, "dev", &cfg.host_if]);

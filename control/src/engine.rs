@@ -36,6 +36,24 @@ fn matches(want: &PortSpec, have: &PortInfo) -> bool {
         && want.mtu.is_none_or(|m| m == have.mtu)
 }
 
+/// The kernel interface an af_packet port reads (`iface=` of its device), when the
+/// port lives in this process's network namespace.
+fn af_packet_iface(p: &PortSpec) -> Option<&str> {
+    if p.netns.is_some() || !p.device.starts_with("net_af_packet") {
+        return None;
+    }
+    p.device.split(',').find_map(|kv| kv.strip_prefix("iface="))
+}
+
+/// The interface's index now (None: it does not exist).
+fn ifindex(iface: &str) -> Option<u64> {
+    std::fs::read_to_string(format!("/sys/class/net/{iface}/ifindex"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 pub struct Engine {
     state: State,
     state_file: PathBuf,
@@ -48,6 +66,12 @@ pub struct Engine {
     pub reconciles: u64,
     /// The healthCheckNodePort servers the Services ask for.
     health: HealthServers,
+    /// The ifindex each af_packet port's interface had when last looked at: a new
+    /// one means the kernel re-created it (a link removed and added back, as
+    /// `docker network disconnect` + `connect` does, or a VF reset) and the port's
+    /// socket reads a device that is gone.
+    links: std::collections::BTreeMap<String, Option<u64>>,
+    next_link_check: Instant,
 }
 
 impl Engine {
@@ -62,6 +86,8 @@ impl Engine {
             next_retry: Instant::now(),
             reconciles: 0,
             health: HealthServers::default(),
+            links: std::collections::BTreeMap::new(),
+            next_link_check: Instant::now(),
         };
         e.refresh_health();
         e
@@ -145,6 +171,47 @@ impl Engine {
                 }
             }
         }
+        if self.in_sync && Instant::now() >= self.next_link_check {
+            self.next_link_check = Instant::now() + Duration::from_secs(1);
+            self.reopen_recreated_links();
+        }
+    }
+
+    /// Re-attaches every af_packet port whose interface the kernel re-created since
+    /// the last look (its socket is bound to the old one and reads nothing).
+    fn reopen_recreated_links(&mut self) {
+        for spec in self.state.ports.clone() {
+            let Some(iface) = af_packet_iface(&spec) else {
+                continue;
+            };
+            let now = ifindex(iface);
+            let before = self.links.insert(spec.name.clone(), now);
+            let recreated = match (before, now) {
+                (Some(Some(a)), Some(b)) => a != b,
+                (Some(None), Some(_)) => true,
+                _ => false,
+            };
+            if !recreated {
+                continue;
+            }
+            log(format!(
+                "port {}: interface {iface} was re-created (ifindex {:?} -> {}): re-attaching",
+                spec.name,
+                before.flatten(),
+                now.unwrap_or(0)
+            ));
+            let _ = self.call(Request::PortDetach {
+                name: spec.name.clone(),
+            });
+            if let Err(e) = self.call(Request::PortAttach(spec.clone())) {
+                log(format!("re-attaching {}: {}", spec.name, e.message));
+            }
+            // What refers to the port (the node's uplink, static MACs) is applied
+            // again by a reconciliation, which leaves matching ports alone.
+            self.in_sync = false;
+        }
+        self.links
+            .retain(|name, _| self.state.ports.iter().any(|p| &p.name == name));
     }
 
     /// Makes the dataplane hold exactly the desired ports and static MACs: ports that
@@ -724,6 +791,29 @@ mod tests {
 
     fn file(path: &Path) -> Vec<u8> {
         std::fs::read(path).unwrap()
+    }
+
+    #[test]
+    fn only_af_packet_ports_of_this_namespace_are_watched_for_recreated_links() {
+        let port = |device: &str, netns: Option<&str>| PortSpec {
+            name: "p".into(),
+            device: device.into(),
+            netns: netns.map(String::from),
+            bridge: None,
+            queues: None,
+            mtu: None,
+        };
+        assert_eq!(
+            af_packet_iface(&port("net_af_packet0,iface=eth0,qpairs=2", None)),
+            Some("eth0")
+        );
+        assert_eq!(af_packet_iface(&port("net_tap1,iface=pphost", None)), None);
+        assert_eq!(
+            af_packet_iface(&port("net_af_packet3,iface=eth0", Some("/run/netns/x"))),
+            None
+        );
+        assert_eq!(ifindex("lo"), Some(1));
+        assert_eq!(ifindex("no-such-interface"), None);
     }
 
     #[test]

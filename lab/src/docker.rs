@@ -577,6 +577,39 @@ impl Cluster {
         self.d.exec(&self.nodes[i].podpath, &a)
     }
 
+    /// Takes node `i` off the Docker network (its eth0 disappears: a partition).
+    pub fn disconnect(&self, i: usize) -> Result<()> {
+        self.d
+            .run(&["network", "disconnect", NET, &self.nodes[i].node])
+            .map(|_| ())
+    }
+
+    /// Puts node `i` back with its address. Docker names the new interface after the
+    /// ones it has made (eth1, ...); it is renamed eth0, as udev's stable names keep
+    /// a re-created NIC's name on a real node, and its offloads turned off again.
+    pub fn reconnect(&self, i: usize) -> Result<()> {
+        let n = &self.nodes[i];
+        self.d
+            .run(&["network", "connect", "--ip", &n.ip, NET, &n.node])?;
+        let out = self.d.exec(&n.node, &["ip", "-4", "-o", "addr", "show"])?;
+        let dev = out
+            .lines()
+            .find(|l| l.contains(&format!(" {}/", n.ip)) && !l.contains("pphost"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .map(String::from)
+            .with_context(|| format!("{}: no interface with {}: {out}", n.node, n.ip))?;
+        if dev != "eth0" {
+            for args in [
+                vec!["ip", "link", "set", &dev, "down"],
+                vec!["ip", "link", "set", &dev, "name", "eth0"],
+                vec!["ip", "link", "set", "eth0", "up"],
+            ] {
+                self.d.exec(&n.node, &args)?;
+            }
+        }
+        self.d.offloads_off(&n.node)
+    }
+
     /// Starts node `i`'s podpath container again after a stop or kill.
     pub fn restart_podpath(&self, i: usize) -> Result<()> {
         self.d.run(&["start", &self.nodes[i].podpath]).map(|_| ())

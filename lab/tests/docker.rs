@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use podpath_lab::docker::{build_images, workspace, Cluster, DockerPod, Dockerd, EXT_IP, NET};
+use podpath_lab::docker::{build_images, workspace, Cluster, DockerPod, Dockerd, EXT_IP};
 
 /// Docker tests one at a time (each runs its own daemon and three dataplanes).
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -306,22 +306,12 @@ fn node_faults_in_docker_kill_partition_and_rolling_restart() {
     // A partition: node2 off the network, then back with its address. Its lease
     // expires (the others withdraw its pods); once back it registers again, and its
     // dataplane re-opens the uplink the kernel re-created.
-    c.d.run(&["network", "disconnect", NET, &c.nodes[1].node])
-        .unwrap();
+    c.disconnect(1).unwrap();
     let gone = time_until(Duration::from_secs(TTL_S + 10), || !c.knows(0, 1));
     let gone = gone.expect("node1 still routes to the partitioned node2");
     eprintln!("partition: node1 withdrew node2 after {gone:?} (lease TTL {TTL_S} s)");
     assert!(gone <= Duration::from_secs(TTL_S + 1), "{gone:?}");
-    c.d.run(&[
-        "network",
-        "connect",
-        "--ip",
-        &c.nodes[1].ip,
-        NET,
-        &c.nodes[1].node,
-    ])
-    .unwrap();
-    c.d.offloads_off(&c.nodes[1].node).unwrap();
+    c.reconnect(1).unwrap();
     let back = time_until(Duration::from_secs(30), || c.knows(0, 1) && c.knows(1, 0));
     eprintln!("partition healed: node2 known again after {back:?}");
     assert!(back.is_some(), "{}", c.logs());

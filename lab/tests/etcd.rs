@@ -198,6 +198,13 @@ fn nodes_join_leave_and_survive_an_etcd_restart_through_etcd() {
         !r.contains("10.244.0.0/16") && !r.contains("10.96.0.0/12"),
         "routes undone: {r}"
     );
+    let rules = podpath_lab::net::ip_in(&n1.netns, &["rule"]).unwrap_or_default();
+    let table =
+        podpath_lab::net::ip_in(&n1.netns, &["route", "show", "table", "1450"]).unwrap_or_default();
+    assert!(
+        !rules.contains("lookup 1450") && table.trim().is_empty(),
+        "the underlay's rule and table undone: {rules} / {table}"
+    );
     assert!(
         !link(&n1).contains("NOARP"),
         "ARP back on the uplink: {}",
