@@ -29,6 +29,13 @@ while [ $# -gt 0 ]; do
     *) echo "docker/build.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
+# A fresh machine: what building and packaging need comes from scripts/setup.sh.
+for tool in setcap busybox etcd etcdctl ethtool nsenter pkg-config; do
+  if ! command -v "$tool" >/dev/null || ! pkg-config --exists libdpdk 2>/dev/null; then
+    [ "${PODPATH_SKIP_SETUP:-0}" = 1 ] || scripts/setup.sh
+    break
+  fi
+done
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
 version=$(awk -F'"' '/^version *=/ { print $2; exit }' Cargo.toml)
 mkdir -p "$out"

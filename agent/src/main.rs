@@ -12,6 +12,11 @@ use podpath_agent::config::{Config, Source};
 struct Args {
     #[arg(long, default_value = "/etc/podpath/agent.toml")]
     config: PathBuf,
+    /// Print this node's pod CIDR from its Node object (the Kubernetes API, as the
+    /// config's [kubernetes] section reaches it) and exit: the DaemonSet's init
+    /// container writes it into the node's configuration.
+    #[arg(long)]
+    print_pod_cidr: bool,
 }
 
 fn log(m: &str) {
@@ -37,6 +42,18 @@ fn main() {
             std::process::exit(1);
         }
     };
+    if args.print_pod_cidr {
+        match rt.block_on(podpath_agent::kubernetes::own_pod_cidr(&cfg)) {
+            Ok(c) => {
+                println!("{c}");
+                return;
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
     // The node's kernel side first: pods and Services reachable from the node.
     // The control service may start after the agent (separate containers of a
     // DaemonSet start in any order): wait for it, saying so, for up to two minutes.

@@ -39,7 +39,8 @@ pub enum Hugepages {
 pub struct EalConfig {
     /// Cores, e.g. "0,1" or "0-3": the first runs the control thread, each other one a
     /// worker. EAL's `lcore@cpu` form ("0@0,1@1,2@1") maps lcores to CPUs, so several
-    /// workers can share a CPU (with idle back-off, as in the lab).
+    /// workers can share a CPU (with idle back-off, as in the lab). "auto": the CPUs
+    /// the process may run on (a pod's cores under the kubelet's static CPU manager).
     pub lcores: String,
     /// Keeps several DPDK processes on one machine apart (hugepage files, runtime dir).
     pub file_prefix: String,
@@ -176,10 +177,15 @@ impl Config {
     }
 
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        let c: Config = toml::from_str(text).map_err(|err| ConfigError::Parse {
+        let mut c: Config = toml::from_str(text).map_err(|err| ConfigError::Parse {
             path: origin.into(),
             err,
         })?;
+        if c.eal.lcores == "auto" {
+            let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+            c.eal.lcores = allowed_cpus(&status)
+                .ok_or_else(|| invalid("eal.lcores", "\"auto\": cannot read Cpus_allowed_list"))?;
+        }
         c.validate()?;
         Ok(c)
     }
@@ -343,6 +349,18 @@ pub fn validate_port(p: &PortSpec) -> Result<(), String> {
 /// Parses "0,2-3" into [0, 2, 3].
 /// `lcores`: a core list ("0,1", "0-3"), or EAL's `lcore@cpu` pairs ("0@0,1@1,2@1").
 /// Returns the lcore ids in order and the CPUs they run on.
+/// `eal.lcores = "auto"`: the CPUs this process may run on (`Cpus_allowed_list` of
+/// /proc/self/status), as EAL's core list. In a Guaranteed pod under the kubelet's
+/// static CPU manager these are the cores reserved for it, which no configuration
+/// written in advance can know.
+pub fn allowed_cpus(status: &str) -> Option<String> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+}
+
 pub fn parse_lcores(s: &str) -> Result<(Vec<u32>, Vec<u32>), String> {
     if !s.contains('@') {
         let c = parse_core_list(s)?;
@@ -428,6 +446,26 @@ pub fn free_hugepages() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn auto_lcores_are_the_cpus_the_process_may_use() {
+        let status = "Name:\tpodpath\nCpus_allowed:\t3c\nCpus_allowed_list:\t2-5\n";
+        assert_eq!(allowed_cpus(status).as_deref(), Some("2-5"));
+        assert_eq!(parse_lcores("2-5").unwrap().0, vec![2, 3, 4, 5]);
+        assert_eq!(allowed_cpus("Name:\tx\n"), None);
+        let c = Config::parse(
+            "[eal]\nlcores = \"auto\"\npci = false\n[dataplane]\nsocket = \"/tmp/x.sock\"\n",
+            "t",
+        );
+        // This machine has at least two CPUs (the lab needs them).
+        let c = c.expect("auto lcores");
+        assert_ne!(c.eal.lcores, "auto");
+        assert!(
+            parse_lcores(&c.eal.lcores).unwrap().0.len() >= 2,
+            "{}",
+            c.eal.lcores
+        );
+    }
 
     #[test]
     fn core_lists() {

@@ -421,6 +421,196 @@ impl Cluster {
         Ok(())
     }
 
+    /// Node `k` with podpath laid out as deploy/daemonset.yaml runs it: install-cni
+    /// (the plugin into the node's /opt/cni/bin, the socket and state directories
+    /// given to the podpath user), `podpath-node config` as the init container, then
+    /// the dataplane and the control service as uid 65532 with only the
+    /// capabilities the DaemonSet grants (the dataplane on hugepages from a
+    /// hugetlbfs of that user, as the kubelet's HugePages-2Mi volume), and the agent
+    /// as root with a node's powers. `podpath` names the control container.
+    pub fn add_node_as_daemonset(&mut self, k: usize) -> Result<DockerNode> {
+        let n = DockerNode {
+            node: format!("node{k}"),
+            podpath: format!("control{k}"),
+            ip: format!("172.30.0.{}", 10 + k),
+            pod_cidr: format!("10.244.{}.0/24", k - 1),
+            gateway: format!("10.244.{}.1", k - 1),
+        };
+        let v = |name: &str, at: &str| format!("{name}{k}:{at}");
+        let (run, state, cfg, bin) = (
+            v("run", "/run/podpath"),
+            v("state", "/var/lib/podpath"),
+            v("config", "/etc/podpath/node.d"),
+            v("cnibin", "/opt/cni/bin"),
+        );
+        let net = format!("container:{}", n.node);
+        let mut a = vec![
+            "run",
+            "-d",
+            "--name",
+            &n.node,
+            "--hostname",
+            &n.node,
+            "--network",
+            NET,
+            "--ip",
+            &n.ip,
+            "--user",
+            "0",
+            "-v",
+            &run,
+            "-v",
+            &bin,
+        ];
+        a.extend(NODE_POWERS);
+        a.extend(["--entrypoint", "sleep", &self.tag, "infinity"]);
+        self.d.run(&a)?;
+        self.d.offloads_off(&n.node)?;
+        let huge = format!("huge{k}");
+        self.d.run(&[
+            "volume",
+            "create",
+            "--driver",
+            "local",
+            "--opt",
+            "type=hugetlbfs",
+            "--opt",
+            "device=nodev",
+            "--opt",
+            "o=uid=65532,gid=65532,pagesize=2M",
+            &huge,
+        ])?;
+        // The init containers.
+        let host = |name: &str, at: &str| format!("{name}{k}:/host{at}");
+        self.d.run(&[
+            "run",
+            "--rm",
+            "--user",
+            "0",
+            "-v",
+            &host("cnibin", "/opt/cni/bin"),
+            "-v",
+            &host("cniconf", "/etc/cni/net.d"),
+            "-v",
+            &host("run", "/run/podpath"),
+            "-v",
+            &host("state", "/var/lib/podpath"),
+            "--entrypoint",
+            "install-cni",
+            &self.tag,
+        ])?;
+        self.d.run(&[
+            "run",
+            "--rm",
+            "--user",
+            "0",
+            "--network",
+            &net,
+            "-v",
+            &cfg,
+            "-e",
+            &format!("POD_CIDR={}", n.pod_cidr),
+            "-e",
+            &format!("ETCD_ENDPOINTS=http://{ETCD_IP}:2379"),
+            "-e",
+            &format!("LEASE_TTL_S={}", self.lease_ttl_s),
+            "-e",
+            "IDLE_BACKOFF=true",
+            "-e",
+            "HUGEPAGES=on",
+            "-e",
+            "MEMORY_MB=128",
+            &self.tag,
+            "config",
+        ])?;
+        let ro = format!("{cfg}:ro");
+        let hp = format!("{huge}:/dev/hugepages");
+        self.d.run(&[
+            "run",
+            "-d",
+            "--name",
+            &format!("dataplane{k}"),
+            "--network",
+            &net,
+            "--user",
+            "65532:65532",
+            "--cap-drop",
+            "ALL",
+            "--cap-add",
+            "NET_ADMIN",
+            "--cap-add",
+            "NET_RAW",
+            "--cap-add",
+            "IPC_LOCK",
+            "--cap-add",
+            "SYS_NICE",
+            "--cap-add",
+            "SYS_ADMIN",
+            "--device",
+            "/dev/net/tun",
+            "-v",
+            &ro,
+            "-v",
+            &run,
+            "-v",
+            &hp,
+            "--entrypoint",
+            "podpath-dataplane",
+            &self.tag,
+            "--config",
+            "/etc/podpath/node.d/node.toml",
+        ])?;
+        self.d.run(&[
+            "run",
+            "-d",
+            "--name",
+            &n.podpath,
+            "--network",
+            &net,
+            "--user",
+            "65532:65532",
+            "--cap-drop",
+            "ALL",
+            "-v",
+            &ro,
+            "-v",
+            &run,
+            "-v",
+            &state,
+            "--entrypoint",
+            "podpath-control",
+            &self.tag,
+            "--config",
+            "/etc/podpath/node.d/control.toml",
+        ])?;
+        let name = format!("agent{k}");
+        let mut a = vec![
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "--network",
+            &net,
+            "--user",
+            "0",
+            "-v",
+            &ro,
+            "-v",
+            &run,
+        ];
+        a.extend(NODE_POWERS);
+        a.extend([
+            "--entrypoint",
+            "podpath-agent",
+            &self.tag,
+            "--config",
+            "/etc/podpath/node.d/agent.toml",
+        ]);
+        self.d.run(&a)?;
+        self.nodes.push(n.clone());
+        Ok(n)
+    }
+
     /// podpath's container for `n` (the DaemonSet pod of a real node).
     fn start_podpath(&self, n: &DockerNode) -> Result<()> {
         let ttl = self.lease_ttl_s.to_string();
@@ -537,8 +727,10 @@ impl Cluster {
                 &format!("CNI_CONTAINERID={name}"),
                 &format!("CNI_NETNS=/run/netns/{name}"),
                 "CNI_IFNAME=eth0",
-                "CNI_PATH=/usr/bin",
-                "PATH=/usr/sbin:/usr/bin",
+                // The plugin install-cni put on the node first, as the kubelet's
+                // runtime finds it; else the image's own.
+                "CNI_PATH=/opt/cni/bin:/usr/bin",
+                "PATH=/opt/cni/bin:/usr/sbin:/usr/bin",
                 "podpath-cni",
             ],
             &conf,
@@ -568,6 +760,37 @@ impl Cluster {
         let mut a = vec!["exec", "-d", &pod.node, "ip", "netns", "exec", &pod.netns];
         a.extend_from_slice(args);
         self.d.run(&a).map(|_| ())
+    }
+
+    /// Three pings from `pod` to `dst`: whether all were answered, and ping's output.
+    pub fn ping(&self, pod: &DockerPod, dst: &str) -> (bool, String) {
+        match self.in_pod(pod, &["ping", "-c", "3", "-W", "2", "-i", "0.2", dst]) {
+            Ok(o) => (o.contains(" 0% packet loss"), o),
+            Err(e) => (false, e.to_string()),
+        }
+    }
+
+    /// An HTTP GET from `pod`, 5 s at most (busybox wget: its own -T crashes in
+    /// Debian's busybox 1.35): the body.
+    pub fn get(&self, pod: &DockerPod, url: &str) -> String {
+        self.in_pod(pod, &["timeout", "5", "wget", "-q", "-O", "-", url])
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    }
+
+    /// Serves the pod's name over HTTP on :8080 (busybox httpd) from inside `pod`.
+    pub fn serve(&self, pod: &DockerPod) -> Result<()> {
+        let dir = format!("/tmp/www-{}", pod.netns);
+        self.d.exec(
+            &pod.node,
+            &[
+                "sh",
+                "-c",
+                &format!("mkdir -p {dir} && echo {} > {dir}/index.html", pod.netns),
+            ],
+        )?;
+        self.in_pod_detached(pod, &["httpd", "-f", "-p", "8080", "-h", &dir])
     }
 
     /// podpathctl on node `i`.

@@ -70,6 +70,11 @@ enum Cmd {
         #[arg(long)]
         keep: bool,
     },
+    /// The demo in Docker: podpath's images (docker/build.sh, from the binaries
+    /// beside this one) in a private dockerd, three node containers with podpath on
+    /// net_af_packet over their eth0, etcd and an external host in containers, the
+    /// six walks; everything removed at the end.
+    DockerDemo,
     /// Run podpathctl against a node's control service: podpath-lab ctl node1 -- stats
     Ctl {
         node: String,
@@ -585,6 +590,10 @@ fn run(cli: Cli) -> Result<()> {
             require_root()?;
             demo(&cli.name, &cli.state_dir, keep)
         }
+        Cmd::DockerDemo => {
+            require_root()?;
+            docker_demo()
+        }
     }
 }
 
@@ -1064,6 +1073,154 @@ fn demo(name: &str, state_dir: &std::path::Path, keep: bool) -> Result<()> {
         }
         lab.down();
         println!("\nlab {name} removed");
+    }
+    Ok(())
+}
+
+/// `podpath-lab docker-demo`: the six walks in node containers (lab/src/docker.rs).
+fn docker_demo() -> Result<()> {
+    use podpath_lab::docker::{build_images, workspace, Cluster, EXT_IP};
+    let exe = std::env::current_exe()?;
+    let profile = exe
+        .parent()
+        .and_then(|d| d.file_name())
+        .and_then(|n| n.to_str())
+        .unwrap_or("release")
+        .to_string();
+    let out = workspace().join("target/docker");
+    let t0 = std::time::Instant::now();
+    println!("$ docker/build.sh --no-build --profile {profile}");
+    build_images(&profile, &out)?;
+    println!(
+        "  images built in {:.1} s ({})",
+        t0.elapsed().as_secs_f64(),
+        out.display()
+    );
+    let t0 = std::time::Instant::now();
+    let c = Cluster::up(&out, 3, 10)?;
+    println!(
+        "\na private dockerd (network namespace {}), network 172.30.0.0/24: etcd .2, ext .100, node1-3 .11-.13;\n\
+         podpath in each node on net_af_packet over eth0, nodes found through etcd: meshed in {:.1} s",
+        c.d.netns,
+        t0.elapsed().as_secs_f64()
+    );
+    let a = c.add_pod(0, "pod-a")?;
+    let b = c.add_pod(0, "pod-b")?;
+    let p2 = c.add_pod(1, "pod-c")?;
+    let p3 = c.add_pod(2, "pod-d")?;
+    for p in [&a, &b, &p2, &p3] {
+        c.serve(p)?;
+    }
+    println!(
+        "pods by podpath-cni: node1 {} {}, node2 {}, node3 {}",
+        a.ip, b.ip, p2.ip, p3.ip
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let mut failed = Vec::new();
+    let mut check = |walk: &str, ok: bool, what: String| {
+        println!("{} walk {walk}: {what}", if ok { "ok  " } else { "FAIL" });
+        if !ok {
+            failed.push(walk.to_string());
+        }
+    };
+    check(
+        "1",
+        c.ping(&a, &b.ip).0,
+        format!("node1 pod-a -> pod-b {} (same node, bridged)", b.ip),
+    );
+    check(
+        "2",
+        c.get(&a, &format!("http://{}:8080/", p2.ip)) == "pod-c",
+        format!("pod-a -> node2's pod-c {} over VXLAN (HTTP)", p2.ip),
+    );
+    let node_ping =
+        c.d.exec(&c.nodes[0].node, &["ping", "-c", "2", "-W", "2", &a.ip])
+            .map(|o| o.contains(" 0% packet loss"))
+            .unwrap_or(false);
+    check(
+        "3",
+        node_ping,
+        format!("node1's kernel -> its pod {} through the host port", a.ip),
+    );
+    for i in 0..3 {
+        c.ctl(
+            i,
+            &[
+                "service",
+                "set",
+                "default/web",
+                "--vip",
+                "10.96.0.10",
+                "--port",
+                "80",
+                "--endpoint",
+                &format!("{}:8080", p2.ip),
+                "--endpoint",
+                &format!("{}:8080", p3.ip),
+                "--node-port",
+                "30080",
+            ],
+        )?;
+    }
+    let answers: std::collections::BTreeSet<String> =
+        (0..10).map(|_| c.get(&a, "http://10.96.0.10/")).collect();
+    check(
+        "4",
+        answers.len() == 2,
+        format!("pod-a -> ClusterIP 10.96.0.10:80, answered by {answers:?}"),
+    );
+    c.d.exec(
+        "ext",
+        &[
+            "sh",
+            "-c",
+            "mkdir -p /tmp/w && echo ext > /tmp/w/index.html",
+        ],
+    )?;
+    c.d.run(&[
+        "exec", "-d", "ext", "httpd", "-f", "-p", "8080", "-h", "/tmp/w",
+    ])?;
+    std::thread::sleep(Duration::from_millis(300));
+    check(
+        "5",
+        c.get(&a, &format!("http://{EXT_IP}:8080/")) == "ext",
+        format!("pod-a -> the external host {EXT_IP} (masqueraded: it has no route to the pods)"),
+    );
+    let np =
+        c.d.exec(
+            "ext",
+            &[
+                "timeout",
+                "5",
+                "wget",
+                "-q",
+                "-O",
+                "-",
+                &format!("http://{}:30080/", c.nodes[2].ip),
+            ],
+        )
+        .unwrap_or_default();
+    check(
+        "6",
+        np.trim().starts_with("pod-"),
+        format!(
+            "ext -> NodePort {}:30080, answered by {}",
+            c.nodes[2].ip,
+            np.trim()
+        ),
+    );
+    println!(
+        "\n$ podpathctl routes   (node1)\n{}",
+        c.ctl(0, &["routes"])?
+    );
+    println!(
+        "$ podpathctl conntrack list   (node1)\n{}",
+        c.ctl(0, &["conntrack", "list"])?
+    );
+    println!("the Docker cluster is removed now (containers, network, daemon, namespace)");
+    drop(c);
+    if !failed.is_empty() {
+        bail!("walks failed: {failed:?}");
     }
     Ok(())
 }

@@ -29,36 +29,16 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// `count` pings from `pod` to `dst`: all answered.
 fn ping(c: &Cluster, pod: &DockerPod, dst: &str) -> bool {
-    c.in_pod(pod, &["ping", "-c", "3", "-W", "2", "-i", "0.2", dst])
-        .map(|o| o.contains(" 0% packet loss"))
-        .unwrap_or(false)
+    c.ping(pod, dst).0
 }
 
-/// An HTTP GET from `pod`, 5 s at most (busybox wget: its own -T crashes in
-/// Debian's busybox 1.35): the body.
 fn get(c: &Cluster, pod: &DockerPod, url: &str) -> String {
-    c.in_pod(pod, &["timeout", "5", "wget", "-q", "-O", "-", url])
-        .unwrap_or_default()
-        .trim()
-        .to_string()
+    c.get(pod, url)
 }
 
-/// A pod serving its own name over HTTP on :8080 (busybox httpd).
 fn serve(c: &Cluster, pod: &DockerPod) {
-    let dir = format!("/tmp/www-{}", pod.netns);
-    c.d.exec(
-        &pod.node,
-        &[
-            "sh",
-            "-c",
-            &format!("mkdir -p {dir} && echo {} > {dir}/index.html", pod.netns),
-        ],
-    )
-    .unwrap();
-    c.in_pod_detached(pod, &["httpd", "-f", "-p", "8080", "-h", &dir])
-        .unwrap();
+    c.serve(pod).unwrap();
 }
 
 #[test]
@@ -414,4 +394,44 @@ fn node_faults_in_docker_kill_partition_and_rolling_restart() {
     eprintln!("docker kill: node3's pods withdrawn after {gone:?} (lease TTL {TTL_S} s)");
     assert!(gone <= Duration::from_secs(TTL_S + 1), "{gone:?}");
     assert!(ping(&c, &a, &b.ip), "node1 -> node2 after node3 died");
+}
+
+/// A node laid out as deploy/daemonset.yaml runs podpath (install-cni and
+/// `podpath-node config` as init containers; the dataplane and the control service
+/// as uid 65532 with the DaemonSet's capabilities only, the dataplane on hugepages;
+/// the agent as root) joins two all-in-one nodes, and a pod attached by the
+/// plugin install-cni put on the node reaches the other nodes' pods.
+#[test]
+fn the_daemonset_layout_joins_the_cluster_as_separate_containers() {
+    let _g = serial();
+    let mut c = Cluster::up(&images(), 2, 5).expect("docker cluster");
+    let n3 = c
+        .add_node_as_daemonset(3)
+        .expect("node3 as the DaemonSet runs it");
+    c.wait_meshed(Duration::from_secs(60))
+        .expect("node3 meshed");
+    // The dataplane runs as the podpath user, with its capabilities raised, on hugepages.
+    let status = c.d.exec("dataplane3", &["cat", "/proc/1/status"]).unwrap();
+    assert!(status.contains("Uid:\t65532"), "{status}");
+    let log = c.d.output(&["logs", "dataplane3"]);
+    assert!(
+        !log.2.contains("--no-huge") && log.2.contains("started"),
+        "{}",
+        log.2
+    );
+    // The plugin install-cni copied, in the node's /opt/cni/bin.
+    let ls =
+        c.d.exec(&n3.node, &["ls", "-l", "/opt/cni/bin/podpath-cni"])
+            .unwrap();
+    assert!(ls.contains("rwx"), "{ls}");
+    let a = c.add_pod(0, "pod-a").unwrap();
+    let p3 = c.add_pod(2, "pod-e").unwrap();
+    serve(&c, &a);
+    assert!(p3.ip.starts_with("10.244.2."), "{p3:?}");
+    assert!(
+        ping(&c, &p3, &a.ip),
+        "node3's pod -> node1's pod\n{}",
+        c.logs()
+    );
+    assert_eq!(get(&c, &p3, &format!("http://{}:8080/", a.ip)), "pod-a");
 }

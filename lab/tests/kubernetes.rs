@@ -34,6 +34,7 @@ struct Fake {
 
 const SERVICES: &str = "/api/v1/services";
 const SLICES: &str = "/apis/discovery.k8s.io/v1/endpointslices";
+const NODES: &str = "/api/v1/nodes/";
 
 impl Fake {
     fn start(&self) -> u16 {
@@ -70,6 +71,29 @@ impl Fake {
         let target = line.split_whitespace().nth(1).unwrap_or("").to_string();
         self.requests.lock().unwrap().push(target.clone());
         let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+        // GET of one Node (the DaemonSet's init container asks for its own).
+        if let Some(name) = path.strip_prefix(NODES) {
+            let node = self
+                .kinds
+                .lock()
+                .unwrap()
+                .entry(NODES)
+                .or_default()
+                .items
+                .get(name)
+                .cloned();
+            let (status, body) = match node {
+                Some(n) => ("200 OK", n.to_string()),
+                None => (
+                    "404 Not Found",
+                    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                           "message": format!("nodes \"{name}\" not found"), "reason": "NotFound", "code": 404})
+                    .to_string(),
+                ),
+            };
+            let _ = write!(s, "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+            return;
+        }
         let kind = match path {
             SERVICES => SERVICES,
             SLICES => SLICES,
@@ -406,5 +430,66 @@ fn services_and_endpoint_slices_from_the_api_reach_the_dataplane() {
         "the deleted Service was withdrawn"
     );
     assert_eq!(who_answers(&n1.pods[0].netns), None);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The DaemonSet's init container learns the node's pod CIDR from its Node object
+/// (`podpath-agent --print-pod-cidr`); a Node without one, or none at all, is a
+/// clear error and a non-zero exit.
+#[test]
+fn the_agent_prints_its_nodes_pod_cidr_for_the_daemonset() {
+    let fake = Fake::default();
+    let mut node = fixture("node-node7.json");
+    fake.kinds
+        .lock()
+        .unwrap()
+        .entry(NODES)
+        .or_default()
+        .items
+        .insert("node7".into(), node.clone());
+    node["metadata"]["name"] = json!("node8");
+    node["spec"].as_object_mut().unwrap().remove("podCIDR");
+    node["spec"].as_object_mut().unwrap().remove("podCIDRs");
+    fake.kinds
+        .lock()
+        .unwrap()
+        .entry(NODES)
+        .or_default()
+        .items
+        .insert("node8".into(), node);
+    let port = fake.start();
+    let dir = std::env::temp_dir().join(format!("podpath-k8s-cidr-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let conf = dir.join("agent.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "[agent]\nsource = \"kubernetes\"\n\n[kubernetes]\nurl = \"http://127.0.0.1:{port}\"\n"
+        ),
+    )
+    .unwrap();
+    let run = |node: &str| {
+        Command::new(Path::new(&bin()).with_file_name("podpath-agent"))
+            .args(["--print-pod-cidr", "--config"])
+            .arg(&conf)
+            .env("NODE_NAME", node)
+            .output()
+            .expect("podpath-agent")
+    };
+    let o = run("node7");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "10.244.7.0/24");
+    let o = run("node8");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("Node node8 has no spec.podCIDR"),
+        "{err}"
+    );
+    let o = run("node9");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("reading Node node9"),
+        "{err}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -269,6 +269,28 @@ async fn client(cfg: &Config) -> Result<Client, String> {
     }
 }
 
+/// This node's pod CIDR as the cluster assigned it (its Node's `spec.podCIDR`):
+/// what a DaemonSet's init container writes into the node's configuration, since
+/// the downward API does not expose it.
+pub async fn own_pod_cidr(cfg: &Config) -> Result<String, String> {
+    let me = cfg
+        .kubernetes
+        .node_name
+        .clone()
+        .or_else(|| std::env::var("NODE_NAME").ok())
+        .ok_or("no node name: set NODE_NAME (the downward API's spec.nodeName) or kubernetes.node_name")?;
+    let client = client(cfg).await?;
+    let node = Api::<K8sNode>::all(client)
+        .get(&me)
+        .await
+        .map_err(|e| format!("reading Node {me}: {e}"))?;
+    node.spec.and_then(|s| s.pod_cidr).ok_or_else(|| {
+        format!(
+            "Node {me} has no spec.podCIDR (is the controller manager's --allocate-node-cidrs on?)"
+        )
+    })
+}
+
 pub async fn run(cfg: &Config, mut stop: tokio_watch::Receiver<bool>, log: &dyn Fn(&str)) {
     let me = cfg
         .kubernetes
