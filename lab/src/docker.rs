@@ -148,6 +148,25 @@ impl Dockerd {
         self.run(&all)
     }
 
+    /// A hugetlbfs volume the podpath user (65532) may write: what the kubelet's
+    /// `HugePages-2Mi` emptyDir gives a pod with `fsGroup`.
+    pub fn hugetlbfs_volume(&self, name: &str) -> Result<()> {
+        self.run(&[
+            "volume",
+            "create",
+            "--driver",
+            "local",
+            "--opt",
+            "type=hugetlbfs",
+            "--opt",
+            "device=nodev",
+            "--opt",
+            "o=uid=65532,gid=65532,pagesize=2M",
+            name,
+        ])
+        .map(|_| ())
+    }
+
     /// Loads a docker-archive (docker/build.sh's output).
     pub fn load(&self, tar: &Path) -> Result<()> {
         self.run(&["load", "-i", &tar.display().to_string()])
@@ -395,7 +414,14 @@ impl Cluster {
             pod_cidr: format!("10.244.{}.0/24", k - 1),
             gateway: format!("10.244.{}.1", k - 1),
         };
-        let run = format!("run{k}:/run/podpath");
+        self.node_container(&n, &[&format!("run{k}:/run/podpath")])?;
+        self.start_podpath(&n)?;
+        self.nodes.push(n);
+        Ok(())
+    }
+
+    /// The node container of `n` (its kernel and its pods), with `volumes`.
+    fn node_container(&self, n: &DockerNode, volumes: &[&str]) -> Result<()> {
         let mut a = vec![
             "run",
             "-d",
@@ -409,16 +435,14 @@ impl Cluster {
             &n.ip,
             "--user",
             "0",
-            "-v",
-            &run,
         ];
+        for v in volumes {
+            a.extend(["-v", v]);
+        }
         a.extend(NODE_POWERS);
         a.extend(["--entrypoint", "sleep", &self.tag, "infinity"]);
         self.d.run(&a)?;
-        self.d.offloads_off(&n.node)?;
-        self.start_podpath(&n)?;
-        self.nodes.push(n);
-        Ok(())
+        self.d.offloads_off(&n.node)
     }
 
     /// Node `k` with podpath laid out as deploy/daemonset.yaml runs it: install-cni
@@ -444,42 +468,9 @@ impl Cluster {
             v("cnibin", "/opt/cni/bin"),
         );
         let net = format!("container:{}", n.node);
-        let mut a = vec![
-            "run",
-            "-d",
-            "--name",
-            &n.node,
-            "--hostname",
-            &n.node,
-            "--network",
-            NET,
-            "--ip",
-            &n.ip,
-            "--user",
-            "0",
-            "-v",
-            &run,
-            "-v",
-            &bin,
-        ];
-        a.extend(NODE_POWERS);
-        a.extend(["--entrypoint", "sleep", &self.tag, "infinity"]);
-        self.d.run(&a)?;
-        self.d.offloads_off(&n.node)?;
+        self.node_container(&n, &[&run, &bin])?;
         let huge = format!("huge{k}");
-        self.d.run(&[
-            "volume",
-            "create",
-            "--driver",
-            "local",
-            "--opt",
-            "type=hugetlbfs",
-            "--opt",
-            "device=nodev",
-            "--opt",
-            "o=uid=65532,gid=65532,pagesize=2M",
-            &huge,
-        ])?;
+        self.d.hugetlbfs_volume(&huge)?;
         // The init containers.
         let host = |name: &str, at: &str| format!("{name}{k}:/host{at}");
         self.d.run(&[
@@ -628,6 +619,8 @@ impl Cluster {
             &n.podpath,
             "--network",
             &format!("container:{}", n.node),
+            "--pid",
+            &format!("container:{}", n.node),
             "--user",
             "0",
             "-v",
@@ -702,18 +695,50 @@ impl Cluster {
         s
     }
 
-    /// A pod on node `i`, attached by podpath-cni as a runtime would (af_packet: a
-    /// tap inside a pod's namespace needs that namespace in podpath's mount
-    /// namespace, which a pod of another container does not share).
+    /// A pod on node `i` whose node end is a veth read with af_packet, attached by
+    /// podpath-cni as a runtime would.
     pub fn add_pod(&self, i: usize, name: &str) -> Result<DockerPod> {
+        self.add_pod_attached(i, name, "af_packet")
+    }
+
+    /// A pod on node `i` whose eth0 is a tap the dataplane makes inside the pod's
+    /// namespace. podpath's containers share the node container's PID namespace
+    /// (as a DaemonSet's dataplane sees the host's /run/netns), so the runtime names
+    /// the pod's namespace by a process in it, `/proc/PID/ns/net`, a path both
+    /// containers resolve to the same namespace.
+    pub fn add_tap_pod(&self, i: usize, name: &str) -> Result<DockerPod> {
+        self.add_pod_attached(i, name, "tap")
+    }
+
+    fn add_pod_attached(&self, i: usize, name: &str, attach: &str) -> Result<DockerPod> {
         let n = &self.nodes[i];
         self.d.exec(&n.node, &["ip", "netns", "add", name])?;
+        let netns = if attach == "tap" {
+            // A process holding the namespace: the pod's "pause" container.
+            self.d.run(&[
+                "exec", "-d", &n.node, "ip", "netns", "exec", name, "sleep", "infinity",
+            ])?;
+            let end = Instant::now() + Duration::from_secs(5);
+            let pid = loop {
+                let pids = self.d.exec(&n.node, &["ip", "netns", "pids", name])?;
+                if let Some(p) = pids.split_whitespace().next() {
+                    break p.to_string();
+                }
+                if Instant::now() > end {
+                    bail!("no process in {name} on {}", n.node);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            };
+            format!("/proc/{pid}/ns/net")
+        } else {
+            format!("/run/netns/{name}")
+        };
         let conf = serde_json::json!({
             "cniVersion": "1.0.0",
             "name": "podpath",
             "type": "podpath-cni",
             "controlSocket": "/run/podpath/control.sock",
-            "attach": "af_packet",
+            "attach": attach,
             "mtu": 1450,
             "ipam": {"type": "podpath"},
         })
@@ -725,7 +750,7 @@ impl Cluster {
                 "-i",
                 "CNI_COMMAND=ADD",
                 &format!("CNI_CONTAINERID={name}"),
-                &format!("CNI_NETNS=/run/netns/{name}"),
+                &format!("CNI_NETNS={netns}"),
                 "CNI_IFNAME=eth0",
                 // The plugin install-cni put on the node first, as the kubelet's
                 // runtime finds it; else the image's own.
@@ -779,6 +804,15 @@ impl Cluster {
             .to_string()
     }
 
+    /// An HTTP GET from the external host, 5 s at most: the body.
+    pub fn ext_get(&self, url: &str) -> String {
+        self.d
+            .exec("ext", &["timeout", "5", "wget", "-q", "-O", "-", url])
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    }
+
     /// Serves the pod's name over HTTP on :8080 (busybox httpd) from inside `pod`.
     pub fn serve(&self, pod: &DockerPod) -> Result<()> {
         let dir = format!("/tmp/www-{}", pod.netns);
@@ -791,6 +825,35 @@ impl Cluster {
             ],
         )?;
         self.in_pod_detached(pod, &["httpd", "-f", "-p", "8080", "-h", &dir])
+    }
+
+    /// The demo's Service on every node: `default/web`, ClusterIP 10.96.0.10:80, to
+    /// port 8080 of `endpoints`, with a NodePort when given.
+    pub fn set_web_service(&self, endpoints: &[&DockerPod], node_port: Option<u16>) -> Result<()> {
+        let mut args: Vec<String> = [
+            "service",
+            "set",
+            "default/web",
+            "--vip",
+            "10.96.0.10",
+            "--port",
+            "80",
+        ]
+        .map(String::from)
+        .to_vec();
+        for e in endpoints {
+            args.push("--endpoint".into());
+            args.push(format!("{}:8080", e.ip));
+        }
+        if let Some(p) = node_port {
+            args.push("--node-port".into());
+            args.push(p.to_string());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        for i in 0..self.nodes.len() {
+            self.ctl(i, &args)?;
+        }
+        Ok(())
     }
 
     /// podpathctl on node `i`.

@@ -1105,14 +1105,14 @@ fn docker_demo() -> Result<()> {
         t0.elapsed().as_secs_f64()
     );
     let a = c.add_pod(0, "pod-a")?;
-    let b = c.add_pod(0, "pod-b")?;
+    let b = c.add_tap_pod(0, "pod-b")?;
     let p2 = c.add_pod(1, "pod-c")?;
     let p3 = c.add_pod(2, "pod-d")?;
     for p in [&a, &b, &p2, &p3] {
         c.serve(p)?;
     }
     println!(
-        "pods by podpath-cni: node1 {} {}, node2 {}, node3 {}",
+        "pods by podpath-cni: node1 {} (af_packet) {} (tap), node2 {}, node3 {}",
         a.ip, b.ip, p2.ip, p3.ip
     );
     std::thread::sleep(Duration::from_millis(500));
@@ -1142,26 +1142,7 @@ fn docker_demo() -> Result<()> {
         node_ping,
         format!("node1's kernel -> its pod {} through the host port", a.ip),
     );
-    for i in 0..3 {
-        c.ctl(
-            i,
-            &[
-                "service",
-                "set",
-                "default/web",
-                "--vip",
-                "10.96.0.10",
-                "--port",
-                "80",
-                "--endpoint",
-                &format!("{}:8080", p2.ip),
-                "--endpoint",
-                &format!("{}:8080", p3.ip),
-                "--node-port",
-                "30080",
-            ],
-        )?;
-    }
+    c.set_web_service(&[&p2, &p3], Some(30080))?;
     let answers: std::collections::BTreeSet<String> =
         (0..10).map(|_| c.get(&a, "http://10.96.0.10/")).collect();
     check(
@@ -1186,20 +1167,7 @@ fn docker_demo() -> Result<()> {
         c.get(&a, &format!("http://{EXT_IP}:8080/")) == "ext",
         format!("pod-a -> the external host {EXT_IP} (masqueraded: it has no route to the pods)"),
     );
-    let np =
-        c.d.exec(
-            "ext",
-            &[
-                "timeout",
-                "5",
-                "wget",
-                "-q",
-                "-O",
-                "-",
-                &format!("http://{}:30080/", c.nodes[2].ip),
-            ],
-        )
-        .unwrap_or_default();
+    let np = c.ext_get(&format!("http://{}:30080/", c.nodes[2].ip));
     check(
         "6",
         np.trim().starts_with("pod-"),

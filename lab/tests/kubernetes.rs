@@ -439,24 +439,16 @@ fn services_and_endpoint_slices_from_the_api_reach_the_dataplane() {
 #[test]
 fn the_agent_prints_its_nodes_pod_cidr_for_the_daemonset() {
     let fake = Fake::default();
+    let put = |name: &str, node: Value| {
+        let mut k = fake.kinds.lock().unwrap();
+        k.entry(NODES).or_default().items.insert(name.into(), node);
+    };
     let mut node = fixture("node-node7.json");
-    fake.kinds
-        .lock()
-        .unwrap()
-        .entry(NODES)
-        .or_default()
-        .items
-        .insert("node7".into(), node.clone());
+    put("node7", node.clone());
     node["metadata"]["name"] = json!("node8");
     node["spec"].as_object_mut().unwrap().remove("podCIDR");
     node["spec"].as_object_mut().unwrap().remove("podCIDRs");
-    fake.kinds
-        .lock()
-        .unwrap()
-        .entry(NODES)
-        .or_default()
-        .items
-        .insert("node8".into(), node);
+    put("node8", node);
     let port = fake.start();
     let dir = std::env::temp_dir().join(format!("podpath-k8s-cidr-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
