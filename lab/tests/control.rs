@@ -745,3 +745,66 @@ fn bad_requests_get_typed_errors_and_change_nothing() {
         "forwarding broke"
     );
 }
+
+/// podpathctl fits an operator's habits: `--json` (or `-o json`) on every command,
+/// errors included (a JSON error object with the server's kind, a non-zero exit);
+/// `-o wide` adds columns; shell completion for bash, zsh and fish.
+#[test]
+fn podpathctl_speaks_json_errors_wide_tables_and_completion() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (lab, _) = lab("h", 1);
+    let sock = lab.state.nodes[0].control_socket.clone();
+    let (ok, out, _) = ctl(&sock, &["--json", "port", "del", "no-such-port"]);
+    assert!(!ok, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("a JSON error object");
+    assert_eq!(v["error"]["kind"], "NotFound", "{out}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no-such-port"),
+        "{out}"
+    );
+    let (ok, out, _) = ctl(&sock, &["-o", "json", "service", "set", "x"]);
+    assert!(!ok);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("a JSON usage error");
+    assert_eq!(v["error"]["kind"], "usage", "{out}");
+    let (ok, out, _) = ctl(Path::new("/nonexistent/podpath.sock"), &["--json", "stats"]);
+    assert!(!ok);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["error"]["kind"], "client", "{out}");
+    // -o json is --json; -o wide adds speed and counters to the port table.
+    let (ok, out, _) = ctl(&sock, &["-o", "json", "port", "list"]);
+    assert!(
+        ok && serde_json::from_str::<Vec<serde_json::Value>>(&out).is_ok(),
+        "{out}"
+    );
+    let (ok, narrow, _) = ctl(&sock, &["port", "list"]);
+    let (ok2, wide, _) = ctl(&sock, &["-o", "wide", "port", "list"]);
+    assert!(ok && ok2);
+    assert!(!narrow.contains("rx-packets"), "{narrow}");
+    let head = wide.lines().next().unwrap_or("");
+    for col in ["speed", "rx-packets", "tx-packets", "tx-dropped", "device"] {
+        assert!(head.contains(col), "{col} missing: {head}");
+    }
+    assert_eq!(wide.lines().count(), narrow.lines().count(), "{wide}");
+    // Completion scripts name the subcommands; bash's parses.
+    for shell in ["bash", "zsh", "fish"] {
+        let (ok, out, err) = ctl(&sock, &["completion", shell]);
+        assert!(ok, "{shell}: {err}");
+        for word in ["conntrack", "service", "trace"] {
+            assert!(out.contains(word), "{shell} completion lacks {word}");
+        }
+        if shell == "bash" {
+            let f = std::env::temp_dir().join(format!("podpathctl-{}.bash", std::process::id()));
+            std::fs::write(&f, &out).unwrap();
+            let st = std::process::Command::new("bash")
+                .arg("-n")
+                .arg(&f)
+                .status()
+                .unwrap();
+            let _ = std::fs::remove_file(&f);
+            assert!(st.success(), "bash -n rejects the completion script");
+        }
+    }
+}

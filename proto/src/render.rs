@@ -2,6 +2,8 @@
 //! final counters at shutdown).
 use std::fmt::Write;
 
+use crate::PortStat;
+
 use crate::msg::{
     ConnInfo, MacInfo, NeighborInfo, PortInfo, PortSpec, RouteInfo, StaticMac, Stats, TraceLine,
 };
@@ -142,6 +144,47 @@ pub fn ports_table(ports: &[PortInfo], xstats: bool) -> String {
             p.mtu,
             p.bridge.map_or("-".into(), |b| b.to_string()),
             p.queues,
+            p.device,
+            p.netns
+                .as_ref()
+                .map_or(String::new(), |n| format!(" (netns {n})")),
+        );
+        if xstats {
+            for (k, v) in p.xstats.iter().filter(|(_, v)| *v != 0) {
+                let _ = writeln!(o, "      {k:<32} {v}");
+            }
+        }
+    }
+    o
+}
+
+/// `port list -o wide`: the table plus link speed and each port's counters.
+pub fn ports_wide_table(ports: &[PortInfo], stats: &[PortStat], xstats: bool) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "{:<4} {:<16} {:<12} {:<18} {:<5} {:>7} {:>6} {:>6} {:>6} {:>12} {:>12} {:>12} {:>10}  device",
+        "id", "name", "driver", "mac", "link", "speed", "mtu", "bridge", "queues", "rx-packets", "tx-packets", "tx-bytes", "tx-dropped"
+    );
+    for p in ports {
+        let s = stats.iter().find(|s| s.name == p.name);
+        let n = |f: fn(&PortStat) -> u64| s.map_or("-".to_string(), |s| f(s).to_string());
+        let _ = writeln!(
+            o,
+            "{:<4} {:<16} {:<12} {:<18} {:<5} {:>7} {:>6} {:>6} {:>6} {:>12} {:>12} {:>12} {:>10}  {}{}",
+            p.id,
+            p.name,
+            p.driver,
+            p.mac,
+            if p.link_up { "up" } else { "down" },
+            if p.speed_mbps == 0 { "-".to_string() } else { format!("{}M", p.speed_mbps) },
+            p.mtu,
+            p.bridge.map_or("-".into(), |b| b.to_string()),
+            p.queues,
+            n(|s| s.rx_packets),
+            n(|s| s.tx_packets),
+            n(|s| s.tx_bytes),
+            n(|s| s.tx_dropped),
             p.device,
             p.netns
                 .as_ref()

@@ -4,10 +4,16 @@ use std::path::PathBuf;
 
 use anyhow::{anyhow, Result};
 use clap::{Parser, Subcommand};
-use podpath_proto::{render, Client, PortSpec, Request, Response};
+use podpath_proto::{render, Client, ClientError, PortSpec, Request, Response};
 
 #[derive(Parser)]
-#[command(version, about = "Operate a podpath dataplane")]
+#[command(
+    version,
+    about = "Operate a podpath dataplane",
+    after_help = "Output is plain text in a stable order, for watch(1): watch -n1 podpathctl stats.\n\
+                  Docs: docs/operations.md (metrics, capture, trace), docs/protocol.md (the socket),\n\
+                  docs/configuration.md, docs/services.md, docs/nat.md, docs/deploy.md."
+)]
 struct Cli {
     /// The socket to talk to: by default the control service's, so changes are
     /// persisted and kept through reconciliation.
@@ -18,11 +24,21 @@ struct Cli {
     /// it reconciles.
     #[arg(long, global = true)]
     dataplane: bool,
-    /// Print JSON instead of tables.
+    /// Print JSON instead of tables (errors too: {"error": {"kind", "message"}}).
     #[arg(long, global = true)]
     json: bool,
+    /// Output format: table, wide (extra columns where tables are long) or json.
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Table)]
+    output: Output,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Output {
+    Table,
+    Wide,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -59,6 +75,8 @@ enum Cmd {
     Remote(RemoteCmd),
     /// The server's version (checks the socket works).
     Version,
+    /// A shell completion script: podpathctl completion bash > /etc/bash_completion.d/podpathctl
+    Completion { shell: clap_complete::Shell },
 }
 
 #[derive(Subcommand)]
@@ -269,9 +287,53 @@ fn netns_path(n: String) -> String {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let mut cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            use clap::error::ErrorKind as K;
+            let args: Vec<String> = std::env::args().collect();
+            let wants_json = args
+                .iter()
+                .any(|a| a == "--json" || a == "-ojson" || a == "--output=json")
+                || args
+                    .windows(2)
+                    .any(|w| (w[0] == "-o" || w[0] == "--output") && w[1] == "json");
+            if wants_json && !matches!(e.kind(), K::DisplayHelp | K::DisplayVersion) {
+                let msg = e.to_string();
+                println!(
+                    "{}",
+                    serde_json::json!({ "error": { "kind": "usage", "message": msg.trim() } })
+                );
+                std::process::exit(2);
+            }
+            e.exit()
+        }
+    };
+    cli.json |= cli.output == Output::Json;
+    if let Cmd::Completion { shell } = cli.cmd {
+        let mut cmd = <Cli as clap::CommandFactory>::command();
+        clap_complete::generate(shell, &mut cmd, "podpathctl", &mut std::io::stdout());
+        return;
+    }
+    let json = cli.json;
     if let Err(e) = run(cli) {
-        eprintln!("podpathctl: {e:#}");
+        if json {
+            // The server's error kind when it refused; "client" for everything
+            // podpathctl could not do itself (no socket, bad arguments).
+            let kind = e
+                .downcast_ref::<ClientError>()
+                .and_then(|c| match c {
+                    ClientError::Server(r) => Some(format!("{:?}", r.kind)),
+                    _ => None,
+                })
+                .unwrap_or_else(|| "client".into());
+            println!(
+                "{}",
+                serde_json::json!({ "error": { "kind": kind, "message": format!("{e:#}") } })
+            );
+        } else {
+            eprintln!("podpathctl: {e:#}");
+        }
         std::process::exit(1);
     }
 }
@@ -315,6 +377,7 @@ fn run(cli: Cli) -> Result<()> {
     };
     match cli.cmd {
         Cmd::Version => println!("{}", c.server),
+        Cmd::Completion { .. } => {}
         Cmd::Stats { all } => match c.call(Request::Stats)? {
             Response::Stats(s) => print(&s, render::stats_table(&s, all)),
             r => return Err(anyhow!("unexpected response {r:?}")),
@@ -347,6 +410,13 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Cmd::Port(PortCmd::List { xstats }) => match c.call(Request::PortList)? {
+            Response::Ports(p) if cli.output == Output::Wide && !json => {
+                let stats = match c.call(Request::Stats)? {
+                    Response::Stats(s) => s.ports,
+                    _ => Vec::new(),
+                };
+                print!("{}", render::ports_wide_table(&p, &stats, xstats));
+            }
             Response::Ports(p) => print(&p, render::ports_table(&p, xstats)),
             r => return Err(anyhow!("unexpected response {r:?}")),
         },
