@@ -12,3 +12,4 @@ pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod state;
+pub mod trace_svg;

@@ -405,3 +405,120 @@ fn large_datagrams_from_an_af_packet_pod_cross_every_path() {
         "counted ip4-truncated"
     );
 }
+
+/// The packet walk as a picture: both nodes trace a ping across the overlay; their
+/// saved traces render to one SVG (podpathctl trace svg) that rsvg-convert renders
+/// to PNG and an XML parser reads, naming every stage the traces name and joining
+/// node1's encapsulated echo to the one node2 decapsulated. `trace show --svg`
+/// draws one node's directly.
+#[test]
+fn traces_of_two_nodes_draw_the_walk_across_the_overlay() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut o = options("g");
+    o.external = false;
+    let lab = Lab::up(&o).expect("lab up");
+    let (n1, n2) = (lab.state.nodes[0].clone(), lab.state.nodes[1].clone());
+    let (a1, a2) = (n1.pods[0].clone(), n2.pods[0].clone());
+    assert!(ping(&a1.netns, &a2.ip), "overlay ping before tracing");
+    for n in [&n1, &n2] {
+        let (ok, _, err) = ctl(&n.control_socket, &["trace", "start", "4"]);
+        assert!(ok, "{err}");
+    }
+    let (ok, out) = run_in(&a1.netns, "ping", &["-c", "1", "-W", "2", &a2.ip]);
+    assert!(ok, "{out}");
+    let dir = std::env::temp_dir().join(format!("podpath-svg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut stages = std::collections::BTreeSet::new();
+    let mut files = Vec::new();
+    for n in [&n1, &n2] {
+        let (ok, out, err) = ctl(&n.control_socket, &["trace", "show", "--json"]);
+        assert!(ok, "{err}");
+        let lines: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+        assert!(!lines.is_empty(), "{} traced nothing", n.name);
+        stages.extend(
+            lines
+                .iter()
+                .map(|l| l["stage"].as_str().unwrap().to_string()),
+        );
+        let f = dir.join(format!("{}.json", n.name));
+        std::fs::write(&f, out).unwrap();
+        files.push(format!("{}={}", f.display(), n.name));
+    }
+    assert!(
+        stages.contains("vxlan-encap") && stages.contains("vxlan-decap"),
+        "{stages:?}"
+    );
+    let svg_path = dir.join("walk.svg");
+    let o = Command::new(podpathctl())
+        .args(["trace", "svg", "--out"])
+        .arg(&svg_path)
+        .args(&files)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let svg = std::fs::read_to_string(&svg_path).unwrap();
+    for s in &stages {
+        assert!(svg.contains(&format!(">{s}<")), "stage {s} not drawn");
+    }
+    for n in [&n1, &n2] {
+        assert!(
+            svg.contains(&format!(">{}<", n.name)),
+            "{} not named",
+            n.name
+        );
+    }
+    assert!(
+        svg.contains(r#"class="overlay""#),
+        "no packet joined across the overlay"
+    );
+    // Well-formed: an XML parser reads it, and librsvg renders it.
+    let parsed = Command::new("python3")
+        .args(["-c", "import sys, xml.etree.ElementTree as E; r = E.parse(sys.argv[1]).getroot(); print(r.tag)"])
+        .arg(&svg_path)
+        .output()
+        .unwrap();
+    assert!(
+        parsed.status.success() && String::from_utf8_lossy(&parsed.stdout).contains("svg"),
+        "{}",
+        String::from_utf8_lossy(&parsed.stderr)
+    );
+    let png = dir.join("walk.png");
+    let r = Command::new("rsvg-convert")
+        .arg("-o")
+        .arg(&png)
+        .arg(&svg_path)
+        .output()
+        .expect("rsvg-convert (librsvg2-bin; scripts/setup.sh installs it)");
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(
+        std::fs::metadata(&png).unwrap().len() > 2000,
+        "an empty picture"
+    );
+    // One node's trace straight from its control service.
+    let (ok, _, _) = ctl(&n1.control_socket, &["trace", "start", "2"]);
+    assert!(ok);
+    let _ = run_in(&a1.netns, "ping", &["-c", "1", "-W", "2", &a2.ip]);
+    let one = dir.join("node1.svg");
+    let (ok, out, err) = ctl(
+        &n1.control_socket,
+        &[
+            "trace",
+            "show",
+            "--svg",
+            one.to_str().unwrap(),
+            "--node",
+            "node1",
+        ],
+    );
+    assert!(ok && out.contains("trace records drawn"), "{out}{err}");
+    let svg1 = std::fs::read_to_string(&one).unwrap();
+    assert!(
+        svg1.contains(">vxlan-encap<") && svg1.contains(">node1<"),
+        "one node's walk"
+    );
+    if std::env::var_os("PODPATH_KEEP_SVG").is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    } else {
+        eprintln!("kept {}", dir.display());
+    }
+}

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{anyhow, Result};
 use clap::{Parser, Subcommand};
+use podpath_control::trace_svg::{self, NodeTrace};
 use podpath_proto::{render, Client, ClientError, PortSpec, Request, Response};
 
 #[derive(Parser)]
@@ -275,7 +276,23 @@ enum TraceCmd {
         count: u32,
     },
     /// Print (and clear) the records gathered so far.
-    Show,
+    Show {
+        /// Draw the packets' walk into this SVG file instead (docs/operations.md).
+        #[arg(long)]
+        svg: Option<PathBuf>,
+        /// The node's name in the picture (default: the socket's file name).
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Draw saved traces (`trace show --json > node1.json` on each node) as one
+    /// picture, joining packets across the overlay: trace svg --out walk.svg
+    /// node1.json node2.json (FILE=NAME names a node).
+    Svg {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(required = true)]
+        traces: Vec<String>,
+    },
 }
 
 fn netns_path(n: String) -> String {
@@ -316,7 +333,11 @@ fn main() {
         return;
     }
     let json = cli.json;
-    if let Err(e) = run(cli) {
+    let done = match &cli.cmd {
+        Cmd::Trace(TraceCmd::Svg { out, traces }) => Some(draw_saved(out, traces)),
+        _ => None,
+    };
+    if let Err(e) = done.unwrap_or_else(|| run(cli)) {
         if json {
             // The server's error kind when it refused; "client" for everything
             // podpathctl could not do itself (no socket, bad arguments).
@@ -336,6 +357,34 @@ fn main() {
         }
         std::process::exit(1);
     }
+}
+
+fn write_svg(file: &std::path::Path, traces: &[NodeTrace]) -> Result<()> {
+    std::fs::write(file, trace_svg::render(traces))
+        .map_err(|e| anyhow!("writing {}: {e}", file.display()))
+}
+
+/// `trace svg`: saved `trace show --json` files (FILE or FILE=NODE) into one picture.
+fn draw_saved(out: &std::path::Path, traces: &[String]) -> Result<()> {
+    let mut nodes = Vec::new();
+    for t in traces {
+        let (file, node) = match t.split_once('=') {
+            Some((f, n)) => (f.to_string(), n.to_string()),
+            None => {
+                let stem = std::path::Path::new(t)
+                    .file_stem()
+                    .map_or(t.clone(), |s| s.to_string_lossy().into_owned());
+                (t.clone(), stem)
+            }
+        };
+        let text = std::fs::read_to_string(&file).map_err(|e| anyhow!("{file}: {e}"))?;
+        let lines: Vec<podpath_proto::TraceLine> = serde_json::from_str(&text)
+            .map_err(|e| anyhow!("{file}: not `podpathctl trace show --json` output: {e}"))?;
+        nodes.push(NodeTrace { node, lines });
+    }
+    write_svg(out, &nodes)?;
+    println!("{} drawn", out.display());
+    Ok(())
 }
 
 const CONTROL_SOCKET: &str = "/run/podpath/control.sock";
@@ -615,10 +664,31 @@ fn run(cli: Cli) -> Result<()> {
                 println!("tracing the next {count} packets of each worker; `podpathctl trace show` prints them");
             }
         }
-        Cmd::Trace(TraceCmd::Show) => match c.call(Request::TraceDump)? {
+        Cmd::Trace(TraceCmd::Show { svg: None, .. }) => match c.call(Request::TraceDump)? {
             Response::Trace(t) => print(&t, render::trace_table(&t)),
             r => return Err(anyhow!("unexpected response {r:?}")),
         },
+        Cmd::Trace(TraceCmd::Show {
+            svg: Some(file),
+            node,
+        }) => match c.call(Request::TraceDump)? {
+            Response::Trace(lines) => {
+                let node = node.unwrap_or_else(|| {
+                    socket
+                        .file_stem()
+                        .map_or("node".into(), |s| s.to_string_lossy().into_owned())
+                });
+                let n = lines.len();
+                write_svg(&file, &[NodeTrace { node, lines }])?;
+                if json {
+                    println!("{}", serde_json::json!({ "svg": file, "records": n }));
+                } else {
+                    println!("{n} trace records drawn in {}", file.display());
+                }
+            }
+            r => return Err(anyhow!("unexpected response {r:?}")),
+        },
+        Cmd::Trace(TraceCmd::Svg { .. }) => {}
     }
     Ok(())
 }
