@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use podpath_proto::{
     validate, Client, ClientError, ConntrackSettings, DesiredState, ErrorKind, ErrorReply,
-    PortInfo, PortSpec, Request, Response, StaticMac, PROTOCOL_VERSION,
+    EventInfo, PortInfo, PortSpec, Request, Response, StaticMac, EVENTS_KEPT, PROTOCOL_VERSION,
 };
 
 use crate::health::{self, HealthServers};
@@ -54,6 +54,59 @@ fn ifindex(iface: &str) -> Option<u64> {
         .ok()
 }
 
+/// The events a successful request makes (a batch: one per change in it).
+fn change_events(req: &Request) -> Vec<(&'static str, String)> {
+    match req {
+        Request::PortAttach(p) => vec![(
+            "port-attached",
+            format!(
+                "{} ({}{})",
+                p.name,
+                p.device,
+                p.netns
+                    .as_ref()
+                    .map_or(String::new(), |n| format!(", netns {n}"))
+            ),
+        )],
+        Request::PortDetach { name } => vec![("port-detached", name.clone())],
+        Request::MacAdd { bridge, mac, port } => {
+            vec![("mac-added", format!("{mac} on {port} (bridge {bridge})"))]
+        }
+        Request::MacDel { bridge, mac } => {
+            vec![("mac-deleted", format!("{mac} (bridge {bridge})"))]
+        }
+        Request::NodeSet(n) => vec![("node-set", format!("{} pods {}", n.node_ip, n.pod_cidr))],
+        Request::RemoteAdd(r) => vec![(
+            "remote-added",
+            format!("{} at {} pods {}", r.name, r.node_ip, r.pod_cidr),
+        )],
+        Request::RemoteDel { name } => vec![("remote-withdrawn", name.clone())],
+        Request::ServiceSet(v) => vec![(
+            "service-set",
+            format!(
+                "{} {}:{}/{}: {} endpoint(s)",
+                v.name,
+                v.vip,
+                v.port,
+                v.protocol,
+                v.endpoints.len()
+            ),
+        )],
+        Request::ServiceDel { name } => vec![("service-deleted", name.clone())],
+        Request::ConntrackSet(_) => {
+            vec![("conntrack-settings", "timeouts or capacity changed".into())]
+        }
+        Request::Batch(v) => v.iter().flat_map(change_events).collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 pub struct Engine {
     state: State,
     state_file: PathBuf,
@@ -72,6 +125,11 @@ pub struct Engine {
     /// socket reads a device that is gone.
     links: std::collections::BTreeMap<String, Option<u64>>,
     next_link_check: Instant,
+    /// What changed, for `podpathctl events` (the last [`EVENTS_KEPT`]).
+    events: std::collections::VecDeque<EventInfo>,
+    next_event: u64,
+    /// Per worker: the table-full counters last seen (a rise is an event).
+    limits: std::collections::BTreeMap<(u16, &'static str), u64>,
 }
 
 impl Engine {
@@ -88,9 +146,68 @@ impl Engine {
             health: HealthServers::default(),
             links: std::collections::BTreeMap::new(),
             next_link_check: Instant::now(),
+            events: std::collections::VecDeque::new(),
+            next_event: 1,
+            limits: std::collections::BTreeMap::new(),
         };
         e.refresh_health();
         e
+    }
+
+    /// Records an event (the oldest goes past [`EVENTS_KEPT`]).
+    fn event(&mut self, kind: &str, detail: impl Into<String>) {
+        if self.events.len() == EVENTS_KEPT {
+            self.events.pop_front();
+        }
+        self.events.push_back(EventInfo {
+            seq: self.next_event,
+            unix_ms: unix_ms(),
+            kind: kind.into(),
+            detail: detail.into(),
+        });
+        self.next_event += 1;
+    }
+
+    /// The events numbered above `after`.
+    pub fn events_after(&self, after: u64) -> Vec<EventInfo> {
+        self.events
+            .iter()
+            .filter(|e| e.seq > after)
+            .cloned()
+            .collect()
+    }
+
+    /// Tables reaching their limits: a rise of a worker's table-full counters since
+    /// the last look is an event (a restarted dataplane starts them again at zero).
+    fn check_limits(&mut self) {
+        let Ok(Response::Stats(st)) = self.call(Request::Stats) else {
+            return;
+        };
+        for w in &st.workers {
+            for (what, now, text) in [
+                (
+                    "conntrack",
+                    w.ct_refused_full,
+                    "new connections refused: the connection table is full",
+                ),
+                // Linux's early drop: a full table evicts an unassured entry first.
+                (
+                    "conntrack-early",
+                    w.ct_early_dropped,
+                    "unassured connections evicted early: the connection table is full",
+                ),
+                (
+                    "mac",
+                    w.mac_table_full,
+                    "MACs not learned: the MAC table is full",
+                ),
+            ] {
+                let before = self.limits.insert((w.id, what), now);
+                if let Some(b) = before.filter(|&b| now > b) {
+                    self.event("table-full", format!("worker {}: {} {text}", w.id, now - b));
+                }
+            }
+        }
     }
 
     /// Serves the health ports the desired Services ask for (their answers follow
@@ -132,6 +249,7 @@ impl Engine {
             Err(ClientError::Server(e)) => Err(e),
             Err(e) => {
                 log(format!("lost the dataplane: {e}"));
+                self.event("dataplane-lost", e.to_string());
                 self.dp = None;
                 self.in_sync = false;
                 Err(err(
@@ -149,8 +267,10 @@ impl Engine {
             match Client::connect(&self.dp_socket, "podpath-control") {
                 Ok(c) => {
                     log(format!("connected to {}", c.server));
+                    self.event("dataplane-connected", c.server.clone());
                     self.dp = Some(c);
                     self.in_sync = false;
+                    self.limits.clear();
                 }
                 Err(_) => return,
             }
@@ -161,6 +281,12 @@ impl Engine {
             match self.reconcile() {
                 Ok(changes) => {
                     self.in_sync = true;
+                    self.event(
+                        "reconciled",
+                        format!(
+                            "{changes} port change(s); the dataplane matches the desired state"
+                        ),
+                    );
                     if changes > 0 {
                         log(format!("reconciled the dataplane ({changes} change(s))"));
                     }
@@ -174,6 +300,7 @@ impl Engine {
         if self.in_sync && Instant::now() >= self.next_link_check {
             self.next_link_check = Instant::now() + Duration::from_secs(1);
             self.reopen_recreated_links();
+            self.check_limits();
         }
     }
 
@@ -194,12 +321,14 @@ impl Engine {
             if !recreated {
                 continue;
             }
-            log(format!(
+            let what = format!(
                 "port {}: interface {iface} was re-created (ifindex {:?} -> {}): re-attaching",
                 spec.name,
                 before.flatten(),
                 now.unwrap_or(0)
-            ));
+            );
+            log(&what);
+            self.event("port-reattached", what);
             let _ = self.call(Request::PortDetach {
                 name: spec.name.clone(),
             });
@@ -430,7 +559,25 @@ impl Engine {
 
     /// Executes one request from a client.
     pub fn handle(&mut self, req: Request) -> Response {
+        let changes = change_events(&req);
+        let r = self.execute(req);
+        if !matches!(r, Response::Error(_)) {
+            for (kind, detail) in changes {
+                self.event(kind, detail);
+            }
+            if let Response::Applied { generation } = r {
+                self.event(
+                    "generation-applied",
+                    format!("snapshot generation {generation} in force on every worker"),
+                );
+            }
+        }
+        r
+    }
+
+    fn execute(&mut self, req: Request) -> Response {
         let r = match req {
+            Request::Events { after } => Ok(Response::Events(self.events_after(after))),
             Request::Hello { version, .. } if version != PROTOCOL_VERSION => Err(err(
                 ErrorKind::Version,
                 format!("protocol version {version} is not supported (this service speaks {PROTOCOL_VERSION})"),
@@ -661,7 +808,7 @@ mod tests {
         fn requests(&self) -> Vec<Request> {
             std::mem::take(&mut *self.seen.lock().unwrap())
                 .into_iter()
-                .filter(|r| !matches!(r, Request::Hello { .. } | Request::Ping))
+                .filter(|r| !matches!(r, Request::Hello { .. } | Request::Ping | Request::Stats))
                 .collect()
         }
 

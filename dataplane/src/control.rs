@@ -1353,6 +1353,10 @@ impl Control {
                 Ok(Response::Done)
             }
             Request::TraceDump => Ok(Response::Trace(self.trace_dump())),
+            Request::Events { .. } => Err(ErrorReply {
+                kind: ErrorKind::BadRequest,
+                message: "events are the control service's: ask podpath-control's socket".into(),
+            }),
             Request::MacDel { bridge, mac } => self.mac_del(bridge, &mac).map(|()| Response::Done),
             Request::Ping => Ok(Response::Done),
             Request::NodeSet(n) => self.node_set(n).map(applied),

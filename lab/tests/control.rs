@@ -808,3 +808,171 @@ fn podpathctl_speaks_json_errors_wide_tables_and_completion() {
         }
     }
 }
+
+/// `podpathctl events` streams what changes on a node, in order: Services and the
+/// generation they brought into force, remote nodes added and withdrawn, ports
+/// detached and attached, the connection table reaching its limit, and the
+/// dataplane dying, coming back and being reconciled. The dataplane's own socket
+/// refuses the request (events are the control service's).
+#[test]
+fn events_stream_what_changes_on_the_node() {
+    use std::io::BufRead;
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut opts = LabOptions::new(&format!("ev{}", std::process::id() % 1_000_000));
+    opts.nodes = 1;
+    opts.pods_per_node = 2;
+    opts.external = false;
+    opts.state_dir = std::env::temp_dir().join("podpath-lab-tests");
+    // The smallest table (16 connections per worker): forty flows fill it.
+    opts.dataplane_extra = "[conntrack]\ncapacity = 16\n".into();
+    let mut lab = Lab::up(&opts).expect("lab up");
+    let n = lab.state.nodes[0].clone();
+    let (a, b) = (n.pods[0].clone(), n.pods[1].clone());
+    let sock = n.control_socket.clone();
+    let mut child = std::process::Command::new(podpathctl())
+        .arg("--socket")
+        .arg(&sock)
+        .args(["--json", "events", "--timeout", "60"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let seen = std::sync::Arc::new(Mutex::new(Vec::<serde_json::Value>::new()));
+    let reader = {
+        let seen = std::sync::Arc::clone(&seen);
+        let out = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str(&line) {
+                    seen.lock().unwrap().push(v);
+                }
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(700));
+    let ok = |args: &[&str]| {
+        let (ok, out, err) = ctl(&sock, args);
+        assert!(ok, "{args:?}: {out}{err}");
+    };
+    let udp_ep = format!("{}:5353", b.ip);
+    ok(&[
+        "service",
+        "set",
+        "default/dns",
+        "--vip",
+        "10.96.0.40",
+        "--port",
+        "53",
+        "--protocol",
+        "udp",
+        "--endpoint",
+        &udp_ep,
+    ]);
+    ok(&[
+        "remote",
+        "add",
+        "node9",
+        "--node-ip",
+        "192.168.77.19",
+        "--vtep-mac",
+        "0a:58:0a:f4:09:01",
+        "--pod-cidr",
+        "10.244.9.0/24",
+    ]);
+    ok(&["remote", "del", "node9"]);
+    let port = ports(&n.socket)
+        .into_iter()
+        .find(|p| p.name == b.port)
+        .unwrap();
+    ok(&["port", "del", &b.port]);
+    let mut add = vec![
+        "port",
+        "add",
+        &b.port,
+        "--device",
+        &port.device,
+        "--bridge",
+        "1",
+    ];
+    if let Some(ns) = port.netns.as_deref() {
+        add.extend(["--netns", ns]);
+    }
+    ok(&add);
+    // Forty UDP flows to the Service (nobody answers): the table of 16 is full.
+    for _ in 0..40 {
+        let _ = run_in(
+            &a.netns,
+            &bin(),
+            &["udp-send", "--to", "10.96.0.40:53", "--hex", "00"],
+        );
+    }
+    let kinds = |seen: &[serde_json::Value]| -> Vec<String> {
+        seen.iter()
+            .filter_map(|e| e["kind"].as_str().map(String::from))
+            .collect()
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || kinds(&seen.lock().unwrap())
+            .contains(&"table-full".to_string())),
+        "no table-full event: {:?}",
+        seen.lock().unwrap()
+    );
+    lab.stop_dataplane(0, "KILL");
+    lab.start_dataplane(0, &opts).expect("restart dataplane");
+    lab.wait_in_sync(0, Duration::from_secs(30))
+        .expect("back in sync");
+    assert!(wait_until(Duration::from_secs(5), || kinds(
+        &seen.lock().unwrap()
+    )
+    .contains(&"reconciled".to_string())));
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = reader.join();
+    let seen = seen.lock().unwrap().clone();
+    let k = kinds(&seen);
+    let at = |kind: &str| {
+        k.iter()
+            .position(|x| x == kind)
+            .unwrap_or_else(|| panic!("no {kind} event: {k:?}"))
+    };
+    let last = |kind: &str| k.iter().rposition(|x| x == kind).unwrap();
+    assert!(at("service-set") < at("generation-applied"), "{k:?}");
+    assert!(
+        at("service-set") < at("remote-added") && at("remote-added") < at("remote-withdrawn"),
+        "{k:?}"
+    );
+    assert!(
+        at("remote-withdrawn") < at("port-detached") && at("port-detached") < last("port-attached"),
+        "{k:?}"
+    );
+    assert!(last("port-attached") < at("table-full"), "{k:?}");
+    assert!(at("table-full") < at("dataplane-lost"), "{k:?}");
+    assert!(
+        at("dataplane-lost") < last("dataplane-connected")
+            && last("dataplane-connected") < last("reconciled"),
+        "{k:?}"
+    );
+    let svc = &seen[at("service-set")];
+    assert!(
+        svc["detail"].as_str().unwrap().contains("default/dns"),
+        "{svc}"
+    );
+    let full = &seen[at("table-full")];
+    assert!(
+        full["detail"]
+            .as_str()
+            .unwrap()
+            .contains("connection table is full"),
+        "{full}"
+    );
+    // Numbered without gaps, increasing.
+    let seqs: Vec<u64> = seen.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
+    // --all starts with the first event the service kept.
+    let (ok, out, _) = ctl(&sock, &["--json", "events", "--all", "--count", "1"]);
+    assert!(ok);
+    let first: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(first["seq"], 1, "{out}");
+    // The dataplane's socket: not its business.
+    let r = call(&n.socket, Request::Events { after: 0 });
+    assert_eq!(kind(r), ErrorKind::BadRequest);
+}

@@ -81,6 +81,11 @@ pub enum Request {
     /// state). For resyncs: n changes cost one rebuild, not n. All or nothing: a bad
     /// entry refuses the whole batch and changes nothing.
     Batch(Vec<Request>),
+    /// The control service's events numbered above `after` (0: all it keeps), oldest
+    /// first; answered at once (podpathctl events polls).
+    Events {
+        after: u64,
+    },
 }
 
 fn default_weight() -> u32 {
@@ -451,7 +456,27 @@ pub enum Response {
     Services(Vec<ServiceSpec>),
     ConntrackSettings(ConntrackSettings),
     Error(ErrorReply),
+    Events(Vec<EventInfo>),
 }
+
+/// Something that changed on a node, as the control service saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventInfo {
+    /// 1, 2, ...: a gap before the first one a client gets means it missed some
+    /// (the service keeps the last [`EVENTS_KEPT`]).
+    pub seq: u64,
+    /// Milliseconds since the Unix epoch.
+    pub unix_ms: u64,
+    /// What happened: port-attached, port-detached, port-reattached,
+    /// remote-added, remote-withdrawn, service-set, service-deleted, node-set,
+    /// mac-added, mac-deleted, conntrack-settings, generation-applied,
+    /// dataplane-connected, dataplane-lost, reconciled, table-full.
+    pub kind: String,
+    pub detail: String,
+}
+
+/// How many events the control service keeps.
+pub const EVENTS_KEPT: usize = 4096;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ErrorKind {
@@ -655,6 +680,7 @@ pub fn sample_requests() -> Vec<Request> {
             name: "default/web".into(),
         },
         Request::ServiceList,
+        Request::Events { after: 7 },
     ]
 }
 
@@ -771,6 +797,12 @@ pub fn sample_responses() -> Vec<Response> {
             kind: ErrorKind::NotFound,
             message: "no port x".into(),
         }),
+        Response::Events(vec![EventInfo {
+            seq: 8,
+            unix_ms: 1_764_600_000_000,
+            kind: "port-attached".into(),
+            detail: "pod-a (net_tap0,iface=eth0)".into(),
+        }]),
     ]
 }
 

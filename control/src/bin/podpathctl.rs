@@ -76,6 +76,20 @@ enum Cmd {
     Remote(RemoteCmd),
     /// The server's version (checks the socket works).
     Version,
+    /// Stream what changes on the node (ports, remote nodes, Services, generations,
+    /// tables at their limits, the dataplane restarting), one line per event;
+    /// --json: one JSON object per line.
+    Events {
+        /// Start with the events the service keeps (default: only new ones).
+        #[arg(long)]
+        all: bool,
+        /// Stop after this many events.
+        #[arg(long)]
+        count: Option<usize>,
+        /// Stop after this many seconds.
+        #[arg(long, value_name = "SECONDS")]
+        timeout: Option<f64>,
+    },
     /// A shell completion script: podpathctl completion bash > /etc/bash_completion.d/podpathctl
     Completion { shell: clap_complete::Shell },
 }
@@ -357,6 +371,108 @@ fn main() {
         }
         std::process::exit(1);
     }
+}
+
+/// `events`: polls the control service every 200 ms for events after the last one
+/// seen, and prints each as it comes (flushed, for pipes).
+fn stream_events(
+    c: &mut Client,
+    all: bool,
+    count: Option<usize>,
+    timeout: Option<f64>,
+    json: bool,
+) -> Result<()> {
+    use std::io::Write;
+    let end = timeout.map(|t| std::time::Instant::now() + std::time::Duration::from_secs_f64(t));
+    let mut after = 0;
+    if !all {
+        // Only what comes from now on: the newest event's number.
+        if let Response::Events(e) = c.call(Request::Events { after: 0 })? {
+            after = e.last().map_or(0, |e| e.seq);
+        }
+    }
+    let mut shown = 0;
+    let mut out = std::io::stdout().lock();
+    // The reader went away (`podpathctl events | head -3`): done, not an error.
+    let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::BrokenPipe;
+    loop {
+        let events = match c.call(Request::Events { after })? {
+            Response::Events(e) => e,
+            r => return Err(anyhow!("unexpected response {r:?}")),
+        };
+        if let Some(first) = events.first() {
+            if first.seq > after + 1 && after > 0 {
+                let missed = first.seq - after - 1;
+                if json {
+                    if let Err(e) = writeln!(out, "{}", serde_json::json!({ "missed": missed })) {
+                        return if gone(&e) { Ok(()) } else { Err(e.into()) };
+                    }
+                } else {
+                    if let Err(e) = writeln!(
+                        out,
+                        "({missed} events missed: the service keeps the last {})",
+                        podpath_proto::EVENTS_KEPT
+                    ) {
+                        return if gone(&e) { Ok(()) } else { Err(e.into()) };
+                    }
+                }
+            }
+        }
+        for e in events {
+            after = e.seq;
+            if json {
+                if let Err(e) = writeln!(out, "{}", serde_json::to_string(&e)?) {
+                    return if gone(&e) { Ok(()) } else { Err(e.into()) };
+                }
+            } else {
+                if let Err(e) = writeln!(
+                    out,
+                    "{}  #{:<6} {:<20} {}",
+                    utc(e.unix_ms),
+                    e.seq,
+                    e.kind,
+                    e.detail
+                ) {
+                    return if gone(&e) { Ok(()) } else { Err(e.into()) };
+                }
+            }
+            shown += 1;
+            if count.is_some_and(|n| shown >= n) {
+                return Ok(());
+            }
+        }
+        if let Err(e) = out.flush() {
+            return if gone(&e) { Ok(()) } else { Err(e.into()) };
+        }
+        if end.is_some_and(|t| std::time::Instant::now() >= t) {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// Milliseconds since the epoch as RFC 3339 UTC (days to a civil date: Howard
+/// Hinnant's algorithm).
+fn utc(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms % 1000
+    )
 }
 
 fn write_svg(file: &std::path::Path, traces: &[NodeTrace]) -> Result<()> {
@@ -689,8 +805,23 @@ fn run(cli: Cli) -> Result<()> {
             r => return Err(anyhow!("unexpected response {r:?}")),
         },
         Cmd::Trace(TraceCmd::Svg { .. }) => {}
+        Cmd::Events {
+            all,
+            count,
+            timeout,
+        } => stream_events(&mut c, all, count, timeout, json)?,
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn utc_formats_the_epoch_and_a_leap_day() {
+        assert_eq!(super::utc(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(super::utc(951_782_400_123), "2000-02-29T00:00:00.123Z");
+        assert_eq!(super::utc(1_796_083_200_000), "2026-12-01T00:00:00.000Z");
+    }
 }
 
 mod erased {
