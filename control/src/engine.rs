@@ -682,7 +682,10 @@ impl Engine {
             | Request::MacList
             | Request::Stats
             | Request::TraceStart { .. }
-            | Request::TraceDump) => self.call(q),
+            | Request::TraceDump
+            | Request::CaptureStart(_)
+            | Request::CaptureRead
+            | Request::CaptureStop) => self.call(q),
         };
         r.unwrap_or_else(Response::Error)
     }

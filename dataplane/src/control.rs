@@ -83,7 +83,26 @@ pub struct Control {
     /// Port counters at attach time, by port id: DPDK reuses ids after a detach, and
     /// a port's counters start from its attach.
     port_base: HashMap<u16, [u64; 5]>,
+    /// A running packet capture's readers.
+    capture: Option<Capturing>,
 }
+
+/// A packet capture seen from the control thread: each worker's ring and counts,
+/// and the clock to turn TSC stamps into wall time.
+struct Capturing {
+    rings: Vec<HeapCons<crate::pipeline::capture::CaptureRecord>>,
+    taken: Vec<Arc<std::sync::atomic::AtomicU64>>,
+    lost: Vec<Arc<std::sync::atomic::AtomicU64>>,
+    count: u32,
+    unix_ns0: u64,
+    tsc0: u64,
+    last_read: Instant,
+}
+
+/// Records each worker's capture ring holds: the reader drains it every 50 ms.
+const CAPTURE_RING: usize = 512;
+/// A capture nobody reads for this long is stopped (podpathctl was killed).
+pub const CAPTURE_IDLE: Duration = Duration::from_secs(10);
 
 /// At most one "connection table full" log line this often.
 const REFUSED_LOG_EVERY: Duration = Duration::from_secs(10);
@@ -256,6 +275,156 @@ impl Control {
             next_uid: 1,
             refused_logged: 0,
             refused_logged_at: None,
+            capture: None,
+        }
+    }
+
+    /// Starts a packet capture on every worker (replacing one that runs).
+    pub fn capture_start(&mut self, spec: &podpath_proto::CaptureSpec) -> Result<(), ErrorReply> {
+        use crate::pipeline::capture::{Capture, Point};
+        let bad = |m: String| err(ErrorKind::BadRequest, m);
+        let filter = podpath_proto::CaptureFilter::parse(&spec.filter).map_err(bad)?;
+        let port = match spec.port.as_deref() {
+            None => None,
+            Some(name) => Some(
+                self.ports
+                    .iter()
+                    .find(|a| a.spec.name == name)
+                    .map(|a| a.port.id())
+                    .ok_or_else(|| err(ErrorKind::NotFound, format!("no port {name:?}")))?,
+            ),
+        };
+        let stage = match spec.stage.as_deref() {
+            None => None,
+            Some(name) => Some(
+                StageId::ALL
+                    .iter()
+                    .copied()
+                    .find(|s| s.name() == name)
+                    .ok_or_else(|| {
+                        let names: Vec<&str> = StageId::ALL.iter().map(|s| s.name()).collect();
+                        bad(format!("no stage {name:?} (stages: {})", names.join(", ")))
+                    })?,
+            ),
+        };
+        let point = match (spec.point.as_str(), port, stage) {
+            ("rx", Some(p), None) => Point::Rx(p),
+            ("tx", Some(p), None) => Point::Tx(p),
+            ("before", p, Some(s)) => Point::Before(s, p),
+            ("after", p, Some(s)) => Point::After(s, p),
+            ("rx" | "tx", None, _) => return Err(bad("rx and tx captures need a port".into())),
+            ("before" | "after", _, None) => {
+                return Err(bad("before and after need a stage".into()))
+            }
+            (p, _, _) => return Err(bad(format!("capture point {p:?}: rx, tx, before or after"))),
+        };
+        if spec.count == 0 {
+            return Err(bad("capture count must be at least 1".into()));
+        }
+        self.capture_stop();
+        let mut c = Capturing {
+            rings: Vec::new(),
+            taken: Vec::new(),
+            lost: Vec::new(),
+            count: spec.count,
+            unix_ns0: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(0)),
+            tsc0: dpdk::rdtsc(),
+            last_read: Instant::now(),
+        };
+        for w in &self.workers {
+            use ringbuf::traits::Split;
+            let (prod, cons) = ringbuf::HeapRb::new(CAPTURE_RING).split();
+            let taken = Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let lost = Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let cap = Capture::new(
+                point,
+                filter,
+                spec.snaplen,
+                spec.count,
+                prod,
+                Arc::clone(&taken),
+                Arc::clone(&lost),
+            );
+            if !Self::tell(w, WorkerMsg::Capture(Some(cap))) {
+                return Err(err(
+                    ErrorKind::Unavailable,
+                    format!("worker {} did not take the capture", w.id),
+                ));
+            }
+            c.rings.push(cons);
+            c.taken.push(taken);
+            c.lost.push(lost);
+        }
+        self.capture = Some(c);
+        Ok(())
+    }
+
+    /// What the workers took since the last read; done once each took its count.
+    pub fn capture_read(&mut self) -> Response {
+        let hz = self.tsc_hz.max(1);
+        let mut packets = Vec::new();
+        let Some(c) = self.capture.as_mut() else {
+            return Response::Captured {
+                packets,
+                done: true,
+                lost: 0,
+            };
+        };
+        c.last_read = Instant::now();
+        let mut names = HashMap::new();
+        for (w, ring) in c.rings.iter_mut().enumerate() {
+            while let Some(r) = ring.try_pop() {
+                let dt = u128::from(r.tsc.wrapping_sub(c.tsc0)) * 1_000_000_000 / u128::from(hz);
+                let port = names
+                    .entry(r.port)
+                    .or_insert_with(|| {
+                        self.snap
+                            .ports
+                            .port(r.port)
+                            .map_or_else(|| format!("port{}", r.port), |p| p.name.clone())
+                    })
+                    .clone();
+                packets.push(podpath_proto::CapturedPacket {
+                    unix_ns: c.unix_ns0 + u64::try_from(dt).unwrap_or(0),
+                    worker: u16::try_from(w).unwrap_or(0),
+                    port,
+                    orig_len: r.orig_len,
+                    data: r.data[..usize::from(r.len)].to_vec(),
+                });
+            }
+        }
+        packets.sort_by_key(|p| p.unix_ns);
+        let done = c
+            .taken
+            .iter()
+            .all(|t| t.load(Ordering::Relaxed) >= u64::from(c.count));
+        let lost = c.lost.iter().map(|l| l.load(Ordering::Relaxed)).sum();
+        Response::Captured {
+            packets,
+            done,
+            lost,
+        }
+    }
+
+    /// Stops the capture on every worker.
+    pub fn capture_stop(&mut self) {
+        if self.capture.take().is_some() {
+            for w in &self.workers {
+                let _ = Self::tell(w, WorkerMsg::Capture(None));
+            }
+        }
+    }
+
+    /// Stops a capture nobody has read for [`CAPTURE_IDLE`] (called periodically).
+    pub fn capture_housekeeping(&mut self) {
+        if self
+            .capture
+            .as_ref()
+            .is_some_and(|c| c.last_read.elapsed() > CAPTURE_IDLE)
+        {
+            self.capture_stop();
         }
     }
 
@@ -1353,6 +1522,12 @@ impl Control {
                 Ok(Response::Done)
             }
             Request::TraceDump => Ok(Response::Trace(self.trace_dump())),
+            Request::CaptureStart(spec) => self.capture_start(&spec).map(|()| Response::Done),
+            Request::CaptureRead => Ok(self.capture_read()),
+            Request::CaptureStop => {
+                self.capture_stop();
+                Ok(Response::Done)
+            }
             Request::Events { .. } => Err(ErrorReply {
                 kind: ErrorKind::BadRequest,
                 message: "events are the control service's: ask podpath-control's socket".into(),

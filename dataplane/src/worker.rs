@@ -86,6 +86,8 @@ pub enum WorkerMsg {
     FlushConntrack,
     /// Trace the next N received packets.
     Trace(u32),
+    /// Start (Some) or stop (None) a packet capture.
+    Capture(Option<crate::pipeline::capture::Capture>),
     /// Send a copy of the MAC table.
     DumpMacs(Sender<Vec<MacRow>>),
     /// Add a static MAC entry.
@@ -184,6 +186,7 @@ impl<P: PortIo> Worker<P> {
             }
             WorkerMsg::FlushConntrack => self.pipeline.conntrack.flush(),
             WorkerMsg::Trace(n) => self.pipeline.tracer.arm(n),
+            WorkerMsg::Capture(c) => self.pipeline.capture = c,
             WorkerMsg::DumpMacs(reply) => {
                 let now = rdtsc();
                 let rows = self

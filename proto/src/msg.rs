@@ -86,6 +86,11 @@ pub enum Request {
     Events {
         after: u64,
     },
+    /// Packet capture (the dataplane's): start one (replacing any running), read
+    /// what the workers took, stop.
+    CaptureStart(crate::CaptureSpec),
+    CaptureRead,
+    CaptureStop,
 }
 
 fn default_weight() -> u32 {
@@ -457,6 +462,13 @@ pub enum Response {
     ConntrackSettings(ConntrackSettings),
     Error(ErrorReply),
     Events(Vec<EventInfo>),
+    /// Captured packets since the last read; `done` once every worker has taken its
+    /// count (or the capture was stopped); `lost`: taken but not kept (a full ring).
+    Captured {
+        packets: Vec<crate::CapturedPacket>,
+        done: bool,
+        lost: u64,
+    },
 }
 
 /// Something that changed on a node, as the control service saw it.
@@ -681,6 +693,16 @@ pub fn sample_requests() -> Vec<Request> {
         },
         Request::ServiceList,
         Request::Events { after: 7 },
+        Request::CaptureStart(crate::CaptureSpec {
+            point: "rx".into(),
+            port: Some("pod-a".into()),
+            stage: None,
+            count: 10,
+            snaplen: 256,
+            filter: "icmp".into(),
+        }),
+        Request::CaptureRead,
+        Request::CaptureStop,
     ]
 }
 
@@ -803,6 +825,17 @@ pub fn sample_responses() -> Vec<Response> {
             kind: "port-attached".into(),
             detail: "pod-a (net_tap0,iface=eth0)".into(),
         }]),
+        Response::Captured {
+            packets: vec![crate::CapturedPacket {
+                unix_ns: 1,
+                worker: 0,
+                port: "pod-a".into(),
+                orig_len: 98,
+                data: vec![0; 14],
+            }],
+            done: false,
+            lost: 0,
+        },
     ]
 }
 

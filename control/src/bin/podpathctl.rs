@@ -76,6 +76,38 @@ enum Cmd {
     Remote(RemoteCmd),
     /// The server's version (checks the socket works).
     Version,
+    /// Capture packets into a pcap file (tcpdump -r, tshark, Wireshark read it), taken
+    /// by the workers without stopping traffic: at a port's rx (or --tx), or before
+    /// (or --after) a stage. Bounded by --count and --timeout.
+    Capture {
+        /// The port (rx/tx); with --stage, only packets that entered on it.
+        #[arg(long)]
+        port: Option<String>,
+        /// The port's transmit side instead of its receive side.
+        #[arg(long)]
+        tx: bool,
+        /// Capture at this stage (e.g. vxlan-decap, snat, lb) instead of a port.
+        #[arg(long)]
+        stage: Option<String>,
+        /// After the stage (what it rewrote) instead of before.
+        #[arg(long)]
+        after: bool,
+        /// Stop after this many packets.
+        #[arg(long, default_value_t = 100)]
+        count: u32,
+        /// Stop after this many seconds.
+        #[arg(long, default_value_t = 60.0, value_name = "SECONDS")]
+        timeout: f64,
+        /// Bytes kept of each packet.
+        #[arg(long, default_value_t = 2048)]
+        snaplen: u16,
+        /// tcp, udp, icmp, arp, host A, src A, dst A, port N, joined by "and".
+        #[arg(long, default_value = "")]
+        filter: String,
+        /// The pcap file; "-" writes to stdout (podpathctl capture ... -w - | tcpdump -r -).
+        #[arg(short = 'w', long = "write", value_name = "FILE")]
+        write: PathBuf,
+    },
     /// Stream what changes on the node (ports, remote nodes, Services, generations,
     /// tables at their limits, the dataplane restarting), one line per event;
     /// --json: one JSON object per line.
@@ -371,6 +403,104 @@ fn main() {
         }
         std::process::exit(1);
     }
+}
+
+/// `capture`: starts the capture, drains it every 50 ms into a pcap stream (one
+/// record per packet, nanosecond stamps, Ethernet), stops it at the count, the
+/// timeout or when the workers are done.
+fn capture(
+    c: &mut Client,
+    spec: podpath_proto::CaptureSpec,
+    timeout: f64,
+    file: &std::path::Path,
+    json: bool,
+) -> Result<()> {
+    use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
+    use pcap_file::{DataLink, TsResolution};
+    use std::io::Write;
+    let to_stdout = file.as_os_str() == "-";
+    /// Each record reaches the pipe at once (tcpdump -r - prints as they come).
+    struct Flushing<W: Write>(W);
+    impl<W: Write> Write for Flushing<W> {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.write_all(b)?;
+            self.0.flush()?;
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            self.0.flush()
+        }
+    }
+    let out: Box<dyn Write> = if to_stdout {
+        Box::new(Flushing(std::io::stdout()))
+    } else {
+        Box::new(std::io::BufWriter::new(
+            std::fs::File::create(file).map_err(|e| anyhow!("{}: {e}", file.display()))?,
+        ))
+    };
+    let header = PcapHeader {
+        snaplen: u32::from(spec.snaplen),
+        datalink: DataLink::ETHERNET,
+        ts_resolution: TsResolution::NanoSecond,
+        ..PcapHeader::default()
+    };
+    let mut w = PcapWriter::with_header(out, header).map_err(|e| anyhow!("pcap: {e}"))?;
+    let want = u64::from(spec.count);
+    c.call(Request::CaptureStart(spec))?;
+    let end = std::time::Instant::now() + std::time::Duration::from_secs_f64(timeout);
+    let (mut written, mut lost) = (0u64, 0u64);
+    let result = (|| -> Result<()> {
+        loop {
+            let (packets, done, l) = match c.call(Request::CaptureRead)? {
+                Response::Captured {
+                    packets,
+                    done,
+                    lost,
+                } => (packets, done, lost),
+                r => return Err(anyhow!("unexpected response {r:?}")),
+            };
+            lost = l;
+            for p in packets {
+                if written >= want {
+                    break;
+                }
+                let ts = std::time::Duration::from_nanos(p.unix_ns);
+                w.write_packet(&PcapPacket::new(ts, p.orig_len, &p.data))
+                    .map_err(|e| anyhow!("pcap: {e}"))?;
+                written += 1;
+            }
+            if written >= want || done || std::time::Instant::now() >= end {
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    })();
+    let _ = c.call(Request::CaptureStop);
+    result?;
+    let mut out = w.into_writer();
+    out.flush()?;
+    drop(out);
+    if json && !to_stdout {
+        println!(
+            "{}",
+            serde_json::json!({ "written": written, "lost": lost, "file": file })
+        );
+    } else {
+        eprintln!(
+            "podpathctl: {written} packet(s) captured{}{}",
+            if to_stdout {
+                String::new()
+            } else {
+                format!(" into {}", file.display())
+            },
+            if lost > 0 {
+                format!(", {lost} lost (the reader fell behind)")
+            } else {
+                String::new()
+            }
+        );
+    }
+    Ok(())
 }
 
 /// `events`: polls the control service every 200 ms for events after the last one
@@ -810,6 +940,34 @@ fn run(cli: Cli) -> Result<()> {
             count,
             timeout,
         } => stream_events(&mut c, all, count, timeout, json)?,
+        Cmd::Capture {
+            port,
+            tx,
+            stage,
+            after,
+            count,
+            timeout,
+            snaplen,
+            filter,
+            write,
+        } => {
+            podpath_proto::CaptureFilter::parse(&filter).map_err(|e| anyhow!(e))?;
+            let point = match (&stage, tx, after) {
+                (None, false, _) => "rx",
+                (None, true, _) => "tx",
+                (Some(_), _, false) => "before",
+                (Some(_), _, true) => "after",
+            };
+            let spec = podpath_proto::CaptureSpec {
+                point: point.into(),
+                port,
+                stage,
+                count,
+                snaplen: snaplen.min(u16::try_from(podpath_proto::SNAP_MAX).unwrap_or(u16::MAX)),
+                filter,
+            };
+            capture(&mut c, spec, timeout, &write, json)?;
+        }
     }
     Ok(())
 }

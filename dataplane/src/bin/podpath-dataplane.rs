@@ -238,6 +238,7 @@ fn run() -> Result<()> {
                 let _ = reply.send(resp);
             }
             ctl.reclaim();
+            ctl.capture_housekeeping();
             if let Some(m) = ctl.watch() {
                 log(m);
             }

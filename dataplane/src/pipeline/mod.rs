@@ -10,6 +10,7 @@
 //!
 //! Names: the stage and drop-reason strings in [`registry`] are the ones counters,
 //! traces and `podpathctl` show.
+pub mod capture;
 pub mod counters;
 pub mod frame;
 pub mod registry;

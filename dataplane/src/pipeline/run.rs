@@ -172,6 +172,8 @@ pub struct Pipeline<F: Frame> {
     handoff_in: Option<Receiver<HandedOff<F>>>,
     pub counters: Arc<WorkerCounters>,
     pub tracer: Tracer,
+    /// A running packet capture (`podpathctl capture`), or none.
+    pub capture: Option<super::capture::Capture>,
     tx_queue: u16,
     now: u64,
     /// `now` in milliseconds (affinity), computed once per poll.
@@ -244,6 +246,7 @@ impl<F: Frame> Pipeline<F> {
             handoff_in: None,
             counters,
             tracer,
+            capture: None,
             tx_queue: cfg.worker,
             now: 0,
             now_ms: 0,
@@ -425,7 +428,51 @@ impl<F: Frame> Pipeline<F> {
             self.queue[StageId::EthInput.index()][i] = u8::try_from(i).unwrap_or(0);
         }
         self.queue_len[StageId::EthInput.index()] = n;
+        if self.capture.is_some() {
+            self.capture_rx(in_port, n);
+        }
         self.run_passes(c, io);
+    }
+
+    /// Capture at a port's rx: the burst as received.
+    #[cold]
+    fn capture_rx(&mut self, in_port: u16, n: usize) {
+        let Some(cap) = self.capture.as_mut() else {
+            return;
+        };
+        if cap.point != super::capture::Point::Rx(in_port) {
+            return;
+        }
+        let t = rdtsc();
+        for f in self.slots[..n].iter().flatten() {
+            cap.take(t, in_port, f.data());
+        }
+    }
+
+    /// Capture before or after `stage`: the packets it is given (before) or still
+    /// holds once it ran (after: rewritten, not yet sent on).
+    #[cold]
+    fn capture_stage(&mut self, after: bool, stage: StageId, idx: &[u8]) {
+        use super::capture::Point;
+        let Some(cap) = self.capture.as_mut() else {
+            return;
+        };
+        let port = match cap.point {
+            Point::Before(s, p) if !after && s == stage => p,
+            Point::After(s, p) if after && s == stage => p,
+            _ => return,
+        };
+        let t = rdtsc();
+        for &i in idx {
+            let i = usize::from(i);
+            let in_port = self.meta[i].in_port;
+            if port.is_some_and(|p| p != in_port) {
+                continue;
+            }
+            if let Some(f) = self.slots[i].as_ref() {
+                cap.take(t, in_port, f.data());
+            }
+        }
     }
 
     /// Runs the stages over the queued packets until every one has left (a packet
@@ -443,12 +490,18 @@ impl<F: Frame> Pipeline<F> {
                 self.queue_len[s] = 0;
                 let idx = self.queue[s];
                 let idx = &idx[..len];
+                if self.capture.is_some() {
+                    self.capture_stage(false, stage, idx);
+                }
                 let t0 = rdtsc();
                 self.run_stage(c, stage, idx);
                 let sc = &c.stages[s];
                 add(&sc.packets, len as u64);
                 add(&sc.calls, 1);
                 add(&sc.cycles, rdtsc().wrapping_sub(t0));
+                if self.capture.is_some() {
+                    self.capture_stage(true, stage, idx);
+                }
                 self.dispatch(c, stage, idx, io);
             }
             if !ran {
@@ -1184,6 +1237,16 @@ impl<F: Frame> Pipeline<F> {
             return;
         }
         let total = q.len();
+        if let Some(cap) = self
+            .capture
+            .as_mut()
+            .filter(|c| c.point == super::capture::Point::Tx(port))
+        {
+            let t = rdtsc();
+            for f in q.iter() {
+                cap.take(t, port, f.data());
+            }
+        }
         let bytes_before: usize = q.iter().map(Frame::data_len).sum();
         let sent = io.tx_burst(port, self.tx_queue, q);
         // Usually everything went: no second pass over the frames.

@@ -1,0 +1,222 @@
+//! Packet capture end to end on the lab: `podpathctl capture` takes packets at a
+//! port's rx, after snat (masqueraded), before vxlan-decap (outer headers), writes
+//! pcap that the real tcpdump reads, from a file and streamed through a pipe
+//! (`-w - | tcpdump -r -`), and stops at its count or its timeout.
+mod common;
+use common::*;
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use podpath_lab::Lab;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// `tcpdump -nn -r FILE`: its lines (one per packet).
+fn tcpdump(file: &std::path::Path) -> Vec<String> {
+    let o = Command::new("tcpdump")
+        .args(["-nn", "-r"])
+        .arg(file)
+        .output()
+        .expect("tcpdump");
+    assert!(
+        o.status.success(),
+        "tcpdump -r: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+/// Runs `podpathctl capture ARGS` against `sock` in the background while `traffic`
+/// runs, and returns its result once it stops.
+fn capture_while(sock: &std::path::Path, args: &[&str], traffic: impl FnOnce()) -> (bool, String) {
+    let child = Command::new(podpathctl())
+        .arg("--socket")
+        .arg(sock)
+        .arg("capture")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    traffic();
+    let o = child.wait_with_output().unwrap();
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn capture_writes_pcap_that_tcpdump_reads_at_ports_and_stages() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = Lab::up(&options("p")).expect("lab up");
+    let (n1, n2) = (lab.state.nodes[0].clone(), lab.state.nodes[1].clone());
+    let (a1, a2) = (n1.pods[0].clone(), n2.pods[0].clone());
+    // The external host (its namespace is lab.state.external).
+    assert!(lab.state.external.is_some());
+    let ext_ip = "192.168.77.100";
+    assert!(ping(&a1.netns, &a2.ip));
+    let dir = std::env::temp_dir().join(format!("podpath-capture-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pings = |ns: &str, to: &str, n: &str| {
+        let _ = run_in(ns, "ping", &["-c", n, "-i", "0.2", "-W", "1", to]);
+    };
+
+    // 1. A pod's port, rx: its echo requests as it sent them.
+    let f = dir.join("rx.pcap");
+    let (ok, err) = capture_while(
+        &n1.control_socket,
+        &[
+            "--port",
+            &a1.port,
+            "--filter",
+            "icmp",
+            "--count",
+            "4",
+            "--timeout",
+            "20",
+            "-w",
+            f.to_str().unwrap(),
+        ],
+        || pings(&a1.netns, &a2.ip, "6"),
+    );
+    assert!(ok && err.contains("4 packet(s) captured"), "{err}");
+    let lines = tcpdump(&f);
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    let req = format!("IP {} > {}: ICMP echo request", a1.ip, a2.ip);
+    assert!(lines.iter().all(|l| l.contains(&req)), "{lines:?}");
+
+    // 2. After snat: the same pod to the external host, its source now the node.
+    let f = dir.join("snat.pcap");
+    let (ok, err) = capture_while(
+        &n1.control_socket,
+        &[
+            "--stage",
+            "snat",
+            "--after",
+            "--filter",
+            "icmp",
+            "--count",
+            "2",
+            "--timeout",
+            "20",
+            "-w",
+            f.to_str().unwrap(),
+        ],
+        || pings(&a1.netns, ext_ip, "4"),
+    );
+    assert!(ok, "{err}");
+    let lines = tcpdump(&f);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    let masq = format!("IP {} > {}: ICMP echo request", n1.node_ip, ext_ip);
+    assert!(
+        lines.iter().all(|l| l.contains(&masq)),
+        "after snat: {lines:?}"
+    );
+
+    // 3. Before vxlan-decap on node2: the outer headers (VXLAN over UDP).
+    let f = dir.join("decap.pcap");
+    let (ok, err) = capture_while(
+        &n2.control_socket,
+        &[
+            "--stage",
+            "vxlan-decap",
+            "--count",
+            "2",
+            "--timeout",
+            "20",
+            "-w",
+            f.to_str().unwrap(),
+        ],
+        || pings(&a1.netns, &a2.ip, "4"),
+    );
+    assert!(ok, "{err}");
+    // tcpdump prints each VXLAN packet's outer line, then its inner one.
+    let lines = tcpdump(&f);
+    let outer: Vec<&String> = lines.iter().filter(|l| l.contains("VXLAN")).collect();
+    assert_eq!(outer.len(), 2, "{lines:?}");
+    assert!(
+        outer
+            .iter()
+            .all(|l| l.contains(&format!("IP {}.", n1.node_ip)) && l.contains("vni 1")),
+        "before vxlan-decap: {lines:?}"
+    );
+    let inner = format!("IP {} > {}: ICMP echo request", a1.ip, a2.ip);
+    assert_eq!(
+        lines.iter().filter(|l| l.contains(&inner)).count(),
+        2,
+        "{lines:?}"
+    );
+
+    // 4. Streamed: podpathctl capture ... -w - | tcpdump -r -
+    let script = format!(
+        "{} --socket {} capture --port {} --filter icmp --count 3 --timeout 20 -w - | tcpdump -nn -r - 2>/dev/null",
+        podpathctl().display(),
+        n1.control_socket.display(),
+        a1.port
+    );
+    let pipe = Command::new("sh")
+        .args(["-c", &script])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    pings(&a1.netns, &a2.ip, "5");
+    let o = pipe.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(
+        text.lines().filter(|l| l.contains("ICMP echo")).count(),
+        3,
+        "{text}"
+    );
+
+    // 5. Bounded in time: nothing matches, it stops at its timeout.
+    let t0 = Instant::now();
+    let f = dir.join("none.pcap");
+    let (ok, err) = capture_while(
+        &n1.control_socket,
+        &[
+            "--port",
+            &a1.port,
+            "--filter",
+            "udp and port 9",
+            "--count",
+            "1000",
+            "--timeout",
+            "1",
+            "-w",
+            f.to_str().unwrap(),
+        ],
+        || {},
+    );
+    assert!(ok && err.contains("0 packet(s) captured"), "{err}");
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    assert!(tcpdump(&f).is_empty());
+    // A bad filter or stage is refused before anything starts.
+    let (ok, _, err) = ctl(
+        &n1.control_socket,
+        &[
+            "capture",
+            "--port",
+            &a1.port,
+            "--filter",
+            "tcp or udp",
+            "-w",
+            "/dev/null",
+        ],
+    );
+    assert!(!ok && err.contains("not understood"), "{err}");
+    let (ok, _, err) = ctl(
+        &n1.control_socket,
+        &["capture", "--stage", "no-such", "-w", "/dev/null"],
+    );
+    assert!(!ok && err.contains("no stage"), "{err}");
+    // Traffic went on meanwhile.
+    assert!(ping(&a1.netns, &a2.ip));
+    let _ = std::fs::remove_dir_all(&dir);
+}
