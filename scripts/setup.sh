@@ -14,13 +14,15 @@ own_policy=0
 if [ ! -e /usr/sbin/policy-rc.d ]; then
   printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod 0755 /usr/sbin/policy-rc.d && own_policy=1
 fi
+# tshark asks whether non-root users may capture: no.
+echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
 apt-get install -y -qq --no-install-recommends \
   dpdk libdpdk-dev pkg-config libclang-dev clang gcc libc6-dev \
   iproute2 iputils-ping iputils-tracepath ethtool tcpdump procps kmod ca-certificates curl \
   prometheus util-linux \
   containernetworking-plugins containerd runc busybox-static \
   etcd-server etcd-client protobuf-compiler \
-  docker.io libcap2-bin python3-venv librsvg2-bin >/dev/null
+  docker.io libcap2-bin python3-venv librsvg2-bin tshark >/dev/null
 [ "$own_policy" = 1 ] && rm -f /usr/sbin/policy-rc.d
 if [ -d /run/systemd/system ]; then
   systemctl disable --now docker.socket docker.service >/dev/null 2>&1 || true

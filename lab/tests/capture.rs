@@ -1,6 +1,6 @@
 //! Packet capture end to end on the lab: `podpathctl capture` takes packets at a
 //! port's rx, after snat (masqueraded), before vxlan-decap (outer headers), writes
-//! pcap that the real tcpdump reads, from a file and streamed through a pipe
+//! pcap that the real tcpdump (and tshark) read, from a file and streamed through a pipe
 //! (`-w - | tcpdump -r -`), and stops at its count or its timeout.
 mod common;
 use common::*;
@@ -90,6 +90,23 @@ fn capture_writes_pcap_that_tcpdump_reads_at_ports_and_stages() {
     assert_eq!(lines.len(), 4, "{lines:?}");
     let req = format!("IP {} > {}: ICMP echo request", a1.ip, a2.ip);
     assert!(lines.iter().all(|l| l.contains(&req)), "{lines:?}");
+    // tshark reads it too, field by field.
+    let o = Command::new("tshark")
+        .args(["-r"])
+        .arg(&f)
+        .args(["-T", "fields", "-e", "ip.src", "-e", "icmp.type"])
+        .output()
+        .expect("tshark (scripts/setup.sh installs it)");
+    let fields = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        fields
+            .lines()
+            .filter(|l| *l == format!("{}\t8", a1.ip))
+            .count(),
+        4,
+        "tshark: {fields}"
+    );
 
     // 2. After snat: the same pod to the external host, its source now the node.
     let f = dir.join("snat.pcap");
