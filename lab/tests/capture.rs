@@ -51,6 +51,22 @@ fn capture_while(sock: &std::path::Path, args: &[&str], traffic: impl FnOnce()) 
     )
 }
 
+/// A capture into `file` with `args` (space-separated) while `traffic` runs: its
+/// success, podpathctl's report, and tcpdump's lines of the file.
+fn take(
+    sock: &std::path::Path,
+    file: &std::path::Path,
+    args: &str,
+    traffic: impl FnOnce(),
+) -> (bool, String, Vec<String>) {
+    let mut a: Vec<&str> = args.split_whitespace().collect();
+    let f = file.to_str().unwrap();
+    a.extend(["-w", f]);
+    let (ok, err) = capture_while(sock, &a, traffic);
+    let lines = if ok { tcpdump(file) } else { Vec::new() };
+    (ok, err, lines)
+}
+
 #[test]
 fn capture_writes_pcap_that_tcpdump_reads_at_ports_and_stages() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -61,34 +77,20 @@ fn capture_writes_pcap_that_tcpdump_reads_at_ports_and_stages() {
     assert!(lab.state.external.is_some());
     let ext_ip = "192.168.77.100";
     assert!(ping(&a1.netns, &a2.ip));
-    let dir = std::env::temp_dir().join(format!("podpath-capture-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("capture");
     let pings = |ns: &str, to: &str, n: &str| {
         let _ = run_in(ns, "ping", &["-c", n, "-i", "0.2", "-W", "1", to]);
     };
+    let req = format!("IP {} > {}: ICMP echo request", a1.ip, a2.ip);
 
     // 1. A pod's port, rx: its echo requests as it sent them.
     let f = dir.join("rx.pcap");
-    let (ok, err) = capture_while(
-        &n1.control_socket,
-        &[
-            "--port",
-            &a1.port,
-            "--filter",
-            "icmp",
-            "--count",
-            "4",
-            "--timeout",
-            "20",
-            "-w",
-            f.to_str().unwrap(),
-        ],
-        || pings(&a1.netns, &a2.ip, "6"),
-    );
+    let args = format!("--port {} --filter icmp --count 4 --timeout 20", a1.port);
+    let (ok, err, lines) = take(&n1.control_socket, &f, &args, || {
+        pings(&a1.netns, &a2.ip, "6")
+    });
     assert!(ok && err.contains("4 packet(s) captured"), "{err}");
-    let lines = tcpdump(&f);
     assert_eq!(lines.len(), 4, "{lines:?}");
-    let req = format!("IP {} > {}: ICMP echo request", a1.ip, a2.ip);
     assert!(lines.iter().all(|l| l.contains(&req)), "{lines:?}");
     // tshark reads it too, field by field.
     let o = Command::new("tshark")
@@ -99,36 +101,19 @@ fn capture_writes_pcap_that_tcpdump_reads_at_ports_and_stages() {
         .expect("tshark (scripts/setup.sh installs it)");
     let fields = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let want = format!("{}\t8", a1.ip);
     assert_eq!(
-        fields
-            .lines()
-            .filter(|l| *l == format!("{}\t8", a1.ip))
-            .count(),
+        fields.lines().filter(|l| *l == want).count(),
         4,
         "tshark: {fields}"
     );
 
     // 2. After snat: the same pod to the external host, its source now the node.
-    let f = dir.join("snat.pcap");
-    let (ok, err) = capture_while(
-        &n1.control_socket,
-        &[
-            "--stage",
-            "snat",
-            "--after",
-            "--filter",
-            "icmp",
-            "--count",
-            "2",
-            "--timeout",
-            "20",
-            "-w",
-            f.to_str().unwrap(),
-        ],
-        || pings(&a1.netns, ext_ip, "4"),
-    );
+    let args = "--stage snat --after --filter icmp --count 2 --timeout 20";
+    let (ok, err, lines) = take(&n1.control_socket, &dir.join("snat.pcap"), args, || {
+        pings(&a1.netns, ext_ip, "4")
+    });
     assert!(ok, "{err}");
-    let lines = tcpdump(&f);
     assert_eq!(lines.len(), 2, "{lines:?}");
     let masq = format!("IP {} > {}: ICMP echo request", n1.node_ip, ext_ip);
     assert!(
@@ -136,36 +121,24 @@ fn capture_writes_pcap_that_tcpdump_reads_at_ports_and_stages() {
         "after snat: {lines:?}"
     );
 
-    // 3. Before vxlan-decap on node2: the outer headers (VXLAN over UDP).
-    let f = dir.join("decap.pcap");
-    let (ok, err) = capture_while(
-        &n2.control_socket,
-        &[
-            "--stage",
-            "vxlan-decap",
-            "--count",
-            "2",
-            "--timeout",
-            "20",
-            "-w",
-            f.to_str().unwrap(),
-        ],
-        || pings(&a1.netns, &a2.ip, "4"),
-    );
+    // 3. Before vxlan-decap on node2: the outer headers; tcpdump prints each VXLAN
+    // packet's outer line, then its inner one.
+    let args = "--stage vxlan-decap --count 2 --timeout 20";
+    let (ok, err, lines) = take(&n2.control_socket, &dir.join("decap.pcap"), args, || {
+        pings(&a1.netns, &a2.ip, "4")
+    });
     assert!(ok, "{err}");
-    // tcpdump prints each VXLAN packet's outer line, then its inner one.
-    let lines = tcpdump(&f);
     let outer: Vec<&String> = lines.iter().filter(|l| l.contains("VXLAN")).collect();
     assert_eq!(outer.len(), 2, "{lines:?}");
+    let from = format!("IP {}.", n1.node_ip);
     assert!(
         outer
             .iter()
-            .all(|l| l.contains(&format!("IP {}.", n1.node_ip)) && l.contains("vni 1")),
+            .all(|l| l.contains(&from) && l.contains("vni 1")),
         "before vxlan-decap: {lines:?}"
     );
-    let inner = format!("IP {} > {}: ICMP echo request", a1.ip, a2.ip);
     assert_eq!(
-        lines.iter().filter(|l| l.contains(&inner)).count(),
+        lines.iter().filter(|l| l.contains(&req)).count(),
         2,
         "{lines:?}"
     );
@@ -194,26 +167,24 @@ fn capture_writes_pcap_that_tcpdump_reads_at_ports_and_stages() {
 
     // 5. Bounded in time: nothing matches, it stops at its timeout.
     let t0 = Instant::now();
-    let f = dir.join("none.pcap");
-    let (ok, err) = capture_while(
-        &n1.control_socket,
-        &[
-            "--port",
-            &a1.port,
-            "--filter",
-            "udp and port 9",
-            "--count",
-            "1000",
-            "--timeout",
-            "1",
-            "-w",
-            f.to_str().unwrap(),
-        ],
-        || {},
-    );
+    // "udp and port 9" is one argument to --filter: no `take` here.
+    let a: Vec<String> = vec![
+        "--port".into(),
+        a1.port.clone(),
+        "--filter".into(),
+        "udp and port 9".into(),
+        "--count".into(),
+        "1000".into(),
+        "--timeout".into(),
+        "1".into(),
+        "-w".into(),
+        dir.join("none.pcap").display().to_string(),
+    ];
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    let (ok, err) = capture_while(&n1.control_socket, &a, || {});
     assert!(ok && err.contains("0 packet(s) captured"), "{err}");
     assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
-    assert!(tcpdump(&f).is_empty());
+    assert!(tcpdump(&dir.join("none.pcap")).is_empty());
     // A bad filter or stage is refused before anything starts.
     let (ok, _, err) = ctl(
         &n1.control_socket,
@@ -235,5 +206,4 @@ fn capture_writes_pcap_that_tcpdump_reads_at_ports_and_stages() {
     assert!(!ok && err.contains("no stage"), "{err}");
     // Traffic went on meanwhile.
     assert!(ping(&a1.netns, &a2.ip));
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -426,8 +426,7 @@ fn traces_of_two_nodes_draw_the_walk_across_the_overlay() {
     }
     let (ok, out) = run_in(&a1.netns, "ping", &["-c", "1", "-W", "2", &a2.ip]);
     assert!(ok, "{out}");
-    let dir = std::env::temp_dir().join(format!("podpath-svg-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("svg");
     let mut stages = std::collections::BTreeSet::new();
     let mut files = Vec::new();
     for n in [&n1, &n2] {
@@ -440,7 +439,7 @@ fn traces_of_two_nodes_draw_the_walk_across_the_overlay() {
                 .iter()
                 .map(|l| l["stage"].as_str().unwrap().to_string()),
         );
-        let f = dir.join(format!("{}.json", n.name));
+        let f = dir.join(&format!("{}.json", n.name));
         std::fs::write(&f, out).unwrap();
         files.push(format!("{}={}", f.display(), n.name));
     }
@@ -516,9 +515,4 @@ fn traces_of_two_nodes_draw_the_walk_across_the_overlay() {
         svg1.contains(">vxlan-encap<") && svg1.contains(">node1<"),
         "one node's walk"
     );
-    if std::env::var_os("PODPATH_KEEP_SVG").is_none() {
-        let _ = std::fs::remove_dir_all(&dir);
-    } else {
-        eprintln!("kept {}", dir.display());
-    }
 }

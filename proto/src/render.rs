@@ -150,12 +150,17 @@ pub fn ports_table(ports: &[PortInfo], xstats: bool) -> String {
                 .map_or(String::new(), |n| format!(" (netns {n})")),
         );
         if xstats {
-            for (k, v) in p.xstats.iter().filter(|(_, v)| *v != 0) {
-                let _ = writeln!(o, "      {k:<32} {v}");
-            }
+            xstats_lines(&mut o, p);
         }
     }
     o
+}
+
+/// A port's non-zero extended statistics, indented under its row.
+fn xstats_lines(o: &mut String, p: &PortInfo) {
+    for (k, v) in p.xstats.iter().filter(|(_, v)| *v != 0) {
+        let _ = writeln!(o, "      {k:<32} {v}");
+    }
 }
 
 /// `port list -o wide`: the table plus link speed and each port's counters.
@@ -191,9 +196,7 @@ pub fn ports_wide_table(ports: &[PortInfo], stats: &[PortStat], xstats: bool) ->
                 .map_or(String::new(), |n| format!(" (netns {n})")),
         );
         if xstats {
-            for (k, v) in p.xstats.iter().filter(|(_, v)| *v != 0) {
-                let _ = writeln!(o, "      {k:<32} {v}");
-            }
+            xstats_lines(&mut o, p);
         }
     }
     o

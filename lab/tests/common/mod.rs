@@ -221,3 +221,29 @@ pub fn tcp_transfer(from: &str, to_ns: &str, to_ip: &str, port: u16, bytes: u64)
     let rout = String::from_utf8_lossy(&r.stdout).into_owned();
     (ok && r.status.success(), format!("{out}\n{rout}"))
 }
+
+/// A directory of this test's own under the system's temporary one, removed when it
+/// drops: also when the test fails (unless PODPATH_KEEP_TMP is set, to look at it).
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let d = std::env::temp_dir().join(format!("podpath-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        TempDir(d)
+    }
+
+    pub fn join(&self, p: &str) -> PathBuf {
+        self.0.join(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if std::env::var_os("PODPATH_KEEP_TMP").is_some() {
+            eprintln!("kept {}", self.0.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
