@@ -248,6 +248,7 @@ impl Config {
                 "at least 512 packet buffers are needed",
             ));
         }
+        self.check_sizes(mem_total_mib())?;
         let workers = u32::try_from(self.workers()).unwrap_or(1);
         if self.nat.port_min < 1024
             || u32::from(self.nat.port_max) < u32::from(self.nat.port_min) + 16 * workers
@@ -300,6 +301,71 @@ impl Config {
 
     pub fn workers(&self) -> usize {
         parse_lcores(&self.eal.lcores).map_or(1, |(l, _)| l.len().saturating_sub(1))
+    }
+
+    /// What DPDK's memory must hold at least, in bytes: the packet buffers, the
+    /// af_packet ports' jumbo pool, and EAL's own memzones and rings.
+    pub fn dpdk_memory_needed(&self) -> u64 {
+        let per_mbuf = u64::from(crate::control::MBUF_DATA_ROOM) + MBUF_OVERHEAD;
+        u64::from(self.dataplane.mbufs) * per_mbuf
+            + u64::from(crate::control::JUMBO_MBUFS) * (u64::from(self.dataplane.max_frame) + 512)
+            + (16 << 20)
+    }
+
+    /// Sizes against what the machine (`mem_mib`, its RAM; 0: unknown) and EAL's
+    /// memory can give: a size that passes here cannot crash EAL or abort an
+    /// allocation at start. Each error names its field and the largest value that fits.
+    pub fn check_sizes(&self, mem_mib: u64) -> Result<(), ConfigError> {
+        const MIB: u64 = 1 << 20;
+        let eal = u64::from(self.eal.memory_mb) * MIB;
+        if mem_mib > 0 && u64::from(self.eal.memory_mb) > mem_mib {
+            return Err(invalid(
+                "eal.memory_mb",
+                format!(
+                    "{} MiB is more than this machine's {mem_mib} MiB of RAM",
+                    self.eal.memory_mb
+                ),
+            ));
+        }
+        let need = self.dpdk_memory_needed();
+        if need > eal {
+            let per_mbuf = u64::from(crate::control::MBUF_DATA_ROOM) + MBUF_OVERHEAD;
+            let fit =
+                eal.saturating_sub(need - u64::from(self.dataplane.mbufs) * per_mbuf) / per_mbuf;
+            return Err(invalid(
+                "dataplane.mbufs",
+                format!(
+                    "{} buffers need about {} MiB of DPDK memory with the jumbo pool; eal.memory_mb gives {} MiB, room for about {fit} buffers: lower dataplane.mbufs or raise eal.memory_mb",
+                    self.dataplane.mbufs,
+                    need.div_ceil(MIB),
+                    self.eal.memory_mb
+                ),
+            ));
+        }
+        let workers = self.workers().max(1) as u64;
+        let per_entry = crate::tables::conntrack::Conntrack::bytes_per_entry() as u64;
+        let reserved = (self.conntrack.reserved() as u64)
+            .saturating_mul(per_entry)
+            .saturating_mul(workers);
+        if mem_mib > 0 && reserved > mem_mib * MIB {
+            let field = if self.conntrack.max_capacity.is_some() {
+                "conntrack.max_capacity"
+            } else {
+                "conntrack.capacity"
+            };
+            let fit = mem_mib * MIB / per_entry / workers;
+            return Err(invalid(
+                field,
+                format!(
+                    "{} connections per worker (x{workers} workers, about {per_entry} bytes each) reserve {} MiB; this machine has {mem_mib} MiB: at most about {} connections per worker{}",
+                    self.conntrack.reserved(),
+                    reserved.div_ceil(MIB),
+                    if self.conntrack.max_capacity.is_some() { fit } else { fit / 4 },
+                    if self.conntrack.max_capacity.is_some() { "" } else { " (4x of it is reserved to grow into)" }
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// EAL arguments. Hugepages: used when free ones exist (auto), else `--no-huge`.
@@ -431,6 +497,23 @@ pub fn online_cpus() -> Vec<u32> {
 }
 
 /// Free hugepages of the default size, from /proc/meminfo.
+/// What a DPDK mempool spends on one buffer beyond its data room: the rte_mbuf
+/// header (128 bytes), the mempool's object header and cache-line padding.
+const MBUF_OVERHEAD: u64 = 256;
+
+/// This machine's RAM in MiB (`MemTotal`), 0 when unknown.
+pub fn mem_total_mib() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib / 1024)
+}
+
 pub fn free_hugepages() -> u64 {
     std::fs::read_to_string("/proc/meminfo")
         .ok()
@@ -446,6 +529,48 @@ pub fn free_hugepages() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_beyond_the_machine_or_dpdk_memory_are_refused_by_name() {
+        let base = "[eal]\nlcores = \"0,1\"\npci = false\nmemory_mb = 256\n[dataplane]\nsocket = \"/tmp/x.sock\"\n";
+        let parse = |extra: &str| -> Config { toml::from_str(&format!("{base}{extra}")).unwrap() };
+        // The defaults fit a 1 GiB machine.
+        parse("").check_sizes(1024).unwrap();
+        // 2^31 buffers (once a segfault inside EAL): named, with what fits.
+        let e = parse("mbufs = 2147483648\n")
+            .check_sizes(1024)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("dataplane.mbufs") && e.contains("room for about"),
+            "{e}"
+        );
+        let e = parse("mbufs = 200000\n")
+            .check_sizes(1024)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("dataplane.mbufs"), "{e}");
+        // A connection table larger than the machine (once an abort on allocation).
+        let e = parse("[conntrack]\ncapacity = 4000000000\n")
+            .check_sizes(1024)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("conntrack.capacity") && e.contains("this machine has 1024 MiB"),
+            "{e}"
+        );
+        let e = parse("[conntrack]\ncapacity = 65536\nmax_capacity = 2000000000\n")
+            .check_sizes(1024)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("conntrack.max_capacity"), "{e}");
+        let e = parse("").check_sizes(128).unwrap_err().to_string();
+        assert!(e.contains("eal.memory_mb") && e.contains("128 MiB"), "{e}");
+        // Unknown RAM: only DPDK's memory bounds.
+        parse("[conntrack]\ncapacity = 4000000000\n")
+            .check_sizes(0)
+            .unwrap();
+    }
 
     #[test]
     fn auto_lcores_are_the_cpus_the_process_may_use() {

@@ -227,7 +227,7 @@ pub const MBUF_HEADROOM: u32 = 128;
 pub const MBUF_DATA_ROOM: u16 = 2048 + 128;
 /// Buffers of the af_packet (large frame) pool: bursts in flight, tx queues, held
 /// and handed-off packets; each is copied out by the PMD at transmit.
-const JUMBO_MBUFS: u32 = 2047;
+pub const JUMBO_MBUFS: u32 = 2047;
 
 fn err(kind: ErrorKind, message: impl Into<String>) -> ErrorReply {
     ErrorReply {

@@ -211,11 +211,36 @@ fn bad_configuration_exits_nonzero_naming_the_problem() {
         &format!("{base}[[port]]\nname = \"x\"\ndevice = \"net_nosuchdev0\"\n"),
         "net_nosuchdev0",
     );
+    // Sizes beyond DPDK's memory or the machine are refused before EAL starts, by
+    // name (they once crashed EAL or aborted an allocation), also by --check.
     dataplane_fails_with(
         &base
             .replace("[dataplane]\n", "[dataplane]\nmbufs = 4000000\n")
             .replace("pci = false", "pci = false\nmemory_mb = 64"),
-        "cannot create mbuf pool",
+        "dataplane.mbufs",
     );
+    dataplane_fails_with(
+        &base.replace("[dataplane]\n", "[dataplane]\nmbufs = 2147483648\n"),
+        "dataplane.mbufs",
+    );
+    dataplane_fails_with(
+        &format!("{base}[conntrack]\ncapacity = 4000000000\n"),
+        "conntrack.capacity",
+    );
+    for bad in [
+        base.replace("[dataplane]\n", "[dataplane]\nmbufs = 2147483648\n"),
+        format!("{base}[conntrack]\ncapacity = 4000000000\n"),
+    ] {
+        let dir = std::env::temp_dir().join(unique("ppchk"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("big.toml");
+        std::fs::write(&path, &bad).unwrap();
+        let out = Command::new(topo::default_dataplane())
+            .args(["--check", "--config", &path.display().to_string()])
+            .output()
+            .expect("run dataplane");
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(!out.status.success(), "--check passed:\n{bad}");
+    }
     dataplane_fails_with("[eal\n", "bad.toml");
 }
