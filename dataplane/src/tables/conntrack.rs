@@ -403,7 +403,9 @@ impl Conntrack {
     /// Accounts a packet of entry `i` going `dir` (TCP `flags` for TCP): advances the
     /// state and refreshes the timeout. False, and nothing changed, for a TCP segment
     /// whose flags no connection carries (`tcp_flags_valid`): the caller drops it.
-    #[inline]
+    // Always inlined: called per packet by the stages; out of line it costs a call
+    // and spills (callgrind: +20 instructions per packet on snat-established).
+    #[inline(always)]
     pub fn update(&mut self, i: u32, dir: Dir, tcp_flags: u8, now: u32) -> bool {
         let t = &self.timeouts;
         let e = &mut self.slab[i as usize];
@@ -438,8 +440,24 @@ impl Conntrack {
             }
             _ => t.icmp,
         };
+        let old = e.expires;
         e.expires = now.saturating_add(timeout.max(1));
+        // A shorter timeout (a reset, the end of a close) files the entry again now:
+        // its old slot may be minutes away, and a closed connection would hold its
+        // room (and show in the counts) until then. A longer one moves lazily.
+        if e.expires < old {
+            self.refile(i);
+        }
         true
+    }
+
+    /// Moves entry `i` to the slot of its (earlier) expiry. Out of line: rare, and
+    /// `update` stays small enough to inline into the stages.
+    #[cold]
+    #[inline(never)]
+    fn refile(&mut self, i: u32) {
+        self.unlink(i);
+        self.link(i);
     }
 
     /// Marks entry `i` as a Service connection.
@@ -912,6 +930,24 @@ mod tests {
         assert!(c.lookup(&o, 5).is_some());
         assert_eq!(c.expire(11, 100), 0);
         assert_eq!(c.expire(12, 100), 1);
+    }
+
+    #[test]
+    fn a_reset_connection_goes_at_its_close_timeout_not_its_first_one() {
+        use crate::wire::tcp::flags::{RST, SYN};
+        let mut c = Conntrack::new(10, Timeouts::default(), 0);
+        let o = t(9, 6);
+        let i = c.insert(o, nat_reply(o, 60009), 0).unwrap();
+        c.update(i, Dir::Orig, SYN, 0);
+        let first = c.entry(i).expires;
+        assert!(first >= 60, "SYN_SENT waits long: {first}");
+        // SYN then RST: CLOSE's 10 s, not SYN_SENT's slot minutes away.
+        c.update(i, Dir::Reply, RST, 1);
+        assert_eq!(c.entry(i).tcp, TcpState::Close);
+        assert_eq!(c.expire(10, 100), 0);
+        assert_eq!(c.len(), 1);
+        assert_eq!(c.expire(11, 100), 1, "gone at 1 + 10 s");
+        assert_eq!(c.len(), 0);
     }
 
     #[test]
