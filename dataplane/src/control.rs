@@ -99,6 +99,23 @@ struct Capturing {
     last_read: Instant,
 }
 
+/// A tap's devargs with `persist`: the interface outlives the process (a crash, an
+/// upgrade), so a pod keeps its eth0, address and routes, and the restarted
+/// dataplane opens the same interface again. A detach leaves it too (the pod's
+/// namespace, deleted with the pod, takes it; a re-attach finds it addressed).
+fn persistent_tap(device: &str) -> String {
+    let is_tap = device.starts_with("net_tap") && !device.starts_with("net_tun");
+    if is_tap
+        && !device
+            .split(',')
+            .any(|a| a == "persist" || a.starts_with("persist="))
+    {
+        format!("{device},persist")
+    } else {
+        device.to_string()
+    }
+}
+
 /// Records each worker's capture ring holds: the reader drains it every 50 ms.
 const CAPTURE_RING: usize = 512;
 /// A capture nobody reads for this long is stopped (podpathctl was killed).
@@ -1027,7 +1044,7 @@ impl Control {
         queues: u16,
     ) -> Result<(String, Mempool), ErrorReply> {
         if !dpdk::af_packet::is_af_packet(&spec.device) {
-            return Ok((spec.device.clone(), self.pool));
+            return Ok((persistent_tap(&spec.device), self.pool));
         }
         let (devargs, frame) = dpdk::af_packet::devargs(&spec.device, self.max_frame, queues)
             .map_err(|m| err(ErrorKind::BadRequest, format!("port {}: {m}", spec.name)))?;
@@ -1614,6 +1631,18 @@ fn port_info(a: &Attached, xstats: bool) -> PortInfo {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn taps_persist_and_nothing_else_changes() {
+        use super::persistent_tap as p;
+        assert_eq!(p("net_tap1,iface=eth0"), "net_tap1,iface=eth0,persist");
+        assert_eq!(
+            p("net_tap1,iface=eth0,persist"),
+            "net_tap1,iface=eth0,persist"
+        );
+        assert_eq!(p("net_af_packet0,iface=eth0"), "net_af_packet0,iface=eth0");
+        assert_eq!(p("net_tun0,iface=x"), "net_tun0,iface=x");
+    }
+
     use super::*;
 
     #[test]

@@ -258,8 +258,8 @@ fn killed_dataplane_comes_back_without_any_command() {
     // endpoints on both, and a static MAC: all of it must come back.
     let mut opts = LabOptions::new(&format!("k{}", std::process::id() % 1_000_000));
     opts.external = false;
-    // Pods a and c are af_packet (b is a tap, whose interface dies with the process
-    // and comes back unaddressed until a CNI re-addresses it: issue 15).
+    // Pods a and c are af_packet; b is a tap the dataplane made inside the pod: it
+    // persists (DPDK's `persist`), so it keeps its address through the crash.
     opts.pods_per_node = 3;
     opts.state_dir = std::env::temp_dir().join("podpath-lab-tests");
     let mut lab = Lab::up(&opts).expect("lab up");
@@ -301,9 +301,23 @@ fn killed_dataplane_comes_back_without_any_command() {
     );
     assert_eq!(before.2, desired.services);
 
+    let tap_pod = n.pods[1].clone();
+    assert_eq!(tap_pod.attach, Attach::Tap);
+    assert!(reachable(
+        &tap_pod.netns,
+        &remote.ip,
+        Duration::from_secs(5)
+    ));
     let old = lab.state.nodes[0].dataplane_pid.unwrap();
     lab.stop_dataplane(0, "KILL");
     assert!(!net::pid_alive(old), "kill -9 did not kill the dataplane");
+    // The tap outlives the process, addressed as the CNI left it.
+    let addr = net::ip_in(&tap_pod.netns, &["-4", "-o", "addr", "show", "dev", "eth0"])
+        .unwrap_or_default();
+    assert!(
+        addr.contains(&format!("{}/24", tap_pod.ip)),
+        "the tap pod lost its interface or address with the process: {addr:?}"
+    );
     // A supervisor restarts the process; nobody tells the control service anything.
     lab.start_dataplane(0, &opts).expect("restart dataplane");
     lab.wait_in_sync(0, Duration::from_secs(30))
@@ -337,6 +351,11 @@ fn killed_dataplane_comes_back_without_any_command() {
     assert!(
         reachable(&a.netns, &remote.ip, Duration::from_secs(30)),
         "overlay traffic did not come back"
+    );
+    // The tap pod too, with nobody re-addressing it.
+    assert!(
+        reachable(&tap_pod.netns, &remote.ip, Duration::from_secs(10)),
+        "the tap pod did not come back on its persisted interface"
     );
     let servers = Background::in_each(
         &[&b.netns, &remote.netns],
