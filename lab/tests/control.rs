@@ -995,3 +995,83 @@ fn events_stream_what_changes_on_the_node() {
     let r = call(&n.socket, Request::Events { after: 0 });
     assert_eq!(kind(r), ErrorKind::BadRequest);
 }
+
+/// Who may connect: the control socket is mode 0660, owned by root and the
+/// configured `socket_group`. A user in neither is refused by the kernel; a member
+/// of the group is served (membership is root on the node: docs/reliability.md).
+#[test]
+fn only_root_and_the_socket_group_reach_the_control_socket() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = TempDir::new("sockperm");
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // A gid no account uses (chgrp takes numbers), so the test adds no group.
+    let gid = 64_999u32;
+    let sock = dir.join("control.sock");
+    let conf = dir.join("control.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "[control]\nsocket = \"{}\"\nsocket_group = \"{gid}\"\ndataplane_socket = \"{}\"\nstate_file = \"{}\"\n",
+            sock.display(),
+            dir.join("none.sock").display(),
+            dir.join("state.json").display()
+        ),
+    )
+    .unwrap();
+    let control = podpathctl().with_file_name("podpath-control");
+    /// Ours, killed by PID when the test ends, also when it fails.
+    struct Service(Child);
+    impl Drop for Service {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _svc = Service(
+        std::process::Command::new(&control)
+            .arg("--config")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    assert!(wait_until(Duration::from_secs(10), || sock.exists()));
+    let meta = std::fs::metadata(&sock).unwrap();
+    assert_eq!(meta.mode() & 0o777, 0o660, "socket mode");
+    assert_eq!((meta.uid(), meta.gid()), (0, gid), "socket owner");
+    // podpathctl where any user may run it.
+    let ctl_bin = dir.join("podpathctl");
+    std::fs::copy(podpathctl(), &ctl_bin).unwrap();
+    std::fs::set_permissions(&ctl_bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let as_user = |groups: &str| {
+        let mut c = std::process::Command::new("setpriv");
+        c.args(["--reuid", "65534", "--regid", "65534"]);
+        if groups.is_empty() {
+            c.arg("--clear-groups");
+        } else {
+            c.args(["--groups", groups]);
+        }
+        let o = c
+            .arg(&ctl_bin)
+            .arg("--socket")
+            .arg(&sock)
+            .arg("version")
+            .output()
+            .unwrap();
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let (ok, err) = as_user("");
+    assert!(
+        !ok && err.contains("Permission denied"),
+        "nobody was let in: {err}"
+    );
+    let (ok, err) = as_user(&gid.to_string());
+    assert!(ok, "a member of the socket group was refused: {err}");
+    let (ok, _, err) = ctl(&sock, &["version"]);
+    assert!(ok, "root: {err}");
+}
