@@ -304,6 +304,21 @@ pub struct DockerNode {
     pub gateway: String,
 }
 
+impl DockerNode {
+    /// Node `k` of the cluster: its addresses, and `podpath{k}` as the name of the
+    /// container podpathctl talks to (`podpath` or, in the DaemonSet's layout,
+    /// `control`).
+    fn new(k: usize, podpath: &str) -> DockerNode {
+        DockerNode {
+            node: format!("node{k}"),
+            podpath: format!("{podpath}{k}"),
+            ip: format!("172.30.0.{}", 10 + k),
+            pod_cidr: format!("10.244.{}.0/24", k - 1),
+            gateway: format!("10.244.{}.1", k - 1),
+        }
+    }
+}
+
 /// A pod inside a node container.
 #[derive(Debug, Clone)]
 pub struct DockerPod {
@@ -407,13 +422,7 @@ impl Cluster {
 
     /// Node `k`: its container (it makes pod namespaces) and podpath's.
     fn add_node(&mut self, k: usize) -> Result<()> {
-        let n = DockerNode {
-            node: format!("node{k}"),
-            podpath: format!("podpath{k}"),
-            ip: format!("172.30.0.{}", 10 + k),
-            pod_cidr: format!("10.244.{}.0/24", k - 1),
-            gateway: format!("10.244.{}.1", k - 1),
-        };
+        let n = DockerNode::new(k, "podpath");
         self.node_container(&n, &[&format!("run{k}:/run/podpath")])?;
         self.start_podpath(&n)?;
         self.nodes.push(n);
@@ -453,13 +462,7 @@ impl Cluster {
     /// hugetlbfs of that user, as the kubelet's HugePages-2Mi volume), and the agent
     /// as root with a node's powers. `podpath` names the control container.
     pub fn add_node_as_daemonset(&mut self, k: usize) -> Result<DockerNode> {
-        let n = DockerNode {
-            node: format!("node{k}"),
-            podpath: format!("control{k}"),
-            ip: format!("172.30.0.{}", 10 + k),
-            pod_cidr: format!("10.244.{}.0/24", k - 1),
-            gateway: format!("10.244.{}.1", k - 1),
-        };
+        let n = DockerNode::new(k, "control");
         let v = |name: &str, at: &str| format!("{name}{k}:{at}");
         let (run, state, cfg, bin) = (
             v("run", "/run/podpath"),
