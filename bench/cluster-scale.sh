@@ -25,6 +25,7 @@ pci = false
 hugepages = "off"
 [dataplane]
 socket = "$dir/dp.sock"
+state_dir = "$dir/state"
 mbufs = 2047
 mbuf_cache = 64
 [conntrack]

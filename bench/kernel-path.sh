@@ -122,6 +122,7 @@ hugepages = "off"
 pci = false
 [dataplane]
 socket = "$dir/dp.sock"
+state_dir = "$dir/state"
 tx_drain_us = $1
 [idle]
 enabled = false

@@ -85,6 +85,7 @@ pci = false
 extra_args = ["--in-memory", "--single-file-segments"]
 [dataplane]
 socket = "$dir/dp.sock"
+state_dir = "$dir/state"
 [idle]
 enabled = false
 [[port]]

@@ -218,6 +218,11 @@ pub fn render(stats: Option<&Stats>, services: &[ServiceSpec]) -> String {
             "podpath_conntrack_refused",
             "New connections refused: table full (ct-table-full)",
         );
+        let resumed = gauges::<WorkerL>(
+            &mut r,
+            "podpath_conntrack_resumed",
+            "Connections this dataplane resumed from its state file at start",
+        );
         let entries = gauges::<WorkerL>(
             &mut r,
             "podpath_conntrack_entries",
@@ -244,6 +249,7 @@ pub fn render(stats: Option<&Stats>, services: &[ServiceSpec]) -> String {
             early.get_or_create(&l).inc_by(x.ct_early_dropped);
             refused.get_or_create(&l).inc_by(x.ct_refused_full);
             entries.get_or_create(&l).set(g(x.ct_entries));
+            resumed.get_or_create(&l).set(g(x.ct_resumed));
             gens.get_or_create(&l).set(g(x.applied_generation));
         }
     }

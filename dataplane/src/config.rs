@@ -73,6 +73,10 @@ pub struct DataplaneConfig {
     pub socket: PathBuf,
     /// Group that may use the socket (mode 0660); none keeps root's group.
     pub socket_group: Option<String>,
+    /// Where the connection tables live (a file per worker; on tmpfs they outlive
+    /// the process, so a restart resumes every tracked connection). Empty: in the
+    /// process's memory, lost with it.
+    pub state_dir: PathBuf,
     /// Packet buffers in the pool (2^n - 1 is most efficient).
     pub mbufs: u32,
     pub mbuf_cache: u32,
@@ -97,6 +101,7 @@ impl Default for DataplaneConfig {
         DataplaneConfig {
             socket: PathBuf::from("/run/podpath/dataplane.sock"),
             socket_group: None,
+            state_dir: PathBuf::from("/run/podpath/state"),
             mbufs: 8191,
             mbuf_cache: 256,
             rx_desc: 1024,

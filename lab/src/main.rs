@@ -115,6 +115,9 @@ enum Cmd {
         bytes: u64,
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Cap the rate (Mbit/s), so a download lasts.
+        #[arg(long)]
+        rate_mbps: Option<u64>,
     },
     /// Download and check (run inside a namespace).
     #[command(hide = true)]
@@ -207,6 +210,19 @@ enum Cmd {
         port: u16,
         #[arg(long, default_value_t = 1)]
         count: u32,
+    },
+    /// Send a datagram every `interval-ms` for `seconds` to a udp-echo and print the
+    /// silences between echoes longer than `gap-ms`: how long forwarding stopped.
+    #[command(hide = true)]
+    UdpProbe {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long, default_value_t = 1)]
+        interval_ms: u64,
+        #[arg(long)]
+        seconds: f64,
+        #[arg(long, default_value_t = 50)]
+        gap_ms: u64,
     },
     /// Send `count` UDP requests and wait for each echo.
     #[command(hide = true)]
@@ -319,8 +335,13 @@ fn run(cli: Cli) -> Result<()> {
             println!("sent {n} bytes to {to}");
             Ok(())
         }
-        Cmd::TcpServe { port, bytes, seed } => {
-            let peer = traffic::serve(port, bytes, seed, Duration::from_secs(120))?;
+        Cmd::TcpServe {
+            port,
+            bytes,
+            seed,
+            rate_mbps,
+        } => {
+            let peer = traffic::serve(port, bytes, seed, rate_mbps, Duration::from_secs(120))?;
             println!("connection from {peer}");
             println!("served {bytes} bytes");
             Ok(())
@@ -433,6 +454,24 @@ fn run(cli: Cli) -> Result<()> {
                 let (n, from) = s.recv_from(&mut buf).context("no request arrived")?;
                 s.send_to(&buf[..n], from)?;
                 println!("echoed {n} bytes to {}", from.ip());
+            }
+            Ok(())
+        }
+        Cmd::UdpProbe {
+            to,
+            interval_ms,
+            seconds,
+            gap_ms,
+        } => {
+            let p = traffic::probe(
+                to,
+                Duration::from_millis(interval_ms.max(1)),
+                seconds.clamp(0.0, 600.0),
+                Duration::from_millis(gap_ms),
+            )?;
+            println!("sent {} echoed {}", p.sent, p.echoed);
+            for (at, len) in &p.gaps {
+                println!("gap at {at:.3} s: {} ms", len.as_millis());
             }
             Ok(())
         }

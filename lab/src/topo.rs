@@ -887,11 +887,14 @@ fn write_config(node: &Node, index: usize, others: &[Node], opts: &LabOptions) -
     let dp = format!(
         "# Written by podpath-lab for {name}.\n\
          [eal]\nlcores = \"{lcores}\"\nfile_prefix = \"{prefix}\"\nmemory_mb = 128\npci = false\n\n\
-         [dataplane]\nsocket = \"{sock}\"\nmbufs = 4095\nrx_desc = 512\ntx_desc = 512\n\n\
+         [dataplane]\nsocket = \"{sock}\"\nstate_dir = \"{ct_state}\"\nmbufs = 4095\nrx_desc = 512\ntx_desc = 512\n\n\
          [idle]\nenabled = {idle}\n",
         name = node.name,
         prefix = node.file_prefix,
         sock = node.socket.display(),
+        // Beside the sockets, removed with the lab: the connection tables a
+        // restarted dataplane resumes.
+        ct_state = node.socket.with_extension("state").display(),
         idle = opts.idle_backoff,
         lcores = lab_lcores(
             index,

@@ -197,9 +197,16 @@ fn check_stream(mut s: TcpStream, bytes: u64, seed: u64, timeout: Duration) -> R
     Ok(got)
 }
 
-/// Serves one download: accepts a connection on `port`, sends `bytes` of the stream,
-/// closes. Returns the client's address as seen here.
-pub fn serve(port: u16, bytes: u64, seed: u64, timeout: Duration) -> Result<std::net::IpAddr> {
+/// Serves one download: accepts a connection on `port`, sends `bytes` of the stream
+/// (at most `rate_mbps` Mbit/s on average, if given), closes. Returns the client's
+/// address as seen here.
+pub fn serve(
+    port: u16,
+    bytes: u64,
+    seed: u64,
+    rate_mbps: Option<u64>,
+    timeout: Duration,
+) -> Result<std::net::IpAddr> {
     let l = TcpListener::bind(("0.0.0.0", port)).with_context(|| format!("binding port {port}"))?;
     l.set_nonblocking(true)?;
     let end = Instant::now() + timeout;
@@ -215,14 +222,62 @@ pub fn serve(port: u16, bytes: u64, seed: u64, timeout: Duration) -> Result<std:
     let mut g = Stream::new(seed);
     let mut buf = vec![0u8; 16 * 1024];
     let mut left = bytes;
+    let start = Instant::now();
     while left > 0 {
         let n = usize::try_from(left.min(buf.len() as u64)).unwrap_or(buf.len());
         g.fill(&mut buf[..n]);
         s.write_all(&buf[..n]).context("sending")?;
         left -= n as u64;
+        if let Some(r) = rate_mbps {
+            let due =
+                Duration::from_secs_f64((bytes - left) as f64 * 8.0 / (r.max(1) as f64 * 1e6));
+            if let Some(wait) = due.checked_sub(start.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
     }
     s.shutdown(Shutdown::Write)?;
     Ok(peer.ip())
+}
+
+/// What `probe` saw: datagrams sent and echoed, and every silence between two echoes
+/// longer than `gap` (when it began, in seconds since the start, and its length).
+#[derive(Debug, Clone, Default)]
+pub struct Probe {
+    pub sent: u64,
+    pub echoed: u64,
+    pub gaps: Vec<(f64, Duration)>,
+}
+
+/// Sends a numbered datagram to `to` every `interval` for `seconds` and times the
+/// echoes (`udp-echo` answers): the longest silences are how long forwarding
+/// stopped. Bounded: `seconds` / `interval` datagrams at most.
+pub fn probe(to: SocketAddr, interval: Duration, seconds: f64, gap: Duration) -> Result<Probe> {
+    let s = std::net::UdpSocket::bind(("0.0.0.0", 0))?;
+    s.connect(to)?;
+    s.set_read_timeout(Some(interval.max(Duration::from_micros(200))))?;
+    let start = Instant::now();
+    let end = start + Duration::from_secs_f64(seconds);
+    let mut p = Probe::default();
+    let (mut next, mut last) = (start, start);
+    let mut buf = [0u8; 64];
+    while Instant::now() < end {
+        if Instant::now() >= next {
+            // Errors (no route, refused while a node restarts) are silence too.
+            let _ = s.send(&p.sent.to_be_bytes());
+            p.sent += 1;
+            next += interval;
+        }
+        if let Ok(8) = s.recv(&mut buf) {
+            let now = Instant::now();
+            if now - last > gap {
+                p.gaps.push(((last - start).as_secs_f64(), now - last));
+            }
+            last = now;
+            p.echoed += 1;
+        }
+    }
+    Ok(p)
 }
 
 /// Downloads from `from` and checks every byte; returns the count.

@@ -397,6 +397,134 @@ fn killed_dataplane_comes_back_without_any_command() {
     );
 }
 
+/// Issue 15: connections outlive the dataplane. A masqueraded download from the
+/// external host (which has no route to the pods: only the resumed translation can
+/// carry it), a byte-checked stream through a ClusterIP to the other node, and a UDP
+/// probe through masquerade all run while node 1's dataplane is killed with -9 and
+/// restarted, and then upgraded (stopped, and started from another binary file).
+/// Every byte must arrive as sent; the probe's silences are the forwarding gaps.
+#[test]
+fn connections_survive_kill_9_and_an_upgrade_of_the_dataplane() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut opts = LabOptions::new(&format!("u{}", std::process::id() % 1_000_000));
+    opts.state_dir = std::env::temp_dir().join("podpath-lab-tests");
+    let mut lab = Lab::up(&opts).expect("lab up");
+    let (n, n2) = (lab.state.nodes[0].clone(), lab.state.nodes[1].clone());
+    let (a, remote) = (n.pods[0].clone(), n2.pods[0].clone());
+    let ext = lab.state.external.clone().expect("external host");
+    const EXT: &str = "192.168.77.100";
+    let svc = ServiceSpec::new(
+        "default/stream",
+        "10.96.0.30",
+        8080,
+        "tcp",
+        vec![EndpointSpec::ready(&remote.ip, 8080)],
+    );
+    let r = call(&n.control_socket, Request::ServiceSet(svc)).unwrap();
+    assert!(matches!(r, Response::Applied { .. }), "{r:?}");
+    assert!(reachable(&a.netns, &remote.ip, Duration::from_secs(10)));
+    assert!(reachable(&a.netns, EXT, Duration::from_secs(10)));
+
+    // About 30 s of each: a 9 MB download at 2.4 Mbit/s, a 2 Mbit/s stream.
+    let bytes = 9_000_000u64.to_string();
+    let _server = Background(vec![serve_in(
+        &ext,
+        &[
+            "tcp-serve",
+            "--port",
+            "9000",
+            "--bytes",
+            &bytes,
+            "--seed",
+            "7",
+            "--rate-mbps",
+            "2",
+        ],
+    )]);
+    let echo = Background::in_each(&[&ext], &["udp-echo", "--port", "9001", "--count", "60000"]);
+    let download = net::command_in(&a.netns, &bin())
+        .args(["tcp-fetch", "--from", &format!("{}:9000", EXT)])
+        .args(["--bytes", &bytes, "--seed", "7"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let through_svc = stream(
+        &a.netns,
+        &remote.netns,
+        "10.96.0.30",
+        8080,
+        &["--rate-mbps", "2", "--seconds", "30"],
+    );
+    let probe = net::command_in(&a.netns, &bin())
+        .args(["udp-probe", "--to", &format!("{}:9001", EXT)])
+        .args(["--interval-ms", "2", "--seconds", "34", "--gap-ms", "40"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(5));
+    let tracked = conntrack(&n.socket, Default::default()).len();
+    assert!(tracked >= 3, "the three flows are not tracked: {tracked}");
+
+    // kill -9, and a supervisor's restart of the same binary.
+    let t_kill = Instant::now();
+    lab.stop_dataplane(0, "KILL");
+    lab.start_dataplane(0, &opts)
+        .expect("restart after kill -9");
+    let up_after_kill = t_kill.elapsed();
+    let resumed = |lab: &Lab| {
+        stats(&lab.state.nodes[0].socket)
+            .workers
+            .iter()
+            .map(|w| w.ct_resumed)
+            .sum::<u64>()
+    };
+    let first = resumed(&lab);
+    lab.wait_in_sync(0, Duration::from_secs(30))
+        .expect("in sync after kill -9");
+    std::thread::sleep(Duration::from_secs(8));
+
+    // An upgrade: a planned stop, then another binary file.
+    let next = TempDir::new("upgrade");
+    let mut upgraded = opts.clone();
+    upgraded.dataplane = next.join("podpath-dataplane");
+    std::fs::copy(&opts.dataplane, &upgraded.dataplane).expect("copy the binary");
+    let t_up = Instant::now();
+    lab.stop_dataplane(0, "TERM");
+    lab.start_dataplane(0, &upgraded)
+        .expect("start the upgraded binary");
+    let up_after_upgrade = t_up.elapsed();
+    let second = resumed(&lab);
+    lab.wait_in_sync(0, Duration::from_secs(30))
+        .expect("in sync after the upgrade");
+
+    let fetched = download.wait_with_output().unwrap();
+    let (sent, received) = finish(through_svc);
+    let probed = probe.wait_with_output().unwrap();
+    drop(echo);
+    let probed = String::from_utf8_lossy(&probed.stdout).to_string();
+    let log = std::fs::read_to_string(&n.log).unwrap_or_default();
+    eprintln!(
+        "kill -9: dataplane answering after {up_after_kill:?}, {first} connections resumed; \
+         upgrade: after {up_after_upgrade:?}, {second} resumed\nprobe (2 ms):\n{probed}"
+    );
+    assert!(
+        fetched.status.success(),
+        "the masqueraded download broke: {} {}\n{log}",
+        String::from_utf8_lossy(&fetched.stdout),
+        String::from_utf8_lossy(&fetched.stderr)
+    );
+    assert!(
+        sent > 0 && sent == received,
+        "the Service stream lost bytes: {sent} sent, {received} received"
+    );
+    assert!(
+        first >= 3 && second >= 3,
+        "resumed {first} then {second} connections\n{log}"
+    );
+    assert!(log.contains("resumed:"), "{log}");
+}
+
 #[test]
 fn restarting_the_control_service_leaves_forwarding_alone() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());

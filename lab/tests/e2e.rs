@@ -197,8 +197,9 @@ fn bad_configuration_exits_nonzero_naming_the_problem() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let prefix = unique("ppbad");
     let base = format!(
-        "[eal]\nfile_prefix = \"{prefix}\"\npci = false\nhugepages = \"off\"\n[dataplane]\nsocket = \"/tmp/{prefix}.sock\"\n"
+        "[eal]\nfile_prefix = \"{prefix}\"\npci = false\nhugepages = \"off\"\n[dataplane]\nsocket = \"/tmp/{prefix}.sock\"\nstate_dir = \"/tmp/{prefix}.state\"\n"
     );
+    let _state = TempDir(std::path::PathBuf::from(format!("/tmp/{prefix}.state")));
     dataplane_fails_with(
         &base.replace("[eal]\n", "[eal]\nlcores = \"0,77\"\n"),
         "eal.lcores",
@@ -242,5 +243,13 @@ fn bad_configuration_exits_nonzero_naming_the_problem() {
         let _ = std::fs::remove_dir_all(&dir);
         assert!(!out.status.success(), "--check passed:\n{bad}");
     }
+    // A state directory that cannot be made: named, before any port is touched.
+    dataplane_fails_with(
+        &base.replace(
+            &format!("state_dir = \"/tmp/{prefix}.state\""),
+            "state_dir = \"/proc/podpath-no-such\"",
+        ),
+        "dataplane.state_dir",
+    );
     dataplane_fails_with("[eal\n", "bad.toml");
 }

@@ -591,6 +591,9 @@ pub struct WorkerStat {
     pub ct_early_dropped: u64,
     #[serde(default)]
     pub ct_refused_full: u64,
+    /// Connections resumed from the state file when this dataplane started.
+    #[serde(default)]
+    pub ct_resumed: u64,
     /// Packets handed to / taken from other workers (connection owners).
     #[serde(default)]
     pub handoff_out: u64,

@@ -98,7 +98,7 @@ pub fn stats_table(s: &Stats, all: bool) -> String {
     }
     let _ = writeln!(
         o,
-        "\n{:<7} {:>10} {:>10} {:>10} {:>12} {:>10} {:>12} {:>11}",
+        "\n{:<7} {:>10} {:>10} {:>10} {:>12} {:>10} {:>12} {:>11} {:>8}",
         "worker",
         "conns",
         "inserted",
@@ -106,12 +106,13 @@ pub fn stats_table(s: &Stats, all: bool) -> String {
         "early-drops",
         "refused",
         "handoff-out",
-        "handoff-in"
+        "handoff-in",
+        "resumed"
     );
     for w in &s.workers {
         let _ = writeln!(
             o,
-            "{:<7} {:>10} {:>10} {:>10} {:>12} {:>10} {:>12} {:>11}",
+            "{:<7} {:>10} {:>10} {:>10} {:>12} {:>10} {:>12} {:>11} {:>8}",
             w.id,
             w.ct_entries,
             w.ct_inserted,
@@ -119,7 +120,8 @@ pub fn stats_table(s: &Stats, all: bool) -> String {
             w.ct_early_dropped,
             w.ct_refused_full,
             w.handoff_out,
-            w.handoff_in
+            w.handoff_in,
+            w.ct_resumed
         );
     }
     o

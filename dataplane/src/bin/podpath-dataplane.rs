@@ -17,6 +17,7 @@ use podpath_dataplane::dpdk::{Eal, Mempool};
 use podpath_dataplane::pipeline::{Pipeline, PipelineConfig, Tracer, WorkerCounters};
 use podpath_dataplane::port::DpdkIo;
 use podpath_dataplane::preflight;
+use podpath_dataplane::tables::conntrack::{state as ct_state, Conntrack};
 use podpath_dataplane::worker::Worker;
 use podpath_proto::server::{self, Job};
 
@@ -97,6 +98,24 @@ fn run() -> Result<()> {
         eal.main_lcore(),
         workers
     ));
+    // The connection tables' state files, one per worker, opened before anything
+    // else is set up: a locked or unallocatable one stops the start here, by name.
+    let nat = (cfg.nat.port_min, cfg.nat.port_max);
+    let mut states: Vec<Option<ct_state::Opened>> = Vec::new();
+    if !cfg.dataplane.state_dir.as_os_str().is_empty() {
+        for i in 0..workers.len() {
+            let owner = ct_state::Owner {
+                worker: u16::try_from(i)?,
+                workers: u16::try_from(workers.len())?,
+                nat,
+            };
+            states.push(Some(ct_state::open(
+                &cfg.dataplane.state_dir,
+                owner,
+                cfg.conntrack.reserved(),
+            )?));
+        }
+    }
     let pool = Mempool::new(
         "podpath_mbufs",
         cfg.dataplane.mbufs,
@@ -190,7 +209,47 @@ fn run() -> Result<()> {
         let gen = ctl.generation();
         counters.applied_gen.store(gen, Ordering::Release);
         counters.settled_gen.store(gen, Ordering::Release);
-        let mut pipeline = Pipeline::new(&pcfg, snap.ports, counters, Tracer::new(id, Some(prod)));
+        let mut pipeline = Pipeline::new(
+            &pcfg,
+            snap.ports,
+            Arc::clone(&counters),
+            Tracer::new(id, Some(prod)),
+        );
+        if let Some(st) = states.get_mut(usize::from(id)).and_then(Option::take) {
+            let (outcome, path) = (st.outcome.clone(), st.path.clone());
+            let now =
+                u32::try_from(podpath_dataplane::dpdk::rdtsc() / tsc_hz.max(1)).unwrap_or(u32::MAX);
+            let (ct, r) =
+                Conntrack::resume(cfg.conntrack.capacity, cfg.conntrack.timeouts, now, st);
+            pipeline.conntrack = ct;
+            counters
+                .ct_restored
+                .store(r.restored as u64, Ordering::Relaxed);
+            log(match outcome {
+                ct_state::Outcome::Fresh => {
+                    format!("worker {id}: connections in {}", path.display())
+                }
+                ct_state::Outcome::Refused(why) => format!(
+                    "worker {id}: {} not resumed: {why}; kept as .refused, starting empty",
+                    path.display()
+                ),
+                o => format!(
+                    "worker {id}: {} {}: {} connections resumed, {} expired meanwhile, {} \
+                     invalid, {} duplicate; clock shifted {} s",
+                    path.display(),
+                    if o == ct_state::Outcome::Resumed {
+                        "resumed".to_string()
+                    } else {
+                        format!("{o:?}")
+                    },
+                    r.restored,
+                    r.expired,
+                    r.invalid,
+                    r.duplicate,
+                    r.shift
+                ),
+            });
+        }
         pipeline.set_l3(snap.l3);
         pipeline.set_services(snap.services);
         pipeline.set_installed_gen(gen);

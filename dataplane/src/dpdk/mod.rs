@@ -7,12 +7,15 @@
 //!   xstats, and the burst I/O the workers use.
 //! - [`af_packet`]: the af_packet PMD's ring geometry from `dataplane.max_frame`.
 //! - [`netns`]: running a probe inside another network namespace.
+//! - [`region`]: memory mappings tables keep state in (anonymous, or a file that
+//!   outlives the process); needs no EAL.
 pub mod af_packet;
 pub mod eal;
 pub mod ethdev;
 pub mod io;
 pub mod mbuf;
 pub mod netns;
+pub mod region;
 
 pub use eal::{Eal, EalError};
 pub use ethdev::{EthPort, PortError, PortSetup, SoloPort};

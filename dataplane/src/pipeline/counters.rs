@@ -59,6 +59,8 @@ pub struct WorkerCounters {
     pub ct_expired: AtomicU64,
     pub ct_early_dropped: AtomicU64,
     pub ct_refused_full: AtomicU64,
+    /// Connections resumed from the state file at start (set once).
+    pub ct_restored: AtomicU64,
     /// The connection table's capacity (set once).
     pub ct_capacity: AtomicU64,
     /// Packets handed to another worker (the owner of their connection), and taken
@@ -99,6 +101,7 @@ impl Default for WorkerCounters {
             ct_expired: AtomicU64::new(0),
             ct_early_dropped: AtomicU64::new(0),
             ct_refused_full: AtomicU64::new(0),
+            ct_restored: AtomicU64::new(0),
             ct_capacity: AtomicU64::new(0),
             handoff_out: AtomicU64::new(0),
             handoff_in: AtomicU64::new(0),

@@ -8,11 +8,21 @@
 //! Memory: an entry is 52 bytes in the slab, and each of its two keys takes about
 //! 24 bytes of hash table at the table's load (x2 reserve), under 128 bytes per
 //! connection in all (`Conntrack::bytes_per_entry`).
+//!
+//! The slab is the table's truth and can live in a file (`state`): every entry says
+//! by itself whether it is live, its tuples, state and expiry. The index, the timer
+//! wheel and the free list are rebuilt from it, so a dataplane restarted after
+//! `kill -9` resumes every connection the dead one tracked (`Conntrack::restore`).
+use crate::dpdk::region::Region;
 use hashbrown::HashMap;
+
+pub mod state;
 
 /// One direction of a connection. For ICMP echo, `sport` is the identifier and
 /// `dport` 0.
+// repr(C): entries holding tuples are read back by the next process (`state`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[repr(C)]
 pub struct Tuple {
     pub src: u32,
     pub dst: u32,
@@ -50,6 +60,25 @@ pub enum TcpState {
 }
 
 impl TcpState {
+    /// The state stored as `raw` (an unknown value, from a damaged file, is None).
+    pub fn from_raw(raw: u8) -> TcpState {
+        use TcpState::*;
+        [
+            None,
+            SynSent,
+            SynRecv,
+            Established,
+            FinWait,
+            CloseWait,
+            LastAck,
+            TimeWait,
+            Close,
+        ]
+        .get(usize::from(raw))
+        .copied()
+        .unwrap_or(None)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             TcpState::None => "NONE",
@@ -126,7 +155,7 @@ pub enum Dir {
 
 const F_SEEN_REPLY: u8 = 1;
 const F_ASSURED: u8 = 2;
-const F_DEAD: u8 = 4;
+pub(crate) const F_DEAD: u8 = 4;
 /// The original direction sent the FIN (so the closing side is known).
 const F_FIN_ORIG: u8 = 8;
 const F_FIN_REPLY: u8 = 16;
@@ -135,6 +164,8 @@ const F_DNAT: u8 = 32;
 /// A Service connection whose client source was also translated (NodePort, policy
 /// Cluster): replies come back to the node.
 const F_MASQ: u8 = 64;
+/// Every flag an entry can carry; anything else marks a damaged entry.
+const F_KNOWN: u8 = 127;
 const NIL: u32 = u32::MAX;
 /// Seconds a replied UDP flow must live before it is a stream (Linux: 2 s).
 const UDP_STREAM_AFTER: u32 = 2;
@@ -152,7 +183,10 @@ pub fn tcp_flags_valid(flags: u8) -> bool {
     )
 }
 
+// repr(C) and integers only: the layout the state file holds (`state::LAYOUT`), and
+// any bytes read back are a value (`Plain`); `valid` judges their meaning.
 #[derive(Debug, Clone, Copy)]
+#[repr(C)]
 pub struct Entry {
     pub orig: Tuple,
     pub reply: Tuple,
@@ -160,7 +194,8 @@ pub struct Entry {
     pub expires: u32,
     /// When the connection was created (UDP becomes a stream only after 2 s).
     pub born: u32,
-    pub tcp: TcpState,
+    /// A `TcpState` (`tcp()`).
+    tcp: u8,
     flags: u8,
     /// The timer-wheel slot this entry is filed in, and its neighbours there.
     slot: u16,
@@ -169,6 +204,9 @@ pub struct Entry {
 }
 
 impl Entry {
+    pub fn tcp(&self) -> TcpState {
+        TcpState::from_raw(self.tcp)
+    }
     pub fn assured(&self) -> bool {
         self.flags & F_ASSURED != 0
     }
@@ -182,6 +220,21 @@ impl Entry {
     pub fn is_masq(&self) -> bool {
         self.flags & F_MASQ != 0
     }
+}
+
+/// What `Conntrack::resume` made of a state file's entries.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Restored {
+    /// Connections tracked again, as the last process left them.
+    pub restored: usize,
+    /// Entries that expired while no process ran.
+    pub expired: usize,
+    /// Entries whose bytes are no connection (a torn write, damage): dropped.
+    pub invalid: usize,
+    /// Entries naming a tuple another restored entry holds: dropped.
+    pub duplicate: usize,
+    /// Seconds added to every time, from the old clock to this process's.
+    pub shift: i64,
 }
 
 /// Why a connection could not be created.
@@ -204,7 +257,14 @@ pub struct CtStats {
 
 pub struct Conntrack {
     index: HashMap<Tuple, (u32, Dir)>,
-    slab: Vec<Entry>,
+    /// Entries, in anonymous memory or the state file's mapping; `used` of them
+    /// have been handed out.
+    slab: Region<Entry>,
+    used: usize,
+    /// The state file's header (clock stamp, high-water mark), or an anonymous one.
+    hdr: Region<state::Header>,
+    /// The state file, kept open: its lock says this process owns it.
+    _file: Option<std::fs::File>,
     free: Vec<u32>,
     live: usize,
     /// The limit in force, at most `reserved` (what was allocated at start).
@@ -237,9 +297,30 @@ impl Conntrack {
         now: u32,
     ) -> Conntrack {
         let reserved = reserved.max(capacity);
+        // Address space only until used, as a Vec's reservation was; failing to
+        // map it is failing to allocate.
+        let slab = Region::anonymous(reserved).expect("connection table memory");
+        let hdr = Region::anonymous(1).expect("connection table header");
+        Self::over(capacity, reserved, timeouts, now, slab, hdr, None)
+    }
+
+    /// A table over `slab` (`reserved` entries, the first `hdr.used` handed out)
+    /// with nothing indexed yet.
+    fn over(
+        capacity: usize,
+        reserved: usize,
+        timeouts: Timeouts,
+        now: u32,
+        slab: Region<Entry>,
+        hdr: Region<state::Header>,
+        file: Option<std::fs::File>,
+    ) -> Conntrack {
         Conntrack {
             index: HashMap::with_capacity(reserved.saturating_mul(2).saturating_mul(2)),
-            slab: Vec::with_capacity(reserved),
+            slab,
+            used: 0,
+            hdr,
+            _file: file,
             free: Vec::with_capacity(reserved),
             live: 0,
             capacity,
@@ -250,6 +331,90 @@ impl Conntrack {
             timeouts,
             stats: CtStats::default(),
         }
+    }
+
+    /// The table kept in a state file (`state::open`): the entries it holds are
+    /// tracked again, their times shifted onto this process's clock (`now`), and the
+    /// index, wheel and free list rebuilt. Bytes that are no connection are dropped
+    /// and counted, never trusted: the slab is the only thing read back.
+    pub fn resume(
+        capacity: usize,
+        timeouts: Timeouts,
+        now: u32,
+        st: state::Opened,
+    ) -> (Conntrack, Restored) {
+        let reserved = st.slab.len();
+        let used = usize::try_from(st.hdr[0].used).unwrap_or(0).min(reserved);
+        let h = st.hdr[0];
+        let mut c = Self::over(
+            capacity,
+            reserved,
+            timeouts,
+            now,
+            st.slab,
+            st.hdr,
+            Some(st.file),
+        );
+        c.used = used;
+        let mut r = Restored::default();
+        // Where the old clock would stand now, from its last stamp and the wall time
+        // since; the difference to ours moves every expiry (two processes' TSC rates
+        // are calibrated apart, and the clock may not be the TSC one day).
+        if h.wall_ms != 0 {
+            let gone = state::wall_ms().saturating_sub(h.wall_ms) / 1000;
+            let theirs = i64::try_from(h.clock_secs.saturating_add(gone)).unwrap_or(i64::MAX);
+            r.shift = i64::from(now) - theirs;
+        }
+        let longest = [
+            timeouts.tcp_established,
+            timeouts.tcp_syn_sent,
+            timeouts.udp_stream,
+            timeouts.icmp,
+            Timeouts::default().tcp_established,
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or(u32::MAX);
+        let shifted = |t: u32| {
+            u32::try_from((i64::from(t) + r.shift).clamp(0, i64::from(u32::MAX))).unwrap_or(0)
+        };
+        for i in 0..used {
+            let mut e = c.slab[i];
+            let idx = u32::try_from(i).unwrap_or(NIL);
+            if e.flags & F_DEAD != 0 {
+                c.free.push(idx);
+                continue;
+            }
+            let ok = e.flags & !F_KNOWN == 0
+                && matches!(e.orig.proto, 1 | 6 | 17)
+                && e.reply.proto == e.orig.proto
+                && e.tcp <= TcpState::Close as u8
+                && (e.orig.proto == 6 || e.tcp == 0);
+            e.expires = shifted(e.expires);
+            e.born = shifted(e.born).min(now);
+            let verdict = if !ok || e.expires > now.saturating_add(longest).saturating_add(1) {
+                &mut r.invalid
+            } else if e.expires <= now {
+                &mut r.expired
+            } else if c.index.contains_key(&e.orig) || c.index.contains_key(&e.reply) {
+                &mut r.duplicate
+            } else {
+                e.next = NIL;
+                e.prev = NIL;
+                c.slab[i] = e;
+                c.index.insert(e.orig, (idx, Dir::Orig));
+                c.index.insert(e.reply, (idx, Dir::Reply));
+                c.link(idx);
+                c.live += 1;
+                r.restored += 1;
+                continue;
+            };
+            *verdict += 1;
+            c.slab[i].flags = F_DEAD;
+            c.free.push(idx);
+        }
+        state::stamp(&mut c.hdr[0], now);
+        (c, r)
     }
 
     /// Approximate bytes one connection costs (slab entry and two index slots).
@@ -306,7 +471,7 @@ impl Conntrack {
         use crate::wire::tcp::flags::{ACK, SYN};
         let (i, d) = self.lookup(t, now)?;
         let e = &self.slab[i as usize];
-        let finished = matches!(e.tcp, TcpState::TimeWait | TcpState::Close);
+        let finished = matches!(e.tcp(), TcpState::TimeWait | TcpState::Close);
         if finished && d == Dir::Orig && tcp_flags & (SYN | ACK) == SYN {
             self.remove(i);
             return None;
@@ -372,9 +537,9 @@ impl Conntrack {
             expires: now.saturating_add(timeout.max(1)),
             born: now,
             tcp: if orig.proto == 6 {
-                TcpState::SynSent
+                TcpState::SynSent as u8
             } else {
-                TcpState::None
+                TcpState::None as u8
             },
             flags: 0,
             slot: 0,
@@ -387,8 +552,12 @@ impl Conntrack {
                 i
             }
             None => {
-                self.slab.push(e);
-                u32::try_from(self.slab.len() - 1).unwrap_or(NIL)
+                // The reservation bounds `capacity`, so `used < reserved` here.
+                let i = self.used;
+                self.slab[i] = e;
+                self.used += 1;
+                self.hdr[0].used = self.used as u64;
+                u32::try_from(i).unwrap_or(NIL)
             }
         };
         // Stale keys of expired-but-unswept entries give way.
@@ -417,11 +586,12 @@ impl Conntrack {
         }
         let timeout = match e.orig.proto {
             6 => {
-                e.tcp = tcp_next(e.tcp, dir, tcp_flags, &mut e.flags);
-                if e.tcp == TcpState::Established {
+                let s = tcp_next(e.tcp(), dir, tcp_flags, &mut e.flags);
+                e.tcp = s as u8;
+                if s == TcpState::Established {
                     e.flags |= F_ASSURED;
                 }
-                t.tcp(e.tcp)
+                t.tcp(s)
             }
             17 => {
                 // Linux's rule: a replied flow still alive 2 s after it began is a
@@ -493,7 +663,7 @@ impl Conntrack {
 
     /// Removes everything.
     pub fn flush(&mut self) {
-        for i in 0..self.slab.len() {
+        for i in 0..self.used {
             let i = u32::try_from(i).unwrap_or(NIL);
             self.remove(i);
         }
@@ -503,6 +673,11 @@ impl Conntrack {
     /// many it expired. Entries whose timeout moved on are re-filed in their slot.
     pub fn expire(&mut self, now: u32, mut budget: usize) -> usize {
         let mut expired = 0;
+        if u64::from(now) != self.hdr[0].clock_secs {
+            // Once a second: where this clock stood in wall time, so a successor
+            // can shift every expiry onto its own clock (`restore`).
+            state::stamp(&mut self.hdr[0], now);
+        }
         // After a long pause one turn of the wheel visits every slot: skip the rest.
         let turn = u32::try_from(WHEEL_SLOTS).unwrap_or(u32::MAX);
         if self.walking == NIL && now.saturating_sub(self.cursor) > turn {
@@ -567,7 +742,7 @@ impl Conntrack {
     /// must go; returns where to continue (the slab length when done). Bounded work,
     /// so a worker can sweep a large table a little at every poll.
     pub fn sweep(&mut self, from: usize, n: usize, mut gone: impl FnMut(&Entry) -> bool) -> usize {
-        let end = (from + n).min(self.slab.len());
+        let end = (from + n).min(self.used);
         for i in from..end {
             let e = self.slab[i];
             if e.flags & F_DEAD == 0 && gone(&e) {
@@ -578,12 +753,12 @@ impl Conntrack {
     }
 
     pub fn slab_len(&self) -> usize {
-        self.slab.len()
+        self.used
     }
 
     /// Every live entry, for `podpathctl conntrack list`.
     pub fn entries(&self, now: u32) -> impl Iterator<Item = &Entry> + '_ {
-        self.slab
+        self.slab[..self.used]
             .iter()
             .filter(move |e| e.flags & F_DEAD == 0 && e.expires > now)
     }
@@ -718,7 +893,7 @@ mod tests {
         ] {
             c.update(i, d, f, 2);
         }
-        assert_eq!(c.entry(i).tcp, TcpState::TimeWait);
+        assert_eq!(c.entry(i).tcp(), TcpState::TimeWait);
         assert_eq!(c.lookup_or_reopen(&o, ACK, 3), Some((i, Dir::Orig)));
         assert_eq!(c.lookup_or_reopen(&r, SYN, 3), Some((i, Dir::Reply)));
         assert_eq!(c.lookup_or_reopen(&o, SYN | ACK, 3), Some((i, Dir::Orig)));
@@ -736,7 +911,7 @@ mod tests {
         let i = c.insert(o, r, 4).unwrap();
         c.update(i, Dir::Orig, SYN, 4);
         c.update(i, Dir::Reply, RST, 4);
-        assert_eq!(c.entry(i).tcp, TcpState::Close);
+        assert_eq!(c.entry(i).tcp(), TcpState::Close);
         assert_eq!(c.lookup_or_reopen(&o, SYN, 5), None);
     }
 
@@ -747,7 +922,7 @@ mod tests {
         let i = c.insert(o, nat_reply(o, 61001), 0).unwrap();
         let step = |c: &mut Conntrack, d, f| {
             c.update(i, d, f, 1);
-            c.entry(i).tcp
+            c.entry(i).tcp()
         };
         assert_eq!(step(&mut c, Dir::Orig, SYN), TcpState::SynSent);
         assert_eq!(step(&mut c, Dir::Reply, SYN | ACK), TcpState::SynRecv);
@@ -773,9 +948,9 @@ mod tests {
             c.update(j, d, f, 1);
         }
         c.update(j, Dir::Reply, FIN | ACK, 1);
-        assert_eq!(c.entry(j).tcp, TcpState::LastAck);
+        assert_eq!(c.entry(j).tcp(), TcpState::LastAck);
         c.update(j, Dir::Orig, RST, 1);
-        assert_eq!(c.entry(j).tcp, TcpState::Close);
+        assert_eq!(c.entry(j).tcp(), TcpState::Close);
         assert_eq!(c.entry(j).expires, 1 + 10);
     }
 
@@ -823,7 +998,7 @@ mod tests {
         assert!(c.update(i, Dir::Orig, SYN, 0));
         assert!(c.update(i, Dir::Reply, SYN | ACK, 0));
         assert!(c.update(i, Dir::Orig, ACK, 0));
-        assert_eq!(c.entry(i).tcp, TcpState::Established);
+        assert_eq!(c.entry(i).tcp(), TcpState::Established);
         let before = *c.entry(i);
         for bad in [
             SYN | FIN,
@@ -836,7 +1011,7 @@ mod tests {
             assert!(!tcp_flags_valid(bad), "{bad:#x}");
             assert!(!c.update(i, Dir::Orig, bad, 50), "{bad:#x} accepted");
             let e = c.entry(i);
-            assert_eq!(e.tcp, TcpState::Established, "{bad:#x} moved the state");
+            assert_eq!(e.tcp(), TcpState::Established, "{bad:#x} moved the state");
             assert_eq!(e.expires, before.expires, "{bad:#x} refreshed the timeout");
         }
         // PSH (0x08) and URG where Linux allows it are fine.
@@ -867,7 +1042,7 @@ mod tests {
         };
         let i = c.insert(o, nat_reply(o, 61011), 0).unwrap();
         close(&mut c, i);
-        assert_eq!(c.entry(i).tcp, TcpState::TimeWait);
+        assert_eq!(c.entry(i).tcp(), TcpState::TimeWait);
         // Ten connections on the same tuple, each opened over the last one's
         // TIME_WAIT: every one closes to TIME_WAIT again (none is left in CLOSE_WAIT
         // by the previous one's FIN bits).
@@ -875,7 +1050,7 @@ mod tests {
             assert!(c.lookup_or_reopen(&o, SYN, 1).is_none(), "round {round}");
             let k = c.insert(o, nat_reply(o, 61011), 1).unwrap();
             close(&mut c, k);
-            assert_eq!(c.entry(k).tcp, TcpState::TimeWait, "round {round}");
+            assert_eq!(c.entry(k).tcp(), TcpState::TimeWait, "round {round}");
         }
         // The state machine alone (no removal) also forgets the old close.
         let mut flags = F_FIN_ORIG | F_FIN_REPLY | F_ASSURED | F_SEEN_REPLY;
@@ -943,7 +1118,7 @@ mod tests {
         assert!(first >= 60, "SYN_SENT waits long: {first}");
         // SYN then RST: CLOSE's 10 s, not SYN_SENT's slot minutes away.
         c.update(i, Dir::Reply, RST, 1);
-        assert_eq!(c.entry(i).tcp, TcpState::Close);
+        assert_eq!(c.entry(i).tcp(), TcpState::Close);
         assert_eq!(c.expire(10, 100), 0);
         assert_eq!(c.len(), 1);
         assert_eq!(c.expire(11, 100), 1, "gone at 1 + 10 s");
@@ -972,5 +1147,215 @@ mod tests {
         let z = t(5, 17);
         assert_eq!(c.insert(z, nat_reply(z, 60005), 4), Err(InsertError::Full));
         assert_eq!(c.stats.refused_full, 1);
+    }
+
+    mod resume {
+        use super::*;
+        use std::os::unix::fs::FileExt;
+
+        const OWNER: state::Owner = state::Owner {
+            worker: 0,
+            workers: 2,
+            nat: (30000, 60999),
+        };
+
+        struct Dir_(std::path::PathBuf);
+        impl Drop for Dir_ {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+        fn dir(name: &str) -> Dir_ {
+            let d = std::env::temp_dir().join(format!("pp-ct-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&d);
+            Dir_(d)
+        }
+        fn table(d: &Dir_, reserved: usize, now: u32) -> (Conntrack, Restored, state::Outcome) {
+            let st = state::open(&d.0, OWNER, reserved).unwrap();
+            let o = st.outcome.clone();
+            let (c, r) = Conntrack::resume(reserved, Timeouts::default(), now, st);
+            (c, r, o)
+        }
+
+        #[test]
+        fn connections_in_a_state_file_outlive_the_table_that_made_them() {
+            let d = dir("outlive");
+            let (mut c, r, o) = table(&d, 64, 100);
+            assert_eq!((o, r.restored), (state::Outcome::Fresh, 0));
+            let (a, b, gone) = (t(40000, 6), t(40001, 17), t(40002, 17));
+            let ia = c.insert(a, nat_reply(a, 61000), 100).unwrap();
+            c.update(ia, Dir::Reply, SYN | ACK, 100);
+            c.update(ia, Dir::Orig, ACK, 100);
+            c.insert(b, nat_reply(b, 61001), 100).unwrap();
+            let ig = c.insert(gone, nat_reply(gone, 61002), 100).unwrap();
+            c.remove(ig);
+            // The process dies: nothing is written on the way out.
+            drop(c);
+            let (mut c, r, o) = table(&d, 64, 110);
+            assert_eq!(o, state::Outcome::Resumed);
+            assert_eq!((r.restored, r.invalid, r.duplicate), (2, 0, 0), "{r:?}");
+            let (i, dir) = c
+                .lookup(&nat_reply(a, 61000), 110)
+                .expect("reply side of a");
+            assert_eq!(dir, Dir::Reply);
+            assert_eq!(c.entry(i).tcp(), TcpState::Established);
+            assert!(c.entry(i).assured());
+            assert!(c.lookup(&b, 110).is_some());
+            assert!(
+                c.lookup(&gone, 110).is_none(),
+                "a removed connection came back"
+            );
+            assert_eq!(c.len(), 2);
+            // The removed one's slot is free again, and new connections do not land
+            // on the resumed ones.
+            let n = t(40003, 17);
+            let j = c.insert(n, nat_reply(n, 61003), 110).unwrap();
+            assert_eq!(j, ig);
+            assert!(c.lookup(&b, 110).is_some() && c.lookup(&a, 110).is_some());
+            // And its wheel works: b (UDP, 30 s, unreplied) expires on time. No
+            // wall time passed between the two tables, but this clock reads 10 s
+            // later: the 30 s count on this clock, from 110.
+            assert_eq!(r.shift, 10);
+            assert_eq!(c.expire(139, 1000), 0);
+            assert!(c.expire(141, 1000) >= 1);
+            assert!(c.lookup(&b, 141).is_none());
+        }
+
+        #[test]
+        fn a_later_clock_moves_every_expiry_by_the_time_that_passed() {
+            let d = dir("clock");
+            let (mut c, _, _) = table(&d, 64, 1000);
+            let a = t(40000, 17);
+            c.insert(a, nat_reply(a, 61000), 1000).unwrap(); // expires at 1030
+                                                             // Ten seconds of wall time ago, the old clock said 1000.
+            c.hdr[0].clock_secs = 1000;
+            c.hdr[0].wall_ms = state::wall_ms() - 10_000;
+            drop(c);
+            // The new process's clock reads 50 for the same moment as the old's 1010.
+            let (c, r, _) = table(&d, 64, 50);
+            assert_eq!(r.shift, -960);
+            let i = c.lookup(&a, 50).expect("resumed").0;
+            assert_eq!(c.entry(i).expires, 70, "20 s were left");
+        }
+
+        #[test]
+        fn a_file_of_another_layout_boot_or_worker_split_is_refused_by_name() {
+            let d = dir("refuse");
+            let (mut c, _, _) = table(&d, 64, 10);
+            let a = t(40000, 17);
+            c.insert(a, nat_reply(a, 61000), 10).unwrap();
+            c.hdr[0].layout = 99;
+            drop(c);
+            let (c, r, o) = table(&d, 64, 10);
+            let state::Outcome::Refused(why) = o else {
+                panic!("{o:?}")
+            };
+            assert!(why.contains("layout 99"), "{why}");
+            assert_eq!((r.restored, c.len()), (0, 0));
+            assert!(state::path(&d.0, 0).with_extension("refused").exists());
+            drop(c);
+            for (field, expect) in [("workers", "worker 0 of 3"), ("boot", "restarted")] {
+                let (mut c, _, _) = table(&d, 64, 10);
+                c.insert(a, nat_reply(a, 61000), 10).unwrap();
+                match field {
+                    "workers" => c.hdr[0].workers = 3,
+                    _ => c.hdr[0].boot_id[0] ^= 1,
+                }
+                drop(c);
+                let (c, _, o) = table(&d, 64, 10);
+                assert!(
+                    matches!(&o, state::Outcome::Refused(w) if w.contains(expect)),
+                    "{field}: {o:?}"
+                );
+                assert_eq!(c.len(), 0);
+            }
+        }
+
+        #[test]
+        fn a_changed_reservation_is_converted_with_its_connections() {
+            let d = dir("convert");
+            let (mut c, _, _) = table(&d, 64, 10);
+            for p in 0..20 {
+                let x = t(40000 + p, 17);
+                c.insert(x, nat_reply(x, 61000 + p), 10).unwrap();
+            }
+            drop(c);
+            let (c, r, o) = table(&d, 256, 11);
+            assert_eq!(o, state::Outcome::Converted { from_reserved: 64 });
+            assert_eq!((r.restored, c.reserved()), (20, 256));
+            drop(c);
+            let (c, r, o) = table(&d, 256, 12);
+            assert_eq!((o, r.restored, c.len()), (state::Outcome::Resumed, 20, 20));
+        }
+
+        #[test]
+        fn garbage_in_the_file_is_dropped_and_counted_never_trusted() {
+            let d = dir("garbage");
+            let (mut c, _, _) = table(&d, 512, 10);
+            let a = t(40000, 6);
+            c.insert(a, nat_reply(a, 61000), 10).unwrap();
+            c.hdr[0].used = 512;
+            drop(c);
+            // Overwrite every entry but the first with pseudo-random bytes, some
+            // of them plausible (TCP/UDP protocols, small state values).
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(state::path(&d.0, 0))
+                .unwrap();
+            let page = crate::dpdk::region::page_size() as u64;
+            let size = std::mem::size_of::<Entry>();
+            let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+            let mut bytes = vec![0u8; size * 511];
+            for (k, b) in bytes.iter_mut().enumerate() {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                // Expiries near now (bytes 32-35, little endian), so the checks on
+                // meaning are what stands between these bytes and the table.
+                *b = match k % size {
+                    12 | 28 => [6, 17, 1, 0, 47][(x % 5) as usize],
+                    32 => 20 + (x % 200).to_le_bytes()[0],
+                    33..=35 => 0,
+                    40 => [0, 1, 3, 5, 8, 9, 200][(x % 7) as usize],
+                    41 => [0, 2, 8, 128, 4][(x % 5) as usize],
+                    _ => x.to_le_bytes()[0],
+                };
+            }
+            f.write_all_at(&bytes, page + size as u64).unwrap();
+            drop(f);
+            let (mut c, r, _) = table(&d, 512, 10);
+            // Every entry handed out is judged once; the dead ones are free.
+            let dead = 512 - (r.restored + r.invalid + r.expired + r.duplicate);
+            assert_eq!(c.free.len(), dead + r.invalid + r.expired + r.duplicate);
+            assert!(r.restored >= 1 && r.invalid > 100, "{r:?}");
+            assert!(c.lookup(&a, 10).is_some(), "the real connection was lost");
+            // Whatever was restored is consistent: found by both keys, expiring
+            // within the longest timeout; and the table keeps working.
+            let live: Vec<Entry> = c.entries(10).copied().collect();
+            assert_eq!(live.len(), r.restored);
+            for e in &live {
+                assert!(c.lookup(&e.orig, 10).is_some() && c.lookup(&e.reply, 10).is_some());
+                assert!(
+                    matches!(e.orig.proto, 1 | 6 | 17)
+                        && e.reply.proto == e.orig.proto
+                        && e.tcp <= TcpState::Close as u8
+                        && (e.orig.proto == 6 || e.tcp == 0)
+                        && e.flags & !F_KNOWN == 0,
+                    "restored garbage: {e:?}"
+                );
+            }
+            assert_eq!(c.expire(10 + 432_001 + 2000, usize::MAX), r.restored);
+            assert_eq!(c.len(), 0);
+            let n = t(40001, 17);
+            assert!(c.insert(n, nat_reply(n, 61001), 500_000).is_ok());
+        }
+
+        #[test]
+        fn a_second_process_on_the_same_file_is_refused() {
+            let d = dir("locked");
+            let (_c, _, _) = table(&d, 64, 10);
+            let e = state::open(&d.0, OWNER, 64).err().expect("opened twice");
+            assert!(e.to_string().contains("another process"), "{e}");
+        }
     }
 }
