@@ -12,6 +12,14 @@ log=$(mktemp)
 set +e
 cargo test --workspace 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
+# Every fuzz target for a short, bounded time on its committed corpus (fuzz/run.sh;
+# PODPATH_FUZZ_SECONDS each, 0 skips): a crash fails the suite.
+fuzz_rc=0
+if [ "${PODPATH_FUZZ_SECONDS:-15}" != 0 ]; then
+  fuzz/run.sh "${PODPATH_FUZZ_SECONDS:-15}" 2>&1 | tee -a "$log"
+  fuzz_rc=${PIPESTATUS[0]}
+fi
+[ "$rc" = 0 ] && rc=$fuzz_rc
 set -e
 # One closing line for the whole suite (cargo prints one result per test binary).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i == "passed;") p += $(i-1); if ($i == "failed;") f += $(i-1) } }

@@ -254,6 +254,12 @@ impl<F: Frame> Pipeline<F> {
         }
     }
 
+    /// Packets parked until their next hop resolves (they are neither sent nor
+    /// dropped yet: the accounting identity counts them apart).
+    pub fn parked(&self) -> usize {
+        self.pending.len()
+    }
+
     /// Seconds on the connection table's clock.
     #[inline]
     pub fn seconds(&self) -> u32 {
