@@ -28,6 +28,13 @@ pub struct ServiceConfig {
     /// Where to serve Prometheus metrics (`/metrics`), e.g. "127.0.0.1:9469"; none:
     /// not served.
     pub metrics: Option<std::net::SocketAddr>,
+    /// Supervise the dataplane: the command that starts it (for example
+    /// `["podpath-dataplane", "--config", "/etc/podpath/node.toml"]`). The service
+    /// starts it when none answers and restarts it when it dies (back-off 0.1-10 s).
+    /// Empty: someone else runs it (a container runtime, systemd).
+    pub dataplane_command: Vec<String>,
+    /// Where the supervised dataplane's output goes (appended); none: the service's.
+    pub dataplane_log: Option<PathBuf>,
 }
 
 impl Default for ServiceConfig {
@@ -39,6 +46,8 @@ impl Default for ServiceConfig {
             state_file: PathBuf::from("/var/lib/podpath/state.json"),
             check_interval_ms: 200,
             metrics: None,
+            dataplane_command: Vec::new(),
+            dataplane_log: None,
         }
     }
 }

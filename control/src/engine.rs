@@ -108,6 +108,8 @@ fn unix_ms() -> u64 {
 }
 
 pub struct Engine {
+    /// Restarts of the dataplane by this service's supervisor (reported in Stats).
+    pub dataplane_restarts: u64,
     state: State,
     state_file: PathBuf,
     dp_socket: PathBuf,
@@ -135,6 +137,7 @@ pub struct Engine {
 impl Engine {
     pub fn new(state: State, state_file: PathBuf, dp_socket: PathBuf) -> Engine {
         let mut e = Engine {
+            dataplane_restarts: 0,
             state,
             state_file,
             dp_socket,
@@ -155,6 +158,11 @@ impl Engine {
     }
 
     /// Records an event (the oldest goes past [`EVENTS_KEPT`]).
+    /// Records an event from outside the engine (the supervisor's).
+    pub fn note(&mut self, kind: &str, detail: impl Into<String>) {
+        self.event(kind, detail);
+    }
+
     fn event(&mut self, kind: &str, detail: impl Into<String>) {
         if self.events.len() == EVENTS_KEPT {
             self.events.pop_front();
@@ -685,7 +693,16 @@ impl Engine {
             | Request::TraceDump
             | Request::CaptureStart(_)
             | Request::CaptureRead
-            | Request::CaptureStop) => self.call(q),
+            | Request::CaptureStop) => {
+                let stats = matches!(q, Request::Stats);
+                match self.call(q) {
+                    Ok(Response::Stats(mut s)) if stats => {
+                        s.dataplane_restarts = self.dataplane_restarts;
+                        Ok(Response::Stats(s))
+                    }
+                    r => r,
+                }
+            }
         };
         r.unwrap_or_else(Response::Error)
     }

@@ -12,4 +12,5 @@ pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod state;
+pub mod supervise;
 pub mod trace_svg;

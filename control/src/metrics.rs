@@ -92,6 +92,13 @@ pub fn render(stats: Option<&Stats>, services: &[ServiceSpec]) -> String {
             .set(count(&|e| e.terminating));
     }
     if let Some(s) = stats {
+        let restarts = Counter::<u64>::default();
+        r.register(
+            "podpath_dataplane_restarts",
+            "Times the control service restarted a dead dataplane (control.dataplane_command)",
+            restarts.clone(),
+        );
+        restarts.inc_by(s.dataplane_restarts);
         let gen = Gauge::<i64>::default();
         r.register(
             "podpath_snapshot_generation",

@@ -58,6 +58,9 @@ pub struct LabOptions {
     /// Attach the pods by running podpath-cni as a container runtime does (after the
     /// node's control service is up), instead of the lab's own veths and ports.
     pub cni_pods: bool,
+    /// The control service starts and restarts each node's dataplane
+    /// (`dataplane_command`), instead of the lab starting it.
+    pub supervised: bool,
 }
 
 impl LabOptions {
@@ -79,6 +82,7 @@ impl LabOptions {
             static_remotes: true,
             agent_bootstrap: false,
             cni_pods: false,
+            supervised: false,
         }
     }
 }
@@ -448,8 +452,14 @@ impl Lab {
                 .cloned()
                 .collect();
             write_config(&self.state.nodes[i], i, &others, opts)?;
-            self.start_dataplane(i, opts)?;
-            self.start_control(i, opts)?;
+            if opts.supervised {
+                // The control service starts the dataplane itself.
+                self.start_control(i, opts)?;
+                self.wait_for_dataplane(i, None, opts.start_timeout)?;
+            } else {
+                self.start_dataplane(i, opts)?;
+                self.start_control(i, opts)?;
+            }
             self.wait_in_sync(i, opts.start_timeout)?;
             if opts.cni_pods {
                 self.attach_pods_by_cni(i, opts)?;
@@ -559,6 +569,38 @@ impl Lab {
         self.state.save()
     }
 
+    /// Waits until node `i`'s dataplane answers as a process other than `not` (a
+    /// supervised restart), and records its pid.
+    pub fn wait_for_dataplane(
+        &mut self,
+        i: usize,
+        not: Option<u32>,
+        timeout: Duration,
+    ) -> Result<u32> {
+        let n = self.state.nodes[i].clone();
+        let end = Instant::now() + timeout;
+        loop {
+            let pids = pids_running(&n.config);
+            if let [pid] = pids[..] {
+                if Some(pid) != not
+                    && podpath_proto::Client::connect(&n.socket, "podpath-lab").is_ok()
+                {
+                    self.state.nodes[i].dataplane_pid = Some(pid);
+                    self.state.save()?;
+                    return Ok(pid);
+                }
+            }
+            if Instant::now() > end {
+                bail!(
+                    "no dataplane of {} answered within {timeout:?} (running: {pids:?}; log {})",
+                    n.name,
+                    n.log.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Starts (or restarts) node `i`'s control service and waits for its socket.
     pub fn start_control(&mut self, i: usize, opts: &LabOptions) -> Result<()> {
         let n = &self.state.nodes[i];
@@ -647,6 +689,32 @@ impl Drop for Lab {
 
 /// Starts `bin --config cfg` inside `ns`, logging to `log`, and waits until its
 /// socket answers. Returns the PID (`ip netns exec` execs the program: same PID).
+/// Processes whose command line names `config` (this lab's unique file), as
+/// `--config <config>`: the dataplanes of one node, however they were started.
+pub fn pids_running(config: &Path) -> Vec<u32> {
+    let want = config.as_os_str().as_encoded_bytes();
+    let mut v = Vec::new();
+    for e in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(cmd) = fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmd.split(|&b| b == 0).collect();
+        // The dataplane itself, not `ip netns exec` in front of it (same pid after
+        // exec) nor anything else mentioning the path.
+        let is_dp = args
+            .first()
+            .is_some_and(|a| a.ends_with(b"podpath-dataplane"));
+        if is_dp && args.windows(2).any(|w| w[0] == b"--config" && w[1] == want) {
+            v.push(pid);
+        }
+    }
+    v.sort_unstable();
+    v
+}
+
 fn spawn_in(
     ns: &str,
     bin: &Path,
@@ -739,6 +807,11 @@ pub fn teardown(state: &State) {
             stop_pid(pid, "TERM", "podpath-control");
         }
         if let Some(pid) = n.dataplane_pid {
+            stop_pid(pid, "TERM", "podpath-dataplane");
+        }
+        // A dataplane a supervising control service started (and left running, as
+        // it does on exit): found by this lab's own configuration file.
+        for pid in pids_running(&n.config) {
             stop_pid(pid, "TERM", "podpath-dataplane");
         }
         let _ = fs::remove_dir_all(format!("/var/run/dpdk/{}", n.file_prefix));
@@ -913,6 +986,20 @@ fn write_config(node: &Node, index: usize, others: &[Node], opts: &LabOptions) -
         sock = node.socket.display(),
         state = node.state_file.display(),
     );
+    if opts.supervised {
+        // Before [node]: these belong to [control]. The control service runs in
+        // the node's namespace, so the dataplane it starts does too.
+        let at = c.rfind("\n\n").unwrap_or(c.len());
+        c.insert_str(
+            at,
+            &format!(
+                "\ndataplane_command = [\"{}\", \"--config\", \"{}\"]\ndataplane_log = \"{}\"",
+                opts.dataplane.display(),
+                node.config.display(),
+                node.log.display()
+            ),
+        );
+    }
     c += &format!(
         "[node]\nnode_ip = \"{ip}\"\nunderlay_cidr = \"{UNDERLAY_PREFIX}.0/24\"\n{gw}pod_cidr = \"{pods}\"\n\
          cluster_cidr = \"{CLUSTER_CIDR}\"\nbridge = 1\nuplink = \"uplink\"\nhost = \"host\"\n\

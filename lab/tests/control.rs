@@ -525,6 +525,147 @@ fn connections_survive_kill_9_and_an_upgrade_of_the_dataplane() {
     assert!(log.contains("resumed:"), "{log}");
 }
 
+fn events(sock: &Path) -> Vec<(String, String)> {
+    match call(sock, Request::Events { after: 0 }) {
+        Ok(Response::Events(v)) => v.into_iter().map(|e| (e.kind, e.detail)).collect(),
+        r => panic!("events: {r:?}"),
+    }
+}
+
+/// Issue 15 item 3: supervision is podpath's. The control service starts the
+/// dataplane (`dataplane_command`); `kill -9` of the dataplane brings a new one
+/// without anyone asking, reconciled, with the masqueraded download going on byte
+/// for byte (its connection resumed); `kill -9` of the control service leaves the
+/// dataplane running and forwarding, and the restarted control service adopts it
+/// rather than starting a second one.
+#[test]
+fn the_control_service_restarts_a_killed_dataplane_and_a_killed_control_service_leaves_it_running()
+{
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut opts = LabOptions::new(&format!("v{}", std::process::id() % 1_000_000));
+    opts.nodes = 1;
+    opts.supervised = true;
+    opts.state_dir = std::env::temp_dir().join("podpath-lab-tests");
+    let mut lab = Lab::up(&opts).expect("lab up");
+    let n = lab.state.nodes[0].clone();
+    let a = n.pods[0].clone();
+    let ext = lab.state.external.clone().expect("external host");
+    const EXT: &str = "192.168.77.100";
+    assert!(reachable(&a.netns, EXT, Duration::from_secs(10)));
+    let first = n.dataplane_pid.expect("the supervised dataplane's pid");
+    assert!(
+        events(&n.control_socket)
+            .iter()
+            .any(|(k, d)| k == "dataplane-started" && d == &format!("pid {first}")),
+        "{:?}",
+        events(&n.control_socket)
+    );
+    let bytes = 5_000_000u64.to_string();
+    let _server = Background(vec![serve_in(
+        &ext,
+        &[
+            "tcp-serve",
+            "--port",
+            "9000",
+            "--bytes",
+            &bytes,
+            "--seed",
+            "9",
+            "--rate-mbps",
+            "2",
+        ],
+    )]);
+    let echo = Background::in_each(&[&ext], &["udp-echo", "--port", "9001", "--count", "60000"]);
+    let download = net::command_in(&a.netns, &bin())
+        .args([
+            "tcp-fetch",
+            "--from",
+            &format!("{EXT}:9000"),
+            "--bytes",
+            &bytes,
+            "--seed",
+            "9",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let probe = net::command_in(&a.netns, &bin())
+        .args(["udp-probe", "--to", &format!("{EXT}:9001")])
+        .args(["--interval-ms", "2", "--seconds", "14", "--gap-ms", "40"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+
+    // The dataplane dies; nobody but its supervisor acts.
+    let t = Instant::now();
+    net::kill(first, "KILL");
+    let second = lab
+        .wait_for_dataplane(0, Some(first), Duration::from_secs(30))
+        .expect("a new dataplane");
+    let answering = t.elapsed();
+    lab.wait_in_sync(0, Duration::from_secs(30))
+        .expect("reconciled");
+    let ev = events(&n.control_socket);
+    assert!(
+        ev.iter().any(|(k, d)| k == "dataplane-exited"
+            && d.contains(&format!("pid {first} killed by signal 9"))),
+        "{ev:?}"
+    );
+    assert!(
+        ev.iter()
+            .any(|(k, d)| k == "dataplane-started" && d == &format!("pid {second}")),
+        "{ev:?}"
+    );
+    let restarts = match call(&n.control_socket, Request::Stats) {
+        Ok(Response::Stats(s)) => s.dataplane_restarts,
+        r => panic!("{r:?}"),
+    };
+    assert_eq!(restarts, 1);
+    std::thread::sleep(Duration::from_secs(2));
+
+    // The control service dies: the dataplane goes on, and is adopted.
+    let control = lab.state.nodes[0].control_pid.expect("control pid");
+    lab.stop_control(0, "KILL");
+    assert!(!net::pid_alive(control));
+    assert!(
+        net::pid_alive(second),
+        "the dataplane died with its control service"
+    );
+    assert!(
+        ping(&a.netns, EXT),
+        "no forwarding without the control service"
+    );
+    lab.start_control(0, &opts).expect("restart control");
+    lab.wait_in_sync(0, Duration::from_secs(30))
+        .expect("in sync after the control restart");
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(
+        topo::pids_running(&n.config),
+        vec![second],
+        "a second dataplane was started"
+    );
+    let ev = events(&n.control_socket);
+    assert!(
+        !ev.iter().any(|(k, _)| k == "dataplane-started"),
+        "the adopted dataplane was replaced: {ev:?}"
+    );
+
+    let fetched = download.wait_with_output().unwrap();
+    let probed = probe.wait_with_output().unwrap();
+    drop(echo);
+    eprintln!(
+        "supervised restart: a new dataplane answering {answering:?} after the kill\nprobe (2 ms):\n{}",
+        String::from_utf8_lossy(&probed.stdout)
+    );
+    assert!(
+        fetched.status.success(),
+        "the masqueraded download broke across the supervised restart: {}",
+        String::from_utf8_lossy(&fetched.stderr)
+    );
+}
+
 #[test]
 fn restarting_the_control_service_leaves_forwarding_alone() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());

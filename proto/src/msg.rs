@@ -613,6 +613,10 @@ pub struct WorkerStat {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Stats {
     pub tsc_hz: u64,
+    /// Times the control service restarted a dead dataplane (`dataplane_command`);
+    /// filled in by the control service, 0 from the dataplane's own socket.
+    #[serde(default)]
+    pub dataplane_restarts: u64,
     /// The snapshot generation every worker has applied (the one in force).
     #[serde(default)]
     pub generation: u64,
@@ -742,6 +746,7 @@ pub fn sample_responses() -> Vec<Response> {
             is_static: false,
         }]),
         Response::Stats(Stats {
+            dataplane_restarts: 0,
             tsc_hz: 2_450_000_000,
             generation: 3,
             rx: 10,

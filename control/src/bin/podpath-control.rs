@@ -12,6 +12,7 @@ use clap::Parser;
 use podpath_control::config::Config;
 use podpath_control::engine::Engine;
 use podpath_control::state::State;
+use podpath_control::supervise::{Happened, Supervisor};
 use podpath_proto::server::{self, Job};
 
 #[derive(Parser)]
@@ -90,14 +91,38 @@ fn run() -> Result<()> {
 
     let mut engine = Engine::new(state, c.state_file.clone(), c.dataplane_socket.clone());
     let every = Duration::from_millis(c.check_interval_ms.max(10));
-    engine.tick();
+    let mut supervisor = (!c.dataplane_command.is_empty()).then(|| {
+        eprintln!(
+            "podpath-control: supervising the dataplane: {}",
+            c.dataplane_command.join(" ")
+        );
+        Supervisor::new(c.dataplane_command.clone(), c.dataplane_log.clone())
+    });
+    let mut check = |engine: &mut Engine| {
+        engine.tick();
+        if let Some(s) = supervisor.as_mut() {
+            for h in s.check(engine.connected()) {
+                let (kind, detail) = match h {
+                    Happened::Started { pid } => ("dataplane-started", format!("pid {pid}")),
+                    Happened::Exited { pid, how } => {
+                        ("dataplane-exited", format!("pid {pid} {how}"))
+                    }
+                    Happened::StartFailed(e) => ("dataplane-start-failed", e),
+                };
+                eprintln!("podpath-control: {kind}: {detail}");
+                engine.note(kind, detail);
+            }
+            engine.dataplane_restarts = s.restarts;
+        }
+    };
+    check(&mut engine);
     let mut last = std::time::Instant::now();
     while !stop.load(Ordering::Relaxed) {
         if let Ok((req, reply)) = jobs_rx.recv_timeout(every) {
             let _ = reply.send(engine.handle(req));
         }
         if last.elapsed() >= every {
-            engine.tick();
+            check(&mut engine);
             last = std::time::Instant::now();
         }
     }
