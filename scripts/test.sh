@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 cargo build --workspace --bins
 log=$(mktemp)
 set +e
-cargo test --workspace 2>&1 | tee "$log"
+cargo test --workspace --no-fail-fast 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
 # Every fuzz target for a short, bounded time on its committed corpus (fuzz/run.sh;
 # PODPATH_FUZZ_SECONDS each, 0 skips): a crash fails the suite.

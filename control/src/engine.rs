@@ -209,6 +209,21 @@ impl Engine {
                     w.mac_table_full,
                     "MACs not learned: the MAC table is full",
                 ),
+                (
+                    "neighbor",
+                    w.neighbor_table_full,
+                    "neighbours not learned: the neighbour table is full",
+                ),
+                (
+                    "affinity",
+                    w.affinity_table_full,
+                    "clients balanced without session affinity: the affinity table is full",
+                ),
+                (
+                    "fragments",
+                    w.frag_table_full,
+                    "fragmented datagrams not translated: the fragment table is full",
+                ),
             ] {
                 let before = self.limits.insert((w.id, what), now);
                 if let Some(b) = before.filter(|&b| now > b) {

@@ -1077,6 +1077,49 @@ impl Control {
         Ok((devargs, j))
     }
 
+    /// What this dataplane has been told (ports, node, remotes, Services), as the
+    /// requests that would tell it again: saved in the state directory after every
+    /// change, so a restarted dataplane forwards before its control service speaks.
+    pub fn applied(&self) -> Vec<Request> {
+        let mut v: Vec<Request> = self
+            .ports
+            .iter()
+            .map(|a| Request::PortAttach(a.spec.clone()))
+            .collect();
+        if let Some(n) = &self.node {
+            v.push(Request::NodeSet(n.clone()));
+        }
+        v.extend(self.remotes.iter().cloned().map(Request::RemoteAdd));
+        v.extend(self.services.iter().cloned().map(Request::ServiceSet));
+        v
+    }
+
+    /// Replays `applied()` of an earlier process: what is already there (from the
+    /// configuration file) stays; a port that cannot be opened any more (its pod
+    /// went while nothing ran) is skipped and named. The control service then
+    /// reconciles as usual and finds little or nothing to change.
+    pub fn replay(&mut self, reqs: Vec<Request>) -> Vec<String> {
+        let mut problems = Vec::new();
+        for r in reqs {
+            let what = match &r {
+                Request::PortAttach(p) if self.ports.iter().any(|a| a.spec.name == p.name) => {
+                    continue
+                }
+                Request::NodeSet(_) if self.node.is_some() => continue,
+                Request::RemoteAdd(x) if self.remotes.iter().any(|y| y.name == x.name) => continue,
+                Request::PortAttach(p) => format!("port {}", p.name),
+                Request::NodeSet(_) => "the node".to_string(),
+                Request::RemoteAdd(x) => format!("remote {}", x.name),
+                Request::ServiceSet(x) => format!("service {}", x.name),
+                _ => continue,
+            };
+            if let Response::Error(e) = self.handle(r) {
+                problems.push(format!("{what}: {}", e.message));
+            }
+        }
+        problems
+    }
+
     /// Plugs in and starts a port, then publishes it to the workers.
     pub fn attach(&mut self, spec: PortSpec) -> Result<PortInfo, ErrorReply> {
         validate_port(&spec).map_err(|m| err(ErrorKind::BadRequest, m))?;
@@ -1222,6 +1265,9 @@ impl Control {
                 mac_moved: get(&c.mac_moved),
                 mac_aged: get(&c.mac_aged),
                 mac_table_full: get(&c.mac_table_full),
+                neighbor_table_full: get(&c.neighbor_table_full),
+                affinity_table_full: get(&c.affinity_table_full),
+                frag_table_full: get(&c.frag_table_full),
                 trace_lost: get(&c.trace_lost),
                 ct_entries: get(&c.ct_entries),
                 ct_inserted: get(&c.ct_inserted),

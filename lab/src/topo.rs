@@ -689,6 +689,14 @@ impl Drop for Lab {
 
 /// Starts `bin --config cfg` inside `ns`, logging to `log`, and waits until its
 /// socket answers. Returns the PID (`ip netns exec` execs the program: same PID).
+/// A node's connection-state directory: on tmpfs (/dev/shm), as /run is on a node,
+/// so the lab measures what a node does (on a disk filesystem every change is a
+/// write to flush). Named by the node's DPDK prefix, unique per lab; removed at
+/// teardown.
+pub fn state_dir_of(node: &Node) -> PathBuf {
+    PathBuf::from(format!("/dev/shm/{}.state", node.file_prefix))
+}
+
 /// Processes whose command line names `config` (this lab's unique file), as
 /// `--config <config>`: the dataplanes of one node, however they were started.
 pub fn pids_running(config: &Path) -> Vec<u32> {
@@ -815,6 +823,7 @@ pub fn teardown(state: &State) {
             stop_pid(pid, "TERM", "podpath-dataplane");
         }
         let _ = fs::remove_dir_all(format!("/var/run/dpdk/{}", n.file_prefix));
+        let _ = fs::remove_dir_all(state_dir_of(n));
         // Hugepage files of a dataplane that ran without --huge-unlink (older builds).
         if let Ok(d) = fs::read_dir("/dev/hugepages") {
             for f in d.flatten() {
@@ -967,7 +976,7 @@ fn write_config(node: &Node, index: usize, others: &[Node], opts: &LabOptions) -
         sock = node.socket.display(),
         // Beside the sockets, removed with the lab: the connection tables a
         // restarted dataplane resumes.
-        ct_state = node.socket.with_extension("state").display(),
+        ct_state = state_dir_of(node).display(),
         idle = opts.idle_backoff,
         lcores = lab_lcores(
             index,

@@ -197,9 +197,9 @@ fn bad_configuration_exits_nonzero_naming_the_problem() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let prefix = unique("ppbad");
     let base = format!(
-        "[eal]\nfile_prefix = \"{prefix}\"\npci = false\nhugepages = \"off\"\n[dataplane]\nsocket = \"/tmp/{prefix}.sock\"\nstate_dir = \"/tmp/{prefix}.state\"\n"
+        "[eal]\nfile_prefix = \"{prefix}\"\npci = false\nhugepages = \"off\"\n[dataplane]\nsocket = \"/tmp/{prefix}.sock\"\nstate_dir = \"/dev/shm/{prefix}.state\"\n"
     );
-    let _state = TempDir(std::path::PathBuf::from(format!("/tmp/{prefix}.state")));
+    let _state = TempDir(std::path::PathBuf::from(format!("/dev/shm/{prefix}.state")));
     dataplane_fails_with(
         &base.replace("[eal]\n", "[eal]\nlcores = \"0,77\"\n"),
         "eal.lcores",
@@ -246,7 +246,7 @@ fn bad_configuration_exits_nonzero_naming_the_problem() {
     // A state directory that cannot be made: named, before any port is touched.
     dataplane_fails_with(
         &base.replace(
-            &format!("state_dir = \"/tmp/{prefix}.state\""),
+            &format!("state_dir = \"/dev/shm/{prefix}.state\""),
             "state_dir = \"/proc/podpath-no-such\"",
         ),
         "dataplane.state_dir",

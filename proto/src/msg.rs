@@ -579,6 +579,14 @@ pub struct WorkerStat {
     pub mac_moved: u64,
     pub mac_aged: u64,
     pub mac_table_full: u64,
+    /// Neighbours not learned / clients without affinity: those tables were full.
+    #[serde(default)]
+    pub neighbor_table_full: u64,
+    #[serde(default)]
+    pub affinity_table_full: u64,
+    /// First fragments whose translation was not remembered: that table was full.
+    #[serde(default)]
+    pub frag_table_full: u64,
     pub trace_lost: u64,
     /// Connection table: entries now; inserted, expired, evicted early, refused.
     #[serde(default)]

@@ -42,6 +42,24 @@ fn log(msg: impl std::fmt::Display) {
     eprintln!("podpath-dataplane: {msg}");
 }
 
+/// Writes what the dataplane was told to `p` when it changed (atomically: a
+/// restarted process reads all of it or the previous version).
+fn save_applied(p: &std::path::Path, now: &[podpath_proto::Request], saved: &mut Vec<u8>) {
+    let Ok(body) = podpath_proto::codec::encode(&now) else {
+        return;
+    };
+    // `encode` frames it; the file holds the body.
+    let body = body.get(4..).unwrap_or_default().to_vec();
+    if body == *saved {
+        return;
+    }
+    let tmp = p.with_extension("new");
+    match std::fs::write(&tmp, &body).and_then(|()| std::fs::rename(&tmp, p)) {
+        Ok(()) => *saved = body,
+        Err(e) => log(format!("{}: {e}", p.display())),
+    }
+}
+
 fn main() {
     if let Err(e) = run() {
         eprintln!("podpath-dataplane: error: {e:#}");
@@ -103,6 +121,14 @@ fn run() -> Result<()> {
     let nat = (cfg.nat.port_min, cfg.nat.port_max);
     let mut states: Vec<Option<ct_state::Opened>> = Vec::new();
     if !cfg.dataplane.state_dir.as_os_str().is_empty() {
+        let _ = std::fs::create_dir_all(&cfg.dataplane.state_dir);
+        if podpath_dataplane::dpdk::region::in_memory(&cfg.dataplane.state_dir) == Some(false) {
+            log(format!(
+                "warning: dataplane.state_dir {} is not on tmpfs: every connection change is a \
+                 disk write and a worker may wait for writeback; use a tmpfs (/run on a node)",
+                cfg.dataplane.state_dir.display()
+            ));
+        }
         for i in 0..workers.len() {
             let owner = ct_state::Owner {
                 worker: u16::try_from(i)?,
@@ -178,6 +204,9 @@ fn run() -> Result<()> {
             }
         }
     }
+    let applied_path = (!cfg.dataplane.state_dir.as_os_str().is_empty())
+        .then(|| cfg.dataplane.state_dir.join("applied"));
+    let mut saved = Vec::new();
     ctl.reclaim();
     // The socket before the workers: a failure here leaves nothing running.
     let listener =
@@ -290,6 +319,34 @@ fn run() -> Result<()> {
     let serve_stop = Arc::clone(&stop);
     let server = std::thread::spawn(move || server::serve(listener, jobs_tx, serve_stop));
     if launch_error.is_none() {
+        // What the last process was told (its ports, node, remotes, Services),
+        // replayed once the workers run (each change waits for their
+        // acknowledgement), before any request: forwarding resumes without waiting
+        // for the control service to reconnect.
+        if let Some(p) = &applied_path {
+            match std::fs::read(p) {
+                Ok(bytes) => {
+                    match podpath_proto::codec::decode::<Vec<podpath_proto::Request>>(&bytes) {
+                        Ok(reqs) => {
+                            let n = reqs.len();
+                            let problems = ctl.replay(reqs);
+                            log(format!(
+                                "replayed {n} item(s) of {}{}",
+                                p.display(),
+                                if problems.is_empty() {
+                                    String::new()
+                                } else {
+                                    format!("; skipped: {}", problems.join("; "))
+                                }
+                            ));
+                        }
+                        Err(e) => log(format!("{}: unreadable ({e}); not replayed", p.display())),
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => log(format!("{}: {e}; not replayed", p.display())),
+            }
+        }
         log(format!("control socket {}", cfg.dataplane.socket.display()));
         while !stop.load(Ordering::Relaxed) {
             if let Ok((req, reply)) = jobs_rx.recv_timeout(Duration::from_millis(100)) {
@@ -298,6 +355,9 @@ fn run() -> Result<()> {
             }
             ctl.reclaim();
             ctl.capture_housekeeping();
+            if let Some(p) = &applied_path {
+                save_applied(p, &ctl.applied(), &mut saved);
+            }
             if let Some(m) = ctl.watch() {
                 log(m);
             }

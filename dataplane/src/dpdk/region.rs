@@ -197,6 +197,27 @@ pub fn allocate(file: &File, len: u64) -> io::Result<()> {
     }
 }
 
+/// Whether `path` is on a filesystem in memory (tmpfs, ramfs, hugetlbfs): a shared
+/// mapping there is memory, where on a disk filesystem every change is a write the
+/// kernel must flush, and a worker can wait for writeback. None: unknown.
+pub fn in_memory(path: &std::path::Path) -> Option<bool> {
+    use std::os::unix::ffi::OsStrExt;
+    const TMPFS: i64 = 0x0102_1994;
+    const RAMFS: i64 = 0x8584_58f6;
+    const HUGETLBFS: i64 = 0x9584_58f6;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut s = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: `c` is a NUL-terminated path and `s` room for one statfs, read only
+    // when the call returns 0.
+    if unsafe { libc::statfs(c.as_ptr(), s.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    #[allow(clippy::useless_conversion)] // the field's type differs between targets
+    // SAFETY: statfs returned 0, so it initialised `s`.
+    let kind = i64::from(unsafe { s.assume_init() }.f_type);
+    Some(matches!(kind, TMPFS | RAMFS | HUGETLBFS))
+}
+
 /// Bytes free to an unprivileged writer on the filesystem holding `path`.
 pub fn free_bytes(path: &std::path::Path) -> io::Result<u64> {
     use std::os::unix::ffi::OsStrExt;

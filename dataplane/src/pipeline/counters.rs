@@ -50,6 +50,12 @@ pub struct WorkerCounters {
     pub mac_aged: AtomicU64,
     /// Sources not learned because the MAC table was full.
     pub mac_table_full: AtomicU64,
+    /// Neighbours not learned, and clients given no affinity, because those tables
+    /// were full (published with the connection counters).
+    pub neighbor_table_full: AtomicU64,
+    pub affinity_table_full: AtomicU64,
+    /// First fragments whose translation was not remembered (table full).
+    pub frag_table_full: AtomicU64,
     /// Trace records lost because the trace ring was full.
     pub trace_lost: AtomicU64,
     /// The connection table: entries now, and since start inserted, expired,
@@ -95,6 +101,9 @@ impl Default for WorkerCounters {
             mac_moved: AtomicU64::new(0),
             mac_aged: AtomicU64::new(0),
             mac_table_full: AtomicU64::new(0),
+            neighbor_table_full: AtomicU64::new(0),
+            affinity_table_full: AtomicU64::new(0),
+            frag_table_full: AtomicU64::new(0),
             trace_lost: AtomicU64::new(0),
             ct_entries: AtomicU64::new(0),
             ct_inserted: AtomicU64::new(0),

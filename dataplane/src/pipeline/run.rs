@@ -312,6 +312,12 @@ impl<F: Frame> Pipeline<F> {
             self.conntrack.capacity() as u64,
             std::sync::atomic::Ordering::Relaxed,
         );
+        c.neighbor_table_full
+            .store(self.neighbors.full, std::sync::atomic::Ordering::Relaxed);
+        c.affinity_table_full
+            .store(self.affinity.full, std::sync::atomic::Ordering::Relaxed);
+        c.frag_table_full
+            .store(self.frags.table.full, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Installs a snapshot (the parts that changed), as generation `gen`; returns the

@@ -37,6 +37,9 @@ pub struct Affinity {
     /// When a full table found nothing to evict: the earliest expiry it holds. Until
     /// then a new client goes without affinity at no cost (no scan per client).
     full_until: u64,
+    /// Clients that went without affinity because the table was full (published as
+    /// `affinity_table_full`).
+    pub full: u64,
 }
 
 impl Affinity {
@@ -45,6 +48,7 @@ impl Affinity {
             map: HashMap::with_capacity(capacity.saturating_mul(2)),
             capacity,
             full_until: 0,
+            full: 0,
         }
     }
 
@@ -71,6 +75,7 @@ impl Affinity {
     ) -> bool {
         if self.map.len() >= self.capacity && !self.map.contains_key(&(client, svc)) {
             if now_ms < self.full_until {
+                self.full += 1;
                 return false;
             }
             let mut soonest = u64::MAX;
@@ -83,6 +88,7 @@ impl Affinity {
             });
             if self.map.len() >= self.capacity {
                 self.full_until = soonest;
+                self.full += 1;
                 return false;
             }
         }
@@ -776,6 +782,7 @@ mod tests {
             "a full table was scanned again before 10 s"
         );
         assert_eq!(a.get(3, 1, 5_000), None);
+        assert_eq!(a.full, 2, "both clients without affinity are counted");
         assert_eq!(a.get(1, 1, 5_000), Some(A), "live entries are kept");
         // At 12 s client 1's entry has expired: it makes room, client 2's stays.
         assert!(a.set(3, 1, B, 12_000, 22_000, live));

@@ -33,6 +33,12 @@ pub struct FragTable {
     map: HashMap<FragKey, (FragNat, u64)>,
     capacity: usize,
     ttl_ms: u64,
+    /// When a full table found nothing expired: its earliest expiry. Until then a
+    /// new first fragment is refused at once, so a storm of them costs no scan each.
+    full_until: u64,
+    /// First fragments not remembered because the table was full (published as
+    /// `frag_table_full`; their later fragments are dropped by reason).
+    pub full: u64,
 }
 
 impl FragTable {
@@ -41,6 +47,8 @@ impl FragTable {
             map: HashMap::with_capacity(capacity.saturating_mul(2)),
             capacity,
             ttl_ms: 30_000,
+            full_until: 0,
+            full: 0,
         }
     }
 
@@ -48,8 +56,18 @@ impl FragTable {
     /// live entries (the later fragments are then dropped).
     pub fn remember(&mut self, key: FragKey, nat: FragNat, now_ms: u64) -> bool {
         if self.map.len() >= self.capacity && !self.map.contains_key(&key) {
-            self.map.retain(|_, (_, exp)| *exp > now_ms);
+            if now_ms < self.full_until {
+                self.full += 1;
+                return false;
+            }
+            let mut soonest = u64::MAX;
+            self.map.retain(|_, (_, exp)| {
+                soonest = soonest.min(*exp);
+                *exp > now_ms
+            });
             if self.map.len() >= self.capacity {
+                self.full_until = soonest;
+                self.full += 1;
                 return false;
             }
         }
@@ -158,6 +176,10 @@ mod tests {
         assert_eq!(t.lookup(&k(8), 0), None, "another datagram");
         assert!(t.remember(k(8), n, 0));
         assert!(!t.remember(k(9), n, 10), "full of live entries");
+        // Until the earliest entry expires, refusals cost no scan, and are counted.
+        assert_eq!(t.full_until, 30_000);
+        assert!(!t.remember(k(10), n, 20));
+        assert_eq!(t.full, 2);
         assert!(t.remember(k(9), n, 40_000), "expired ones make room");
         assert!(t.len() <= 2);
     }

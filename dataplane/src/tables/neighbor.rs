@@ -15,6 +15,9 @@ pub struct Neighbor {
 pub struct NeighborTable {
     map: HashMap<u32, Neighbor>,
     capacity: usize,
+    /// Neighbours not learned because the table was full (published as
+    /// `neighbor_table_full`).
+    pub full: u64,
     ageing: u64,
     /// When we last asked for an address (rate limit: one request per address per
     /// `retry` ticks).
@@ -28,6 +31,7 @@ impl NeighborTable {
         NeighborTable {
             map: HashMap::with_capacity(capacity.saturating_mul(2)),
             capacity,
+            full: 0,
             ageing,
             asked: HashMap::with_capacity(256),
             retry,
@@ -45,6 +49,7 @@ impl NeighborTable {
             return true;
         }
         if self.map.len() >= self.capacity {
+            self.full += 1;
             return false;
         }
         self.map.insert(
@@ -120,6 +125,12 @@ mod tests {
         assert_eq!(t.lookup(1, 100), None);
         assert!(t.learn(2, M, 3, 0));
         assert!(!t.learn(3, M, 3, 0), "full");
+        assert_eq!(t.full, 1, "the refusal is counted");
+        assert!(
+            t.learn(2, M, 4, 0),
+            "a known neighbour still refreshes when full"
+        );
+        assert_eq!((t.full, t.len()), (1, 2));
         assert_eq!(t.age(100), 2);
         assert!(t.should_ask(9, 0));
         assert!(!t.should_ask(9, 5));
