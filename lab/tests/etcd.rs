@@ -212,3 +212,155 @@ fn nodes_join_leave_and_survive_an_etcd_restart_through_etcd() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Issue 15: the agent is not in the forwarding path. `kill -9` of node 1's agent
+/// (no lease revoked, nothing undone) leaves a byte-checked stream across the
+/// overlay and a masqueraded download running; the other node keeps routing to
+/// node 1 (the lease outlives a quick restart); the restarted agent resyncs to the
+/// same desired state, and nothing was withdrawn on either node meanwhile.
+#[test]
+fn a_killed_agent_leaves_forwarding_alone_and_its_restart_resyncs() {
+    let mut o = options("ak");
+    o.nodes = 2;
+    o.pods_per_node = 1;
+    o.static_remotes = false;
+    o.agent_bootstrap = true;
+    o.cni_pods = true;
+    let lab = Lab::up(&o).expect("lab up");
+    let [n1, n2] = [0, 1].map(|i| lab.state.nodes[i].clone());
+    let ext = lab.state.external.clone().expect("external host");
+    let dir = std::env::temp_dir().join(format!("podpath-etcd-{}", lab.state.prefix));
+    std::fs::create_dir_all(&dir).unwrap();
+    let base = 20_000 + u16::try_from((std::process::id() + 7) % 20_000).unwrap();
+    let etcd = Etcd::start(&dir.join("etcd"), base).expect("etcd");
+    assert!(etcd
+        .etcdctl(&[
+            "put",
+            "/coreos.com/network/config",
+            &flannel_config(o.vni, o.vxlan_port)
+        ])
+        .is_some());
+    let mut a1 = agent(&dir, &n1, &etcd);
+    let _a2 = agent(&dir, &n2, &etcd);
+    assert!(wait_until(Duration::from_secs(10), || routes(&n1)
+        .contains(&n2.pod_cidr)
+        && routes(&n2).contains(&n1.pod_cidr)));
+    let (p1, p2) = (n1.pods[0].clone(), n2.pods[0].clone());
+    assert!(wait_until(Duration::from_secs(10), || ping(
+        &p1.netns, &p2.ip
+    )));
+    // The desired state without its generation line (node 2 re-applies node 1's
+    // remote, unchanged, when the new lease appears: a new generation, same state).
+    let state = |n: &Node| {
+        let s = ctl(&n.control_socket, &["state"]).1;
+        s.lines().skip(1).collect::<Vec<_>>().join("\n")
+    };
+    let before = (state(&n1), state(&n2));
+
+    // A 2 Mbit/s stream across the overlay and a 2 Mbit/s download from outside.
+    let rx = serve_in(&p2.netns, &["tcp-recv", "--port", "7100", "--seed", "4"]);
+    let tx = podpath_lab::net::command_in(&p1.netns, &bin())
+        .args([
+            "tcp-send",
+            "--to",
+            &format!("{}:7100", p2.ip),
+            "--seed",
+            "4",
+        ])
+        .args(["--rate-mbps", "2", "--seconds", "12"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let bytes = "3000000";
+    let _srv = Background(vec![serve_in(
+        &ext,
+        &[
+            "tcp-serve",
+            "--port",
+            "7200",
+            "--bytes",
+            bytes,
+            "--seed",
+            "6",
+            "--rate-mbps",
+            "2",
+        ],
+    )]);
+    let fetch = podpath_lab::net::command_in(&p1.netns, &bin())
+        .args([
+            "tcp-fetch",
+            "--from",
+            "192.168.77.100:7200",
+            "--bytes",
+            bytes,
+            "--seed",
+            "6",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+
+    a1.kill();
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        routes(&n2).contains(&n1.pod_cidr),
+        "node 2 withdrew node 1 while its agent was down for a second"
+    );
+    assert_eq!(
+        state(&n1),
+        before.0,
+        "node 1's desired state changed with its agent dead"
+    );
+    let mut a1 = agent(&dir, &n1, &etcd);
+    assert!(wait_until(Duration::from_secs(10), || etcd
+        .get(&format!(
+            "/coreos.com/network/subnets/{}",
+            n1.pod_cidr.replace('/', "-")
+        ))
+        .is_some_and(|v| !v.is_empty())));
+    // Past the dead agent's lease: only the new agent's registration keeps node 1
+    // known to node 2 now.
+    std::thread::sleep(Duration::from_secs(TTL_S + 2));
+    assert!(
+        routes(&n2).contains(&n1.pod_cidr),
+        "node 2 withdrew node 1 after the dead agent's lease expired"
+    );
+    assert_eq!(
+        (state(&n1), state(&n2)),
+        before,
+        "the restarted agent did not resync to the same state"
+    );
+    for n in [&n1, &n2] {
+        let ev = match podpath_proto::Client::connect(&n.control_socket, "test")
+            .unwrap()
+            .call(podpath_proto::Request::Events { after: 0 })
+            .unwrap()
+        {
+            podpath_proto::Response::Events(v) => v,
+            r => panic!("{r:?}"),
+        };
+        assert!(
+            !ev.iter().any(|e| e.kind == "remote-withdrawn"),
+            "{}: a remote was withdrawn: {ev:?}",
+            n.name
+        );
+    }
+    let sent = tx.wait_with_output().unwrap();
+    let got = rx.wait_with_output().unwrap();
+    assert!(
+        sent.status.success() && got.status.success(),
+        "the stream across the overlay broke: {} / {}",
+        String::from_utf8_lossy(&sent.stdout),
+        String::from_utf8_lossy(&got.stdout)
+    );
+    let fetched = fetch.wait_with_output().unwrap();
+    assert!(
+        fetched.status.success(),
+        "the masqueraded download broke: {}",
+        String::from_utf8_lossy(&fetched.stderr)
+    );
+    assert!(a1.stop());
+    let _ = std::fs::remove_dir_all(&dir);
+}
