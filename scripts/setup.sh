@@ -22,7 +22,7 @@ apt-get install -y -qq --no-install-recommends \
   prometheus util-linux \
   containernetworking-plugins containerd runc busybox-static \
   etcd-server etcd-client protobuf-compiler \
-  docker.io libcap2-bin python3-venv librsvg2-bin tshark >/dev/null
+  docker.io libcap2-bin python3-venv librsvg2-bin tshark systemd >/dev/null
 [ "$own_policy" = 1 ] && rm -f /usr/sbin/policy-rc.d
 if [ -d /run/systemd/system ]; then
   systemctl disable --now docker.socket docker.service >/dev/null 2>&1 || true

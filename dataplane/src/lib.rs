@@ -11,12 +11,14 @@
 //! - [`control`]: the control thread and its socket.
 //! - [`config`]: the configuration file.
 //! - [`preflight`]: the capabilities and mounts the process needs, checked at start.
+//! - [`notify`]: systemd's notify protocol (readiness, a watchdog fed by the workers).
 #![deny(unsafe_code)]
 
 pub mod config;
 pub mod control;
 #[allow(unsafe_code)]
 pub mod dpdk;
+pub mod notify;
 pub mod pipeline;
 pub mod port;
 pub mod preflight;

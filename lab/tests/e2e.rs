@@ -253,3 +253,111 @@ fn bad_configuration_exits_nonzero_naming_the_problem() {
     );
     dataplane_fails_with("[eal\n", "bad.toml");
 }
+
+/// Issue 15, supervision by systemd: the dataplane speaks the notify protocol (READY
+/// once its workers forward, WATCHDOG while they poll, STOPPING on SIGTERM), and the
+/// shipped units (deploy/systemd/) pass `systemd-analyze verify`. The dataplane runs
+/// with no ports, inside a namespace of this test's own.
+#[test]
+fn the_dataplane_speaks_systemds_notify_protocol_and_the_units_verify() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let prefix = unique("ppsd");
+    let ns = format!("{prefix}-ns");
+    net::ip(&["netns", "add", &ns]).expect("netns");
+    struct Ns(String);
+    impl Drop for Ns {
+        fn drop(&mut self) {
+            let _ = net::ip(&["netns", "del", &self.0]);
+        }
+    }
+    let _ns = Ns(ns.clone());
+    let dir = TempDir::new(&prefix);
+    let cfg = dir.join("node.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[eal]\nlcores = \"0,1\"\nfile_prefix = \"{prefix}\"\nmemory_mb = 64\npci = false\nhugepages = \"off\"\n\
+             [dataplane]\nsocket = \"{}\"\nstate_dir = \"/dev/shm/{prefix}.state\"\n[idle]\nenabled = true\n",
+            dir.join("dp.sock").display()
+        ),
+    )
+    .unwrap();
+    let _state = TempDir(std::path::PathBuf::from(format!("/dev/shm/{prefix}.state")));
+    let sock = dir.join("notify");
+    let rx = std::os::unix::net::UnixDatagram::bind(&sock).unwrap();
+    rx.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    // Killed (our child, by PID) if the test fails before it stops.
+    struct Guard(std::process::Child);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut dp = Guard(
+        net::command_in(&ns, &topo::default_dataplane().display().to_string())
+            .args(["--config", &cfg.display().to_string()])
+            .env("NOTIFY_SOCKET", &sock)
+            .env("WATCHDOG_USEC", "400000")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut buf = [0u8; 512];
+    let mut next = || {
+        rx.recv(&mut buf)
+            .map(|n| String::from_utf8_lossy(&buf[..n]).to_string())
+            .unwrap_or_default()
+    };
+    let ready = next();
+    assert!(
+        ready.starts_with("READY=1\n") && ready.contains("STATUS=1 worker(s) forwarding"),
+        "{ready:?}"
+    );
+    let t = Instant::now();
+    let feeds = (0..3).map(|_| next()).collect::<Vec<_>>();
+    assert!(
+        feeds.iter().all(|m| m == "WATCHDOG=1") && t.elapsed() < Duration::from_secs(2),
+        "{feeds:?} in {:?}",
+        t.elapsed()
+    );
+    net::kill(dp.0.id(), "TERM");
+    let mut last = String::new();
+    for _ in 0..10 {
+        last = next();
+        if last != "WATCHDOG=1" {
+            break;
+        }
+    }
+    assert_eq!(last, "STOPPING=1");
+    let _ = dp.0.wait();
+
+    // The units, with ExecStart pointed at this build's binaries.
+    let Ok(out) = Command::new("systemd-analyze").arg("--version").output() else {
+        panic!("systemd-analyze is missing (scripts/setup.sh installs systemd)");
+    };
+    assert!(out.status.success());
+    let units = dir.join("units");
+    std::fs::create_dir_all(&units).unwrap();
+    let bin_dir = topo::default_dataplane().parent().unwrap().to_path_buf();
+    for u in ["podpath-dataplane", "podpath-control", "podpath-agent"] {
+        let text = std::fs::read_to_string(format!(
+            "{}/../deploy/systemd/{u}.service",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap()
+        .replace("/usr/bin/", &format!("{}/", bin_dir.display()));
+        let p = units.join(format!("{u}.service"));
+        std::fs::write(&p, text).unwrap();
+        let out = Command::new("systemd-analyze")
+            .args(["verify", "--man=no", &p.display().to_string()])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).to_string()
+            + &String::from_utf8_lossy(&out.stdout);
+        // Other units' warnings (the host's own) are not ours: only lines naming ours.
+        let ours: Vec<&str> = err.lines().filter(|l| l.contains("podpath")).collect();
+        assert!(ours.is_empty(), "{u}.service: {ours:?}");
+    }
+}

@@ -348,7 +348,14 @@ fn run() -> Result<()> {
             }
         }
         log(format!("control socket {}", cfg.dataplane.socket.display()));
+        let mut notifier = podpath_dataplane::notify::Notifier::from_env();
+        notifier.ready(&format!("{} worker(s) forwarding", launched.len()));
         while !stop.load(Ordering::Relaxed) {
+            notifier.tick(
+                ctl.workers()
+                    .iter()
+                    .map(|w| w.counters.polls.load(Ordering::Relaxed)),
+            );
             if let Ok((req, reply)) = jobs_rx.recv_timeout(Duration::from_millis(100)) {
                 let resp = ctl.handle(req);
                 let _ = reply.send(resp);
@@ -363,6 +370,7 @@ fn run() -> Result<()> {
             }
         }
         log("stopping");
+        notifier.stopping();
     }
     // Every path ends here: workers stop and return before any port is closed, and
     // ports are closed before the EAL is cleaned up.
