@@ -35,6 +35,11 @@ pub struct ServiceConfig {
     pub dataplane_command: Vec<String>,
     /// Where the supervised dataplane's output goes (appended); none: the service's.
     pub dataplane_log: Option<PathBuf>,
+    /// A second socket that answers only requests that read (`Request::is_read_only`:
+    /// stats, lists, state, events), for operators who must not change the node.
+    /// Mode 0666 (anyone on the node), or 0660 with `readonly_socket_group`.
+    pub readonly_socket: Option<PathBuf>,
+    pub readonly_socket_group: Option<String>,
 }
 
 impl Default for ServiceConfig {
@@ -48,6 +53,8 @@ impl Default for ServiceConfig {
             metrics: None,
             dataplane_command: Vec::new(),
             dataplane_log: None,
+            readonly_socket: None,
+            readonly_socket_group: None,
         }
     }
 }

@@ -1281,10 +1281,11 @@ fn only_root_and_the_socket_group_reach_the_control_socket() {
     std::fs::write(
         &conf,
         format!(
-            "[control]\nsocket = \"{}\"\nsocket_group = \"{gid}\"\ndataplane_socket = \"{}\"\nstate_file = \"{}\"\n",
+            "[control]\nsocket = \"{}\"\nsocket_group = \"{gid}\"\ndataplane_socket = \"{}\"\nstate_file = \"{}\"\nreadonly_socket = \"{}\"\n",
             sock.display(),
             dir.join("none.sock").display(),
-            dir.join("state.json").display()
+            dir.join("state.json").display(),
+            dir.join("ro.sock").display()
         ),
     )
     .unwrap();
@@ -1314,7 +1315,7 @@ fn only_root_and_the_socket_group_reach_the_control_socket() {
     let ctl_bin = dir.join("podpathctl");
     std::fs::copy(podpathctl(), &ctl_bin).unwrap();
     std::fs::set_permissions(&ctl_bin, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let as_user = |groups: &str| {
+    let as_user_on = |sock: &Path, groups: &str, args: &[&str]| {
         let mut c = std::process::Command::new("setpriv");
         c.args(["--reuid", "65534", "--regid", "65534"]);
         if groups.is_empty() {
@@ -1325,8 +1326,8 @@ fn only_root_and_the_socket_group_reach_the_control_socket() {
         let o = c
             .arg(&ctl_bin)
             .arg("--socket")
-            .arg(&sock)
-            .arg("version")
+            .arg(sock)
+            .args(args)
             .output()
             .unwrap();
         (
@@ -1334,6 +1335,7 @@ fn only_root_and_the_socket_group_reach_the_control_socket() {
             String::from_utf8_lossy(&o.stderr).into_owned(),
         )
     };
+    let as_user = |groups: &str| as_user_on(&sock, groups, &["version"]);
     let (ok, err) = as_user("");
     assert!(
         !ok && err.contains("Permission denied"),
@@ -1343,4 +1345,37 @@ fn only_root_and_the_socket_group_reach_the_control_socket() {
     assert!(ok, "a member of the socket group was refused: {err}");
     let (ok, _, err) = ctl(&sock, &["version"]);
     assert!(ok, "root: {err}");
+
+    // The read-only socket: anyone may read through it, nobody may change anything.
+    let ro = dir.join("ro.sock");
+    assert!(wait_until(Duration::from_secs(5), || ro.exists()));
+    assert_eq!(std::fs::metadata(&ro).unwrap().mode() & 0o777, 0o666);
+    let (ok, err) = as_user_on(&ro, "", &["state"]);
+    assert!(
+        ok,
+        "nobody could not read through the read-only socket: {err}"
+    );
+    let before = call(&sock, Request::StateShow).unwrap();
+    for req in [
+        Request::MacAdd {
+            bridge: 1,
+            mac: "02:00:00:00:00:07".into(),
+            port: "p".into(),
+        },
+        Request::ServiceDel { name: "x/y".into() },
+        Request::TraceStart { count: 1 },
+    ] {
+        // Root too: the socket decides, not the caller.
+        match call(&ro, req.clone()) {
+            Err(ClientError::Server(e)) => {
+                assert!(e.message.contains("read-only socket"), "{req:?}: {e:?}")
+            }
+            r => panic!("{req:?} through the read-only socket: {r:?}"),
+        }
+    }
+    assert_eq!(
+        call(&sock, Request::StateShow).unwrap(),
+        before,
+        "a refused request changed the state"
+    );
 }

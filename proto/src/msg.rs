@@ -93,6 +93,29 @@ pub enum Request {
     CaptureStop,
 }
 
+impl Request {
+    /// Whether the request only reads (served on the control service's read-only
+    /// socket). Tracing and capture are not: they arm the workers, and a capture
+    /// shows packets' contents.
+    pub fn is_read_only(&self) -> bool {
+        matches!(
+            self,
+            Request::Hello { .. }
+                | Request::Ping
+                | Request::PortList
+                | Request::MacList
+                | Request::Stats
+                | Request::StateShow
+                | Request::RouteList
+                | Request::NeighborList
+                | Request::ConntrackList(_)
+                | Request::ConntrackSettingsShow
+                | Request::ServiceList
+                | Request::Events { .. }
+        )
+    }
+}
+
 fn default_weight() -> u32 {
     1
 }

@@ -86,6 +86,14 @@ fn run() -> Result<()> {
         let (jobs, s3) = (jobs_tx.clone(), Arc::clone(&stop));
         std::thread::spawn(move || serve_metrics(l, &jobs, &s3));
     }
+    if let Some(ro) = &c.readonly_socket {
+        serve_read_only(
+            ro,
+            c.readonly_socket_group.as_deref(),
+            jobs_tx.clone(),
+            &stop,
+        )?;
+    }
     let s2 = Arc::clone(&stop);
     let srv = std::thread::spawn(move || server::serve(listener, jobs_tx, s2));
 
@@ -128,7 +136,49 @@ fn run() -> Result<()> {
     }
     // Leaving does not touch the dataplane: forwarding goes on.
     let _ = std::fs::remove_file(&c.socket);
+    if let Some(ro) = &c.readonly_socket {
+        let _ = std::fs::remove_file(ro);
+    }
     let _ = srv.join();
+    Ok(())
+}
+
+/// The read-only socket: its own server, whose requests reach the engine's queue
+/// only when they read; anything else is refused there, by name, and changes
+/// nothing.
+fn serve_read_only(
+    path: &std::path::Path,
+    group: Option<&str>,
+    engine: std::sync::mpsc::SyncSender<Job>,
+    stop: &Arc<AtomicBool>,
+) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let l = server::bind_socket(path, group)
+        .with_context(|| format!("control.readonly_socket {}", path.display()))?;
+    if group.is_none() {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
+            .with_context(|| format!("control.readonly_socket {}", path.display()))?;
+    }
+    eprintln!("podpath-control: read-only socket {}", path.display());
+    let (tx, rx) = sync_channel::<Job>(64);
+    let s = Arc::clone(stop);
+    std::thread::spawn(move || server::serve(l, tx, s));
+    std::thread::spawn(move || {
+        for (req, reply) in rx {
+            if req.is_read_only() {
+                if engine.send((req, reply)).is_err() {
+                    return;
+                }
+            } else {
+                let _ = reply.send(podpath_proto::Response::Error(podpath_proto::ErrorReply {
+                    kind: podpath_proto::ErrorKind::BadRequest,
+                    message: "this is the read-only socket (control.readonly_socket): it answers \
+                              stats, lists, state and events; changes go to the control socket"
+                        .into(),
+                }));
+            }
+        }
+    });
     Ok(())
 }
 
