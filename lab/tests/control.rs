@@ -397,6 +397,98 @@ fn killed_dataplane_comes_back_without_any_command() {
     );
 }
 
+/// The external host (it has no route to the pods: only masquerade reaches it).
+const EXT: &str = "192.168.77.100";
+
+/// Traffic through masquerade that must outlive a restart: a paced, byte-checked
+/// download from the external host, and a UDP probe every 2 ms whose silences are
+/// the forwarding gaps. Servers and clients are our children, stopped on drop.
+struct Masqueraded {
+    _server: Background,
+    _echo: Background,
+    download: Option<Child>,
+    probe: Option<Child>,
+}
+
+impl Masqueraded {
+    /// `mb` MB at 2 Mbit/s from `ext` to `pod_ns`; the probe runs `probe_s` seconds.
+    fn start(ext: &str, pod_ns: &str, mb: u64, seed: &str, probe_s: u64) -> Masqueraded {
+        let bytes = (mb * 1_000_000).to_string();
+        let server = Background(vec![serve_in(
+            ext,
+            &[
+                "tcp-serve",
+                "--port",
+                "9000",
+                "--bytes",
+                &bytes,
+                "--seed",
+                seed,
+                "--rate-mbps",
+                "2",
+            ],
+        )]);
+        let echo = Background::in_each(&[ext], &["udp-echo", "--port", "9001", "--count", "60000"]);
+        let download = net::command_in(pod_ns, &bin())
+            .args([
+                "tcp-fetch",
+                "--from",
+                &format!("{EXT}:9000"),
+                "--bytes",
+                &bytes,
+                "--seed",
+                seed,
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let probe = net::command_in(pod_ns, &bin())
+            .args([
+                "udp-probe",
+                "--to",
+                &format!("{EXT}:9001"),
+                "--interval-ms",
+                "2",
+            ])
+            .args(["--seconds", &probe_s.to_string(), "--gap-ms", "40"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        Masqueraded {
+            _server: server,
+            _echo: echo,
+            download: Some(download),
+            probe: Some(probe),
+        }
+    }
+
+    /// Waits for both: whether the download arrived whole (its error if not), and
+    /// what the probe printed.
+    fn finish(mut self) -> (Result<(), String>, String) {
+        let d = self.download.take().unwrap().wait_with_output().unwrap();
+        let p = self.probe.take().unwrap().wait_with_output().unwrap();
+        let got = if d.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&d.stderr).into_owned())
+        };
+        (got, String::from_utf8_lossy(&p.stdout).into_owned())
+    }
+}
+
+impl Drop for Masqueraded {
+    fn drop(&mut self) {
+        for c in [self.download.as_mut(), self.probe.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// Issue 15: connections outlive the dataplane. A masqueraded download from the
 /// external host (which has no route to the pods: only the resumed translation can
 /// carry it), a byte-checked stream through a ClusterIP to the other node, and a UDP
@@ -412,7 +504,6 @@ fn connections_survive_kill_9_and_an_upgrade_of_the_dataplane() {
     let (n, n2) = (lab.state.nodes[0].clone(), lab.state.nodes[1].clone());
     let (a, remote) = (n.pods[0].clone(), n2.pods[0].clone());
     let ext = lab.state.external.clone().expect("external host");
-    const EXT: &str = "192.168.77.100";
     let svc = ServiceSpec::new(
         "default/stream",
         "10.96.0.30",
@@ -425,30 +516,8 @@ fn connections_survive_kill_9_and_an_upgrade_of_the_dataplane() {
     assert!(reachable(&a.netns, &remote.ip, Duration::from_secs(10)));
     assert!(reachable(&a.netns, EXT, Duration::from_secs(10)));
 
-    // About 30 s of each: a 9 MB download at 2.4 Mbit/s, a 2 Mbit/s stream.
-    let bytes = 9_000_000u64.to_string();
-    let _server = Background(vec![serve_in(
-        &ext,
-        &[
-            "tcp-serve",
-            "--port",
-            "9000",
-            "--bytes",
-            &bytes,
-            "--seed",
-            "7",
-            "--rate-mbps",
-            "2",
-        ],
-    )]);
-    let echo = Background::in_each(&[&ext], &["udp-echo", "--port", "9001", "--count", "60000"]);
-    let download = net::command_in(&a.netns, &bin())
-        .args(["tcp-fetch", "--from", &format!("{}:9000", EXT)])
-        .args(["--bytes", &bytes, "--seed", "7"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    // About 36 s of each: a 9 MB download at 2 Mbit/s, a 2 Mbit/s stream.
+    let masq = Masqueraded::start(&ext, &a.netns, 9, "7", 34);
     let through_svc = stream(
         &a.netns,
         &remote.netns,
@@ -456,12 +525,6 @@ fn connections_survive_kill_9_and_an_upgrade_of_the_dataplane() {
         8080,
         &["--rate-mbps", "2", "--seconds", "30"],
     );
-    let probe = net::command_in(&a.netns, &bin())
-        .args(["udp-probe", "--to", &format!("{}:9001", EXT)])
-        .args(["--interval-ms", "2", "--seconds", "34", "--gap-ms", "40"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
     std::thread::sleep(Duration::from_secs(5));
     let tracked = conntrack(&n.socket, Default::default()).len();
     assert!(tracked >= 3, "the three flows are not tracked: {tracked}");
@@ -498,21 +561,16 @@ fn connections_survive_kill_9_and_an_upgrade_of_the_dataplane() {
     lab.wait_in_sync(0, Duration::from_secs(30))
         .expect("in sync after the upgrade");
 
-    let fetched = download.wait_with_output().unwrap();
     let (sent, received) = finish(through_svc);
-    let probed = probe.wait_with_output().unwrap();
-    drop(echo);
-    let probed = String::from_utf8_lossy(&probed.stdout).to_string();
+    let (fetched, probed) = masq.finish();
     let log = std::fs::read_to_string(&n.log).unwrap_or_default();
     eprintln!(
         "kill -9: dataplane answering after {up_after_kill:?}, {first} connections resumed; \
          upgrade: after {up_after_upgrade:?}, {second} resumed\nprobe (2 ms):\n{probed}"
     );
     assert!(
-        fetched.status.success(),
-        "the masqueraded download broke: {} {}\n{log}",
-        String::from_utf8_lossy(&fetched.stdout),
-        String::from_utf8_lossy(&fetched.stderr)
+        fetched.is_ok(),
+        "the masqueraded download broke: {fetched:?}\n{log}"
     );
     assert!(
         sent > 0 && sent == received,
@@ -550,7 +608,6 @@ fn the_control_service_restarts_a_killed_dataplane_and_a_killed_control_service_
     let n = lab.state.nodes[0].clone();
     let a = n.pods[0].clone();
     let ext = lab.state.external.clone().expect("external host");
-    const EXT: &str = "192.168.77.100";
     assert!(reachable(&a.netns, EXT, Duration::from_secs(10)));
     let first = n.dataplane_pid.expect("the supervised dataplane's pid");
     assert!(
@@ -560,42 +617,7 @@ fn the_control_service_restarts_a_killed_dataplane_and_a_killed_control_service_
         "{:?}",
         events(&n.control_socket)
     );
-    let bytes = 5_000_000u64.to_string();
-    let _server = Background(vec![serve_in(
-        &ext,
-        &[
-            "tcp-serve",
-            "--port",
-            "9000",
-            "--bytes",
-            &bytes,
-            "--seed",
-            "9",
-            "--rate-mbps",
-            "2",
-        ],
-    )]);
-    let echo = Background::in_each(&[&ext], &["udp-echo", "--port", "9001", "--count", "60000"]);
-    let download = net::command_in(&a.netns, &bin())
-        .args([
-            "tcp-fetch",
-            "--from",
-            &format!("{EXT}:9000"),
-            "--bytes",
-            &bytes,
-            "--seed",
-            "9",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let probe = net::command_in(&a.netns, &bin())
-        .args(["udp-probe", "--to", &format!("{EXT}:9001")])
-        .args(["--interval-ms", "2", "--seconds", "14", "--gap-ms", "40"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let masq = Masqueraded::start(&ext, &a.netns, 5, "9", 14);
     std::thread::sleep(Duration::from_secs(3));
 
     // The dataplane dies; nobody but its supervisor acts.
@@ -652,17 +674,11 @@ fn the_control_service_restarts_a_killed_dataplane_and_a_killed_control_service_
         "the adopted dataplane was replaced: {ev:?}"
     );
 
-    let fetched = download.wait_with_output().unwrap();
-    let probed = probe.wait_with_output().unwrap();
-    drop(echo);
-    eprintln!(
-        "supervised restart: a new dataplane answering {answering:?} after the kill\nprobe (2 ms):\n{}",
-        String::from_utf8_lossy(&probed.stdout)
-    );
+    let (fetched, probed) = masq.finish();
+    eprintln!("supervised restart: a new dataplane answering {answering:?} after the kill\nprobe (2 ms):\n{probed}");
     assert!(
-        fetched.status.success(),
-        "the masqueraded download broke across the supervised restart: {}",
-        String::from_utf8_lossy(&fetched.stderr)
+        fetched.is_ok(),
+        "the masqueraded download broke across the supervised restart: {fetched:?}"
     );
 }
 
