@@ -348,10 +348,14 @@ impl Config {
             ));
         }
         let workers = self.workers().max(1) as u64;
-        let per_entry = crate::tables::conntrack::Conntrack::bytes_per_entry() as u64;
-        let reserved = (self.conntrack.reserved() as u64)
-            .saturating_mul(per_entry)
-            .saturating_mul(workers);
+        // What each worker's table takes once it has filled its reservation.
+        let table =
+            crate::tables::conntrack::Conntrack::reservation_bytes(self.conntrack.reserved())
+                as u64;
+        let per_entry = table
+            .div_ceil(self.conntrack.reserved().max(1) as u64)
+            .max(1);
+        let reserved = table.saturating_mul(workers);
         if mem_mib > 0 && reserved > mem_mib * MIB {
             let field = if self.conntrack.max_capacity.is_some() {
                 "conntrack.max_capacity"
