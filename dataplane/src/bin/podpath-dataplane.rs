@@ -347,6 +347,10 @@ fn run() -> Result<()> {
                 Err(e) => log(format!("{}: {e}; not replayed", p.display())),
             }
         }
+        // What the configuration and the replay made, as the starting point.
+        if let Some(p) = &applied_path {
+            save_applied(p, &ctl.applied(), &mut saved);
+        }
         log(format!("control socket {}", cfg.dataplane.socket.display()));
         let mut notifier = podpath_dataplane::notify::Notifier::from_env();
         notifier.ready(&format!("{} worker(s) forwarding", launched.len()));
@@ -356,17 +360,21 @@ fn run() -> Result<()> {
                     .iter()
                     .map(|w| w.counters.polls.load(Ordering::Relaxed)),
             );
+            // Only a request or a re-attach changes what `applied` holds.
+            let mut changed = false;
             if let Ok((req, reply)) = jobs_rx.recv_timeout(Duration::from_millis(100)) {
+                changed = !req.is_read_only();
                 let resp = ctl.handle(req);
                 let _ = reply.send(resp);
             }
             ctl.reclaim();
             ctl.capture_housekeeping();
-            if let Some(p) = &applied_path {
-                save_applied(p, &ctl.applied(), &mut saved);
-            }
             if let Some(m) = ctl.watch() {
+                changed = true;
                 log(m);
+            }
+            if let Some(p) = applied_path.as_ref().filter(|_| changed) {
+                save_applied(p, &ctl.applied(), &mut saved);
             }
         }
         log("stopping");

@@ -60,23 +60,30 @@ pub enum TcpState {
 }
 
 impl TcpState {
+    /// Every state, in the order of their stored values.
+    const ALL: [TcpState; 9] = [
+        TcpState::None,
+        TcpState::SynSent,
+        TcpState::SynRecv,
+        TcpState::Established,
+        TcpState::FinWait,
+        TcpState::CloseWait,
+        TcpState::LastAck,
+        TcpState::TimeWait,
+        TcpState::Close,
+    ];
+
     /// The state stored as `raw` (an unknown value, from a damaged file, is None).
     pub fn from_raw(raw: u8) -> TcpState {
-        use TcpState::*;
-        [
-            None,
-            SynSent,
-            SynRecv,
-            Established,
-            FinWait,
-            CloseWait,
-            LastAck,
-            TimeWait,
-            Close,
-        ]
-        .get(usize::from(raw))
-        .copied()
-        .unwrap_or(None)
+        Self::ALL
+            .get(usize::from(raw))
+            .copied()
+            .unwrap_or(TcpState::None)
+    }
+
+    /// Whether `raw` is a stored state at all.
+    fn is_raw(raw: u8) -> bool {
+        usize::from(raw) < Self::ALL.len()
     }
 
     pub fn name(self) -> &'static str {
@@ -388,7 +395,7 @@ impl Conntrack {
             let ok = e.flags & !F_KNOWN == 0
                 && matches!(e.orig.proto, 1 | 6 | 17)
                 && e.reply.proto == e.orig.proto
-                && e.tcp <= TcpState::Close as u8
+                && TcpState::is_raw(e.tcp)
                 && (e.orig.proto == 6 || e.tcp == 0);
             e.expires = shifted(e.expires);
             e.born = shifted(e.born).min(now);
