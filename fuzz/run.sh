@@ -13,7 +13,9 @@ targets=("$@")
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 export RUSTC_BOOTSTRAP=1
-cargo fuzz build -O >/dev/null
+# -a: debug assertions on, so the stage-graph contract (a stage decides only what
+# it declares) is checked on every input too.
+cargo fuzz build -O -a >/dev/null
 work=$(mktemp -d /tmp/podpath-fuzz.XXXXXX)
 trap 'rm -rf "$work" /dev/shm/podpath-fuzz-ct-* /tmp/podpath-fuzz-protocol-*' EXIT
 fail=0
@@ -21,7 +23,7 @@ for t in "${targets[@]}"; do
   mkdir -p "$work/$t" "artifacts/$t"
   cp -r "corpus/$t/." "$work/$t/" 2>/dev/null || true
   log="$work/$t.log"
-  if cargo fuzz run -O "$t" "$work/$t" -- -max_total_time="$secs" -rss_limit_mb=2048 \
+  if cargo fuzz run -O -a "$t" "$work/$t" -- -max_total_time="$secs" -rss_limit_mb=2048 \
        -artifact_prefix="artifacts/$t/" -print_final_stats=1 >"$log" 2>&1; then
     execs=$(awk '/stat::number_of_executed_units/ {print $NF}' "$log")
     echo "fuzz $t: ${secs} s, ${execs:-?} executions, no crash"

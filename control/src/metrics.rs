@@ -23,6 +23,8 @@ struct StageL {
 struct DropL {
     stage: String,
     reason: String,
+    /// "drop" or "event" (consumed as it should be): alert on kind="drop".
+    kind: String,
 }
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct WorkerL {
@@ -175,13 +177,14 @@ pub fn render(stats: Option<&Stats>, services: &[ServiceSpec]) -> String {
         let dr = counters::<DropL>(
             &mut r,
             "podpath_drops",
-            "Packets dropped, by stage and reason (docs: podpathctl stats --all)",
+            "Packets dropped (kind=drop) or consumed (kind=event), by the stage that decided and the reason (podpathctl stats --all)",
             None,
         );
         for d in &s.drops {
             dr.get_or_create(&DropL {
                 stage: d.stage.clone(),
                 reason: d.reason.clone(),
+                kind: d.kind.clone(),
             })
             .inc_by(d.count);
         }

@@ -1239,12 +1239,18 @@ impl Control {
                 ..Default::default()
             })
             .collect();
-        s.drops = DropReason::ALL
+        // One line per (stage, reason) a stage declares: where the drop was decided.
+        let declared: Vec<(StageId, DropReason)> = StageId::ALL
             .iter()
-            .map(|r| DropStat {
-                stage: r.stage().name().into(),
+            .flat_map(|&st| st.drops().iter().map(move |&r| (st, r)))
+            .collect();
+        s.drops = declared
+            .iter()
+            .map(|&(st, r)| DropStat {
+                stage: st.name().into(),
                 reason: r.name().into(),
                 count: 0,
+                kind: r.kind().name().into(),
             })
             .collect();
         for w in &self.workers {
@@ -1294,14 +1300,15 @@ impl Control {
                 s.stages[k].cycles += v.cycles;
                 ws.stages.push(v);
             }
-            for (k, r) in DropReason::ALL.iter().enumerate() {
-                let n = get(&c.drops[r.index()]);
+            for (k, &(st, r)) in declared.iter().enumerate() {
+                let n = c.drops_at(st, r);
                 s.drops[k].count += n;
                 if n > 0 {
                     ws.drops.push(DropStat {
-                        stage: r.stage().name().into(),
+                        stage: st.name().into(),
                         reason: r.name().into(),
                         count: n,
+                        kind: r.kind().name().into(),
                     });
                 }
             }

@@ -114,7 +114,7 @@ fn rx(p: &mut Pipeline<MemFrame>, io: &mut MemIo, port: u16, frames: &[Vec<u8>])
 }
 
 fn drops(p: &Pipeline<MemFrame>, r: DropReason) -> u64 {
-    get(&p.counters.drops[r.index()])
+    p.counters.drops_for(r)
 }
 
 fn balanced(p: &Pipeline<MemFrame>) -> bool {

@@ -84,7 +84,7 @@ impl Rig {
         &self.p.counters
     }
     fn drops(&self, r: DropReason) -> u64 {
-        get(&self.c().drops[r.index()])
+        self.c().drops_for(r)
     }
     /// rx + replicated == tx + dropped, with nothing in flight.
     fn balanced(&self) -> bool {

@@ -20,4 +20,4 @@ pub use codec::{read_frame, write_frame, CodecError, MAX_FRAME_LEN};
 pub use msg::*;
 
 /// Bumped on any incompatible change of the messages.
-pub const PROTOCOL_VERSION: u32 = 6;
+pub const PROTOCOL_VERSION: u32 = 7;

@@ -569,9 +569,13 @@ pub struct StageStat {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct DropStat {
+    /// The stage that dropped the packets.
     pub stage: String,
     pub reason: String,
     pub count: u64,
+    /// "drop" (a loss) or "event" (consumed as it should be, e.g. an ARP reply once
+    /// learned); both count in `dropped`.
+    pub kind: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -794,6 +798,7 @@ pub fn sample_responses() -> Vec<Response> {
                 stage: "eth-input".into(),
                 reason: "eth-truncated".into(),
                 count: 1,
+                kind: "drop".into(),
             }],
             ports: vec![PortStat {
                 id: 0,

@@ -64,20 +64,22 @@ pub fn stats_table(s: &Stats, all: bool) -> String {
             st.name, st.packets, st.calls, per_call, cpp
         );
     }
-    let _ = writeln!(
-        o,
-        "\n{:<14} {:<24} {:>12}",
-        "stage", "drop reason", "packets"
-    );
-    let mut any = false;
-    for d in &s.drops {
-        if all || d.count > 0 {
-            any = true;
-            let _ = writeln!(o, "{:<14} {:<24} {:>12}", d.stage, d.reason, d.count);
+    // Losses first; normal consumptions (events) apart, so a clean run reads clean.
+    for (kind, head, none) in [
+        ("drop", "drop reason", "(no drops)"),
+        ("event", "event", "(no events)"),
+    ] {
+        let _ = writeln!(o, "\n{:<14} {:<24} {:>12}", "stage", head, "packets");
+        let mut any = false;
+        for d in s.drops.iter().filter(|d| d.kind == kind) {
+            if all || d.count > 0 {
+                any = true;
+                let _ = writeln!(o, "{:<14} {:<24} {:>12}", d.stage, d.reason, d.count);
+            }
         }
-    }
-    if !any {
-        let _ = writeln!(o, "(no drops)");
+        if !any {
+            let _ = writeln!(o, "{none}");
+        }
     }
     let _ = writeln!(
         o,

@@ -41,7 +41,8 @@ pub struct StageCounters {
 /// Everything one worker counts.
 pub struct WorkerCounters {
     pub stages: [StageCounters; StageId::COUNT],
-    pub drops: [AtomicU64; DropReason::COUNT],
+    /// Drops by the stage that decided them and why (`drops[stage][reason]`).
+    pub drops: [[AtomicU64; DropReason::COUNT]; StageId::COUNT],
     pub ports: [PortCounters; MAX_PORTS],
     /// Extra frames made by flooding (one packet flooded to 3 ports adds 2).
     pub replicated: AtomicU64,
@@ -94,7 +95,7 @@ impl Default for WorkerCounters {
     fn default() -> Self {
         WorkerCounters {
             stages: std::array::from_fn(|_| StageCounters::default()),
-            drops: std::array::from_fn(|_| AtomicU64::new(0)),
+            drops: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
             ports: std::array::from_fn(|_| PortCounters::default()),
             replicated: AtomicU64::new(0),
             mac_learned: AtomicU64::new(0),
@@ -126,13 +127,30 @@ impl Default for WorkerCounters {
 }
 
 impl WorkerCounters {
+    /// Counts `n` packets `stage` dropped for `r` (a reason it declares).
     #[inline(always)]
-    pub fn count_drop(&self, r: DropReason, n: u64) {
-        add(&self.drops[r.index()], n);
+    pub fn count_drop(&self, stage: StageId, r: DropReason, n: u64) {
+        debug_assert!(
+            stage.declares(r),
+            "{} dropped for {}, a reason it does not declare",
+            stage.name(),
+            r.name()
+        );
+        add(&self.drops[stage.index()][r.index()], n);
+    }
+
+    /// Drops for `r`, whichever stage counted them.
+    pub fn drops_for(&self, r: DropReason) -> u64 {
+        self.drops.iter().map(|s| get(&s[r.index()])).sum()
+    }
+
+    /// Drops `stage` counted for `r`.
+    pub fn drops_at(&self, stage: StageId, r: DropReason) -> u64 {
+        get(&self.drops[stage.index()][r.index()])
     }
 
     pub fn drops_total(&self) -> u64 {
-        self.drops.iter().map(get).sum()
+        self.drops.iter().flatten().map(get).sum()
     }
 
     pub fn rx_total(&self) -> u64 {

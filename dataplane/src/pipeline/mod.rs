@@ -3,10 +3,11 @@
 //! A burst (up to [`BURST`] packets from one rx queue) enters `eth-input`. Each stage
 //! takes the indices of the packets queued for it and writes one [`Next`] per packet:
 //! another stage, an output port, a flood over the bridge domain, or a drop with a
-//! named [`DropReason`]. The decision is data; [`Pipeline::run`] then fans the packets
-//! out, counts, traces, and queues output for transmission. Stage ids are ordered so
-//! that a stage only sends packets forward, which makes one pass over the stages
-//! enough.
+//! named [`DropReason`]. Each stage declares what it may decide (`registry.rs`);
+//! [`Pipeline::run`] fans the packets out, checks (debug builds) that each decision
+//! is declared, counts per stage and reason, traces, and queues output. A packet
+//! re-entering an earlier stage (an ICMP error routed by `ip4-lookup`) takes another
+//! pass, at most four; docs/architecture.md draws the graph.
 //!
 //! Names: the stage and drop-reason strings in [`registry`] are the ones counters,
 //! traces and `podpathctl` show.

@@ -525,7 +525,7 @@ impl<F: Frame> Pipeline<F> {
                     let n = std::mem::take(&mut self.queue_len[q]);
                     for k in 0..n {
                         let i = usize::from(self.queue[q][k]);
-                        c.count_drop(DropReason::GraphLoop, 1);
+                        c.count_drop(StageId::Tx, DropReason::GraphLoop, 1);
                         if let Some(f) = self.slots[i].take() {
                             self.dropped.push(f);
                         }
@@ -641,7 +641,7 @@ impl<F: Frame> Pipeline<F> {
         let same = self.pending.iter().filter(|p| p.ip == m.nh_ip).count();
         // One silent address cannot take the whole queue.
         if self.pending.len() >= PENDING_CAP || same >= PENDING_PER_HOP {
-            c.count_drop(DropReason::ArpQueueFull, 1);
+            c.count_drop(StageId::Arp, DropReason::ArpQueueFull, 1);
             self.dropped.push(f);
         } else {
             self.pending.push(Parked {
@@ -695,7 +695,7 @@ impl<F: Frame> Pipeline<F> {
         add(&c.replicated, 1);
         match io.copy_frame(bytes) {
             Some(f) => self.output(c, io, port, f, 0),
-            None => c.count_drop(DropReason::ArpNoBuffer, 1),
+            None => c.count_drop(StageId::Arp, DropReason::ArpNoBuffer, 1),
         }
     }
 
@@ -729,7 +729,7 @@ impl<F: Frame> Pipeline<F> {
                 ip4_rewrite::rewrite(frame.data_mut(), n.mac, src);
                 self.output(c, io, n.port, frame, 0);
             } else if self.now >= p.deadline {
-                c.count_drop(DropReason::ArpTimeout, 1);
+                c.count_drop(StageId::Arp, DropReason::ArpTimeout, 1);
                 self.dropped.push(p.frame);
             } else {
                 keep.push(p);
@@ -868,7 +868,7 @@ impl<F: Frame> Pipeline<F> {
     pub fn drain<P: PortIo<Frame = F>>(&mut self, io: &mut P) {
         let counters = Arc::clone(&self.counters);
         for p in self.pending.drain(..) {
-            counters.count_drop(DropReason::ArpTimeout, 1);
+            counters.count_drop(StageId::Arp, DropReason::ArpTimeout, 1);
             self.dropped.push(p.frame);
         }
         self.flush(io);
@@ -898,6 +898,10 @@ impl<F: Frame> Pipeline<F> {
         // next stage; then the index list moves in one copy.
         if let (Some(&first), false) = (idx.first(), self.burst_traced) {
             if let Next::Stage(t) = self.next[usize::from(first)] {
+                debug_assert!(
+                    stage.allows(Next::Stage(t)),
+                    "{stage:?} sent a packet to {t:?}, which it does not declare"
+                );
                 let same = Next::Stage(t);
                 if idx.iter().all(|&i| self.next[usize::from(i)] == same) {
                     let q = t.index();
@@ -915,6 +919,10 @@ impl<F: Frame> Pipeline<F> {
         for &i in idx {
             let i = usize::from(i);
             let next = self.next[i];
+            debug_assert!(
+                stage.allows(next),
+                "{stage:?} decided {next:?}, which it does not declare"
+            );
             let trace = self.meta[i].trace;
             if trace != 0 {
                 let d = std::mem::replace(&mut self.detail[i], TraceDetail::None);
@@ -928,7 +936,7 @@ impl<F: Frame> Pipeline<F> {
                     self.queue_len[q] += 1;
                 }
                 Next::Drop(r) => {
-                    c.count_drop(r, 1);
+                    c.count_drop(stage, r, 1);
                     if let Some(f) = self.slots[i].take() {
                         self.dropped.push(f);
                     }
@@ -966,12 +974,12 @@ impl<F: Frame> Pipeline<F> {
                             Some(tx) => match tx.try_send(h) {
                                 Ok(()) => add(&c.handoff_out, 1),
                                 Err(e) => {
-                                    c.count_drop(DropReason::HandoffFull, 1);
+                                    c.count_drop(stage, DropReason::HandoffFull, 1);
                                     self.dropped.push(e.into_inner().frame);
                                 }
                             },
                             None => {
-                                c.count_drop(DropReason::HandoffFull, 1);
+                                c.count_drop(stage, DropReason::HandoffFull, 1);
                                 self.dropped.push(h.frame);
                             }
                         }
@@ -1003,7 +1011,7 @@ impl<F: Frame> Pipeline<F> {
             .filter(|_| p < MAX_PORTS)
             .map(|p| p.mtu)
         else {
-            c.count_drop(DropReason::TxNoPort, 1);
+            c.count_drop(StageId::Tx, DropReason::TxNoPort, 1);
             self.dropped.push(f);
             return;
         };
@@ -1058,7 +1066,7 @@ impl<F: Frame> Pipeline<F> {
             Ok(None) => return self.queue_tx(c, io, port, f),
             Ok(Some(lp)) => lp,
             Err(r) => {
-                c.count_drop(r, 1);
+                c.count_drop(StageId::Ip4Fragment, r, 1);
                 self.dropped.push(f);
                 return;
             }
@@ -1085,7 +1093,7 @@ impl<F: Frame> Pipeline<F> {
                 }
             }
             Err((f, r)) => {
-                c.count_drop(r, 1);
+                c.count_drop(StageId::Ip4Fragment, r, 1);
                 self.dropped.push(f);
             }
         }
@@ -1176,18 +1184,18 @@ impl<F: Frame> Pipeline<F> {
                             self.park(c, io, i, g);
                         }
                         Next::Drop(r) => {
-                            c.count_drop(r, 1);
+                            c.count_drop(StageId::VxlanEncap, r, 1);
                             self.dropped.push(g);
                         }
                         _ => {
-                            c.count_drop(DropReason::GraphLoop, 1);
+                            c.count_drop(StageId::Tx, DropReason::GraphLoop, 1);
                             self.dropped.push(g);
                         }
                     }
                 }
             }
             Err((f, r)) => {
-                c.count_drop(r, 1);
+                c.count_drop(StageId::Ip4Fragment, r, 1);
                 self.dropped.push(f);
             }
         }
@@ -1216,7 +1224,7 @@ impl<F: Frame> Pipeline<F> {
         if n == 0 {
             // The bridge checked for other ports; a map change in between can still
             // leave none.
-            c.count_drop(DropReason::BridgeNoFloodPort, 1);
+            c.count_drop(StageId::Tx, DropReason::BridgeNoFloodPort, 1);
             self.dropped.push(f);
             return;
         }
@@ -1224,7 +1232,7 @@ impl<F: Frame> Pipeline<F> {
         for &p in &targets[..copies] {
             match io.copy_frame(f.data()) {
                 Some(copy) => self.output(c, io, p, copy, 0),
-                None => c.count_drop(DropReason::TxNoBuffer, 1),
+                None => c.count_drop(StageId::Tx, DropReason::TxNoBuffer, 1),
             }
         }
         add(&c.replicated, copies as u64);
@@ -1273,7 +1281,7 @@ impl<F: Frame> Pipeline<F> {
         let unsent = total - sent;
         if unsent > 0 {
             add(&pc.tx_dropped, unsent as u64);
-            c.count_drop(DropReason::TxFull, unsent as u64);
+            c.count_drop(StageId::Tx, DropReason::TxFull, unsent as u64);
             // Freed at once, so `dropped` never grows beyond its reserved size.
             io.free_bulk(q);
         }
