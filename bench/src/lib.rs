@@ -40,8 +40,9 @@ pub enum Path {
     ServiceEstablished,
     /// The same, every packet a new connection (Maglev pick, table insert).
     ServiceNew,
-    /// A Kubernetes node's mix, established flows, with a Service installed (so every
-    /// pod packet passes `lb`): of each 20 pod packets 8 bridged, 6 to a remote pod,
+    /// A Kubernetes node's mix, established flows, with a Service installed (its
+    /// packets and its endpoints' replies pass `lb`, the rest skip it by the Service
+    /// prefilter): of each 20 pod packets 8 bridged, 6 to a remote pod,
     /// 3 masqueraded, 3 to a Service; and every fifth burst arrives from the other
     /// node (VXLAN to a local pod).
     Mixed,

@@ -564,8 +564,12 @@ impl<F: Frame> Pipeline<F> {
             &mut self.detail,
         );
         match stage {
-            StageId::EthInput => eth_input::process(&cx, idx, &s[..], m, n, d),
-            StageId::VxlanDecap => vxlan_decap::process(&cx, idx, s, m, n, d),
+            StageId::EthInput => {
+                eth_input::process(&cx, self.conntrack.dnat_sources(), idx, &s[..], m, n, d)
+            }
+            StageId::VxlanDecap => {
+                vxlan_decap::process(&cx, self.conntrack.dnat_sources(), idx, s, m, n, d)
+            }
             StageId::Arp => {
                 arp::process(&cx, &mut self.neighbors, &mut self.learned, idx, s, m, n, d)
             }

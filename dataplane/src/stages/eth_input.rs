@@ -5,7 +5,7 @@ use super::{in_service_range, Ctx};
 use crate::pipeline::{
     DropReason, Frame, Meta, Next, RxChecksum, StageId, TraceDetail, PREFETCH_AHEAD,
 };
-use crate::tables::Role;
+use crate::tables::{AddrFilter, Role};
 use crate::wire::{self, arp, checksum, ethernet, icmpv4, ipv4, tcp, udp, EtherType, IpProtocol};
 
 /// (source, destination, protocol, source port or ICMP type, destination port or
@@ -182,9 +182,10 @@ fn to_range_or(node: &crate::tables::l3::NodeL3, ip: Option<FiveTuple>) -> Next 
     }
 }
 
-/// Where a parsed frame goes, by the role of its input port.
+/// Where a parsed frame goes, by the role of its input port. `tracked`: the
+/// endpoints of this worker's translated connections (the Service prefilter).
 #[inline]
-fn pick(cx: &Ctx, m: &Meta, data: &[u8], ip: Option<FiveTuple>) -> Next {
+fn pick(cx: &Ctx, tracked: &AddrFilter, m: &Meta, data: &[u8], ip: Option<FiveTuple>) -> Next {
     let Some(node) = cx.l3.node.as_ref() else {
         // No L3 identity: a plain bridge.
         return Next::Stage(StageId::Bridge);
@@ -193,9 +194,18 @@ fn pick(cx: &Ctx, m: &Meta, data: &[u8], ip: Option<FiveTuple>) -> Next {
     let is_ip4 = m.ethertype == u16::from(EtherType::Ipv4);
     match cx.ports.role(m.in_port) {
         Role::Pod if is_arp => Next::Stage(StageId::Arp),
-        // With Services, every IPv4 packet from a pod passes `lb` (an endpoint's reply
-        // to a client on its own subnet is bridged, and still needs its VIP back).
-        Role::Pod | Role::Host if is_ip4 && !cx.services.is_empty() => Next::Stage(StageId::Lb),
+        // With Services, IPv4 that may be a Service's passes `lb` (an endpoint's reply
+        // to a client on its own subnet is bridged, and still needs its VIP back);
+        // the prefilter lets the rest skip it.
+        Role::Pod | Role::Host
+            if is_ip4
+                && ip.is_some_and(|(src, dst, proto, ..)| {
+                    cx.services
+                        .concerns(node, tracked, src.to_u32(), dst.to_u32(), proto)
+                }) =>
+        {
+            Next::Stage(StageId::Lb)
+        }
         // Without, only what is routed into the Service range (refused there); a
         // bridged frame is never for a ClusterIP, so it skips the range check.
         Role::Pod if is_ip4 && data[0..6] == node.router_mac.0 => to_range_or(node, ip),
@@ -224,6 +234,7 @@ fn pick(cx: &Ctx, m: &Meta, data: &[u8], ip: Option<FiveTuple>) -> Next {
 
 pub fn process<F: Frame>(
     cx: &Ctx,
+    tracked: &AddrFilter,
     pkts: &[u8],
     frames: &[Option<F>],
     meta: &mut [Meta],
@@ -258,7 +269,7 @@ pub fn process<F: Frame>(
                         ip,
                     };
                 }
-                pick(cx, m, data, ip)
+                pick(cx, tracked, m, data, ip)
             }
             Err(r) => Next::Drop(r),
         };

@@ -10,6 +10,7 @@ use crate::wire::{ipv4, udp, vxlan, EtherType, Ipv4Addr};
 
 pub fn process<F: Frame>(
     cx: &Ctx,
+    tracked: &crate::tables::AddrFilter,
     pkts: &[u8],
     frames: &mut [Option<F>],
     meta: &mut [Meta],
@@ -88,11 +89,11 @@ pub fn process<F: Frame>(
                     Next::Drop(DropReason::VxlanInnerBadSource)
                 } else if !matches!(cx.l3.route(idst), Some(NextHop::Local | NextHop::Us)) {
                     Next::Drop(DropReason::VxlanInnerNotLocal)
-                } else if cx.services.is_empty() {
-                    Next::Stage(StageId::Ip4Lookup)
-                } else {
+                } else if cx.services.concerns(node, tracked, isrc, idst, m.proto) {
                     // Replies of Service connections this node balanced come back here.
                     Next::Stage(StageId::Lb)
+                } else {
+                    Next::Stage(StageId::Ip4Lookup)
                 }
             }
         };

@@ -63,6 +63,11 @@ pub struct ServiceTable {
     uids: hashbrown::HashSet<u32>,
     /// Every ClusterIP (any port, any protocol).
     vips: hashbrown::HashSet<u32>,
+    /// The Service prefilter (`concerns`): the destinations `lb` acts on (ClusterIPs,
+    /// external and LoadBalancer IPs, deleted Services' ClusterIPs), and the sources
+    /// (endpoints: their replies).
+    to_service: crate::tables::AddrFilter,
+    from_endpoint: crate::tables::AddrFilter,
     /// External and LoadBalancer IPs: (ip, port, protocol) -> (Service, is an LB IP).
     by_external: HashMap<(u32, u16, u8), (u16, bool)>,
     /// Every external or LoadBalancer IP (for the uplink's first look).
@@ -332,6 +337,15 @@ impl ServiceTable {
         t.group_owners();
         t.uids = t.services.iter().map(|s| s.uid).collect();
         t.vips = t.services.iter().map(|s| s.vip).collect();
+        for s in &t.services {
+            t.to_service.insert(s.vip);
+            for e in s.all.iter() {
+                t.from_endpoint.insert(e.ip);
+            }
+        }
+        for &ip in &t.external_ips {
+            t.to_service.insert(ip);
+        }
         Ok(t)
     }
 
@@ -391,6 +405,30 @@ impl ServiceTable {
         self.services.is_empty()
     }
 
+    /// The Service prefilter: may `lb` have something to do with a packet from
+    /// `src` to `dst`? Only "no" is certain. `tracked` holds the endpoints of this
+    /// worker's translated connections (a removed endpoint's connection lives on).
+    /// ICMP always passes (an error about a Service connection comes from anywhere);
+    /// so does what is addressed to the node, the pods' gateway or the Service range.
+    #[inline]
+    pub fn concerns(
+        &self,
+        node: &crate::tables::l3::NodeL3,
+        tracked: &crate::tables::AddrFilter,
+        src: u32,
+        dst: u32,
+        proto: u8,
+    ) -> bool {
+        !self.services.is_empty()
+            && (proto == 1
+                || self.to_service.may_contain(dst)
+                || self.from_endpoint.may_contain(src)
+                || tracked.may_contain(src)
+                || dst == node.node_ip
+                || dst == node.gateway_ip
+                || crate::stages::in_service_range(node, dst))
+    }
+
     /// Every Service, in the order of the specs it was built from.
     pub fn services(&self) -> &[Service] {
         &self.services
@@ -439,6 +477,7 @@ impl ServiceTable {
         for (k, by_ip) in departed {
             if !self.by_key.contains_key(&k) {
                 self.departed_vips.insert(k, by_ip);
+                self.to_service.insert(k.0);
             }
         }
         self

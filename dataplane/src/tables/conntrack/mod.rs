@@ -264,6 +264,9 @@ pub struct CtStats {
 
 pub struct Conntrack {
     index: HashMap<Tuple, (u32, Dir)>,
+    /// Endpoints of translated (DNAT) connections, ever: their replies must reach
+    /// `lb` even once the endpoint left its Service (the Service prefilter).
+    dnat_sources: crate::tables::AddrFilter,
     /// Entries, in anonymous memory or the state file's mapping; `used` of them
     /// have been handed out.
     slab: Region<Entry>,
@@ -289,6 +292,13 @@ pub struct Conntrack {
 const WHEEL_SLOTS: usize = 1024;
 
 impl Conntrack {
+    /// Endpoints this table's translated connections were sent to (the Service
+    /// prefilter asks it about a packet's source).
+    #[inline]
+    pub fn dnat_sources(&self) -> &crate::tables::AddrFilter {
+        &self.dnat_sources
+    }
+
     /// A table for `capacity` connections, everything reserved up front.
     pub fn new(capacity: usize, timeouts: Timeouts, now: u32) -> Conntrack {
         Self::with_reserve(capacity, capacity, timeouts, now)
@@ -324,6 +334,7 @@ impl Conntrack {
     ) -> Conntrack {
         Conntrack {
             index: HashMap::with_capacity(reserved.saturating_mul(2).saturating_mul(2)),
+            dnat_sources: Default::default(),
             slab,
             used: 0,
             hdr,
@@ -411,6 +422,9 @@ impl Conntrack {
                 c.slab[i] = e;
                 c.index.insert(e.orig, (idx, Dir::Orig));
                 c.index.insert(e.reply, (idx, Dir::Reply));
+                if e.reply.src != e.orig.dst {
+                    c.dnat_sources.insert(e.reply.src);
+                }
                 c.link(idx);
                 c.live += 1;
                 r.restored += 1;
@@ -592,6 +606,9 @@ impl Conntrack {
         // Stale keys of expired-but-unswept entries give way.
         self.index.insert(orig, (i, Dir::Orig));
         self.index.insert(reply, (i, Dir::Reply));
+        if reply.src != orig.dst {
+            self.dnat_sources.insert(reply.src);
+        }
         self.link(i);
         self.live += 1;
         self.stats.inserted += 1;
