@@ -508,6 +508,7 @@ impl ServiceTable {
     ) -> Self {
         for (k, by_ip) in departed {
             self.endpoints.entry(k).or_insert(by_ip);
+            self.from_endpoint.insert(k.0);
         }
         self
     }
