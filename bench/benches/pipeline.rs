@@ -3,8 +3,8 @@
 //! of 32 (and packets per second); see docs/performance.md for instruction counts.
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use podpath_bench::{Path, Rig};
+use podpath_dataplane::eth::input::classify;
 use podpath_dataplane::pipeline::{Meta, RxChecksum, BURST};
-use podpath_dataplane::stages::eth_input::classify;
 
 fn paths(c: &mut Criterion) {
     let mut g = c.benchmark_group("pipeline");

@@ -2,9 +2,9 @@
 //! bridge's learn+lookup, at 1 000, 100 000 and 1 000 000 entries, random keys.
 //! `cargo bench -p podpath-bench --bench tables`.
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use podpath_dataplane::tables::conntrack::{Conntrack, Timeouts, Tuple};
-use podpath_dataplane::tables::lpm::{mask, Lpm, Route};
-use podpath_dataplane::tables::MacTable;
+use podpath_dataplane::bridge::mac::MacTable;
+use podpath_dataplane::ip4::lpm::{mask, Lpm, Route};
+use podpath_dataplane::nat::conntrack::{Conntrack, Timeouts, Tuple};
 use podpath_dataplane::wire::MacAddr;
 
 struct Rng(u64);
@@ -130,7 +130,7 @@ fn bridge(c: &mut Criterion) {
 }
 
 fn maglev(c: &mut Criterion) {
-    use podpath_dataplane::tables::maglev::{Backend, Maglev, DEFAULT_SIZE};
+    use podpath_dataplane::services::maglev::{Backend, Maglev, DEFAULT_SIZE};
     let mut g = c.benchmark_group("maglev");
     let backends: Vec<Backend> = (0..1000)
         .map(|i| Backend {

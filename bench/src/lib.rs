@@ -5,13 +5,15 @@
 use std::sync::Arc;
 
 use etherparse::PacketBuilder;
+use podpath_dataplane::ip4::arp;
+use podpath_dataplane::ip4::l3::gateway_mac;
+use podpath_dataplane::ip4::L3;
 use podpath_dataplane::pipeline::{
     Pipeline, PipelineConfig, PortIo, Tracer, WorkerCounters, BURST,
 };
+use podpath_dataplane::port::PortEntry;
+use podpath_dataplane::port::PortMap;
 use podpath_dataplane::port::{MemFrame, MemIo};
-use podpath_dataplane::stages::arp;
-use podpath_dataplane::tables::l3::gateway_mac;
-use podpath_dataplane::tables::{PortEntry, PortMap, L3};
 use podpath_dataplane::wire::MacAddr;
 use podpath_proto::{validate, NodeSpec, RemoteSpec};
 
@@ -234,7 +236,7 @@ impl Rig {
                 "udp",
                 vec![podpath_proto::EndpointSpec::ready("10.244.1.5", 8080)],
             );
-            let t = podpath_dataplane::tables::services::ServiceTable::build(&[svc], None)
+            let t = podpath_dataplane::services::table::ServiceTable::build(&[svc], None)
                 .expect("service builds");
             r.p.set_services(Arc::new(t));
         }

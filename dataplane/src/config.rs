@@ -350,8 +350,7 @@ impl Config {
         let workers = self.workers().max(1) as u64;
         // What each worker's table takes once it has filled its reservation.
         let table =
-            crate::tables::conntrack::Conntrack::reservation_bytes(self.conntrack.reserved())
-                as u64;
+            crate::nat::conntrack::Conntrack::reservation_bytes(self.conntrack.reserved()) as u64;
         let per_entry = table
             .div_ceil(self.conntrack.reserved().max(1) as u64)
             .max(1);

@@ -23,12 +23,14 @@ use ringbuf::HeapCons;
 
 use crate::config::validate_port;
 use crate::dpdk::{self, netns, EthPort, Mempool, PortSetup};
+use crate::ip4::L3;
 use crate::pipeline::counters::get;
 use crate::pipeline::ConntrackConfig;
 use crate::pipeline::{DropReason, Next, StageId, TraceDetail, TraceRecord, WorkerCounters};
+use crate::port::PortEntry;
+use crate::port::PortMap;
+use crate::services::table::ServiceTable;
 use crate::snapshot::{Settings, Snapshot};
-use crate::tables::services::ServiceTable;
-use crate::tables::{PortEntry, PortMap, L3};
 use crate::wire::MacAddr;
 use crate::worker::{Retired, WorkerMsg};
 
@@ -142,8 +144,8 @@ const DEPARTED_MAX: usize = 16_384;
 const ACK_WAIT: Duration = Duration::from_secs(5);
 
 /// What the Service table needs of the node (its local endpoints and NodePorts).
-fn node_info(l3: &L3) -> Option<crate::tables::services::NodeInfo> {
-    l3.node.as_ref().map(|n| crate::tables::services::NodeInfo {
+fn node_info(l3: &L3) -> Option<crate::services::table::NodeInfo> {
+    l3.node.as_ref().map(|n| crate::services::table::NodeInfo {
         node_ip: n.node_ip,
         pod_net: n.pod_net,
     })
@@ -581,7 +583,7 @@ impl Control {
                 }
             })
             .collect();
-        let prev: (&ServiceTable, crate::tables::services::Unchanged) =
+        let prev: (&ServiceTable, crate::services::table::Unchanged) =
             (&self.snap.services, unchanged);
         let t = ServiceTable::build_reusing(specs, node_info(l3), &ids, Some(prev))
             .map_err(|e| err(ErrorKind::BadRequest, e))?;
@@ -1452,8 +1454,8 @@ impl Control {
             TraceDetail::Route { dst, ttl, via } => {
                 let via = match via {
                     None => "no route".to_string(),
-                    Some(crate::tables::NextHop::Local) => "local pods".into(),
-                    Some(crate::tables::NextHop::Remote(r)) => format!(
+                    Some(crate::ip4::NextHop::Local) => "local pods".into(),
+                    Some(crate::ip4::NextHop::Remote(r)) => format!(
                         "remote node {}",
                         self.snap
                             .l3
@@ -1461,9 +1463,9 @@ impl Control {
                             .get(usize::from(r))
                             .map_or("?", |x| x.name.as_str())
                     ),
-                    Some(crate::tables::NextHop::Host) => "node kernel (host port)".into(),
-                    Some(crate::tables::NextHop::Uplink) => "underlay (uplink)".into(),
-                    Some(crate::tables::NextHop::Us) => "this dataplane".into(),
+                    Some(crate::ip4::NextHop::Host) => "node kernel (host port)".into(),
+                    Some(crate::ip4::NextHop::Uplink) => "underlay (uplink)".into(),
+                    Some(crate::ip4::NextHop::Us) => "this dataplane".into(),
                 };
                 format!("{dst} ttl {ttl}: {via}")
             }

@@ -2,10 +2,12 @@
 //!
 //! - [`dpdk`]: the one safe wrapper over DPDK (the only module with `unsafe`).
 //! - [`wire`]: zero-copy packet views.
-//! - [`pipeline`]: bursts, stages, decisions, counters, trace.
-//! - [`stages`]: one file per stage.
-//! - [`tables`]: the port map and the per-worker MAC table.
-//! - [`port`]: DPDK and memory port backends.
+//! - [`pipeline`]: the stage graph (registry), the burst runner, counters, trace.
+//! - Features, each a folder with its stages and tables: [`eth`] (eth-input),
+//!   [`bridge`], [`ip4`] (lookup, rewrite, local, icmp-error, fragment, arp),
+//!   [`overlay`] (VXLAN), [`nat`] (conntrack, SNAT), [`services`] (lb, Maglev, the
+//!   prefilter).
+//! - [`port`]: the port map, and DPDK and memory port backends.
 //! - [`snapshot`]: what workers read of the control plane, published as one.
 //! - [`worker`]: the poll loop.
 //! - [`control`]: the control thread and its socket.
@@ -14,16 +16,20 @@
 //! - [`notify`]: systemd's notify protocol (readiness, a watchdog fed by the workers).
 #![deny(unsafe_code)]
 
+pub mod bridge;
 pub mod config;
 pub mod control;
 #[allow(unsafe_code)]
 pub mod dpdk;
+pub mod eth;
+pub mod ip4;
+pub mod nat;
 pub mod notify;
+pub mod overlay;
 pub mod pipeline;
 pub mod port;
 pub mod preflight;
+pub mod services;
 pub mod snapshot;
-pub mod stages;
-pub mod tables;
 pub mod wire;
 pub mod worker;

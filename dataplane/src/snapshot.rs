@@ -10,9 +10,10 @@
 //! and "applied" in an answer means applied by all.
 use std::sync::Arc;
 
-use crate::tables::conntrack::Timeouts;
-use crate::tables::services::ServiceTable;
-use crate::tables::{PortMap, L3};
+use crate::ip4::L3;
+use crate::nat::conntrack::Timeouts;
+use crate::port::PortMap;
+use crate::services::table::ServiceTable;
 
 #[derive(Clone)]
 pub struct Snapshot {

@@ -68,7 +68,7 @@ pub struct NeighborRow {
 #[derive(Debug, Clone)]
 pub struct ConnRow {
     pub worker: u16,
-    pub entry: crate::tables::conntrack::Entry,
+    pub entry: crate::nat::conntrack::Entry,
     pub timeout: u32,
 }
 

@@ -5,14 +5,16 @@ use std::sync::Arc;
 
 use crossbeam::channel::bounded;
 use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
+use podpath_dataplane::ip4::arp;
+use podpath_dataplane::ip4::l3::gateway_mac;
+use podpath_dataplane::ip4::L3;
 use podpath_dataplane::pipeline::counters::get;
 use podpath_dataplane::pipeline::{
     DropReason, Pipeline, PipelineConfig, PortIo, StageId, Tracer, WorkerCounters,
 };
+use podpath_dataplane::port::PortEntry;
+use podpath_dataplane::port::PortMap;
 use podpath_dataplane::port::{MemFrame, MemIo};
-use podpath_dataplane::stages::arp;
-use podpath_dataplane::tables::l3::gateway_mac;
-use podpath_dataplane::tables::{PortEntry, PortMap, L3};
 use podpath_dataplane::wire::MacAddr;
 use podpath_proto::{validate, EndpointSpec, NodeSpec, RemoteSpec, ServiceSpec};
 use proptest::prelude::*;
@@ -126,7 +128,7 @@ fn balanced(p: &Pipeline<MemFrame>) -> bool {
 /// Two workers of node 1 (NAT range split between them, hand-off rings wired both
 /// ways), with a Service table when given.
 fn two_workers(
-    services: Option<Arc<podpath_dataplane::tables::services::ServiceTable>>,
+    services: Option<Arc<podpath_dataplane::services::table::ServiceTable>>,
 ) -> (Pipeline<MemFrame>, MemIo, Pipeline<MemFrame>, MemIo) {
     let (base, _) = node(1);
     let mk = |w: u16| {
@@ -579,8 +581,8 @@ fn a_full_handoff_ring_drops_by_reason_and_balances() {
 
 #[test]
 fn service_connections_live_on_their_clients_worker() {
-    use podpath_dataplane::stages::lb::client_owner;
-    use podpath_dataplane::tables::services::ServiceTable;
+    use podpath_dataplane::nat::snat::client_owner;
+    use podpath_dataplane::services::table::ServiceTable;
     let svc = podpath_proto::ServiceSpec::new(
         "default/web",
         "10.96.0.10",
@@ -781,8 +783,8 @@ fn arp_queue_full_and_arp_timeout() {
 }
 
 /// A NodePort Service (policy Local) whose only endpoint is on node 2.
-fn node_port_local_elsewhere() -> Arc<podpath_dataplane::tables::services::ServiceTable> {
-    use podpath_dataplane::tables::services::{NodeInfo, ServiceTable};
+fn node_port_local_elsewhere() -> Arc<podpath_dataplane::services::table::ServiceTable> {
+    use podpath_dataplane::services::table::{NodeInfo, ServiceTable};
     let svc = ServiceSpec {
         node_port: Some(30080),
         external_traffic_policy: Some("Local".into()),
@@ -924,7 +926,7 @@ fn vxlan_bad_header_and_outer_fragment() {
 type Templates = Vec<(u16, Vec<u8>)>;
 
 fn full_node() -> (Pipeline<MemFrame>, MemIo, Templates) {
-    use podpath_dataplane::tables::services::{NodeInfo, ServiceTable};
+    use podpath_dataplane::services::table::{NodeInfo, ServiceTable};
     let (mut n, mut io) = node_with_pod_a(1);
     let ep = |ip: &str| EndpointSpec::ready(ip, 8080);
     let svc = ServiceSpec {
@@ -1148,7 +1150,7 @@ proptest! {
 
 #[test]
 fn affinity_sticks_to_its_endpoint_and_lets_go_when_the_endpoint_goes() {
-    use podpath_dataplane::tables::services::{NodeInfo, ServiceTable};
+    use podpath_dataplane::services::table::{NodeInfo, ServiceTable};
     let (mut n, mut io) = node_with_pod_a(1);
     // Pod b (a local endpoint) and node 2 (behind the remote one) are resolved.
     learn_pod_b(&mut n, &mut io);
@@ -1218,8 +1220,8 @@ fn affinity_sticks_to_its_endpoint_and_lets_go_when_the_endpoint_goes() {
 
 #[test]
 fn a_decapsulated_reply_handed_to_its_owner_is_restored() {
-    use podpath_dataplane::stages::lb::client_owner;
-    use podpath_dataplane::tables::services::ServiceTable;
+    use podpath_dataplane::nat::snat::client_owner;
+    use podpath_dataplane::services::table::ServiceTable;
     // A Service whose endpoint is on node 2; the client's connection lives on worker 1.
     let svc = ServiceSpec::new(
         "default/web",
@@ -1327,7 +1329,7 @@ fn more_drop_reasons_each_counted_alone() {
 
 #[test]
 fn with_two_workers_one_worker_owns_every_connection_of_an_affinity_client() {
-    use podpath_dataplane::tables::services::ServiceTable;
+    use podpath_dataplane::services::table::ServiceTable;
     let svc = ServiceSpec {
         affinity_timeout: Some(60),
         ..ServiceSpec::new(
@@ -1382,7 +1384,7 @@ fn with_two_workers_one_worker_owns_every_connection_of_an_affinity_client() {
 
 #[test]
 fn a_client_port_reused_after_time_wait_gets_the_endpoint_picked_now() {
-    use podpath_dataplane::tables::services::ServiceTable;
+    use podpath_dataplane::services::table::ServiceTable;
     use podpath_dataplane::wire::tcp::flags::{ACK, FIN, SYN};
     let (mut n, mut io) = node_with_pod_a(1);
     // Pod b (endpoint A, local) and node 2 (behind endpoint B) are resolved.
@@ -1468,8 +1470,8 @@ fn a_client_port_reused_after_time_wait_gets_the_endpoint_picked_now() {
 
 #[test]
 fn removing_an_endpoint_sweeps_its_udp_connections_keeps_tcp_and_settles_after_the_sweep() {
+    use podpath_dataplane::services::table::ServiceTable;
     use podpath_dataplane::snapshot::Snapshot;
-    use podpath_dataplane::tables::services::ServiceTable;
     use podpath_dataplane::wire::tcp::flags::{ACK, SYN};
     use std::sync::atomic::Ordering;
     let (mut n, mut io) = node_with_pod_a(1);
@@ -1544,7 +1546,7 @@ fn removing_an_endpoint_sweeps_its_udp_connections_keeps_tcp_and_settles_after_t
 
 #[test]
 fn the_service_range_refuses_undefined_ports_and_drops_unallocated_addresses() {
-    use podpath_dataplane::tables::services::ServiceTable;
+    use podpath_dataplane::services::table::ServiceTable;
     let (mut n, mut io) = node_with_pod_a(1);
     // No Service at all: the range is unallocated, dropped silently.
     rx(
@@ -1622,7 +1624,7 @@ fn the_service_range_refuses_undefined_ports_and_drops_unallocated_addresses() {
 
 #[test]
 fn an_endpoints_icmp_error_reaches_the_client_from_the_virtual_ip_about_what_it_sent() {
-    use podpath_dataplane::tables::services::ServiceTable;
+    use podpath_dataplane::services::table::ServiceTable;
     use podpath_dataplane::wire::checksum::{fold, sum};
     let (mut n, mut io) = node_with_pod_a(1);
     learn_pod_b(&mut n, &mut io);
@@ -1706,7 +1708,7 @@ fn an_endpoints_icmp_error_reaches_the_client_from_the_virtual_ip_about_what_it_
 
 #[test]
 fn too_big_for_the_overlay_on_a_node_port_the_error_goes_to_the_client_about_what_it_sent() {
-    use podpath_dataplane::tables::services::{NodeInfo, ServiceTable};
+    use podpath_dataplane::services::table::{NodeInfo, ServiceTable};
     use podpath_dataplane::wire::checksum::{fold, sum};
     let (mut n, mut io) = node(1);
     resolve_ext(&mut n, &mut io);
@@ -1806,7 +1808,7 @@ fn two_fragments(
 
 #[test]
 fn fragments_of_a_service_datagram_follow_the_first_ones_translation_both_ways() {
-    use podpath_dataplane::tables::services::ServiceTable;
+    use podpath_dataplane::services::table::ServiceTable;
     use podpath_dataplane::wire::checksum::{fold, sum};
     let (mut n, mut io) = node_with_pod_a(1);
     learn_pod_b(&mut n, &mut io);
@@ -1882,8 +1884,8 @@ fn fragments_of_a_service_datagram_follow_the_first_ones_translation_both_ways()
 
 #[test]
 fn with_two_workers_a_fragment_on_either_gets_the_translation_its_first_one_got() {
-    use podpath_dataplane::stages::lb::client_owner;
-    use podpath_dataplane::tables::services::ServiceTable;
+    use podpath_dataplane::nat::snat::client_owner;
+    use podpath_dataplane::services::table::ServiceTable;
     let table = Arc::new(
         ServiceTable::build(
             &[ServiceSpec::new(

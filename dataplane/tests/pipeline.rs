@@ -7,8 +7,9 @@ use podpath_dataplane::pipeline::counters::get;
 use podpath_dataplane::pipeline::{
     DropReason, Pipeline, PipelineConfig, PortIo, StageId, TraceRecord, Tracer, WorkerCounters,
 };
+use podpath_dataplane::port::PortEntry;
+use podpath_dataplane::port::PortMap;
 use podpath_dataplane::port::{MemFrame, MemIo};
-use podpath_dataplane::tables::{PortEntry, PortMap};
 use podpath_dataplane::wire::MacAddr;
 use proptest::prelude::*;
 use ringbuf::traits::{Consumer, Split};

@@ -7,7 +7,7 @@
 //! the rest is the header page's remainder and the entries.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use podpath_dataplane::tables::conntrack::{state, Conntrack, Timeouts};
+use podpath_dataplane::nat::conntrack::{state, Conntrack, Timeouts};
 
 const OWNER: state::Owner = state::Owner {
     worker: 0,

@@ -11,8 +11,10 @@ use podpath_dataplane::pipeline::{
     Pipeline, PipelineConfig, PortIo, Tracer, WorkerCounters, BURST,
 };
 use podpath_dataplane::port::{MemFrame, MemIo};
-use podpath_dataplane::tables::services::ServiceTable;
-use podpath_dataplane::tables::{PortEntry, PortMap, L3};
+use podpath_dataplane::services::table::ServiceTable;
+use podpath_dataplane::port::PortEntry;
+use podpath_dataplane::port::PortMap;
+use podpath_dataplane::ip4::L3;
 use podpath_dataplane::wire::MacAddr;
 use podpath_proto::{EndpointSpec, NodeSpec, RemoteSpec, ServiceSpec};
 use std::sync::Arc;

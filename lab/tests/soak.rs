@@ -155,7 +155,7 @@ fn a_soak_of_opening_and_closing_connections_keeps_memory_within_its_reservation
     // free list) of the dataplane's one worker as allocated, and 16 MiB for the
     // fixed tables beside it. The one-hour run filled it in about 20 minutes and
     // stayed flat (docs/reliability.md).
-    let reserve_kib = podpath_dataplane::tables::conntrack::Conntrack::reservation_bytes(
+    let reserve_kib = podpath_dataplane::nat::conntrack::Conntrack::reservation_bytes(
         podpath_dataplane::pipeline::ConntrackConfig::default().reserved(),
     ) as u64
         / 1024

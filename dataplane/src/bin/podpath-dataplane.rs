@@ -14,10 +14,10 @@ use ringbuf::HeapRb;
 use podpath_dataplane::config::{free_hugepages, Config, Hugepages};
 use podpath_dataplane::control::{Control, WorkerHandle};
 use podpath_dataplane::dpdk::{Eal, Mempool};
+use podpath_dataplane::nat::conntrack::{state as ct_state, Conntrack};
 use podpath_dataplane::pipeline::{Pipeline, PipelineConfig, Tracer, WorkerCounters};
 use podpath_dataplane::port::DpdkIo;
 use podpath_dataplane::preflight;
-use podpath_dataplane::tables::conntrack::{state as ct_state, Conntrack};
 use podpath_dataplane::worker::Worker;
 use podpath_proto::server::{self, Job};
 

@@ -64,18 +64,18 @@ impl Mbuf {
         self.m().nb_segs == 1
     }
 
-    /// What the NIC found when it checked the IPv4 header checksum.
+    /// What the NIC found when it checked the IPv4 header checksum: Some(good or
+    /// not), or None when it did not check (no offload, or NONE from a virtual
+    /// sender): then the checksum is checked in software.
     #[inline(always)]
-    pub fn rx_ip_checksum(&self) -> crate::pipeline::RxChecksum {
-        use crate::pipeline::RxChecksum;
+    pub fn rx_ip_checksum_ok(&self) -> Option<bool> {
         let f = self.m().ol_flags & u64::from(dpdk_sys::RTE_MBUF_F_RX_IP_CKSUM_MASK);
         if f == u64::from(dpdk_sys::RTE_MBUF_F_RX_IP_CKSUM_GOOD) {
-            RxChecksum::Good
+            Some(true)
         } else if f == u64::from(dpdk_sys::RTE_MBUF_F_RX_IP_CKSUM_BAD) {
-            RxChecksum::Bad
+            Some(false)
         } else {
-            // UNKNOWN, or NONE (not filled in by a virtual sender): check in software.
-            RxChecksum::Unknown
+            None
         }
     }
 

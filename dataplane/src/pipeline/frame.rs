@@ -62,7 +62,11 @@ impl Frame for crate::dpdk::Mbuf {
     }
     #[inline(always)]
     fn rx_ip_checksum(&self) -> RxChecksum {
-        crate::dpdk::Mbuf::rx_ip_checksum(self)
+        match crate::dpdk::Mbuf::rx_ip_checksum_ok(self) {
+            Some(true) => RxChecksum::Good,
+            Some(false) => RxChecksum::Bad,
+            None => RxChecksum::Unknown,
+        }
     }
     #[inline(always)]
     fn is_contiguous(&self) -> bool {

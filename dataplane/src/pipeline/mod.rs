@@ -16,6 +16,7 @@ pub mod counters;
 pub mod frame;
 pub mod registry;
 pub mod run;
+pub mod stage;
 pub mod trace;
 
 pub use counters::{PortCounters, WorkerCounters};

@@ -7,16 +7,27 @@ use super::{
     DropReason, Frame, Meta, Next, PortIo, StageId, TraceDetail, Tracer, WorkerCounters, BURST,
     MAX_PORTS, OUT_BRIDGE,
 };
+use crate::bridge::Bridge;
 use crate::dpdk::rdtsc;
-use crate::stages::icmp_error::RateLimit;
-use crate::stages::snat::{self, NatPorts};
-use crate::stages::{
-    arp, bridge::Bridge, eth_input, icmp_error, ip4_fragment, ip4_local, ip4_lookup, ip4_rewrite,
-    lb, vxlan_decap, vxlan_encap, Ctx,
-};
-use crate::tables::conntrack::{Conntrack, Timeouts};
-use crate::tables::services::ServiceTable;
-use crate::tables::{NeighborTable, PortMap, Role, L3};
+use crate::eth::input as eth_input;
+use crate::ip4::arp;
+use crate::ip4::fragment as ip4_fragment;
+use crate::ip4::icmp_error;
+use crate::ip4::icmp_error::RateLimit;
+use crate::ip4::local as ip4_local;
+use crate::ip4::lookup as ip4_lookup;
+use crate::ip4::rewrite as ip4_rewrite;
+use crate::ip4::NeighborTable;
+use crate::ip4::L3;
+use crate::nat::conntrack::{Conntrack, Timeouts};
+use crate::nat::snat::{self, NatPorts};
+use crate::overlay::vxlan_decap;
+use crate::overlay::vxlan_encap;
+use crate::pipeline::stage::Ctx;
+use crate::port::PortMap;
+use crate::port::Role;
+use crate::services::lb;
+use crate::services::table::ServiceTable;
 use crate::wire::ethernet;
 use crossbeam::channel::{Receiver, Sender};
 
@@ -89,7 +100,7 @@ pub struct NeighborUpdate {
 #[derive(Debug, Clone, Copy)]
 pub enum PeerUpdate {
     Neighbor(NeighborUpdate),
-    Frag(crate::tables::frag::FragUpdate),
+    Frag(crate::nat::frag::FragUpdate),
 }
 /// How many passes over the stages one burst may take (an ICMP error goes back to
 /// `ip4-lookup` once); beyond, packets are dropped rather than looping.
@@ -157,7 +168,7 @@ pub struct Pipeline<F: Frame> {
     inbox: Option<Receiver<PeerUpdate>>,
     /// Translations of fragmented datagrams (this worker's and the others'), and
     /// this burst's new ones, to tell the others.
-    frags: crate::tables::frag::Fragments,
+    frags: crate::nat::frag::Fragments,
     frag_scratch: lb::FragScratch,
     /// The pieces of the datagram being split (ip4-fragment), reused.
     frag_out: Vec<F>,
@@ -217,7 +228,7 @@ impl<F: Frame> Pipeline<F> {
             arp_limit: RateLimit::new(100, 20, cfg.tsc_hz),
             peers: Vec::new(),
             inbox: None,
-            frags: crate::tables::frag::Fragments::new(4096, BURST),
+            frags: crate::nat::frag::Fragments::new(4096, BURST),
             frag_scratch: lb::FragScratch::default(),
             frag_out: Vec::with_capacity(ip4_fragment::MAX_PIECES),
             conntrack: Conntrack::with_reserve(
@@ -282,7 +293,7 @@ impl<F: Frame> Pipeline<F> {
                         e.orig.dst,
                         e.orig.dport,
                         e.orig.proto,
-                        crate::tables::services::Endpoint {
+                        crate::services::table::Endpoint {
                             ip: e.reply.src,
                             port: e.reply.sport,
                         },

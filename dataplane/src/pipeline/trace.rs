@@ -9,7 +9,7 @@ use ringbuf::traits::Producer;
 use ringbuf::HeapProd;
 
 use super::{counters, IcmpKind, Next, StageId, WorkerCounters};
-use crate::tables::NextHop;
+use crate::ip4::NextHop;
 use crate::wire::{Ipv4Addr, MacAddr};
 
 /// What a stage records about a traced packet.

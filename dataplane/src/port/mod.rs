@@ -1,7 +1,12 @@
-//! Port backends: DPDK ethdev ports, and plain memory (no EAL) for unit tests and
-//! benchmarks. Both implement [`PortIo`](crate::pipeline::PortIo).
+//! Ports: the port map the workers read (`map.rs`, part of the snapshot: roles,
+//! bridge domains, MTUs), and the backends, DPDK ethdev ports and plain memory (no
+//! EAL) for unit tests and benchmarks, both implementing
+//! [`PortIo`](crate::pipeline::PortIo).
 pub mod dpdk;
+pub mod map;
 pub mod memory;
+
+pub use map::{BridgeDomain, PortEntry, PortMap, Role};
 
 pub use self::dpdk::DpdkIo;
 pub use memory::{MemFrame, MemIo};

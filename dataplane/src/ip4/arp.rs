@@ -2,10 +2,11 @@
 //! for the node IP (on the uplink), and for any address asked on the host port (proxy
 //! ARP: the node's kernel reaches every cluster address through the dataplane). Learns
 //! the sender of every ARP it sees. Pod-to-pod ARP goes on to the bridge.
-use super::Ctx;
+use crate::ip4::lpm::mask;
+use crate::ip4::NeighborTable;
+use crate::pipeline::stage::Ctx;
 use crate::pipeline::{DropReason, Frame, Meta, Next, StageId, TraceDetail};
-use crate::tables::lpm::mask;
-use crate::tables::{NeighborTable, Role};
+use crate::port::Role;
 use crate::wire::{arp, ethernet, EtherType, Ipv4Addr, MacAddr};
 
 #[allow(clippy::too_many_arguments)]

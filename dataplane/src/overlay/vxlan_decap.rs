@@ -2,22 +2,23 @@
 //! checked the UDP port and that it is addressed to the node IP). Strips the outer
 //! Ethernet/IPv4/UDP/VXLAN headers and parses the inner frame, which goes on to
 //! `ip4-lookup`. Anything else is dropped under its reason.
-use super::{eth_input, Ctx};
+use crate::eth::input as eth_input;
+use crate::ip4::lpm::mask;
+use crate::ip4::NextHop;
+use crate::pipeline::stage::Ctx;
 use crate::pipeline::{DropReason, Frame, Meta, Next, RxChecksum, StageId, TraceDetail};
-use crate::tables::lpm::mask;
-use crate::tables::NextHop;
 use crate::wire::{ipv4, udp, vxlan, EtherType, Ipv4Addr};
 
 pub fn process<F: Frame>(
     cx: &Ctx,
-    tracked: &crate::tables::AddrFilter,
+    tracked: &crate::services::prefilter::AddrFilter,
     pkts: &[u8],
     frames: &mut [Option<F>],
     meta: &mut [Meta],
     next: &mut [Next],
     detail: &mut [TraceDetail],
 ) {
-    let Some(node) = super::node_or_drop(cx, pkts, next) else {
+    let Some(node) = crate::pipeline::stage::node_or_drop(cx, pkts, next) else {
         return;
     };
     for &i in pkts {

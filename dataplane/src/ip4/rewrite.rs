@@ -2,9 +2,10 @@
 //! Ethernet header (our MAC as source: the pods' gateway MAC towards pods and the
 //! kernel, the uplink's MAC towards the underlay). Unknown next hops are resolved:
 //! the runner parks the packet and sends an ARP request.
-use super::Ctx;
+use crate::ip4::NeighborTable;
+use crate::pipeline::stage::Ctx;
 use crate::pipeline::{Frame, IcmpKind, Meta, Next, StageId, TraceDetail, OUT_BRIDGE};
-use crate::tables::{NeighborTable, Role};
+use crate::port::Role;
 use crate::wire::MacAddr;
 use crate::wire::{ethernet, ipv4};
 
@@ -53,7 +54,7 @@ pub fn process<F: Frame>(
             continue;
         };
         let m = &meta[i];
-        let (found, mtu) = super::last_or(&mut last, (m.nh_ip, m.out), || {
+        let (found, mtu) = crate::pipeline::stage::last_or(&mut last, (m.nh_ip, m.out), || {
             let found = neighbors
                 .lookup(m.nh_ip, cx.now)
                 .filter(|n| {

@@ -5,11 +5,11 @@
 //! pod. Checksums are updated incrementally (RFC 1624). A tuple in use is never handed
 //! out again; when no port is free, new flows are dropped (`snat-ports-exhausted`).
 //! Pod-to-pod and node-to-pod traffic never comes here.
-use super::nat_icmp::{is_icmp_error, quoted, untranslate};
-use super::Ctx;
+use crate::nat::conntrack::{tcp_flags_valid, Conntrack, Dir, InsertError, Tuple};
+use crate::nat::frag::{FragKey, FragNat, Fragments};
+use crate::nat::icmp::{is_icmp_error, quoted, untranslate};
+use crate::pipeline::stage::Ctx;
 use crate::pipeline::{DropReason, Frame, Meta, Next, StageId, TraceDetail};
-use crate::tables::conntrack::{tcp_flags_valid, Conntrack, Dir, InsertError, Tuple};
-use crate::tables::frag::{FragKey, FragNat, Fragments};
 use crate::wire::{checksum, icmpv4, ipv4, tcp, udp, Ipv4Addr};
 
 /// This worker's share of the NAT port range.
@@ -169,7 +169,7 @@ pub fn egress<F: Frame>(
     next: &mut [Next],
     detail: &mut [TraceDetail],
 ) {
-    let Some(node) = super::node_or_drop(cx, pkts, next) else {
+    let Some(node) = crate::pipeline::stage::node_or_drop(cx, pkts, next) else {
         return;
     };
     for &i in pkts {
@@ -200,7 +200,7 @@ pub fn egress<F: Frame>(
         // A flow is translated by its client's worker only, whichever queue its
         // packets arrive on (a tap moves a flow between queues when the socket's
         // hash changes): another worker would give it a second NAT port.
-        let owner = super::lb::client_owner(orig.src, orig.sport, owners.workers);
+        let owner = client_owner(orig.src, orig.sport, owners.workers);
         if owner != owners.me {
             next[i] = Next::Handoff(owner);
             continue;
@@ -305,6 +305,18 @@ fn allocate(
     Err(DropReason::SnatPortsExhausted)
 }
 
+/// The worker that owns a client's connection (SNAT egress, ClusterIP): chosen by the client's address and
+/// port, which both directions carry (source of requests, destination of replies).
+/// For Services whose connections are owned by client address alone
+/// (`owner_by_client_ip`, affinity), callers pass port 0.
+#[inline]
+pub fn client_owner(ip: u32, port: u16, workers: u16) -> u16 {
+    if workers <= 1 {
+        return 0;
+    }
+    let h = (u64::from(ip) << 16 | u64::from(port)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    u16::try_from((h >> 40) % u64::from(workers)).unwrap_or(0)
+}
 /// Who owns which NAT port: the whole range, the number of workers, this worker.
 #[derive(Debug, Clone, Copy)]
 pub struct Owners {
@@ -444,7 +456,7 @@ mod tests {
 
     #[test]
     fn ports_in_use_are_never_handed_out_and_exhaustion_is_reported() {
-        use crate::tables::conntrack::Timeouts;
+        use crate::nat::conntrack::Timeouts;
         let to = Timeouts {
             udp: 5,
             ..Timeouts::default()
@@ -484,7 +496,7 @@ mod tests {
     #[test]
     fn icmp_errors_about_translated_flows_reach_the_pod() {
         use etherparse::PacketBuilder;
-        let mut ct = Conntrack::new(16, crate::tables::conntrack::Timeouts::default(), 0);
+        let mut ct = Conntrack::new(16, crate::nat::conntrack::Timeouts::default(), 0);
         let (pod, node, server, router) = (
             [10, 244, 0, 2],
             [192, 168, 77, 11],

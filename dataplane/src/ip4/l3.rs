@@ -4,7 +4,7 @@
 use hashbrown::HashMap;
 use podpath_proto::{validate, NodeSpec, RemoteSpec};
 
-use super::lpm::{self, Lpm, Route};
+use crate::ip4::lpm::{self, Lpm, Route};
 use crate::wire::{Ipv4Addr, MacAddr};
 
 /// Where a route sends a packet.
@@ -47,6 +47,15 @@ pub struct NodeL3 {
     pub vxlan_port: u16,
     /// The cluster's Service range, when configured.
     pub service_net: Option<(u32, u8)>,
+}
+
+impl NodeL3 {
+    /// Is `dst` inside the cluster's Service range (when the node has one)?
+    #[inline]
+    pub fn in_service_range(&self, dst: u32) -> bool {
+        self.service_net
+            .is_some_and(|(net, len)| dst & lpm::mask(len) == net)
+    }
 }
 
 pub struct L3 {

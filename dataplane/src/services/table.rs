@@ -6,7 +6,7 @@ use std::sync::Arc;
 use hashbrown::HashMap;
 use podpath_proto::{taking_new_connections, validate, EndpointSpec, ServiceSpec};
 
-use super::maglev::{Backend, Maglev};
+use crate::services::maglev::{Backend, Maglev};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Endpoint {
@@ -66,8 +66,8 @@ pub struct ServiceTable {
     /// The Service prefilter (`concerns`): the destinations `lb` acts on (ClusterIPs,
     /// external and LoadBalancer IPs, deleted Services' ClusterIPs), and the sources
     /// (endpoints: their replies).
-    to_service: crate::tables::AddrFilter,
-    from_endpoint: crate::tables::AddrFilter,
+    to_service: crate::services::prefilter::AddrFilter,
+    from_endpoint: crate::services::prefilter::AddrFilter,
     /// External and LoadBalancer IPs: (ip, port, protocol) -> (Service, is an LB IP).
     by_external: HashMap<(u32, u16, u8), (u16, bool)>,
     /// Every external or LoadBalancer IP (for the uplink's first look).
@@ -191,8 +191,9 @@ impl ServiceTable {
                 all.push(Endpoint { ip, port: e.port });
                 parsed.push((ip, e));
             }
-            let is_local =
-                |ip: u32| node.is_some_and(|n| ip & super::lpm::mask(n.pod_net.1) == n.pod_net.0);
+            let is_local = |ip: u32| {
+                node.is_some_and(|n| ip & crate::ip4::lpm::mask(n.pod_net.1) == n.pod_net.0)
+            };
             let takers = |local_only: bool| -> (Vec<Endpoint>, Vec<Backend>) {
                 let here: Vec<&(u32, &EndpointSpec)> = parsed
                     .iter()
@@ -413,8 +414,8 @@ impl ServiceTable {
     #[inline]
     pub fn concerns(
         &self,
-        node: &crate::tables::l3::NodeL3,
-        tracked: &crate::tables::AddrFilter,
+        node: &crate::ip4::l3::NodeL3,
+        tracked: &crate::services::prefilter::AddrFilter,
         src: u32,
         dst: u32,
         proto: u8,
@@ -426,7 +427,7 @@ impl ServiceTable {
                 || tracked.may_contain(src)
                 || dst == node.node_ip
                 || dst == node.gateway_ip
-                || crate::stages::in_service_range(node, dst))
+                || node.in_service_range(dst))
     }
 
     /// Every Service, in the order of the specs it was built from.

@@ -1,7 +1,7 @@
 //! ICMP errors about translated connections, for `snat-reply` (masqueraded flows) and
 //! `lb` (Service flows): the quoted packet names the connection; the error is
 //! rewritten so the client sees it about the packet it sent, from where it sent it.
-use crate::tables::conntrack::{Conntrack, Dir, Tuple};
+use crate::nat::conntrack::{Conntrack, Dir, Tuple};
 use crate::wire::{checksum, icmpv4, ipv4, udp, Ipv4Addr};
 
 /// Destination unreachable, source quench, redirect, time exceeded, parameter

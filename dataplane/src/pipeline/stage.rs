@@ -1,24 +1,13 @@
-//! One file per stage; the file name is the stage name (`eth-input` is
-//! `eth_input.rs`). A stage reads the packets queued for it and writes one
-//! [`Next`](crate::pipeline::Next) per packet; it never frees or sends packets itself.
-pub mod arp;
-pub mod bridge;
-pub mod eth_input;
-pub mod icmp_error;
-pub mod ip4_fragment;
-pub mod ip4_local;
-pub mod ip4_lookup;
-pub mod ip4_rewrite;
-pub mod lb;
-pub mod nat_icmp;
-pub mod snat;
-pub mod vxlan_decap;
-pub mod vxlan_encap;
-
+//! What a stage is given besides its packets ([`Ctx`]), and the helpers several
+//! stages share. A stage lives in its feature's folder (`bridge/`, `ip4/`,
+//! `overlay/`, `nat/`, `services/`, `eth/`); it reads the packets queued for it and
+//! writes one [`Next`](crate::pipeline::Next) per packet, one its registry entry
+//! declares (`pipeline/registry.rs`); it never frees or sends packets itself.
+use crate::ip4::l3::NodeL3;
+use crate::ip4::L3;
 use crate::pipeline::{DropReason, Next, WorkerCounters};
-use crate::tables::l3::NodeL3;
-use crate::tables::services::ServiceTable;
-use crate::tables::{PortMap, L3};
+use crate::port::PortMap;
+use crate::services::table::ServiceTable;
 
 /// What every stage may look at besides the packets.
 pub struct Ctx<'a> {
@@ -30,13 +19,6 @@ pub struct Ctx<'a> {
     /// The same instant in milliseconds (affinity timeouts).
     pub now_ms: u64,
     pub counters: &'a WorkerCounters,
-}
-
-/// Is `dst` inside the cluster's Service range (when the node has one)?
-#[inline]
-pub fn in_service_range(node: &NodeL3, dst: u32) -> bool {
-    node.service_net
-        .is_some_and(|(net, len)| dst & crate::tables::lpm::mask(len) == net)
 }
 
 /// This node's L3 identity; without one, every packet of the burst is dropped as

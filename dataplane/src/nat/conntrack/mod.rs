@@ -266,7 +266,7 @@ pub struct Conntrack {
     index: HashMap<Tuple, (u32, Dir)>,
     /// Endpoints of translated (DNAT) connections, ever: their replies must reach
     /// `lb` even once the endpoint left its Service (the Service prefilter).
-    dnat_sources: crate::tables::AddrFilter,
+    dnat_sources: crate::services::prefilter::AddrFilter,
     /// Entries, in anonymous memory or the state file's mapping; `used` of them
     /// have been handed out.
     slab: Region<Entry>,
@@ -295,7 +295,7 @@ impl Conntrack {
     /// Endpoints this table's translated connections were sent to (the Service
     /// prefilter asks it about a packet's source).
     #[inline]
-    pub fn dnat_sources(&self) -> &crate::tables::AddrFilter {
+    pub fn dnat_sources(&self) -> &crate::services::prefilter::AddrFilter {
         &self.dnat_sources
     }
 

@@ -3,10 +3,11 @@
 //! time-exceeded is asked of `icmp-error`), get their TTL decremented (checksum updated
 //! incrementally) and a normalised, untagged Ethernet header, then go to `vxlan-encap`
 //! (remote pods) or `ip4-rewrite` (local pods, the node's kernel, the underlay).
-use super::Ctx;
+use crate::ip4::lpm::mask;
+use crate::ip4::NextHop;
+use crate::pipeline::stage::Ctx;
 use crate::pipeline::{DropReason, Frame, IcmpKind, Meta, Next, StageId, TraceDetail, OUT_BRIDGE};
-use crate::tables::lpm::mask;
-use crate::tables::{NextHop, Role};
+use crate::port::Role;
 use crate::wire::{ethernet, ipv4, Ipv4Addr};
 
 pub fn process<F: Frame>(
@@ -17,7 +18,7 @@ pub fn process<F: Frame>(
     next: &mut [Next],
     detail: &mut [TraceDetail],
 ) {
-    let Some(node) = super::node_or_drop(cx, pkts, next) else {
+    let Some(node) = crate::pipeline::stage::node_or_drop(cx, pkts, next) else {
         return;
     };
     // Whether the last destination to the underlay was a node address (a hash lookup;
@@ -106,9 +107,10 @@ pub fn process<F: Frame>(
                     m.out = u;
                     let in_cluster = |a: u32| a & mask(node.cluster.1) == node.cluster.0;
                     // Nodes route the cluster themselves: pods reach node IPs unmasqueraded.
-                    let node_addr = super::last_or(&mut last_node_addr, dst, || {
-                        dst == node.node_ip || cx.l3.remote_by_ip.contains_key(&dst)
-                    });
+                    let node_addr =
+                        crate::pipeline::stage::last_or(&mut last_node_addr, dst, || {
+                            dst == node.node_ip || cx.l3.remote_by_ip.contains_key(&dst)
+                        });
                     if in_cluster(src) && !in_cluster(dst) && !node_addr {
                         // Masquerade: pods leave the cluster as the node.
                         Next::Stage(StageId::Snat)

@@ -5,26 +5,14 @@
 //! before `ip4-lookup`, so the endpoint may be local or on another node. A Service
 //! without endpoints refuses at once: TCP with a reset, UDP with ICMP port
 //! unreachable.
-use super::nat_icmp::{is_icmp_error, quoted, untranslate};
-use super::snat::{rewrite, tcp_flags, tuple_of, NatPorts, Owners};
+use crate::nat::icmp::{is_icmp_error, quoted, untranslate};
+use crate::nat::snat::{client_owner, rewrite, tcp_flags, tuple_of, NatPorts, Owners};
 
-/// The worker that owns a ClusterIP connection: chosen by the client's address and
-/// port, which both directions carry (source of requests, destination of replies).
-/// For Services whose connections are owned by client address alone
-/// (`owner_by_client_ip`, affinity), callers pass port 0.
-#[inline]
-pub fn client_owner(ip: u32, port: u16, workers: u16) -> u16 {
-    if workers <= 1 {
-        return 0;
-    }
-    let h = (u64::from(ip) << 16 | u64::from(port)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    u16::try_from((h >> 40) % u64::from(workers)).unwrap_or(0)
-}
-use super::Ctx;
+use crate::nat::conntrack::{tcp_flags_valid, Conntrack, Dir, InsertError, Tuple};
+use crate::nat::frag::{FragKey, FragNat, Fragments};
+use crate::pipeline::stage::Ctx;
 use crate::pipeline::{DropReason, Frame, IcmpKind, Meta, Next, StageId, TraceDetail};
-use crate::tables::conntrack::{tcp_flags_valid, Conntrack, Dir, InsertError, Tuple};
-use crate::tables::frag::{FragKey, FragNat, Fragments};
-use crate::tables::services::{Endpoint, ServiceTable};
+use crate::services::table::{Endpoint, ServiceTable};
 use hashbrown::HashMap;
 
 /// ClientIP affinity: (client, ServicePort identity) -> (endpoint, expiry in ms). Per
@@ -104,7 +92,7 @@ impl Affinity {
         self.map.is_empty()
     }
 }
-use crate::tables::Role;
+use crate::port::Role;
 use crate::wire::{checksum, ethernet, ipv4, tcp, Ipv4Addr};
 
 /// Where a packet goes when `lb` has nothing to do with it.
@@ -237,7 +225,7 @@ pub fn process<F: Frame>(
             cx.l3
                 .node
                 .as_ref()
-                .is_some_and(|n| super::in_service_range(n, dst))
+                .is_some_and(|n| n.in_service_range(dst))
                 .then_some(dst)
         };
         if m.proto == 1 && is_icmp_error(d[l4]) {
@@ -363,7 +351,7 @@ pub fn process<F: Frame>(
                 .l3
                 .node
                 .as_ref()
-                .is_some_and(|n| t.src & crate::tables::lpm::mask(n.cluster.1) == n.cluster.0);
+                .is_some_and(|n| t.src & crate::ip4::lpm::mask(n.cluster.1) == n.cluster.0);
             // External IPs keep the client's address from pods and with policy
             // Local: those connections belong to the client's worker too.
             let external = services
@@ -403,7 +391,7 @@ pub fn process<F: Frame>(
                 && !s
                     .source_ranges
                     .iter()
-                    .any(|&(n, len)| t.src & crate::tables::lpm::mask(len) == n)
+                    .any(|&(n, len)| t.src & crate::ip4::lpm::mask(len) == n)
             {
                 next[i] = Next::Drop(DropReason::LbSourceNotAllowed);
                 continue;
@@ -412,7 +400,7 @@ pub fn process<F: Frame>(
                 .l3
                 .node
                 .as_ref()
-                .is_some_and(|n| t.src & crate::tables::lpm::mask(n.cluster.1) == n.cluster.0);
+                .is_some_and(|n| t.src & crate::ip4::lpm::mask(n.cluster.1) == n.cluster.0);
             if from_pod {
                 from_pod_external = Some(s);
                 None
@@ -638,7 +626,7 @@ fn not_a_service<F: Frame>(services: &ServiceTable, f: &mut F, m: &mut Meta, dst
 fn node_port(
     ct: &mut Conntrack,
     ports: &mut NatPorts,
-    svc: &crate::tables::services::Service,
+    svc: &crate::services::table::Service,
     t: &Tuple,
     flags: u8,
     node_ip: u32,

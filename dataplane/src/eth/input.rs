@@ -1,11 +1,12 @@
 //! `eth-input`: parses each frame once, records offsets in the packet's metadata, and
 //! drops what is malformed, each under its own reason. It never reads past the frame:
 //! every access goes through a checked view of `wire`.
-use super::{in_service_range, Ctx};
+use crate::pipeline::stage::Ctx;
 use crate::pipeline::{
     DropReason, Frame, Meta, Next, RxChecksum, StageId, TraceDetail, PREFETCH_AHEAD,
 };
-use crate::tables::{AddrFilter, Role};
+use crate::port::Role;
+use crate::services::prefilter::AddrFilter;
 use crate::wire::{self, arp, checksum, ethernet, icmpv4, ipv4, tcp, udp, EtherType, IpProtocol};
 
 /// (source, destination, protocol, source port or ICMP type, destination port or
@@ -175,9 +176,9 @@ fn classify_general(
 /// A routed packet: to `lb` when it is addressed into the Service range (no Service
 /// exists, so it is refused or dropped there), else to `ip4-lookup`.
 #[inline]
-fn to_range_or(node: &crate::tables::l3::NodeL3, ip: Option<FiveTuple>) -> Next {
+fn to_range_or(node: &crate::ip4::l3::NodeL3, ip: Option<FiveTuple>) -> Next {
     match ip {
-        Some((_, dst, ..)) if in_service_range(node, dst.to_u32()) => Next::Stage(StageId::Lb),
+        Some((_, dst, ..)) if node.in_service_range(dst.to_u32()) => Next::Stage(StageId::Lb),
         _ => Next::Stage(StageId::Ip4Lookup),
     }
 }

@@ -2,10 +2,13 @@
 //! per (domain, port), forwards known unicast to its port, floods broadcast, multicast
 //! and unknown unicast to the domain's other ports, and filters frames whose
 //! destination lives behind the port they came from.
-use super::Ctx;
+pub mod mac;
+
+use crate::bridge::mac::Learn;
+use crate::bridge::mac::MacTable;
 use crate::pipeline::counters::add;
+use crate::pipeline::stage::Ctx;
 use crate::pipeline::{DropReason, Frame, Meta, Next, TraceDetail};
-use crate::tables::{Learn, MacTable};
 use crate::wire::MacAddr;
 
 pub struct Bridge {
@@ -77,7 +80,7 @@ impl Bridge {
             let hit = if dst.is_multicast() {
                 None
             } else {
-                super::last_or(&mut last_dst, (bd, dst), || {
+                crate::pipeline::stage::last_or(&mut last_dst, (bd, dst), || {
                     self.macs.lookup(bd, dst, cx.now)
                 })
             };

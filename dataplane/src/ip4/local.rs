@@ -1,6 +1,6 @@
 //! `ip4-local`: packets addressed to the dataplane itself (the pods' gateway address).
 //! ICMP echo requests are answered in place; anything else is dropped.
-use super::Ctx;
+use crate::pipeline::stage::Ctx;
 use crate::pipeline::{DropReason, Frame, Meta, Next, StageId, TraceDetail};
 use crate::wire::{checksum, icmpv4, ipv4};
 

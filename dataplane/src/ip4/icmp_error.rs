@@ -3,10 +3,10 @@
 //! quoting the original IP header and its first 8 payload bytes. Sent from the pods'
 //! gateway address (to pods) or the node IP (to others), routed by `ip4-lookup`. Never
 //! about another ICMP error; at most `rate` per second per worker.
-use super::Ctx;
+use crate::ip4::lpm::mask;
+use crate::nat::conntrack::Conntrack;
+use crate::pipeline::stage::Ctx;
 use crate::pipeline::{DropReason, Frame, IcmpKind, Meta, Next, StageId, TraceDetail};
-use crate::tables::conntrack::Conntrack;
-use crate::tables::lpm::mask;
 use crate::wire::{ethernet, icmpv4, ipv4, IpProtocol, Ipv4Addr};
 
 /// A token bucket in TSC ticks.
@@ -63,7 +63,7 @@ pub fn process<F: Frame>(
     next: &mut [Next],
     detail: &mut [TraceDetail],
 ) {
-    let Some(node) = super::node_or_drop(cx, pkts, next) else {
+    let Some(node) = crate::pipeline::stage::node_or_drop(cx, pkts, next) else {
         return;
     };
     for &i in pkts {
@@ -90,7 +90,7 @@ pub fn process<F: Frame>(
                 && ip
                     .payload()
                     .first()
-                    .is_some_and(|&t| super::nat_icmp::is_icmp_error(t))
+                    .is_some_and(|&t| crate::nat::icmp::is_icmp_error(t))
             {
                 next[i] = Next::Drop(DropReason::IcmpAboutIcmpError);
                 continue;
@@ -162,8 +162,8 @@ pub fn process<F: Frame>(
         // About a packet this node translated (a NodePort connection too big for the
         // overlay, a masqueraded one too big for the uplink): the error goes to the
         // connection's client and quotes what it sent, not to the node itself.
-        if let Some(q) = super::nat_icmp::quoted(d, ip_at, ic) {
-            let _ = super::nat_icmp::untranslate(ct, now, d, ip_at, ic, &q);
+        if let Some(q) = crate::nat::icmp::quoted(d, ip_at, ic) {
+            let _ = crate::nat::icmp::untranslate(ct, now, d, ip_at, ic, &q);
         }
         m.l3 = 14;
         m.l4 = u16::try_from(ic).unwrap_or(0);

@@ -4,11 +4,13 @@
 //! from the inner flow (so the underlay can spread flows), and the VNI. A packet that
 //! would exceed the uplink MTU gets ICMP fragmentation-needed when DF is set; without
 //! DF it is split (`ip4-fragment`) and each piece encapsulated.
-use super::{flow_hash, ip4_rewrite, Ctx};
+use crate::ip4::l3::{NodeL3, Remote};
+use crate::ip4::lpm::mask;
+use crate::ip4::rewrite as ip4_rewrite;
+use crate::ip4::NeighborTable;
+use crate::pipeline::stage::flow_hash;
+use crate::pipeline::stage::Ctx;
 use crate::pipeline::{DropReason, Frame, IcmpKind, Meta, Next, TraceDetail};
-use crate::tables::l3::{NodeL3, Remote};
-use crate::tables::lpm::mask;
-use crate::tables::NeighborTable;
 use crate::wire::{checksum, ethernet, ipv4, udp, vxlan, EtherType, IpProtocol, Ipv4Addr, MacAddr};
 
 /// Outer UDP source ports: the dynamic range RFC 7348 recommends (49152-65535).
@@ -26,7 +28,7 @@ pub fn process<F: Frame>(
     next: &mut [Next],
     detail: &mut [TraceDetail],
 ) {
-    let Some(node) = super::node_or_drop(cx, pkts, next) else {
+    let Some(node) = crate::pipeline::stage::node_or_drop(cx, pkts, next) else {
         return;
     };
     // The last remote's pre-built headers: a burst mostly goes to one or a few nodes.

@@ -1,0 +1,3 @@
+//! Ethernet input: `eth-input` (`input.rs`) parses every received frame and picks
+//! its path by the input port's role.
+pub mod input;

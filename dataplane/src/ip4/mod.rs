@@ -1,0 +1,18 @@
+//! IPv4: the node's L3 view (`l3.rs`: its identity, routes by longest prefix in
+//! `lpm.rs`, remote nodes), the stages that route (`ip4-lookup`: `lookup.rs`,
+//! `ip4-rewrite`: `rewrite.rs`, `ip4-local`: `local.rs`, `icmp-error`:
+//! `icmp_error.rs`, `ip4-fragment`: `fragment.rs`), and ARP (`arp`: `arp.rs`, the
+//! responder, learning and the packets held for resolution) with its neighbour table
+//! (`neighbor.rs`).
+pub mod arp;
+pub mod fragment;
+pub mod icmp_error;
+pub mod l3;
+pub mod local;
+pub mod lookup;
+pub mod lpm;
+pub mod neighbor;
+pub mod rewrite;
+
+pub use l3::{NextHop, L3};
+pub use neighbor::NeighborTable;

@@ -1,0 +1,4 @@
+//! The overlay between nodes: VXLAN (`vxlan-decap`: `vxlan_decap.rs`, `vxlan-encap`:
+//! `vxlan_encap.rs`), flannel's wire format.
+pub mod vxlan_decap;
+pub mod vxlan_encap;

@@ -1,0 +1,10 @@
+//! Kubernetes Services: the Service table of the snapshot (`table.rs`), Maglev
+//! endpoint selection (`maglev.rs`), the `lb` stage (`lb.rs`: DNAT of ClusterIPs,
+//! NodePorts, external and LoadBalancer IPs, session affinity, replies restored), and
+//! the prefilter that lets traffic of no Service skip `lb` (`prefilter.rs`).
+pub mod lb;
+pub mod maglev;
+pub mod prefilter;
+pub mod table;
+
+pub use table::ServiceTable;
