@@ -158,6 +158,8 @@ impl<P: PortIo> Worker<P> {
                 let now = rdtsc();
                 let rows = self
                     .pipeline
+                    .features
+                    .ip4
                     .neighbors
                     .entries()
                     .map(|(ip, n)| NeighborRow {
@@ -174,6 +176,8 @@ impl<P: PortIo> Worker<P> {
                 let now = self.pipeline.seconds();
                 let rows = self
                     .pipeline
+                    .features
+                    .nat
                     .conntrack
                     .entries(now)
                     .map(|e| ConnRow {
@@ -184,13 +188,14 @@ impl<P: PortIo> Worker<P> {
                     .collect();
                 let _ = reply.send(rows);
             }
-            WorkerMsg::FlushConntrack => self.pipeline.conntrack.flush(),
+            WorkerMsg::FlushConntrack => self.pipeline.features.nat.conntrack.flush(),
             WorkerMsg::Trace(n) => self.pipeline.tracer.arm(n),
             WorkerMsg::Capture(c) => self.pipeline.capture = c,
             WorkerMsg::DumpMacs(reply) => {
                 let now = rdtsc();
                 let rows = self
                     .pipeline
+                    .features
                     .bridge
                     .macs
                     .entries()
@@ -210,10 +215,10 @@ impl<P: PortIo> Worker<P> {
                 let _ = reply.send(rows);
             }
             WorkerMsg::StaticMac { bd, mac, port } => {
-                self.pipeline.bridge.macs.add_static(bd, mac, port);
+                self.pipeline.features.bridge.macs.add_static(bd, mac, port);
             }
             WorkerMsg::DelStaticMac { bd, mac } => {
-                self.pipeline.bridge.macs.remove_static(bd, mac);
+                self.pipeline.features.bridge.macs.remove_static(bd, mac);
             }
         }
     }
@@ -259,8 +264,8 @@ impl<P: PortIo> Worker<P> {
             add(&c.idle_polls, 1);
         }
         if t0 >= self.next_age {
-            self.pipeline.neighbors.age(t0);
-            let aged = self.pipeline.bridge.macs.age(t0);
+            self.pipeline.features.ip4.neighbors.age(t0);
+            let aged = self.pipeline.features.bridge.macs.age(t0);
             add(&c.mac_aged, aged as u64);
             self.next_age = t0.wrapping_add(self.age_every);
         }

@@ -1517,17 +1517,27 @@ fn removing_an_endpoint_sweeps_its_udp_connections_keeps_tcp_and_settles_after_t
         &[udp_from_pod_a([10, 96, 0, 10], 5353, 53, 64, b"q")],
     );
     assert_eq!(io.take_tx(POD_B).len(), 2, "both reached endpoint A");
-    assert_eq!(n.conntrack.len(), 2);
+    assert_eq!(n.features.nat.conntrack.len(), 2);
 
     // The endpoint goes. Installed, the generation is applied but not settled until
     // the sweep has been over the table.
     let _old = n.install(&mut io, snap(&n, table(vec![])), 2);
     assert_eq!(n.counters.settled_gen.load(Ordering::Acquire), 1);
-    assert_eq!(n.conntrack.len(), 2, "the sweep runs at the next poll");
+    assert_eq!(
+        n.features.nat.conntrack.len(),
+        2,
+        "the sweep runs at the next poll"
+    );
     n.expire_connections();
     assert_eq!(n.counters.settled_gen.load(Ordering::Acquire), 2);
     let now = n.seconds();
-    let left: Vec<u8> = n.conntrack.entries(now).map(|e| e.orig.proto).collect();
+    let left: Vec<u8> = n
+        .features
+        .nat
+        .conntrack
+        .entries(now)
+        .map(|e| e.orig.proto)
+        .collect();
     assert_eq!(left, vec![6], "the UDP entry is swept, the TCP one kept");
     // The established TCP connection keeps its endpoint (kube-proxy does not cut it).
     rx(&mut n, &mut io, POD_A, &[tcp(ACK)]);

@@ -257,7 +257,7 @@ fn aged_entries_flood_again() {
         (1, 1),
         "B aged out: flooded"
     );
-    assert_eq!(r.p.bridge.macs.age(r.now + AGEING + 1), 2);
+    assert_eq!(r.p.features.bridge.macs.age(r.now + AGEING + 1), 2);
 }
 
 #[test]

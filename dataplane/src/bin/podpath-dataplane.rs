@@ -250,7 +250,7 @@ fn run() -> Result<()> {
                 u32::try_from(podpath_dataplane::dpdk::rdtsc() / tsc_hz.max(1)).unwrap_or(u32::MAX);
             let (ct, r) =
                 Conntrack::resume(cfg.conntrack.capacity, cfg.conntrack.timeouts, now, st);
-            pipeline.conntrack = ct;
+            pipeline.features.nat.conntrack = ct;
             counters
                 .ct_restored
                 .store(r.restored as u64, Ordering::Relaxed);

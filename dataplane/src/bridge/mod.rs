@@ -7,8 +7,8 @@ pub mod mac;
 use crate::bridge::mac::Learn;
 use crate::bridge::mac::MacTable;
 use crate::pipeline::counters::add;
-use crate::pipeline::stage::Ctx;
-use crate::pipeline::{DropReason, Frame, Meta, Next, TraceDetail};
+use crate::pipeline::stage::{Ctx, Features, Vector};
+use crate::pipeline::{DropReason, Frame, Next, TraceDetail};
 use crate::wire::MacAddr;
 
 pub struct Bridge {
@@ -21,95 +21,90 @@ impl Bridge {
             macs: MacTable::new(capacity, ageing_ticks),
         }
     }
+}
 
-    pub fn process<F: Frame>(
-        &mut self,
-        cx: &Ctx,
-        pkts: &[u8],
-        frames: &[Option<F>],
-        meta: &mut [Meta],
-        next: &mut [Next],
-        detail: &mut [TraceDetail],
-    ) {
-        let (mut learned, mut moved, mut full) = (0, 0, 0);
-        // A burst comes from one port and mostly from one or two MACs to one or two
-        // MACs: remember the last source learned and the last destination looked up, so
-        // most packets skip both hash operations (VPP's l2-learn keeps such a cache).
-        let mut last_src: Option<(u16, MacAddr, u16, Learn)> = None;
-        let mut last_dst: Option<((u16, MacAddr), Option<u16>)> = None;
-        for &i in pkts {
-            let i = usize::from(i);
-            let Some(f) = &frames[i] else {
-                continue;
-            };
-            let m = &mut meta[i];
-            let Some(bd) = cx.ports.port(m.in_port).and_then(|p| p.bd) else {
-                next[i] = Next::Drop(DropReason::BridgeNoDomain);
-                continue;
-            };
-            m.bd = bd;
-            // eth-input guaranteed at least an Ethernet header.
-            let d = f.data();
-            let dst = MacAddr::from_bytes(&d[0..6]);
-            let src = MacAddr::from_bytes(&d[6..12]);
-            if src.is_multicast() {
-                next[i] = Next::Drop(DropReason::BridgeSrcMulticast);
-                continue;
-            }
-            let l = match last_src {
-                // Learned or refreshed by an earlier packet, at the same `now`.
-                Some((b, mac, p, l)) if b == bd && mac == src && p == m.in_port => match l {
-                    Learn::Full | Learn::Static => l,
-                    _ => Learn::Refreshed,
-                },
-                _ => {
-                    let l = self.macs.learn(bd, src, m.in_port, cx.now);
-                    last_src = Some((bd, src, m.in_port, l));
-                    l
-                }
-            };
-            match l {
-                Learn::Learned => learned += 1,
-                Learn::Moved => moved += 1,
-                Learn::Full => full += 1,
-                Learn::Refreshed | Learn::Static => {}
-            }
-            if matches!(l, Learn::Learned | Learn::Moved) {
-                last_dst = None; // the table changed under the cached lookup
-            }
-            let hit = if dst.is_multicast() {
-                None
-            } else {
-                crate::pipeline::stage::last_or(&mut last_dst, (bd, dst), || {
-                    self.macs.lookup(bd, dst, cx.now)
-                })
-            };
-            next[i] = match hit {
-                Some(p) if p == m.in_port => Next::Drop(DropReason::BridgeSamePort),
-                Some(p) => Next::Port(p),
-                None => {
-                    let others = cx
-                        .ports
-                        .bridge(bd)
-                        .map_or(0, |b| b.members.len().saturating_sub(1));
-                    if others == 0 {
-                        Next::Drop(DropReason::BridgeNoFloodPort)
-                    } else {
-                        Next::Flood
-                    }
-                }
-            };
-            if m.trace != 0 {
-                detail[i] = TraceDetail::Bridge {
-                    bd,
-                    learned: matches!(l, Learn::Learned | Learn::Moved),
-                    dst,
-                    hit,
-                };
-            }
+/// The `bridge` stage.
+pub fn process<F: Frame>(cx: &Ctx, feat: &mut Features, v: &mut Vector<F>) {
+    let (pkts, frames, meta, next, detail) = v.parts();
+    let macs = &mut feat.bridge.macs;
+    let (mut learned, mut moved, mut full) = (0, 0, 0);
+    // A burst comes from one port and mostly from one or two MACs to one or two
+    // MACs: remember the last source learned and the last destination looked up, so
+    // most packets skip both hash operations (VPP's l2-learn keeps such a cache).
+    let mut last_src: Option<(u16, MacAddr, u16, Learn)> = None;
+    let mut last_dst: Option<((u16, MacAddr), Option<u16>)> = None;
+    for &i in pkts {
+        let i = usize::from(i);
+        let Some(f) = &frames[i] else {
+            continue;
+        };
+        let m = &mut meta[i];
+        let Some(bd) = cx.ports.port(m.in_port).and_then(|p| p.bd) else {
+            next[i] = Next::Drop(DropReason::BridgeNoDomain);
+            continue;
+        };
+        m.bd = bd;
+        // eth-input guaranteed at least an Ethernet header.
+        let d = f.data();
+        let dst = MacAddr::from_bytes(&d[0..6]);
+        let src = MacAddr::from_bytes(&d[6..12]);
+        if src.is_multicast() {
+            next[i] = Next::Drop(DropReason::BridgeSrcMulticast);
+            continue;
         }
-        add(&cx.counters.mac_learned, learned);
-        add(&cx.counters.mac_moved, moved);
-        add(&cx.counters.mac_table_full, full);
+        let l = match last_src {
+            // Learned or refreshed by an earlier packet, at the same `now`.
+            Some((b, mac, p, l)) if b == bd && mac == src && p == m.in_port => match l {
+                Learn::Full | Learn::Static => l,
+                _ => Learn::Refreshed,
+            },
+            _ => {
+                let l = macs.learn(bd, src, m.in_port, cx.now);
+                last_src = Some((bd, src, m.in_port, l));
+                l
+            }
+        };
+        match l {
+            Learn::Learned => learned += 1,
+            Learn::Moved => moved += 1,
+            Learn::Full => full += 1,
+            Learn::Refreshed | Learn::Static => {}
+        }
+        if matches!(l, Learn::Learned | Learn::Moved) {
+            last_dst = None; // the table changed under the cached lookup
+        }
+        let hit = if dst.is_multicast() {
+            None
+        } else {
+            crate::pipeline::stage::last_or(&mut last_dst, (bd, dst), || {
+                macs.lookup(bd, dst, cx.now)
+            })
+        };
+        next[i] = match hit {
+            Some(p) if p == m.in_port => Next::Drop(DropReason::BridgeSamePort),
+            Some(p) => Next::Port(p),
+            None => {
+                let others = cx
+                    .ports
+                    .bridge(bd)
+                    .map_or(0, |b| b.members.len().saturating_sub(1));
+                if others == 0 {
+                    Next::Drop(DropReason::BridgeNoFloodPort)
+                } else {
+                    Next::Flood
+                }
+            }
+        };
+        if m.trace != 0 {
+            detail[i] = TraceDetail::Bridge {
+                bd,
+                learned: matches!(l, Learn::Learned | Learn::Moved),
+                dst,
+                hit,
+            };
+        }
     }
+    add(&cx.counters.mac_learned, learned);
+    add(&cx.counters.mac_moved, moved);
+    add(&cx.counters.mac_table_full, full);
 }

@@ -2,6 +2,7 @@
 //! drops what is malformed, each under its own reason. It never reads past the frame:
 //! every access goes through a checked view of `wire`.
 use crate::pipeline::stage::Ctx;
+use crate::pipeline::stage::{Features, Vector};
 use crate::pipeline::{
     DropReason, Frame, Meta, Next, RxChecksum, StageId, TraceDetail, PREFETCH_AHEAD,
 };
@@ -233,15 +234,9 @@ fn pick(cx: &Ctx, tracked: &AddrFilter, m: &Meta, data: &[u8], ip: Option<FiveTu
     }
 }
 
-pub fn process<F: Frame>(
-    cx: &Ctx,
-    tracked: &AddrFilter,
-    pkts: &[u8],
-    frames: &[Option<F>],
-    meta: &mut [Meta],
-    next: &mut [Next],
-    detail: &mut [TraceDetail],
-) {
+pub fn process<F: Frame>(cx: &Ctx, feat: &mut Features, v: &mut Vector<F>) {
+    let tracked = feat.nat.conntrack.dnat_sources();
+    let (pkts, frames, meta, next, detail) = v.parts();
     for (k, &i) in pkts.iter().enumerate() {
         if let Some(&ahead) = pkts.get(k + PREFETCH_AHEAD) {
             if let Some(f) = &frames[usize::from(ahead)] {

@@ -3,23 +3,16 @@
 //! ARP: the node's kernel reaches every cluster address through the dataplane). Learns
 //! the sender of every ARP it sees. Pod-to-pod ARP goes on to the bridge.
 use crate::ip4::lpm::mask;
-use crate::ip4::NeighborTable;
 use crate::pipeline::stage::Ctx;
-use crate::pipeline::{DropReason, Frame, Meta, Next, StageId, TraceDetail};
+use crate::pipeline::stage::{Features, Vector};
+use crate::pipeline::{DropReason, Frame, Next, StageId, TraceDetail};
 use crate::port::Role;
 use crate::wire::{arp, ethernet, EtherType, Ipv4Addr, MacAddr};
 
 #[allow(clippy::too_many_arguments)]
-pub fn process<F: Frame>(
-    cx: &Ctx,
-    neighbors: &mut NeighborTable,
-    learned: &mut Vec<u32>,
-    pkts: &[u8],
-    frames: &mut [Option<F>],
-    meta: &mut [Meta],
-    next: &mut [Next],
-    detail: &mut [TraceDetail],
-) {
+pub fn process<F: Frame>(cx: &Ctx, feat: &mut Features, v: &mut Vector<F>) {
+    let (neighbors, learned) = (&mut feat.ip4.neighbors, &mut feat.ip4.learned);
+    let (pkts, frames, meta, next, detail) = v.parts();
     let Some(node) = cx.l3.node.as_ref() else {
         for &i in pkts {
             next[usize::from(i)] = Next::Stage(StageId::Bridge);

@@ -4,9 +4,9 @@
 //! gateway address (to pods) or the node IP (to others), routed by `ip4-lookup`. Never
 //! about another ICMP error; at most `rate` per second per worker.
 use crate::ip4::lpm::mask;
-use crate::nat::conntrack::Conntrack;
 use crate::pipeline::stage::Ctx;
-use crate::pipeline::{DropReason, Frame, IcmpKind, Meta, Next, StageId, TraceDetail};
+use crate::pipeline::stage::{Features, Vector};
+use crate::pipeline::{DropReason, Frame, IcmpKind, Next, StageId, TraceDetail};
 use crate::wire::{ethernet, icmpv4, ipv4, IpProtocol, Ipv4Addr};
 
 /// A token bucket in TSC ticks.
@@ -52,17 +52,13 @@ pub fn error_allowed(src: u32, dst: u32, frag_offset: u16) -> bool {
 }
 
 #[allow(clippy::too_many_arguments)]
-pub fn process<F: Frame>(
-    cx: &Ctx,
-    limit: &mut RateLimit,
-    ct: &mut Conntrack,
-    now: u32,
-    pkts: &[u8],
-    frames: &mut [Option<F>],
-    meta: &mut [Meta],
-    next: &mut [Next],
-    detail: &mut [TraceDetail],
-) {
+pub fn process<F: Frame>(cx: &Ctx, feat: &mut Features, v: &mut Vector<F>) {
+    let (limit, ct, now) = (
+        &mut feat.ip4.icmp_limit,
+        &mut feat.nat.conntrack,
+        cx.seconds,
+    );
+    let (pkts, frames, meta, next, detail) = v.parts();
     let Some(node) = crate::pipeline::stage::node_or_drop(cx, pkts, next) else {
         return;
     };

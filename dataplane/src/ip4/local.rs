@@ -1,17 +1,12 @@
 //! `ip4-local`: packets addressed to the dataplane itself (the pods' gateway address).
 //! ICMP echo requests are answered in place; anything else is dropped.
 use crate::pipeline::stage::Ctx;
-use crate::pipeline::{DropReason, Frame, Meta, Next, StageId, TraceDetail};
+use crate::pipeline::stage::{Features, Vector};
+use crate::pipeline::{DropReason, Frame, Next, StageId, TraceDetail};
 use crate::wire::{checksum, icmpv4, ipv4};
 
-pub fn process<F: Frame>(
-    _cx: &Ctx,
-    pkts: &[u8],
-    frames: &mut [Option<F>],
-    meta: &mut [Meta],
-    next: &mut [Next],
-    detail: &mut [TraceDetail],
-) {
+pub fn process<F: Frame>(_cx: &Ctx, _feat: &mut Features, v: &mut Vector<F>) {
+    let (pkts, frames, meta, next, detail) = v.parts();
     for &i in pkts {
         let i = usize::from(i);
         let Some(f) = frames[i].as_mut() else {

@@ -6,18 +6,13 @@
 use crate::ip4::lpm::mask;
 use crate::ip4::NextHop;
 use crate::pipeline::stage::Ctx;
-use crate::pipeline::{DropReason, Frame, IcmpKind, Meta, Next, StageId, TraceDetail, OUT_BRIDGE};
+use crate::pipeline::stage::{Features, Vector};
+use crate::pipeline::{DropReason, Frame, IcmpKind, Next, StageId, TraceDetail, OUT_BRIDGE};
 use crate::port::Role;
 use crate::wire::{ethernet, ipv4, Ipv4Addr};
 
-pub fn process<F: Frame>(
-    cx: &Ctx,
-    pkts: &[u8],
-    frames: &mut [Option<F>],
-    meta: &mut [Meta],
-    next: &mut [Next],
-    detail: &mut [TraceDetail],
-) {
+pub fn process<F: Frame>(cx: &Ctx, _feat: &mut Features, v: &mut Vector<F>) {
+    let (pkts, frames, meta, next, detail) = v.parts();
     let Some(node) = crate::pipeline::stage::node_or_drop(cx, pkts, next) else {
         return;
     };

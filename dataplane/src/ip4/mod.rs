@@ -16,3 +16,14 @@ pub mod rewrite;
 
 pub use l3::{NextHop, L3};
 pub use neighbor::NeighborTable;
+
+/// IPv4's per-worker state.
+pub struct Ip4 {
+    /// Neighbours (ARP), learned by `arp`, read by `ip4-rewrite` and `vxlan-encap`.
+    pub neighbors: NeighborTable,
+    /// Addresses this burst's ARP taught us (for the packets held and the peers).
+    pub learned: Vec<u32>,
+    /// ICMP errors sent (`icmp-error`), and ARP requests asked, per second.
+    pub icmp_limit: icmp_error::RateLimit,
+    pub arp_limit: icmp_error::RateLimit,
+}

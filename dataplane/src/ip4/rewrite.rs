@@ -2,9 +2,9 @@
 //! Ethernet header (our MAC as source: the pods' gateway MAC towards pods and the
 //! kernel, the uplink's MAC towards the underlay). Unknown next hops are resolved:
 //! the runner parks the packet and sends an ARP request.
-use crate::ip4::NeighborTable;
 use crate::pipeline::stage::Ctx;
-use crate::pipeline::{Frame, IcmpKind, Meta, Next, StageId, TraceDetail, OUT_BRIDGE};
+use crate::pipeline::stage::{Features, Vector};
+use crate::pipeline::{Frame, IcmpKind, Next, StageId, TraceDetail, OUT_BRIDGE};
 use crate::port::Role;
 use crate::wire::MacAddr;
 use crate::wire::{ethernet, ipv4};
@@ -37,15 +37,9 @@ struct Hop {
 /// What a next hop resolves to: its MAC and port (if known), and that port's MTU.
 type Resolved = (Option<Hop>, Option<u16>);
 
-pub fn process<F: Frame>(
-    cx: &Ctx,
-    neighbors: &NeighborTable,
-    pkts: &[u8],
-    frames: &mut [Option<F>],
-    meta: &mut [Meta],
-    next: &mut [Next],
-    detail: &mut [TraceDetail],
-) {
+pub fn process<F: Frame>(cx: &Ctx, feat: &mut Features, v: &mut Vector<F>) {
+    let neighbors = &feat.ip4.neighbors;
+    let (pkts, frames, meta, next, detail) = v.parts();
     // Packets of a burst mostly share a next hop: look it up once per run of them.
     let mut last: Option<((u32, u16), Resolved)> = None;
     for &i in pkts {

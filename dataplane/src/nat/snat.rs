@@ -9,7 +9,8 @@ use crate::nat::conntrack::{tcp_flags_valid, Conntrack, Dir, InsertError, Tuple}
 use crate::nat::frag::{FragKey, FragNat, Fragments};
 use crate::nat::icmp::{is_icmp_error, quoted, untranslate};
 use crate::pipeline::stage::Ctx;
-use crate::pipeline::{DropReason, Frame, Meta, Next, StageId, TraceDetail};
+use crate::pipeline::stage::{Features, Vector};
+use crate::pipeline::{DropReason, Frame, Next, StageId, TraceDetail};
 use crate::wire::{checksum, icmpv4, ipv4, tcp, udp, Ipv4Addr};
 
 /// This worker's share of the NAT port range.
@@ -156,19 +157,15 @@ pub(crate) fn tcp_flags(d: &[u8], l4: usize, proto: u8) -> u8 {
 
 /// Egress: translate to the node IP, creating the connection on its first packet.
 #[allow(clippy::too_many_arguments)]
-pub fn egress<F: Frame>(
-    cx: &Ctx,
-    ct: &mut Conntrack,
-    ports: &mut NatPorts,
-    frags: &mut Fragments,
-    owners: Owners,
-    now: u32,
-    pkts: &[u8],
-    frames: &mut [Option<F>],
-    meta: &mut [Meta],
-    next: &mut [Next],
-    detail: &mut [TraceDetail],
-) {
+pub fn egress<F: Frame>(cx: &Ctx, feat: &mut Features, v: &mut Vector<F>) {
+    let crate::nat::Nat {
+        conntrack: ct,
+        ports,
+        frags,
+        owners,
+    } = &mut feat.nat;
+    let (owners, now) = (*owners, cx.seconds);
+    let (pkts, frames, meta, next, detail) = v.parts();
     let Some(node) = crate::pipeline::stage::node_or_drop(cx, pkts, next) else {
         return;
     };
@@ -330,18 +327,15 @@ pub struct Owners {
 /// reply whose port belongs to another worker goes to that worker (never processed
 /// on the wrong core); anything else goes on to `ip4-lookup` (the node's kernel).
 #[allow(clippy::too_many_arguments)]
-pub fn reply<F: Frame>(
-    cx: &Ctx,
-    ct: &mut Conntrack,
-    frags: &mut Fragments,
-    owners: Owners,
-    now: u32,
-    pkts: &[u8],
-    frames: &mut [Option<F>],
-    meta: &mut [Meta],
-    next: &mut [Next],
-    detail: &mut [TraceDetail],
-) {
+pub fn reply<F: Frame>(cx: &Ctx, feat: &mut Features, v: &mut Vector<F>) {
+    let crate::nat::Nat {
+        conntrack: ct,
+        frags,
+        owners,
+        ..
+    } = &mut feat.nat;
+    let (owners, now) = (*owners, cx.seconds);
+    let (pkts, frames, meta, next, detail) = v.parts();
     let services_exist = !cx.services.is_empty();
     for &i in pkts {
         let i = usize::from(i);

@@ -6,18 +6,13 @@ use crate::eth::input as eth_input;
 use crate::ip4::lpm::mask;
 use crate::ip4::NextHop;
 use crate::pipeline::stage::Ctx;
+use crate::pipeline::stage::{Features, Vector};
 use crate::pipeline::{DropReason, Frame, Meta, Next, RxChecksum, StageId, TraceDetail};
 use crate::wire::{ipv4, udp, vxlan, EtherType, Ipv4Addr};
 
-pub fn process<F: Frame>(
-    cx: &Ctx,
-    tracked: &crate::services::prefilter::AddrFilter,
-    pkts: &[u8],
-    frames: &mut [Option<F>],
-    meta: &mut [Meta],
-    next: &mut [Next],
-    detail: &mut [TraceDetail],
-) {
+pub fn process<F: Frame>(cx: &Ctx, feat: &mut Features, v: &mut Vector<F>) {
+    let tracked = feat.nat.conntrack.dnat_sources();
+    let (pkts, frames, meta, next, detail) = v.parts();
     let Some(node) = crate::pipeline::stage::node_or_drop(cx, pkts, next) else {
         return;
     };

@@ -10,6 +10,7 @@ use crate::ip4::rewrite as ip4_rewrite;
 use crate::ip4::NeighborTable;
 use crate::pipeline::stage::flow_hash;
 use crate::pipeline::stage::Ctx;
+use crate::pipeline::stage::{Features, Vector};
 use crate::pipeline::{DropReason, Frame, IcmpKind, Meta, Next, TraceDetail};
 use crate::wire::{checksum, ethernet, ipv4, udp, vxlan, EtherType, IpProtocol, Ipv4Addr, MacAddr};
 
@@ -19,15 +20,9 @@ pub fn source_port(hash: u32) -> u16 {
     49152 | u16::try_from(hash & 0x3fff).unwrap_or(0)
 }
 
-pub fn process<F: Frame>(
-    cx: &Ctx,
-    neighbors: &NeighborTable,
-    pkts: &[u8],
-    frames: &mut [Option<F>],
-    meta: &mut [Meta],
-    next: &mut [Next],
-    detail: &mut [TraceDetail],
-) {
+pub fn process<F: Frame>(cx: &Ctx, feat: &mut Features, v: &mut Vector<F>) {
+    let neighbors = &feat.ip4.neighbors;
+    let (pkts, frames, meta, next, detail) = v.parts();
     let Some(node) = crate::pipeline::stage::node_or_drop(cx, pkts, next) else {
         return;
     };

@@ -3,6 +3,7 @@
 
 macro_rules! stages {
     ($($variant:ident = $name:literal: $help:literal
+        run $($run:ident)::+
         next [$($next:ident),*]
         drops [$($drop:ident),*],)*) => {
         /// Stages, in the order the runner visits them. A stage sends packets to
@@ -23,6 +24,11 @@ macro_rules! stages {
             pub fn name(self) -> &'static str { STAGES[self as usize].0 }
             pub fn help(self) -> &'static str { STAGES[self as usize].1 }
             pub fn index(self) -> usize { self as usize }
+            /// The stage's entry point (the function its line names).
+            #[inline(always)]
+            pub fn node<F: super::Frame>(self) -> super::stage::Node<F> {
+                match self { $(StageId::$variant => $($run)::+::<F>,)* }
+            }
         }
     };
 }
@@ -112,45 +118,59 @@ impl StageId {
 
 stages! {
     EthInput = "eth-input": "parses Ethernet, VLAN, ARP, IPv4 and L4 headers; drops malformed frames; picks the path by port role"
+        run crate::eth::input::process
         next [VxlanDecap, SnatReply, Lb, Arp, Ip4Lookup, Bridge]
         drops [EthTruncated, EthChained, VlanMalformed, ArpTruncated, ArpMalformed, Ip4Truncated, Ip4Malformed, Ip4BadChecksum, Ip4BadOptions, TcpTruncated, TcpBadOffset, UdpTruncated, UdpBadLength, IcmpTruncated, UplinkNotForUs, HostNotIp4],
     VxlanDecap = "vxlan-decap": "checks VXLAN from known remote VTEPs with our VNI and port, strips the outer headers"
+        run crate::overlay::vxlan_decap::process
         next [Lb, Ip4Lookup]
         drops [Ip4NoNode, VxlanBadHeader, VxlanWrongVni, VxlanUnknownVtep, VxlanInnerMalformed, VxlanInnerNotIp4, VxlanOuterFragment, VxlanInnerBadSource, VxlanInnerNotLocal],
     SnatReply = "snat-reply": "replies to the node IP: restores the pod's address from the connection table"
+        run crate::nat::snat::reply
         next [SnatReply, Lb, Ip4Lookup]
         drops [CtInvalid, HandoffFull],
     Lb = "lb": "Services: new connections to an endpoint by Maglev, established ones pinned, replies from the virtual IP"
+        run crate::services::lb::process
         next [Lb, Ip4Lookup, IcmpError, Bridge]
         drops [LbNoEndpoint, LbNoServicePort, LbUnallocatedClusterIp, LbSourceNotAllowed, LbFragmentUnknown, LbNoLocalEndpoint, LbTupleClash, SnatPortsExhausted, CtTableFull, CtInvalid, HandoffFull],
     Arp = "arp": "answers ARP for the pods' gateway, the node IP and (proxy) on the host port; learns neighbours"
+        run crate::ip4::arp::process
         next [Bridge, Tx]
         drops [ArpMalformed, ArpVlanTagged, ArpNotForUs, ArpReplyLearned, ArpQueueFull, ArpTimeout, ArpNoBuffer],
     Ip4Lookup = "ip4-lookup": "longest-prefix match, TTL check and decrement"
+        run crate::ip4::lookup::process
         next [Snat, Ip4Local, IcmpError, VxlanEncap, Ip4Rewrite]
         drops [Ip4NoNode, Ip4NoRoute, Ip4Malformed, Ip4RewriteNoPort],
     Snat = "snat": "pod traffic leaving the cluster: node IP and a NAT port as source, tracked"
+        run crate::nat::snat::egress
         next [Snat, Ip4Rewrite]
         drops [Ip4NoNode, SnatFragment, SnatUnsupported, SnatPortsExhausted, CtTableFull, CtInvalid, HandoffFull],
     Ip4Local = "ip4-local": "packets for the dataplane itself: answers ICMP echo to the pods' gateway"
+        run crate::ip4::local::process
         next [Ip4Lookup]
         drops [Ip4LocalUnsupported, Ip4LocalFragment],
     IcmpError = "icmp-error": "builds ICMP time-exceeded and fragmentation-needed, rate-limited"
+        run crate::ip4::icmp_error::process
         next [Ip4Lookup]
         drops [Ip4NoNode, Ip4TtlExpired, IcmpRateLimited, IcmpAboutIcmpError, IcmpNoRoom, IcmpNotAllowed],
     VxlanEncap = "vxlan-encap": "MTU check, outer Ethernet/IPv4/UDP/VXLAN to the remote node"
+        run crate::overlay::vxlan_encap::process
         next [IcmpError, Arp, Ip4Fragment, Tx]
         drops [Ip4NoNode, VxlanNoUplink, VxlanNoHeadroom],
     Ip4Rewrite = "ip4-rewrite": "resolves the next hop's MAC (ARP) and rewrites the Ethernet header"
+        run crate::ip4::rewrite::process
         next [Arp, IcmpError, Tx]
         drops [],
     Bridge = "bridge": "L2 bridge domain: MAC learning, ageing, forwarding, flooding"
+        run crate::bridge::process
         next [Tx]
         drops [BridgeNoDomain, BridgeSrcMulticast, BridgeSamePort, BridgeNoFloodPort],
     Ip4Fragment = "ip4-fragment": "splits IPv4 bigger than where it goes (output port's MTU, or the overlay's for an inner packet), DF clear, into fragments"
+        run crate::pipeline::stage::by_runner
         next [VxlanEncap, Tx]
         drops [Ip4FragDontFragment, Ip4FragNotIp4, Ip4FragTooMany, Ip4FragNoBuffer],
     Tx = "tx": "queues packets on output ports, replicates floods, transmits in bursts"
+        run crate::pipeline::stage::by_runner
         next []
         drops [TxFull, TxNoPort, TxNoBuffer, BridgeNoFloodPort, GraphLoop],
 }

@@ -7,27 +7,22 @@ use super::{
     DropReason, Frame, Meta, Next, PortIo, StageId, TraceDetail, Tracer, WorkerCounters, BURST,
     MAX_PORTS, OUT_BRIDGE,
 };
+// The runner knows the stages only through the registry; it builds the features'
+// state, and does the runner's own parts of ip4 (ARP holds, fragmentation) and tx.
 use crate::bridge::Bridge;
 use crate::dpdk::rdtsc;
-use crate::eth::input as eth_input;
-use crate::ip4::arp;
 use crate::ip4::fragment as ip4_fragment;
-use crate::ip4::icmp_error;
 use crate::ip4::icmp_error::RateLimit;
-use crate::ip4::local as ip4_local;
-use crate::ip4::lookup as ip4_lookup;
 use crate::ip4::rewrite as ip4_rewrite;
-use crate::ip4::NeighborTable;
-use crate::ip4::L3;
+use crate::ip4::{arp, Ip4, NeighborTable, L3};
 use crate::nat::conntrack::{Conntrack, Timeouts};
 use crate::nat::snat::{self, NatPorts};
-use crate::overlay::vxlan_decap;
+use crate::nat::Nat;
 use crate::overlay::vxlan_encap;
-use crate::pipeline::stage::Ctx;
-use crate::port::PortMap;
-use crate::port::Role;
-use crate::services::lb;
+use crate::pipeline::stage::{Ctx, Features, Vector};
+use crate::port::{PortMap, Role};
 use crate::services::table::ServiceTable;
+use crate::services::{lb, Services};
 use crate::wire::ethernet;
 use crossbeam::channel::{Receiver, Sender};
 
@@ -151,33 +146,21 @@ pub struct Pipeline<F: Frame> {
     pub ports: Arc<PortMap>,
     pub l3: Arc<L3>,
     pub services: Arc<ServiceTable>,
-    affinity: lb::Affinity,
     /// Where the sweep for connections whose endpoint went away has got to.
     svc_sweep: Option<usize>,
     /// The snapshot generation installed last; stored in `settled_gen` when no sweep
     /// is left to do for it.
     installed_gen: u64,
-    pub bridge: Bridge,
-    pub neighbors: NeighborTable,
     pending: Vec<Parked<F>>,
     pending_spare: Vec<Parked<F>>,
-    learned: Vec<u32>,
-    icmp_limit: RateLimit,
-    arp_limit: RateLimit,
     peers: Vec<Sender<PeerUpdate>>,
     inbox: Option<Receiver<PeerUpdate>>,
-    /// Translations of fragmented datagrams (this worker's and the others'), and
-    /// this burst's new ones, to tell the others.
-    frags: crate::nat::frag::Fragments,
-    frag_scratch: lb::FragScratch,
     /// The pieces of the datagram being split (ip4-fragment), reused.
     frag_out: Vec<F>,
-    /// This worker's connections (NAT), and its NAT ports.
-    pub conntrack: Conntrack,
+    /// Every feature's per-worker state (tables the stages own).
+    pub features: Features,
     /// The connection-tracking knobs in force (from the snapshot).
     settings: Arc<crate::snapshot::Settings>,
-    nat_ports: NatPorts,
-    owners: snat::Owners,
     /// Hand-off rings to the other workers (indexed by worker), and this one's.
     handoff: Vec<Option<Sender<HandedOff<F>>>>,
     handoff_in: Option<Receiver<HandedOff<F>>>,
@@ -214,45 +197,54 @@ impl<F: Frame> Pipeline<F> {
             ports,
             l3: Arc::new(L3::empty()),
             services: Arc::new(ServiceTable::default()),
-            affinity: lb::Affinity::new(65_536),
             svc_sweep: None,
             installed_gen: 0,
-            bridge: Bridge::new(cfg.mac_capacity, cfg.mac_ageing_ticks),
-            // Neighbours live 5 minutes; a missing one is asked for at most once a second.
-            neighbors: NeighborTable::new(4096, cfg.tsc_hz.saturating_mul(300), cfg.tsc_hz),
             pending: Vec::with_capacity(PENDING_CAP),
             pending_spare: Vec::with_capacity(PENDING_CAP),
-            learned: Vec::with_capacity(BURST + 1),
-            icmp_limit: RateLimit::new(100, 50, cfg.tsc_hz),
-            // ARP requests: 100 a second, bursts of 20, per worker.
-            arp_limit: RateLimit::new(100, 20, cfg.tsc_hz),
             peers: Vec::new(),
             inbox: None,
-            frags: crate::nat::frag::Fragments::new(4096, BURST),
-            frag_scratch: lb::FragScratch::default(),
             frag_out: Vec::with_capacity(ip4_fragment::MAX_PIECES),
-            conntrack: Conntrack::with_reserve(
-                cfg.conntrack.capacity,
-                cfg.conntrack.reserved(),
-                cfg.conntrack.timeouts,
-                0,
-            ),
+            features: Features {
+                bridge: Bridge::new(cfg.mac_capacity, cfg.mac_ageing_ticks),
+                ip4: Ip4 {
+                    // Neighbours live 5 minutes; a missing one is asked for at most
+                    // once a second.
+                    neighbors: NeighborTable::new(4096, cfg.tsc_hz.saturating_mul(300), cfg.tsc_hz),
+                    learned: Vec::with_capacity(BURST + 1),
+                    icmp_limit: RateLimit::new(100, 50, cfg.tsc_hz),
+                    // ARP requests: 100 a second, bursts of 20, per worker.
+                    arp_limit: RateLimit::new(100, 20, cfg.tsc_hz),
+                },
+                nat: Nat {
+                    conntrack: Conntrack::with_reserve(
+                        cfg.conntrack.capacity,
+                        cfg.conntrack.reserved(),
+                        cfg.conntrack.timeouts,
+                        0,
+                    ),
+                    ports: NatPorts::for_worker(
+                        cfg.nat_range.0,
+                        cfg.nat_range.1,
+                        cfg.worker,
+                        cfg.workers,
+                    ),
+                    owners: snat::Owners {
+                        lo: cfg.nat_range.0,
+                        hi: cfg.nat_range.1,
+                        workers: cfg.workers.max(1),
+                        me: cfg.worker,
+                    },
+                    frags: crate::nat::frag::Fragments::new(4096, BURST),
+                },
+                services: Services {
+                    affinity: lb::Affinity::new(65_536),
+                    frag_scratch: lb::FragScratch::default(),
+                },
+            },
             settings: Arc::new(crate::snapshot::Settings {
                 conntrack_capacity: cfg.conntrack.capacity,
                 timeouts: cfg.conntrack.timeouts,
             }),
-            nat_ports: NatPorts::for_worker(
-                cfg.nat_range.0,
-                cfg.nat_range.1,
-                cfg.worker,
-                cfg.workers,
-            ),
-            owners: snat::Owners {
-                lo: cfg.nat_range.0,
-                hi: cfg.nat_range.1,
-                workers: cfg.workers.max(1),
-                me: cfg.worker,
-            },
             handoff: Vec::new(),
             handoff_in: None,
             counters,
@@ -280,13 +272,13 @@ impl<F: Frame> Pipeline<F> {
     /// Expires connections (bounded work) and publishes the table's counters.
     pub fn expire_connections(&mut self) {
         let now = self.seconds();
-        self.conntrack.expire(now, EXPIRE_BUDGET);
+        self.features.nat.conntrack.expire(now, EXPIRE_BUDGET);
         if let Some(from) = self.svc_sweep {
             let svc = Arc::clone(&self.services);
             // UDP only, as kube-proxy clears them: a TCP connection to a removed
             // endpoint lives on (until the pod goes and the client sees a reset or
             // times out), it is not cut by the dataplane.
-            let next = self.conntrack.sweep(from, 256, |e| {
+            let next = self.features.nat.conntrack.sweep(from, 256, |e| {
                 e.is_dnat()
                     && e.orig.proto == 17
                     && !svc.endpoint_exists(
@@ -299,7 +291,7 @@ impl<F: Frame> Pipeline<F> {
                         },
                     )
             });
-            self.svc_sweep = (next < self.conntrack.slab_len()).then_some(next);
+            self.svc_sweep = (next < self.features.nat.conntrack.slab_len()).then_some(next);
             if self.svc_sweep.is_none() {
                 self.counters
                     .settled_gen
@@ -307,8 +299,8 @@ impl<F: Frame> Pipeline<F> {
             }
         }
         let c = &self.counters;
-        let s = self.conntrack.stats;
-        let len = self.conntrack.len() as u64;
+        let s = self.features.nat.conntrack.stats;
+        let len = self.features.nat.conntrack.len() as u64;
         c.ct_entries
             .store(len, std::sync::atomic::Ordering::Relaxed);
         c.ct_inserted
@@ -320,15 +312,21 @@ impl<F: Frame> Pipeline<F> {
         c.ct_refused_full
             .store(s.refused_full, std::sync::atomic::Ordering::Relaxed);
         c.ct_capacity.store(
-            self.conntrack.capacity() as u64,
+            self.features.nat.conntrack.capacity() as u64,
             std::sync::atomic::Ordering::Relaxed,
         );
-        c.neighbor_table_full
-            .store(self.neighbors.full, std::sync::atomic::Ordering::Relaxed);
-        c.affinity_table_full
-            .store(self.affinity.full, std::sync::atomic::Ordering::Relaxed);
-        c.frag_table_full
-            .store(self.frags.table.full, std::sync::atomic::Ordering::Relaxed);
+        c.neighbor_table_full.store(
+            self.features.ip4.neighbors.full,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        c.affinity_table_full.store(
+            self.features.services.affinity.full,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        c.frag_table_full.store(
+            self.features.nat.frags.table.full,
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 
     /// Installs a snapshot (the parts that changed), as generation `gen`; returns the
@@ -353,8 +351,10 @@ impl<F: Frame> Pipeline<F> {
         }
         if ch.settings {
             // Checked against the reservation by the control thread.
-            self.conntrack.timeouts = snap.settings.timeouts;
-            self.conntrack
+            self.features.nat.conntrack.timeouts = snap.settings.timeouts;
+            self.features
+                .nat
+                .conntrack
                 .set_capacity(snap.settings.conntrack_capacity);
             self.settings = snap.settings;
         }
@@ -544,11 +544,11 @@ impl<F: Frame> Pipeline<F> {
                 }
             }
         }
-        if !self.learned.is_empty() {
+        if !self.features.ip4.learned.is_empty() {
             self.share_learned();
             self.release(c, io);
         }
-        if !self.frags.news.is_empty() {
+        if !self.features.nat.frags.news.is_empty() {
             self.share_frags();
         }
         if !self.dropped.is_empty() {
@@ -556,97 +556,25 @@ impl<F: Frame> Pipeline<F> {
         }
     }
 
-    /// Calls one stage on the packets queued for it.
+    /// Calls one stage on the packets queued for it, through its registry entry.
     fn run_stage(&mut self, c: &WorkerCounters, stage: StageId, idx: &[u8]) {
-        // The connection table's clock, for the stages that track connections.
-        let now = self.seconds();
         let cx = Ctx {
             ports: &self.ports,
             l3: &self.l3,
             services: &self.services,
             now: self.now,
             now_ms: self.now_ms,
+            seconds: self.seconds(),
             counters: c,
         };
-        let (s, m, n, d) = (
-            &mut self.slots,
-            &mut self.meta,
-            &mut self.next,
-            &mut self.detail,
-        );
-        match stage {
-            StageId::EthInput => {
-                eth_input::process(&cx, self.conntrack.dnat_sources(), idx, &s[..], m, n, d)
-            }
-            StageId::VxlanDecap => {
-                vxlan_decap::process(&cx, self.conntrack.dnat_sources(), idx, s, m, n, d)
-            }
-            StageId::Arp => {
-                arp::process(&cx, &mut self.neighbors, &mut self.learned, idx, s, m, n, d)
-            }
-            StageId::Ip4Lookup => ip4_lookup::process(&cx, idx, s, m, n, d),
-            StageId::Ip4Local => ip4_local::process(&cx, idx, s, m, n, d),
-            StageId::Lb => {
-                let svc = Arc::clone(&self.services);
-                lb::process(
-                    &cx,
-                    &mut self.conntrack,
-                    &svc,
-                    &mut self.affinity,
-                    &mut self.nat_ports,
-                    &mut self.frags,
-                    &mut self.frag_scratch,
-                    self.owners,
-                    now,
-                    idx,
-                    s,
-                    m,
-                    n,
-                    d,
-                )
-            }
-            StageId::Snat => snat::egress(
-                &cx,
-                &mut self.conntrack,
-                &mut self.nat_ports,
-                &mut self.frags,
-                self.owners,
-                now,
-                idx,
-                s,
-                m,
-                n,
-                d,
-            ),
-            StageId::SnatReply => snat::reply(
-                &cx,
-                &mut self.conntrack,
-                &mut self.frags,
-                self.owners,
-                now,
-                idx,
-                s,
-                m,
-                n,
-                d,
-            ),
-            StageId::IcmpError => icmp_error::process(
-                &cx,
-                &mut self.icmp_limit,
-                &mut self.conntrack,
-                now,
-                idx,
-                s,
-                m,
-                n,
-                d,
-            ),
-            StageId::VxlanEncap => vxlan_encap::process(&cx, &self.neighbors, idx, s, m, n, d),
-            StageId::Ip4Rewrite => ip4_rewrite::process(&cx, &self.neighbors, idx, s, m, n, d),
-            StageId::Bridge => self.bridge.process(&cx, idx, &s[..], m, n, d),
-            // Run by the runner where a packet needs splitting (output, Next::Fragment).
-            StageId::Ip4Fragment | StageId::Tx => {}
-        }
+        let mut v = Vector {
+            pkts: idx,
+            frames: &mut self.slots,
+            meta: &mut self.meta,
+            next: &mut self.next,
+            detail: &mut self.detail,
+        };
+        (stage.node::<F>())(&cx, &mut self.features, &mut v);
     }
 
     /// Holds a packet until its next hop answers ARP, asking for it (at most once a
@@ -666,7 +594,9 @@ impl<F: Frame> Pipeline<F> {
                 deadline: self.now.wrapping_add(self.tsc_hz),
             });
         }
-        if !self.neighbors.should_ask(m.nh_ip, self.now) || !self.arp_limit.allow(self.now) {
+        if !self.features.ip4.neighbors.should_ask(m.nh_ip, self.now)
+            || !self.features.ip4.arp_limit.allow(self.now)
+        {
             return;
         }
         let Some(node) = self.l3.node.as_ref() else {
@@ -717,17 +647,22 @@ impl<F: Frame> Pipeline<F> {
     /// Sends the parked packets whose next hop resolved, in the order they came (a
     /// flow's packets stay in order); drops expired ones.
     fn release<P: PortIo<Frame = F>>(&mut self, c: &WorkerCounters, io: &mut P) {
-        self.learned.clear();
+        self.features.ip4.learned.clear();
         let mut pending = std::mem::take(&mut self.pending);
         let mut keep = std::mem::take(&mut self.pending_spare);
         for p in pending.drain(..) {
-            let n = self.neighbors.lookup(p.ip, self.now).filter(|n| {
-                if p.out == OUT_BRIDGE {
-                    self.ports.role(n.port) == Role::Pod
-                } else {
-                    n.port == p.out
-                }
-            });
+            let n = self
+                .features
+                .ip4
+                .neighbors
+                .lookup(p.ip, self.now)
+                .filter(|n| {
+                    if p.out == OUT_BRIDGE {
+                        self.ports.role(n.port) == Role::Pod
+                    } else {
+                        n.port == p.out
+                    }
+                });
             if let Some(n) = n {
                 let mut frame = p.frame;
                 let src = {
@@ -737,6 +672,7 @@ impl<F: Frame> Pipeline<F> {
                         services: &self.services,
                         now: self.now,
                         now_ms: self.now_ms,
+                        seconds: self.seconds(),
                         counters: c,
                     };
                     ip4_rewrite::src_mac(&cx, n.port)
@@ -773,11 +709,18 @@ impl<F: Frame> Pipeline<F> {
         while let Ok(u) = inbox.try_recv() {
             match u {
                 PeerUpdate::Neighbor(u) => {
-                    self.neighbors.learn(u.ip, u.mac, u.port, self.now);
+                    self.features
+                        .ip4
+                        .neighbors
+                        .learn(u.ip, u.mac, u.port, self.now);
                     any = true;
                 }
                 PeerUpdate::Frag(f) => {
-                    self.frags.table.remember(f.key, f.nat, self.now_ms);
+                    self.features
+                        .nat
+                        .frags
+                        .table
+                        .remember(f.key, f.nat, self.now_ms);
                 }
             }
         }
@@ -855,8 +798,8 @@ impl<F: Frame> Pipeline<F> {
 
     /// Tells the other workers what this burst's ARP taught us.
     fn share_learned(&self) {
-        for &ip in &self.learned {
-            if let Some(n) = self.neighbors.lookup(ip, self.now) {
+        for &ip in &self.features.ip4.learned {
+            if let Some(n) = self.features.ip4.neighbors.lookup(ip, self.now) {
                 let u = NeighborUpdate {
                     ip,
                     mac: n.mac,
@@ -872,7 +815,7 @@ impl<F: Frame> Pipeline<F> {
     /// Tells the other workers the fragment translations this burst made (a full
     /// peer misses one: that datagram's later fragments are dropped there).
     fn share_frags(&mut self) {
-        for f in self.frags.news.drain(..) {
+        for f in self.features.nat.frags.news.drain(..) {
             for p in &self.peers {
                 let _ = p.try_send(PeerUpdate::Frag(f));
             }
@@ -1139,6 +1082,7 @@ impl<F: Frame> Pipeline<F> {
             services: &services,
             now: self.now,
             now_ms: self.now_ms,
+            seconds: self.seconds(),
             counters: c,
         };
         let mtu = vxlan_encap::inner_mtu(&cx);
@@ -1182,7 +1126,7 @@ impl<F: Frame> Pipeline<F> {
                             let mut d = TraceDetail::None;
                             vxlan_encap::encap(
                                 &cx,
-                                &self.neighbors,
+                                &self.features.ip4.neighbors,
                                 node,
                                 &mut tpl,
                                 &mut g,
@@ -1323,8 +1267,14 @@ impl<F: Frame> Pipeline<F> {
     ) -> Arc<PortMap> {
         self.flush(io);
         let keep = Arc::clone(&ports);
-        self.bridge.macs.retain_ports(|p| keep.port(p).is_some());
-        self.neighbors.retain_ports(|p| keep.port(p).is_some());
+        self.features
+            .bridge
+            .macs
+            .retain_ports(|p| keep.port(p).is_some());
+        self.features
+            .ip4
+            .neighbors
+            .retain_ports(|p| keep.port(p).is_some());
         std::mem::replace(&mut self.ports, ports)
     }
 }

@@ -5,7 +5,7 @@
 //! declares (`pipeline/registry.rs`); it never frees or sends packets itself.
 use crate::ip4::l3::NodeL3;
 use crate::ip4::L3;
-use crate::pipeline::{DropReason, Next, WorkerCounters};
+use crate::pipeline::{DropReason, Frame, Meta, Next, TraceDetail, WorkerCounters};
 use crate::port::PortMap;
 use crate::services::table::ServiceTable;
 
@@ -18,8 +18,63 @@ pub struct Ctx<'a> {
     pub now: u64,
     /// The same instant in milliseconds (affinity timeouts).
     pub now_ms: u64,
+    /// And in seconds: the connection table's clock.
+    pub seconds: u32,
     pub counters: &'a WorkerCounters,
 }
+
+/// The packets queued for a stage (`pkts`, indices into the burst) and the burst's
+/// per-packet arrays: the frames, their metadata, the decisions the stage writes,
+/// and trace details.
+pub struct Vector<'a, F> {
+    pub pkts: &'a [u8],
+    pub frames: &'a mut [Option<F>],
+    pub meta: &'a mut [Meta],
+    pub next: &'a mut [Next],
+    pub detail: &'a mut [TraceDetail],
+}
+
+impl<'a, F> Vector<'a, F> {
+    /// The parts, for a stage body that indexes them.
+    #[allow(clippy::type_complexity)]
+    #[inline(always)]
+    pub fn parts(
+        &mut self,
+    ) -> (
+        &'a [u8],
+        &mut [Option<F>],
+        &mut [Meta],
+        &mut [Next],
+        &mut [TraceDetail],
+    ) {
+        (
+            self.pkts,
+            &mut *self.frames,
+            &mut *self.meta,
+            &mut *self.next,
+            &mut *self.detail,
+        )
+    }
+}
+
+/// Every feature's per-worker state, each owned by its feature's folder. A stage
+/// reaches its own feature's, and the one its feature builds on (`lb` translates
+/// with `nat`'s connection table; `eth-input` asks it for the prefilter).
+pub struct Features {
+    pub bridge: crate::bridge::Bridge,
+    pub ip4: crate::ip4::Ip4,
+    pub nat: crate::nat::Nat,
+    pub services: crate::services::Services,
+}
+
+/// A stage's entry point, named in its registry line (`pipeline/registry.rs`): the
+/// runner calls it with the packets queued for the stage and knows nothing else of
+/// it.
+pub type Node<F> = fn(&Ctx, &mut Features, &mut Vector<F>);
+
+/// The entry of `ip4-fragment` and `tx`, which the runner does itself (output and
+/// `Next::Fragment`): never called with packets.
+pub fn by_runner<F: Frame>(_cx: &Ctx, _f: &mut Features, _v: &mut Vector<F>) {}
 
 /// This node's L3 identity; without one, every packet of the burst is dropped as
 /// `ip4-no-node` (the stages that need it share this prologue).

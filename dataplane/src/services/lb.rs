@@ -6,7 +6,8 @@
 //! without endpoints refuses at once: TCP with a reset, UDP with ICMP port
 //! unreachable.
 use crate::nat::icmp::{is_icmp_error, quoted, untranslate};
-use crate::nat::snat::{client_owner, rewrite, tcp_flags, tuple_of, NatPorts, Owners};
+use crate::nat::snat::{client_owner, rewrite, tcp_flags, tuple_of, NatPorts};
+use crate::pipeline::stage::{Features, Vector};
 
 use crate::nat::conntrack::{tcp_flags_valid, Conntrack, Dir, InsertError, Tuple};
 use crate::nat::frag::{FragKey, FragNat, Fragments};
@@ -172,22 +173,20 @@ fn tcp_reset(d: &mut [u8], l3: usize, l4: usize) -> bool {
 }
 
 #[allow(clippy::too_many_arguments)]
-pub fn process<F: Frame>(
-    cx: &Ctx,
-    ct: &mut Conntrack,
-    services: &ServiceTable,
-    affinity: &mut Affinity,
-    nat_ports: &mut NatPorts,
-    frags: &mut Fragments,
-    scratch: &mut FragScratch,
-    owners: Owners,
-    now: u32,
-    pkts: &[u8],
-    frames: &mut [Option<F>],
-    meta: &mut [Meta],
-    next: &mut [Next],
-    detail: &mut [TraceDetail],
-) {
+pub fn process<F: Frame>(cx: &Ctx, feat: &mut Features, v: &mut Vector<F>) {
+    let services = cx.services;
+    let crate::nat::Nat {
+        conntrack: ct,
+        ports: nat_ports,
+        frags,
+        owners,
+    } = &mut feat.nat;
+    let (owners, now) = (*owners, cx.seconds);
+    let crate::services::Services {
+        affinity,
+        frag_scratch: scratch,
+    } = &mut feat.services;
+    let (pkts, frames, meta, next, detail) = v.parts();
     let FragScratch { firsts, laters } = scratch;
     let (mut n_firsts, mut n_laters) = (0, 0);
     for &i in pkts {

@@ -8,3 +8,10 @@ pub mod prefilter;
 pub mod table;
 
 pub use table::ServiceTable;
+
+/// The Services' per-worker state (the table itself is the snapshot's).
+pub struct Services {
+    /// Session affinity: the endpoint each client was given, until when.
+    pub affinity: lb::Affinity,
+    pub frag_scratch: lb::FragScratch,
+}
