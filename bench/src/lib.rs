@@ -118,10 +118,22 @@ pub struct Rig {
     rx: Vec<MemFrame>,
     /// Drops during set-up (the consumed ARP reply), not counted against a path.
     setup_drops: u64,
+    /// With more than one worker: the others (worker 1, ...), each with its I/O.
+    /// Every burst arrives at worker 0 (`p`), as one rx queue would deliver it; what
+    /// another worker owns is handed to it and run there in the same step.
+    pub others: Vec<(Pipeline<MemFrame>, MemIo)>,
 }
 
 impl Rig {
     pub fn new(path: Path, flows: usize) -> Rig {
+        Rig::with_workers(path, flows, 1)
+    }
+
+    /// The rig with `workers` pipelines joined by hand-off rings, as the dataplane
+    /// runs them: the NAT port range is split between them and each connection is
+    /// its client's worker's.
+    pub fn with_workers(path: Path, flows: usize, workers: u16) -> Rig {
+        let workers = workers.max(1);
         let node = NodeSpec {
             node_ip: "192.168.77.11".into(),
             underlay_cidr: "192.168.77.0/24".into(),
@@ -172,19 +184,37 @@ impl Rig {
             },
             // A wide range: "new" paths open many connections to one server port.
             nat_range: (1024, 65535),
-            workers: 1,
+            workers,
         };
-        let mut p = Pipeline::new(
-            &cfg,
-            Arc::new(map),
-            Arc::new(WorkerCounters::default()),
-            Tracer::new(0, None),
-        );
-        p.set_l3(Arc::new(l3));
-        p.set_now(1);
-        let mut io = MemIo::default();
-        for port in &mut io.ports {
-            port.discard_tx = true;
+        let (map, l3) = (Arc::new(map), Arc::new(l3));
+        let mk = |w: u16| {
+            let cfg = PipelineConfig {
+                worker: w,
+                ..cfg.clone()
+            };
+            let mut p = Pipeline::new(
+                &cfg,
+                Arc::clone(&map),
+                Arc::new(WorkerCounters::default()),
+                Tracer::new(w, None),
+            );
+            p.set_l3(Arc::clone(&l3));
+            p.set_now(1);
+            let mut io = MemIo::default();
+            for port in &mut io.ports {
+                port.discard_tx = true;
+            }
+            (p, io)
+        };
+        let mut ends =
+            podpath_dataplane::pipeline::handoff::mesh(usize::from(workers), 1024).into_iter();
+        let (mut p, io) = mk(0);
+        let mut others: Vec<_> = (1..workers).map(mk).collect();
+        if workers > 1 {
+            p.set_handoff(ends.next().expect("an end per worker"));
+            for (o, _) in &mut others {
+                o.set_handoff(ends.next().expect("an end per worker"));
+            }
         }
         let mut r = Rig {
             io,
@@ -197,6 +227,7 @@ impl Rig {
             bursts: 0,
             rx: Vec::with_capacity(BURST),
             setup_drops: 0,
+            others,
         };
         // Resolve everything first: pods ask for their gateway, node 2 answers ARP.
         let gw = ip("10.244.0.1");
@@ -236,9 +267,14 @@ impl Rig {
                 "udp",
                 vec![podpath_proto::EndpointSpec::ready("10.244.1.5", 8080)],
             );
-            let t = podpath_dataplane::services::table::ServiceTable::build(&[svc], None)
-                .expect("service builds");
-            r.p.set_services(Arc::new(t));
+            let t = Arc::new(
+                podpath_dataplane::services::table::ServiceTable::build(&[svc], None)
+                    .expect("service builds"),
+            );
+            r.p.set_services(Arc::clone(&t));
+            for (o, _) in &mut r.others {
+                o.set_services(Arc::clone(&t));
+            }
         }
         // Bridge learning of both pods.
         r.once(
@@ -261,15 +297,38 @@ impl Rig {
         } else {
             POD_A
         };
-        r.setup_drops = r.p.counters.drops_total();
+        r.setup_drops = r.p.counters.drops_total()
+            + r.others
+                .iter()
+                .map(|(o, _)| o.counters.drops_total())
+                .sum::<u64>();
         r
     }
 
+    /// A set-up frame, seen by every worker (each learns its neighbours and MACs;
+    /// the dataplane shares them over its peer bus).
     fn once(&mut self, port: u16, frame: &[u8]) {
         self.io.push_rx(port, frame);
         self.io.rx_burst(port, 0, &mut self.rx, BURST);
         self.p.run(&mut self.io, port, &mut self.rx);
         self.p.flush(&mut self.io);
+        for (o, io) in &mut self.others {
+            io.push_rx(port, frame);
+            io.rx_burst(port, 0, &mut self.rx, BURST);
+            o.run(io, port, &mut self.rx);
+            o.flush(io);
+        }
+    }
+
+    /// The other workers run what worker 0 handed them.
+    fn run_others(&mut self) {
+        for (o, io) in &mut self.others {
+            o.run_handed_off(io);
+            o.flush(io);
+            // One pool for all, as a mempool: worker 0 receives into what the
+            // others sent.
+            io.give_recycled(&mut self.io);
+        }
     }
 
     /// One burst of 32 through the pipeline (frames copied in as a NIC would DMA
@@ -294,12 +353,31 @@ impl Rig {
         self.io.rx_burst(port, 0, &mut self.rx, BURST);
         self.p.run(&mut self.io, port, &mut self.rx);
         self.p.flush(&mut self.io);
+        if !self.others.is_empty() {
+            self.run_others();
+        }
         self.io.ports.iter().map(|p| p.tx_count).sum::<u64>()
+            + self
+                .others
+                .iter()
+                .flat_map(|(_, io)| io.ports.iter().map(|p| p.tx_count))
+                .sum::<u64>()
     }
 
     /// Drops since set-up (a benchmark whose packets are dropped measures nothing).
     pub fn dropped(&self) -> u64 {
-        self.p.counters.drops_total() - self.setup_drops
+        self.p.counters.drops_total()
+            + self
+                .others
+                .iter()
+                .map(|(o, _)| o.counters.drops_total())
+                .sum::<u64>()
+            - self.setup_drops
+    }
+
+    /// Packets handed from one worker to another so far.
+    pub fn handed_off(&self) -> u64 {
+        podpath_dataplane::pipeline::counters::get(&self.p.counters.handoff_out)
     }
 }
 

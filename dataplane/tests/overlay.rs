@@ -155,10 +155,9 @@ fn two_workers(
         p
     };
     let (mut w0, mut w1) = (mk(0), mk(1));
-    let (t0, r0) = bounded(64);
-    let (t1, r1) = bounded(64);
-    w0.set_handoff(vec![None, Some(t1)], r0);
-    w1.set_handoff(vec![Some(t0), None], r1);
+    let mut ends = podpath_dataplane::pipeline::handoff::mesh(2, 64).into_iter();
+    w0.set_handoff(ends.next().unwrap());
+    w1.set_handoff(ends.next().unwrap());
     (w0, MemIo::default(), w1, MemIo::default())
 }
 

@@ -17,7 +17,13 @@ fn main() {
     if report {
         a.remove(1);
     }
-    let usage = "usage: pipeline-count PATH FLOWS BURSTS (paths: l2-bridge ip4-route vxlan-encap \
+    // `--workers N`: N pipelines joined by hand-off rings (bursts arrive at worker 0).
+    let mut workers = 1u16;
+    if a.get(1).is_some_and(|s| s == "--workers") {
+        workers = a.get(2).and_then(|s| s.parse().ok()).expect("--workers N");
+        a.drain(1..3);
+    }
+    let usage = "usage: pipeline-count [--report] [--workers N] PATH FLOWS BURSTS (paths: l2-bridge ip4-route vxlan-encap \
                  vxlan-decap snat-established snat-new service-established service-new mixed)";
     let path = a
         .get(1)
@@ -31,7 +37,7 @@ fn main() {
     } else {
         flows
     };
-    let mut rig = podpath_bench::Rig::new(path, flows);
+    let mut rig = podpath_bench::Rig::with_workers(path, flows, workers);
     // Warm the tables with every flow once, outside the measured difference (not for
     // "new" paths, which measure the first packet of each connection).
     if !path.is_new() {

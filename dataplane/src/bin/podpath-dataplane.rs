@@ -218,7 +218,12 @@ fn run() -> Result<()> {
     // the others.
     let nworkers = pending.len();
     let bus: Vec<_> = (0..nworkers).map(|_| bounded(1024)).collect();
-    let rings: Vec<_> = (0..nworkers).map(|_| bounded(4096)).collect();
+    // 1024 packets from each worker to each other (a crossbeam channel of 4096 was
+    // shared by all senders before).
+    let mut handoff: Vec<_> = podpath_dataplane::pipeline::handoff::mesh(nworkers, 1024)
+        .into_iter()
+        .map(Some)
+        .collect();
     let mut launched = Vec::new();
     let mut launch_error = None;
     for (id, lcore, rx, counters, prod) in pending {
@@ -289,12 +294,9 @@ fn run() -> Result<()> {
             .map(|(_, (tx, _))| tx.clone())
             .collect();
         pipeline.set_peer_bus(peers, bus[usize::from(id)].1.clone());
-        let to = rings
-            .iter()
-            .enumerate()
-            .map(|(k, (tx, _))| (k != usize::from(id)).then(|| tx.clone()))
-            .collect();
-        pipeline.set_handoff(to, rings[usize::from(id)].1.clone());
+        if let Some(ends) = handoff.get_mut(usize::from(id)).and_then(Option::take) {
+            pipeline.set_handoff(ends);
+        }
         let worker = Worker::new(
             id,
             DpdkIo::new(pool),

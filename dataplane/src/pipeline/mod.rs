@@ -14,6 +14,7 @@
 pub mod capture;
 pub mod counters;
 pub mod frame;
+pub mod handoff;
 pub mod registry;
 pub mod run;
 pub mod stage;

@@ -26,6 +26,8 @@ use crate::services::{lb, Services};
 use crate::wire::ethernet;
 use crossbeam::channel::{Receiver, Sender};
 
+use super::handoff::{HandedOff, Handoff};
+
 /// Sizes and times for one worker's pipeline.
 #[derive(Debug, Clone)]
 pub struct PipelineConfig {
@@ -101,15 +103,6 @@ pub enum PeerUpdate {
 /// `ip4-lookup` once); beyond, packets are dropped rather than looping.
 const MAX_PASSES: usize = 4;
 
-/// A packet one worker hands to the worker that owns its connection: with what the
-/// stages so far learned of it, so the owner resumes at the stage that handed it
-/// over (no second parse; a decapsulated inner frame stays one).
-pub struct HandedOff<F> {
-    pub frame: F,
-    pub meta: Meta,
-    pub stage: StageId,
-}
-
 struct Parked<F> {
     frame: F,
     ip: u32,
@@ -161,9 +154,8 @@ pub struct Pipeline<F: Frame> {
     pub features: Features,
     /// The connection-tracking knobs in force (from the snapshot).
     settings: Arc<crate::snapshot::Settings>,
-    /// Hand-off rings to the other workers (indexed by worker), and this one's.
-    handoff: Vec<Option<Sender<HandedOff<F>>>>,
-    handoff_in: Option<Receiver<HandedOff<F>>>,
+    /// This worker's ends of the hand-off rings (none with one worker).
+    handoff: Option<Handoff<F>>,
     pub counters: Arc<WorkerCounters>,
     pub tracer: Tracer,
     /// A running packet capture (`podpathctl capture`), or none.
@@ -245,8 +237,7 @@ impl<F: Frame> Pipeline<F> {
                 conntrack_capacity: cfg.conntrack.capacity,
                 timeouts: cfg.conntrack.timeouts,
             }),
-            handoff: Vec::new(),
-            handoff_in: None,
+            handoff: None,
             counters,
             tracer,
             capture: None,
@@ -551,6 +542,9 @@ impl<F: Frame> Pipeline<F> {
         if !self.features.nat.frags.news.is_empty() {
             self.share_frags();
         }
+        if self.handoff.as_ref().is_some_and(Handoff::any_staged) {
+            self.publish_handoff(c);
+        }
         if !self.dropped.is_empty() {
             io.free_bulk(&mut self.dropped);
         }
@@ -733,22 +727,31 @@ impl<F: Frame> Pipeline<F> {
         }
     }
 
-    /// Connects the hand-off rings: `to[w]` reaches worker w (None for this one);
-    /// `inbox` is this worker's.
-    pub fn set_handoff(
-        &mut self,
-        to: Vec<Option<Sender<HandedOff<F>>>>,
-        inbox: Receiver<HandedOff<F>>,
-    ) {
-        self.handoff = to;
-        self.handoff_in = Some(inbox);
+    /// Connects this worker to the hand-off rings (its element of `handoff::mesh`).
+    pub fn set_handoff(&mut self, ends: Handoff<F>) {
+        self.handoff = Some(ends);
+    }
+
+    /// Publishes the packets this burst handed to other workers, a vector per
+    /// worker; what a full ring refuses is dropped (`handoff-full`, under the stage
+    /// that handed it over).
+    fn publish_handoff(&mut self, c: &WorkerCounters) {
+        let Some(h) = self.handoff.as_mut() else {
+            return;
+        };
+        let dropped = &mut self.dropped;
+        let sent = h.publish(|x| {
+            c.count_drop(x.stage, DropReason::HandoffFull, 1);
+            dropped.push(x.frame);
+        });
+        add(&c.handoff_out, sent);
     }
 
     /// Runs the packets other workers handed to this one (their connections are
     /// ours), each resuming at the stage that handed it over: at most four bursts
     /// per poll. Returns how many.
     pub fn run_handed_off<P: PortIo<Frame = F>>(&mut self, io: &mut P) -> usize {
-        let Some(inbox) = self.handoff_in.take() else {
+        let Some(mut ends) = self.handoff.take() else {
             return 0;
         };
         let counters = Arc::clone(&self.counters);
@@ -758,41 +761,44 @@ impl<F: Frame> Pipeline<F> {
             self.queue_len = [0; StageId::COUNT];
             self.burst_traced = false;
             let mut n = 0;
-            while n < BURST {
-                let Ok(h) = inbox.try_recv() else { break };
-                // Trace ids are per worker: this one's tracer decides.
-                let trace = self.tracer.take();
-                if trace != 0 {
-                    self.burst_traced = true;
-                    let len = u16::try_from(h.frame.data().len()).unwrap_or(u16::MAX);
-                    let port = h.meta.in_port;
-                    self.tracer.record(
-                        c,
-                        trace,
-                        h.stage,
-                        Next::Stage(h.stage),
-                        TraceDetail::Rx { port, len },
-                    );
-                }
-                self.slots[n] = Some(h.frame);
-                self.meta[n] = Meta { trace, ..h.meta };
-                let q = h.stage.index();
-                // n < BURST (32), so it fits a u8 index.
-                self.queue[q][self.queue_len[q]] = u8::try_from(n).unwrap_or(0);
-                self.queue_len[q] += 1;
-                n += 1;
-            }
+            ends.take(
+                &mut |h| {
+                    // Trace ids are per worker: this one's tracer decides.
+                    let trace = self.tracer.take();
+                    if trace != 0 {
+                        self.burst_traced = true;
+                        let len = u16::try_from(h.frame.data().len()).unwrap_or(u16::MAX);
+                        let port = h.meta.in_port;
+                        self.tracer.record(
+                            c,
+                            trace,
+                            h.stage,
+                            Next::Stage(h.stage),
+                            TraceDetail::Rx { port, len },
+                        );
+                    }
+                    self.slots[n] = Some(h.frame);
+                    self.meta[n] = Meta { trace, ..h.meta };
+                    let q = h.stage.index();
+                    // n < BURST (32), so it fits a u8 index.
+                    self.queue[q][self.queue_len[q]] = u8::try_from(n).unwrap_or(0);
+                    self.queue_len[q] += 1;
+                    n += 1;
+                },
+                BURST,
+            );
             if n == 0 {
                 break;
             }
             total += n;
             add(&c.handoff_in, n as u64);
+            // The owner runs them; it never hands them on (its own `handoff` is out).
             self.run_passes(c, io);
             if n < BURST {
                 break;
             }
         }
-        self.handoff_in = Some(inbox);
+        self.handoff = Some(ends);
         total
     }
 
@@ -928,18 +934,13 @@ impl<F: Frame> Pipeline<F> {
                             meta: self.meta[i],
                             stage,
                         };
-                        match self.handoff.get(usize::from(w)).and_then(Option::as_ref) {
-                            Some(tx) => match tx.try_send(h) {
-                                Ok(()) => add(&c.handoff_out, 1),
-                                Err(e) => {
-                                    c.count_drop(stage, DropReason::HandoffFull, 1);
-                                    self.dropped.push(e.into_inner().frame);
-                                }
-                            },
-                            None => {
-                                c.count_drop(stage, DropReason::HandoffFull, 1);
-                                self.dropped.push(h.frame);
-                            }
+                        let refused = match self.handoff.as_mut() {
+                            Some(ends) => ends.stage(w, h).err(),
+                            None => Some(h),
+                        };
+                        if let Some(h) = refused {
+                            c.count_drop(stage, DropReason::HandoffFull, 1);
+                            self.dropped.push(h.frame);
                         }
                     }
                 }

@@ -111,6 +111,12 @@ impl MemIo {
         self.ports[usize::from(port)].rx.push_back(f);
     }
 
+    /// Gives this I/O's freed buffers to `other` (a benchmark's workers share one
+    /// pool, as DPDK's workers share a mempool).
+    pub fn give_recycled(&mut self, other: &mut MemIo) {
+        other.recycled.append(&mut self.recycled);
+    }
+
     pub fn take_tx(&mut self, port: u16) -> Vec<Vec<u8>> {
         std::mem::take(&mut self.ports[usize::from(port)].tx)
     }
