@@ -29,6 +29,11 @@ pub struct MacTable {
     map: HashMap<u64, MacEntry>,
     capacity: usize,
     ageing: u64,
+    /// A source's timestamp is rewritten only when older than this (1/16 of the
+    /// ageing time): a flow's packets then read its entry and leave the cache line
+    /// clean (grout's MAC table gained 4x from this). An entry ages at most 1/16 of
+    /// the ageing time early.
+    refresh: u64,
 }
 
 #[inline(always)]
@@ -45,6 +50,7 @@ impl MacTable {
             map: HashMap::with_capacity(capacity.saturating_mul(2)),
             capacity,
             ageing,
+            refresh: ageing / 16,
         }
     }
 
@@ -63,10 +69,13 @@ impl MacTable {
             if e.is_static {
                 return Learn::Static;
             }
-            e.seen = now;
             if e.port != port {
                 e.port = port;
+                e.seen = now;
                 return Learn::Moved;
+            }
+            if now.wrapping_sub(e.seen) > self.refresh {
+                e.seen = now;
             }
             return Learn::Refreshed;
         }

@@ -627,14 +627,18 @@ impl Conntrack {
         if e.orig.proto == 6 && !tcp_flags_valid(tcp_flags) {
             return false;
         }
-        if dir == Dir::Reply {
+        // Stores only what changes (stale-only): an established flow's packets in
+        // one second then leave its entry's line, and the state file's page, clean.
+        if dir == Dir::Reply && e.flags & F_SEEN_REPLY == 0 {
             e.flags |= F_SEEN_REPLY;
         }
         let timeout = match e.orig.proto {
             6 => {
                 let s = tcp_next(e.tcp(), dir, tcp_flags, &mut e.flags);
-                e.tcp = s as u8;
-                if s == TcpState::Established {
+                if e.tcp != s as u8 {
+                    e.tcp = s as u8;
+                }
+                if s == TcpState::Established && e.flags & F_ASSURED == 0 {
                     e.flags |= F_ASSURED;
                 }
                 t.tcp(s)
@@ -657,7 +661,11 @@ impl Conntrack {
             _ => t.icmp,
         };
         let old = e.expires;
-        e.expires = now.saturating_add(timeout.max(1));
+        let expires = now.saturating_add(timeout.max(1));
+        if expires == old {
+            return true;
+        }
+        e.expires = expires;
         // A shorter timeout (a reset, the end of a close) files the entry again now:
         // its old slot may be minutes away, and a closed connection would hold its
         // room (and show in the counts) until then. A longer one moves lazily.
