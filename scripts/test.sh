@@ -12,6 +12,15 @@ log=$(mktemp)
 set +e
 cargo test --workspace --no-fail-fast 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
+# The stages, tables and memory backend without DPDK (the `dpdk` feature off):
+# they must build with no dpdk-sys in the graph, and their tests pass there too.
+nodpdk_rc=0
+if cargo tree -p podpath-dataplane --no-default-features -e normal | grep -q dpdk-sys; then
+  echo "test.sh: podpath-dataplane without the dpdk feature still depends on dpdk-sys"; nodpdk_rc=1
+fi
+cargo test -p podpath-dataplane --no-default-features --lib --tests 2>&1 | tee -a "$log"
+[ "${PIPESTATUS[0]}" = 0 ] || nodpdk_rc=1
+[ "$rc" = 0 ] && rc=$nodpdk_rc
 # Every fuzz target for a short, bounded time on its committed corpus (fuzz/run.sh;
 # PODPATH_FUZZ_SECONDS each, 0 skips): a crash fails the suite.
 fuzz_rc=0

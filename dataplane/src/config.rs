@@ -8,6 +8,13 @@ use serde::Deserialize;
 use crate::pipeline::ConntrackConfig;
 use crate::worker::IdleConfig;
 
+/// The common pool's buffers: room for a 2 048-byte frame behind DPDK's headroom.
+pub const MBUF_HEADROOM: u32 = 128;
+pub const MBUF_DATA_ROOM: u16 = 2048 + 128;
+/// Buffers of the af_packet (large frame) pool: bursts in flight, tx queues, held
+/// and handed-off packets; each is copied out by the PMD at transmit.
+pub const JUMBO_MBUFS: u32 = 2047;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {err}")]
@@ -311,9 +318,9 @@ impl Config {
     /// What DPDK's memory must hold at least, in bytes: the packet buffers, the
     /// af_packet ports' jumbo pool, and EAL's own memzones and rings.
     pub fn dpdk_memory_needed(&self) -> u64 {
-        let per_mbuf = u64::from(crate::control::MBUF_DATA_ROOM) + MBUF_OVERHEAD;
+        let per_mbuf = u64::from(MBUF_DATA_ROOM) + MBUF_OVERHEAD;
         u64::from(self.dataplane.mbufs) * per_mbuf
-            + u64::from(crate::control::JUMBO_MBUFS) * (u64::from(self.dataplane.max_frame) + 512)
+            + u64::from(JUMBO_MBUFS) * (u64::from(self.dataplane.max_frame) + 512)
             + (16 << 20)
     }
 
@@ -334,7 +341,7 @@ impl Config {
         }
         let need = self.dpdk_memory_needed();
         if need > eal {
-            let per_mbuf = u64::from(crate::control::MBUF_DATA_ROOM) + MBUF_OVERHEAD;
+            let per_mbuf = u64::from(MBUF_DATA_ROOM) + MBUF_OVERHEAD;
             let fit =
                 eal.saturating_sub(need - u64::from(self.dataplane.mbufs) * per_mbuf) / per_mbuf;
             return Err(invalid(

@@ -241,12 +241,7 @@ fn applied(generation: u64) -> Response {
     Response::Applied { generation }
 }
 
-/// The common pool's buffers: room for a 2 048-byte frame behind DPDK's headroom.
-pub const MBUF_HEADROOM: u32 = 128;
-pub const MBUF_DATA_ROOM: u16 = 2048 + 128;
-/// Buffers of the af_packet (large frame) pool: bursts in flight, tx queues, held
-/// and handed-off packets; each is copied out by the PMD at transmit.
-pub const JUMBO_MBUFS: u32 = 2047;
+pub use crate::config::{JUMBO_MBUFS, MBUF_DATA_ROOM, MBUF_HEADROOM};
 
 fn err(kind: ErrorKind, message: impl Into<String>) -> ErrorReply {
     ErrorReply {

@@ -18,6 +18,7 @@
 
 pub mod bridge;
 pub mod config;
+#[cfg(feature = "dpdk")]
 pub mod control;
 #[allow(unsafe_code)]
 pub mod dpdk;

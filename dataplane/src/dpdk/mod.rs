@@ -1,5 +1,7 @@
 //! The one safe wrapper over DPDK (crate `dpdk-sys`). Every `unsafe` block of the
-//! dataplane lives in this module; everything above it is safe Rust.
+//! dataplane lives in this module; everything above it is safe Rust. With the
+//! `dpdk` feature off only what needs no DPDK is here: `region`, `af_packet`'s ring
+//! arithmetic, `rdtsc`, `prefetch`.
 //!
 //! - [`eal`]: EAL start-up from the dataplane's configuration, worker lcores, launch.
 //! - [`mbuf`]: owned packet buffers ([`Mbuf`]) and mempools.
@@ -10,21 +12,32 @@
 //! - [`region`]: memory mappings tables keep state in (anonymous, or a file that
 //!   outlives the process); needs no EAL.
 pub mod af_packet;
+#[cfg(feature = "dpdk")]
 pub mod eal;
+#[cfg(feature = "dpdk")]
 pub mod ethdev;
+#[cfg(feature = "dpdk")]
 pub mod io;
+#[cfg(feature = "dpdk")]
 pub mod mbuf;
+#[cfg(feature = "dpdk")]
 pub mod netns;
 pub mod region;
 
+#[cfg(feature = "dpdk")]
 pub use eal::{Eal, EalError};
+#[cfg(feature = "dpdk")]
 pub use ethdev::{EthPort, PortError, PortSetup, SoloPort};
+#[cfg(feature = "dpdk")]
 pub use io::DpdkIo;
+#[cfg(feature = "dpdk")]
 pub use mbuf::{Mbuf, Mempool};
 
+#[cfg(feature = "dpdk")]
 use std::ffi::CStr;
 
 /// DPDK's message for an error number (`rte_strerror`), as an owned string.
+#[cfg(feature = "dpdk")]
 pub fn strerror(errnum: i32) -> String {
     // SAFETY: rte_strerror returns a pointer to a static or thread-local NUL-terminated
     // string for any errnum; we copy it out before the next call can change it.
@@ -33,6 +46,7 @@ pub fn strerror(errnum: i32) -> String {
 }
 
 /// `rte_errno` of the calling thread (it is thread-local, so it is read through the shim).
+#[cfg(feature = "dpdk")]
 pub fn last_errno() -> i32 {
     // SAFETY: pp_errno only reads the thread-local rte_errno.
     unsafe { dpdk_sys::pp_errno() }
@@ -46,10 +60,16 @@ pub fn rdtsc() -> u64 {
         // SAFETY: RDTSC has no preconditions on x86_64; it only reads a counter.
         unsafe { core::arch::x86_64::_rdtsc() }
     }
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(all(not(target_arch = "x86_64"), feature = "dpdk"))]
     {
         // SAFETY: pp_rdtsc reads the architecture's cycle counter.
         unsafe { dpdk_sys::pp_rdtsc() }
+    }
+    #[cfg(all(not(target_arch = "x86_64"), not(feature = "dpdk")))]
+    {
+        // Nanoseconds since the first call: a monotonic stand-in for the counter.
+        static T0: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        T0.get_or_init(std::time::Instant::now).elapsed().as_nanos() as u64
     }
 }
 
@@ -71,6 +91,7 @@ pub fn prefetch(data: &[u8]) {
 }
 
 /// DPDK's version string, e.g. "DPDK 22.11.11".
+#[cfg(feature = "dpdk")]
 pub fn version() -> String {
     // SAFETY: rte_version returns a pointer to a static NUL-terminated string.
     unsafe { CStr::from_ptr(dpdk_sys::rte_version()) }

@@ -47,6 +47,7 @@ pub trait PortIo {
     }
 }
 
+#[cfg(feature = "dpdk")]
 impl Frame for crate::dpdk::Mbuf {
     #[inline(always)]
     fn data(&self) -> &[u8] {
