@@ -52,7 +52,7 @@ fn main() {
             .map(|st| get(&c.stages[st.index()].cycles))
             .collect()
     };
-    let (rx0, cyc0) = (c.rx_total(), stage_cycles(c));
+    let (rx0, cyc0, ho0) = (c.rx_total(), stage_cycles(c), rig.handed_off());
     let t0 = Instant::now();
     for _ in 0..bursts {
         rig.step();
@@ -77,6 +77,8 @@ fn main() {
                 "mpps": pkts / secs / 1e6,
                 "ns_per_packet": secs * 1e9 / pkts,
                 "stage_cycles_per_packet": total as f64 / pkts,
+                "workers": workers,
+                "handed_off_share": (rig.handed_off() - ho0) as f64 / pkts,
                 "stages": per_stage,
             })
         );
