@@ -2174,3 +2174,118 @@ fn nonzero_drops(p: &Pipeline<MemFrame>) -> Vec<(&'static str, u64)> {
         .filter(|&(_, c)| c > 0)
         .collect()
 }
+
+#[test]
+fn a_pods_egress_on_the_wrong_worker_is_handed_to_its_clients_worker() {
+    let (mut w0, mut io0, mut w1, mut io1) = two_workers(None);
+    let gw = gateway_mac(ip("10.244.0.1"));
+    for (w, io) in [(&mut w0, &mut io0), (&mut w1, &mut io1)] {
+        rx(
+            w,
+            io,
+            POD_A,
+            &[arp::request(MacAddr(pod_mac(1, 2)), ip("10.244.0.2"), ip("10.244.0.1")).to_vec()],
+        );
+        io.take_tx(POD_A);
+        resolve_ext(w, io);
+    }
+    // Client port 5558 belongs to worker 1; its first packet arrives at worker 0.
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(pod_mac(1, 2), gw.0)
+        .ipv4([10, 244, 0, 2], [192, 168, 77, 100], 64)
+        .udp(5558, 53)
+        .write(&mut out, b"query")
+        .unwrap();
+    rx(&mut w0, &mut io0, POD_A, &[out]);
+    assert!(
+        io0.take_tx(UPLINK).is_empty(),
+        "worker 0 did not translate it"
+    );
+    assert_eq!(get(&w0.counters.handoff_out), 1, "handed to worker 1");
+    assert_eq!(w0.features.nat.conntrack.len(), 0);
+    assert_eq!(w1.run_handed_off(&mut io1), 1);
+    w1.flush(&mut io1);
+    let sent = io1.take_tx(UPLINK);
+    assert_eq!(sent.len(), 1, "the owner masqueraded it");
+    assert_eq!(&sent[0][26..30], &[192, 168, 77, 11]);
+    let natport = u16::from_be_bytes([sent[0][34], sent[0][35]]);
+    assert!(
+        (40500..=40999).contains(&natport),
+        "worker 1's slice: {natport}"
+    );
+    assert_eq!(w1.features.nat.conntrack.len(), 1);
+    assert!(balanced_pair(&w0, &w1));
+}
+
+#[test]
+fn arp_between_pods_is_bridged_not_answered() {
+    let (mut n, mut io) = node(1);
+    learn_pod_b(&mut n, &mut io);
+    // Pod a asks for pod b (not the gateway): the bridge carries the request.
+    rx(
+        &mut n,
+        &mut io,
+        POD_A,
+        &[arp::request(MacAddr(pod_mac(1, 2)), ip("10.244.0.2"), ip("10.244.0.3")).to_vec()],
+    );
+    assert!(io.take_tx(POD_A).is_empty(), "the dataplane did not answer");
+    let got = io.take_tx(POD_B);
+    assert_eq!(got.len(), 1, "flooded to pod b");
+    assert_eq!(
+        u16::from_be_bytes([got[0][20], got[0][21]]),
+        1,
+        "the request itself"
+    );
+    assert!(balanced(&n));
+}
+
+/// Every edge a stage declares (`pipeline/registry.rs`) is taken by some scenario
+/// of this file: the declarations are not stale. (The runner asserts the converse,
+/// that no stage takes an edge it does not declare, in every debug build.) Runs the
+/// scenarios again on this thread, whose edges the runner records.
+#[cfg(debug_assertions)]
+#[test]
+fn every_declared_edge_is_taken() {
+    use podpath_dataplane::pipeline::registry::seen;
+    pod_to_remote_pod_round_trip_through_vxlan();
+    bad_vxlan_is_dropped_by_reason();
+    ttl_expiry_and_too_big_answer_with_icmp();
+    workers_share_what_arp_taught_them();
+    replies_on_the_wrong_worker_are_handed_to_the_owner();
+    icmp_errors_on_the_wrong_worker_are_handed_to_the_owner();
+    a_full_handoff_ring_drops_by_reason_and_balances();
+    service_connections_live_on_their_clients_worker();
+    snat_ports_exhausted_is_counted_when_the_slice_is_used_up();
+    arp_queue_full_and_arp_timeout();
+    lb_no_endpoint_for_a_local_node_port_without_a_local_endpoint();
+    icmp_rate_limited_past_the_burst();
+    no_icmp_error_about_an_icmp_error_nor_a_later_fragment();
+    vxlan_bad_header_and_outer_fragment();
+    affinity_sticks_to_its_endpoint_and_lets_go_when_the_endpoint_goes();
+    a_decapsulated_reply_handed_to_its_owner_is_restored();
+    more_drop_reasons_each_counted_alone();
+    with_two_workers_one_worker_owns_every_connection_of_an_affinity_client();
+    a_client_port_reused_after_time_wait_gets_the_endpoint_picked_now();
+    removing_an_endpoint_sweeps_its_udp_connections_keeps_tcp_and_settles_after_the_sweep();
+    the_service_range_refuses_undefined_ports_and_drops_unallocated_addresses();
+    an_endpoints_icmp_error_reaches_the_client_from_the_virtual_ip_about_what_it_sent();
+    too_big_for_the_overlay_on_a_node_port_the_error_goes_to_the_client_about_what_it_sent();
+    fragments_of_a_service_datagram_follow_the_first_ones_translation_both_ways();
+    with_two_workers_a_fragment_on_either_gets_the_translation_its_first_one_got();
+    fragments_of_a_masqueraded_datagram_follow_the_first_ones_translation_both_ways();
+    too_big_for_the_overlay_without_df_is_split_and_each_piece_encapsulated();
+    a_datagram_bigger_than_the_output_port_is_fragmented_after_its_translation();
+    bridged_frames_bigger_than_the_pod_port_split_or_drop_by_reason();
+    a_pods_egress_on_the_wrong_worker_is_handed_to_its_clients_worker();
+    arp_between_pods_is_bridged_not_answered();
+    let missing: Vec<String> = StageId::ALL
+        .iter()
+        .flat_map(|&st| st.next_stages().iter().map(move |&to| (st, to)))
+        .filter(|&(st, to)| !seen::taken(st, to))
+        .map(|(st, to)| format!("{} -> {}", st.name(), to.name()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "declared edges no scenario takes: {missing:?}"
+    );
+}

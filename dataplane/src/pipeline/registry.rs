@@ -103,16 +103,51 @@ impl StageId {
     /// (`tx`), a split (`ip4-fragment`), a wait for ARP (`arp`), a hand-off (itself)
     /// or one of its drop reasons. The runner checks it in debug builds.
     pub fn allows(self, next: super::Next) -> bool {
+        match self.edge(next) {
+            Ok(to) => self.next_stages().contains(&to),
+            Err(r) => self.declares(r),
+        }
+    }
+
+    /// The graph edge a decision takes (its next stage as `next_stages` names it), or
+    /// the drop reason.
+    #[inline]
+    pub fn edge(self, next: super::Next) -> Result<StageId, DropReason> {
         use super::Next;
-        let to = match next {
+        Ok(match next {
             Next::Stage(t) => t,
             Next::Port(_) | Next::Flood => StageId::Tx,
             Next::Fragment => StageId::Ip4Fragment,
             Next::Resolve => StageId::Arp,
             Next::Handoff(_) => self,
-            Next::Drop(r) => return self.declares(r),
-        };
-        self.next_stages().contains(&to)
+            Next::Drop(r) => return Err(r),
+        })
+    }
+}
+
+/// Debug builds record, per thread, every edge the runner saw a stage take, so a
+/// test can assert that each declared edge is really taken (the declarations are
+/// not stale) as the runner asserts that none undeclared is.
+#[cfg(debug_assertions)]
+pub mod seen {
+    use super::StageId;
+    use std::cell::Cell;
+
+    thread_local! {
+        static EDGES: [Cell<u32>; StageId::COUNT] = const { [const { Cell::new(0) }; StageId::COUNT] };
+    }
+
+    #[inline]
+    pub fn record(from: StageId, to: StageId) {
+        EDGES.with(|e| {
+            let c = &e[from.index()];
+            c.set(c.get() | 1 << to.index());
+        });
+    }
+
+    /// Whether this thread saw `from` send a packet to `to`.
+    pub fn taken(from: StageId, to: StageId) -> bool {
+        EDGES.with(|e| e[from.index()].get() & 1 << to.index() != 0)
     }
 }
 

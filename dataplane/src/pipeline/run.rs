@@ -866,6 +866,8 @@ impl<F: Frame> Pipeline<F> {
                     stage.allows(Next::Stage(t)),
                     "{stage:?} sent a packet to {t:?}, which it does not declare"
                 );
+                #[cfg(debug_assertions)]
+                super::registry::seen::record(stage, t);
                 let same = Next::Stage(t);
                 if idx.iter().all(|&i| self.next[usize::from(i)] == same) {
                     let q = t.index();
@@ -887,6 +889,10 @@ impl<F: Frame> Pipeline<F> {
                 stage.allows(next),
                 "{stage:?} decided {next:?}, which it does not declare"
             );
+            #[cfg(debug_assertions)]
+            if let Ok(to) = stage.edge(next) {
+                super::registry::seen::record(stage, to);
+            }
             let trace = self.meta[i].trace;
             if trace != 0 {
                 let d = std::mem::replace(&mut self.detail[i], TraceDetail::None);
@@ -1047,6 +1053,8 @@ impl<F: Frame> Pipeline<F> {
                         },
                     );
                 }
+                #[cfg(debug_assertions)]
+                super::registry::seen::record(StageId::Ip4Fragment, StageId::Tx);
                 for g in pieces.drain(..) {
                     self.queue_tx(c, io, port, g);
                 }
@@ -1118,6 +1126,8 @@ impl<F: Frame> Pipeline<F> {
                         },
                     );
                 }
+                #[cfg(debug_assertions)]
+                super::registry::seen::record(StageId::Ip4Fragment, StageId::VxlanEncap);
                 let node = l3.node.as_ref();
                 let mut tpl = None;
                 for mut g in pieces.drain(..) {
