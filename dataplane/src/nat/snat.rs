@@ -5,12 +5,13 @@
 //! pod. Checksums are updated incrementally (RFC 1624). A tuple in use is never handed
 //! out again; when no port is free, new flows are dropped (`snat-ports-exhausted`).
 //! Pod-to-pod and node-to-pod traffic never comes here.
+use crate::nat::conntrack::index::Hash;
 use crate::nat::conntrack::{tcp_flags_valid, Conntrack, Dir, InsertError, Tuple};
 use crate::nat::frag::{FragKey, FragNat, Fragments};
 use crate::nat::icmp::{is_icmp_error, quoted, untranslate};
 use crate::pipeline::stage::Ctx;
 use crate::pipeline::stage::{Features, Vector};
-use crate::pipeline::{DropReason, Frame, Next, StageId, TraceDetail};
+use crate::pipeline::{DropReason, Frame, Meta, Next, StageId, TraceDetail, BURST};
 use crate::wire::{checksum, icmpv4, ipv4, tcp, udp, Ipv4Addr};
 
 /// This worker's share of the NAT port range.
@@ -156,6 +157,40 @@ pub(crate) fn tcp_flags(d: &[u8], l4: usize, proto: u8) -> u8 {
 }
 
 /// Egress: translate to the node IP, creating the connection on its first packet.
+/// The connection tuples of a vector, its connection-table lines prefetched:
+/// every packet's index bucket first, then the entries the buckets name, so a
+/// burst's cache misses overlap instead of coming one packet at a time (rte_hash's
+/// bulk lookup does the same). `tuples[i]` is packet i's tuple, as `tuple_of` reads
+/// it before the stage changes the packet (None for fragments and what has none).
+#[inline]
+pub fn prefetch_connections<F: Frame>(
+    ct: &Conntrack,
+    pkts: &[u8],
+    frames: &[Option<F>],
+    meta: &[Meta],
+    tuples: &mut [Option<(Tuple, Hash)>; BURST],
+) {
+    for &i in pkts {
+        let i = usize::from(i);
+        let m = &meta[i];
+        tuples[i] = match &frames[i] {
+            Some(f) if m.l4 != 0 && m.frag != crate::pipeline::FRAG_LATER => {
+                tuple_of(f.data(), usize::from(m.l3), usize::from(m.l4), m.proto)
+                    .map(|t| (t, ct.hash(&t)))
+            }
+            _ => None,
+        };
+        if let Some((_, h)) = &tuples[i] {
+            ct.prefetch(h);
+        }
+    }
+    for &i in pkts {
+        if let Some((_, h)) = &tuples[usize::from(i)] {
+            ct.prefetch_entry(h);
+        }
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 pub fn egress<F: Frame>(cx: &Ctx, feat: &mut Features, v: &mut Vector<F>) {
     let crate::nat::Nat {
@@ -169,6 +204,8 @@ pub fn egress<F: Frame>(cx: &Ctx, feat: &mut Features, v: &mut Vector<F>) {
     let Some(node) = crate::pipeline::stage::node_or_drop(cx, pkts, next) else {
         return;
     };
+    let mut tuples = [None; BURST];
+    prefetch_connections(ct, pkts, frames, meta, &mut tuples);
     for &i in pkts {
         let i = usize::from(i);
         let Some(f) = frames[i].as_mut() else {
@@ -190,7 +227,7 @@ pub fn egress<F: Frame>(cx: &Ctx, feat: &mut Features, v: &mut Vector<F>) {
             next[i] = Next::Drop(DropReason::SnatFragment);
             continue;
         }
-        let Some(orig) = tuple_of(d, l3, l4, m.proto) else {
+        let Some((orig, hash)) = tuples[i] else {
             next[i] = Next::Drop(DropReason::SnatUnsupported);
             continue;
         };
@@ -207,7 +244,7 @@ pub fn egress<F: Frame>(cx: &Ctx, feat: &mut Features, v: &mut Vector<F>) {
             next[i] = Next::Drop(DropReason::CtInvalid);
             continue;
         }
-        let (idx, port) = match ct.lookup_or_reopen(&orig, flags, now) {
+        let (idx, port) = match ct.lookup_or_reopen_hashed(&orig, &hash, flags, now) {
             Some((k, Dir::Orig)) => (k, ct.entry(k).reply.dport_or_id()),
             Some((_, Dir::Reply)) => {
                 // A packet that looks like a reply going out: not ours to translate.
@@ -337,6 +374,8 @@ pub fn reply<F: Frame>(cx: &Ctx, feat: &mut Features, v: &mut Vector<F>) {
     let (owners, now) = (*owners, cx.seconds);
     let (pkts, frames, meta, next, detail) = v.parts();
     let services_exist = !cx.services.is_empty();
+    let mut tuples = [None; BURST];
+    prefetch_connections(ct, pkts, frames, meta, &mut tuples);
     for &i in pkts {
         let i = usize::from(i);
         let Some(f) = frames[i].as_mut() else {
@@ -384,10 +423,10 @@ pub fn reply<F: Frame>(cx: &Ctx, feat: &mut Features, v: &mut Vector<F>) {
             }
             continue;
         }
-        let Some(t) = tuple_of(d, l3, l4, m.proto) else {
+        let Some((t, hash)) = tuples[i] else {
             continue;
         };
-        let Some((k, Dir::Reply)) = ct.lookup(&t, now) else {
+        let Some((k, Dir::Reply)) = ct.lookup_hashed(&t, &hash, now) else {
             let port = if t.proto == 1 { t.sport } else { t.dport };
             match NatPorts::owner(owners.lo, owners.hi, owners.workers, port) {
                 Some(w) if w != owners.me => next[i] = Next::Handoff(w),

@@ -6,7 +6,7 @@
 //! without endpoints refuses at once: TCP with a reset, UDP with ICMP port
 //! unreachable.
 use crate::nat::icmp::{is_icmp_error, quoted, untranslate};
-use crate::nat::snat::{client_owner, rewrite, tcp_flags, tuple_of, NatPorts};
+use crate::nat::snat::{client_owner, rewrite, tcp_flags, NatPorts};
 use crate::pipeline::stage::{Features, Vector};
 
 use crate::nat::conntrack::{tcp_flags_valid, Conntrack, Dir, InsertError, Tuple};
@@ -189,6 +189,8 @@ pub fn process<F: Frame>(cx: &Ctx, feat: &mut Features, v: &mut Vector<F>) {
     let (pkts, frames, meta, next, detail) = v.parts();
     let FragScratch { firsts, laters } = scratch;
     let (mut n_firsts, mut n_laters) = (0, 0);
+    let mut tuples = [None; crate::pipeline::BURST];
+    crate::nat::snat::prefetch_connections(ct, pkts, frames, meta, &mut tuples);
     for &i in pkts {
         let i = usize::from(i);
         let Some(f) = frames[i].as_mut() else {
@@ -273,11 +275,11 @@ pub fn process<F: Frame>(cx: &Ctx, feat: &mut Features, v: &mut Vector<F>) {
             }
             continue;
         }
-        let Some(t) = tuple_of(d, l3, l4, m.proto) else {
+        let Some((t, hash)) = tuples[i] else {
             continue;
         };
         let flags = tcp_flags(d, l4, m.proto);
-        match ct.lookup_or_reopen(&t, flags, now) {
+        match ct.lookup_or_reopen_hashed(&t, &hash, flags, now) {
             Some((k, dir)) if ct.entry(k).is_dnat() => {
                 let e = *ct.entry(k);
                 if !ct.update(k, dir, flags, now) {
