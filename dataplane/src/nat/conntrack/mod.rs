@@ -491,8 +491,8 @@ impl Conntrack {
 
     /// Approximate bytes one connection costs (slab entry and two index slots).
     pub fn bytes_per_entry() -> usize {
-        // Two keys, each a signature and a value at half load: 12 bytes.
-        std::mem::size_of::<Entry>() + 2 * 12
+        // Two keys, each half of an 8-slot 64-byte bucket's share at half load.
+        std::mem::size_of::<Entry>() + 2 * 16
     }
 
     pub fn len(&self) -> usize {
