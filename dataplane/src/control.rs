@@ -250,6 +250,22 @@ fn err(kind: ErrorKind, message: impl Into<String>) -> ErrorReply {
     }
 }
 
+/// Names a trace line gives ports and remote nodes (the features' trace formatters
+/// ask).
+impl crate::pipeline::trace::Names for Control {
+    fn port(&self, id: u16) -> String {
+        self.port_name(id)
+    }
+
+    fn remote(&self, index: u16) -> String {
+        self.snap
+            .l3
+            .remotes
+            .get(usize::from(index))
+            .map_or_else(|| "?".to_string(), |x| x.name.clone())
+    }
+}
+
 impl Control {
     pub fn new(
         pool: Mempool,
@@ -1380,126 +1396,11 @@ impl Control {
     }
 
     fn format_next(&self, n: Next) -> String {
-        match n {
-            Next::Stage(s) => format!("-> {}", s.name()),
-            Next::Port(p) => format!("-> port {}", self.port_name(p)),
-            Next::Flood => "-> flood".into(),
-            Next::Fragment => "-> ip4-fragment (each piece encapsulated)".into(),
-            Next::Drop(r) => format!("drop {}", r.name()),
-            Next::Resolve => "-> hold for ARP".into(),
-            Next::Handoff(w) => format!("-> worker {w} (owns the connection)"),
-        }
+        crate::pipeline::trace::describe_next(n, self)
     }
 
     fn format_detail(&self, d: &TraceDetail) -> String {
-        match *d {
-            TraceDetail::Rx { port, len } => {
-                format!("rx on {} ({len} bytes)", self.port_name(port))
-            }
-            TraceDetail::Parsed {
-                src,
-                dst,
-                ethertype,
-                vlan,
-                ip,
-            } => {
-                let mut s = format!("{src} > {dst} type 0x{ethertype:04x}");
-                if vlan != 0 {
-                    s += &format!(" vlan {vlan}");
-                }
-                if let Some((a, b, proto, sp, dp)) = ip {
-                    s += &match proto {
-                        1 => format!(" icmp {a} > {b} type {sp} id {dp}"),
-                        6 => format!(" tcp {a}:{sp} > {b}:{dp}"),
-                        17 => format!(" udp {a}:{sp} > {b}:{dp}"),
-                        p => format!(" ip {a} > {b} proto {p}"),
-                    };
-                }
-                s
-            }
-            TraceDetail::Bridge {
-                bd,
-                learned,
-                dst,
-                hit,
-            } => format!(
-                "bridge {bd}: {} src, dst {dst} {}",
-                if learned { "learned" } else { "known" },
-                match hit {
-                    Some(p) => format!("behind {}", self.port_name(p)),
-                    None if dst.is_multicast() => "group address".into(),
-                    None => "unknown".into(),
-                }
-            ),
-            TraceDetail::Out { port } => format!("queued on {}", self.port_name(port)),
-            TraceDetail::Flood { ports } => format!("flooded to {ports} port(s)"),
-            TraceDetail::Fragment { pieces, mtu } => {
-                format!("split into {pieces} fragments of at most {mtu} bytes")
-            }
-            TraceDetail::Nat {
-                src: true,
-                to,
-                port,
-            } => format!("source now {to}:{port} (masquerade)"),
-            TraceDetail::Nat {
-                src: false,
-                to,
-                port,
-            } => format!("destination restored to {to}:{port}"),
-            TraceDetail::Route { dst, ttl, via } => {
-                let via = match via {
-                    None => "no route".to_string(),
-                    Some(crate::ip4::NextHop::Local) => "local pods".into(),
-                    Some(crate::ip4::NextHop::Remote(r)) => format!(
-                        "remote node {}",
-                        self.snap
-                            .l3
-                            .remotes
-                            .get(usize::from(r))
-                            .map_or("?", |x| x.name.as_str())
-                    ),
-                    Some(crate::ip4::NextHop::Host) => "node kernel (host port)".into(),
-                    Some(crate::ip4::NextHop::Uplink) => "underlay (uplink)".into(),
-                    Some(crate::ip4::NextHop::Us) => "this dataplane".into(),
-                };
-                format!("{dst} ttl {ttl}: {via}")
-            }
-            TraceDetail::Encap { to, sport, vni } => {
-                format!("vxlan to {to} udp sport {sport} vni {vni}")
-            }
-            TraceDetail::Decap { from, vni } => {
-                format!("vxlan from {from} vni {vni}, outer headers stripped")
-            }
-            TraceDetail::Rewrite {
-                nh,
-                mac: Some(mac),
-                port,
-            } => {
-                format!("next hop {nh} is {mac} on {}", self.port_name(port))
-            }
-            TraceDetail::Rewrite { nh, mac: None, .. } => {
-                format!("next hop {nh} unresolved: held, ARP asked")
-            }
-            TraceDetail::Arp {
-                request,
-                sender,
-                target,
-                answered,
-            } => format!(
-                "{} {target} from {sender}{}",
-                if request { "who-has" } else { "reply about" },
-                if answered { ", answered" } else { "" }
-            ),
-            TraceDetail::Icmp { kind, to } => match kind {
-                crate::pipeline::IcmpKind::None => format!("echo reply to {to}"),
-                crate::pipeline::IcmpKind::TimeExceeded => format!("time exceeded to {to}"),
-                crate::pipeline::IcmpKind::PortUnreachable => format!("port unreachable to {to}"),
-                crate::pipeline::IcmpKind::FragNeeded(m) => {
-                    format!("fragmentation needed (mtu {m}) to {to}")
-                }
-            },
-            TraceDetail::None => String::new(),
-        }
+        d.describe(self)
     }
 
     pub fn mac_list(&self) -> Result<Vec<MacInfo>, ErrorReply> {

@@ -108,3 +108,22 @@ pub fn process<F: Frame>(cx: &Ctx, feat: &mut Features, v: &mut Vector<F>) {
     add(&cx.counters.mac_moved, moved);
     add(&cx.counters.mac_table_full, full);
 }
+
+/// The bridge's trace record in words.
+pub fn describe(
+    n: &dyn crate::pipeline::trace::Names,
+    bd: u16,
+    learned: bool,
+    dst: MacAddr,
+    hit: Option<u16>,
+) -> String {
+    format!(
+        "bridge {bd}: {} src, dst {dst} {}",
+        if learned { "learned" } else { "known" },
+        match hit {
+            Some(p) => format!("behind {}", n.port(p)),
+            None if dst.is_multicast() => "group address".into(),
+            None => "unknown".into(),
+        }
+    )
+}

@@ -272,6 +272,29 @@ pub fn process<F: Frame>(cx: &Ctx, feat: &mut Features, v: &mut Vector<F>) {
     }
 }
 
+/// eth-input's trace record in words.
+pub fn describe(
+    src: crate::wire::MacAddr,
+    dst: crate::wire::MacAddr,
+    ethertype: u16,
+    vlan: u16,
+    ip: Option<(wire::Ipv4Addr, wire::Ipv4Addr, u8, u16, u16)>,
+) -> String {
+    let mut s = format!("{src} > {dst} type 0x{ethertype:04x}");
+    if vlan != 0 {
+        s += &format!(" vlan {vlan}");
+    }
+    if let Some((a, b, proto, sp, dp)) = ip {
+        s += &match proto {
+            1 => format!(" icmp {a} > {b} type {sp} id {dp}"),
+            6 => format!(" tcp {a}:{sp} > {b}:{dp}"),
+            17 => format!(" udp {a}:{sp} > {b}:{dp}"),
+            p => format!(" ip {a} > {b} proto {p}"),
+        };
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

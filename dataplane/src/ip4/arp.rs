@@ -131,3 +131,17 @@ pub fn request(mac: MacAddr, ip: u32, target: u32) -> [u8; 42] {
     ));
     b
 }
+
+/// arp's trace record in words.
+pub fn describe(
+    request: bool,
+    sender: crate::wire::Ipv4Addr,
+    target: crate::wire::Ipv4Addr,
+    answered: bool,
+) -> String {
+    format!(
+        "{} {target} from {sender}{}",
+        if request { "who-has" } else { "reply about" },
+        if answered { ", answered" } else { "" }
+    )
+}

@@ -167,3 +167,13 @@ pub fn process<F: Frame>(cx: &Ctx, feat: &mut Features, v: &mut Vector<F>) {
         next[i] = Next::Stage(StageId::Ip4Lookup);
     }
 }
+
+/// icmp-error's (and ip4-local's echo reply) trace record in words.
+pub fn describe(kind: IcmpKind, to: crate::wire::Ipv4Addr) -> String {
+    match kind {
+        IcmpKind::None => format!("echo reply to {to}"),
+        IcmpKind::TimeExceeded => format!("time exceeded to {to}"),
+        IcmpKind::PortUnreachable => format!("port unreachable to {to}"),
+        IcmpKind::FragNeeded(m) => format!("fragmentation needed (mtu {m}) to {to}"),
+    }
+}

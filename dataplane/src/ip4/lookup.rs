@@ -123,3 +123,21 @@ pub fn process<F: Frame>(cx: &Ctx, _feat: &mut Features, v: &mut Vector<F>) {
         };
     }
 }
+
+/// ip4-lookup's trace record in words.
+pub fn describe(
+    n: &dyn crate::pipeline::trace::Names,
+    dst: Ipv4Addr,
+    ttl: u8,
+    via: Option<NextHop>,
+) -> String {
+    let via = match via {
+        None => "no route".to_string(),
+        Some(NextHop::Local) => "local pods".into(),
+        Some(NextHop::Remote(r)) => format!("remote node {}", n.remote(r)),
+        Some(NextHop::Host) => "node kernel (host port)".into(),
+        Some(NextHop::Uplink) => "underlay (uplink)".into(),
+        Some(NextHop::Us) => "this dataplane".into(),
+    };
+    format!("{dst} ttl {ttl}: {via}")
+}

@@ -94,3 +94,16 @@ pub fn process<F: Frame>(cx: &Ctx, feat: &mut Features, v: &mut Vector<F>) {
         };
     }
 }
+
+/// ip4-rewrite's (and vxlan-encap's next-hop) trace record in words.
+pub fn describe(
+    n: &dyn crate::pipeline::trace::Names,
+    nh: crate::wire::Ipv4Addr,
+    mac: Option<MacAddr>,
+    port: u16,
+) -> String {
+    match mac {
+        Some(mac) => format!("next hop {nh} is {mac} on {}", n.port(port)),
+        None => format!("next hop {nh} unresolved: held, ARP asked"),
+    }
+}

@@ -463,6 +463,15 @@ pub fn reply<F: Frame>(cx: &Ctx, feat: &mut Features, v: &mut Vector<F>) {
     }
 }
 
+/// The NAT stages' trace record in words (snat, snat-reply, lb).
+pub fn describe(src: bool, to: Ipv4Addr, port: u16) -> String {
+    if src {
+        format!("source now {to}:{port} (masquerade)")
+    } else {
+        format!("destination restored to {to}:{port}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

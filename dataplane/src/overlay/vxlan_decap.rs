@@ -95,3 +95,8 @@ pub fn process<F: Frame>(cx: &Ctx, feat: &mut Features, v: &mut Vector<F>) {
         };
     }
 }
+
+/// vxlan-decap's trace record in words.
+pub fn describe(from: crate::wire::Ipv4Addr, vni: u32) -> String {
+    format!("vxlan from {from} vni {vni}, outer headers stripped")
+}

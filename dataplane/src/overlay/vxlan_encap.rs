@@ -232,3 +232,8 @@ impl Template {
         }
     }
 }
+
+/// vxlan-encap's trace record in words.
+pub fn describe(to: crate::wire::Ipv4Addr, sport: u16, vni: u32) -> String {
+    format!("vxlan to {to} udp sport {sport} vni {vni}")
+}

@@ -3,8 +3,9 @@
 //! `podpathctl trace start N` arms every worker for its next N received packets. A
 //! traced packet gets an id at input; each stage that handles it appends a small
 //! `Copy` record (what it saw, what it decided, what it rewrote) to the worker's
-//! lock-free trace ring. Formatting happens on the control thread, off the fast path;
-//! untraced packets cost one branch per stage.
+//! lock-free trace ring. Formatting happens on the control thread, off the fast path,
+//! by the formatter of the feature that recorded it (`describe` in each feature's
+//! folder); untraced packets cost one branch per stage.
 use ringbuf::traits::Producer;
 use ringbuf::HeapProd;
 
@@ -93,6 +94,70 @@ pub enum TraceDetail {
     None,
 }
 
+/// What a formatter needs to name things (the control thread's port map and L3 view).
+pub trait Names {
+    fn port(&self, id: u16) -> String;
+    fn remote(&self, index: u16) -> String;
+}
+
+impl TraceDetail {
+    /// The record in words, by the feature that made it.
+    pub fn describe(&self, n: &dyn Names) -> String {
+        match *self {
+            TraceDetail::Rx { port, len } => format!("rx on {} ({len} bytes)", n.port(port)),
+            TraceDetail::Parsed {
+                src,
+                dst,
+                ethertype,
+                vlan,
+                ip,
+            } => crate::eth::input::describe(src, dst, ethertype, vlan, ip),
+            TraceDetail::Bridge {
+                bd,
+                learned,
+                dst,
+                hit,
+            } => crate::bridge::describe(n, bd, learned, dst, hit),
+            TraceDetail::Route { dst, ttl, via } => crate::ip4::lookup::describe(n, dst, ttl, via),
+            TraceDetail::Encap { to, sport, vni } => {
+                crate::overlay::vxlan_encap::describe(to, sport, vni)
+            }
+            TraceDetail::Decap { from, vni } => crate::overlay::vxlan_decap::describe(from, vni),
+            TraceDetail::Rewrite { nh, mac, port } => {
+                crate::ip4::rewrite::describe(n, nh, mac, port)
+            }
+            TraceDetail::Arp {
+                request,
+                sender,
+                target,
+                answered,
+            } => crate::ip4::arp::describe(request, sender, target, answered),
+            TraceDetail::Icmp { kind, to } => crate::ip4::icmp_error::describe(kind, to),
+            TraceDetail::Nat { src, to, port } => crate::nat::snat::describe(src, to, port),
+            // The runner's own: output, flooding, fragmentation.
+            TraceDetail::Out { port } => format!("queued on {}", n.port(port)),
+            TraceDetail::Flood { ports } => format!("flooded to {ports} port(s)"),
+            TraceDetail::Fragment { pieces, mtu } => {
+                format!("split into {pieces} fragments of at most {mtu} bytes")
+            }
+            TraceDetail::None => String::new(),
+        }
+    }
+}
+
+/// A decision in words.
+pub fn describe_next(next: Next, n: &dyn Names) -> String {
+    match next {
+        Next::Stage(s) => format!("-> {}", s.name()),
+        Next::Port(p) => format!("-> port {}", n.port(p)),
+        Next::Flood => "-> flood".into(),
+        Next::Fragment => "-> ip4-fragment (each piece encapsulated)".into(),
+        Next::Drop(r) => format!("drop {}", r.name()),
+        Next::Resolve => "-> hold for ARP".into(),
+        Next::Handoff(w) => format!("-> worker {w} (owns the connection)"),
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct TraceRecord {
     pub worker: u16,
@@ -163,5 +228,75 @@ impl Tracer {
         if !pushed {
             counters::add(&c.trace_lost, 1);
         }
+    }
+}
+
+#[cfg(test)]
+mod describe_tests {
+    use super::*;
+
+    struct Fixed;
+    impl Names for Fixed {
+        fn port(&self, id: u16) -> String {
+            format!("pod-{id}")
+        }
+        fn remote(&self, index: u16) -> String {
+            format!("node{index}")
+        }
+    }
+
+    #[test]
+    fn each_feature_words_its_own_record() {
+        let a = Ipv4Addr::from_u32(0x0af4_0102);
+        let cases = [
+            (
+                TraceDetail::Route {
+                    dst: a,
+                    ttl: 64,
+                    via: Some(NextHop::Remote(2)),
+                },
+                "10.244.1.2 ttl 64: remote node node2",
+            ),
+            (
+                TraceDetail::Bridge {
+                    bd: 1,
+                    learned: true,
+                    dst: MacAddr([2, 0, 0, 0, 0, 1]),
+                    hit: Some(3),
+                },
+                "bridge 1: learned src, dst 02:00:00:00:00:01 behind pod-3",
+            ),
+            (
+                TraceDetail::Nat {
+                    src: true,
+                    to: a,
+                    port: 40000,
+                },
+                "source now 10.244.1.2:40000 (masquerade)",
+            ),
+            (
+                TraceDetail::Rewrite {
+                    nh: a,
+                    mac: None,
+                    port: 0,
+                },
+                "next hop 10.244.1.2 unresolved: held, ARP asked",
+            ),
+            (
+                TraceDetail::Icmp {
+                    kind: IcmpKind::FragNeeded(1400),
+                    to: a,
+                },
+                "fragmentation needed (mtu 1400) to 10.244.1.2",
+            ),
+        ];
+        for (d, want) in cases {
+            assert_eq!(d.describe(&Fixed), want);
+        }
+        assert_eq!(
+            describe_next(Next::Handoff(1), &Fixed),
+            "-> worker 1 (owns the connection)"
+        );
+        assert_eq!(describe_next(Next::Port(4), &Fixed), "-> port pod-4");
     }
 }
