@@ -573,6 +573,65 @@ mod tests {
     }
 
     #[test]
+    fn the_prefilter_says_no_only_to_what_no_service_concerns() {
+        let ip = |s: &str| validate::ipv4(s).unwrap();
+        let node = crate::ip4::l3::NodeL3 {
+            node_ip: ip("192.168.77.11"),
+            underlay: (ip("192.168.77.0"), 24),
+            underlay_gateway: None,
+            pod_net: (ip("10.244.0.0"), 24),
+            cluster: (ip("10.244.0.0"), 16),
+            gateway_ip: ip("10.244.0.1"),
+            router_mac: crate::wire::MacAddr([2, 0, 0, 0, 0, 1]),
+            bridge: 1,
+            vni: 1,
+            vxlan_port: 4789,
+            service_net: Some((ip("10.96.0.0"), 12)),
+        };
+        let none = crate::services::prefilter::AddrFilter::default();
+        let empty = ServiceTable::default();
+        let (a, b) = (ip("10.244.0.2"), ip("10.244.0.3"));
+        assert!(
+            !empty.concerns(&node, &none, a, ip("10.96.0.10"), 6),
+            "no Services"
+        );
+        let mut s = ServiceSpec::new(
+            "default/web",
+            "10.96.0.10",
+            80,
+            "tcp",
+            vec![ep("10.244.1.5", true, false)],
+        );
+        s.external_ips = vec!["198.51.100.50".into()];
+        let t = ServiceTable::build(&[s], None)
+            .unwrap()
+            .with_departed([((ip("10.244.2.9"), 8080, 6), false)]);
+        // Pod to pod, neither a Service's: skips lb.
+        assert!(!t.concerns(&node, &none, a, b, 6));
+        assert!(
+            !t.concerns(&node, &none, a, ip("10.244.1.5"), 17),
+            "to an endpoint directly"
+        );
+        for (src, dst, proto, why) in [
+            (a, ip("10.96.0.10"), 6, "to a ClusterIP"),
+            (a, ip("10.96.0.99"), 6, "into the Service range"),
+            (a, ip("198.51.100.50"), 6, "to an external IP"),
+            (ip("10.244.1.5"), a, 6, "from an endpoint (a reply)"),
+            (ip("10.244.2.9"), a, 6, "from a departed endpoint"),
+            (a, node.node_ip, 6, "to the node (NodePort)"),
+            (a, node.gateway_ip, 17, "to the gateway (hairpin)"),
+            (a, b, 1, "ICMP (may quote a Service connection)"),
+        ] {
+            assert!(t.concerns(&node, &none, src, dst, proto), "{why}");
+        }
+        // A translated connection's endpoint, known only to the connection table.
+        let mut tracked = crate::services::prefilter::AddrFilter::default();
+        tracked.insert(ip("10.244.3.3"));
+        assert!(!t.concerns(&node, &none, ip("10.244.3.3"), a, 6));
+        assert!(t.concerns(&node, &tracked, ip("10.244.3.3"), a, 6));
+    }
+
+    #[test]
     fn only_ready_endpoints_take_new_connections() {
         let s = ServiceSpec::new(
             "default/web",
