@@ -56,6 +56,10 @@ pub struct Control {
     jumbo: Option<Mempool>,
     max_frame: u32,
     workers: Vec<WorkerHandle>,
+    /// Whether the workers run. Before (the configuration file's ports and node
+    /// being applied), a change waits for no acknowledgement: each worker starts
+    /// from the snapshot current at its launch.
+    launched: bool,
     ports: Vec<Attached>,
     /// The connection-tracking settings in force (what `snap.settings` holds), and
     /// the reservation that bounds the capacity.
@@ -285,6 +289,7 @@ impl Control {
             jumbo: None,
             max_frame: crate::config::DEFAULT_MAX_FRAME,
             workers: Vec::new(),
+            launched: false,
             ports: Vec::new(),
             gen: 0,
             snap: Snapshot {
@@ -682,6 +687,12 @@ impl Control {
         &self.workers
     }
 
+    /// The workers run: from now on a change is in force only once every worker
+    /// acknowledged it.
+    pub fn set_launched(&mut self) {
+        self.launched = true;
+    }
+
     /// The map for the current set of ports.
     pub fn build_map(&self, workers: usize) -> Arc<PortMap> {
         let entries = self
@@ -747,7 +758,7 @@ impl Control {
             let _ = Self::tell(w, WorkerMsg::Snapshot(next.clone(), gen));
         }
         self.snap = next;
-        if self.wait_settled(gen, ACK_WAIT) {
+        if !self.launched || self.wait_settled(gen, ACK_WAIT) {
             Ok(gen)
         } else {
             Err(err(

@@ -317,6 +317,9 @@ fn run() -> Result<()> {
         }
     }
 
+    if launch_error.is_none() {
+        ctl.set_launched();
+    }
     let (jobs_tx, jobs_rx) = std::sync::mpsc::sync_channel::<Job>(64);
     let serve_stop = Arc::clone(&stop);
     let server = std::thread::spawn(move || server::serve(listener, jobs_tx, serve_stop));
