@@ -254,6 +254,76 @@ fn bad_configuration_exits_nonzero_naming_the_problem() {
     dataplane_fails_with("[eal\n", "bad.toml");
 }
 
+/// A configuration file's ports and `[node]` are applied before the workers run: the
+/// dataplane is ready at once, not after 5 s per change waiting for workers that are
+/// not launched yet (with `[node]` it even failed to start: "generation N is
+/// published but not every worker applied it"; bench/side-by-side.sh's nat job
+/// found it).
+#[test]
+fn a_dataplane_configured_with_a_port_and_a_node_is_ready_at_once() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let prefix = unique("ppnc");
+    let ns = format!("{prefix}-ns");
+    net::ip(&["netns", "add", &ns]).expect("netns");
+    struct Ns(String);
+    impl Drop for Ns {
+        fn drop(&mut self) {
+            let _ = net::ip(&["netns", "del", &self.0]);
+        }
+    }
+    let _ns = Ns(ns.clone());
+    let dir = TempDir::new(&prefix);
+    let cfg = dir.join("node.toml");
+    // The tap is made by DPDK inside the test's namespace, removed with it.
+    std::fs::write(
+        &cfg,
+        format!(
+            "[eal]\nlcores = \"0,1\"\nfile_prefix = \"{prefix}\"\nmemory_mb = 64\npci = false\nhugepages = \"off\"\n\
+             [dataplane]\nsocket = \"{}\"\nstate_dir = \"/dev/shm/{prefix}.state\"\n[idle]\nenabled = true\n\
+             [[port]]\nname = \"up0\"\ndevice = \"net_tap0,iface={prefix}u\"\n\
+             [node]\nnode_ip = \"192.168.77.11\"\nunderlay_cidr = \"192.168.77.0/24\"\n\
+             pod_cidr = \"10.244.0.0/24\"\ncluster_cidr = \"10.244.0.0/16\"\nuplink = \"up0\"\n",
+            dir.join("dp.sock").display()
+        ),
+    )
+    .unwrap();
+    let _state = TempDir(std::path::PathBuf::from(format!("/dev/shm/{prefix}.state")));
+    let sock = dir.join("notify");
+    let rx = std::os::unix::net::UnixDatagram::bind(&sock).unwrap();
+    rx.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    struct Guard(std::process::Child);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let t = Instant::now();
+    let dp = Guard(
+        net::command_in(&ns, &topo::default_dataplane().display().to_string())
+            .args(["--config", &cfg.display().to_string()])
+            .env("NOTIFY_SOCKET", &sock)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut buf = [0u8; 512];
+    let ready = rx
+        .recv(&mut buf)
+        .map(|n| String::from_utf8_lossy(&buf[..n]).to_string())
+        .unwrap_or_default();
+    let took = t.elapsed();
+    assert!(
+        ready.starts_with("READY=1\n") && ready.contains("STATUS=1 worker(s) forwarding"),
+        "the dataplane did not become ready: {ready:?}"
+    );
+    // EAL and the tap take about a second here; one wait for unlaunched workers
+    // would add 5.
+    assert!(took < Duration::from_secs(4), "ready after {took:?}");
+    net::kill(dp.0.id(), "TERM");
+}
+
 /// Issue 15, supervision by systemd: the dataplane speaks the notify protocol (READY
 /// once its workers forward, WATCHDOG while they poll, STOPPING on SIGTERM), and the
 /// shipped units (deploy/systemd/) pass `systemd-analyze verify`. The dataplane runs
