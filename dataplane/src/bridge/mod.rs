@@ -127,3 +127,106 @@ pub fn describe(
         }
     )
 }
+
+/// The bridge's contract: its decisions for each kind of frame, as grout tests a
+/// node's edges.
+#[cfg(test)]
+mod tests {
+    use crate::ip4::L3;
+    use crate::pipeline::stage::{run_alone, Ctx, Features};
+    use crate::pipeline::{DropReason, Meta, Next, PipelineConfig, StageId, WorkerCounters};
+    use crate::port::{PortEntry, PortMap};
+    use crate::services::ServiceTable;
+
+    fn frame(dst: [u8; 6], src: [u8; 6]) -> Vec<u8> {
+        let mut f = vec![0u8; 60];
+        f[0..6].copy_from_slice(&dst);
+        f[6..12].copy_from_slice(&src);
+        f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+        f
+    }
+
+    #[test]
+    fn forwards_floods_filters_and_drops_by_reason() {
+        // Ports 0-2 in bridge domain 1, port 3 in none; port 4 alone in domain 2.
+        let entries = (0..5u16)
+            .map(|id| PortEntry {
+                id,
+                name: format!("p{id}"),
+                bd: match id {
+                    0..=2 => Some(1),
+                    4 => Some(2),
+                    _ => None,
+                },
+                mac: crate::wire::MacAddr([2, 0, 0, 0, 0, u8::try_from(id).unwrap()]),
+                rx_queues: 1,
+                mtu: 1500,
+            })
+            .collect();
+        let ports = PortMap::build(entries, 1);
+        let (l3, services, counters) = (
+            L3::empty(),
+            ServiceTable::default(),
+            WorkerCounters::default(),
+        );
+        let cx = Ctx {
+            ports: &ports,
+            l3: &l3,
+            services: &services,
+            now: 1,
+            now_ms: 0,
+            seconds: 0,
+            counters: &counters,
+        };
+        let cfg = PipelineConfig {
+            worker: 0,
+            mac_capacity: 16,
+            mac_ageing_ticks: 1_000_000,
+            tsc_hz: 1_000_000_000,
+            conntrack: Default::default(),
+            nat_range: (32768, 60999),
+            workers: 1,
+        };
+        let mut feat = Features::new(&cfg);
+        let (a, b, c) = (
+            [0x0a, 0x58, 0, 0, 0, 0xa],
+            [0x0a, 0x58, 0, 0, 0, 0xb],
+            [0x0a, 0x58, 0, 0, 0, 0xc],
+        );
+        let on = |port: u16| Meta {
+            in_port: port,
+            ..Meta::default()
+        };
+        // b is learned behind port 1 first (its frame to a, unknown yet, floods).
+        let first = run_alone(StageId::Bridge, &cx, &mut feat, vec![(frame(a, b), on(1))]);
+        assert_eq!(first, [Next::Flood]);
+        let got = run_alone(
+            StageId::Bridge,
+            &cx,
+            &mut feat,
+            vec![
+                (frame(b, a), on(0)),                        // known unicast: to its port
+                (frame(c, a), on(0)),                        // unknown: flood
+                (frame([0xff; 6], a), on(0)),                // broadcast: flood
+                (frame(b, c), on(1)),                        // b lives behind the input port
+                (frame(b, [0x01, 0, 0x5e, 0, 0, 1]), on(0)), // group source
+                (frame(b, a), on(3)),                        // port in no domain
+                (frame(c, a), on(4)), // alone in its domain: nowhere to flood
+            ],
+        );
+        assert_eq!(
+            got,
+            [
+                Next::Port(1),
+                Next::Flood,
+                Next::Flood,
+                Next::Drop(DropReason::BridgeSamePort),
+                Next::Drop(DropReason::BridgeSrcMulticast),
+                Next::Drop(DropReason::BridgeNoDomain),
+                Next::Drop(DropReason::BridgeNoFloodPort),
+            ]
+        );
+        // Every next stage it may take is one of the above: tx only.
+        assert_eq!(StageId::Bridge.next_stages(), [StageId::Tx]);
+    }
+}

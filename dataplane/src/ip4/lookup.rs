@@ -141,3 +141,130 @@ pub fn describe(
     };
     format!("{dst} ttl {ttl}: {via}")
 }
+
+/// ip4-lookup's contract: where each kind of destination goes.
+#[cfg(test)]
+mod tests {
+    use crate::ip4::L3;
+    use crate::pipeline::stage::{run_alone, Ctx, Features};
+    use crate::pipeline::{DropReason, Meta, Next, PipelineConfig, StageId, WorkerCounters};
+    use crate::port::{PortEntry, PortMap};
+    use crate::services::ServiceTable;
+    use podpath_proto::{NodeSpec, RemoteSpec};
+
+    fn ip4(src: [u8; 4], dst: [u8; 4], ttl: u8) -> (Vec<u8>, Meta) {
+        let mut f = vec![0u8; 14 + 28];
+        f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+        let h = &mut f[14..];
+        h[0] = 0x45;
+        h[2..4].copy_from_slice(&28u16.to_be_bytes());
+        h[8] = ttl;
+        h[9] = 17;
+        h[12..16].copy_from_slice(&src);
+        h[16..20].copy_from_slice(&dst);
+        let m = Meta {
+            in_port: 2,
+            l3: 14,
+            l4: 34,
+            proto: 17,
+            ..Meta::default()
+        };
+        (f, m)
+    }
+
+    #[test]
+    fn routes_each_kind_of_destination_to_its_stage() {
+        let node = NodeSpec {
+            node_ip: "192.168.77.11".into(),
+            underlay_cidr: "192.168.77.0/24".into(),
+            underlay_gateway: None,
+            pod_cidr: "10.244.0.0/24".into(),
+            cluster_cidr: "10.244.0.0/16".into(),
+            bridge: 1,
+            uplink: "uplink".into(),
+            host: Some("host".into()),
+            vni: 1,
+            vxlan_port: 4789,
+            service_cidr: Some("10.96.0.0/12".into()),
+        };
+        let remote = RemoteSpec {
+            name: "node2".into(),
+            node_ip: "192.168.77.12".into(),
+            vtep_mac: "0a:58:0a:f4:01:01".into(),
+            pod_cidr: "10.244.1.0/24".into(),
+        };
+        let l3 = L3::build(&node, &[remote]).unwrap();
+        let port = |id: u16, name: &str, bd: Option<u16>| PortEntry {
+            id,
+            name: name.into(),
+            bd,
+            mac: crate::wire::MacAddr([2, 0, 0, 0, 0, u8::try_from(id).unwrap()]),
+            rx_queues: 1,
+            mtu: 1500,
+        };
+        let ports = PortMap::build(
+            vec![
+                port(0, "uplink", None),
+                port(1, "host", None),
+                port(2, "pod-a", Some(1)),
+            ],
+            1,
+        )
+        .with_roles(Some("uplink"), Some("host"));
+        let (services, counters) = (ServiceTable::default(), WorkerCounters::default());
+        let cfg = PipelineConfig {
+            worker: 0,
+            mac_capacity: 16,
+            mac_ageing_ticks: 1_000_000,
+            tsc_hz: 1_000_000_000,
+            conntrack: Default::default(),
+            nat_range: (32768, 60999),
+            workers: 1,
+        };
+        let mut feat = Features::new(&cfg);
+        let pod = [10, 244, 0, 2];
+        let cx = Ctx {
+            ports: &ports,
+            l3: &l3,
+            services: &services,
+            now: 1,
+            now_ms: 0,
+            seconds: 0,
+            counters: &counters,
+        };
+        let got = run_alone(
+            StageId::Ip4Lookup,
+            &cx,
+            &mut feat,
+            vec![
+                ip4(pod, [10, 244, 0, 3], 64),     // a local pod (routed): rewrite
+                ip4(pod, [10, 244, 1, 5], 64),     // a remote node's pod: the overlay
+                ip4(pod, [192, 168, 77, 100], 64), // outside the cluster: masquerade
+                ip4(pod, [192, 168, 77, 12], 64),  // a node: unmasqueraded
+                ip4(pod, [10, 244, 0, 1], 64),     // the gateway itself: local
+                ip4(pod, [10, 244, 1, 5], 1),      // TTL expires: an ICMP error
+            ],
+        );
+        assert_eq!(
+            got,
+            [
+                Next::Stage(StageId::Ip4Rewrite),
+                Next::Stage(StageId::VxlanEncap),
+                Next::Stage(StageId::Snat),
+                Next::Stage(StageId::Ip4Rewrite),
+                Next::Stage(StageId::Ip4Local),
+                Next::Stage(StageId::IcmpError),
+            ]
+        );
+        // Without a node identity every packet is dropped, by name.
+        let none = L3::empty();
+        let cx = Ctx { l3: &none, ..cx };
+        let got = run_alone(
+            StageId::Ip4Lookup,
+            &cx,
+            &mut feat,
+            vec![ip4(pod, [10, 244, 0, 3], 64)],
+        );
+        assert_eq!(got, [Next::Drop(DropReason::Ip4NoNode)]);
+    }
+}

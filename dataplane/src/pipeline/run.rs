@@ -8,21 +8,17 @@ use super::{
     MAX_PORTS, OUT_BRIDGE,
 };
 // The runner knows the stages only through the registry; it builds the features'
-// state, and does the runner's own parts of ip4 (ARP holds, fragmentation) and tx.
-use crate::bridge::Bridge;
+// state through Features::new, and does the runner's own parts of ip4 (ARP holds,
+// fragmentation) and tx.
 use crate::dpdk::rdtsc;
 use crate::ip4::fragment as ip4_fragment;
-use crate::ip4::icmp_error::RateLimit;
 use crate::ip4::rewrite as ip4_rewrite;
-use crate::ip4::{arp, Ip4, NeighborTable, L3};
-use crate::nat::conntrack::{Conntrack, Timeouts};
-use crate::nat::snat::{self, NatPorts};
-use crate::nat::Nat;
+use crate::ip4::{arp, L3};
+use crate::nat::conntrack::Timeouts;
 use crate::overlay::vxlan_encap;
 use crate::pipeline::stage::{Ctx, Features, Vector};
 use crate::port::{PortMap, Role};
 use crate::services::table::ServiceTable;
-use crate::services::{lb, Services};
 use crate::wire::ethernet;
 use crossbeam::channel::{Receiver, Sender};
 
@@ -196,43 +192,7 @@ impl<F: Frame> Pipeline<F> {
             peers: Vec::new(),
             inbox: None,
             frag_out: Vec::with_capacity(ip4_fragment::MAX_PIECES),
-            features: Features {
-                bridge: Bridge::new(cfg.mac_capacity, cfg.mac_ageing_ticks),
-                ip4: Ip4 {
-                    // Neighbours live 5 minutes; a missing one is asked for at most
-                    // once a second.
-                    neighbors: NeighborTable::new(4096, cfg.tsc_hz.saturating_mul(300), cfg.tsc_hz),
-                    learned: Vec::with_capacity(BURST + 1),
-                    icmp_limit: RateLimit::new(100, 50, cfg.tsc_hz),
-                    // ARP requests: 100 a second, bursts of 20, per worker.
-                    arp_limit: RateLimit::new(100, 20, cfg.tsc_hz),
-                },
-                nat: Nat {
-                    conntrack: Conntrack::with_reserve(
-                        cfg.conntrack.capacity,
-                        cfg.conntrack.reserved(),
-                        cfg.conntrack.timeouts,
-                        0,
-                    ),
-                    ports: NatPorts::for_worker(
-                        cfg.nat_range.0,
-                        cfg.nat_range.1,
-                        cfg.worker,
-                        cfg.workers,
-                    ),
-                    owners: snat::Owners {
-                        lo: cfg.nat_range.0,
-                        hi: cfg.nat_range.1,
-                        workers: cfg.workers.max(1),
-                        me: cfg.worker,
-                    },
-                    frags: crate::nat::frag::Fragments::new(4096, BURST),
-                },
-                services: Services {
-                    affinity: lb::Affinity::new(65_536),
-                    frag_scratch: lb::FragScratch::default(),
-                },
-            },
+            features: Features::new(cfg),
             settings: Arc::new(crate::snapshot::Settings {
                 conntrack_capacity: cfg.conntrack.capacity,
                 timeouts: cfg.conntrack.timeouts,

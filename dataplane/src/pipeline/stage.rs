@@ -67,6 +67,53 @@ pub struct Features {
     pub services: crate::services::Services,
 }
 
+impl Features {
+    /// Every feature's state for one worker, sized by its configuration.
+    pub fn new(cfg: &super::PipelineConfig) -> Features {
+        Features {
+            bridge: crate::bridge::Bridge::new(cfg.mac_capacity, cfg.mac_ageing_ticks),
+            ip4: crate::ip4::Ip4 {
+                // Neighbours live 5 minutes; a missing one is asked for at most
+                // once a second.
+                neighbors: crate::ip4::NeighborTable::new(
+                    4096,
+                    cfg.tsc_hz.saturating_mul(300),
+                    cfg.tsc_hz,
+                ),
+                learned: Vec::with_capacity(super::BURST + 1),
+                icmp_limit: crate::ip4::icmp_error::RateLimit::new(100, 50, cfg.tsc_hz),
+                // ARP requests: 100 a second, bursts of 20, per worker.
+                arp_limit: crate::ip4::icmp_error::RateLimit::new(100, 20, cfg.tsc_hz),
+            },
+            nat: crate::nat::Nat {
+                conntrack: crate::nat::conntrack::Conntrack::with_reserve(
+                    cfg.conntrack.capacity,
+                    cfg.conntrack.reserved(),
+                    cfg.conntrack.timeouts,
+                    0,
+                ),
+                ports: crate::nat::snat::NatPorts::for_worker(
+                    cfg.nat_range.0,
+                    cfg.nat_range.1,
+                    cfg.worker,
+                    cfg.workers,
+                ),
+                owners: crate::nat::snat::Owners {
+                    lo: cfg.nat_range.0,
+                    hi: cfg.nat_range.1,
+                    workers: cfg.workers.max(1),
+                    me: cfg.worker,
+                },
+                frags: crate::nat::frag::Fragments::new(4096, super::BURST),
+            },
+            services: crate::services::Services {
+                affinity: crate::services::lb::Affinity::new(65_536),
+                frag_scratch: crate::services::lb::FragScratch::default(),
+            },
+        }
+    }
+}
+
 /// A stage's entry point, named in its registry line (`pipeline/registry.rs`): the
 /// runner calls it with the packets queued for the stage and knows nothing else of
 /// it.
@@ -117,4 +164,44 @@ pub fn flow_hash(src: u32, dst: u32, proto: u8, ports: u32) -> u32 {
     h = h.wrapping_mul(0x9E37_79B9_7F4A_7C15);
     let b = h.to_be_bytes();
     u32::from_be_bytes([b[0], b[1], b[2], b[3]]) ^ u32::from_be_bytes([b[4], b[5], b[6], b[7]])
+}
+
+/// Runs one stage alone on frames, grout's way of testing a node: the stage's
+/// decisions, and the trace details it wrote, for a stage's contract tests. Each
+/// decision is also checked against the stage's declaration.
+#[cfg(test)]
+pub fn run_alone(
+    stage: super::StageId,
+    cx: &Ctx,
+    feat: &mut Features,
+    frames: Vec<(Vec<u8>, Meta)>,
+) -> Vec<Next> {
+    use crate::port::MemFrame;
+    let n = frames.len();
+    assert!(n <= super::BURST);
+    let mut slots: Vec<Option<MemFrame>> = Vec::with_capacity(n);
+    let mut meta = Vec::with_capacity(n);
+    for (d, m) in frames {
+        slots.push(Some(MemFrame::from_bytes(&d)));
+        meta.push(m);
+    }
+    let pkts: Vec<u8> = (0..u8::try_from(n).unwrap_or(0)).collect();
+    let mut next = vec![Next::Drop(DropReason::GraphLoop); n];
+    let mut detail = vec![TraceDetail::None; n];
+    let mut v = Vector {
+        pkts: &pkts,
+        frames: &mut slots,
+        meta: &mut meta,
+        next: &mut next,
+        detail: &mut detail,
+    };
+    (stage.node::<MemFrame>())(cx, feat, &mut v);
+    for d in &next {
+        assert!(
+            stage.allows(*d),
+            "{} decided {d:?}, undeclared",
+            stage.name()
+        );
+    }
+    next
 }
