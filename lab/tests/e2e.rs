@@ -254,6 +254,23 @@ fn bad_configuration_exits_nonzero_naming_the_problem() {
     dataplane_fails_with("[eal\n", "bad.toml");
 }
 
+/// A network namespace of this test's own, deleted on drop (also on failure).
+struct Ns(String);
+impl Drop for Ns {
+    fn drop(&mut self) {
+        let _ = net::ip(&["netns", "del", &self.0]);
+    }
+}
+
+/// A child process of this test's, killed (by PID) and reaped on drop.
+struct Guard(std::process::Child);
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A configuration file's ports and `[node]` are applied before the workers run: the
 /// dataplane is ready at once, not after 5 s per change waiting for workers that are
 /// not launched yet (with `[node]` it even failed to start: "generation N is
@@ -265,12 +282,6 @@ fn a_dataplane_configured_with_a_port_and_a_node_is_ready_at_once() {
     let prefix = unique("ppnc");
     let ns = format!("{prefix}-ns");
     net::ip(&["netns", "add", &ns]).expect("netns");
-    struct Ns(String);
-    impl Drop for Ns {
-        fn drop(&mut self) {
-            let _ = net::ip(&["netns", "del", &self.0]);
-        }
-    }
     let _ns = Ns(ns.clone());
     let dir = TempDir::new(&prefix);
     let cfg = dir.join("node.toml");
@@ -291,13 +302,6 @@ fn a_dataplane_configured_with_a_port_and_a_node_is_ready_at_once() {
     let sock = dir.join("notify");
     let rx = std::os::unix::net::UnixDatagram::bind(&sock).unwrap();
     rx.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    struct Guard(std::process::Child);
-    impl Drop for Guard {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let t = Instant::now();
     let dp = Guard(
         net::command_in(&ns, &topo::default_dataplane().display().to_string())
@@ -334,12 +338,6 @@ fn the_dataplane_speaks_systemds_notify_protocol_and_the_units_verify() {
     let prefix = unique("ppsd");
     let ns = format!("{prefix}-ns");
     net::ip(&["netns", "add", &ns]).expect("netns");
-    struct Ns(String);
-    impl Drop for Ns {
-        fn drop(&mut self) {
-            let _ = net::ip(&["netns", "del", &self.0]);
-        }
-    }
     let _ns = Ns(ns.clone());
     let dir = TempDir::new(&prefix);
     let cfg = dir.join("node.toml");
@@ -356,14 +354,6 @@ fn the_dataplane_speaks_systemds_notify_protocol_and_the_units_verify() {
     let sock = dir.join("notify");
     let rx = std::os::unix::net::UnixDatagram::bind(&sock).unwrap();
     rx.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    // Killed (our child, by PID) if the test fails before it stops.
-    struct Guard(std::process::Child);
-    impl Drop for Guard {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let mut dp = Guard(
         net::command_in(&ns, &topo::default_dataplane().display().to_string())
             .args(["--config", &cfg.display().to_string()])

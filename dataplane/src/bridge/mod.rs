@@ -134,7 +134,7 @@ pub fn describe(
 mod tests {
     use crate::ip4::L3;
     use crate::pipeline::stage::{run_alone, Ctx, Features};
-    use crate::pipeline::{DropReason, Meta, Next, PipelineConfig, StageId, WorkerCounters};
+    use crate::pipeline::{DropReason, Meta, Next, StageId, WorkerCounters};
     use crate::port::{PortEntry, PortMap};
     use crate::services::ServiceTable;
 
@@ -178,16 +178,7 @@ mod tests {
             seconds: 0,
             counters: &counters,
         };
-        let cfg = PipelineConfig {
-            worker: 0,
-            mac_capacity: 16,
-            mac_ageing_ticks: 1_000_000,
-            tsc_hz: 1_000_000_000,
-            conntrack: Default::default(),
-            nat_range: (32768, 60999),
-            workers: 1,
-        };
-        let mut feat = Features::new(&cfg);
+        let mut feat = Features::for_tests();
         let (a, b, c) = (
             [0x0a, 0x58, 0, 0, 0, 0xa],
             [0x0a, 0x58, 0, 0, 0, 0xb],

@@ -147,7 +147,7 @@ pub fn describe(
 mod tests {
     use crate::ip4::L3;
     use crate::pipeline::stage::{run_alone, Ctx, Features};
-    use crate::pipeline::{DropReason, Meta, Next, PipelineConfig, StageId, WorkerCounters};
+    use crate::pipeline::{DropReason, Meta, Next, StageId, WorkerCounters};
     use crate::port::{PortEntry, PortMap};
     use crate::services::ServiceTable;
     use podpath_proto::{NodeSpec, RemoteSpec};
@@ -212,16 +212,7 @@ mod tests {
         )
         .with_roles(Some("uplink"), Some("host"));
         let (services, counters) = (ServiceTable::default(), WorkerCounters::default());
-        let cfg = PipelineConfig {
-            worker: 0,
-            mac_capacity: 16,
-            mac_ageing_ticks: 1_000_000,
-            tsc_hz: 1_000_000_000,
-            conntrack: Default::default(),
-            nat_range: (32768, 60999),
-            workers: 1,
-        };
-        let mut feat = Features::new(&cfg);
+        let mut feat = Features::for_tests();
         let pod = [10, 244, 0, 2];
         let cx = Ctx {
             ports: &ports,

@@ -166,6 +166,22 @@ pub fn flow_hash(src: u32, dst: u32, proto: u8, ports: u32) -> u32 {
     u32::from_be_bytes([b[0], b[1], b[2], b[3]]) ^ u32::from_be_bytes([b[4], b[5], b[6], b[7]])
 }
 
+#[cfg(test)]
+impl Features {
+    /// One worker's state, small, for the stages' contract tests.
+    pub fn for_tests() -> Features {
+        Features::new(&super::PipelineConfig {
+            worker: 0,
+            mac_capacity: 16,
+            mac_ageing_ticks: 1_000_000,
+            tsc_hz: 1_000_000_000,
+            conntrack: Default::default(),
+            nat_range: (32768, 60999),
+            workers: 1,
+        })
+    }
+}
+
 /// Runs one stage alone on frames, grout's way of testing a node: the stage's
 /// decisions, and the trace details it wrote, for a stage's contract tests. Each
 /// decision is also checked against the stage's declaration.
