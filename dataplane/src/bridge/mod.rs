@@ -25,7 +25,7 @@ impl Bridge {
 
 /// The `bridge` stage.
 pub fn process<F: Frame>(cx: &Ctx, feat: &mut Features, v: &mut Vector<F>) {
-    let (pkts, frames, meta, next, detail) = v.parts();
+    let (pkts, frames, next, detail) = v.parts();
     let macs = &mut feat.bridge.macs;
     let (mut learned, mut moved, mut full) = (0, 0, 0);
     // A burst comes from one port and mostly from one or two MACs to one or two
@@ -35,17 +35,14 @@ pub fn process<F: Frame>(cx: &Ctx, feat: &mut Features, v: &mut Vector<F>) {
     let mut last_dst: Option<((u16, MacAddr), Option<u16>)> = None;
     for &i in pkts {
         let i = usize::from(i);
-        let Some(f) = &frames[i] else {
-            continue;
-        };
-        let m = &mut meta[i];
+        let (d, m) = frames[i].data_meta_mut();
+        let d = &*d;
         let Some(bd) = cx.ports.port(m.in_port).and_then(|p| p.bd) else {
             next[i] = Next::Drop(DropReason::BridgeNoDomain);
             continue;
         };
         m.bd = bd;
         // eth-input guaranteed at least an Ethernet header.
-        let d = f.data();
         let dst = MacAddr::from_bytes(&d[0..6]);
         let src = MacAddr::from_bytes(&d[6..12]);
         if src.is_multicast() {

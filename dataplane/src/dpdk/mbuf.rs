@@ -4,6 +4,13 @@ use std::ptr::NonNull;
 
 use dpdk_sys::{rte_mbuf, rte_mempool};
 
+use super::region::Plain;
+
+/// Bytes of private area every mbuf of our pools carries after its header, for what
+/// travels with a packet (the pipeline's metadata). DPDK wants a multiple of 8.
+pub const PRIV_SIZE: u16 = 64;
+const PRIV_ALIGN: usize = 8;
+
 /// One packet buffer, owned: it is freed exactly once, when dropped, unless ownership
 /// passed to a device by a transmit. It cannot be copied or freed twice.
 #[repr(transparent)]
@@ -17,7 +24,9 @@ impl Mbuf {
     /// Takes ownership of a buffer a PMD or a mempool gave us.
     ///
     /// # Safety
-    /// `raw` must be a valid, single-segment-or-chained mbuf that nobody else owns.
+    /// `raw` must be a valid, single-segment-or-chained mbuf that nobody else owns,
+    /// from a pool made by [`Mempool::new`] (directly, or by a PMD whose rx queue
+    /// was set up with one), so it has [`PRIV_SIZE`] bytes of private area.
     #[inline(always)]
     pub(crate) unsafe fn from_raw(raw: NonNull<rte_mbuf>) -> Mbuf {
         Mbuf(raw)
@@ -50,6 +59,58 @@ impl Mbuf {
         let (addr, off, len) = (m.buf_addr.cast::<u8>(), m.data_off, m.data_len);
         // SAFETY: as in data(); &mut self gives exclusive access to the buffer.
         unsafe { std::slice::from_raw_parts_mut(addr.add(usize::from(off)), usize::from(len)) }
+    }
+
+    /// The private area, which every mbuf of our pools has right after its header
+    /// (DPDK's `rte_mbuf_to_priv`): the pipeline keeps its per-packet metadata there.
+    #[inline(always)]
+    fn private_ptr<T: Plain>(&self) -> *mut T {
+        const {
+            assert!(
+                std::mem::size_of::<T>() <= PRIV_SIZE as usize
+                    && std::mem::align_of::<T>() <= PRIV_ALIGN
+            );
+        }
+        debug_assert!(self.m().priv_size >= PRIV_SIZE);
+        self.0
+            .as_ptr()
+            .cast::<u8>()
+            .wrapping_add(std::mem::size_of::<rte_mbuf>())
+            .cast::<T>()
+    }
+
+    /// The private area as a `T`.
+    #[inline(always)]
+    pub fn private<T: Plain>(&self) -> &T {
+        // SAFETY: the mbuf has PRIV_SIZE bytes of private area after its header
+        // (from_raw's contract), which T fits (checked at compile time), aligned: the
+        // header is cache-line aligned and 128 bytes long. Every bit pattern is a T
+        // (Plain), so whatever a previous user left there is a value. We own the mbuf.
+        unsafe { &*self.private_ptr::<T>() }
+    }
+
+    /// The private area as a `T`, writable.
+    #[inline(always)]
+    pub fn private_mut<T: Plain>(&mut self) -> &mut T {
+        // SAFETY: as in private(); &mut self gives exclusive access.
+        unsafe { &mut *self.private_ptr::<T>() }
+    }
+
+    /// The first segment's bytes and the private area at once (disjoint memory: the
+    /// private area ends where the buffer's headroom starts).
+    #[inline(always)]
+    pub fn data_and_private_mut<T: Plain>(&mut self) -> (&mut [u8], &mut T) {
+        let p = self.private_ptr::<T>();
+        let m = self.m();
+        let (addr, off, len) = (m.buf_addr.cast::<u8>(), m.data_off, m.data_len);
+        // SAFETY: as in data_mut() and private_mut(); the two ranges do not overlap
+        // (the data room starts after the private area), so two &mut are sound.
+        unsafe {
+            (
+                std::slice::from_raw_parts_mut(addr.add(usize::from(off)), usize::from(len)),
+                &mut *p,
+            )
+        }
     }
 
     /// Total packet length over all segments.
@@ -180,7 +241,7 @@ impl Mempool {
         // SAFETY: c is a valid name; the EAL is initialised (this type is only built
         // after Eal::init by the dataplane); SOCKET_ID_ANY lets DPDK choose memory.
         let p = unsafe {
-            dpdk_sys::rte_pktmbuf_pool_create(c.as_ptr(), count, cache, 0, data_room, -1)
+            dpdk_sys::rte_pktmbuf_pool_create(c.as_ptr(), count, cache, PRIV_SIZE, data_room, -1)
         };
         NonNull::new(p)
             .map(Mempool)

@@ -21,8 +21,38 @@ use std::ptr::NonNull;
 /// structs of them (no `bool`, `char`, enums, references, or `NonNull`).
 pub unsafe trait Plain: Copy + 'static {}
 
+/// Defines a `#[repr(C)]` struct whose fields are all [`Plain`], and makes it
+/// `Plain`: the one way outside this module to declare one, so the `unsafe impl`
+/// stays here and the field check cannot be skipped.
+#[macro_export]
+macro_rules! plain_struct {
+    (
+        $(#[$m:meta])*
+        $vis:vis struct $name:ident {
+            $($(#[$fm:meta])* $fvis:vis $field:ident : $ty:ty),* $(,)?
+        }
+    ) => {
+        $(#[$m])*
+        #[repr(C)]
+        $vis struct $name {
+            $($(#[$fm])* $fvis $field: $ty),*
+        }
+        // SAFETY: repr(C) and every field's type is Plain (checked at compile time
+        // just below), so every bit pattern of the fields is a value; padding is
+        // never read as a value.
+        #[allow(unsafe_code)]
+        unsafe impl $crate::dpdk::region::Plain for $name {}
+        const _: fn() = || {
+            fn plain<T: $crate::dpdk::region::Plain>() {}
+            $(plain::<$ty>();)*
+        };
+    };
+}
+
 // SAFETY: integers accept every bit pattern.
 unsafe impl Plain for u8 {}
+// SAFETY: as above.
+unsafe impl Plain for u16 {}
 // SAFETY: as above.
 unsafe impl Plain for u32 {}
 // SAFETY: as above.

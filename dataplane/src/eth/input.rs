@@ -236,24 +236,21 @@ fn pick(cx: &Ctx, tracked: &AddrFilter, m: &Meta, data: &[u8], ip: Option<FiveTu
 
 pub fn process<F: Frame>(cx: &Ctx, feat: &mut Features, v: &mut Vector<F>) {
     let tracked = feat.nat.conntrack.dnat_sources();
-    let (pkts, frames, meta, next, detail) = v.parts();
+    let (pkts, frames, next, detail) = v.parts();
     for (k, &i) in pkts.iter().enumerate() {
         if let Some(&ahead) = pkts.get(k + PREFETCH_AHEAD) {
-            if let Some(f) = &frames[usize::from(ahead)] {
-                crate::dpdk::prefetch(f.data());
-            }
+            crate::dpdk::prefetch(frames[usize::from(ahead)].data());
         }
         let i = usize::from(i);
-        let Some(f) = &frames[i] else {
-            continue;
-        };
-        let m = &mut meta[i];
+        let f = &mut frames[i];
         if !f.is_contiguous() {
             next[i] = Next::Drop(DropReason::EthChained);
             continue;
         }
-        let data = f.data();
-        next[i] = match classify(data, m, f.rx_ip_checksum()) {
+        let csum = f.rx_ip_checksum();
+        let (data, m) = f.data_meta_mut();
+        let data = &*data;
+        next[i] = match classify(data, m, csum) {
             Ok(ip) => {
                 if m.trace != 0 && data.len() >= ethernet::HEADER_LEN {
                     let e = ethernet::Frame::new_unchecked(data);

@@ -12,7 +12,7 @@ use crate::wire::{arp, ethernet, EtherType, Ipv4Addr, MacAddr};
 #[allow(clippy::too_many_arguments)]
 pub fn process<F: Frame>(cx: &Ctx, feat: &mut Features, v: &mut Vector<F>) {
     let (neighbors, learned) = (&mut feat.ip4.neighbors, &mut feat.ip4.learned);
-    let (pkts, frames, meta, next, detail) = v.parts();
+    let (pkts, frames, next, detail) = v.parts();
     let Some(node) = cx.l3.node.as_ref() else {
         for &i in pkts {
             next[usize::from(i)] = Next::Stage(StageId::Bridge);
@@ -21,10 +21,8 @@ pub fn process<F: Frame>(cx: &Ctx, feat: &mut Features, v: &mut Vector<F>) {
     };
     for &i in pkts {
         let i = usize::from(i);
-        let Some(f) = frames[i].as_mut() else {
-            continue;
-        };
-        let m = &meta[i];
+        let f = &mut frames[i];
+        let m = *f.meta();
         let l3 = usize::from(m.l3);
         let role = cx.ports.role(m.in_port);
         // eth-input validated the ARP packet.
@@ -99,7 +97,7 @@ pub fn process<F: Frame>(cx: &Ctx, feat: &mut Features, v: &mut Vector<F>) {
             _ if role == Role::Pod => Next::Stage(StageId::Bridge),
             _ => Next::Drop(DropReason::ArpNotForUs),
         };
-        if meta[i].trace != 0 {
+        if m.trace != 0 {
             detail[i] = TraceDetail::Arp {
                 request: r.operation == arp::Operation::Request,
                 sender: r.sender_ip,

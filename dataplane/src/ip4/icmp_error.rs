@@ -58,17 +58,15 @@ pub fn process<F: Frame>(cx: &Ctx, feat: &mut Features, v: &mut Vector<F>) {
         &mut feat.nat.conntrack,
         cx.seconds,
     );
-    let (pkts, frames, meta, next, detail) = v.parts();
+    let (pkts, frames, next, detail) = v.parts();
     let Some(node) = crate::pipeline::stage::node_or_drop(cx, pkts, next) else {
         return;
     };
     for &i in pkts {
         let i = usize::from(i);
-        let Some(f) = frames[i].as_mut() else {
-            continue;
-        };
-        let m = &mut meta[i];
-        let kind = std::mem::take(&mut m.icmp);
+        let f = &mut frames[i];
+        let kind = f.meta_mut().take_icmp();
+        let m = *f.meta();
         let l3 = usize::from(m.l3);
         let mut quote = [0u8; 60 + 8];
         let (qlen, orig_src, orig_dst) = {
@@ -161,6 +159,7 @@ pub fn process<F: Frame>(cx: &Ctx, feat: &mut Features, v: &mut Vector<F>) {
         if let Some(q) = crate::nat::icmp::quoted(d, ip_at, ic) {
             let _ = crate::nat::icmp::untranslate(ct, now, d, ip_at, ic, &q);
         }
+        let m = f.meta_mut();
         m.l3 = 14;
         m.l4 = u16::try_from(ic).unwrap_or(0);
         m.proto = 1;

@@ -6,15 +6,11 @@ use crate::pipeline::{DropReason, Frame, Next, StageId, TraceDetail};
 use crate::wire::{checksum, icmpv4, ipv4};
 
 pub fn process<F: Frame>(_cx: &Ctx, _feat: &mut Features, v: &mut Vector<F>) {
-    let (pkts, frames, meta, next, detail) = v.parts();
+    let (pkts, frames, next, detail) = v.parts();
     for &i in pkts {
         let i = usize::from(i);
-        let Some(f) = frames[i].as_mut() else {
-            continue;
-        };
-        let m = &mut meta[i];
+        let (d, m) = frames[i].data_meta_mut();
         let (l3, l4) = (usize::from(m.l3), usize::from(m.l4));
-        let d = f.data_mut();
         let is_echo = m.proto == 1 && l4 != 0 && d.get(l4) == Some(&icmpv4::kind::ECHO_REQUEST);
         if !is_echo {
             next[i] = Next::Drop(DropReason::Ip4LocalUnsupported);

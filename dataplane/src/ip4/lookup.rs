@@ -12,7 +12,7 @@ use crate::port::Role;
 use crate::wire::{ethernet, ipv4, Ipv4Addr};
 
 pub fn process<F: Frame>(cx: &Ctx, _feat: &mut Features, v: &mut Vector<F>) {
-    let (pkts, frames, meta, next, detail) = v.parts();
+    let (pkts, frames, next, detail) = v.parts();
     let Some(node) = crate::pipeline::stage::node_or_drop(cx, pkts, next) else {
         return;
     };
@@ -21,10 +21,10 @@ pub fn process<F: Frame>(cx: &Ctx, _feat: &mut Features, v: &mut Vector<F>) {
     let mut last_node_addr: Option<(u32, bool)> = None;
     for &i in pkts {
         let i = usize::from(i);
-        let Some(f) = frames[i].as_mut() else {
-            continue;
-        };
-        let m = &mut meta[i];
+        let f = &mut frames[i];
+        // A copy, written back where the stage changes it (the frame is rewritten in
+        // between).
+        let m = *f.meta();
         let l3 = usize::from(m.l3);
         let (src, dst, ttl) = {
             let ip = ipv4::Packet::new_unchecked(&f.data()[l3..]);
@@ -53,7 +53,7 @@ pub fn process<F: Frame>(cx: &Ctx, _feat: &mut Features, v: &mut Vector<F>) {
             (Role::Host, NextHop::Uplink) | (Role::Uplink, NextHop::Host)
         );
         if ttl <= 1 && !transparent {
-            m.icmp = IcmpKind::TimeExceeded;
+            f.meta_mut().set_icmp(IcmpKind::TimeExceeded);
             next[i] = Next::Stage(StageId::IcmpError);
             continue;
         }
@@ -63,16 +63,17 @@ pub fn process<F: Frame>(cx: &Ctx, _feat: &mut Features, v: &mut Vector<F>) {
                 next[i] = Next::Drop(DropReason::Ip4Malformed);
                 continue;
             }
+            let (d, m) = f.data_meta_mut();
             if m.l4 != 0 {
                 m.l4 -= m.l3 - 14;
             }
             m.l3 = 14;
-            let d = f.data_mut();
             d[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
         }
         if !transparent {
             ipv4::Packet::new_unchecked(&mut f.data_mut()[ethernet::HEADER_LEN..]).decrement_ttl();
         }
+        let m = f.meta_mut();
         next[i] = match nh {
             NextHop::Local => {
                 m.nh_ip = dst;

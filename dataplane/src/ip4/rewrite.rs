@@ -39,15 +39,13 @@ type Resolved = (Option<Hop>, Option<u16>);
 
 pub fn process<F: Frame>(cx: &Ctx, feat: &mut Features, v: &mut Vector<F>) {
     let neighbors = &feat.ip4.neighbors;
-    let (pkts, frames, meta, next, detail) = v.parts();
+    let (pkts, frames, next, detail) = v.parts();
     // Packets of a burst mostly share a next hop: look it up once per run of them.
     let mut last: Option<((u32, u16), Resolved)> = None;
     for &i in pkts {
         let i = usize::from(i);
-        let Some(f) = frames[i].as_mut() else {
-            continue;
-        };
-        let m = &meta[i];
+        let f = &mut frames[i];
+        let m = *f.meta();
         let (found, mtu) = crate::pipeline::stage::last_or(&mut last, (m.nh_ip, m.out), || {
             let found = neighbors
                 .lookup(m.nh_ip, cx.now)
@@ -80,7 +78,7 @@ pub fn process<F: Frame>(cx: &Ctx, feat: &mut Features, v: &mut Vector<F>) {
         if let Some(mtu) = mtu {
             let ip = ipv4::Packet::new_unchecked(&f.data()[ethernet::HEADER_LEN..]);
             if usize::from(ip.total_len()) > usize::from(mtu) && ip.dont_frag() {
-                meta[i].icmp = IcmpKind::FragNeeded(mtu);
+                f.meta_mut().set_icmp(IcmpKind::FragNeeded(mtu));
                 next[i] = Next::Stage(StageId::IcmpError);
                 continue;
             }

@@ -11,7 +11,7 @@ use crate::nat::frag::{FragKey, FragNat, Fragments};
 use crate::nat::icmp::{is_icmp_error, quoted, untranslate};
 use crate::pipeline::stage::Ctx;
 use crate::pipeline::stage::{Features, Vector};
-use crate::pipeline::{DropReason, Frame, Meta, Next, StageId, TraceDetail, BURST};
+use crate::pipeline::{DropReason, Frame, Next, StageId, TraceDetail, BURST};
 use crate::wire::{checksum, icmpv4, ipv4, tcp, udp, Ipv4Addr};
 
 /// This worker's share of the NAT port range.
@@ -166,19 +166,18 @@ pub(crate) fn tcp_flags(d: &[u8], l4: usize, proto: u8) -> u8 {
 pub fn prefetch_connections<F: Frame>(
     ct: &Conntrack,
     pkts: &[u8],
-    frames: &[Option<F>],
-    meta: &[Meta],
+    frames: &[F],
     tuples: &mut [Option<(Tuple, Hash)>; BURST],
 ) {
     for &i in pkts {
         let i = usize::from(i);
-        let m = &meta[i];
-        tuples[i] = match &frames[i] {
-            Some(f) if m.l4 != 0 && m.frag != crate::pipeline::FRAG_LATER => {
-                tuple_of(f.data(), usize::from(m.l3), usize::from(m.l4), m.proto)
-                    .map(|t| (t, ct.hash(&t)))
-            }
-            _ => None,
+        let f = &frames[i];
+        let m = f.meta();
+        tuples[i] = if m.l4 != 0 && m.frag != crate::pipeline::FRAG_LATER {
+            tuple_of(f.data(), usize::from(m.l3), usize::from(m.l4), m.proto)
+                .map(|t| (t, ct.hash(&t)))
+        } else {
+            None
         };
         if let Some((_, h)) = &tuples[i] {
             ct.prefetch(h);
@@ -200,20 +199,16 @@ pub fn egress<F: Frame>(cx: &Ctx, feat: &mut Features, v: &mut Vector<F>) {
         owners,
     } = &mut feat.nat;
     let (owners, now) = (*owners, cx.seconds);
-    let (pkts, frames, meta, next, detail) = v.parts();
+    let (pkts, frames, next, detail) = v.parts();
     let Some(node) = crate::pipeline::stage::node_or_drop(cx, pkts, next) else {
         return;
     };
     let mut tuples = [None; BURST];
-    prefetch_connections(ct, pkts, frames, meta, &mut tuples);
+    prefetch_connections(ct, pkts, frames, &mut tuples);
     for &i in pkts {
         let i = usize::from(i);
-        let Some(f) = frames[i].as_mut() else {
-            continue;
-        };
-        let m = &mut meta[i];
+        let (d, m) = frames[i].data_meta_mut();
         let (l3, l4) = (usize::from(m.l3), usize::from(m.l4));
-        let d = f.data_mut();
         if m.frag == crate::pipeline::FRAG_LATER {
             // A later fragment: its datagram's first fragment was translated (the
             // source became the node), or it cannot be.
@@ -372,16 +367,13 @@ pub fn reply<F: Frame>(cx: &Ctx, feat: &mut Features, v: &mut Vector<F>) {
         ..
     } = &mut feat.nat;
     let (owners, now) = (*owners, cx.seconds);
-    let (pkts, frames, meta, next, detail) = v.parts();
+    let (pkts, frames, next, detail) = v.parts();
     let services_exist = !cx.services.is_empty();
     let mut tuples = [None; BURST];
-    prefetch_connections(ct, pkts, frames, meta, &mut tuples);
+    prefetch_connections(ct, pkts, frames, &mut tuples);
     for &i in pkts {
         let i = usize::from(i);
-        let Some(f) = frames[i].as_mut() else {
-            continue;
-        };
-        let m = &mut meta[i];
+        let (d, m) = frames[i].data_meta_mut();
         let (l3, l4) = (usize::from(m.l3), usize::from(m.l4));
         // Not ours: a NodePort (lb), or the node's kernel (ip4-lookup).
         next[i] = if services_exist {
@@ -392,13 +384,12 @@ pub fn reply<F: Frame>(cx: &Ctx, feat: &mut Features, v: &mut Vector<F>) {
         if m.frag == crate::pipeline::FRAG_LATER {
             // A later fragment of a reply whose first one was restored: the same
             // destination (else it is the node kernel's).
-            let _ = frags.translate_later(f.data_mut(), l3, m.proto, cx.now_ms);
+            let _ = frags.translate_later(d, l3, m.proto, cx.now_ms);
             continue;
         }
         if m.l4 == 0 {
             continue;
         }
-        let d = f.data_mut();
         if m.proto == 1 && is_icmp_error(d[l4]) {
             // An error about one of our translated flows (a router's time exceeded, a
             // fragmentation needed): the quoted packet names the connection.

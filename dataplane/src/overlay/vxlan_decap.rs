@@ -12,16 +12,14 @@ use crate::wire::{ipv4, udp, vxlan, EtherType, Ipv4Addr};
 
 pub fn process<F: Frame>(cx: &Ctx, feat: &mut Features, v: &mut Vector<F>) {
     let tracked = feat.nat.conntrack.dnat_sources();
-    let (pkts, frames, meta, next, detail) = v.parts();
+    let (pkts, frames, next, detail) = v.parts();
     let Some(node) = crate::pipeline::stage::node_or_drop(cx, pkts, next) else {
         return;
     };
     for &i in pkts {
         let i = usize::from(i);
-        let Some(f) = frames[i].as_mut() else {
-            continue;
-        };
-        let m = &mut meta[i];
+        let f = &mut frames[i];
+        let m = *f.meta();
         let (l3, l4) = (usize::from(m.l3), usize::from(m.l4));
         let d = f.data();
         let (src, fragment) = {
@@ -63,13 +61,9 @@ pub fn process<F: Frame>(cx: &Ctx, feat: &mut Features, v: &mut Vector<F>) {
             next[i] = Next::Drop(DropReason::VxlanBadHeader);
             continue;
         }
-        let (in_port, trace) = (m.in_port, m.trace);
-        *m = Meta {
-            in_port,
-            trace,
-            ..Meta::default()
-        };
-        next[i] = match eth_input::classify(f.data(), m, RxChecksum::Unknown) {
+        let (d, m) = f.data_meta_mut();
+        *m = Meta::rx(m.in_port, m.trace);
+        next[i] = match eth_input::classify(d, m, RxChecksum::Unknown) {
             Err(_) => Next::Drop(DropReason::VxlanInnerMalformed),
             Ok(_) if m.ethertype != u16::from(EtherType::Ipv4) => {
                 Next::Drop(DropReason::VxlanInnerNotIp4)

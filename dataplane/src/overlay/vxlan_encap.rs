@@ -11,7 +11,7 @@ use crate::ip4::NeighborTable;
 use crate::pipeline::stage::flow_hash;
 use crate::pipeline::stage::Ctx;
 use crate::pipeline::stage::{Features, Vector};
-use crate::pipeline::{DropReason, Frame, IcmpKind, Meta, Next, TraceDetail};
+use crate::pipeline::{DropReason, Frame, IcmpKind, Next, TraceDetail};
 use crate::wire::{checksum, ethernet, ipv4, udp, vxlan, EtherType, IpProtocol, Ipv4Addr, MacAddr};
 
 /// Outer UDP source ports: the dynamic range RFC 7348 recommends (49152-65535).
@@ -22,7 +22,7 @@ pub fn source_port(hash: u32) -> u16 {
 
 pub fn process<F: Frame>(cx: &Ctx, feat: &mut Features, v: &mut Vector<F>) {
     let neighbors = &feat.ip4.neighbors;
-    let (pkts, frames, meta, next, detail) = v.parts();
+    let (pkts, frames, next, detail) = v.parts();
     let Some(node) = crate::pipeline::stage::node_or_drop(cx, pkts, next) else {
         return;
     };
@@ -30,16 +30,12 @@ pub fn process<F: Frame>(cx: &Ctx, feat: &mut Features, v: &mut Vector<F>) {
     let mut tpl: Option<Template> = None;
     for &i in pkts {
         let i = usize::from(i);
-        let Some(f) = frames[i].as_mut() else {
-            continue;
-        };
         next[i] = encap(
             cx,
             neighbors,
             node,
             &mut tpl,
-            f,
-            &mut meta[i],
+            &mut frames[i],
             &mut detail[i],
         );
     }
@@ -67,9 +63,9 @@ pub fn encap<F: Frame>(
     node: &NodeL3,
     tpl: &mut Option<Template>,
     f: &mut F,
-    m: &mut Meta,
     detail: &mut TraceDetail,
 ) -> Next {
+    let m = *f.meta();
     let (Some(uplink), Some(r)) = (cx.ports.uplink, cx.l3.remotes.get(usize::from(m.remote)))
     else {
         return Next::Drop(DropReason::VxlanNoUplink);
@@ -104,7 +100,8 @@ pub fn encap<F: Frame>(
     let outer_ip_len = ipv4::HEADER_LEN + udp::HEADER_LEN + vxlan::HEADER_LEN + inner_len;
     if outer_ip_len > usize::from(mtu) {
         if df {
-            m.icmp = IcmpKind::FragNeeded(mtu.saturating_sub(50));
+            f.meta_mut()
+                .set_icmp(IcmpKind::FragNeeded(mtu.saturating_sub(50)));
             return Next::Stage(crate::pipeline::StageId::IcmpError);
         }
         return Next::Fragment;
@@ -133,6 +130,7 @@ pub fn encap<F: Frame>(
     d[OUTER_UDP..OUTER_UDP + 2].copy_from_slice(&source_port(hash).to_be_bytes());
     let udp_len = ip_len.saturating_sub(20);
     d[OUTER_UDP + 4..OUTER_UDP + 6].copy_from_slice(&udp_len.to_be_bytes());
+    let m = f.meta_mut();
     m.l3 = 14;
     m.l4 = u16::try_from(OUTER_UDP).unwrap_or(0);
     m.proto = 17;

@@ -1,9 +1,15 @@
 //! What the pipeline needs from packet buffers and ports, so that it runs the same on
 //! DPDK mbufs and on plain memory (unit tests, benchmarks).
+use super::Meta;
 
 /// A packet buffer the pipeline can read and rewrite.
 pub trait Frame: Send + 'static {
     fn data(&self) -> &[u8];
+    /// The packet's metadata, which travels with it (an mbuf's private area).
+    fn meta(&self) -> &Meta;
+    fn meta_mut(&mut self) -> &mut Meta;
+    /// The bytes and the metadata at once, for a stage that rewrites the frame.
+    fn data_meta_mut(&mut self) -> (&mut [u8], &mut Meta);
     /// The first segment's length (cheaper than `data().len()` for counting bytes).
     fn data_len(&self) -> usize {
         self.data().len()
@@ -52,6 +58,18 @@ impl Frame for crate::dpdk::Mbuf {
     #[inline(always)]
     fn data(&self) -> &[u8] {
         crate::dpdk::Mbuf::data(self)
+    }
+    #[inline(always)]
+    fn meta(&self) -> &Meta {
+        self.private()
+    }
+    #[inline(always)]
+    fn meta_mut(&mut self) -> &mut Meta {
+        self.private_mut()
+    }
+    #[inline(always)]
+    fn data_meta_mut(&mut self) -> (&mut [u8], &mut Meta) {
+        self.data_and_private_mut()
     }
     #[inline(always)]
     fn data_mut(&mut self) -> &mut [u8] {

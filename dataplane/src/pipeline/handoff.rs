@@ -7,14 +7,14 @@
 use ringbuf::traits::{Consumer, Observer, Producer, Split};
 use ringbuf::{HeapCons, HeapProd, HeapRb};
 
-use super::{Meta, StageId, BURST};
+use super::{StageId, BURST};
 
-/// A packet one worker hands to the worker that owns its connection: with what the
-/// stages so far learned of it, so the owner resumes at the stage that handed it
-/// over (no second parse; a decapsulated inner frame stays one).
+/// A packet one worker hands to the worker that owns its connection. Its metadata
+/// (what the stages so far learned of it) travels in the frame, so the owner resumes
+/// at the stage that handed it over (no second parse; a decapsulated inner frame
+/// stays one).
 pub struct HandedOff<F> {
     pub frame: F,
-    pub meta: Meta,
     pub stage: StageId,
 }
 
@@ -123,7 +123,6 @@ mod tests {
     fn h(n: u32) -> HandedOff<u32> {
         HandedOff {
             frame: n,
-            meta: Meta::default(),
             stage: StageId::Lb,
         }
     }

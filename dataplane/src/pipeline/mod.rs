@@ -70,33 +70,86 @@ pub enum IcmpKind {
     PortUnreachable,
 }
 
-/// Per-packet metadata the stages share (filled by `eth-input`).
+crate::plain_struct! {
+/// Per-packet metadata the stages share (filled by `eth-input`). It travels with the
+/// frame: in an mbuf's private area (DPDK), in the frame itself in memory, so a
+/// hand-off or a parked packet carries it along and the burst keeps no side array.
+/// Plain integers only (`repr(C)`), so any bytes in the private area are a valid one.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Meta {
+    /// Trace id when this packet is traced (0 = not traced).
+    pub trace: u32,
+    /// The IPv4 next hop to resolve (host order).
+    pub nh_ip: u32,
+    /// An ICMP error to send, encoded: read and set it with [`Meta::icmp`] and
+    /// [`Meta::set_icmp`].
+    pub icmp_code: u32,
     pub in_port: u16,
     /// Offset of the L3 header.
     pub l3: u16,
     /// Offset of the L4 header (0 when none was parsed).
     pub l4: u16,
     pub ethertype: u16,
-    /// IP protocol number (0 when not IPv4).
-    pub proto: u8,
     pub vlan: u16,
     /// Bridge domain of the input port.
     pub bd: u16,
-    /// Trace id when this packet is traced (0 = not traced).
-    pub trace: u32,
-    /// The IPv4 next hop to resolve (host order).
-    pub nh_ip: u32,
     /// Output port for the next hop, or [`OUT_BRIDGE`].
     pub out: u16,
     /// Remote node index for VXLAN encapsulation.
     pub remote: u16,
-    /// Set by a stage that wants an ICMP error sent.
-    pub icmp: IcmpKind,
+    /// IP protocol number (0 when not IPv4).
+    pub proto: u8,
     /// IPv4 fragment: 0 none, [`FRAG_FIRST`] or [`FRAG_LATER`] (set by the parse).
     pub frag: u8,
+    pub pad: u16,
 }
+}
+
+impl Meta {
+    /// A received packet's metadata, before `eth-input` parsed it.
+    #[inline(always)]
+    pub fn rx(in_port: u16, trace: u32) -> Meta {
+        Meta {
+            in_port,
+            trace,
+            ..Meta::default()
+        }
+    }
+
+    /// The ICMP error a stage asked for.
+    #[inline]
+    pub fn icmp(&self) -> IcmpKind {
+        let arg = u16::try_from(self.icmp_code >> 8).unwrap_or(0);
+        match self.icmp_code & 0xff {
+            1 => IcmpKind::TimeExceeded,
+            2 => IcmpKind::FragNeeded(arg),
+            3 => IcmpKind::PortUnreachable,
+            _ => IcmpKind::None,
+        }
+    }
+
+    /// Asks for an ICMP error about this packet (`icmp-error` sends it).
+    #[inline]
+    pub fn set_icmp(&mut self, k: IcmpKind) {
+        self.icmp_code = match k {
+            IcmpKind::None => 0,
+            IcmpKind::TimeExceeded => 1,
+            IcmpKind::FragNeeded(mtu) => 2 | u32::from(mtu) << 8,
+            IcmpKind::PortUnreachable => 3,
+        };
+    }
+
+    /// The ICMP error asked for, cleared.
+    #[inline]
+    pub fn take_icmp(&mut self) -> IcmpKind {
+        let k = self.icmp();
+        self.icmp_code = 0;
+        k
+    }
+}
+
+// The private area DPDK reserves per mbuf holds one (`dpdk::mbuf::PRIV_SIZE`).
+const _: () = assert!(std::mem::size_of::<Meta>() == 32);
 
 /// `Meta::frag`: the first fragment of a datagram (it carries the L4 header).
 pub const FRAG_FIRST: u8 = 1;

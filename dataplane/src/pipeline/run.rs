@@ -120,9 +120,13 @@ fn count_fragmented(c: &WorkerCounters, t0: u64) {
 const TX_CAP: usize = 2 * BURST;
 
 pub struct Pipeline<F: Frame> {
-    slots: [Option<F>; BURST],
-    meta: [Meta; BURST],
+    /// The burst's frames, in arrival order, each with its metadata; they stay here
+    /// while the stages run (a stage only writes `next`) and leave at `finish`.
+    burst: Vec<F>,
     next: [Next; BURST],
+    /// Where each packet ended (a port, a flood, a drop, ARP, a split, another
+    /// worker) and the stage that decided: carried out at `finish`.
+    fate: [(Next, StageId); BURST],
     detail: [TraceDetail; BURST],
     queue: [[u8; BURST]; StageId::COUNT],
     queue_len: [usize; StageId::COUNT],
@@ -171,9 +175,9 @@ impl<F: Frame> Pipeline<F> {
         tracer: Tracer,
     ) -> Self {
         Pipeline {
-            slots: std::array::from_fn(|_| None),
-            meta: [Meta::default(); BURST],
+            burst: Vec::with_capacity(BURST),
             next: [Next::Drop(DropReason::EthTruncated); BURST],
+            fate: [(Next::Drop(DropReason::GraphLoop), StageId::Tx); BURST],
             detail: [TraceDetail::None; BURST],
             queue: [[0; BURST]; StageId::COUNT],
             queue_len: [0; StageId::COUNT],
@@ -379,7 +383,7 @@ impl<F: Frame> Pipeline<F> {
         }
         self.queue_len = [0; StageId::COUNT];
         self.burst_traced = false;
-        for (i, f) in rx.drain(..n).enumerate() {
+        for (i, mut f) in rx.drain(..n).enumerate() {
             let trace = self.tracer.take();
             if trace != 0 {
                 self.burst_traced = true;
@@ -392,12 +396,9 @@ impl<F: Frame> Pipeline<F> {
                     TraceDetail::Rx { port: in_port, len },
                 );
             }
-            self.slots[i] = Some(f);
-            self.meta[i] = Meta {
-                in_port,
-                trace,
-                ..Meta::default()
-            };
+            *f.meta_mut() = Meta::rx(in_port, trace);
+            self.burst.push(f);
+            self.fate[i] = (Next::Drop(DropReason::GraphLoop), StageId::Tx);
             // i < BURST (32), so it fits a u8 index.
             self.queue[StageId::EthInput.index()][i] = u8::try_from(i).unwrap_or(0);
         }
@@ -418,7 +419,7 @@ impl<F: Frame> Pipeline<F> {
             return;
         }
         let t = rdtsc();
-        for f in self.slots[..n].iter().flatten() {
+        for f in &self.burst[..n] {
             cap.take(t, in_port, f.data());
         }
     }
@@ -439,13 +440,12 @@ impl<F: Frame> Pipeline<F> {
         let t = rdtsc();
         for &i in idx {
             let i = usize::from(i);
-            let in_port = self.meta[i].in_port;
+            let f = &self.burst[i];
+            let in_port = f.meta().in_port;
             if port.is_some_and(|p| p != in_port) {
                 continue;
             }
-            if let Some(f) = self.slots[i].as_ref() {
-                cap.take(t, in_port, f.data());
-            }
+            cap.take(t, in_port, f.data());
         }
     }
 
@@ -476,7 +476,7 @@ impl<F: Frame> Pipeline<F> {
                 if self.capture.is_some() {
                     self.capture_stage(true, stage, idx);
                 }
-                self.dispatch(c, stage, idx, io);
+                self.dispatch(c, stage, idx);
             }
             if !ran {
                 break;
@@ -488,13 +488,12 @@ impl<F: Frame> Pipeline<F> {
                     for k in 0..n {
                         let i = usize::from(self.queue[q][k]);
                         c.count_drop(StageId::Tx, DropReason::GraphLoop, 1);
-                        if let Some(f) = self.slots[i].take() {
-                            self.dropped.push(f);
-                        }
+                        self.fate[i] = (Next::Drop(DropReason::GraphLoop), StageId::Tx);
                     }
                 }
             }
         }
+        self.finish(c, io);
         if !self.features.ip4.learned.is_empty() {
             self.share_learned();
             self.release(c, io);
@@ -523,8 +522,7 @@ impl<F: Frame> Pipeline<F> {
         };
         let mut v = Vector {
             pkts: idx,
-            frames: &mut self.slots,
-            meta: &mut self.meta,
+            frames: &mut self.burst,
             next: &mut self.next,
             detail: &mut self.detail,
         };
@@ -533,8 +531,8 @@ impl<F: Frame> Pipeline<F> {
 
     /// Holds a packet until its next hop answers ARP, asking for it (at most once a
     /// second per address, within a worker-wide budget of ARP requests).
-    fn park<P: PortIo<Frame = F>>(&mut self, c: &WorkerCounters, io: &mut P, i: usize, f: F) {
-        let m = self.meta[i];
+    fn park<P: PortIo<Frame = F>>(&mut self, c: &WorkerCounters, io: &mut P, f: F) {
+        let m = *f.meta();
         let same = self.pending.iter().filter(|p| p.ip == m.nh_ip).count();
         // One silent address cannot take the whole queue.
         if self.pending.len() >= PENDING_CAP || same >= PENDING_PER_HOP {
@@ -728,7 +726,7 @@ impl<F: Frame> Pipeline<F> {
                     if trace != 0 {
                         self.burst_traced = true;
                         let len = u16::try_from(h.frame.data().len()).unwrap_or(u16::MAX);
-                        let port = h.meta.in_port;
+                        let port = h.frame.meta().in_port;
                         self.tracer.record(
                             c,
                             trace,
@@ -737,8 +735,10 @@ impl<F: Frame> Pipeline<F> {
                             TraceDetail::Rx { port, len },
                         );
                     }
-                    self.slots[n] = Some(h.frame);
-                    self.meta[n] = Meta { trace, ..h.meta };
+                    let mut f = h.frame;
+                    f.meta_mut().trace = trace;
+                    self.burst.push(f);
+                    self.fate[n] = (Next::Drop(DropReason::GraphLoop), StageId::Tx);
                     let q = h.stage.index();
                     // n < BURST (32), so it fits a u8 index.
                     self.queue[q][self.queue_len[q]] = u8::try_from(n).unwrap_or(0);
@@ -811,13 +811,7 @@ impl<F: Frame> Pipeline<F> {
     }
 
     /// Fans the packets a stage decided on out to their next place.
-    fn dispatch<P: PortIo<Frame = F>>(
-        &mut self,
-        c: &WorkerCounters,
-        stage: StageId,
-        idx: &[u8],
-        io: &mut P,
-    ) {
+    fn dispatch(&mut self, c: &WorkerCounters, stage: StageId, idx: &[u8]) {
         // VPP's speculative enqueue: a stage mostly sends its whole burst on to one
         // next stage; then the index list moves in one copy.
         if let (Some(&first), false) = (idx.first(), self.burst_traced) {
@@ -840,8 +834,6 @@ impl<F: Frame> Pipeline<F> {
                 }
             }
         }
-        let t0 = rdtsc();
-        let mut to_tx = 0u64;
         for &i in idx {
             let i = usize::from(i);
             let next = self.next[i];
@@ -853,7 +845,7 @@ impl<F: Frame> Pipeline<F> {
             if let Ok(to) = stage.edge(next) {
                 super::registry::seen::record(stage, to);
             }
-            let trace = self.meta[i].trace;
+            let trace = self.burst[i].meta().trace;
             if trace != 0 {
                 let d = std::mem::replace(&mut self.detail[i], TraceDetail::None);
                 self.tracer.record(c, trace, stage, next, d);
@@ -867,51 +859,52 @@ impl<F: Frame> Pipeline<F> {
                 }
                 Next::Drop(r) => {
                     c.count_drop(stage, r, 1);
-                    if let Some(f) = self.slots[i].take() {
-                        self.dropped.push(f);
-                    }
+                    self.fate[i] = (next, stage);
                 }
+                _ => self.fate[i] = (next, stage),
+            }
+        }
+    }
+
+    /// Carries out where each packet of the burst ended, in arrival order (so a
+    /// flow's packets leave in the order they came): queued for its port, flooded,
+    /// parked for ARP, split, handed to its owner, or freed.
+    fn finish<P: PortIo<Frame = F>>(&mut self, c: &WorkerCounters, io: &mut P) {
+        let t0 = rdtsc();
+        let mut to_tx = 0u64;
+        // Taken out for the loop (the outputs borrow the pipeline) and put back: the
+        // vector keeps its capacity, no allocation.
+        let mut burst = std::mem::take(&mut self.burst);
+        for (i, f) in burst.drain(..).enumerate() {
+            let (next, stage) = self.fate[i];
+            match next {
                 Next::Port(p) => {
                     to_tx += 1;
-                    if let Some(f) = self.slots[i].take() {
-                        self.output(c, io, p, f, trace);
-                    }
+                    let trace = f.meta().trace;
+                    self.output(c, io, p, f, trace);
                 }
                 Next::Flood => {
                     to_tx += 1;
-                    if let Some(f) = self.slots[i].take() {
-                        self.flood(c, io, i, f);
-                    }
+                    self.flood(c, io, f);
                 }
-                Next::Resolve => {
-                    if let Some(f) = self.slots[i].take() {
-                        self.park(c, io, i, f);
-                    }
-                }
-                Next::Fragment => {
-                    if let Some(f) = self.slots[i].take() {
-                        self.fragment_encap(c, io, i, f);
-                    }
-                }
+                Next::Resolve => self.park(c, io, f),
+                Next::Fragment => self.fragment_encap(c, io, f),
                 Next::Handoff(w) => {
-                    if let Some(f) = self.slots[i].take() {
-                        let h = HandedOff {
-                            frame: f,
-                            meta: self.meta[i],
-                            stage,
-                        };
-                        let refused = match self.handoff.as_mut() {
-                            Some(ends) => ends.stage(w, h).err(),
-                            None => Some(h),
-                        };
-                        if let Some(h) = refused {
-                            c.count_drop(stage, DropReason::HandoffFull, 1);
-                            self.dropped.push(h.frame);
-                        }
+                    let h = HandedOff { frame: f, stage };
+                    let refused = match self.handoff.as_mut() {
+                        Some(ends) => ends.stage(w, h).err(),
+                        None => Some(h),
+                    };
+                    if let Some(h) = refused {
+                        c.count_drop(stage, DropReason::HandoffFull, 1);
+                        self.dropped.push(h.frame);
                     }
                 }
+                // Counted where decided.
+                Next::Drop(_) | Next::Stage(_) => self.dropped.push(f),
             }
         }
+        self.burst = burst;
         if to_tx > 0 {
             let sc = &c.stages[StageId::Tx.index()];
             add(&sc.packets, to_tx);
@@ -1032,13 +1025,7 @@ impl<F: Frame> Pipeline<F> {
     /// clear. Its pieces are each encapsulated by vxlan-encap's per-packet work and
     /// sent (or parked for ARP) as the stage would.
     #[cold]
-    fn fragment_encap<P: PortIo<Frame = F>>(
-        &mut self,
-        c: &WorkerCounters,
-        io: &mut P,
-        i: usize,
-        f: F,
-    ) {
+    fn fragment_encap<P: PortIo<Frame = F>>(&mut self, c: &WorkerCounters, io: &mut P, f: F) {
         let t0 = rdtsc();
         let (ports, l3, services) = (
             Arc::clone(&self.ports),
@@ -1055,6 +1042,7 @@ impl<F: Frame> Pipeline<F> {
             counters: c,
         };
         let mtu = vxlan_encap::inner_mtu(&cx);
+        let m0 = *f.meta();
         let plan = ip4_fragment::Plan::new(&f.data()[ethernet::HEADER_LEN..], mtu);
         let mut pieces = std::mem::take(&mut self.frag_out);
         let split = match plan {
@@ -1073,7 +1061,6 @@ impl<F: Frame> Pipeline<F> {
             Ok(()) => {
                 let n = pieces.len();
                 add(&c.replicated, n as u64 - 1);
-                let m0 = self.meta[i];
                 if m0.trace != 0 {
                     self.tracer.record(
                         c,
@@ -1091,7 +1078,7 @@ impl<F: Frame> Pipeline<F> {
                 let node = l3.node.as_ref();
                 let mut tpl = None;
                 for mut g in pieces.drain(..) {
-                    let mut m = Meta { trace: 0, ..m0 };
+                    *g.meta_mut() = Meta { trace: 0, ..m0 };
                     let next = match node {
                         Some(node) => {
                             let mut d = TraceDetail::None;
@@ -1101,7 +1088,6 @@ impl<F: Frame> Pipeline<F> {
                                 node,
                                 &mut tpl,
                                 &mut g,
-                                &mut m,
                                 &mut d,
                             )
                         }
@@ -1109,10 +1095,7 @@ impl<F: Frame> Pipeline<F> {
                     };
                     match next {
                         Next::Port(p) => self.queue_tx(c, io, p, g),
-                        Next::Resolve => {
-                            self.meta[i] = m;
-                            self.park(c, io, i, g);
-                        }
+                        Next::Resolve => self.park(c, io, g),
                         Next::Drop(r) => {
                             c.count_drop(StageId::VxlanEncap, r, 1);
                             self.dropped.push(g);
@@ -1136,8 +1119,8 @@ impl<F: Frame> Pipeline<F> {
     /// Copies a frame to every other port of its bridge domain; the original goes to
     /// the last one. Every copy attempted counts as replicated, so a copy that finds no
     /// buffer (counted `tx-no-buffer`) keeps rx + replicated = tx + dropped.
-    fn flood<P: PortIo<Frame = F>>(&mut self, c: &WorkerCounters, io: &mut P, i: usize, f: F) {
-        let m = self.meta[i];
+    fn flood<P: PortIo<Frame = F>>(&mut self, c: &WorkerCounters, io: &mut P, f: F) {
+        let m = *f.meta();
         let mut targets = [0u16; MAX_PORTS];
         let mut n = 0;
         if let Some(bd) = self.ports.bridge(m.bd) {

@@ -5,7 +5,7 @@
 //! declares (`pipeline/registry.rs`); it never frees or sends packets itself.
 use crate::ip4::l3::NodeL3;
 use crate::ip4::L3;
-use crate::pipeline::{DropReason, Frame, Meta, Next, TraceDetail, WorkerCounters};
+use crate::pipeline::{DropReason, Frame, Next, TraceDetail, WorkerCounters};
 use crate::port::PortMap;
 use crate::services::table::ServiceTable;
 
@@ -24,33 +24,22 @@ pub struct Ctx<'a> {
 }
 
 /// The packets queued for a stage (`pkts`, indices into the burst) and the burst's
-/// per-packet arrays: the frames, their metadata, the decisions the stage writes,
-/// and trace details.
+/// per-packet arrays: the frames (each with its metadata, `Frame::meta`), the
+/// decisions the stage writes, and trace details.
 pub struct Vector<'a, F> {
     pub pkts: &'a [u8],
-    pub frames: &'a mut [Option<F>],
-    pub meta: &'a mut [Meta],
+    pub frames: &'a mut [F],
     pub next: &'a mut [Next],
     pub detail: &'a mut [TraceDetail],
 }
 
 impl<'a, F> Vector<'a, F> {
     /// The parts, for a stage body that indexes them.
-    #[allow(clippy::type_complexity)]
     #[inline(always)]
-    pub fn parts(
-        &mut self,
-    ) -> (
-        &'a [u8],
-        &mut [Option<F>],
-        &mut [Meta],
-        &mut [Next],
-        &mut [TraceDetail],
-    ) {
+    pub fn parts(&mut self) -> (&'a [u8], &mut [F], &mut [Next], &mut [TraceDetail]) {
         (
             self.pkts,
             &mut *self.frames,
-            &mut *self.meta,
             &mut *self.next,
             &mut *self.detail,
         )
@@ -190,16 +179,16 @@ pub fn run_alone(
     stage: super::StageId,
     cx: &Ctx,
     feat: &mut Features,
-    frames: Vec<(Vec<u8>, Meta)>,
+    frames: Vec<(Vec<u8>, super::Meta)>,
 ) -> Vec<Next> {
     use crate::port::MemFrame;
     let n = frames.len();
     assert!(n <= super::BURST);
-    let mut slots: Vec<Option<MemFrame>> = Vec::with_capacity(n);
-    let mut meta = Vec::with_capacity(n);
+    let mut slots: Vec<MemFrame> = Vec::with_capacity(n);
     for (d, m) in frames {
-        slots.push(Some(MemFrame::from_bytes(&d)));
-        meta.push(m);
+        let mut f = MemFrame::from_bytes(&d);
+        *f.meta_mut() = m;
+        slots.push(f);
     }
     let pkts: Vec<u8> = (0..u8::try_from(n).unwrap_or(0)).collect();
     let mut next = vec![Next::Drop(DropReason::GraphLoop); n];
@@ -207,7 +196,6 @@ pub fn run_alone(
     let mut v = Vector {
         pkts: &pkts,
         frames: &mut slots,
-        meta: &mut meta,
         next: &mut next,
         detail: &mut detail,
     };

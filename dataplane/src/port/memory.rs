@@ -2,67 +2,88 @@
 //! it in unit tests and benchmarks exactly as it runs on mbufs.
 use std::collections::VecDeque;
 
-use crate::pipeline::{Frame, PortIo, MAX_PORTS};
+use crate::pipeline::{Frame, Meta, PortIo, MAX_PORTS};
 
 /// Headroom kept in front of a frame (as an mbuf has), for encapsulation.
 pub const HEADROOM: usize = 128;
 pub const BUF_SIZE: usize = 2048 + HEADROOM;
 
-/// A frame in a heap buffer with headroom.
-pub struct MemFrame {
-    buf: Box<[u8]>,
+/// A frame in a heap buffer with headroom. Shaped like an mbuf: a pointer to a
+/// header (offsets, the metadata an mbuf keeps in its private area) that points to
+/// the bytes, so moving a frame moves one pointer, as on DPDK.
+pub struct MemFrame(Box<MemBuf>);
+
+struct MemBuf {
     start: usize,
     len: usize,
+    meta: Meta,
+    buf: Box<[u8]>,
 }
 
 impl MemFrame {
     pub fn from_bytes(data: &[u8]) -> MemFrame {
         let mut buf = vec![0u8; BUF_SIZE.max(HEADROOM + data.len())].into_boxed_slice();
         buf[HEADROOM..HEADROOM + data.len()].copy_from_slice(data);
-        MemFrame {
+        MemFrame(Box::new(MemBuf {
             buf,
             start: HEADROOM,
             len: data.len(),
-        }
+            meta: Meta::default(),
+        }))
     }
 }
 
 impl Frame for MemFrame {
     #[inline]
     fn data(&self) -> &[u8] {
-        &self.buf[self.start..self.start + self.len]
+        &self.0.buf[self.0.start..self.0.start + self.0.len]
+    }
+    #[inline]
+    fn meta(&self) -> &Meta {
+        &self.0.meta
+    }
+    #[inline]
+    fn meta_mut(&mut self) -> &mut Meta {
+        &mut self.0.meta
+    }
+    #[inline]
+    fn data_meta_mut(&mut self) -> (&mut [u8], &mut Meta) {
+        (
+            &mut self.0.buf[self.0.start..self.0.start + self.0.len],
+            &mut self.0.meta,
+        )
     }
     #[inline]
     fn data_len(&self) -> usize {
-        self.len
+        self.0.len
     }
     fn data_mut(&mut self) -> &mut [u8] {
-        &mut self.buf[self.start..self.start + self.len]
+        &mut self.0.buf[self.0.start..self.0.start + self.0.len]
     }
     fn is_contiguous(&self) -> bool {
         true
     }
     fn prepend(&mut self, n: usize) -> bool {
-        if n > self.start {
+        if n > self.0.start {
             return false;
         }
-        self.start -= n;
-        self.len += n;
+        self.0.start -= n;
+        self.0.len += n;
         true
     }
     fn strip(&mut self, n: usize) -> bool {
-        if n > self.len {
+        if n > self.0.len {
             return false;
         }
-        self.start += n;
-        self.len -= n;
+        self.0.start += n;
+        self.0.len -= n;
         true
     }
     fn set_len(&mut self, len: usize) -> bool {
-        if self.start + len > self.buf.len() {
+        if self.0.start + len > self.0.buf.len() {
             return false;
         }
-        self.len = len;
+        self.0.len = len;
         true
     }
 }
@@ -123,10 +144,10 @@ impl MemIo {
 
     fn frame(&mut self, data: &[u8]) -> MemFrame {
         match self.recycled.pop() {
-            Some(mut f) if f.buf.len() >= HEADROOM + data.len() => {
-                f.start = HEADROOM;
-                f.len = data.len();
-                f.buf[HEADROOM..HEADROOM + data.len()].copy_from_slice(data);
+            Some(mut f) if f.0.buf.len() >= HEADROOM + data.len() => {
+                f.0.start = HEADROOM;
+                f.0.len = data.len();
+                f.0.buf[HEADROOM..HEADROOM + data.len()].copy_from_slice(data);
                 f
             }
             _ => MemFrame::from_bytes(data),

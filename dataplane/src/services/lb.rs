@@ -186,20 +186,18 @@ pub fn process<F: Frame>(cx: &Ctx, feat: &mut Features, v: &mut Vector<F>) {
         affinity,
         frag_scratch: scratch,
     } = &mut feat.services;
-    let (pkts, frames, meta, next, detail) = v.parts();
+    let (pkts, frames, next, detail) = v.parts();
     let FragScratch { firsts, laters } = scratch;
     let (mut n_firsts, mut n_laters) = (0, 0);
     let mut tuples = [None; crate::pipeline::BURST];
-    crate::nat::snat::prefetch_connections(ct, pkts, frames, meta, &mut tuples);
+    crate::nat::snat::prefetch_connections(ct, pkts, frames, &mut tuples);
     for &i in pkts {
         let i = usize::from(i);
-        let Some(f) = frames[i].as_mut() else {
-            continue;
-        };
-        let m = &mut meta[i];
+        let f = &mut frames[i];
+        let m = *f.meta();
         let (l3, l4) = (usize::from(m.l3), usize::from(m.l4));
         let d = f.data_mut();
-        next[i] = onward(cx, m, d);
+        next[i] = onward(cx, &m, d);
         if m.frag == crate::pipeline::FRAG_LATER {
             // A later fragment: after the loop, when this vector's first fragments
             // have been remembered (both may arrive in one burst).
@@ -271,7 +269,7 @@ pub fn process<F: Frame>(cx: &Ctx, feat: &mut Features, v: &mut Vector<F>) {
         if m.proto != 6 && m.proto != 17 {
             let dst = u32::from_be_bytes([d[l3 + 16], d[l3 + 17], d[l3 + 18], d[l3 + 19]]);
             if let Some(dst) = in_range(dst) {
-                next[i] = not_a_service(services, f, m, dst);
+                next[i] = not_a_service(services, f, dst);
             }
             continue;
         }
@@ -426,7 +424,7 @@ pub fn process<F: Frame>(cx: &Ctx, feat: &mut Features, v: &mut Vector<F>) {
                     d,
                     l3,
                     l4,
-                    m,
+                    &m,
                     detail.get_mut(i),
                 )
             };
@@ -437,7 +435,7 @@ pub fn process<F: Frame>(cx: &Ctx, feat: &mut Features, v: &mut Vector<F>) {
             .or(from_pod_external)
         else {
             if let Some(dst) = in_range(t.dst) {
-                next[i] = not_a_service(services, f, m, dst);
+                next[i] = not_a_service(services, f, dst);
             }
             continue;
         };
@@ -474,7 +472,7 @@ pub fn process<F: Frame>(cx: &Ctx, feat: &mut Features, v: &mut Vector<F>) {
                 continue;
             }
             // No endpoint: refuse now rather than let the client time out.
-            next[i] = refuse(f, m, DropReason::LbNoEndpoint);
+            next[i] = refuse(f, DropReason::LbNoEndpoint);
             continue;
         };
         if ep.ip == t.src {
@@ -530,10 +528,11 @@ pub fn process<F: Frame>(cx: &Ctx, feat: &mut Features, v: &mut Vector<F>) {
     }
     for &(i, key) in &firsts[..n_firsts] {
         let i = usize::from(i);
-        let (Some(f), Next::Stage(_)) = (frames[i].as_ref(), next[i]) else {
+        let Next::Stage(_) = next[i] else {
             continue;
         };
-        let now = Fragments::key_of(f.data(), usize::from(meta[i].l3), key.proto);
+        let f = &frames[i];
+        let now = Fragments::key_of(f.data(), usize::from(f.meta().l3), key.proto);
         // Translated (not a refusal, which swaps the addresses back to the sender).
         let swapped = (now.src, now.dst) == (key.dst, key.src);
         if (now.src, now.dst) != (key.src, key.dst) && !swapped {
@@ -547,10 +546,8 @@ pub fn process<F: Frame>(cx: &Ctx, feat: &mut Features, v: &mut Vector<F>) {
     // Later fragments: the first one's translation, if it had one.
     for &i in &laters[..n_laters] {
         let i = usize::from(i);
-        let Some(f) = frames[i].as_mut() else {
-            continue;
-        };
-        let m = &meta[i];
+        let f = &mut frames[i];
+        let m = *f.meta();
         let l3 = usize::from(m.l3);
         match frags.translate_later(f.data_mut(), l3, m.proto, cx.now_ms) {
             Some((key, nat)) if nat.dst != key.dst => next[i] = Next::Stage(StageId::Ip4Lookup),
@@ -593,10 +590,11 @@ impl Default for FragScratch {
 /// becomes the reset that answers it, anything else an ICMP port unreachable (built
 /// by `icmp-error`, from the address it was sent to). `why` when no reset can be
 /// made (a segment that is itself a reset, IP options).
-fn refuse<F: Frame>(f: &mut F, m: &mut Meta, why: DropReason) -> Next {
+fn refuse<F: Frame>(f: &mut F, why: DropReason) -> Next {
+    let m = *f.meta();
     let (l3, l4) = (usize::from(m.l3), usize::from(m.l4));
     if m.proto != 6 {
-        m.icmp = IcmpKind::PortUnreachable;
+        f.meta_mut().set_icmp(IcmpKind::PortUnreachable);
         return Next::Stage(StageId::IcmpError);
     }
     let d = f.data_mut();
@@ -612,9 +610,9 @@ fn refuse<F: Frame>(f: &mut F, m: &mut Meta, why: DropReason) -> Next {
 /// (or protocol) none of its ServicePorts defines, refused (kube-proxy's "reject
 /// traffic to invalid ports of ClusterIPs"); to an address that is no ClusterIP,
 /// dropped without an answer ("drop traffic to unallocated ClusterIPs").
-fn not_a_service<F: Frame>(services: &ServiceTable, f: &mut F, m: &mut Meta, dst: u32) -> Next {
+fn not_a_service<F: Frame>(services: &ServiceTable, f: &mut F, dst: u32) -> Next {
     if services.has_vip(dst) {
-        refuse(f, m, DropReason::LbNoServicePort)
+        refuse(f, DropReason::LbNoServicePort)
     } else {
         Next::Drop(DropReason::LbUnallocatedClusterIp)
     }
