@@ -5,6 +5,8 @@
 //! responder, learning and the packets held for resolution) with its neighbour table
 //! (`neighbor.rs`).
 pub mod arp;
+#[cfg(test)]
+mod contract;
 pub mod fragment;
 pub mod icmp_error;
 pub mod l3;

@@ -3,6 +3,8 @@
 //! `snat-reply`: `snat.rs`, with the NAT port slices), ICMP errors about translated
 //! connections (`icmp.rs`), and the translations of fragmented datagrams (`frag.rs`).
 pub mod conntrack;
+#[cfg(test)]
+mod contract;
 pub mod frag;
 pub mod icmp;
 pub mod snat;

@@ -2,6 +2,8 @@
 //! endpoint selection (`maglev.rs`), the `lb` stage (`lb.rs`: DNAT of ClusterIPs,
 //! NodePorts, external and LoadBalancer IPs, session affinity, replies restored), and
 //! the prefilter that lets traffic of no Service skip `lb` (`prefilter.rs`).
+#[cfg(test)]
+mod contract;
 pub mod lb;
 pub mod maglev;
 pub mod prefilter;

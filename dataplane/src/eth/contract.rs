@@ -1,0 +1,256 @@
+//! The contract tests of eth-input, grout's way: each of the stage's next stages and
+//! drop reasons, checked on crafted frames run through the stage alone.
+use crate::ip4::L3;
+use crate::pipeline::stage::{run_alone, Ctx, Features};
+use crate::pipeline::{DropReason, Meta, Next, StageId, WorkerCounters};
+use crate::port::{PortEntry, PortMap};
+use crate::services::ServiceTable;
+use crate::wire::ipv4;
+use podpath_proto::{EndpointSpec, NodeSpec, RemoteSpec, ServiceSpec};
+
+const POD_A: [u8; 6] = [0x0a, 0x58, 0x0a, 0xf4, 0, 2];
+const POD_B: [u8; 6] = [0x0a, 0x58, 0x0a, 0xf4, 0, 3];
+
+/// Ethernet + IPv4 (header checksum filled) from POD_A's MAC, carrying `l4`.
+fn ip4(dst_mac: [u8; 6], src: [u8; 4], dst: [u8; 4], proto: u8, l4: &[u8]) -> Vec<u8> {
+    let mut f = vec![0u8; 34];
+    f[0..6].copy_from_slice(&dst_mac);
+    f[6..12].copy_from_slice(&POD_A);
+    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    let total = u16::try_from(20 + l4.len()).unwrap();
+    f[14] = 0x45;
+    f[16..18].copy_from_slice(&total.to_be_bytes());
+    f[22] = 64;
+    f[23] = proto;
+    f[26..30].copy_from_slice(&src);
+    f[30..34].copy_from_slice(&dst);
+    f.extend_from_slice(l4);
+    ipv4::Packet::new_unchecked(&mut f[14..]).fill_checksum();
+    f
+}
+
+fn tcp(sport: u16, dport: u16) -> Vec<u8> {
+    let mut t = vec![0u8; 20];
+    t[0..2].copy_from_slice(&sport.to_be_bytes());
+    t[2..4].copy_from_slice(&dport.to_be_bytes());
+    t[12] = 0x50;
+    t[13] = 0x02; // SYN
+    t
+}
+
+fn udp(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut u = vec![0u8; 8];
+    u[0..2].copy_from_slice(&sport.to_be_bytes());
+    u[2..4].copy_from_slice(&dport.to_be_bytes());
+    u[4..6].copy_from_slice(&u16::try_from(8 + payload.len()).unwrap().to_be_bytes());
+    u.extend_from_slice(payload);
+    u
+}
+
+/// Refills the IPv4 header checksum after an edit.
+fn refill(mut f: Vec<u8>) -> Vec<u8> {
+    ipv4::Packet::new_unchecked(&mut f[14..]).fill_checksum();
+    f
+}
+
+fn on(port: u16) -> Meta {
+    Meta {
+        in_port: port,
+        ..Meta::default()
+    }
+}
+
+fn node() -> NodeSpec {
+    NodeSpec {
+        node_ip: "192.168.77.11".into(),
+        underlay_cidr: "192.168.77.0/24".into(),
+        underlay_gateway: None,
+        pod_cidr: "10.244.0.0/24".into(),
+        cluster_cidr: "10.244.0.0/16".into(),
+        bridge: 1,
+        uplink: "uplink".into(),
+        host: Some("host".into()),
+        vni: 1,
+        vxlan_port: 4789,
+        service_cidr: Some("10.96.0.0/12".into()),
+    }
+}
+
+#[test]
+fn eth_input_sends_each_kind_of_frame_to_its_declared_next() {
+    let remote = RemoteSpec {
+        name: "node2".into(),
+        node_ip: "192.168.77.12".into(),
+        vtep_mac: "0a:58:0a:f4:01:01".into(),
+        pod_cidr: "10.244.1.0/24".into(),
+    };
+    let l3 = L3::build(&node(), &[remote]).unwrap();
+    let router = l3.node.as_ref().unwrap().router_mac.0;
+    let port = |id: u16, name: &str, bd: Option<u16>| PortEntry {
+        id,
+        name: name.into(),
+        bd,
+        mac: crate::wire::MacAddr([2, 0, 0, 0, 0, u8::try_from(id).unwrap()]),
+        rx_queues: 1,
+        mtu: 1500,
+    };
+    let ports = PortMap::build(
+        vec![
+            port(0, "uplink", None),
+            port(1, "host", None),
+            port(2, "pod-a", Some(1)),
+            port(3, "pod-b", Some(1)),
+        ],
+        1,
+    )
+    .with_roles(Some("uplink"), Some("host"));
+    let (services, counters) = (ServiceTable::default(), WorkerCounters::default());
+    let mut feat = Features::for_tests();
+    let cx = Ctx {
+        ports: &ports,
+        l3: &l3,
+        services: &services,
+        now: 1,
+        now_ms: 0,
+        seconds: 0,
+        counters: &counters,
+    };
+    let (pod, node_ip) = ([10, 244, 0, 2], [192, 168, 77, 11]);
+    let arp = crate::ip4::arp::request(crate::wire::MacAddr(POD_A), 0x0af4_0002, 0x0af4_0001);
+    let udp_to = |dst: [u8; 4]| ip4(router, pod, dst, 17, &udp(5000, 53, b"hello"));
+    let tcp_to = |dst_mac: [u8; 6], dst: [u8; 4]| ip4(dst_mac, pod, dst, 6, &tcp(41000, 80));
+    let uplink = |src: [u8; 4], dst: [u8; 4], proto: u8, l4: &[u8]| {
+        (ip4([2, 0, 0, 0, 0, 0], src, dst, proto, l4), on(0))
+    };
+    let ipv6 = {
+        let mut v = vec![0x33, 0x33, 0, 0, 0, 1, 0x0a, 0x58, 0, 0, 0, 2, 0x86, 0xdd];
+        v.extend_from_slice(&[0x60; 40]);
+        v
+    };
+    // Malformed frames, each as eth-input's own tests make them.
+    let vlan_cut = {
+        let mut v = udp_to([8, 8, 8, 8])[..12].to_vec();
+        v.extend_from_slice(&[0x81, 0x00, 0x00, 0x07]); // a tag, then nothing
+        v
+    };
+    let mut arp_hw6 = arp.to_vec();
+    arp_hw6[15] = 6; // hardware type 6
+    let mut version3 = udp_to([8, 8, 8, 8]);
+    version3[14] = 0x35;
+    let mut bad_sum = udp_to([8, 8, 8, 8]);
+    bad_sum[24] ^= 0xff;
+    // A 24-byte header whose option claims 9 bytes.
+    let mut bad_options = udp_to([8, 8, 8, 8]);
+    bad_options.splice(34..34, [148u8, 9, 0, 0]);
+    bad_options[14] = 0x46;
+    let total = u16::try_from(bad_options.len() - 14).unwrap();
+    bad_options[16..18].copy_from_slice(&total.to_be_bytes());
+    let mut offset3 = tcp(41000, 80);
+    offset3[12] = 0x30;
+    let routed = |proto: u8, l4: &[u8]| (ip4(router, pod, [8, 8, 8, 8], proto, l4), on(2));
+    let (mut udp_long, mut udp_short) = (udp(5000, 53, b"hello"), udp(5000, 53, b"hello"));
+    udp_long[4..6].copy_from_slice(&400u16.to_be_bytes());
+    udp_short[4..6].copy_from_slice(&4u16.to_be_bytes());
+    let got = run_alone(
+        StageId::EthInput,
+        &cx,
+        &mut feat,
+        vec![
+            // Pod port: ARP, routed, into the Service range, to another pod.
+            (arp.to_vec(), on(2)),
+            (udp_to([8, 8, 8, 8]), on(2)),
+            (tcp_to(router, [10, 96, 0, 10]), on(2)),
+            (tcp_to(POD_B, [10, 244, 0, 3]), on(2)),
+            // Uplink: VXLAN to the node, other traffic to the node, to someone else.
+            uplink([192, 168, 77, 12], node_ip, 17, &udp(50000, 4789, &[0; 8])),
+            uplink([203, 0, 113, 10], node_ip, 6, &tcp(443, 32768)),
+            uplink([203, 0, 113, 10], [192, 168, 77, 50], 6, &tcp(443, 80)),
+            // Host port: IPv6.
+            (ipv6.clone(), on(1)),
+            // Malformed, on the pod port.
+            (udp_to([8, 8, 8, 8])[..10].to_vec(), on(2)),
+            (vlan_cut, on(2)),
+            (arp[..30].to_vec(), on(2)),
+            (arp_hw6, on(2)),
+            (udp_to([8, 8, 8, 8])[..30].to_vec(), on(2)),
+            (refill(version3), on(2)),
+            (bad_sum, on(2)),
+            (refill(bad_options), on(2)),
+            routed(6, &tcp(41000, 80)[..10]), // half a TCP header
+            routed(6, &offset3),
+            routed(17, &udp_long),
+            routed(17, &udp_short),
+            routed(1, &[8, 0, 0, 0]), // half an ICMP header
+        ],
+    );
+    assert_eq!(
+        got,
+        [
+            Next::Stage(StageId::Arp),
+            Next::Stage(StageId::Ip4Lookup),
+            Next::Stage(StageId::Lb),
+            Next::Stage(StageId::Bridge),
+            Next::Stage(StageId::VxlanDecap),
+            Next::Stage(StageId::SnatReply),
+            Next::Drop(DropReason::UplinkNotForUs),
+            Next::Drop(DropReason::HostNotIp4),
+            Next::Drop(DropReason::EthTruncated),
+            Next::Drop(DropReason::VlanMalformed),
+            Next::Drop(DropReason::ArpTruncated),
+            Next::Drop(DropReason::ArpMalformed),
+            Next::Drop(DropReason::Ip4Truncated),
+            Next::Drop(DropReason::Ip4Malformed),
+            Next::Drop(DropReason::Ip4BadChecksum),
+            Next::Drop(DropReason::Ip4BadOptions),
+            Next::Drop(DropReason::TcpTruncated),
+            Next::Drop(DropReason::TcpBadOffset),
+            Next::Drop(DropReason::UdpTruncated),
+            Next::Drop(DropReason::UdpBadLength),
+            Next::Drop(DropReason::IcmpTruncated),
+        ]
+    );
+
+    // With Services: an external IP routed to the node from the uplink, and an
+    // endpoint's reply bridged to a client on its own subnet, both pass lb.
+    let web = ServiceSpec {
+        external_ips: vec!["198.51.100.50".into()],
+        ..ServiceSpec::new(
+            "default/web",
+            "10.96.0.10",
+            80,
+            "tcp",
+            vec![EndpointSpec::ready("10.244.0.3", 8080)],
+        )
+    };
+    let services = ServiceTable::build(&[web], None).unwrap();
+    let reply = ip4(POD_A, [10, 244, 0, 3], pod, 6, &tcp(8080, 41000));
+    let with = Ctx {
+        services: &services,
+        ..cx
+    };
+    let got = run_alone(
+        StageId::EthInput,
+        &with,
+        &mut feat,
+        vec![
+            uplink([203, 0, 113, 10], [198, 51, 100, 50], 6, &tcp(6000, 80)),
+            (reply, on(3)),
+        ],
+    );
+    assert_eq!(got, [Next::Stage(StageId::Lb), Next::Stage(StageId::Lb)]);
+
+    // Without a node identity the dataplane is a plain bridge.
+    let none = L3::empty();
+    let bare = Ctx { l3: &none, ..cx };
+    let got = run_alone(
+        StageId::EthInput,
+        &bare,
+        &mut feat,
+        vec![(udp_to([8, 8, 8, 8]), on(2)), (ipv6, on(1))],
+    );
+    assert_eq!(
+        got,
+        [Next::Stage(StageId::Bridge), Next::Stage(StageId::Bridge)]
+    );
+    // Not produced here: eth-chained (a MemFrame is one contiguous buffer).
+}
