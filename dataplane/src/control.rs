@@ -22,7 +22,7 @@ use ringbuf::traits::Consumer;
 use ringbuf::HeapCons;
 
 use crate::config::validate_port;
-use crate::dpdk::{self, netns, EthPort, Mempool, PortSetup};
+use crate::dpdk::{self, netns, EthPort, Grant, Mempool, PortSetup};
 use crate::ip4::L3;
 use crate::pipeline::counters::get;
 use crate::pipeline::ConntrackConfig;
@@ -38,7 +38,7 @@ use crate::worker::{Retired, WorkerMsg};
 pub struct WorkerHandle {
     pub id: u16,
     pub lcore: u32,
-    pub tx: Sender<WorkerMsg>,
+    pub tx: Sender<WorkerMsg<Grant>>,
     pub counters: Arc<WorkerCounters>,
     pub trace: HeapCons<TraceRecord>,
 }
@@ -714,11 +714,33 @@ impl Control {
         Arc::new(PortMap::build(entries, workers).with_roles(uplink, host))
     }
 
+    /// The queue tokens worker `w` uses with `map`: the rx queues the map gives it,
+    /// and its own tx queue (its index) on every port of the map.
+    fn grant(&self, map: &PortMap, w: usize) -> Grant {
+        let attached = |p: u16| self.ports.iter().find(|a| a.port.id() == p);
+        let rx = map
+            .rx_of(w)
+            .iter()
+            .filter_map(|&(p, q)| attached(p)?.port.rx_queue(q))
+            .collect();
+        let tx = u16::try_from(w).map_or_else(
+            |_| Vec::new(),
+            |q| {
+                self.ports
+                    .iter()
+                    .filter(|a| map.port(a.port.id()).is_some())
+                    .filter_map(|a| a.port.tx_queue(q))
+                    .collect()
+            },
+        );
+        Grant { rx, tx }
+    }
+
     /// Asks every worker for a copy of something it owns (MAC, neighbour, connection
     /// tables) and collects the answers, giving each `wait` to reply.
     fn gather<T>(
         &self,
-        ask: impl Fn(Sender<Vec<T>>) -> WorkerMsg,
+        ask: impl Fn(Sender<Vec<T>>) -> WorkerMsg<Grant>,
         wait: Duration,
     ) -> Result<Vec<Vec<T>>, ErrorReply> {
         let mut all = Vec::with_capacity(self.workers.len());
@@ -742,7 +764,7 @@ impl Control {
 
     /// Sends a message to a worker, waiting at most a second: a stuck worker must
     /// not hang the control thread. False when the worker did not take it.
-    fn tell(w: &WorkerHandle, msg: WorkerMsg) -> bool {
+    fn tell(w: &WorkerHandle, msg: WorkerMsg<Grant>) -> bool {
         w.tx.send_timeout(msg, Duration::from_secs(1)).is_ok()
     }
 
@@ -753,6 +775,14 @@ impl Control {
     fn publish(&mut self, next: Snapshot) -> Result<u64, ErrorReply> {
         self.gen += 1;
         let gen = self.gen;
+        if !Arc::ptr_eq(&next.ports, &self.snap.ports) {
+            // Each worker's queue tokens for the new map, ahead of it: a port leaves
+            // a worker's hands with its old grant, so it can be stopped once every
+            // worker acknowledged.
+            for (k, w) in self.workers.iter().enumerate() {
+                let _ = Self::tell(w, WorkerMsg::Queues(self.grant(&next.ports, k)));
+            }
+        }
         for w in &self.workers {
             // A worker that misses it never reaches `gen`: the wait below says so.
             let _ = Self::tell(w, WorkerMsg::Snapshot(next.clone(), gen));

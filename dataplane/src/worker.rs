@@ -72,8 +72,12 @@ pub struct ConnRow {
     pub timeout: u32,
 }
 
-/// Messages from the control thread. A worker applies them between bursts.
-pub enum WorkerMsg {
+/// Messages from the control thread. A worker applies them between bursts. `Q` is
+/// what its port I/O is granted queues with ([`PortIo::Queues`]).
+pub enum WorkerMsg<Q = ()> {
+    /// The queues this worker may use with the next port map (sent just before it):
+    /// the old grant's tokens are let go.
+    Queues(Q),
     /// A new snapshot, generation `gen`: after installing it the worker stores `gen`
     /// in `applied_gen` (its quiescent point) and returns the old one for the control
     /// thread to free.
@@ -101,7 +105,7 @@ pub struct Worker<P: PortIo> {
     pub io: P,
     pub pipeline: Pipeline<P::Frame>,
     rx: Vec<P::Frame>,
-    ctl: Receiver<WorkerMsg>,
+    ctl: Receiver<WorkerMsg<P::Queues>>,
     retired: Sender<Retired>,
     stop: Arc<AtomicBool>,
     idle: IdleConfig,
@@ -119,7 +123,7 @@ impl<P: PortIo> Worker<P> {
         id: u16,
         io: P,
         pipeline: Pipeline<P::Frame>,
-        ctl: Receiver<WorkerMsg>,
+        ctl: Receiver<WorkerMsg<P::Queues>>,
         retired: Sender<Retired>,
         stop: Arc<AtomicBool>,
         idle: IdleConfig,
@@ -146,8 +150,9 @@ impl<P: PortIo> Worker<P> {
         &self.pipeline.counters
     }
 
-    fn apply(&mut self, msg: WorkerMsg) {
+    fn apply(&mut self, msg: WorkerMsg<P::Queues>) {
         match msg {
+            WorkerMsg::Queues(q) => self.io.grant(q),
             WorkerMsg::Snapshot(snap, gen) => {
                 let old = self.pipeline.install(&mut self.io, snap, gen);
                 self.counters().applied_gen.store(gen, Ordering::Release);

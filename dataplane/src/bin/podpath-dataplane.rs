@@ -166,7 +166,8 @@ fn run() -> Result<()> {
     let mut handles = Vec::new();
     let mut pending = Vec::new();
     for (i, &lcore) in workers.iter().enumerate() {
-        let (tx, rx) = bounded(64);
+        // Room for a queue grant and a snapshot per attached port before launch.
+        let (tx, rx) = bounded(256);
         let counters = Arc::new(WorkerCounters::default());
         let (prod, cons) = HeapRb::new(4096).split();
         let id = u16::try_from(i)?;

@@ -1,7 +1,10 @@
 //! Ethernet ports: hot-plug of (virtual) devices, queue setup, start/stop, MAC, link,
 //! xstats, and the burst I/O the workers call.
+use std::cell::Cell;
 use std::ffi::{CStr, CString};
+use std::marker::PhantomData;
 use std::mem::MaybeUninit;
+use std::sync::Arc;
 
 use dpdk_sys::rte_mbuf;
 
@@ -29,6 +32,12 @@ pub enum PortError {
         what: &'static str,
         asked: u16,
         max: u16,
+    },
+    #[error("port {port} ({name}) is still polled: {tokens} queue token(s) are out (a worker has not let go of it)")]
+    InUse {
+        port: u16,
+        name: String,
+        tokens: usize,
     },
 }
 
@@ -58,6 +67,61 @@ pub struct EthPort {
     dev_name: String,
     started: bool,
     removed: bool,
+    /// Queue counts from `configure`.
+    rx_queues: u16,
+    tx_queues: u16,
+    /// Shared with every queue token made since `start`: the port is not stopped
+    /// while one is out.
+    lease: Option<Arc<()>>,
+}
+
+/// The right to receive on one rx queue of a started port, made by
+/// [`EthPort::rx_queue`]: DPDK's burst calls check nothing, so the token carries
+/// what they need. The port stays started while a token lives (stop refuses), the
+/// queue exists (checked when made), and `&mut self`, no `Clone` and no `Sync` keep
+/// one thread on it; the control thread hands each queue's token to one worker.
+pub struct RxQueue {
+    port: u16,
+    queue: u16,
+    _lease: Arc<()>,
+    _not_sync: PhantomData<Cell<()>>,
+}
+
+/// The right to transmit on one tx queue of a started port ([`EthPort::tx_queue`]),
+/// as [`RxQueue`] is for receiving.
+pub struct TxQueue {
+    port: u16,
+    queue: u16,
+    _lease: Arc<()>,
+    _not_sync: PhantomData<Cell<()>>,
+}
+
+impl RxQueue {
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+    pub fn queue(&self) -> u16 {
+        self.queue
+    }
+    /// Receives up to `max` packets into the spare capacity of `out`.
+    #[inline(always)]
+    pub fn burst(&mut self, out: &mut Vec<Mbuf>, max: usize) -> usize {
+        // SAFETY: the token's contract (above): a started port, an existing queue,
+        // one poller.
+        unsafe { rx_burst(self.port, self.queue, out, max) }
+    }
+}
+
+impl TxQueue {
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+    /// Transmits from the front of `bufs`; those the device took leave the vector.
+    #[inline(always)]
+    pub fn burst(&mut self, bufs: &mut Vec<Mbuf>) -> usize {
+        // SAFETY: as for RxQueue::burst, for this tx queue.
+        unsafe { tx_burst(self.port, self.queue, bufs) }
+    }
 }
 
 // RSS hash types (RTE_ETH_RSS_*): function-like macros bindgen cannot evaluate.
@@ -109,6 +173,9 @@ impl EthPort {
             dev_name,
             started: false,
             removed: false,
+            rx_queues: 0,
+            tx_queues: 0,
+            lease: None,
         })
     }
 
@@ -187,6 +254,8 @@ impl EthPort {
         if rc != 0 {
             return Err(self.setup_err("rte_eth_dev_configure", rc));
         }
+        self.rx_queues = s.rx_queues;
+        self.tx_queues = s.tx_queues;
         let (mut nrx, mut ntx) = (s.rx_desc, s.tx_desc);
         // SAFETY: valid port and out pointers.
         let rc = unsafe { dpdk_sys::rte_eth_dev_adjust_nb_rx_tx_desc(self.id, &mut nrx, &mut ntx) };
@@ -242,16 +311,55 @@ impl EthPort {
             return Err(self.setup_err("rte_eth_dev_start", rc));
         }
         self.started = true;
+        self.lease = Some(Arc::new(()));
         Ok(())
     }
 
-    pub fn stop(&mut self) {
+    /// A token for rx queue `q`, while the port is started.
+    pub fn rx_queue(&self, q: u16) -> Option<RxQueue> {
+        let lease = self.lease.as_ref().filter(|_| q < self.rx_queues)?;
+        Some(RxQueue {
+            port: self.id,
+            queue: q,
+            _lease: Arc::clone(lease),
+            _not_sync: PhantomData,
+        })
+    }
+
+    /// A token for tx queue `q`, while the port is started.
+    pub fn tx_queue(&self, q: u16) -> Option<TxQueue> {
+        let lease = self.lease.as_ref().filter(|_| q < self.tx_queues)?;
+        Some(TxQueue {
+            port: self.id,
+            queue: q,
+            _lease: Arc::clone(lease),
+            _not_sync: PhantomData,
+        })
+    }
+
+    /// Queue tokens still out (held by workers, or not yet dropped).
+    pub fn tokens_out(&self) -> usize {
+        self.lease.as_ref().map_or(0, |l| Arc::strong_count(l) - 1)
+    }
+
+    /// Stops the port; refused while a queue token is out (someone may poll it).
+    pub fn stop(&mut self) -> Result<(), PortError> {
         if self.started {
-            // SAFETY: the port is started; no worker polls it any more (the caller has
-            // withdrawn it from the workers and waited for them to pass a quiescent point).
+            let tokens = self.tokens_out();
+            if tokens > 0 {
+                return Err(PortError::InUse {
+                    port: self.id,
+                    name: self.dev_name.clone(),
+                    tokens,
+                });
+            }
+            // SAFETY: the port is started and no token for its queues is left, so
+            // nobody can be polling it.
             unsafe { dpdk_sys::rte_eth_dev_stop(self.id) };
             self.started = false;
+            self.lease = None;
         }
+        Ok(())
     }
 
     pub fn mac(&self) -> [u8; 6] {
@@ -314,8 +422,9 @@ impl EthPort {
         if self.removed {
             return Ok(());
         }
+        // Still polled: left plugged rather than pulled from under a worker.
+        self.stop()?;
         self.removed = true;
-        self.stop();
         // SAFETY: the port is stopped and no worker uses it.
         unsafe { dpdk_sys::rte_eth_dev_close(self.id) };
         let bus = CString::new("vdev").expect("no NUL");
@@ -351,7 +460,7 @@ fn libc_enoent() -> i32 {
 /// `queue` below its configured rx queue count, and no other thread may poll the
 /// same queue at the same time.
 #[inline(always)]
-pub(crate) unsafe fn rx_burst(port: u16, queue: u16, out: &mut Vec<Mbuf>, max: usize) -> usize {
+unsafe fn rx_burst(port: u16, queue: u16, out: &mut Vec<Mbuf>, max: usize) -> usize {
     let room = (out.capacity() - out.len()).min(max);
     let room16 = u16::try_from(room).unwrap_or(u16::MAX);
     let len = out.len();
@@ -373,7 +482,7 @@ pub(crate) unsafe fn rx_burst(port: u16, queue: u16, out: &mut Vec<Mbuf>, max: u
 /// # Safety
 /// As for [`rx_burst`]: a started port, a configured tx queue, one thread per queue.
 #[inline(always)]
-pub(crate) unsafe fn tx_burst(port: u16, queue: u16, bufs: &mut Vec<Mbuf>) -> usize {
+unsafe fn tx_burst(port: u16, queue: u16, bufs: &mut Vec<Mbuf>) -> usize {
     let n = bufs.len();
     if n == 0 {
         return 0;
@@ -410,9 +519,10 @@ pub fn port_is_valid(id: u16) -> bool {
 /// on the burst calls and `!Sync` make "one poller per queue" hold by construction;
 /// the port is started before it can be polled and stopped only by dropping it.
 pub struct SoloPort {
+    // The tokens first: fields drop in order, so they are gone when the port stops.
+    rx: RxQueue,
+    tx: TxQueue,
     port: EthPort,
-    // !Sync: a shared reference must not let two threads poll the same queue.
-    _not_sync: std::marker::PhantomData<std::cell::Cell<()>>,
 }
 
 impl SoloPort {
@@ -428,10 +538,10 @@ impl SoloPort {
         };
         port.configure(&setup, pool)?;
         port.start()?;
-        Ok(SoloPort {
-            port,
-            _not_sync: std::marker::PhantomData,
-        })
+        match (port.rx_queue(0), port.tx_queue(0)) {
+            (Some(rx), Some(tx)) => Ok(SoloPort { rx, tx, port }),
+            _ => Err(port.setup_err("queue tokens", -22)),
+        }
     }
 
     pub fn port(&self) -> &EthPort {
@@ -441,15 +551,12 @@ impl SoloPort {
     /// Receives up to `max` packets into the spare capacity of `out`.
     #[inline(always)]
     pub fn rx_burst(&mut self, out: &mut Vec<Mbuf>, max: usize) -> usize {
-        // SAFETY: the port was started in open() and stays started while self lives;
-        // queue 0 is configured; &mut self on a !Sync owner means one poller.
-        unsafe { rx_burst(self.port.id, 0, out, max) }
+        self.rx.burst(out, max)
     }
 
     /// Transmits `bufs`; those the device took leave the vector.
     #[inline(always)]
     pub fn tx_burst(&mut self, bufs: &mut Vec<Mbuf>) -> usize {
-        // SAFETY: as for rx_burst, for tx queue 0.
-        unsafe { tx_burst(self.port.id, 0, bufs) }
+        self.tx.burst(bufs)
     }
 }

@@ -1,45 +1,76 @@
-//! A worker's burst I/O on DPDK ports.
-use super::{ethdev, mbuf, Mbuf, Mempool};
-use crate::pipeline::PortIo;
+//! A worker's burst I/O on DPDK ports: the queue tokens it was granted, and the
+//! mempool its copies come from.
+use super::{mbuf, Mbuf, Mempool, RxQueue, TxQueue};
 
-/// A worker's I/O. The ports are global to DPDK; the mempool supplies flood copies.
+/// The queues one worker may use, as the control thread grants them with each port
+/// map: a token per rx queue it polls, and its own tx queue on every port.
+#[derive(Default)]
+pub struct Grant {
+    pub rx: Vec<RxQueue>,
+    pub tx: Vec<TxQueue>,
+}
+
+/// A worker's I/O: only queues it holds a token for can be polled or sent on.
 pub struct DpdkIo {
     pool: Mempool,
+    rx: Vec<RxQueue>,
+    /// By port id.
+    tx: Vec<Option<TxQueue>>,
 }
 
 impl DpdkIo {
     pub fn new(pool: Mempool) -> DpdkIo {
-        DpdkIo { pool }
-    }
-}
-
-// The burst calls' contract (started port, configured queue, one poller per queue)
-// holds by construction of the port map, which is the only source of (port, queue)
-// pairs a worker uses: the control thread lists a port only after starting it, gives
-// each rx queue to exactly one worker and each worker its own tx queue (its index),
-// and stops a port only after every worker acknowledged a map without it.
-impl PortIo for DpdkIo {
-    type Frame = Mbuf;
-
-    #[inline(always)]
-    fn rx_burst(&mut self, port: u16, queue: u16, out: &mut Vec<Mbuf>, max: usize) -> usize {
-        // SAFETY: (port, queue) comes from the published port map; see above.
-        unsafe { ethdev::rx_burst(port, queue, out, max) }
+        DpdkIo {
+            pool,
+            rx: Vec::new(),
+            tx: Vec::new(),
+        }
     }
 
+    /// Takes a new grant in place of the old one, whose tokens are let go here (so a
+    /// port withdrawn from this worker can be stopped once every worker took its
+    /// new grant).
+    pub fn grant(&mut self, g: Grant) {
+        self.rx = g.rx;
+        self.tx.clear();
+        for t in g.tx {
+            let p = usize::from(t.port());
+            if self.tx.len() <= p {
+                self.tx.resize_with(p + 1, || None);
+            }
+            self.tx[p] = Some(t);
+        }
+    }
+
+    /// Receives from rx queue `queue` of `port`, if this worker holds its token.
     #[inline(always)]
-    fn tx_burst(&mut self, port: u16, queue: u16, frames: &mut Vec<Mbuf>) -> usize {
-        // SAFETY: as for rx_burst; queue is this worker's own tx queue.
-        unsafe { ethdev::tx_burst(port, queue, frames) }
+    pub fn rx_burst(&mut self, port: u16, queue: u16, out: &mut Vec<Mbuf>, max: usize) -> usize {
+        match self
+            .rx
+            .iter_mut()
+            .find(|q| q.port() == port && q.queue() == queue)
+        {
+            Some(q) => q.burst(out, max),
+            None => 0,
+        }
+    }
+
+    /// Transmits on this worker's tx queue of `port`; nothing when it holds none.
+    #[inline(always)]
+    pub fn tx_burst(&mut self, port: u16, frames: &mut Vec<Mbuf>) -> usize {
+        match self.tx.get_mut(usize::from(port)).and_then(Option::as_mut) {
+            Some(q) => q.burst(frames),
+            None => 0,
+        }
     }
 
     #[inline]
-    fn copy_frame(&mut self, data: &[u8]) -> Option<Mbuf> {
+    pub fn copy_frame(&mut self, data: &[u8]) -> Option<Mbuf> {
         self.pool.alloc_copy(data)
     }
 
     #[inline]
-    fn free_bulk(&mut self, frames: &mut Vec<Mbuf>) {
+    pub fn free_bulk(frames: &mut Vec<Mbuf>) {
         mbuf::free_bulk(frames);
     }
 }

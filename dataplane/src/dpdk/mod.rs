@@ -4,13 +4,18 @@
 //! arithmetic, `rdtsc`, `prefetch`.
 //!
 //! - [`eal`]: EAL start-up from the dataplane's configuration, worker lcores, launch.
-//! - [`mbuf`]: owned packet buffers ([`Mbuf`]) and mempools.
+//! - [`mbuf`]: owned packet buffers ([`Mbuf`]) with a private area for what travels
+//!   with a packet, and mempools.
 //! - [`ethdev`]: ports: hot-plug of virtual devices, queues, start/stop, MAC, link,
-//!   xstats, and the burst I/O the workers use.
+//!   xstats, and the queue tokens ([`RxQueue`], [`TxQueue`]) burst I/O goes through:
+//!   made when a port starts, and the port is not stopped while one is out.
+//! - [`io`]: a worker's I/O ([`DpdkIo`]): the tokens it was granted, its mempool.
+//!   It names nothing of the pipeline; `port::dpdk` makes it the pipeline's `PortIo`.
 //! - [`af_packet`]: the af_packet PMD's ring geometry from `dataplane.max_frame`.
 //! - [`netns`]: running a probe inside another network namespace.
 //! - [`region`]: memory mappings tables keep state in (anonymous, or a file that
-//!   outlives the process); needs no EAL.
+//!   outlives the process); needs no EAL. `plain_struct!` declares the types they
+//!   (and mbuf private areas) hold.
 pub mod af_packet;
 #[cfg(feature = "dpdk")]
 pub mod eal;
@@ -27,9 +32,9 @@ pub mod region;
 #[cfg(feature = "dpdk")]
 pub use eal::{Eal, EalError};
 #[cfg(feature = "dpdk")]
-pub use ethdev::{EthPort, PortError, PortSetup, SoloPort};
+pub use ethdev::{EthPort, PortError, PortSetup, RxQueue, SoloPort, TxQueue};
 #[cfg(feature = "dpdk")]
-pub use io::DpdkIo;
+pub use io::{DpdkIo, Grant};
 #[cfg(feature = "dpdk")]
 pub use mbuf::{Mbuf, Mempool};
 

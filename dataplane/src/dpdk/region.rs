@@ -60,13 +60,6 @@ unsafe impl Plain for u64 {}
 
 // SAFETY: an array of values that accept every bit pattern accepts every bit pattern.
 unsafe impl<T: Plain, const N: usize> Plain for [T; N] {}
-// SAFETY: repr(C), made of u32, u16 and u8 fields and repr(C) Tuples of them (no
-// enums: the TCP state is a u8): every bit pattern is an Entry (padding is never read
-// as a value).
-unsafe impl Plain for crate::nat::conntrack::Entry {}
-// SAFETY: repr(C) and made of u32, u64 and an array of u64.
-unsafe impl Plain for crate::nat::conntrack::state::Header {}
-
 /// `len` values of `T` in a mapping this region owns (unmapped on drop).
 pub struct Region<T: Plain> {
     ptr: NonNull<T>,

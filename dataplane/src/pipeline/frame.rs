@@ -41,10 +41,16 @@ pub enum RxChecksum {
 /// Burst I/O on ports, and buffers for copies.
 pub trait PortIo {
     type Frame: Frame;
+    /// What the control thread grants a worker to use its queues with (DPDK: queue
+    /// tokens made when a port starts); `()` in memory.
+    type Queues: Send + 'static;
     /// Receives up to `max` frames from `(port, queue)`, appended to `out`.
     fn rx_burst(&mut self, port: u16, queue: u16, out: &mut Vec<Self::Frame>, max: usize) -> usize;
-    /// Transmits from the front of `frames`; the sent ones leave the vector.
-    fn tx_burst(&mut self, port: u16, queue: u16, frames: &mut Vec<Self::Frame>) -> usize;
+    /// Transmits from the front of `frames` on this worker's own tx queue of `port`;
+    /// the sent ones leave the vector.
+    fn tx_burst(&mut self, port: u16, frames: &mut Vec<Self::Frame>) -> usize;
+    /// Takes the queues granted with a new port map, in place of the old ones.
+    fn grant(&mut self, _q: Self::Queues) {}
     /// A new buffer holding a copy of `data` (for flooding); None when out of buffers.
     fn copy_frame(&mut self, data: &[u8]) -> Option<Self::Frame>;
     /// Frees dropped frames in bulk (the vector is left empty).

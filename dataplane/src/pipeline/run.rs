@@ -160,7 +160,6 @@ pub struct Pipeline<F: Frame> {
     pub tracer: Tracer,
     /// A running packet capture (`podpathctl capture`), or none.
     pub capture: Option<super::capture::Capture>,
-    tx_queue: u16,
     now: u64,
     /// `now` in milliseconds (affinity), computed once per poll.
     now_ms: u64,
@@ -205,7 +204,6 @@ impl<F: Frame> Pipeline<F> {
             counters,
             tracer,
             capture: None,
-            tx_queue: cfg.worker,
             now: 0,
             now_ms: 0,
             tsc_hz: cfg.tsc_hz,
@@ -1181,7 +1179,7 @@ impl<F: Frame> Pipeline<F> {
             }
         }
         let bytes_before: usize = q.iter().map(Frame::data_len).sum();
-        let sent = io.tx_burst(port, self.tx_queue, q);
+        let sent = io.tx_burst(port, q);
         // Usually everything went: no second pass over the frames.
         let bytes_left: usize = if q.is_empty() {
             0

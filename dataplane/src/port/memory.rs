@@ -157,6 +157,7 @@ impl MemIo {
 
 impl PortIo for MemIo {
     type Frame = MemFrame;
+    type Queues = ();
 
     fn rx_burst(&mut self, port: u16, _queue: u16, out: &mut Vec<MemFrame>, max: usize) -> usize {
         let Some(p) = self.ports.get_mut(usize::from(port)) else {
@@ -167,7 +168,7 @@ impl PortIo for MemIo {
         n
     }
 
-    fn tx_burst(&mut self, port: u16, _queue: u16, frames: &mut Vec<MemFrame>) -> usize {
+    fn tx_burst(&mut self, port: u16, frames: &mut Vec<MemFrame>) -> usize {
         let Some(p) = self.ports.get_mut(usize::from(port)) else {
             return 0;
         };

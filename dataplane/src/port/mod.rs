@@ -10,5 +10,5 @@ pub mod memory;
 pub use map::{BridgeDomain, PortEntry, PortMap, Role};
 
 #[cfg(feature = "dpdk")]
-pub use self::dpdk::DpdkIo;
+pub use self::dpdk::{DpdkIo, Grant};
 pub use memory::{MemFrame, MemIo};

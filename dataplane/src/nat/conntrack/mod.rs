@@ -20,17 +20,19 @@ pub mod state;
 
 use index::Index;
 
+// repr(C) (plain_struct): entries holding tuples are read back by the next process
+// (`state`).
+crate::plain_struct! {
 /// One direction of a connection. For ICMP echo, `sport` is the identifier and
 /// `dport` 0.
-// repr(C): entries holding tuples are read back by the next process (`state`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-#[repr(C)]
 pub struct Tuple {
     pub src: u32,
     pub dst: u32,
     pub sport: u16,
     pub dport: u16,
     pub proto: u8,
+}
 }
 
 impl Tuple {
@@ -194,8 +196,8 @@ pub fn tcp_flags_valid(flags: u8) -> bool {
 
 // repr(C) and integers only: the layout the state file holds (`state::LAYOUT`), and
 // any bytes read back are a value (`Plain`); `valid` judges their meaning.
+crate::plain_struct! {
 #[derive(Debug, Clone, Copy)]
-#[repr(C)]
 pub struct Entry {
     pub orig: Tuple,
     pub reply: Tuple,
@@ -210,6 +212,7 @@ pub struct Entry {
     slot: u16,
     next: u32,
     prev: u32,
+}
 }
 
 impl Entry {

@@ -28,8 +28,8 @@ pub const LAYOUT: u32 = 1;
 #[allow(clippy::cast_possible_truncation)] // 52
 const ENTRY_SIZE: u32 = std::mem::size_of::<Entry>() as u32;
 
+crate::plain_struct! {
 #[derive(Debug, Clone, Copy, Default)]
-#[repr(C)]
 pub struct Header {
     pub magic: u64,
     pub layout: u32,
@@ -49,6 +49,7 @@ pub struct Header {
     /// once a second by the worker.
     pub clock_secs: u64,
     pub wall_ms: u64,
+}
 }
 
 /// Which worker a table belongs to: a restarted dataplane resumes only tables of its
