@@ -2280,7 +2280,7 @@ fn every_declared_edge_is_taken() {
     arp_between_pods_is_bridged_not_answered();
     let missing: Vec<String> = StageId::ALL
         .iter()
-        .flat_map(|&st| st.next_stages().iter().map(move |&to| (st, to)))
+        .flat_map(|&st| st.successors().into_iter().map(move |to| (st, to)))
         .filter(|&(st, to)| !seen::taken(st, to))
         .map(|(st, to)| format!("{} -> {}", st.name(), to.name()))
         .collect();

@@ -1,6 +1,7 @@
 //! `eth-input`: parses each frame once, records offsets in the packet's metadata, and
 //! drops what is malformed, each under its own reason. It never reads past the frame:
 //! every access goes through a checked view of `wire`.
+use crate::pipeline::registry;
 use crate::pipeline::stage::Ctx;
 use crate::pipeline::stage::{Features, Vector};
 use crate::pipeline::{
@@ -192,10 +193,12 @@ fn pick(cx: &Ctx, tracked: &AddrFilter, m: &Meta, data: &[u8], ip: Option<FiveTu
         // No L3 identity: a plain bridge.
         return Next::Stage(StageId::Bridge);
     };
-    let is_arp = m.ethertype == u16::from(EtherType::Arp);
+    // A protocol a feature registered for (ARP), whatever the port.
+    if let Some(st) = registry::for_ethertype(m.ethertype) {
+        return Next::Stage(st);
+    }
     let is_ip4 = m.ethertype == u16::from(EtherType::Ipv4);
     match cx.ports.role(m.in_port) {
-        Role::Pod if is_arp => Next::Stage(StageId::Arp),
         // With Services, IPv4 that may be a Service's passes `lb` (an endpoint's reply
         // to a client on its own subnet is bridged, and still needs its VIP back);
         // the prefilter lets the rest skip it.
@@ -212,15 +215,14 @@ fn pick(cx: &Ctx, tracked: &AddrFilter, m: &Meta, data: &[u8], ip: Option<FiveTu
         // bridged frame is never for a ClusterIP, so it skips the range check.
         Role::Pod if is_ip4 && data[0..6] == node.router_mac.0 => to_range_or(node, ip),
         Role::Pod => Next::Stage(StageId::Bridge),
-        Role::Uplink if is_arp => Next::Stage(StageId::Arp),
         Role::Uplink => match ip {
             Some((_, dst, proto, _, dport)) if dst.to_u32() == node.node_ip => {
-                if proto == 17 && dport == node.vxlan_port && m.l4 != 0 {
-                    Next::Stage(StageId::VxlanDecap)
-                } else {
-                    // A reply to a masqueraded pod, or for the node's kernel.
-                    Next::Stage(StageId::SnatReply)
-                }
+                // UDP to a port a feature registered (VXLAN); else a reply to a
+                // masqueraded pod, or for the node's kernel.
+                let udp = (proto == 17 && m.l4 != 0)
+                    .then(|| registry::for_node_udp(node, dport))
+                    .flatten();
+                Next::Stage(udp.unwrap_or(StageId::SnatReply))
             }
             // An external or LoadBalancer IP of a Service, routed to this node.
             Some((_, dst, ..)) if cx.services.is_external_ip(dst.to_u32()) => {
@@ -228,7 +230,6 @@ fn pick(cx: &Ctx, tracked: &AddrFilter, m: &Meta, data: &[u8], ip: Option<FiveTu
             }
             _ => Next::Drop(DropReason::UplinkNotForUs),
         },
-        Role::Host if is_arp => Next::Stage(StageId::Arp),
         Role::Host if is_ip4 => to_range_or(node, ip),
         Role::Host => Next::Drop(DropReason::HostNotIp4),
     }

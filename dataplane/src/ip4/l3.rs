@@ -23,6 +23,25 @@ pub enum NextHop {
     Us,
 }
 
+/// The kinds of routed packet `ip4-lookup` hands on, each to the stage registered
+/// for it (a stage's `next_hop [...]` in `pipeline/registry.rs`, grout's next-hop
+/// types): a feature adds where routed packets go without editing ip4-lookup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NextHopKind {
+    /// A pod on this node (next hop: the pod, on the bridge domain).
+    Local,
+    /// A pod on a remote node (`Meta::remote` names it).
+    Remote,
+    /// The node's kernel, through the host port.
+    Host,
+    /// The underlay, unmasqueraded (to a node, or the node's own traffic).
+    Uplink,
+    /// The underlay, leaving the cluster: pods' sources are masqueraded.
+    Masquerade,
+    /// The dataplane itself.
+    Us,
+}
+
 #[derive(Debug, Clone)]
 pub struct Remote {
     pub name: String,

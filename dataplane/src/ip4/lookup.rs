@@ -4,12 +4,20 @@
 //! incrementally) and a normalised, untagged Ethernet header, then go to `vxlan-encap`
 //! (remote pods) or `ip4-rewrite` (local pods, the node's kernel, the underlay).
 use crate::ip4::lpm::mask;
-use crate::ip4::NextHop;
+use crate::ip4::{NextHop, NextHopKind};
 use crate::pipeline::stage::Ctx;
 use crate::pipeline::stage::{Features, Vector};
 use crate::pipeline::{DropReason, Frame, IcmpKind, Next, StageId, TraceDetail, OUT_BRIDGE};
 use crate::port::Role;
 use crate::wire::{ethernet, ipv4, Ipv4Addr};
+
+/// The stage registered for a kind of next hop (`next_hop [...]` in the registry);
+/// a kind nobody handles has no route.
+#[inline(always)]
+fn to(kind: NextHopKind) -> Next {
+    crate::pipeline::registry::for_next_hop(kind)
+        .map_or(Next::Drop(DropReason::Ip4NoRoute), Next::Stage)
+}
 
 pub fn process<F: Frame>(cx: &Ctx, _feat: &mut Features, v: &mut Vector<F>) {
     let (pkts, frames, next, detail) = v.parts();
@@ -42,7 +50,7 @@ pub fn process<F: Frame>(cx: &Ctx, _feat: &mut Features, v: &mut Vector<F>) {
             continue;
         };
         if nh == NextHop::Us {
-            next[i] = Next::Stage(StageId::Ip4Local);
+            next[i] = to(NextHopKind::Us);
             continue;
         }
         // The node kernel's own traffic to and from the underlay passes as if on a wire:
@@ -79,13 +87,13 @@ pub fn process<F: Frame>(cx: &Ctx, _feat: &mut Features, v: &mut Vector<F>) {
                 m.nh_ip = dst;
                 m.out = OUT_BRIDGE;
                 m.bd = node.bridge;
-                Next::Stage(StageId::Ip4Rewrite)
+                to(NextHopKind::Local)
             }
             NextHop::Host => match cx.ports.host {
                 Some(h) => {
                     m.nh_ip = node.node_ip;
                     m.out = h;
-                    Next::Stage(StageId::Ip4Rewrite)
+                    to(NextHopKind::Host)
                 }
                 None => Next::Drop(DropReason::Ip4RewriteNoPort),
             },
@@ -109,18 +117,18 @@ pub fn process<F: Frame>(cx: &Ctx, _feat: &mut Features, v: &mut Vector<F>) {
                         });
                     if in_cluster(src) && !in_cluster(dst) && !node_addr {
                         // Masquerade: pods leave the cluster as the node.
-                        Next::Stage(StageId::Snat)
+                        to(NextHopKind::Masquerade)
                     } else {
-                        Next::Stage(StageId::Ip4Rewrite)
+                        to(NextHopKind::Uplink)
                     }
                 }
                 None => Next::Drop(DropReason::Ip4RewriteNoPort),
             },
             NextHop::Remote(r) => {
                 m.remote = r;
-                Next::Stage(StageId::VxlanEncap)
+                to(NextHopKind::Remote)
             }
-            NextHop::Us => Next::Stage(StageId::Ip4Local),
+            NextHop::Us => to(NextHopKind::Us),
         };
     }
 }

@@ -16,7 +16,7 @@ pub mod lpm;
 pub mod neighbor;
 pub mod rewrite;
 
-pub use l3::{NextHop, L3};
+pub use l3::{NextHop, NextHopKind, L3};
 pub use neighbor::NeighborTable;
 
 /// IPv4's per-worker state.

@@ -10,6 +10,13 @@ use crate::pipeline::stage::{Features, Vector};
 use crate::pipeline::{DropReason, Frame, Meta, Next, RxChecksum, StageId, TraceDetail};
 use crate::wire::{ipv4, udp, vxlan, EtherType, Ipv4Addr};
 
+/// The UDP port vxlan-decap takes on the node IP (its registration in eth-input's
+/// node-UDP table): the one the node is configured with.
+#[inline(always)]
+pub fn udp_port(node: &crate::ip4::l3::NodeL3) -> u16 {
+    node.vxlan_port
+}
+
 pub fn process<F: Frame>(cx: &Ctx, feat: &mut Features, v: &mut Vector<F>) {
     let tracked = feat.nat.conntrack.dnat_sources();
     let (pkts, frames, next, detail) = v.parts();

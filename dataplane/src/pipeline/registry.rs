@@ -5,7 +5,10 @@ macro_rules! stages {
     ($($variant:ident = $name:literal: $help:literal
         run $($run:ident)::+
         next [$($next:ident),*]
-        drops [$($drop:ident),*],)*) => {
+        drops [$($drop:ident),*]
+        $(ethertype [$($et:ident),*])?
+        $(node_udp [$($udp:path),*])?
+        $(next_hop [$($nh:ident),*])?,)*) => {
         /// Stages, in the order the runner visits them. A stage sends packets to
         /// later ones, except the re-entries it declares (icmp-error and ip4-local
         /// answer through ip4-lookup), which take another pass.
@@ -18,6 +21,52 @@ macro_rules! stages {
         const NEXT: &[&[StageId]] = &[$(&[$(StageId::$next),*],)*];
         /// Why each stage may drop one, indexed by `StageId as usize`.
         const DROPS: &[&[DropReason]] = &[$(&[$(DropReason::$drop),*],)*];
+        /// The edges features registered into parents' dispatch tables, (parent,
+        /// stage, table): eth-input's EtherType and node-UDP tables, ip4-lookup's
+        /// next-hop kinds.
+        const REGISTERED: &[(StageId, StageId, &str)] = &[
+            $($($(edge!($et, EthInput, $variant, "ethertype"),)*)?)*
+            $($($(edge!($udp, EthInput, $variant, "node-udp"),)*)?)*
+            $($($(edge!($nh, Ip4Lookup, $variant, "next-hop"),)*)?)*
+        ];
+
+        /// eth-input's EtherType table: the stage that takes frames of an EtherType
+        /// (a stage's `ethertype [...]`), before eth-input's own IPv4 paths.
+        #[inline(always)]
+        pub fn for_ethertype(ethertype: u16) -> Option<StageId> {
+            $($($(
+                if ethertype == u16::from(crate::wire::EtherType::$et) {
+                    return Some(StageId::$variant);
+                }
+            )*)?)*
+            None
+        }
+
+        /// eth-input's table of UDP ports on the node IP (from the uplink): the
+        /// stage whose `node_udp [port_of]` names a function giving `port` for this
+        /// node (the VXLAN port is configured).
+        #[inline(always)]
+        pub fn for_node_udp(node: &crate::ip4::l3::NodeL3, port: u16) -> Option<StageId> {
+            $($($(
+                if port == $udp(node) {
+                    return Some(StageId::$variant);
+                }
+            )*)?)*
+            let _ = (node, port);
+            None
+        }
+
+        /// ip4-lookup's next-hop table: the stage a routed packet of each kind goes
+        /// to (a stage's `next_hop [...]`).
+        #[inline(always)]
+        pub fn for_next_hop(kind: crate::ip4::NextHopKind) -> Option<StageId> {
+            $($($(
+                if kind == crate::ip4::NextHopKind::$nh {
+                    return Some(StageId::$variant);
+                }
+            )*)?)*
+            None
+        }
         impl StageId {
             pub const ALL: &'static [StageId] = &[$(StageId::$variant,)*];
             pub const COUNT: usize = Self::ALL.len();
@@ -30,6 +79,13 @@ macro_rules! stages {
                 match self { $(StageId::$variant => $($run)::+::<F>,)* }
             }
         }
+    };
+}
+
+/// One registered edge, (parent, stage, table), per key of a registration.
+macro_rules! edge {
+    ($key:tt, $parent:ident, $stage:ident, $table:literal) => {
+        (StageId::$parent, StageId::$stage, $table)
     };
 }
 
@@ -89,6 +145,31 @@ impl StageId {
         NEXT[self.index()]
     }
 
+    /// The stages features registered into this stage's dispatch tables.
+    pub fn registered(self) -> impl Iterator<Item = StageId> {
+        self.registrations().map(|(c, _)| c)
+    }
+
+    /// The stages registered into this one's tables, with the table's name.
+    pub fn registrations(self) -> impl Iterator<Item = (StageId, &'static str)> {
+        REGISTERED
+            .iter()
+            .filter(move |(p, ..)| *p == self)
+            .map(|&(_, c, t)| (c, t))
+    }
+
+    /// Every stage this one may send a packet to: its own `next` and what was
+    /// registered into its tables (the graph's edges).
+    pub fn successors(self) -> Vec<StageId> {
+        let mut v = self.next_stages().to_vec();
+        for c in self.registered() {
+            if !v.contains(&c) {
+                v.push(c);
+            }
+        }
+        v
+    }
+
     /// The reasons this stage may drop a packet for.
     pub fn drops(self) -> &'static [DropReason] {
         DROPS[self.index()]
@@ -104,7 +185,7 @@ impl StageId {
     /// or one of its drop reasons. The runner checks it in debug builds.
     pub fn allows(self, next: super::Next) -> bool {
         match self.edge(next) {
-            Ok(to) => self.next_stages().contains(&to),
+            Ok(to) => self.next_stages().contains(&to) || self.registered().any(|c| c == to),
             Err(r) => self.declares(r),
         }
     }
@@ -154,12 +235,13 @@ pub mod seen {
 stages! {
     EthInput = "eth-input": "parses Ethernet, VLAN, ARP, IPv4 and L4 headers; drops malformed frames; picks the path by port role"
         run crate::eth::input::process
-        next [VxlanDecap, SnatReply, Lb, Arp, Ip4Lookup, Bridge]
+        next [SnatReply, Lb, Ip4Lookup, Bridge]
         drops [EthTruncated, EthChained, VlanMalformed, ArpTruncated, ArpMalformed, Ip4Truncated, Ip4Malformed, Ip4BadChecksum, Ip4BadOptions, TcpTruncated, TcpBadOffset, UdpTruncated, UdpBadLength, IcmpTruncated, UplinkNotForUs, HostNotIp4],
     VxlanDecap = "vxlan-decap": "checks VXLAN from known remote VTEPs with our VNI and port, strips the outer headers"
         run crate::overlay::vxlan_decap::process
         next [Lb, Ip4Lookup]
-        drops [Ip4NoNode, VxlanBadHeader, VxlanWrongVni, VxlanUnknownVtep, VxlanInnerMalformed, VxlanInnerNotIp4, VxlanOuterFragment, VxlanInnerBadSource, VxlanInnerNotLocal],
+        drops [Ip4NoNode, VxlanBadHeader, VxlanWrongVni, VxlanUnknownVtep, VxlanInnerMalformed, VxlanInnerNotIp4, VxlanOuterFragment, VxlanInnerBadSource, VxlanInnerNotLocal]
+        node_udp [crate::overlay::vxlan_decap::udp_port],
     SnatReply = "snat-reply": "replies to the node IP: restores the pod's address from the connection table"
         run crate::nat::snat::reply
         next [SnatReply, Lb, Ip4Lookup]
@@ -171,19 +253,22 @@ stages! {
     Arp = "arp": "answers ARP for the pods' gateway, the node IP and (proxy) on the host port; learns neighbours"
         run crate::ip4::arp::process
         next [Bridge, Tx]
-        drops [ArpMalformed, ArpVlanTagged, ArpNotForUs, ArpReplyLearned, ArpQueueFull, ArpTimeout, ArpNoBuffer],
+        drops [ArpMalformed, ArpVlanTagged, ArpNotForUs, ArpReplyLearned, ArpQueueFull, ArpTimeout, ArpNoBuffer]
+        ethertype [Arp],
     Ip4Lookup = "ip4-lookup": "longest-prefix match, TTL check and decrement"
         run crate::ip4::lookup::process
-        next [Snat, Ip4Local, IcmpError, VxlanEncap, Ip4Rewrite]
+        next [IcmpError]
         drops [Ip4NoNode, Ip4NoRoute, Ip4Malformed, Ip4RewriteNoPort],
     Snat = "snat": "pod traffic leaving the cluster: node IP and a NAT port as source, tracked"
         run crate::nat::snat::egress
         next [Snat, Ip4Rewrite]
-        drops [Ip4NoNode, SnatFragment, SnatUnsupported, SnatPortsExhausted, CtTableFull, CtInvalid, HandoffFull],
+        drops [Ip4NoNode, SnatFragment, SnatUnsupported, SnatPortsExhausted, CtTableFull, CtInvalid, HandoffFull]
+        next_hop [Masquerade],
     Ip4Local = "ip4-local": "packets for the dataplane itself: answers ICMP echo to the pods' gateway"
         run crate::ip4::local::process
         next [Ip4Lookup]
-        drops [Ip4LocalUnsupported, Ip4LocalFragment],
+        drops [Ip4LocalUnsupported, Ip4LocalFragment]
+        next_hop [Us],
     IcmpError = "icmp-error": "builds ICMP time-exceeded and fragmentation-needed, rate-limited"
         run crate::ip4::icmp_error::process
         next [Ip4Lookup]
@@ -191,11 +276,13 @@ stages! {
     VxlanEncap = "vxlan-encap": "MTU check, outer Ethernet/IPv4/UDP/VXLAN to the remote node"
         run crate::overlay::vxlan_encap::process
         next [IcmpError, Arp, Ip4Fragment, Tx]
-        drops [Ip4NoNode, VxlanNoUplink, VxlanNoHeadroom],
+        drops [Ip4NoNode, VxlanNoUplink, VxlanNoHeadroom]
+        next_hop [Remote],
     Ip4Rewrite = "ip4-rewrite": "resolves the next hop's MAC (ARP) and rewrites the Ethernet header"
         run crate::ip4::rewrite::process
         next [Arp, IcmpError, Tx]
-        drops [],
+        drops []
+        next_hop [Local, Host, Uplink],
     Bridge = "bridge": "L2 bridge domain: MAC learning, ageing, forwarding, flooding"
         run crate::bridge::process
         next [Tx]
@@ -283,15 +370,19 @@ drops! {
 /// The stage graph as text, one stage per line with where it sends packets and why
 /// it drops them (docs/architecture.md holds it; a test keeps the two equal).
 /// `<-` marks an earlier stage (a re-entry), `arp(hold)` a packet held until its
-/// next hop answers, `handoff` a hand-off to the worker owning the connection.
+/// next hop answers, `handoff` a hand-off to the worker owning the connection, and
+/// `stage[table]` a stage registered into this one's dispatch table.
 pub fn graph_text() -> String {
     let mut o = String::new();
     for &st in StageId::ALL {
+        let table = |t: StageId| st.registrations().find(|&(c, _)| c == t).map(|(_, n)| n);
         let next: Vec<String> = st
-            .next_stages()
+            .successors()
             .iter()
             .map(|&t| match t {
                 t if t == st => "handoff".to_string(),
+                // Registered into one of this stage's tables.
+                t if table(t).is_some() => format!("{}[{}]", t.name(), table(t).unwrap_or("")),
                 // Next::Resolve: held in arp's queue, sent from there.
                 StageId::Arp if StageId::Arp < st => "arp(hold)".to_string(),
                 t if t < st => format!("<-{}", t.name()),
@@ -322,14 +413,16 @@ pub fn graph_text() -> String {
 pub fn graph_mermaid() -> String {
     let mut o = String::from("flowchart TD\n");
     for &st in StageId::ALL {
-        for &t in st.next_stages() {
+        for t in st.successors() {
             if t == st {
                 continue;
             }
-            let arrow = match t {
-                StageId::Arp if t < st => "-. hold .->",
-                t if t < st => "-.->",
-                _ => "-->",
+            let table = st.registrations().find(|&(c, _)| c == t).map(|(_, n)| n);
+            let arrow = match (t, table) {
+                (_, Some(name)) => format!("-- {name} -->"),
+                (StageId::Arp, None) if t < st => "-. hold .->".into(),
+                (t, None) if t < st => "-.->".into(),
+                _ => "-->".into(),
             };
             o.push_str(&format!("    {}{arrow}{}\n", st.name(), t.name()));
         }
@@ -371,7 +464,7 @@ mod tests {
         let mut reached = vec![StageId::EthInput];
         let mut i = 0;
         while i < reached.len() {
-            for &t in reached[i].next_stages() {
+            for t in reached[i].successors() {
                 if !reached.contains(&t) {
                     reached.push(t);
                 }
@@ -386,6 +479,25 @@ mod tests {
             );
         }
         assert!(StageId::Tx.next_stages().is_empty(), "tx is the end");
+    }
+
+    #[test]
+    fn features_register_into_the_parents_tables() {
+        use crate::ip4::NextHopKind as K;
+        assert_eq!(for_ethertype(0x0806), Some(StageId::Arp));
+        assert_eq!(for_ethertype(0x0800), None, "IPv4 is eth-input's own");
+        assert_eq!(for_next_hop(K::Remote), Some(StageId::VxlanEncap));
+        assert_eq!(for_next_hop(K::Masquerade), Some(StageId::Snat));
+        assert_eq!(for_next_hop(K::Us), Some(StageId::Ip4Local));
+        for k in [K::Local, K::Host, K::Uplink] {
+            assert_eq!(for_next_hop(k), Some(StageId::Ip4Rewrite));
+        }
+        // Registered edges are edges of the parent (allowed, drawn).
+        assert!(StageId::EthInput.allows(crate::pipeline::Next::Stage(StageId::VxlanDecap)));
+        assert!(StageId::Ip4Lookup
+            .successors()
+            .contains(&StageId::VxlanEncap));
+        assert!(!StageId::Bridge.allows(crate::pipeline::Next::Stage(StageId::Arp)));
     }
 
     #[test]
