@@ -106,6 +106,55 @@ pub fn process<F: Frame>(cx: &Ctx, feat: &mut Features, v: &mut Vector<F>) {
     add(&cx.counters.mac_table_full, full);
 }
 
+/// A flood (`Next::Flood`): a copy of the frame to every other port of its bridge
+/// domain, the original to the last one. Every copy attempted counts as
+/// replicated, so a copy that finds no buffer (`tx-no-buffer`) keeps rx +
+/// replicated = tx + dropped.
+pub fn flood<F: Frame, P: crate::pipeline::PortIo<Frame = F>>(
+    out: &mut crate::pipeline::tx::Out<'_, F, P>,
+    f: F,
+) {
+    use crate::pipeline::{StageId, MAX_PORTS};
+    let m = *f.meta();
+    let mut targets = [0u16; MAX_PORTS];
+    let mut n = 0;
+    if let Some(bd) = out.ports.bridge(m.bd) {
+        for &p in bd
+            .members
+            .iter()
+            .filter(|&&p| p != m.in_port)
+            .take(MAX_PORTS)
+        {
+            targets[n] = p;
+            n += 1;
+        }
+    }
+    if n == 0 {
+        // The bridge checked for other ports; a map change in between can still
+        // leave none.
+        out.drop(f, StageId::Tx, DropReason::BridgeNoFloodPort);
+        return;
+    }
+    let copies = n - 1;
+    for &p in &targets[..copies] {
+        match out.copy(f.data()) {
+            Some(copy) => out.send(p, copy, 0),
+            None => out
+                .counters
+                .count_drop(StageId::Tx, DropReason::TxNoBuffer, 1),
+        }
+    }
+    add(&out.counters.replicated, copies as u64);
+    let ports = u16::try_from(n).unwrap_or(u16::MAX);
+    out.trace(
+        m.trace,
+        StageId::Tx,
+        Next::Flood,
+        TraceDetail::Flood { ports },
+    );
+    out.send(targets[copies], f, 0);
+}
+
 /// The bridge's trace record in words.
 pub fn describe(
     n: &dyn crate::pipeline::trace::Names,

@@ -143,3 +143,148 @@ pub fn describe(
         if answered { ", answered" } else { "" }
     )
 }
+
+/// Packets held while their next hop resolves, in all and per next hop.
+const HOLD_CAP: usize = 64;
+const HOLD_PER_HOP: usize = 8;
+
+struct Held<F> {
+    frame: F,
+    ip: u32,
+    /// A port, or OUT_BRIDGE.
+    out: u16,
+    deadline: u64,
+}
+
+/// The packets `arp` holds for a next hop that has not answered yet
+/// (`Next::Resolve`): sent once it does, in the order they came, dropped after a
+/// second. The worker owns one; it holds frames, so it lives beside the features.
+pub struct Holds<F> {
+    held: Vec<Held<F>>,
+    spare: Vec<Held<F>>,
+}
+
+impl<F: Frame> Default for Holds<F> {
+    fn default() -> Self {
+        Holds {
+            held: Vec::with_capacity(HOLD_CAP),
+            spare: Vec::with_capacity(HOLD_CAP),
+        }
+    }
+}
+
+impl<F: Frame> Holds<F> {
+    /// The frames held now (neither sent nor dropped yet: the accounting identity
+    /// counts them apart).
+    pub fn len(&self) -> usize {
+        self.held.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+
+    /// Most frames that can leave at once (all held ones expiring together).
+    pub const CAPACITY: usize = HOLD_CAP;
+
+    /// Holds `f` until `Meta::nh_ip` answers on `Meta::out`, asking for it (at most
+    /// once a second per address, within the worker's budget of ARP requests).
+    pub fn hold<P: crate::pipeline::PortIo<Frame = F>>(
+        &mut self,
+        cx: &Ctx,
+        ip4: &mut super::Ip4,
+        out: &mut crate::pipeline::tx::Out<'_, F, P>,
+        tsc_hz: u64,
+        f: F,
+    ) {
+        let m = *f.meta();
+        let same = self.held.iter().filter(|p| p.ip == m.nh_ip).count();
+        // One silent address cannot take the whole queue.
+        if self.held.len() >= HOLD_CAP || same >= HOLD_PER_HOP {
+            out.drop(f, StageId::Arp, DropReason::ArpQueueFull);
+        } else {
+            self.held.push(Held {
+                frame: f,
+                ip: m.nh_ip,
+                out: m.out,
+                deadline: cx.now.wrapping_add(tsc_hz),
+            });
+        }
+        if !ip4.neighbors.should_ask(m.nh_ip, cx.now) || !ip4.arp_limit.allow(cx.now) {
+            return;
+        }
+        let Some(node) = cx.l3.node.as_ref() else {
+            return;
+        };
+        let (mac, ip) = if Some(m.out) == cx.ports.uplink {
+            (
+                cx.ports.port(m.out).map_or(node.router_mac, |p| p.mac),
+                node.node_ip,
+            )
+        } else {
+            (node.router_mac, node.gateway_ip)
+        };
+        let req = request(mac, ip, m.nh_ip);
+        let (no_buf, arp) = (DropReason::ArpNoBuffer, StageId::Arp);
+        if m.out == crate::pipeline::OUT_BRIDGE {
+            let mut ports = [0u16; crate::pipeline::MAX_PORTS];
+            let mut n = 0;
+            if let Some(bd) = cx.ports.bridge(m.bd) {
+                for &p in bd.members.iter().take(crate::pipeline::MAX_PORTS) {
+                    ports[n] = p;
+                    n += 1;
+                }
+            }
+            for &p in &ports[..n] {
+                out.send_new(p, &req, arp, no_buf);
+            }
+        } else {
+            out.send_new(m.out, &req, arp, no_buf);
+        }
+    }
+
+    /// Sends the held packets whose next hop resolved, in the order they came (a
+    /// flow's packets stay in order); drops expired ones.
+    pub fn release<P: crate::pipeline::PortIo<Frame = F>>(
+        &mut self,
+        cx: &Ctx,
+        ip4: &mut super::Ip4,
+        out: &mut crate::pipeline::tx::Out<'_, F, P>,
+    ) {
+        ip4.learned.clear();
+        let mut held = std::mem::take(&mut self.held);
+        let mut keep = std::mem::take(&mut self.spare);
+        for p in held.drain(..) {
+            let n = ip4.neighbors.lookup(p.ip, cx.now).filter(|n| {
+                if p.out == crate::pipeline::OUT_BRIDGE {
+                    cx.ports.role(n.port) == Role::Pod
+                } else {
+                    n.port == p.out
+                }
+            });
+            if let Some(n) = n {
+                let mut frame = p.frame;
+                let src = super::rewrite::src_mac(cx, n.port);
+                super::rewrite::rewrite(frame.data_mut(), n.mac, src);
+                out.send(n.port, frame, 0);
+            } else if cx.now >= p.deadline {
+                out.drop(p.frame, StageId::Arp, DropReason::ArpTimeout);
+            } else {
+                keep.push(p);
+            }
+        }
+        // Both vectors keep their capacity: no allocation here.
+        self.held = keep;
+        self.spare = held;
+    }
+
+    /// Drops every held packet (the worker is stopping).
+    pub fn drop_all<P: crate::pipeline::PortIo<Frame = F>>(
+        &mut self,
+        out: &mut crate::pipeline::tx::Out<'_, F, P>,
+    ) {
+        for p in self.held.drain(..) {
+            out.drop(p.frame, StageId::Arp, DropReason::ArpTimeout);
+        }
+    }
+}

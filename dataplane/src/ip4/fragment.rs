@@ -190,6 +190,67 @@ pub fn split<F: Frame>(
     Ok(())
 }
 
+/// Counts one datagram split as ip4-fragment's work (it runs outside the stage loop,
+/// called where the frame is sent).
+pub fn count_split(c: &crate::pipeline::WorkerCounters, t0: u64) {
+    use crate::pipeline::counters::add;
+    let sc = &c.stages[crate::pipeline::StageId::Ip4Fragment.index()];
+    add(&sc.packets, 1);
+    add(&sc.calls, 1);
+    add(&sc.cycles, crate::dpdk::rdtsc().wrapping_sub(t0));
+}
+
+/// ip4-fragment on output: `f` is bigger than `port`'s MTU. Split when it is IPv4
+/// without DF; the pieces go out in order.
+#[cold]
+pub fn on_output<F: Frame, P: crate::pipeline::PortIo<Frame = F>>(
+    out: &mut crate::pipeline::tx::Out<'_, F, P>,
+    port: u16,
+    mtu: u16,
+    f: F,
+    trace: u32,
+) {
+    use crate::pipeline::{Next, StageId, TraceDetail};
+    let t0 = crate::dpdk::rdtsc();
+    let plan = match l3_offset(f.data()) {
+        None => Err(DropReason::Ip4FragNotIp4),
+        Some(l3) => Plan::new(&f.data()[l3..], mtu).map(|p| p.map(|p| (l3, p))),
+    };
+    let (l3, plan) = match plan {
+        // A tagged frame that fits after all.
+        Ok(None) => return out.queue(port, f),
+        Ok(Some(lp)) => lp,
+        Err(r) => {
+            out.drop(f, StageId::Ip4Fragment, r);
+            return;
+        }
+    };
+    let mut pieces = std::mem::take(&mut out.tx.pieces);
+    match split(f, l3, &plan, |d| out.io.copy_frame(d), &mut pieces) {
+        Ok(()) => {
+            let n = pieces.len();
+            crate::pipeline::counters::add(&out.counters.replicated, n as u64 - 1);
+            out.trace(
+                trace,
+                StageId::Ip4Fragment,
+                Next::Port(port),
+                TraceDetail::Fragment {
+                    pieces: u16::try_from(n).unwrap_or(u16::MAX),
+                    mtu,
+                },
+            );
+            #[cfg(debug_assertions)]
+            crate::pipeline::registry::seen::record(StageId::Ip4Fragment, StageId::Tx);
+            for g in pieces.drain(..) {
+                out.queue(port, g);
+            }
+        }
+        Err((f, r)) => out.drop(f, StageId::Ip4Fragment, r),
+    }
+    out.tx.pieces = pieces;
+    count_split(out.counters, t0);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

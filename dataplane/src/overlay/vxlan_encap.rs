@@ -235,3 +235,75 @@ impl Template {
 pub fn describe(to: crate::wire::Ipv4Addr, sport: u16, vni: u32) -> String {
     format!("vxlan to {to} udp sport {sport} vni {vni}")
 }
+
+/// ip4-fragment for the overlay (`Next::Fragment`): `f` is too big to encapsulate,
+/// DF clear. Its pieces are each encapsulated by this stage's per-packet work and
+/// sent, or held for ARP, as the stage would.
+#[cold]
+pub fn fragment<F: Frame, P: crate::pipeline::PortIo<Frame = F>>(
+    cx: &Ctx,
+    ip4: &mut crate::ip4::Ip4,
+    holds: &mut crate::ip4::arp::Holds<F>,
+    out: &mut crate::pipeline::tx::Out<'_, F, P>,
+    tsc_hz: u64,
+    f: F,
+) {
+    use crate::ip4::fragment as ip4_fragment;
+    use crate::pipeline::{Meta, StageId};
+    let t0 = crate::dpdk::rdtsc();
+    let mtu = inner_mtu(cx);
+    let m0 = *f.meta();
+    let plan = ip4_fragment::Plan::new(&f.data()[ethernet::HEADER_LEN..], mtu);
+    let mut pieces = std::mem::take(&mut out.tx.pieces);
+    let split = match plan {
+        Ok(Some(plan)) => ip4_fragment::split(
+            f,
+            ethernet::HEADER_LEN,
+            &plan,
+            |d| out.io.copy_frame(d),
+            &mut pieces,
+        ),
+        // vxlan-encap found it too big; nothing else fits here.
+        Ok(None) => Err((f, DropReason::Ip4FragTooMany)),
+        Err(r) => Err((f, r)),
+    };
+    match split {
+        Ok(()) => {
+            let n = pieces.len();
+            crate::pipeline::counters::add(&out.counters.replicated, n as u64 - 1);
+            out.trace(
+                m0.trace,
+                StageId::Ip4Fragment,
+                Next::Stage(StageId::VxlanEncap),
+                TraceDetail::Fragment {
+                    pieces: u16::try_from(n).unwrap_or(u16::MAX),
+                    mtu,
+                },
+            );
+            #[cfg(debug_assertions)]
+            crate::pipeline::registry::seen::record(StageId::Ip4Fragment, StageId::VxlanEncap);
+            let node = cx.l3.node.as_ref();
+            let mut tpl = None;
+            for mut g in pieces.drain(..) {
+                *g.meta_mut() = Meta { trace: 0, ..m0 };
+                let next = match node {
+                    Some(node) => {
+                        let mut d = TraceDetail::None;
+                        encap(cx, &ip4.neighbors, node, &mut tpl, &mut g, &mut d)
+                    }
+                    None => Next::Drop(DropReason::Ip4NoNode),
+                };
+                match next {
+                    // Each piece fits: encapsulated to the overlay's MTU.
+                    Next::Port(p) => out.queue(p, g),
+                    Next::Resolve => holds.hold(cx, ip4, out, tsc_hz, g),
+                    Next::Drop(r) => out.drop(g, StageId::VxlanEncap, r),
+                    _ => out.drop(g, StageId::Tx, DropReason::GraphLoop),
+                }
+            }
+        }
+        Err((f, r)) => out.drop(f, StageId::Ip4Fragment, r),
+    }
+    out.tx.pieces = pieces;
+    ip4_fragment::count_split(out.counters, t0);
+}

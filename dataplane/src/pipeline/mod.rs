@@ -19,6 +19,7 @@ pub mod registry;
 pub mod run;
 pub mod stage;
 pub mod trace;
+pub mod tx;
 
 pub use counters::{PortCounters, WorkerCounters};
 pub use frame::{Frame, PortIo, RxChecksum};

@@ -5,21 +5,19 @@ use std::sync::Arc;
 use super::counters::add;
 use super::{
     DropReason, Frame, Meta, Next, PortIo, StageId, TraceDetail, Tracer, WorkerCounters, BURST,
-    MAX_PORTS, OUT_BRIDGE,
 };
-// The runner knows the stages only through the registry; it builds the features'
-// state through Features::new, and does the runner's own parts of ip4 (ARP holds,
-// fragmentation) and tx.
+// The runner knows the stages only through the registry and builds the features'
+// state through Features::new. What leaves a burst other than to a port goes to
+// the feature whose decision it is: a flood to the bridge, a hold to arp, a split
+// for the overlay to vxlan-encap; tx.rs sends.
+use super::tx::{Out, Tx};
 use crate::dpdk::rdtsc;
-use crate::ip4::fragment as ip4_fragment;
-use crate::ip4::rewrite as ip4_rewrite;
-use crate::ip4::{arp, L3};
+use crate::ip4::arp::Holds;
+use crate::ip4::L3;
 use crate::nat::conntrack::Timeouts;
-use crate::overlay::vxlan_encap;
 use crate::pipeline::stage::{Ctx, Features, Vector};
-use crate::port::{PortMap, Role};
+use crate::port::PortMap;
 use crate::services::table::ServiceTable;
-use crate::wire::ethernet;
 use crossbeam::channel::{Receiver, Sender};
 
 use super::handoff::{HandedOff, Handoff};
@@ -76,10 +74,6 @@ impl Default for ConntrackConfig {
 /// Entries the connection table may expire per poll iteration.
 const EXPIRE_BUDGET: usize = 64;
 
-/// Packets held while their next hop resolves, in all and per next hop.
-const PENDING_CAP: usize = 64;
-const PENDING_PER_HOP: usize = 8;
-
 /// A neighbour one worker learned, for the others.
 #[derive(Debug, Clone, Copy)]
 pub struct NeighborUpdate {
@@ -99,25 +93,41 @@ pub enum PeerUpdate {
 /// `ip4-lookup` once); beyond, packets are dropped rather than looping.
 const MAX_PASSES: usize = 4;
 
-struct Parked<F> {
-    frame: F,
-    ip: u32,
-    /// A port, or OUT_BRIDGE.
-    out: u16,
-    deadline: u64,
+/// The stages' context, from the pipeline's fields (a macro, so the callers can
+/// borrow other fields mutably beside it).
+macro_rules! ctx {
+    ($s:ident, $c:expr) => {
+        Ctx {
+            ports: &$s.ports,
+            l3: &$s.l3,
+            services: &$s.services,
+            now: $s.now,
+            now_ms: $s.now_ms,
+            seconds: seconds_of($s.now, $s.tsc_hz),
+            counters: $c,
+        }
+    };
 }
 
-/// ip4-fragment's counters for one datagram split (it runs outside the stage loop).
-fn count_fragmented(c: &WorkerCounters, t0: u64) {
-    let sc = &c.stages[StageId::Ip4Fragment.index()];
-    add(&sc.packets, 1);
-    add(&sc.calls, 1);
-    add(&sc.cycles, rdtsc().wrapping_sub(t0));
+/// The transmit side, from the pipeline's fields (as `ctx!`).
+macro_rules! out {
+    ($s:ident, $io:expr, $c:expr) => {
+        Out {
+            io: $io,
+            tx: &mut $s.tx,
+            ports: &$s.ports,
+            counters: $c,
+            tracer: &mut $s.tracer,
+            capture: &mut $s.capture,
+        }
+    };
 }
 
-/// Packets waiting to be transmitted on one port; flushed when a burst is full and at
-/// the end of every poll iteration.
-const TX_CAP: usize = 2 * BURST;
+/// Seconds on the connection table's clock at TSC `now`.
+#[inline(always)]
+fn seconds_of(now: u64, tsc_hz: u64) -> u32 {
+    u32::try_from(now / tsc_hz.max(1)).unwrap_or(u32::MAX)
+}
 
 pub struct Pipeline<F: Frame> {
     /// The burst's frames, in arrival order, each with its metadata; they stay here
@@ -133,9 +143,10 @@ pub struct Pipeline<F: Frame> {
     /// Whether any packet of the current burst is traced (dispatch's fast path skips
     /// the per-packet trace check when none is).
     burst_traced: bool,
-    tx: Vec<Vec<F>>,
-    tx_dirty: u32,
-    dropped: Vec<F>,
+    /// Output queues and the frames to free.
+    tx: Tx<F>,
+    /// arp's packets held for a next hop.
+    holds: Holds<F>,
     pub ports: Arc<PortMap>,
     pub l3: Arc<L3>,
     pub services: Arc<ServiceTable>,
@@ -144,12 +155,8 @@ pub struct Pipeline<F: Frame> {
     /// The snapshot generation installed last; stored in `settled_gen` when no sweep
     /// is left to do for it.
     installed_gen: u64,
-    pending: Vec<Parked<F>>,
-    pending_spare: Vec<Parked<F>>,
     peers: Vec<Sender<PeerUpdate>>,
     inbox: Option<Receiver<PeerUpdate>>,
-    /// The pieces of the datagram being split (ip4-fragment), reused.
-    frag_out: Vec<F>,
     /// Every feature's per-worker state (tables the stages own).
     pub features: Features,
     /// The connection-tracking knobs in force (from the snapshot).
@@ -181,20 +188,15 @@ impl<F: Frame> Pipeline<F> {
             queue: [[0; BURST]; StageId::COUNT],
             queue_len: [0; StageId::COUNT],
             burst_traced: false,
-            tx: (0..MAX_PORTS).map(|_| Vec::with_capacity(TX_CAP)).collect(),
-            tx_dirty: 0,
-            // Burst drops plus every parked packet expiring at once: never grows.
-            dropped: Vec::with_capacity(2 * BURST + PENDING_CAP),
+            tx: Tx::new(Holds::<F>::CAPACITY),
+            holds: Holds::default(),
             ports,
             l3: Arc::new(L3::empty()),
             services: Arc::new(ServiceTable::default()),
             svc_sweep: None,
             installed_gen: 0,
-            pending: Vec::with_capacity(PENDING_CAP),
-            pending_spare: Vec::with_capacity(PENDING_CAP),
             peers: Vec::new(),
             inbox: None,
-            frag_out: Vec::with_capacity(ip4_fragment::MAX_PIECES),
             features: Features::new(cfg),
             settings: Arc::new(crate::snapshot::Settings {
                 conntrack_capacity: cfg.conntrack.capacity,
@@ -213,13 +215,13 @@ impl<F: Frame> Pipeline<F> {
     /// Packets parked until their next hop resolves (they are neither sent nor
     /// dropped yet: the accounting identity counts them apart).
     pub fn parked(&self) -> usize {
-        self.pending.len()
+        self.holds.len()
     }
 
     /// Seconds on the connection table's clock.
     #[inline]
     pub fn seconds(&self) -> u32 {
-        u32::try_from(self.now / self.tsc_hz.max(1)).unwrap_or(u32::MAX)
+        seconds_of(self.now, self.tsc_hz)
     }
 
     /// Expires connections (bounded work) and publishes the table's counters.
@@ -494,7 +496,7 @@ impl<F: Frame> Pipeline<F> {
         self.finish(c, io);
         if !self.features.ip4.learned.is_empty() {
             self.share_learned();
-            self.release(c, io);
+            self.release_held(c, io);
         }
         if !self.features.nat.frags.news.is_empty() {
             self.share_frags();
@@ -502,22 +504,12 @@ impl<F: Frame> Pipeline<F> {
         if self.handoff.as_ref().is_some_and(Handoff::any_staged) {
             self.publish_handoff(c);
         }
-        if !self.dropped.is_empty() {
-            io.free_bulk(&mut self.dropped);
-        }
+        out!(self, io, c).free_dropped();
     }
 
     /// Calls one stage on the packets queued for it, through its registry entry.
     fn run_stage(&mut self, c: &WorkerCounters, stage: StageId, idx: &[u8]) {
-        let cx = Ctx {
-            ports: &self.ports,
-            l3: &self.l3,
-            services: &self.services,
-            now: self.now,
-            now_ms: self.now_ms,
-            seconds: self.seconds(),
-            counters: c,
-        };
+        let cx = ctx!(self, c);
         let mut v = Vector {
             pkts: idx,
             frames: &mut self.burst,
@@ -527,118 +519,11 @@ impl<F: Frame> Pipeline<F> {
         (stage.node::<F>())(&cx, &mut self.features, &mut v);
     }
 
-    /// Holds a packet until its next hop answers ARP, asking for it (at most once a
-    /// second per address, within a worker-wide budget of ARP requests).
-    fn park<P: PortIo<Frame = F>>(&mut self, c: &WorkerCounters, io: &mut P, f: F) {
-        let m = *f.meta();
-        let same = self.pending.iter().filter(|p| p.ip == m.nh_ip).count();
-        // One silent address cannot take the whole queue.
-        if self.pending.len() >= PENDING_CAP || same >= PENDING_PER_HOP {
-            c.count_drop(StageId::Arp, DropReason::ArpQueueFull, 1);
-            self.dropped.push(f);
-        } else {
-            self.pending.push(Parked {
-                frame: f,
-                ip: m.nh_ip,
-                out: m.out,
-                deadline: self.now.wrapping_add(self.tsc_hz),
-            });
-        }
-        if !self.features.ip4.neighbors.should_ask(m.nh_ip, self.now)
-            || !self.features.ip4.arp_limit.allow(self.now)
-        {
-            return;
-        }
-        let Some(node) = self.l3.node.as_ref() else {
-            return;
-        };
-        let (mac, ip) = if Some(m.out) == self.ports.uplink {
-            (
-                self.ports.port(m.out).map_or(node.router_mac, |p| p.mac),
-                node.node_ip,
-            )
-        } else {
-            (node.router_mac, node.gateway_ip)
-        };
-        let req = arp::request(mac, ip, m.nh_ip);
-        if m.out == OUT_BRIDGE {
-            let mut ports = [0u16; MAX_PORTS];
-            let mut n = 0;
-            if let Some(bd) = self.ports.bridge(m.bd) {
-                for &p in bd.members.iter().take(MAX_PORTS) {
-                    ports[n] = p;
-                    n += 1;
-                }
-            }
-            for &p in &ports[..n] {
-                self.send_new(c, io, p, &req);
-            }
-        } else {
-            self.send_new(c, io, m.out, &req);
-        }
-    }
-
-    /// Sends a frame the dataplane made (an ARP request). Counted as replicated, so
-    /// the accounting identity still holds.
-    fn send_new<P: PortIo<Frame = F>>(
-        &mut self,
-        c: &WorkerCounters,
-        io: &mut P,
-        port: u16,
-        bytes: &[u8],
-    ) {
-        add(&c.replicated, 1);
-        match io.copy_frame(bytes) {
-            Some(f) => self.output(c, io, port, f, 0),
-            None => c.count_drop(StageId::Arp, DropReason::ArpNoBuffer, 1),
-        }
-    }
-
-    /// Sends the parked packets whose next hop resolved, in the order they came (a
-    /// flow's packets stay in order); drops expired ones.
-    fn release<P: PortIo<Frame = F>>(&mut self, c: &WorkerCounters, io: &mut P) {
-        self.features.ip4.learned.clear();
-        let mut pending = std::mem::take(&mut self.pending);
-        let mut keep = std::mem::take(&mut self.pending_spare);
-        for p in pending.drain(..) {
-            let n = self
-                .features
-                .ip4
-                .neighbors
-                .lookup(p.ip, self.now)
-                .filter(|n| {
-                    if p.out == OUT_BRIDGE {
-                        self.ports.role(n.port) == Role::Pod
-                    } else {
-                        n.port == p.out
-                    }
-                });
-            if let Some(n) = n {
-                let mut frame = p.frame;
-                let src = {
-                    let cx = Ctx {
-                        ports: &self.ports,
-                        l3: &self.l3,
-                        services: &self.services,
-                        now: self.now,
-                        now_ms: self.now_ms,
-                        seconds: self.seconds(),
-                        counters: c,
-                    };
-                    ip4_rewrite::src_mac(&cx, n.port)
-                };
-                ip4_rewrite::rewrite(frame.data_mut(), n.mac, src);
-                self.output(c, io, n.port, frame, 0);
-            } else if self.now >= p.deadline {
-                c.count_drop(StageId::Arp, DropReason::ArpTimeout, 1);
-                self.dropped.push(p.frame);
-            } else {
-                keep.push(p);
-            }
-        }
-        // Both vectors keep their capacity: no allocation here.
-        self.pending = keep;
-        self.pending_spare = pending;
+    /// Sends the held packets whose next hop resolved (arp's holds).
+    fn release_held<P: PortIo<Frame = F>>(&mut self, c: &WorkerCounters, io: &mut P) {
+        let cx = ctx!(self, c);
+        let mut out = out!(self, io, c);
+        self.holds.release(&cx, &mut self.features.ip4, &mut out);
     }
 
     /// Connects this worker to the others: what it learns (neighbours, fragment
@@ -674,12 +559,10 @@ impl<F: Frame> Pipeline<F> {
                 }
             }
         }
-        if any && !self.pending.is_empty() {
+        if any && !self.holds.is_empty() {
             let counters = Arc::clone(&self.counters);
-            self.release(&counters, io);
-            if !self.dropped.is_empty() {
-                io.free_bulk(&mut self.dropped);
-            }
+            self.release_held(&counters, io);
+            out!(self, io, &counters).free_dropped();
         }
     }
 
@@ -695,7 +578,7 @@ impl<F: Frame> Pipeline<F> {
         let Some(h) = self.handoff.as_mut() else {
             return;
         };
-        let dropped = &mut self.dropped;
+        let dropped = &mut self.tx.dropped;
         let sent = h.publish(|x| {
             c.count_drop(x.stage, DropReason::HandoffFull, 1);
             dropped.push(x.frame);
@@ -789,23 +672,19 @@ impl<F: Frame> Pipeline<F> {
     /// Frees every parked packet (the worker is stopping).
     pub fn drain<P: PortIo<Frame = F>>(&mut self, io: &mut P) {
         let counters = Arc::clone(&self.counters);
-        for p in self.pending.drain(..) {
-            counters.count_drop(StageId::Arp, DropReason::ArpTimeout, 1);
-            self.dropped.push(p.frame);
-        }
-        self.flush(io);
+        let mut out = out!(self, io, &counters);
+        self.holds.drop_all(&mut out);
+        out.flush();
     }
 
     /// Sends or expires parked packets (called every poll iteration while any wait).
     pub fn expire<P: PortIo<Frame = F>>(&mut self, io: &mut P) {
-        if self.pending.is_empty() {
+        if self.holds.is_empty() {
             return;
         }
         let counters = Arc::clone(&self.counters);
-        self.release(&counters, io);
-        if !self.dropped.is_empty() {
-            io.free_bulk(&mut self.dropped);
-        }
+        self.release_held(&counters, io);
+        out!(self, io, &counters).free_dropped();
     }
 
     /// Fans the packets a stage decided on out to their next place.
@@ -873,20 +752,32 @@ impl<F: Frame> Pipeline<F> {
         // Taken out for the loop (the outputs borrow the pipeline) and put back: the
         // vector keeps its capacity, no allocation.
         let mut burst = std::mem::take(&mut self.burst);
+        let cx = ctx!(self, c);
+        let mut out = out!(self, io, c);
         for (i, f) in burst.drain(..).enumerate() {
             let (next, stage) = self.fate[i];
             match next {
                 Next::Port(p) => {
                     to_tx += 1;
                     let trace = f.meta().trace;
-                    self.output(c, io, p, f, trace);
+                    out.send(p, f, trace);
                 }
                 Next::Flood => {
                     to_tx += 1;
-                    self.flood(c, io, f);
+                    crate::bridge::flood(&mut out, f);
                 }
-                Next::Resolve => self.park(c, io, f),
-                Next::Fragment => self.fragment_encap(c, io, f),
+                Next::Resolve => {
+                    self.holds
+                        .hold(&cx, &mut self.features.ip4, &mut out, self.tsc_hz, f);
+                }
+                Next::Fragment => crate::overlay::vxlan_encap::fragment(
+                    &cx,
+                    &mut self.features.ip4,
+                    &mut self.holds,
+                    &mut out,
+                    self.tsc_hz,
+                    f,
+                ),
                 Next::Handoff(w) => {
                     let h = HandedOff { frame: f, stage };
                     let refused = match self.handoff.as_mut() {
@@ -894,12 +785,11 @@ impl<F: Frame> Pipeline<F> {
                         None => Some(h),
                     };
                     if let Some(h) = refused {
-                        c.count_drop(stage, DropReason::HandoffFull, 1);
-                        self.dropped.push(h.frame);
+                        out.drop(h.frame, stage, DropReason::HandoffFull);
                     }
                 }
                 // Counted where decided.
-                Next::Drop(_) | Next::Stage(_) => self.dropped.push(f),
+                Next::Drop(_) | Next::Stage(_) => out.free(f),
             }
         }
         self.burst = burst;
@@ -911,303 +801,10 @@ impl<F: Frame> Pipeline<F> {
         }
     }
 
-    #[inline]
-    fn output<P: PortIo<Frame = F>>(
-        &mut self,
-        c: &WorkerCounters,
-        io: &mut P,
-        port: u16,
-        f: F,
-        trace: u32,
-    ) {
-        let p = usize::from(port);
-        let Some(mtu) = self
-            .ports
-            .port(port)
-            .filter(|_| p < MAX_PORTS)
-            .map(|p| p.mtu)
-        else {
-            c.count_drop(StageId::Tx, DropReason::TxNoPort, 1);
-            self.dropped.push(f);
-            return;
-        };
-        // Room for the Ethernet header and one VLAN tag; the exact check is the
-        // fragmenter's (rare: frames are rarely bigger than their port's MTU).
-        if f.data_len() > usize::from(mtu) + ethernet::HEADER_LEN {
-            self.fragment_out(c, io, port, mtu, f, trace);
-            return;
-        }
-        if trace != 0 {
-            self.tracer.record(
-                c,
-                trace,
-                StageId::Tx,
-                Next::Port(port),
-                TraceDetail::Out { port },
-            );
-        }
-        self.queue_tx(c, io, port, f);
-    }
-
-    /// Queues a frame on a port known to exist; a full burst goes at once.
-    #[inline]
-    fn queue_tx<P: PortIo<Frame = F>>(&mut self, c: &WorkerCounters, io: &mut P, port: u16, f: F) {
-        let p = usize::from(port);
-        self.tx[p].push(f);
-        self.tx_dirty |= 1 << p;
-        if self.tx[p].len() >= BURST {
-            self.flush_port(c, io, port);
-        }
-    }
-
-    /// ip4-fragment on output: `f` is bigger than `port`'s MTU. Split when it is
-    /// IPv4 without DF; the pieces go out in order.
-    #[cold]
-    fn fragment_out<P: PortIo<Frame = F>>(
-        &mut self,
-        c: &WorkerCounters,
-        io: &mut P,
-        port: u16,
-        mtu: u16,
-        f: F,
-        trace: u32,
-    ) {
-        let t0 = rdtsc();
-        let plan = match ip4_fragment::l3_offset(f.data()) {
-            None => Err(DropReason::Ip4FragNotIp4),
-            Some(l3) => ip4_fragment::Plan::new(&f.data()[l3..], mtu).map(|p| p.map(|p| (l3, p))),
-        };
-        let (l3, plan) = match plan {
-            // A tagged frame that fits after all.
-            Ok(None) => return self.queue_tx(c, io, port, f),
-            Ok(Some(lp)) => lp,
-            Err(r) => {
-                c.count_drop(StageId::Ip4Fragment, r, 1);
-                self.dropped.push(f);
-                return;
-            }
-        };
-        let mut pieces = std::mem::take(&mut self.frag_out);
-        match ip4_fragment::split(f, l3, &plan, |d| io.copy_frame(d), &mut pieces) {
-            Ok(()) => {
-                let n = pieces.len();
-                add(&c.replicated, n as u64 - 1);
-                if trace != 0 {
-                    self.tracer.record(
-                        c,
-                        trace,
-                        StageId::Ip4Fragment,
-                        Next::Port(port),
-                        TraceDetail::Fragment {
-                            pieces: u16::try_from(n).unwrap_or(u16::MAX),
-                            mtu,
-                        },
-                    );
-                }
-                #[cfg(debug_assertions)]
-                super::registry::seen::record(StageId::Ip4Fragment, StageId::Tx);
-                for g in pieces.drain(..) {
-                    self.queue_tx(c, io, port, g);
-                }
-            }
-            Err((f, r)) => {
-                c.count_drop(StageId::Ip4Fragment, r, 1);
-                self.dropped.push(f);
-            }
-        }
-        self.frag_out = pieces;
-        count_fragmented(c, t0);
-    }
-
-    /// ip4-fragment for the overlay: packet `i` (`f`) is too big to encapsulate, DF
-    /// clear. Its pieces are each encapsulated by vxlan-encap's per-packet work and
-    /// sent (or parked for ARP) as the stage would.
-    #[cold]
-    fn fragment_encap<P: PortIo<Frame = F>>(&mut self, c: &WorkerCounters, io: &mut P, f: F) {
-        let t0 = rdtsc();
-        let (ports, l3, services) = (
-            Arc::clone(&self.ports),
-            Arc::clone(&self.l3),
-            Arc::clone(&self.services),
-        );
-        let cx = Ctx {
-            ports: &ports,
-            l3: &l3,
-            services: &services,
-            now: self.now,
-            now_ms: self.now_ms,
-            seconds: self.seconds(),
-            counters: c,
-        };
-        let mtu = vxlan_encap::inner_mtu(&cx);
-        let m0 = *f.meta();
-        let plan = ip4_fragment::Plan::new(&f.data()[ethernet::HEADER_LEN..], mtu);
-        let mut pieces = std::mem::take(&mut self.frag_out);
-        let split = match plan {
-            Ok(Some(plan)) => ip4_fragment::split(
-                f,
-                ethernet::HEADER_LEN,
-                &plan,
-                |d| io.copy_frame(d),
-                &mut pieces,
-            ),
-            // vxlan-encap found it too big; nothing else fits here.
-            Ok(None) => Err((f, DropReason::Ip4FragTooMany)),
-            Err(r) => Err((f, r)),
-        };
-        match split {
-            Ok(()) => {
-                let n = pieces.len();
-                add(&c.replicated, n as u64 - 1);
-                if m0.trace != 0 {
-                    self.tracer.record(
-                        c,
-                        m0.trace,
-                        StageId::Ip4Fragment,
-                        Next::Stage(StageId::VxlanEncap),
-                        TraceDetail::Fragment {
-                            pieces: u16::try_from(n).unwrap_or(u16::MAX),
-                            mtu,
-                        },
-                    );
-                }
-                #[cfg(debug_assertions)]
-                super::registry::seen::record(StageId::Ip4Fragment, StageId::VxlanEncap);
-                let node = l3.node.as_ref();
-                let mut tpl = None;
-                for mut g in pieces.drain(..) {
-                    *g.meta_mut() = Meta { trace: 0, ..m0 };
-                    let next = match node {
-                        Some(node) => {
-                            let mut d = TraceDetail::None;
-                            vxlan_encap::encap(
-                                &cx,
-                                &self.features.ip4.neighbors,
-                                node,
-                                &mut tpl,
-                                &mut g,
-                                &mut d,
-                            )
-                        }
-                        None => Next::Drop(DropReason::Ip4NoNode),
-                    };
-                    match next {
-                        Next::Port(p) => self.queue_tx(c, io, p, g),
-                        Next::Resolve => self.park(c, io, g),
-                        Next::Drop(r) => {
-                            c.count_drop(StageId::VxlanEncap, r, 1);
-                            self.dropped.push(g);
-                        }
-                        _ => {
-                            c.count_drop(StageId::Tx, DropReason::GraphLoop, 1);
-                            self.dropped.push(g);
-                        }
-                    }
-                }
-            }
-            Err((f, r)) => {
-                c.count_drop(StageId::Ip4Fragment, r, 1);
-                self.dropped.push(f);
-            }
-        }
-        self.frag_out = pieces;
-        count_fragmented(c, t0);
-    }
-
-    /// Copies a frame to every other port of its bridge domain; the original goes to
-    /// the last one. Every copy attempted counts as replicated, so a copy that finds no
-    /// buffer (counted `tx-no-buffer`) keeps rx + replicated = tx + dropped.
-    fn flood<P: PortIo<Frame = F>>(&mut self, c: &WorkerCounters, io: &mut P, f: F) {
-        let m = *f.meta();
-        let mut targets = [0u16; MAX_PORTS];
-        let mut n = 0;
-        if let Some(bd) = self.ports.bridge(m.bd) {
-            for &p in bd
-                .members
-                .iter()
-                .filter(|&&p| p != m.in_port)
-                .take(MAX_PORTS)
-            {
-                targets[n] = p;
-                n += 1;
-            }
-        }
-        if n == 0 {
-            // The bridge checked for other ports; a map change in between can still
-            // leave none.
-            c.count_drop(StageId::Tx, DropReason::BridgeNoFloodPort, 1);
-            self.dropped.push(f);
-            return;
-        }
-        let copies = n - 1;
-        for &p in &targets[..copies] {
-            match io.copy_frame(f.data()) {
-                Some(copy) => self.output(c, io, p, copy, 0),
-                None => c.count_drop(StageId::Tx, DropReason::TxNoBuffer, 1),
-            }
-        }
-        add(&c.replicated, copies as u64);
-        if m.trace != 0 {
-            let ports = u16::try_from(n).unwrap_or(u16::MAX);
-            self.tracer.record(
-                c,
-                m.trace,
-                StageId::Tx,
-                Next::Flood,
-                TraceDetail::Flood { ports },
-            );
-        }
-        self.output(c, io, targets[copies], f, 0);
-    }
-
-    fn flush_port<P: PortIo<Frame = F>>(&mut self, c: &WorkerCounters, io: &mut P, port: u16) {
-        let p = usize::from(port);
-        self.tx_dirty &= !(1 << p);
-        let q = &mut self.tx[p];
-        if q.is_empty() {
-            return;
-        }
-        let total = q.len();
-        if let Some(cap) = self
-            .capture
-            .as_mut()
-            .filter(|c| c.point == super::capture::Point::Tx(port))
-        {
-            let t = rdtsc();
-            for f in q.iter() {
-                cap.take(t, port, f.data());
-            }
-        }
-        let bytes_before: usize = q.iter().map(Frame::data_len).sum();
-        let sent = io.tx_burst(port, q);
-        // Usually everything went: no second pass over the frames.
-        let bytes_left: usize = if q.is_empty() {
-            0
-        } else {
-            q.iter().map(Frame::data_len).sum()
-        };
-        let pc = &c.ports[p];
-        add(&pc.tx_packets, sent as u64);
-        add(&pc.tx_bytes, (bytes_before - bytes_left) as u64);
-        let unsent = total - sent;
-        if unsent > 0 {
-            add(&pc.tx_dropped, unsent as u64);
-            c.count_drop(StageId::Tx, DropReason::TxFull, unsent as u64);
-            // Freed at once, so `dropped` never grows beyond its reserved size.
-            io.free_bulk(q);
-        }
-    }
-
     /// Transmits everything queued. Called at the end of every poll iteration.
     pub fn flush<P: PortIo<Frame = F>>(&mut self, io: &mut P) {
         let counters = Arc::clone(&self.counters);
-        while self.tx_dirty != 0 {
-            let p = self.tx_dirty.trailing_zeros();
-            self.flush_port(&counters, io, u16::try_from(p).unwrap_or(0));
-        }
-        if !self.dropped.is_empty() {
-            io.free_bulk(&mut self.dropped);
-        }
+        out!(self, io, &counters).flush();
     }
 
     /// Installs a new port map (after flushing what is queued for the old one) and
