@@ -29,3 +29,11 @@ pub struct Ip4 {
     pub icmp_limit: icmp_error::RateLimit,
     pub arp_limit: icmp_error::RateLimit,
 }
+
+impl Ip4 {
+    /// Publishes IPv4's counters.
+    pub fn publish(&self, c: &crate::pipeline::WorkerCounters) {
+        c.neighbor_table_full
+            .store(self.neighbors.full, std::sync::atomic::Ordering::Relaxed);
+    }
+}

@@ -24,7 +24,8 @@ pub mod tx;
 pub use counters::{PortCounters, WorkerCounters};
 pub use frame::{Frame, PortIo, RxChecksum};
 pub use registry::{DropReason, StageId, DROP_REASONS, STAGES};
-pub use run::{ConntrackConfig, NeighborUpdate, PeerUpdate, Pipeline, PipelineConfig};
+pub use run::{ConntrackConfig, Pipeline, PipelineConfig};
+pub use stage::{NeighborUpdate, PeerUpdate};
 pub use trace::{TraceDetail, TraceRecord, Tracer};
 
 /// Packets per rx burst (DPDK's customary 32).

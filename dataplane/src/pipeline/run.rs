@@ -15,7 +15,7 @@ use crate::dpdk::rdtsc;
 use crate::ip4::arp::Holds;
 use crate::ip4::L3;
 use crate::nat::conntrack::Timeouts;
-use crate::pipeline::stage::{Ctx, Features, Vector};
+use crate::pipeline::stage::{Ctx, Features, PeerUpdate, Vector};
 use crate::port::PortMap;
 use crate::services::table::ServiceTable;
 use crossbeam::channel::{Receiver, Sender};
@@ -71,24 +71,6 @@ impl Default for ConntrackConfig {
     }
 }
 
-/// Entries the connection table may expire per poll iteration.
-const EXPIRE_BUDGET: usize = 64;
-
-/// A neighbour one worker learned, for the others.
-#[derive(Debug, Clone, Copy)]
-pub struct NeighborUpdate {
-    pub ip: u32,
-    pub mac: crate::wire::MacAddr,
-    pub port: u16,
-}
-
-/// What one worker tells the others between bursts: a neighbour it learned, or the
-/// translation of a datagram whose first fragment it translated.
-#[derive(Debug, Clone, Copy)]
-pub enum PeerUpdate {
-    Neighbor(NeighborUpdate),
-    Frag(crate::nat::frag::FragUpdate),
-}
 /// How many passes over the stages one burst may take (an ICMP error goes back to
 /// `ip4-lookup` once); beyond, packets are dropped rather than looping.
 const MAX_PASSES: usize = 4;
@@ -224,64 +206,18 @@ impl<F: Frame> Pipeline<F> {
         seconds_of(self.now, self.tsc_hz)
     }
 
-    /// Expires connections (bounded work) and publishes the table's counters.
+    /// The features' upkeep between bursts (bounded: connections expired, a Service
+    /// change's sweep advanced) and their tables' counters published.
     pub fn expire_connections(&mut self) {
         let now = self.seconds();
-        self.features.nat.conntrack.expire(now, EXPIRE_BUDGET);
-        if let Some(from) = self.svc_sweep {
-            let svc = Arc::clone(&self.services);
-            // UDP only, as kube-proxy clears them: a TCP connection to a removed
-            // endpoint lives on (until the pod goes and the client sees a reset or
-            // times out), it is not cut by the dataplane.
-            let next = self.features.nat.conntrack.sweep(from, 256, |e| {
-                e.is_dnat()
-                    && e.orig.proto == 17
-                    && !svc.endpoint_exists(
-                        e.orig.dst,
-                        e.orig.dport,
-                        e.orig.proto,
-                        crate::services::table::Endpoint {
-                            ip: e.reply.src,
-                            port: e.reply.sport,
-                        },
-                    )
-            });
-            self.svc_sweep = (next < self.features.nat.conntrack.slab_len()).then_some(next);
-            if self.svc_sweep.is_none() {
-                self.counters
-                    .settled_gen
-                    .store(self.installed_gen, std::sync::atomic::Ordering::Release);
-            }
+        let was = self.svc_sweep.is_some();
+        self.features
+            .upkeep(now, &self.services, &mut self.svc_sweep, &self.counters);
+        if was && self.svc_sweep.is_none() {
+            self.counters
+                .settled_gen
+                .store(self.installed_gen, std::sync::atomic::Ordering::Release);
         }
-        let c = &self.counters;
-        let s = self.features.nat.conntrack.stats;
-        let len = self.features.nat.conntrack.len() as u64;
-        c.ct_entries
-            .store(len, std::sync::atomic::Ordering::Relaxed);
-        c.ct_inserted
-            .store(s.inserted, std::sync::atomic::Ordering::Relaxed);
-        c.ct_expired
-            .store(s.expired, std::sync::atomic::Ordering::Relaxed);
-        c.ct_early_dropped
-            .store(s.early_dropped, std::sync::atomic::Ordering::Relaxed);
-        c.ct_refused_full
-            .store(s.refused_full, std::sync::atomic::Ordering::Relaxed);
-        c.ct_capacity.store(
-            self.features.nat.conntrack.capacity() as u64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
-        c.neighbor_table_full.store(
-            self.features.ip4.neighbors.full,
-            std::sync::atomic::Ordering::Relaxed,
-        );
-        c.affinity_table_full.store(
-            self.features.services.affinity.full,
-            std::sync::atomic::Ordering::Relaxed,
-        );
-        c.frag_table_full.store(
-            self.features.nat.frags.table.full,
-            std::sync::atomic::Ordering::Relaxed,
-        );
     }
 
     /// Installs a snapshot (the parts that changed), as generation `gen`; returns the
@@ -305,12 +241,7 @@ impl<F: Frame> Pipeline<F> {
             self.set_services(snap.services);
         }
         if ch.settings {
-            // Checked against the reservation by the control thread.
-            self.features.nat.conntrack.timeouts = snap.settings.timeouts;
-            self.features
-                .nat
-                .conntrack
-                .set_capacity(snap.settings.conntrack_capacity);
+            self.features.set(&snap.settings);
             self.settings = snap.settings;
         }
         self.installed_gen = gen;
@@ -494,12 +425,19 @@ impl<F: Frame> Pipeline<F> {
             }
         }
         self.finish(c, io);
-        if !self.features.ip4.learned.is_empty() {
-            self.share_learned();
-            self.release_held(c, io);
-        }
-        if !self.features.nat.frags.news.is_empty() {
-            self.share_frags();
+        if self.features.has_news() {
+            let learned = !self.features.ip4.learned.is_empty();
+            let peers = &self.peers;
+            self.features.for_peers(self.now, |u| {
+                // A full peer misses it (it resolves the neighbour itself; that
+                // datagram's later fragments are dropped there).
+                for p in peers {
+                    let _ = p.try_send(u);
+                }
+            });
+            if learned {
+                self.release_held(c, io);
+            }
         }
         if self.handoff.as_ref().is_some_and(Handoff::any_staged) {
             self.publish_handoff(c);
@@ -542,22 +480,7 @@ impl<F: Frame> Pipeline<F> {
         };
         let mut any = false;
         while let Ok(u) = inbox.try_recv() {
-            match u {
-                PeerUpdate::Neighbor(u) => {
-                    self.features
-                        .ip4
-                        .neighbors
-                        .learn(u.ip, u.mac, u.port, self.now);
-                    any = true;
-                }
-                PeerUpdate::Frag(f) => {
-                    self.features
-                        .nat
-                        .frags
-                        .table
-                        .remember(f.key, f.nat, self.now_ms);
-                }
-            }
+            any |= self.features.from_peer(u, self.now, self.now_ms);
         }
         if any && !self.holds.is_empty() {
             let counters = Arc::clone(&self.counters);
@@ -641,32 +564,6 @@ impl<F: Frame> Pipeline<F> {
         }
         self.handoff = Some(ends);
         total
-    }
-
-    /// Tells the other workers what this burst's ARP taught us.
-    fn share_learned(&self) {
-        for &ip in &self.features.ip4.learned {
-            if let Some(n) = self.features.ip4.neighbors.lookup(ip, self.now) {
-                let u = NeighborUpdate {
-                    ip,
-                    mac: n.mac,
-                    port: n.port,
-                };
-                for p in &self.peers {
-                    let _ = p.try_send(PeerUpdate::Neighbor(u));
-                }
-            }
-        }
-    }
-
-    /// Tells the other workers the fragment translations this burst made (a full
-    /// peer misses one: that datagram's later fragments are dropped there).
-    fn share_frags(&mut self) {
-        for f in self.features.nat.frags.news.drain(..) {
-            for p in &self.peers {
-                let _ = p.try_send(PeerUpdate::Frag(f));
-            }
-        }
     }
 
     /// Frees every parked packet (the worker is stopping).
@@ -816,14 +713,7 @@ impl<F: Frame> Pipeline<F> {
     ) -> Arc<PortMap> {
         self.flush(io);
         let keep = Arc::clone(&ports);
-        self.features
-            .bridge
-            .macs
-            .retain_ports(|p| keep.port(p).is_some());
-        self.features
-            .ip4
-            .neighbors
-            .retain_ports(|p| keep.port(p).is_some());
+        self.features.retain_ports(|p| keep.port(p).is_some());
         std::mem::replace(&mut self.ports, ports)
     }
 }

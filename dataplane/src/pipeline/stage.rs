@@ -103,6 +103,96 @@ impl Features {
     }
 }
 
+/// A neighbour one worker learned, for the others.
+#[derive(Debug, Clone, Copy)]
+pub struct NeighborUpdate {
+    pub ip: u32,
+    pub mac: crate::wire::MacAddr,
+    pub port: u16,
+}
+
+/// What one worker tells the others between bursts: a neighbour it learned, or the
+/// translation of a datagram whose first fragment it translated.
+#[derive(Debug, Clone, Copy)]
+pub enum PeerUpdate {
+    Neighbor(NeighborUpdate),
+    Frag(crate::nat::frag::FragUpdate),
+}
+
+/// What the runner asks of the features between bursts; each feature does its part
+/// in its own folder.
+impl Features {
+    /// Bounded upkeep between bursts: connections expired, and a Service change's
+    /// sweep advanced (`sweep`: where it has got to, None when none runs). Then the
+    /// tables' counters are published.
+    pub fn upkeep(
+        &mut self,
+        seconds: u32,
+        services: &ServiceTable,
+        sweep: &mut Option<usize>,
+        c: &WorkerCounters,
+    ) {
+        self.nat.expire(seconds, EXPIRE_BUDGET);
+        if let Some(from) = *sweep {
+            *sweep = crate::services::sweep_departed(&mut self.nat.conntrack, services, from);
+        }
+        self.nat.publish(c);
+        self.ip4.publish(c);
+        self.services.publish(c);
+    }
+
+    /// A new port map: forget what was learned behind ports that are gone.
+    pub fn retain_ports(&mut self, keep: impl Fn(u16) -> bool) {
+        self.bridge.macs.retain_ports(&keep);
+        self.ip4.neighbors.retain_ports(&keep);
+    }
+
+    /// New settings from the snapshot.
+    pub fn set(&mut self, s: &crate::snapshot::Settings) {
+        self.nat.set(s);
+    }
+
+    /// What this burst taught us that the other workers need: the neighbours ARP
+    /// learned, the fragment translations made.
+    pub fn for_peers(&mut self, now: u64, mut send: impl FnMut(PeerUpdate)) {
+        for &ip in &self.ip4.learned {
+            if let Some(n) = self.ip4.neighbors.lookup(ip, now) {
+                send(PeerUpdate::Neighbor(NeighborUpdate {
+                    ip,
+                    mac: n.mac,
+                    port: n.port,
+                }));
+            }
+        }
+        for f in self.nat.frags.news.drain(..) {
+            send(PeerUpdate::Frag(f));
+        }
+    }
+
+    /// Whether this burst has anything for the other workers.
+    pub fn has_news(&self) -> bool {
+        !self.ip4.learned.is_empty() || !self.nat.frags.news.is_empty()
+    }
+
+    /// Takes what another worker learned; true when it was a neighbour (packets
+    /// held for it may go now).
+    pub fn from_peer(&mut self, u: PeerUpdate, now: u64, now_ms: u64) -> bool {
+        match u {
+            PeerUpdate::Neighbor(u) => {
+                self.ip4.neighbors.learn(u.ip, u.mac, u.port, now);
+                true
+            }
+            PeerUpdate::Frag(f) => {
+                self.nat.frags.table.remember(f.key, f.nat, now_ms);
+                false
+            }
+        }
+    }
+}
+
+/// Connections the table may expire per poll iteration.
+const EXPIRE_BUDGET: usize = 64;
+
 /// A stage's entry point, named in its registry line (`pipeline/registry.rs`): the
 /// runner calls it with the packets queued for the stage and knows nothing else of
 /// it.

@@ -17,3 +17,37 @@ pub struct Services {
     pub affinity: lb::Affinity,
     pub frag_scratch: lb::FragScratch,
 }
+
+impl Services {
+    /// Publishes the Services' counters.
+    pub fn publish(&self, c: &crate::pipeline::WorkerCounters) {
+        c.affinity_table_full
+            .store(self.affinity.full, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// After a Service change: removes UDP connections whose endpoint is gone, 256
+/// slab entries from `from` per call (bounded work between bursts). Returns where
+/// to go on, or None when the sweep is done. UDP only, as kube-proxy clears them:
+/// a TCP connection to a removed endpoint lives on (until the pod goes and the
+/// client sees a reset or times out), it is not cut by the dataplane.
+pub fn sweep_departed(
+    ct: &mut crate::nat::conntrack::Conntrack,
+    services: &ServiceTable,
+    from: usize,
+) -> Option<usize> {
+    let next = ct.sweep(from, 256, |e| {
+        e.is_dnat()
+            && e.orig.proto == 17
+            && !services.endpoint_exists(
+                e.orig.dst,
+                e.orig.dport,
+                e.orig.proto,
+                table::Endpoint {
+                    ip: e.reply.src,
+                    port: e.reply.sport,
+                },
+            )
+    });
+    (next < ct.slab_len()).then_some(next)
+}
