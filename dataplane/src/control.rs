@@ -6,6 +6,12 @@
 //! quiescent point). Only when every worker has passed that point does the control
 //! thread stop and unplug a detached port; old snapshots come back over a channel and
 //! are freed here, never on a worker.
+//!
+//! This file is the thread's core: ports (attach, detach, queue grants), publishing,
+//! requests' dispatch, stats, traces and captures. Each feature's part of the
+//! handler lives in its folder as an `impl Control`: `bridge/control.rs` (MAC
+//! table), `ip4/control.rs` (node, remotes, neighbours), `nat/control.rs`
+//! (connection table), `services/control.rs` (the Service table).
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -14,9 +20,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam::channel::{bounded, Receiver, Sender};
 use podpath_proto::{
-    ConnInfo, ConntrackFilter, ConntrackSettings, DropStat, ErrorKind, ErrorReply, MacInfo,
-    NeighborInfo, NodeSpec, PortInfo, PortSpec, PortStat, RemoteSpec, Request, Response, RouteInfo,
-    ServiceSpec, StageStat, Stats, TraceLine, WorkerStat, PROTOCOL_VERSION,
+    DropStat, ErrorKind, ErrorReply, NodeSpec, PortInfo, PortSpec, PortStat, RemoteSpec, Request,
+    Response, RouteInfo, ServiceSpec, StageStat, Stats, TraceLine, WorkerStat, PROTOCOL_VERSION,
 };
 use ringbuf::traits::Consumer;
 use ringbuf::HeapCons;
@@ -29,7 +34,6 @@ use crate::pipeline::ConntrackConfig;
 use crate::pipeline::{DropReason, Next, StageId, TraceDetail, TraceRecord, WorkerCounters};
 use crate::port::PortEntry;
 use crate::port::PortMap;
-use crate::services::table::ServiceTable;
 use crate::snapshot::{Settings, Snapshot};
 use crate::wire::MacAddr;
 use crate::worker::{Retired, WorkerMsg};
@@ -43,59 +47,59 @@ pub struct WorkerHandle {
     pub trace: HeapCons<TraceRecord>,
 }
 
-struct Attached {
-    spec: PortSpec,
-    port: EthPort,
-    queues: u16,
+pub(crate) struct Attached {
+    pub(crate) spec: PortSpec,
+    pub(crate) port: EthPort,
+    pub(crate) queues: u16,
 }
 
 pub struct Control {
-    pool: Mempool,
+    pub(crate) pool: Mempool,
     /// Buffers for af_packet ports' frames (up to `max_frame`), made at the first
     /// af_packet attach.
-    jumbo: Option<Mempool>,
-    max_frame: u32,
-    workers: Vec<WorkerHandle>,
+    pub(crate) jumbo: Option<Mempool>,
+    pub(crate) max_frame: u32,
+    pub(crate) workers: Vec<WorkerHandle>,
     /// Whether the workers run. Before (the configuration file's ports and node
     /// being applied), a change waits for no acknowledgement: each worker starts
     /// from the snapshot current at its launch.
-    launched: bool,
-    ports: Vec<Attached>,
+    pub(crate) launched: bool,
+    pub(crate) ports: Vec<Attached>,
     /// The connection-tracking settings in force (what `snap.settings` holds), and
     /// the reservation that bounds the capacity.
-    conntrack: ConntrackConfig,
+    pub(crate) conntrack: ConntrackConfig,
     /// The generation of `snap`, the last snapshot published.
-    gen: u64,
-    snap: Snapshot,
-    node: Option<NodeSpec>,
-    remotes: Vec<RemoteSpec>,
-    services: Vec<ServiceSpec>,
-    retired: Receiver<Retired>,
-    tsc_hz: u64,
-    rx_desc: u16,
-    tx_desc: u16,
+    pub(crate) gen: u64,
+    pub(crate) snap: Snapshot,
+    pub(crate) node: Option<NodeSpec>,
+    pub(crate) remotes: Vec<RemoteSpec>,
+    pub(crate) services: Vec<ServiceSpec>,
+    pub(crate) retired: Receiver<Retired>,
+    pub(crate) tsc_hz: u64,
+    pub(crate) rx_desc: u16,
+    pub(crate) tx_desc: u16,
     /// TCP endpoints that left their Services, since when: their connections live on
     /// (kube-proxy keeps them), so the tables keep naming them for reply ownership
     /// until the established timeout has passed.
-    departed: HashMap<Departed, (bool, Instant)>,
-    departed_ttl: Duration,
+    pub(crate) departed: HashMap<Departed, (bool, Instant)>,
+    pub(crate) departed_ttl: Duration,
     /// Each Service's identity (`Service::uid`), by name; a deleted Service's goes
     /// with it, so one created later under any name gets a fresh one.
-    uids: hashbrown::HashMap<String, u32>,
-    next_uid: u32,
+    pub(crate) uids: hashbrown::HashMap<String, u32>,
+    pub(crate) next_uid: u32,
     /// Connections refused because a table was full, as last logged, and when.
-    refused_logged: u64,
-    refused_logged_at: Option<Instant>,
+    pub(crate) refused_logged: u64,
+    pub(crate) refused_logged_at: Option<Instant>,
     /// Port counters at attach time, by port id: DPDK reuses ids after a detach, and
     /// a port's counters start from its attach.
-    port_base: HashMap<u16, [u64; 5]>,
+    pub(crate) port_base: HashMap<u16, [u64; 5]>,
     /// A running packet capture's readers.
-    capture: Option<Capturing>,
+    pub(crate) capture: Option<Capturing>,
 }
 
 /// A packet capture seen from the control thread: each worker's ring and counts,
 /// and the clock to turn TSC stamps into wall time.
-struct Capturing {
+pub(crate) struct Capturing {
     rings: Vec<HeapCons<crate::pipeline::capture::CaptureRecord>>,
     taken: Vec<Arc<std::sync::atomic::AtomicU64>>,
     lost: Vec<Arc<std::sync::atomic::AtomicU64>>,
@@ -109,7 +113,7 @@ struct Capturing {
 /// upgrade), so a pod keeps its eth0, address and routes, and the restarted
 /// dataplane opens the same interface again. A detach leaves it too (the pod's
 /// namespace, deleted with the pod, takes it; a re-attach finds it addressed).
-fn persistent_tap(device: &str) -> String {
+pub(crate) fn persistent_tap(device: &str) -> String {
     let is_tap = device.starts_with("net_tap") && !device.starts_with("net_tun");
     if is_tap
         && !device
@@ -123,32 +127,32 @@ fn persistent_tap(device: &str) -> String {
 }
 
 /// Records each worker's capture ring holds: the reader drains it every 50 ms.
-const CAPTURE_RING: usize = 512;
+pub(crate) const CAPTURE_RING: usize = 512;
 /// A capture nobody reads for this long is stopped (podpathctl was killed).
 pub const CAPTURE_IDLE: Duration = Duration::from_secs(10);
 
 /// At most one "connection table full" log line this often.
-const REFUSED_LOG_EVERY: Duration = Duration::from_secs(10);
+pub(crate) const REFUSED_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// The longest timeout a knob may take (ten years).
-const MAX_TIMEOUT_S: u32 = 315_360_000;
+pub(crate) const MAX_TIMEOUT_S: u32 = 315_360_000;
 
 /// Something that left the Service table while TCP connections to it may live on:
 /// an endpoint, or a whole Service's virtual IP, port and protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Departed {
+pub(crate) enum Departed {
     Endpoint(u32, u16, u8),
     Vip(u32, u16, u8),
 }
 
 /// Departed TCP endpoints and Services remembered at most (see `Control::departed`).
-const DEPARTED_MAX: usize = 16_384;
+pub(crate) const DEPARTED_MAX: usize = 16_384;
 
 /// How long a change waits for every worker to apply it.
-const ACK_WAIT: Duration = Duration::from_secs(5);
+pub(crate) const ACK_WAIT: Duration = Duration::from_secs(5);
 
 /// What the Service table needs of the node (its local endpoints and NodePorts).
-fn node_info(l3: &L3) -> Option<crate::services::table::NodeInfo> {
+pub(crate) fn node_info(l3: &L3) -> Option<crate::services::table::NodeInfo> {
     l3.node.as_ref().map(|n| crate::services::table::NodeInfo {
         node_ip: n.node_ip,
         pod_net: n.pod_net,
@@ -176,7 +180,7 @@ pub fn wait_settled(workers: &[&WorkerCounters], gen: u64, timeout: Duration) ->
 /// The answer to a change: the snapshot generation every worker now runs.
 /// A list edited by name (a batch's remotes or Services): replace in place, delete by
 /// tombstone, both O(1), with an undo log to give the original list back.
-struct ByName<T> {
+pub(crate) struct ByName<T> {
     items: Vec<Option<T>>,
     at: hashbrown::HashMap<String, usize>,
     /// (slot, what it held) for every edit, and the length before the batch.
@@ -186,7 +190,11 @@ struct ByName<T> {
 
 impl<T> ByName<T> {
     /// Indexes the entries named in `touched` only (the batch's names).
-    fn new(v: Vec<T>, name: impl Fn(&T) -> &str, touched: &hashbrown::HashSet<String>) -> Self {
+    pub(crate) fn new(
+        v: Vec<T>,
+        name: impl Fn(&T) -> &str,
+        touched: &hashbrown::HashSet<String>,
+    ) -> Self {
         let at = v
             .iter()
             .enumerate()
@@ -202,7 +210,7 @@ impl<T> ByName<T> {
         }
     }
 
-    fn set(&mut self, name: &str, x: T) {
+    pub(crate) fn set(&mut self, name: &str, x: T) {
         match self.at.get(name) {
             Some(&i) => {
                 let old = self.items[i].replace(x);
@@ -215,7 +223,7 @@ impl<T> ByName<T> {
         }
     }
 
-    fn del(&mut self, name: &str) {
+    pub(crate) fn del(&mut self, name: &str) {
         if let Some(i) = self.at.remove(name) {
             let old = self.items[i].take();
             self.undo.push((i, old));
@@ -223,16 +231,16 @@ impl<T> ByName<T> {
     }
 
     /// The list as edited, by reference.
-    fn current(&self) -> Vec<&T> {
+    pub(crate) fn current(&self) -> Vec<&T> {
         self.items.iter().flatten().collect()
     }
 
-    fn into_vec(self) -> Vec<T> {
+    pub(crate) fn into_vec(self) -> Vec<T> {
         self.items.into_iter().flatten().collect()
     }
 
     /// The list from before the edits.
-    fn rollback(mut self) -> Vec<T> {
+    pub(crate) fn rollback(mut self) -> Vec<T> {
         while let Some((i, old)) = self.undo.pop() {
             self.items[i] = old;
         }
@@ -241,13 +249,13 @@ impl<T> ByName<T> {
     }
 }
 
-fn applied(generation: u64) -> Response {
+pub(crate) fn applied(generation: u64) -> Response {
     Response::Applied { generation }
 }
 
 pub use crate::config::{JUMBO_MBUFS, MBUF_DATA_ROOM, MBUF_HEADROOM};
 
-fn err(kind: ErrorKind, message: impl Into<String>) -> ErrorReply {
+pub(crate) fn err(kind: ErrorKind, message: impl Into<String>) -> ErrorReply {
     ErrorReply {
         kind,
         message: message.into(),
@@ -492,176 +500,8 @@ impl Control {
         ))
     }
 
-    /// The connection-tracking knobs in force, every field given.
-    pub fn conntrack_settings(&self) -> ConntrackSettings {
-        let c = &self.conntrack;
-        let t = &c.timeouts;
-        ConntrackSettings {
-            capacity: u32::try_from(c.capacity).ok(),
-            max_capacity: u32::try_from(c.reserved()).ok(),
-            tcp_syn_sent: Some(t.tcp_syn_sent),
-            tcp_syn_recv: Some(t.tcp_syn_recv),
-            tcp_established: Some(t.tcp_established),
-            tcp_fin_wait: Some(t.tcp_fin_wait),
-            tcp_close_wait: Some(t.tcp_close_wait),
-            tcp_last_ack: Some(t.tcp_last_ack),
-            tcp_time_wait: Some(t.tcp_time_wait),
-            tcp_close: Some(t.tcp_close),
-            udp: Some(t.udp),
-            udp_stream: Some(t.udp_stream),
-            icmp: Some(t.icmp),
-        }
-    }
-
-    /// Applies the knobs `req` gives, checked whole first (a bad one changes
-    /// nothing), and publishes them; returns once every worker runs them.
-    fn conntrack_set(&mut self, req: &ConntrackSettings) -> Result<u64, ErrorReply> {
-        let bad = |m: String| err(ErrorKind::BadRequest, m);
-        if req.max_capacity.is_some() {
-            return Err(bad(
-                "max_capacity is reserved at start ([conntrack] max_capacity); it cannot change at run time".into(),
-            ));
-        }
-        let mut c = self.conntrack;
-        if let Some(cap) = req.capacity {
-            let cap = cap as usize;
-            if cap < 16 || cap > c.reserved() {
-                return Err(bad(format!(
-                    "capacity {cap}: between 16 and {} connections per worker (the room reserved at start, [conntrack] max_capacity)",
-                    c.reserved()
-                )));
-            }
-            c.capacity = cap;
-        }
-        let t = &mut c.timeouts;
-        let slots = [
-            &mut t.tcp_syn_sent,
-            &mut t.tcp_syn_recv,
-            &mut t.tcp_established,
-            &mut t.tcp_fin_wait,
-            &mut t.tcp_close_wait,
-            &mut t.tcp_last_ack,
-            &mut t.tcp_time_wait,
-            &mut t.tcp_close,
-            &mut t.udp,
-            &mut t.udp_stream,
-            &mut t.icmp,
-        ];
-        for ((name, v), slot) in req.timeouts().into_iter().zip(slots) {
-            if let Some(v) = v {
-                if v == 0 || v > MAX_TIMEOUT_S {
-                    return Err(bad(format!(
-                        "{name} {v}: a timeout is 1 to {MAX_TIMEOUT_S} seconds"
-                    )));
-                }
-                *slot = v;
-            }
-        }
-        let settings = Arc::new(Settings {
-            conntrack_capacity: c.capacity,
-            timeouts: c.timeouts,
-        });
-        self.conntrack = c;
-        self.set_departed_ttl(Duration::from_secs(u64::from(c.timeouts.tcp_established)));
-        self.publish(Snapshot {
-            settings,
-            ..self.snap.clone()
-        })
-    }
-
-    /// How long a departed endpoint is remembered: the TCP established timeout.
-    pub fn set_departed_ttl(&mut self, ttl: Duration) {
-        self.departed_ttl = ttl;
-    }
-
-    /// Builds the Service table for `specs` on `l3`, carrying the departed TCP
-    /// endpoints (those of the current table that `specs` no longer has) forward.
-    /// `unchanged(name)`: that Service's spec is the one the current table was
-    /// built from (its tables are reused; only changed Services can lose
-    /// endpoints). The work for a change to one Service is then a pass over the
-    /// names, not a rebuild of every Service.
-    fn build_services(
-        &mut self,
-        specs: &[&ServiceSpec],
-        l3: &L3,
-        unchanged: &dyn Fn(&str) -> bool,
-    ) -> Result<Arc<ServiceTable>, ErrorReply> {
-        let mut next = self.next_uid;
-        let mut fresh = Vec::new();
-        let ids: Vec<u32> = specs
-            .iter()
-            .map(|s| match self.uids.get(s.name.as_str()) {
-                Some(&id) => id,
-                None => {
-                    next += 1;
-                    fresh.push((s.name.clone(), next - 1));
-                    next - 1
-                }
-            })
-            .collect();
-        let prev: (&ServiceTable, crate::services::table::Unchanged) =
-            (&self.snap.services, unchanged);
-        let t = ServiceTable::build_reusing(specs, node_info(l3), &ids, Some(prev))
-            .map_err(|e| err(ErrorKind::BadRequest, e))?;
-        self.uids.extend(fresh);
-        self.next_uid = next;
-        // Names no longer in `specs` lose their identity here.
-        if self.uids.len() > specs.len() {
-            let names: hashbrown::HashSet<&str> = specs.iter().map(|s| s.name.as_str()).collect();
-            self.uids.retain(|k, _| names.contains(k.as_str()));
-        }
-        let now = Instant::now();
-        let current = |k: &Departed| match *k {
-            Departed::Endpoint(ip, port, proto) => t.is_endpoint(ip, port, proto),
-            Departed::Vip(ip, port, proto) => t.lookup(ip, port, proto).is_some(),
-        };
-        // Only a changed (or removed) Service can take an endpoint or a VIP away.
-        let old = &self.snap.services;
-        let gone = old
-            .services()
-            .iter()
-            .filter(|s| !unchanged(&s.name))
-            .flat_map(|s| {
-                let b = s.owner_by_client_ip;
-                s.all
-                    .iter()
-                    .map(move |e| (Departed::Endpoint(e.ip, e.port, s.proto), b))
-                    .chain(std::iter::once((Departed::Vip(s.vip, s.port, s.proto), b)))
-            });
-        for (k, by_ip) in gone {
-            let tcp = matches!(k, Departed::Endpoint(_, _, 6) | Departed::Vip(_, _, 6));
-            if tcp && !current(&k) {
-                self.departed.entry(k).or_insert((by_ip, now));
-            }
-        }
-        let ttl = self.departed_ttl;
-        self.departed
-            .retain(|k, (_, at)| !current(k) && now.duration_since(*at) < ttl);
-        // Bounded: beyond DEPARTED_MAX the oldest are forgotten (their connections'
-        // replies may then reach a worker that does not own them and be dropped).
-        while self.departed.len() > DEPARTED_MAX {
-            let oldest = self
-                .departed
-                .iter()
-                .min_by_key(|(_, (_, at))| *at)
-                .map(|(k, _)| *k);
-            match oldest {
-                Some(k) => self.departed.remove(&k),
-                None => break,
-            };
-        }
-        let (mut eps, mut vips) = (Vec::new(), Vec::new());
-        for (k, (b, _)) in &self.departed {
-            match *k {
-                Departed::Endpoint(ip, port, proto) => eps.push(((ip, port, proto), *b)),
-                Departed::Vip(ip, port, proto) => vips.push(((ip, port, proto), *b)),
-            }
-        }
-        Ok(Arc::new(t.with_departed(eps).with_departed_vips(vips)))
-    }
-
     /// A port's counters summed over the workers.
-    fn port_sums(&self, id: u16) -> [u64; 5] {
+    pub(crate) fn port_sums(&self, id: u16) -> [u64; 5] {
         let mut v = [0u64; 5];
         for w in &self.workers {
             if let Some(pc) = w.counters.ports.get(usize::from(id)) {
@@ -716,7 +556,7 @@ impl Control {
 
     /// The queue tokens worker `w` uses with `map`: the rx queues the map gives it,
     /// and its own tx queue (its index) on every port of the map.
-    fn grant(&self, map: &PortMap, w: usize) -> Grant {
+    pub(crate) fn grant(&self, map: &PortMap, w: usize) -> Grant {
         let attached = |p: u16| self.ports.iter().find(|a| a.port.id() == p);
         let rx = map
             .rx_of(w)
@@ -738,7 +578,7 @@ impl Control {
 
     /// Asks every worker for a copy of something it owns (MAC, neighbour, connection
     /// tables) and collects the answers, giving each `wait` to reply.
-    fn gather<T>(
+    pub(crate) fn gather<T>(
         &self,
         ask: impl Fn(Sender<Vec<T>>) -> WorkerMsg<Grant>,
         wait: Duration,
@@ -764,7 +604,7 @@ impl Control {
 
     /// Sends a message to a worker, waiting at most a second: a stuck worker must
     /// not hang the control thread. False when the worker did not take it.
-    fn tell(w: &WorkerHandle, msg: WorkerMsg<Grant>) -> bool {
+    pub(crate) fn tell(w: &WorkerHandle, msg: WorkerMsg<Grant>) -> bool {
         w.tx.send_timeout(msg, Duration::from_secs(1)).is_ok()
     }
 
@@ -772,7 +612,7 @@ impl Control {
     /// worker has applied it and finished what it implies (`settled_gen`). Err when
     /// one did not within `ACK_WAIT`: the snapshot is published (it will be applied
     /// when the worker gets to it) but the change is not known to be in force.
-    fn publish(&mut self, next: Snapshot) -> Result<u64, ErrorReply> {
+    pub(crate) fn publish(&mut self, next: Snapshot) -> Result<u64, ErrorReply> {
         self.gen += 1;
         let gen = self.gen;
         if !Arc::ptr_eq(&next.ports, &self.snap.ports) {
@@ -802,7 +642,7 @@ impl Control {
     }
 
     /// The current snapshot with the port map rebuilt from the attached ports.
-    fn with_ports(&self) -> Snapshot {
+    pub(crate) fn with_ports(&self) -> Snapshot {
         Snapshot {
             ports: self.build_map(self.n_workers()),
             ..self.snap.clone()
@@ -827,7 +667,7 @@ impl Control {
     }
 
     /// Waits until every worker has applied generation `gen` and settled it.
-    fn wait_settled(&self, gen: u64, timeout: Duration) -> bool {
+    pub(crate) fn wait_settled(&self, gen: u64, timeout: Duration) -> bool {
         let counters: Vec<&WorkerCounters> = self.workers.iter().map(|w| &*w.counters).collect();
         wait_settled(&counters, gen, timeout)
     }
@@ -837,85 +677,8 @@ impl Control {
         while self.retired.try_recv().is_ok() {}
     }
 
-    /// Builds the L3 view for `node` and `remotes`, and everything that depends on it
-    /// (port roles, the Services' local endpoints and NodePorts), and publishes them
-    /// as one snapshot; on a build error nothing changes.
-    fn set_l3(&mut self, node: NodeSpec, remotes: Vec<RemoteSpec>) -> Result<u64, ErrorReply> {
-        let l3 = Arc::new(
-            L3::build(&node, &remotes).map_err(|e| err(ErrorKind::BadRequest, e.to_string()))?,
-        );
-        let roles_changed = self
-            .node
-            .as_ref()
-            .is_none_or(|o| o.uplink != node.uplink || o.host != node.host);
-        let services = if self.services.is_empty() {
-            Arc::clone(&self.snap.services)
-        } else {
-            // The specs are the same; with the same node identity every Service's
-            // tables are reused (a remote node added), else rebuilt.
-            let specs = std::mem::take(&mut self.services);
-            let refs: Vec<&ServiceSpec> = specs.iter().collect();
-            let r = self.build_services(&refs, &l3, &|_| true);
-            drop(refs);
-            self.services = specs;
-            r.map_err(|e| err(e.kind, format!("with this node: {}", e.message)))?
-        };
-        self.node = Some(node);
-        self.remotes = remotes;
-        let ports = if roles_changed {
-            self.build_map(self.n_workers())
-        } else {
-            Arc::clone(&self.snap.ports)
-        };
-        // A publish error leaves the new state in place: it is what the workers will
-        // run; the caller learns it is not yet in force everywhere.
-        self.publish(Snapshot {
-            ports,
-            l3,
-            services,
-            settings: Arc::clone(&self.snap.settings),
-        })
-    }
-
-    pub fn node_set(&mut self, node: NodeSpec) -> Result<u64, ErrorReply> {
-        let remotes = self.remotes.clone();
-        self.set_l3(node, remotes)
-    }
-
-    fn remote_add(&mut self, r: RemoteSpec) -> Result<u64, ErrorReply> {
-        let node = self.node.clone().ok_or_else(|| {
-            err(
-                ErrorKind::BadRequest,
-                "set the node first (NodeSet): remote nodes need its underlay and VNI",
-            )
-        })?;
-        let mut remotes = self.remotes.clone();
-        match remotes.iter_mut().find(|x| x.name == r.name) {
-            Some(x) => *x = r,
-            None => remotes.push(r),
-        }
-        self.set_l3(node, remotes)
-    }
-
-    fn remote_del(&mut self, name: &str) -> Result<u64, ErrorReply> {
-        let node = self
-            .node
-            .clone()
-            .ok_or_else(|| err(ErrorKind::NotFound, format!("no remote node {name:?}")))?;
-        if !self.remotes.iter().any(|x| x.name == name) {
-            return Err(err(ErrorKind::NotFound, format!("no remote node {name:?}")));
-        }
-        let remotes = self
-            .remotes
-            .iter()
-            .filter(|x| x.name != name)
-            .cloned()
-            .collect();
-        self.set_l3(node, remotes)
-    }
-
     /// Applies remote and Service changes together and publishes one snapshot.
-    fn batch(&mut self, reqs: Vec<Request>) -> Result<u64, ErrorReply> {
+    pub(crate) fn batch(&mut self, reqs: Vec<Request>) -> Result<u64, ErrorReply> {
         // Checked before anything moves: a batch that cannot apply changes nothing.
         podpath_proto::batch::check(
             &reqs,
@@ -1017,73 +780,6 @@ impl Control {
         }
     }
 
-    fn neighbor_list(&self) -> Result<Vec<NeighborInfo>, ErrorReply> {
-        let mut out = Vec::new();
-        for rows in self.gather(WorkerMsg::DumpNeighbors, Duration::from_secs(2))? {
-            let hz = self.tsc_hz.max(1);
-            out.extend(rows.into_iter().map(|r| NeighborInfo {
-                worker: r.worker,
-                ip: crate::wire::Ipv4Addr::from_u32(r.ip).to_string(),
-                mac: r.mac.to_string(),
-                port: self.port_name(r.port),
-                age_ms: r.age_ticks.saturating_mul(1000) / hz,
-            }));
-        }
-        out.sort_by(|a, b| (&a.ip, a.worker).cmp(&(&b.ip, b.worker)));
-        Ok(out)
-    }
-
-    fn conntrack_list(&self, f: &ConntrackFilter) -> Result<Vec<ConnInfo>, ErrorReply> {
-        let addr = f
-            .addr
-            .as_deref()
-            .map(|a| podpath_proto::validate::ipv4(a).map_err(|e| err(ErrorKind::BadRequest, e)))
-            .transpose()?;
-        let mut out = Vec::new();
-        for rows in self.gather(WorkerMsg::DumpConntrack, Duration::from_secs(5))? {
-            for r in rows {
-                let (o, p) = (r.entry.orig, r.entry.reply);
-                let hit_addr = addr.is_none_or(|a| [o.src, o.dst, p.src, p.dst].contains(&a));
-                let hit_port = f
-                    .port
-                    .is_none_or(|x| [o.sport, o.dport, p.sport, p.dport].contains(&x));
-                let hit_proto = f.proto.is_none_or(|x| x == o.proto);
-                if !(hit_addr && hit_port && hit_proto) {
-                    continue;
-                }
-                let ip = |a: u32| crate::wire::Ipv4Addr::from_u32(a).to_string();
-                out.push(ConnInfo {
-                    worker: r.worker,
-                    proto: o.proto,
-                    timeout: r.timeout,
-                    state: (o.proto == 6).then(|| r.entry.tcp().name().to_string()),
-                    orig: (ip(o.src), ip(o.dst), o.sport, o.dport),
-                    reply: (ip(p.src), ip(p.dst), p.sport, p.dport),
-                    assured: r.entry.assured(),
-                    seen_reply: r.entry.seen_reply(),
-                });
-            }
-        }
-        Ok(out)
-    }
-
-    /// Builds and publishes the Service table for `specs`; on a build error nothing
-    /// changes. Returns when every worker runs it and has swept the UDP connections
-    /// whose endpoint is gone.
-    /// Installs `specs`, of which only the Service named `changed` differs from the
-    /// current ones.
-    fn set_services(&mut self, specs: Vec<ServiceSpec>, changed: &str) -> Result<u64, ErrorReply> {
-        let l3 = Arc::clone(&self.snap.l3);
-        let refs: Vec<&ServiceSpec> = specs.iter().collect();
-        let t = self.build_services(&refs, &l3, &|n| n != changed)?;
-        drop(refs);
-        self.services = specs;
-        self.publish(Snapshot {
-            services: t,
-            ..self.snap.clone()
-        })
-    }
-
     /// The largest frame an af_packet port takes whole (`dataplane.max_frame`).
     pub fn set_max_frame(&mut self, max_frame: u32) {
         self.max_frame = max_frame;
@@ -1092,7 +788,7 @@ impl Control {
     /// What to probe a port's device with, and the pool its rx queues fill from:
     /// af_packet ports get ring frames and buffers for `max_frame` (the kernel hands
     /// them reassembled datagrams); other devices use the common pool.
-    fn devargs_and_pool(
+    pub(crate) fn devargs_and_pool(
         &mut self,
         spec: &PortSpec,
         queues: u16,
@@ -1272,7 +968,7 @@ impl Control {
         self.ports.iter().map(|a| port_info(a, xstats)).collect()
     }
 
-    fn port_name(&self, id: u16) -> String {
+    pub(crate) fn port_name(&self, id: u16) -> String {
         self.snap
             .ports
             .port(id)
@@ -1436,73 +1132,12 @@ impl Control {
             .collect()
     }
 
-    fn format_next(&self, n: Next) -> String {
+    pub(crate) fn format_next(&self, n: Next) -> String {
         crate::pipeline::trace::describe_next(n, self)
     }
 
-    fn format_detail(&self, d: &TraceDetail) -> String {
+    pub(crate) fn format_detail(&self, d: &TraceDetail) -> String {
         d.describe(self)
-    }
-
-    pub fn mac_list(&self) -> Result<Vec<MacInfo>, ErrorReply> {
-        let mut out = Vec::new();
-        for rows in self.gather(WorkerMsg::DumpMacs, Duration::from_secs(2))? {
-            let hz = self.tsc_hz.max(1);
-            out.extend(rows.into_iter().map(|r| MacInfo {
-                worker: r.worker,
-                bridge: r.bd,
-                mac: r.mac.to_string(),
-                port: self.port_name(r.port),
-                age_ms: r.age_ticks.saturating_mul(1000) / hz,
-                is_static: r.is_static,
-            }));
-        }
-        out.sort_by(|a, b| (a.bridge, &a.mac, a.worker).cmp(&(b.bridge, &b.mac, b.worker)));
-        Ok(out)
-    }
-
-    fn mac_add(&self, bridge: u16, mac: &str, port: &str) -> Result<(), ErrorReply> {
-        let mac: MacAddr = mac
-            .parse()
-            .map_err(|m: String| err(ErrorKind::BadRequest, m))?;
-        if mac.is_multicast() {
-            return Err(err(
-                ErrorKind::BadRequest,
-                format!("{mac} is a group address; static entries must be unicast"),
-            ));
-        }
-        let a = self
-            .ports
-            .iter()
-            .find(|a| a.spec.name == port)
-            .ok_or_else(|| err(ErrorKind::NotFound, format!("no port named {port:?}")))?;
-        if a.spec.bridge != Some(bridge) {
-            return Err(err(
-                ErrorKind::BadRequest,
-                format!("port {port:?} is not in bridge domain {bridge}"),
-            ));
-        }
-        for w in &self.workers {
-            let _ = Self::tell(
-                w,
-                WorkerMsg::StaticMac {
-                    bd: bridge,
-                    mac,
-                    port: a.port.id(),
-                },
-            );
-        }
-        Ok(())
-    }
-
-    fn mac_del(&self, bridge: u16, mac: &str) -> Result<(), ErrorReply> {
-        let mac: MacAddr = mac
-            .parse()
-            .map_err(|m: String| err(ErrorKind::BadRequest, m))?;
-        for w in &self.workers {
-            let _ = Self::tell(w, WorkerMsg::DelStaticMac { bd: bridge, mac });
-        }
-        Ok(())
     }
 
     /// Executes one request.
@@ -1604,7 +1239,7 @@ impl Control {
     }
 }
 
-fn port_info(a: &Attached, xstats: bool) -> PortInfo {
+pub(crate) fn port_info(a: &Attached, xstats: bool) -> PortInfo {
     let link = a.port.link();
     PortInfo {
         id: a.port.id(),
@@ -1625,7 +1260,7 @@ fn port_info(a: &Attached, xstats: bool) -> PortInfo {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn taps_persist_and_nothing_else_changes() {
+    pub(crate) fn taps_persist_and_nothing_else_changes() {
         use super::persistent_tap as p;
         assert_eq!(p("net_tap1,iface=eth0"), "net_tap1,iface=eth0,persist");
         assert_eq!(
@@ -1639,7 +1274,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_batch_edits_lists_in_place_and_rolls_back_exactly() {
+    pub(crate) fn a_batch_edits_lists_in_place_and_rolls_back_exactly() {
         let v = vec![("a", 1), ("b", 2), ("c", 3)];
         let touched: hashbrown::HashSet<String> = ["a", "b", "d", "e"].map(String::from).into();
         let mut l = ByName::new(v.clone(), |x: &(&str, i32)| x.0, &touched);
@@ -1660,7 +1295,7 @@ mod tests {
     }
 
     #[test]
-    fn a_change_waits_for_every_worker_to_apply_and_settle_it() {
+    pub(crate) fn a_change_waits_for_every_worker_to_apply_and_settle_it() {
         let (a, b) = (WorkerCounters::default(), WorkerCounters::default());
         a.applied_gen.store(3, Ordering::Release);
         a.settled_gen.store(3, Ordering::Release);

@@ -2,6 +2,8 @@
 //! per (domain, port), forwards known unicast to its port, floods broadcast, multicast
 //! and unknown unicast to the domain's other ports, and filters frames whose
 //! destination lives behind the port they came from.
+#[cfg(feature = "dpdk")]
+mod control;
 pub mod mac;
 
 use crate::bridge::mac::Learn;

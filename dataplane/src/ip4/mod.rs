@@ -7,6 +7,8 @@
 pub mod arp;
 #[cfg(test)]
 mod contract;
+#[cfg(feature = "dpdk")]
+mod control;
 pub mod fragment;
 pub mod icmp_error;
 pub mod l3;

@@ -5,6 +5,8 @@
 pub mod conntrack;
 #[cfg(test)]
 mod contract;
+#[cfg(feature = "dpdk")]
+mod control;
 pub mod frag;
 pub mod icmp;
 pub mod snat;

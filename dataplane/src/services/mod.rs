@@ -4,6 +4,8 @@
 //! the prefilter that lets traffic of no Service skip `lb` (`prefilter.rs`).
 #[cfg(test)]
 mod contract;
+#[cfg(feature = "dpdk")]
+mod control;
 pub mod lb;
 pub mod maglev;
 pub mod prefilter;
