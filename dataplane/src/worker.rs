@@ -269,9 +269,8 @@ impl<P: PortIo> Worker<P> {
             add(&c.idle_polls, 1);
         }
         if t0 >= self.next_age {
-            self.pipeline.features.ip4.neighbors.age(t0);
-            let aged = self.pipeline.features.bridge.macs.age(t0);
-            add(&c.mac_aged, aged as u64);
+            let aged = self.pipeline.features.age(t0);
+            add(&self.pipeline.counters.mac_aged, aged as u64);
             self.next_age = t0.wrapping_add(self.age_every);
         }
         got

@@ -111,7 +111,111 @@ fn seconds_of(now: u64, tsc_hz: u64) -> u32 {
     u32::try_from(now / tsc_hz.max(1)).unwrap_or(u32::MAX)
 }
 
+/// One worker's pipeline: the runner's state and, beside it, the worker's
+/// counters. Apart, so the runner borrows the counters while it changes itself,
+/// with no reference-count traffic per burst or poll; the runner's fields and
+/// methods are reached through it (`Deref`).
 pub struct Pipeline<F: Frame> {
+    pub counters: Arc<WorkerCounters>,
+    runner: Runner<F>,
+}
+
+impl<F: Frame> std::ops::Deref for Pipeline<F> {
+    type Target = Runner<F>;
+    fn deref(&self) -> &Runner<F> {
+        &self.runner
+    }
+}
+
+impl<F: Frame> std::ops::DerefMut for Pipeline<F> {
+    fn deref_mut(&mut self) -> &mut Runner<F> {
+        &mut self.runner
+    }
+}
+
+impl<F: Frame> Pipeline<F> {
+    pub fn new(
+        cfg: &PipelineConfig,
+        ports: Arc<PortMap>,
+        counters: Arc<WorkerCounters>,
+        tracer: Tracer,
+    ) -> Self {
+        Pipeline {
+            counters,
+            runner: Runner::new(cfg, ports, tracer),
+        }
+    }
+
+    /// Runs one received burst (all from `in_port`) through the pipeline. `rx` is left
+    /// empty; its frames are queued for transmission or dropped.
+    #[inline]
+    pub fn run<P: PortIo<Frame = F>>(&mut self, io: &mut P, in_port: u16, rx: &mut Vec<F>) {
+        self.runner.run_from(io, in_port, rx, true, &self.counters);
+    }
+
+    /// Runs the packets other workers handed to this one (their connections are
+    /// ours), each resuming at the stage that handed it over: at most four bursts
+    /// per poll. Returns how many.
+    #[inline]
+    pub fn run_handed_off<P: PortIo<Frame = F>>(&mut self, io: &mut P) -> usize {
+        self.runner.run_handed_off(io, &self.counters)
+    }
+
+    /// Learns what the other workers learned (neighbours, fragment translations),
+    /// and sends what it can now send.
+    pub fn absorb_peers<P: PortIo<Frame = F>>(&mut self, io: &mut P) {
+        self.runner.absorb_peers(io, &self.counters);
+    }
+
+    /// Frees every held packet and transmits what is queued (the worker is stopping).
+    pub fn drain<P: PortIo<Frame = F>>(&mut self, io: &mut P) {
+        self.runner.drain(io, &self.counters);
+    }
+
+    /// Sends or expires held packets (called every poll iteration while any wait).
+    #[inline]
+    pub fn expire<P: PortIo<Frame = F>>(&mut self, io: &mut P) {
+        self.runner.expire(io, &self.counters);
+    }
+
+    /// Transmits everything queued. Called at the end of every poll iteration.
+    #[inline]
+    pub fn flush<P: PortIo<Frame = F>>(&mut self, io: &mut P) {
+        self.runner.flush(io, &self.counters);
+    }
+
+    /// Installs a new port map (after flushing what is queued for the old one) and
+    /// forgets MACs learned behind ports that are gone.
+    pub fn set_ports<P: PortIo<Frame = F>>(
+        &mut self,
+        io: &mut P,
+        ports: Arc<PortMap>,
+    ) -> Arc<PortMap> {
+        self.runner.set_ports(io, ports, &self.counters)
+    }
+
+    /// Installs a snapshot (the parts that changed), as generation `gen`; returns the
+    /// old one for the control thread to free. The caller stores `gen` in
+    /// `applied_gen`; `settled_gen` follows once a Service change's sweep is done.
+    pub fn install<P: PortIo<Frame = F>>(
+        &mut self,
+        io: &mut P,
+        snap: crate::snapshot::Snapshot,
+        gen: u64,
+    ) -> crate::snapshot::Snapshot {
+        self.runner.install(io, snap, gen, &self.counters)
+    }
+
+    /// The features' upkeep between bursts (bounded: connections expired, a Service
+    /// change's sweep advanced) and their tables' counters published.
+    pub fn expire_connections(&mut self) {
+        self.runner.expire_connections(&self.counters);
+    }
+}
+
+/// The burst runner's state: the burst, the features, the snapshot parts it runs,
+/// the transmit side.
+pub struct Runner<F: Frame> {
     /// The burst's frames, in arrival order, each with its metadata; they stay here
     /// while the stages run (a stage only writes `next`) and leave at `finish`.
     burst: Vec<F>,
@@ -145,7 +249,6 @@ pub struct Pipeline<F: Frame> {
     settings: Arc<crate::snapshot::Settings>,
     /// This worker's ends of the hand-off rings (none with one worker).
     handoff: Option<Handoff<F>>,
-    pub counters: Arc<WorkerCounters>,
     pub tracer: Tracer,
     /// A running packet capture (`podpathctl capture`), or none.
     pub capture: Option<super::capture::Capture>,
@@ -155,14 +258,9 @@ pub struct Pipeline<F: Frame> {
     tsc_hz: u64,
 }
 
-impl<F: Frame> Pipeline<F> {
-    pub fn new(
-        cfg: &PipelineConfig,
-        ports: Arc<PortMap>,
-        counters: Arc<WorkerCounters>,
-        tracer: Tracer,
-    ) -> Self {
-        Pipeline {
+impl<F: Frame> Runner<F> {
+    fn new(cfg: &PipelineConfig, ports: Arc<PortMap>, tracer: Tracer) -> Self {
+        Runner {
             burst: Vec::with_capacity(BURST),
             next: [Next::Drop(DropReason::EthTruncated); BURST],
             fate: [(Next::Drop(DropReason::GraphLoop), StageId::Tx); BURST],
@@ -185,7 +283,6 @@ impl<F: Frame> Pipeline<F> {
                 timeouts: cfg.conntrack.timeouts,
             }),
             handoff: None,
-            counters,
             tracer,
             capture: None,
             now: 0,
@@ -206,33 +303,28 @@ impl<F: Frame> Pipeline<F> {
         seconds_of(self.now, self.tsc_hz)
     }
 
-    /// The features' upkeep between bursts (bounded: connections expired, a Service
-    /// change's sweep advanced) and their tables' counters published.
-    pub fn expire_connections(&mut self) {
+    fn expire_connections(&mut self, c: &WorkerCounters) {
         let now = self.seconds();
         let was = self.svc_sweep.is_some();
         self.features
-            .upkeep(now, &self.services, &mut self.svc_sweep, &self.counters);
+            .upkeep(now, &self.services, &mut self.svc_sweep, c);
         if was && self.svc_sweep.is_none() {
-            self.counters
-                .settled_gen
+            c.settled_gen
                 .store(self.installed_gen, std::sync::atomic::Ordering::Release);
         }
     }
 
-    /// Installs a snapshot (the parts that changed), as generation `gen`; returns the
-    /// old one for the control thread to free. The caller stores `gen` in
-    /// `applied_gen`; `settled_gen` follows once a Service change's sweep is done.
-    pub fn install<P: PortIo<Frame = F>>(
+    fn install<P: PortIo<Frame = F>>(
         &mut self,
         io: &mut P,
         snap: crate::snapshot::Snapshot,
         gen: u64,
+        c: &WorkerCounters,
     ) -> crate::snapshot::Snapshot {
         let old = self.snapshot();
         let ch = snap.changes(&old);
         if ch.ports {
-            self.set_ports(io, snap.ports);
+            self.set_ports(io, snap.ports, c);
         }
         if ch.l3 {
             self.set_l3(snap.l3);
@@ -246,8 +338,7 @@ impl<F: Frame> Pipeline<F> {
         }
         self.installed_gen = gen;
         if self.svc_sweep.is_none() {
-            self.counters
-                .settled_gen
+            c.settled_gen
                 .store(gen, std::sync::atomic::Ordering::Release);
         }
         old
@@ -288,12 +379,6 @@ impl<F: Frame> Pipeline<F> {
         self.now_ms = now / (self.tsc_hz / 1000).max(1);
     }
 
-    /// Runs one received burst (all from `in_port`) through the pipeline. `rx` is left
-    /// empty; its frames are queued for transmission or dropped.
-    pub fn run<P: PortIo<Frame = F>>(&mut self, io: &mut P, in_port: u16, rx: &mut Vec<F>) {
-        self.run_from(io, in_port, rx, true);
-    }
-
     /// `run`, for received packets (`received`: counted as rx on the port) or packets
     /// another worker handed over (counted as hand-offs instead).
     fn run_from<P: PortIo<Frame = F>>(
@@ -302,11 +387,9 @@ impl<F: Frame> Pipeline<F> {
         in_port: u16,
         rx: &mut Vec<F>,
         received: bool,
+        c: &WorkerCounters,
     ) {
         let n = rx.len().min(BURST);
-        // One reference-count bump per burst (the Arc is this worker's alone to touch).
-        let counters = Arc::clone(&self.counters);
-        let c = &*counters;
         if let Some(pc) = c.ports.get(usize::from(in_port)).filter(|_| received) {
             let bytes: usize = rx.iter().take(n).map(Frame::data_len).sum();
             add(&pc.rx_packets, n as u64);
@@ -474,7 +557,7 @@ impl<F: Frame> Pipeline<F> {
 
     /// Learns what the other workers learned (neighbours, fragment translations),
     /// and sends what it can now send.
-    pub fn absorb_peers<P: PortIo<Frame = F>>(&mut self, io: &mut P) {
+    fn absorb_peers<P: PortIo<Frame = F>>(&mut self, io: &mut P, c: &WorkerCounters) {
         let Some(inbox) = self.inbox.as_ref() else {
             return;
         };
@@ -483,9 +566,8 @@ impl<F: Frame> Pipeline<F> {
             any |= self.features.from_peer(u, self.now, self.now_ms);
         }
         if any && !self.holds.is_empty() {
-            let counters = Arc::clone(&self.counters);
-            self.release_held(&counters, io);
-            out!(self, io, &counters).free_dropped();
+            self.release_held(c, io);
+            out!(self, io, c).free_dropped();
         }
     }
 
@@ -512,12 +594,10 @@ impl<F: Frame> Pipeline<F> {
     /// Runs the packets other workers handed to this one (their connections are
     /// ours), each resuming at the stage that handed it over: at most four bursts
     /// per poll. Returns how many.
-    pub fn run_handed_off<P: PortIo<Frame = F>>(&mut self, io: &mut P) -> usize {
+    fn run_handed_off<P: PortIo<Frame = F>>(&mut self, io: &mut P, c: &WorkerCounters) -> usize {
         let Some(mut ends) = self.handoff.take() else {
             return 0;
         };
-        let counters = Arc::clone(&self.counters);
-        let c = &*counters;
         let mut total = 0;
         for _ in 0..4 {
             self.queue_len = [0; StageId::COUNT];
@@ -567,21 +647,19 @@ impl<F: Frame> Pipeline<F> {
     }
 
     /// Frees every parked packet (the worker is stopping).
-    pub fn drain<P: PortIo<Frame = F>>(&mut self, io: &mut P) {
-        let counters = Arc::clone(&self.counters);
-        let mut out = out!(self, io, &counters);
+    fn drain<P: PortIo<Frame = F>>(&mut self, io: &mut P, c: &WorkerCounters) {
+        let mut out = out!(self, io, c);
         self.holds.drop_all(&mut out);
         out.flush();
     }
 
     /// Sends or expires parked packets (called every poll iteration while any wait).
-    pub fn expire<P: PortIo<Frame = F>>(&mut self, io: &mut P) {
+    fn expire<P: PortIo<Frame = F>>(&mut self, io: &mut P, c: &WorkerCounters) {
         if self.holds.is_empty() {
             return;
         }
-        let counters = Arc::clone(&self.counters);
-        self.release_held(&counters, io);
-        out!(self, io, &counters).free_dropped();
+        self.release_held(c, io);
+        out!(self, io, c).free_dropped();
     }
 
     /// Fans the packets a stage decided on out to their next place.
@@ -699,19 +777,19 @@ impl<F: Frame> Pipeline<F> {
     }
 
     /// Transmits everything queued. Called at the end of every poll iteration.
-    pub fn flush<P: PortIo<Frame = F>>(&mut self, io: &mut P) {
-        let counters = Arc::clone(&self.counters);
-        out!(self, io, &counters).flush();
+    fn flush<P: PortIo<Frame = F>>(&mut self, io: &mut P, c: &WorkerCounters) {
+        out!(self, io, c).flush();
     }
 
     /// Installs a new port map (after flushing what is queued for the old one) and
     /// forgets MACs learned behind ports that are gone.
-    pub fn set_ports<P: PortIo<Frame = F>>(
+    fn set_ports<P: PortIo<Frame = F>>(
         &mut self,
         io: &mut P,
         ports: Arc<PortMap>,
+        c: &WorkerCounters,
     ) -> Arc<PortMap> {
-        self.flush(io);
+        self.flush(io, c);
         let keep = Arc::clone(&ports);
         self.features.retain_ports(|p| keep.port(p).is_some());
         std::mem::replace(&mut self.ports, ports)

@@ -141,6 +141,13 @@ impl Features {
         self.services.publish(c);
     }
 
+    /// Ages what was learned (MACs, neighbours) at TSC `now`; returns the MACs aged
+    /// out.
+    pub fn age(&mut self, now: u64) -> usize {
+        self.ip4.neighbors.age(now);
+        self.bridge.macs.age(now)
+    }
+
     /// A new port map: forget what was learned behind ports that are gone.
     pub fn retain_ports(&mut self, keep: impl Fn(u16) -> bool) {
         self.bridge.macs.retain_ports(&keep);
