@@ -44,6 +44,34 @@ pub struct Index {
     len: usize,
 }
 
+/// The signature lanes of a bucket as a bit mask, bit `w` for lane `w`: those
+/// holding `sig`, or the empty ones (`sig` 0). Exact per lane (no borrow between
+/// lanes): SWAR over two 64-bit words of four 16-bit lanes. An insert needs both
+/// masks of both buckets; a lookup scans lane by lane (at half load a hit is
+/// mostly in the first lanes, which costs less than the masks).
+#[inline(always)]
+fn lanes_equal(sigs: &[u16; WAYS], sig: u16) -> u32 {
+    const LOW15: u64 = 0x7fff_7fff_7fff_7fff;
+    let pat = u64::from(sig) * 0x0001_0001_0001_0001;
+    let mut m = 0u32;
+    for half in 0..2 {
+        let s = &sigs[half * 4..half * 4 + 4];
+        let x = (u64::from(s[0])
+            | u64::from(s[1]) << 16
+            | u64::from(s[2]) << 32
+            | u64::from(s[3]) << 48)
+            ^ pat;
+        // High bit of each lane set exactly where the lane is zero.
+        let z = !(((x & LOW15).wrapping_add(LOW15)) | x | LOW15);
+        // Gather the four lane bits (15, 31, 47, 63) into bits 48..51 with one
+        // multiply: each lands on its own bit, no carries (the other products
+        // fall below bit 36 or beyond 63).
+        let g = ((z >> 15) & 0x0001_0001_0001_0001).wrapping_mul(0x0001_0002_0004_0008) >> 48 & 0xf;
+        m |= u32::try_from(g).unwrap_or(0) << (half * 4);
+    }
+    m
+}
+
 #[inline(always)]
 fn pack(i: u32, d: Dir) -> u32 {
     i << 1 | u32::from(d == Dir::Reply)
@@ -180,27 +208,52 @@ impl Index {
 
     /// Maps `t` to `(i, d)`, replacing what it mapped to.
     pub fn insert(&mut self, t: Tuple, i: u32, d: Dir, key: impl Fn(u32, Dir) -> Tuple) {
-        let (sig, b1, b2) = self.hash3(&t);
+        let h = self.hash(&t);
+        self.insert_hashed(t, &h, i, d, key);
+    }
+
+    /// `insert`, with `t`'s hash already computed. Both buckets are searched for
+    /// `t` (a stale key of an expired, unswept entry is replaced in place) by
+    /// signature masks, and the first empty lane is taken.
+    pub fn insert_hashed(
+        &mut self,
+        t: Tuple,
+        h: &Hash,
+        i: u32,
+        d: Dir,
+        key: impl Fn(u32, Dir) -> Tuple,
+    ) {
+        let (sig, b1, b2) = (h.sig, h.b1 as usize, h.b2 as usize);
         let v = pack(i, d);
         let mut free = None;
         for b in [b1, b2] {
             let bk = &mut self.buckets[b];
-            for w in 0..WAYS {
-                let s = bk.sig[w];
-                if s == sig {
-                    let (oi, od) = unpack(bk.val[w]);
-                    if key(oi, od) == t {
-                        bk.val[w] = v;
-                        return;
-                    }
-                } else if s == 0 && free.is_none() {
-                    free = Some((b, w));
+            let mut same = lanes_equal(&bk.sig, sig);
+            while same != 0 {
+                let w = same.trailing_zeros() as usize;
+                same &= same - 1;
+                let (oi, od) = unpack(bk.val[w]);
+                if key(oi, od) == t {
+                    bk.val[w] = v;
+                    return;
                 }
             }
+            if free.is_none() {
+                let empty = lanes_equal(&bk.sig, 0);
+                if empty != 0 {
+                    free = Some((b, empty.trailing_zeros() as usize));
+                }
+            }
+            if b1 == b2 {
+                break;
+            }
         }
-        if let Some(old) = self.overflow.get_mut(&t) {
-            *old = v;
-            return;
+        // The overflow map is empty but for crafted collisions: not even hashed then.
+        if !self.overflow.is_empty() {
+            if let Some(old) = self.overflow.get_mut(&t) {
+                *old = v;
+                return;
+            }
         }
         self.len += 1;
         match free {
@@ -325,6 +378,18 @@ mod tests {
                 prop_assert_eq!(none, None);
             }
         }
+    }
+
+    #[test]
+    fn lane_masks_are_exact() {
+        let sigs = [0, 7, 0x8000, 7, 0xffff, 0, 1, 7];
+        assert_eq!(lanes_equal(&sigs, 7), 0b1000_1010);
+        assert_eq!(lanes_equal(&sigs, 0), 0b0010_0001);
+        assert_eq!(lanes_equal(&sigs, 0x8000), 0b0000_0100);
+        assert_eq!(lanes_equal(&sigs, 0xffff), 0b0001_0000);
+        assert_eq!(lanes_equal(&sigs, 2), 0);
+        // No borrow from a lane into the next: 0x0001 next to 0x0000.
+        assert_eq!(lanes_equal(&[1, 0, 1, 0, 1, 0, 1, 0], 0), 0b1010_1010);
     }
 
     #[test]

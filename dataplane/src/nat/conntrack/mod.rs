@@ -614,7 +614,11 @@ impl Conntrack {
     /// Tracks a new connection: `orig` as the first packet showed it, `reply` as the
     /// answer will show it (after NAT, the translated tuple reversed).
     pub fn insert(&mut self, orig: Tuple, reply: Tuple, now: u32) -> Result<u32, InsertError> {
-        if self.in_use(&orig, now) || self.in_use(&reply, now) {
+        // Each tuple hashed once, for the checks and the index.
+        let (ho, hr) = (self.index.hash(&orig), self.index.hash(&reply));
+        if self.lookup_hashed(&orig, &ho, now).is_some()
+            || self.lookup_hashed(&reply, &hr, now).is_some()
+        {
             return Err(InsertError::Exists);
         }
         if self.live >= self.capacity && !self.early_drop(now) {
@@ -656,8 +660,10 @@ impl Conntrack {
             }
         };
         // Stale keys of expired-but-unswept entries give way.
-        self.index.insert(orig, i, Dir::Orig, key_in(&self.slab));
-        self.index.insert(reply, i, Dir::Reply, key_in(&self.slab));
+        self.index
+            .insert_hashed(orig, &ho, i, Dir::Orig, key_in(&self.slab));
+        self.index
+            .insert_hashed(reply, &hr, i, Dir::Reply, key_in(&self.slab));
         if reply.src != orig.dst {
             self.dnat_sources.insert(reply.src);
         }
