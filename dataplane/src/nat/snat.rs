@@ -91,7 +91,8 @@ pub(crate) fn tuple_of(d: &[u8], l3: usize, l4: usize, proto: u8) -> Option<Tupl
 }
 
 /// Rewrites the source (egress) or destination (replies) address and port of the
-/// packet, updating the IPv4 and L4 checksums incrementally.
+/// packet, updating the IPv4 and L4 checksums incrementally. One bounds check for
+/// each header, then fixed offsets (eth-input checked both headers are there).
 pub(crate) fn rewrite(
     d: &mut [u8],
     l3: usize,
@@ -101,49 +102,63 @@ pub(crate) fn rewrite(
     addr: u32,
     port: u16,
 ) {
-    let mut ip = ipv4::Packet::new_unchecked(&mut d[l3..]);
-    let old_addr = if source { ip.src_addr() } else { ip.dst_addr() }.to_u32();
-    if source {
-        ip.set_src_addr(Ipv4Addr::from_u32(addr));
-    } else {
-        ip.set_dst_addr(Ipv4Addr::from_u32(addr));
+    let be16 = |b: &[u8], o: usize| u16::from_be_bytes([b[o], b[o + 1]]);
+    if l4 < l3 + ipv4::HEADER_LEN {
+        return;
     }
+    let (head, l4h) = d.split_at_mut(l4);
+    let Some(ip) = head
+        .get_mut(l3..l3 + ipv4::HEADER_LEN)
+        .and_then(|h| <&mut [u8; ipv4::HEADER_LEN]>::try_from(h).ok())
+    else {
+        return;
+    };
+    // Source address at 12, destination at 16.
+    let at = if source { 12 } else { 16 };
+    let old_addr = u32::from_be_bytes([ip[at], ip[at + 1], ip[at + 2], ip[at + 3]]);
+    ip[at..at + 4].copy_from_slice(&addr.to_be_bytes());
     // One sum of the address change serves the IPv4 and the TCP/UDP checksum.
     let d_addr = checksum::delta32(old_addr, addr);
-    ip.set_checksum(checksum::apply(ip.checksum(), d_addr));
+    let c = checksum::apply(be16(ip, 10), d_addr);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
     match proto {
         6 => {
-            let mut t = tcp::Packet::new_unchecked(&mut d[l4..]);
-            let old_port = if source { t.src_port() } else { t.dst_port() };
-            let c = checksum::apply(t.checksum(), d_addr + checksum::delta16(old_port, port));
-            if source {
-                t.set_src_port(port)
-            } else {
-                t.set_dst_port(port)
-            }
-            t.set_checksum(c);
+            // Ports at 0 and 2, checksum at 16.
+            let Some(t) = l4h.get_mut(..tcp::HEADER_LEN) else {
+                return;
+            };
+            let at = if source { 0 } else { 2 };
+            let old_port = be16(t, at);
+            let c = checksum::apply(be16(t, 16), d_addr + checksum::delta16(old_port, port));
+            t[at..at + 2].copy_from_slice(&port.to_be_bytes());
+            t[16..18].copy_from_slice(&c.to_be_bytes());
         }
         17 => {
-            let mut u = udp::Packet::new_unchecked(&mut d[l4..]);
-            let old_port = if source { u.src_port() } else { u.dst_port() };
-            if source {
-                u.set_src_port(port)
-            } else {
-                u.set_dst_port(port)
-            }
+            // Ports at 0 and 2, checksum at 6.
+            let Some(u) = l4h.get_mut(..udp::HEADER_LEN) else {
+                return;
+            };
+            let at = if source { 0 } else { 2 };
+            let old_port = be16(u, at);
+            u[at..at + 2].copy_from_slice(&port.to_be_bytes());
             // Zero means "no checksum" over IPv4: keep it so.
-            if u.checksum() != 0 {
-                let c = checksum::apply(u.checksum(), d_addr + checksum::delta16(old_port, port));
-                u.set_checksum(if c == 0 { 0xffff } else { c });
+            let check = be16(u, 6);
+            if check != 0 {
+                let c = checksum::apply(check, d_addr + checksum::delta16(old_port, port));
+                let c = if c == 0 { 0xffff } else { c };
+                u[6..8].copy_from_slice(&c.to_be_bytes());
             }
         }
         _ => {
-            // ICMP echo: the identifier; the ICMP checksum has no pseudo-header.
-            let mut i = icmpv4::Packet::new_unchecked(&mut d[l4..]);
-            let old = i.echo_ident();
-            let c = checksum::update16(i.checksum(), old, port);
-            i.set_echo_ident(port);
-            i.set_checksum(c);
+            // ICMP echo: the identifier at 4; the checksum (at 2) has no
+            // pseudo-header.
+            let Some(i) = l4h.get_mut(..8) else {
+                return;
+            };
+            let old = be16(i, 4);
+            let c = checksum::update16(be16(i, 2), old, port);
+            i[4..6].copy_from_slice(&port.to_be_bytes());
+            i[2..4].copy_from_slice(&c.to_be_bytes());
         }
     }
 }

@@ -11,12 +11,15 @@ impl MacAddr {
     pub const BROADCAST: MacAddr = MacAddr([0xff; 6]);
     pub const ZERO: MacAddr = MacAddr([0; 6]);
 
+    /// The first six bytes of `b` (which has them: callers checked the header).
+    #[inline(always)]
     pub fn from_bytes(b: &[u8]) -> MacAddr {
         let mut a = [0u8; 6];
         a.copy_from_slice(&b[..6]);
         MacAddr(a)
     }
     /// Group (multicast or broadcast) addresses have the I/G bit set.
+    #[inline(always)]
     pub fn is_multicast(&self) -> bool {
         self.0[0] & 1 == 1
     }

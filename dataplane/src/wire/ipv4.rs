@@ -211,15 +211,25 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
         ));
         self.set_checksum(c);
     }
-    /// Decrements the TTL, updating the checksum incrementally (RFC 1624).
+    /// Decrements the TTL, updating the checksum incrementally (RFC 1624). One
+    /// bounds check for the fixed header, then fixed offsets.
+    #[inline]
     pub fn decrement_ttl(&mut self) {
-        let b = self.buffer.as_ref();
-        let old = u16::from_be_bytes([b[field::TTL], b[field::PROTOCOL]]);
-        let ttl = b[field::TTL].wrapping_sub(1);
-        let new = u16::from_be_bytes([ttl, b[field::PROTOCOL]]);
-        let c = checksum::update16(self.checksum(), old, new);
-        self.set_ttl(ttl);
-        self.set_checksum(c);
+        let Some(h) = self
+            .buffer
+            .as_mut()
+            .get_mut(..HEADER_LEN)
+            .and_then(|h| <&mut [u8; HEADER_LEN]>::try_from(h).ok())
+        else {
+            return;
+        };
+        let (ttl, proto) = (h[field::TTL], h[field::PROTOCOL]);
+        let old = u16::from_be_bytes([ttl, proto]);
+        let ttl = ttl.wrapping_sub(1);
+        let new = u16::from_be_bytes([ttl, proto]);
+        let c = checksum::update16(get_u16(h, field::CHECKSUM), old, new);
+        h[field::TTL] = ttl;
+        set_u16(h, field::CHECKSUM, c);
     }
     pub fn payload_mut(&mut self) -> &mut [u8] {
         let (hl, tl) = (self.header_len(), usize::from(self.total_len()));
