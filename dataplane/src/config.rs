@@ -511,10 +511,10 @@ pub fn online_cpus() -> Vec<u32> {
         })
 }
 
-/// Free hugepages of the default size, from /proc/meminfo.
 /// What a DPDK mempool spends on one buffer beyond its data room: the rte_mbuf
-/// header (128 bytes), the mempool's object header and cache-line padding.
-const MBUF_OVERHEAD: u64 = 256;
+/// header (128 bytes), its private area (the packet's metadata,
+/// `dpdk::mbuf::PRIV_SIZE`, 64), the mempool's object header and cache-line padding.
+const MBUF_OVERHEAD: u64 = 320;
 
 /// This machine's RAM in MiB (`MemTotal`), 0 when unknown.
 pub fn mem_total_mib() -> u64 {
