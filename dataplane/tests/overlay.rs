@@ -781,6 +781,23 @@ fn arp_queue_full_and_arp_timeout() {
     assert!(balanced(&n));
 }
 
+#[test]
+fn arp_no_buffer_when_no_buffer_is_left_for_the_request() {
+    let (mut n, mut io) = node_with_pod_a(1);
+    // No buffer for a copy: the packet for node 2 is held, but the ARP request that
+    // would resolve its next hop cannot be built.
+    io.copy_budget = Some(0);
+    rx(
+        &mut n,
+        &mut io,
+        POD_A,
+        &[udp_from_pod_a([10, 244, 1, 3], 4000, 4001, 64, b"x")],
+    );
+    the_only_drop_is(&n, DropReason::ArpNoBuffer, 1);
+    assert_eq!(n.parked(), 1, "the packet itself is held");
+    assert!(io.take_tx(UPLINK).is_empty(), "no request went out");
+}
+
 /// A NodePort Service (policy Local) whose only endpoint is on node 2.
 fn node_port_local_elsewhere() -> Arc<podpath_dataplane::services::table::ServiceTable> {
     use podpath_dataplane::services::table::{NodeInfo, ServiceTable};

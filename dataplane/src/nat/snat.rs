@@ -261,7 +261,7 @@ pub fn egress<F: Frame>(cx: &Ctx, feat: &mut Features, v: &mut Vector<F>) {
                 next[i] = Next::Drop(DropReason::SnatUnsupported);
                 continue;
             }
-            None => match allocate(ct, ports, &orig, node.node_ip, now) {
+            None => match allocate_missed(ct, ports, &orig, &hash, node.node_ip, now) {
                 Ok(v) => v,
                 Err(r) => {
                     next[i] = Next::Drop(r);
@@ -311,10 +311,25 @@ impl Tuple {
 }
 
 /// Finds a free node port for `orig` and tracks the connection.
+#[cfg(test)]
 fn allocate(
     ct: &mut Conntrack,
     ports: &mut NatPorts,
     orig: &Tuple,
+    node_ip: u32,
+    now: u32,
+) -> Result<(u32, u16), DropReason> {
+    let h = ct.hash(orig);
+    allocate_missed(ct, ports, orig, &h, node_ip, now)
+}
+
+/// `allocate`, for `orig` just looked up (hash `h`) and missed: each candidate
+/// port costs one lookup of its reply tuple.
+fn allocate_missed(
+    ct: &mut Conntrack,
+    ports: &mut NatPorts,
+    orig: &Tuple,
+    h: &crate::nat::conntrack::index::Hash,
     node_ip: u32,
     now: u32,
 ) -> Result<(u32, u16), DropReason> {
@@ -340,7 +355,7 @@ fn allocate(
                 proto: orig.proto,
             }
         };
-        match ct.insert(*orig, reply, now) {
+        match ct.insert_missed(*orig, h, reply, now) {
             Ok(k) => return Ok((k, p)),
             Err(InsertError::Exists) => continue,
             Err(InsertError::Full) => return Err(DropReason::CtTableFull),

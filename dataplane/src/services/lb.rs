@@ -502,7 +502,8 @@ pub fn process<F: Frame>(cx: &Ctx, feat: &mut Features, v: &mut Vector<F>) {
             dport: t.sport,
             proto: t.proto,
         };
-        match ct.insert(t, reply, now) {
+        // `t` was looked up above and missed.
+        match ct.insert_missed(t, &hash, reply, now) {
             Ok(k) => {
                 ct.set_dnat(k);
                 ct.update(k, Dir::Orig, flags, now);

@@ -267,6 +267,26 @@ impl Index {
         }
     }
 
+    /// Maps `t`, which the caller just found absent (`get` gave None and nothing was
+    /// inserted since), to `(i, d)`: the first empty lane of its buckets, without
+    /// searching them for `t`.
+    pub fn insert_absent(&mut self, t: Tuple, h: &Hash, i: u32, d: Dir) {
+        let v = pack(i, d);
+        let (b1, b2) = (h.b1 as usize, h.b2 as usize);
+        self.len += 1;
+        for b in [b1, b2] {
+            let bk = &mut self.buckets[b];
+            let empty = lanes_equal(&bk.sig, 0);
+            if empty != 0 {
+                let w = empty.trailing_zeros() as usize;
+                bk.sig[w] = h.sig;
+                bk.val[w] = v;
+                return;
+            }
+        }
+        self.overflow.insert(t, v);
+    }
+
     /// Removes `t` when it maps to entry `i`; true when it did.
     pub fn remove_if(&mut self, t: &Tuple, i: u32, key: impl Fn(u32, Dir) -> Tuple) -> bool {
         let (sig, b1, b2) = self.hash3(t);
@@ -390,6 +410,27 @@ mod tests {
         assert_eq!(lanes_equal(&sigs, 2), 0);
         // No borrow from a lane into the next: 0x0001 next to 0x0000.
         assert_eq!(lanes_equal(&[1, 0, 1, 0, 1, 0, 1, 0], 0), 0b1010_1010);
+    }
+
+    #[test]
+    fn an_absent_key_goes_to_the_first_empty_lane_or_the_overflow() {
+        // One bucket pair: 16 lanes, then the overflow map.
+        let slab: Vec<Tuple> = (0..40).map(t).collect();
+        let mut idx = Index::with_capacity(1);
+        for i in 0..40u32 {
+            let k = slab[i as usize];
+            assert_eq!(idx.get(&k, |i, _| slab[i as usize]), None);
+            let h = idx.hash(&k);
+            idx.insert_absent(k, &h, i, Dir::Reply);
+        }
+        assert_eq!(idx.len(), 40);
+        assert!(idx.overflowed() >= 40 - 2 * WAYS);
+        for i in 0..40u32 {
+            let k = slab[i as usize];
+            assert_eq!(idx.get(&k, |i, _| slab[i as usize]), Some((i, Dir::Reply)));
+            assert!(idx.remove_if(&k, i, |i, _| slab[i as usize]));
+        }
+        assert!(idx.is_empty());
     }
 
     #[test]

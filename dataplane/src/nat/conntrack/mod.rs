@@ -614,12 +614,31 @@ impl Conntrack {
     /// Tracks a new connection: `orig` as the first packet showed it, `reply` as the
     /// answer will show it (after NAT, the translated tuple reversed).
     pub fn insert(&mut self, orig: Tuple, reply: Tuple, now: u32) -> Result<u32, InsertError> {
-        // Each tuple hashed once, for the checks and the index.
-        let (ho, hr) = (self.index.hash(&orig), self.index.hash(&reply));
-        if self.lookup_hashed(&orig, &ho, now).is_some()
-            || self.lookup_hashed(&reply, &hr, now).is_some()
-        {
+        let ho = self.index.hash(&orig);
+        if self.lookup_hashed(&orig, &ho, now).is_some() {
             return Err(InsertError::Exists);
+        }
+        self.insert_missed(orig, &ho, reply, now)
+    }
+
+    /// `insert`, for a stage that just looked `orig` up (with hash `ho`) and missed:
+    /// only `reply` is checked. Each tuple is hashed once, for the check and the
+    /// index.
+    pub fn insert_missed(
+        &mut self,
+        orig: Tuple,
+        ho: &index::Hash,
+        reply: Tuple,
+        now: u32,
+    ) -> Result<u32, InsertError> {
+        let hr = self.index.hash(&reply);
+        // Absent from the index (not only expired): inserted without a search.
+        let reply_key = self.index.get_hashed(&reply, &hr, key_in(&self.slab));
+        if let Some((k, _)) = reply_key {
+            let e = &self.slab[k as usize];
+            if e.flags & F_DEAD == 0 && e.expires > now {
+                return Err(InsertError::Exists);
+            }
         }
         if self.live >= self.capacity && !self.early_drop(now) {
             self.stats.refused_full += 1;
@@ -661,9 +680,13 @@ impl Conntrack {
         };
         // Stale keys of expired-but-unswept entries give way.
         self.index
-            .insert_hashed(orig, &ho, i, Dir::Orig, key_in(&self.slab));
-        self.index
-            .insert_hashed(reply, &hr, i, Dir::Reply, key_in(&self.slab));
+            .insert_hashed(orig, ho, i, Dir::Orig, key_in(&self.slab));
+        if reply_key.is_none() && reply != orig {
+            self.index.insert_absent(reply, &hr, i, Dir::Reply);
+        } else {
+            self.index
+                .insert_hashed(reply, &hr, i, Dir::Reply, key_in(&self.slab));
+        }
         if reply.src != orig.dst {
             self.dnat_sources.insert(reply.src);
         }
