@@ -254,3 +254,55 @@ fn eth_input_sends_each_kind_of_frame_to_its_declared_next() {
     );
     // Not produced here: eth-chained (a MemFrame is one contiguous buffer).
 }
+
+#[test]
+fn a_chained_buffer_is_dropped_by_name() {
+    use crate::pipeline::stage::run_alone_frames;
+    use crate::pipeline::Frame;
+    let l3 = L3::build(&node(), &[]).unwrap();
+    let ports = PortMap::build(
+        vec![PortEntry {
+            id: 2,
+            name: "pod-a".into(),
+            bd: Some(1),
+            mac: crate::wire::MacAddr([2, 0, 0, 0, 0, 2]),
+            rx_queues: 1,
+            mtu: 1500,
+        }],
+        1,
+    );
+    let (services, counters) = (ServiceTable::default(), WorkerCounters::default());
+    let cx = Ctx {
+        ports: &ports,
+        l3: &l3,
+        services: &services,
+        now: 1,
+        now_ms: 0,
+        seconds: 0,
+        counters: &counters,
+    };
+    let frame = ip4(
+        POD_B,
+        [10, 244, 0, 2],
+        [10, 244, 0, 3],
+        17,
+        &udp(5000, 53, b"x"),
+    );
+    let mut chained = crate::port::MemFrame::chained(&frame);
+    *chained.meta_mut() = on(2);
+    let mut whole = crate::port::MemFrame::from_bytes(&frame);
+    *whole.meta_mut() = on(2);
+    let got = run_alone_frames(
+        StageId::EthInput,
+        &cx,
+        &mut Features::for_tests(),
+        vec![chained, whole],
+    );
+    assert_eq!(
+        got,
+        [
+            Next::Drop(DropReason::EthChained),
+            Next::Stage(StageId::Bridge)
+        ]
+    );
+}

@@ -302,8 +302,36 @@ fn icmp_error_sends_each_kind_of_packet_to_its_declared_next() {
         vec![ttl([10, 244, 1, 5])],
     );
     assert_eq!(got, [Next::Drop(DropReason::Ip4NoNode)]);
-    // Not produced here: icmp-no-room (a MemFrame always holds the error, at most
-    // 110 bytes).
+    // icmp-no-room: a_buffer_too_small_for_the_error_drops_by_name.
+}
+
+#[test]
+fn a_buffer_too_small_for_the_error_drops_by_name() {
+    use crate::pipeline::stage::run_alone_frames;
+    use crate::pipeline::Frame;
+    let (l3, ports) = setup();
+    let (services, counters) = (ServiceTable::default(), WorkerCounters::default());
+    let cx = ctx(&l3, &ports, &services, &counters);
+    let frame = ip4(POD, [10, 244, 1, 5], 17, 0, &udp(5000, 33434, b"probe"));
+    let mut m = parsed(2, 17);
+    m.set_icmp(IcmpKind::TimeExceeded);
+    // The error (Ethernet, IPv4, ICMP, the quoted header and 8 bytes) is 70 bytes,
+    // longer than the 47-byte probe: no room behind it, then just enough.
+    let room = 14 + 20 + 8 + 28 - frame.len();
+    let mut frames = Vec::new();
+    for tail in [room - 1, room] {
+        let mut f = crate::port::MemFrame::with_room(&frame, 128, tail);
+        *f.meta_mut() = m;
+        frames.push(f);
+    }
+    let got = run_alone_frames(StageId::IcmpError, &cx, &mut Features::for_tests(), frames);
+    assert_eq!(
+        got,
+        [
+            Next::Drop(DropReason::IcmpNoRoom),
+            Next::Stage(StageId::Ip4Lookup)
+        ]
+    );
 }
 
 #[test]

@@ -275,3 +275,48 @@ fn vxlan_encap_sends_each_kind_of_packet_to_its_declared_next() {
     // Not produced here: vxlan-no-headroom (a MemFrame always has 128 bytes of
     // headroom and room for any frame eth-input accepts).
 }
+
+#[test]
+fn vxlan_encap_without_headroom_drops_by_name() {
+    use crate::pipeline::stage::run_alone_frames;
+    use crate::pipeline::Frame;
+    let (l3, ports) = setup();
+    let (services, counters) = (ServiceTable::default(), WorkerCounters::default());
+    let cx = Ctx {
+        ports: &ports,
+        l3: &l3,
+        services: &services,
+        now: 1,
+        now_ms: 0,
+        seconds: 0,
+        counters: &counters,
+    };
+    let frame = ip4(
+        [2, 0, 0, 0, 0, 2],
+        [10, 244, 0, 2],
+        [10, 244, 1, 5],
+        0,
+        &udp(5000, 53, b"x"),
+    );
+    let meta = Meta {
+        in_port: 2,
+        l3: 14,
+        l4: 34,
+        ethertype: 0x0800,
+        proto: 17,
+        remote: 0,
+        ..Meta::default()
+    };
+    // 49 bytes in front: one short of the outer headers; 50 is enough.
+    let mut frames = Vec::new();
+    for headroom in [49, 50] {
+        let mut f = crate::port::MemFrame::with_room(&frame, headroom, 0);
+        *f.meta_mut() = meta;
+        frames.push(f);
+    }
+    let got = run_alone_frames(StageId::VxlanEncap, &cx, &mut Features::for_tests(), frames);
+    assert_eq!(
+        got,
+        [Next::Drop(DropReason::VxlanNoHeadroom), Next::Resolve]
+    );
+}

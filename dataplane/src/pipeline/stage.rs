@@ -279,14 +279,29 @@ pub fn run_alone(
     frames: Vec<(Vec<u8>, super::Meta)>,
 ) -> Vec<Next> {
     use crate::port::MemFrame;
-    let n = frames.len();
+    let slots = frames
+        .into_iter()
+        .map(|(d, m)| {
+            let mut f = MemFrame::from_bytes(&d);
+            *f.meta_mut() = m;
+            f
+        })
+        .collect();
+    run_alone_frames(stage, cx, feat, slots)
+}
+
+/// `run_alone` on frames made by the caller (with their metadata set): a chained
+/// buffer, one without headroom or tailroom.
+#[cfg(test)]
+pub fn run_alone_frames(
+    stage: super::StageId,
+    cx: &Ctx,
+    feat: &mut Features,
+    mut slots: Vec<crate::port::MemFrame>,
+) -> Vec<Next> {
+    use crate::port::MemFrame;
+    let n = slots.len();
     assert!(n <= super::BURST);
-    let mut slots: Vec<MemFrame> = Vec::with_capacity(n);
-    for (d, m) in frames {
-        let mut f = MemFrame::from_bytes(&d);
-        *f.meta_mut() = m;
-        slots.push(f);
-    }
     let pkts: Vec<u8> = (0..u8::try_from(n).unwrap_or(0)).collect();
     let mut next = vec![Next::Drop(DropReason::GraphLoop); n];
     let mut detail = vec![TraceDetail::None; n];

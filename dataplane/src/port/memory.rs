@@ -17,6 +17,8 @@ struct MemBuf {
     start: usize,
     len: usize,
     meta: Meta,
+    /// Claims to be one segment of a chain (tests of the chained-buffer drop).
+    chained: bool,
     buf: Box<[u8]>,
 }
 
@@ -29,7 +31,30 @@ impl MemFrame {
             start: HEADROOM,
             len: data.len(),
             meta: Meta::default(),
+            chained: false,
         }))
+    }
+
+    /// A frame with exactly `headroom` bytes in front and `tailroom` behind (tests
+    /// of what a stage does without room).
+    pub fn with_room(data: &[u8], headroom: usize, tailroom: usize) -> MemFrame {
+        let mut buf = vec![0u8; headroom + data.len() + tailroom].into_boxed_slice();
+        buf[headroom..headroom + data.len()].copy_from_slice(data);
+        MemFrame(Box::new(MemBuf {
+            buf,
+            start: headroom,
+            len: data.len(),
+            meta: Meta::default(),
+            chained: false,
+        }))
+    }
+
+    /// A frame that says it is the first segment of a chain, as a multi-segment
+    /// mbuf would.
+    pub fn chained(data: &[u8]) -> MemFrame {
+        let mut f = MemFrame::from_bytes(data);
+        f.0.chained = true;
+        f
     }
 }
 
@@ -61,7 +86,7 @@ impl Frame for MemFrame {
         &mut self.0.buf[self.0.start..self.0.start + self.0.len]
     }
     fn is_contiguous(&self) -> bool {
-        true
+        !self.0.chained
     }
     fn prepend(&mut self, n: usize) -> bool {
         if n > self.0.start {
