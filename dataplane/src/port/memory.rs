@@ -59,35 +59,38 @@ impl MemFrame {
 }
 
 impl Frame for MemFrame {
-    #[inline]
+    #[inline(always)]
     fn data(&self) -> &[u8] {
         &self.0.buf[self.0.start..self.0.start + self.0.len]
     }
-    #[inline]
+    #[inline(always)]
     fn meta(&self) -> &Meta {
         &self.0.meta
     }
-    #[inline]
+    #[inline(always)]
     fn meta_mut(&mut self) -> &mut Meta {
         &mut self.0.meta
     }
-    #[inline]
+    #[inline(always)]
     fn data_meta_mut(&mut self) -> (&mut [u8], &mut Meta) {
         (
             &mut self.0.buf[self.0.start..self.0.start + self.0.len],
             &mut self.0.meta,
         )
     }
-    #[inline]
+    #[inline(always)]
     fn data_len(&self) -> usize {
         self.0.len
     }
+    #[inline(always)]
     fn data_mut(&mut self) -> &mut [u8] {
         &mut self.0.buf[self.0.start..self.0.start + self.0.len]
     }
+    #[inline(always)]
     fn is_contiguous(&self) -> bool {
         !self.0.chained
     }
+    #[inline(always)]
     fn prepend(&mut self, n: usize) -> bool {
         if n > self.0.start {
             return false;
@@ -96,6 +99,7 @@ impl Frame for MemFrame {
         self.0.len += n;
         true
     }
+    #[inline(always)]
     fn strip(&mut self, n: usize) -> bool {
         if n > self.0.len {
             return false;
@@ -104,6 +108,7 @@ impl Frame for MemFrame {
         self.0.len -= n;
         true
     }
+    #[inline(always)]
     fn set_len(&mut self, len: usize) -> bool {
         if self.0.start + len > self.0.buf.len() {
             return false;
