@@ -556,7 +556,7 @@ impl Control {
 
     /// The queue tokens worker `w` uses with `map`: the rx queues the map gives it,
     /// and its own tx queue (its index) on every port of the map.
-    pub(crate) fn grant(&self, map: &PortMap, w: usize) -> Grant {
+    pub fn grant(&self, map: &PortMap, w: usize) -> Grant {
         let attached = |p: u16| self.ports.iter().find(|a| a.port.id() == p);
         let rx = map
             .rx_of(w)

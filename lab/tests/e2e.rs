@@ -325,6 +325,24 @@ fn a_dataplane_configured_with_a_port_and_a_node_is_ready_at_once() {
     // EAL and the tap take about a second here; one wait for unlaunched workers
     // would add 5.
     assert!(took < Duration::from_secs(4), "ready after {took:?}");
+    // And it forwards on the configured port at once: the underlay side of the
+    // tap asks for the node IP, which only a worker polling the port answers.
+    let tap = format!("{prefix}u");
+    net::ip_in(&ns, &["addr", "add", "192.168.77.1/24", "dev", &tap]).expect("address");
+    net::ip_in(&ns, &["link", "set", &tap, "up"]).expect("up");
+    let answered = (0..10).any(|_| {
+        let _ = net::command_in(&ns, "ping")
+            .args(["-c", "1", "-W", "1", "192.168.77.11"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        net::ip_in(&ns, &["neigh", "show", "192.168.77.11", "dev", &tap])
+            .is_ok_and(|n| n.contains("lladdr"))
+    });
+    assert!(
+        answered,
+        "no ARP answer from the node IP through the configured port"
+    );
     net::kill(dp.0.id(), "TERM");
 }
 

@@ -237,10 +237,12 @@ fn run() -> Result<()> {
             nat_range: (cfg.nat.port_min, cfg.nat.port_max),
             workers: u16::try_from(nworkers).unwrap_or(1),
         };
-        // Drain the snapshots already queued: start from the current one, as its
-        // generation.
+        // Drain the snapshots (and queue grants) already queued: start from the
+        // current one, as its generation, with the tokens for its queues.
         while rx.try_recv().is_ok() {}
         let snap = ctl.current_snapshot();
+        let mut io = DpdkIo::new(pool);
+        io.grant(ctl.grant(&snap.ports, usize::from(id)));
         let gen = ctl.generation();
         counters.applied_gen.store(gen, Ordering::Release);
         counters.settled_gen.store(gen, Ordering::Release);
@@ -300,7 +302,7 @@ fn run() -> Result<()> {
         }
         let worker = Worker::new(
             id,
-            DpdkIo::new(pool),
+            io,
             pipeline,
             rx,
             retired_tx.clone(),
