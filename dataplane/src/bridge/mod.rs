@@ -181,7 +181,7 @@ pub fn describe(
 #[cfg(test)]
 mod tests {
     use crate::ip4::L3;
-    use crate::pipeline::stage::{run_alone, Ctx, Features};
+    use crate::pipeline::stage::{run_alone, Features};
     use crate::pipeline::{DropReason, Meta, Next, StageId, WorkerCounters};
     use crate::port::{PortEntry, PortMap};
     use crate::services::ServiceTable;
@@ -217,15 +217,7 @@ mod tests {
             ServiceTable::default(),
             WorkerCounters::default(),
         );
-        let cx = Ctx {
-            ports: &ports,
-            l3: &l3,
-            services: &services,
-            now: 1,
-            now_ms: 0,
-            seconds: 0,
-            counters: &counters,
-        };
+        let cx = crate::pipeline::fixture::ctx(&l3, &ports, &services, &counters);
         let mut feat = Features::for_tests();
         let (a, b, c) = (
             [0x0a, 0x58, 0, 0, 0, 0xa],

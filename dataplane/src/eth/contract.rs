@@ -6,27 +6,14 @@ use crate::pipeline::{DropReason, Meta, Next, StageId, WorkerCounters};
 use crate::port::{PortEntry, PortMap};
 use crate::services::ServiceTable;
 use crate::wire::ipv4;
-use podpath_proto::{EndpointSpec, NodeSpec, RemoteSpec, ServiceSpec};
+use podpath_proto::{EndpointSpec, NodeSpec, ServiceSpec};
 
 const POD_A: [u8; 6] = [0x0a, 0x58, 0x0a, 0xf4, 0, 2];
 const POD_B: [u8; 6] = [0x0a, 0x58, 0x0a, 0xf4, 0, 3];
 
 /// Ethernet + IPv4 (header checksum filled) from POD_A's MAC, carrying `l4`.
 fn ip4(dst_mac: [u8; 6], src: [u8; 4], dst: [u8; 4], proto: u8, l4: &[u8]) -> Vec<u8> {
-    let mut f = vec![0u8; 34];
-    f[0..6].copy_from_slice(&dst_mac);
-    f[6..12].copy_from_slice(&POD_A);
-    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-    let total = u16::try_from(20 + l4.len()).unwrap();
-    f[14] = 0x45;
-    f[16..18].copy_from_slice(&total.to_be_bytes());
-    f[22] = 64;
-    f[23] = proto;
-    f[26..30].copy_from_slice(&src);
-    f[30..34].copy_from_slice(&dst);
-    f.extend_from_slice(l4);
-    ipv4::Packet::new_unchecked(&mut f[14..]).fill_checksum();
-    f
+    crate::pipeline::fixture::ip4(dst_mac, POD_A, src, dst, proto, 0, l4)
 }
 
 fn tcp(sport: u16, dport: u16) -> Vec<u8> {
@@ -39,12 +26,7 @@ fn tcp(sport: u16, dport: u16) -> Vec<u8> {
 }
 
 fn udp(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
-    let mut u = vec![0u8; 8];
-    u[0..2].copy_from_slice(&sport.to_be_bytes());
-    u[2..4].copy_from_slice(&dport.to_be_bytes());
-    u[4..6].copy_from_slice(&u16::try_from(8 + payload.len()).unwrap().to_be_bytes());
-    u.extend_from_slice(payload);
-    u
+    crate::pipeline::fixture::udp(sport, dport, payload)
 }
 
 /// Refills the IPv4 header checksum after an edit.
@@ -78,22 +60,10 @@ fn node() -> NodeSpec {
 
 #[test]
 fn eth_input_sends_each_kind_of_frame_to_its_declared_next() {
-    let remote = RemoteSpec {
-        name: "node2".into(),
-        node_ip: "192.168.77.12".into(),
-        vtep_mac: "0a:58:0a:f4:01:01".into(),
-        pod_cidr: "10.244.1.0/24".into(),
-    };
+    let remote = crate::pipeline::fixture::node2();
     let l3 = L3::build(&node(), &[remote]).unwrap();
     let router = l3.node.as_ref().unwrap().router_mac.0;
-    let port = |id: u16, name: &str, bd: Option<u16>| PortEntry {
-        id,
-        name: name.into(),
-        bd,
-        mac: crate::wire::MacAddr([2, 0, 0, 0, 0, u8::try_from(id).unwrap()]),
-        rx_queues: 1,
-        mtu: 1500,
-    };
+    let port = crate::pipeline::fixture::port;
     let ports = PortMap::build(
         vec![
             port(0, "uplink", None),
@@ -106,15 +76,7 @@ fn eth_input_sends_each_kind_of_frame_to_its_declared_next() {
     .with_roles(Some("uplink"), Some("host"));
     let (services, counters) = (ServiceTable::default(), WorkerCounters::default());
     let mut feat = Features::for_tests();
-    let cx = Ctx {
-        ports: &ports,
-        l3: &l3,
-        services: &services,
-        now: 1,
-        now_ms: 0,
-        seconds: 0,
-        counters: &counters,
-    };
+    let cx = crate::pipeline::fixture::ctx(&l3, &ports, &services, &counters);
     let (pod, node_ip) = ([10, 244, 0, 2], [192, 168, 77, 11]);
     let arp = crate::ip4::arp::request(crate::wire::MacAddr(POD_A), 0x0af4_0002, 0x0af4_0001);
     let udp_to = |dst: [u8; 4]| ip4(router, pod, dst, 17, &udp(5000, 53, b"hello"));
@@ -272,15 +234,7 @@ fn a_chained_buffer_is_dropped_by_name() {
         1,
     );
     let (services, counters) = (ServiceTable::default(), WorkerCounters::default());
-    let cx = Ctx {
-        ports: &ports,
-        l3: &l3,
-        services: &services,
-        now: 1,
-        now_ms: 0,
-        seconds: 0,
-        counters: &counters,
-    };
+    let cx = crate::pipeline::fixture::ctx(&l3, &ports, &services, &counters);
     let frame = ip4(
         POD_B,
         [10, 244, 0, 2],

@@ -6,10 +6,9 @@ use crate::pipeline::stage::{run_alone, Ctx, Features};
 use crate::pipeline::{
     DropReason, IcmpKind, Meta, Next, StageId, WorkerCounters, FRAG_FIRST, OUT_BRIDGE,
 };
-use crate::port::{PortEntry, PortMap};
+use crate::port::PortMap;
 use crate::services::ServiceTable;
-use crate::wire::{ipv4, MacAddr};
-use podpath_proto::{NodeSpec, RemoteSpec};
+use crate::wire::MacAddr;
 
 const POD_A: [u8; 6] = [0x0a, 0x58, 0x0a, 0xf4, 0, 2];
 const POD_B: [u8; 6] = [0x0a, 0x58, 0x0a, 0xf4, 0, 3];
@@ -19,30 +18,19 @@ const GATEWAY: [u8; 4] = [10, 244, 0, 1];
 /// Ethernet + IPv4 (header checksum filled) carrying `l4`; `frag` is the flags and
 /// fragment offset field (0x4000: DF, 0x2000: MF).
 fn ip4(src: [u8; 4], dst: [u8; 4], proto: u8, frag: u16, l4: &[u8]) -> Vec<u8> {
-    let mut f = vec![0u8; 34];
-    f[0..6].copy_from_slice(&[0x0a, 0x58, 0x0a, 0xf4, 0, 1]);
-    f[6..12].copy_from_slice(&POD_A);
-    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-    let total = u16::try_from(20 + l4.len()).unwrap();
-    f[14] = 0x45;
-    f[16..18].copy_from_slice(&total.to_be_bytes());
-    f[20..22].copy_from_slice(&frag.to_be_bytes());
-    f[22] = 64;
-    f[23] = proto;
-    f[26..30].copy_from_slice(&src);
-    f[30..34].copy_from_slice(&dst);
-    f.extend_from_slice(l4);
-    ipv4::Packet::new_unchecked(&mut f[14..]).fill_checksum();
-    f
+    crate::pipeline::fixture::ip4(
+        [0x0a, 0x58, 0x0a, 0xf4, 0, 1],
+        POD_A,
+        src,
+        dst,
+        proto,
+        frag,
+        l4,
+    )
 }
 
 fn udp(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
-    let mut u = vec![0u8; 8];
-    u[0..2].copy_from_slice(&sport.to_be_bytes());
-    u[2..4].copy_from_slice(&dport.to_be_bytes());
-    u[4..6].copy_from_slice(&u16::try_from(8 + payload.len()).unwrap().to_be_bytes());
-    u.extend_from_slice(payload);
-    u
+    crate::pipeline::fixture::udp(sport, dport, payload)
 }
 
 /// An ICMP message of this type (echo identifier 7), with 8 bytes of data.
@@ -79,34 +67,10 @@ fn who_has(in_port: u16, mac: [u8; 6], ip: [u8; 4], target: [u8; 4]) -> (Vec<u8>
 }
 
 fn setup() -> (L3, PortMap) {
-    let node = NodeSpec {
-        node_ip: "192.168.77.11".into(),
-        underlay_cidr: "192.168.77.0/24".into(),
-        underlay_gateway: None,
-        pod_cidr: "10.244.0.0/24".into(),
-        cluster_cidr: "10.244.0.0/16".into(),
-        bridge: 1,
-        uplink: "uplink".into(),
-        host: Some("host".into()),
-        vni: 1,
-        vxlan_port: 4789,
-        service_cidr: Some("10.96.0.0/12".into()),
-    };
-    let remote = RemoteSpec {
-        name: "node2".into(),
-        node_ip: "192.168.77.12".into(),
-        vtep_mac: "0a:58:0a:f4:01:01".into(),
-        pod_cidr: "10.244.1.0/24".into(),
-    };
+    let node = crate::pipeline::fixture::node_spec();
+    let remote = crate::pipeline::fixture::node2();
     let l3 = L3::build(&node, &[remote]).unwrap();
-    let port = |id: u16, name: &str, bd: Option<u16>| PortEntry {
-        id,
-        name: name.into(),
-        bd,
-        mac: MacAddr([2, 0, 0, 0, 0, u8::try_from(id).unwrap()]),
-        rx_queues: 1,
-        mtu: 1500,
-    };
+    let port = crate::pipeline::fixture::port;
     let ports = PortMap::build(
         vec![
             port(0, "uplink", None),
@@ -120,22 +84,7 @@ fn setup() -> (L3, PortMap) {
     (l3, ports)
 }
 
-fn ctx<'a>(
-    l3: &'a L3,
-    ports: &'a PortMap,
-    services: &'a ServiceTable,
-    counters: &'a WorkerCounters,
-) -> Ctx<'a> {
-    Ctx {
-        ports,
-        l3,
-        services,
-        now: 1,
-        now_ms: 0,
-        seconds: 0,
-        counters,
-    }
-}
+use crate::pipeline::fixture::ctx;
 
 #[test]
 fn arp_sends_each_kind_of_message_to_its_declared_next() {

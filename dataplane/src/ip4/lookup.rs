@@ -157,7 +157,7 @@ mod tests {
     use crate::ip4::L3;
     use crate::pipeline::stage::{run_alone, Ctx, Features};
     use crate::pipeline::{DropReason, Meta, Next, StageId, WorkerCounters};
-    use crate::port::{PortEntry, PortMap};
+    use crate::port::PortMap;
     use crate::services::ServiceTable;
     use podpath_proto::{NodeSpec, RemoteSpec};
 
@@ -203,14 +203,7 @@ mod tests {
             pod_cidr: "10.244.1.0/24".into(),
         };
         let l3 = L3::build(&node, &[remote]).unwrap();
-        let port = |id: u16, name: &str, bd: Option<u16>| PortEntry {
-            id,
-            name: name.into(),
-            bd,
-            mac: crate::wire::MacAddr([2, 0, 0, 0, 0, u8::try_from(id).unwrap()]),
-            rx_queues: 1,
-            mtu: 1500,
-        };
+        let port = crate::pipeline::fixture::port;
         let ports = PortMap::build(
             vec![
                 port(0, "uplink", None),
@@ -223,15 +216,7 @@ mod tests {
         let (services, counters) = (ServiceTable::default(), WorkerCounters::default());
         let mut feat = Features::for_tests();
         let pod = [10, 244, 0, 2];
-        let cx = Ctx {
-            ports: &ports,
-            l3: &l3,
-            services: &services,
-            now: 1,
-            now_ms: 0,
-            seconds: 0,
-            counters: &counters,
-        };
+        let cx = crate::pipeline::fixture::ctx(&l3, &ports, &services, &counters);
         let got = run_alone(
             StageId::Ip4Lookup,
             &cx,

@@ -4,7 +4,7 @@ use crate::ip4::L3;
 use crate::nat::snat::{client_owner, NatPorts};
 use crate::pipeline::stage::{run_alone, Ctx, Features};
 use crate::pipeline::{DropReason, Meta, Next, StageId, WorkerCounters, FRAG_LATER};
-use crate::port::{PortEntry, PortMap};
+use crate::port::PortMap;
 use crate::services::ServiceTable;
 use crate::wire::ipv4;
 use podpath_proto::{EndpointSpec, NodeSpec, ServiceSpec};
@@ -19,38 +19,23 @@ const FIN: u8 = 0x01;
 /// Ethernet + IPv4 (header checksum filled) carrying `l4`; `frag` is the flags and
 /// fragment offset field.
 fn ip4(src: [u8; 4], dst: [u8; 4], proto: u8, frag: u16, l4: &[u8]) -> Vec<u8> {
-    let mut f = vec![0u8; 34];
-    f[0..6].copy_from_slice(&[2, 0, 0, 0, 0, 0]);
-    f[6..12].copy_from_slice(&[0x0a, 0x58, 0x0a, 0xf4, 0, 2]);
-    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-    let total = u16::try_from(20 + l4.len()).unwrap();
-    f[14] = 0x45;
-    f[16..18].copy_from_slice(&total.to_be_bytes());
-    f[20..22].copy_from_slice(&frag.to_be_bytes());
-    f[22] = 64;
-    f[23] = proto;
-    f[26..30].copy_from_slice(&src);
-    f[30..34].copy_from_slice(&dst);
-    f.extend_from_slice(l4);
-    ipv4::Packet::new_unchecked(&mut f[14..]).fill_checksum();
-    f
+    crate::pipeline::fixture::ip4(
+        [2, 0, 0, 0, 0, 0],
+        [0x0a, 0x58, 0x0a, 0xf4, 0, 2],
+        src,
+        dst,
+        proto,
+        frag,
+        l4,
+    )
 }
 
 fn tcp(sport: u16, dport: u16, flags: u8) -> Vec<u8> {
-    let mut t = vec![0u8; 20];
-    t[0..2].copy_from_slice(&sport.to_be_bytes());
-    t[2..4].copy_from_slice(&dport.to_be_bytes());
-    t[12] = 0x50;
-    t[13] = flags;
-    t
+    crate::pipeline::fixture::tcp(sport, dport, flags)
 }
 
 fn udp(sport: u16, dport: u16) -> Vec<u8> {
-    let mut u = vec![0u8; 12];
-    u[0..2].copy_from_slice(&sport.to_be_bytes());
-    u[2..4].copy_from_slice(&dport.to_be_bytes());
-    u[4..6].copy_from_slice(&12u16.to_be_bytes());
-    u
+    crate::pipeline::fixture::udp(sport, dport, &[0; 4])
 }
 
 /// As eth-input and ip4-lookup leave a packet: parsed, IPv4 at 14, L4 at 34 (none
@@ -89,37 +74,13 @@ fn later_fragment() -> (Vec<u8>, Meta) {
 }
 
 fn setup() -> (L3, PortMap) {
+    // The fixture's node, with an underlay gateway (SNAT's replies come from it).
     let node = NodeSpec {
-        node_ip: "192.168.77.11".into(),
-        underlay_cidr: "192.168.77.0/24".into(),
         underlay_gateway: Some("192.168.77.1".into()),
-        pod_cidr: "10.244.0.0/24".into(),
-        cluster_cidr: "10.244.0.0/16".into(),
-        bridge: 1,
-        uplink: "uplink".into(),
-        host: Some("host".into()),
-        vni: 1,
-        vxlan_port: 4789,
-        service_cidr: Some("10.96.0.0/12".into()),
+        ..crate::pipeline::fixture::node_spec()
     };
     let l3 = L3::build(&node, &[]).unwrap();
-    let port = |id: u16, name: &str, bd: Option<u16>| PortEntry {
-        id,
-        name: name.into(),
-        bd,
-        mac: crate::wire::MacAddr([2, 0, 0, 0, 0, u8::try_from(id).unwrap()]),
-        rx_queues: 1,
-        mtu: 1500,
-    };
-    let ports = PortMap::build(
-        vec![
-            port(0, "uplink", None),
-            port(1, "host", None),
-            port(2, "pod-a", Some(1)),
-        ],
-        1,
-    )
-    .with_roles(Some("uplink"), Some("host"));
+    let ports = crate::pipeline::fixture::ports(1);
     (l3, ports)
 }
 
@@ -135,15 +96,7 @@ fn first_of_two() -> Features {
 fn snat_sends_each_kind_of_packet_to_its_declared_next() {
     let (l3, ports) = setup();
     let (services, counters) = (ServiceTable::default(), WorkerCounters::default());
-    let cx = Ctx {
-        ports: &ports,
-        l3: &l3,
-        services: &services,
-        now: 1,
-        now_ms: 0,
-        seconds: 0,
-        counters: &counters,
-    };
+    let cx = crate::pipeline::fixture::ctx(&l3, &ports, &services, &counters);
     let mut feat = Features::for_tests();
     let got = run_alone(
         StageId::Snat,
@@ -242,15 +195,7 @@ fn snat_sends_each_kind_of_packet_to_its_declared_next() {
 fn snat_reply_sends_each_kind_of_packet_to_its_declared_next() {
     let (l3, ports) = setup();
     let (services, counters) = (ServiceTable::default(), WorkerCounters::default());
-    let cx = Ctx {
-        ports: &ports,
-        l3: &l3,
-        services: &services,
-        now: 1,
-        now_ms: 0,
-        seconds: 0,
-        counters: &counters,
-    };
+    let cx = crate::pipeline::fixture::ctx(&l3, &ports, &services, &counters);
     let mut feat = Features::for_tests();
     // The pod's connection, masqueraded by snat: node:32768, the slice's first port.
     let got = run_alone(

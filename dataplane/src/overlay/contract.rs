@@ -3,10 +3,9 @@
 use crate::ip4::L3;
 use crate::pipeline::stage::{run_alone, Ctx, Features};
 use crate::pipeline::{DropReason, Meta, Next, StageId, WorkerCounters};
-use crate::port::{PortEntry, PortMap};
+use crate::port::PortMap;
 use crate::services::ServiceTable;
-use crate::wire::ipv4;
-use podpath_proto::{EndpointSpec, NodeSpec, RemoteSpec, ServiceSpec};
+use podpath_proto::{EndpointSpec, ServiceSpec};
 
 const UPLINK_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0];
 const VTEP_MAC: [u8; 6] = [0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x01];
@@ -16,30 +15,11 @@ const NODE2: [u8; 4] = [192, 168, 77, 12];
 /// Ethernet + IPv4 (header checksum filled) carrying `l4`; `frag` is the flags and
 /// fragment offset field (0x4000: DF, 0x2000: MF).
 fn ip4(dst_mac: [u8; 6], src: [u8; 4], dst: [u8; 4], frag: u16, l4: &[u8]) -> Vec<u8> {
-    let mut f = vec![0u8; 34];
-    f[0..6].copy_from_slice(&dst_mac);
-    f[6..12].copy_from_slice(&VTEP_MAC);
-    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-    let total = u16::try_from(20 + l4.len()).unwrap();
-    f[14] = 0x45;
-    f[16..18].copy_from_slice(&total.to_be_bytes());
-    f[20..22].copy_from_slice(&frag.to_be_bytes());
-    f[22] = 64;
-    f[23] = 17;
-    f[26..30].copy_from_slice(&src);
-    f[30..34].copy_from_slice(&dst);
-    f.extend_from_slice(l4);
-    ipv4::Packet::new_unchecked(&mut f[14..]).fill_checksum();
-    f
+    crate::pipeline::fixture::ip4(dst_mac, VTEP_MAC, src, dst, 17, frag, l4)
 }
 
 fn udp(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
-    let mut u = vec![0u8; 8];
-    u[0..2].copy_from_slice(&sport.to_be_bytes());
-    u[2..4].copy_from_slice(&dport.to_be_bytes());
-    u[4..6].copy_from_slice(&u16::try_from(8 + payload.len()).unwrap().to_be_bytes());
-    u.extend_from_slice(payload);
-    u
+    crate::pipeline::fixture::udp(sport, dport, payload)
 }
 
 /// An inner frame: UDP from `src` to `dst`.
@@ -66,34 +46,10 @@ fn vxlan(outer_src: [u8; 4], frag: u16, flags: u8, vni: u32, inner: &[u8]) -> (V
 }
 
 fn setup() -> (L3, PortMap) {
-    let node = NodeSpec {
-        node_ip: "192.168.77.11".into(),
-        underlay_cidr: "192.168.77.0/24".into(),
-        underlay_gateway: None,
-        pod_cidr: "10.244.0.0/24".into(),
-        cluster_cidr: "10.244.0.0/16".into(),
-        bridge: 1,
-        uplink: "uplink".into(),
-        host: Some("host".into()),
-        vni: 1,
-        vxlan_port: 4789,
-        service_cidr: Some("10.96.0.0/12".into()),
-    };
-    let remote = RemoteSpec {
-        name: "node2".into(),
-        node_ip: "192.168.77.12".into(),
-        vtep_mac: "0a:58:0a:f4:01:01".into(),
-        pod_cidr: "10.244.1.0/24".into(),
-    };
+    let node = crate::pipeline::fixture::node_spec();
+    let remote = crate::pipeline::fixture::node2();
     let l3 = L3::build(&node, &[remote]).unwrap();
-    let port = |id: u16, name: &str, bd: Option<u16>| PortEntry {
-        id,
-        name: name.into(),
-        bd,
-        mac: crate::wire::MacAddr([2, 0, 0, 0, 0, u8::try_from(id).unwrap()]),
-        rx_queues: 1,
-        mtu: 1500,
-    };
+    let port = crate::pipeline::fixture::port;
     let ports = PortMap::build(
         vec![
             port(0, "uplink", None),
@@ -123,15 +79,7 @@ fn vxlan_decap_sends_each_kind_of_packet_to_its_declared_next() {
     .unwrap();
     let counters = WorkerCounters::default();
     let mut feat = Features::for_tests();
-    let cx = Ctx {
-        ports: &ports,
-        l3: &l3,
-        services: &services,
-        now: 1,
-        now_ms: 0,
-        seconds: 0,
-        counters: &counters,
-    };
+    let cx = crate::pipeline::fixture::ctx(&l3, &ports, &services, &counters);
     let (pod, remote_pod, endpoint) = ([10, 244, 0, 2], [10, 244, 1, 6], [10, 244, 1, 5]);
     let good = inner(remote_pod, pod);
     let ipv6 = {
@@ -187,15 +135,7 @@ fn vxlan_encap_sends_each_kind_of_packet_to_its_declared_next() {
     let (l3, ports) = setup();
     let (services, counters) = (ServiceTable::default(), WorkerCounters::default());
     let mut feat = Features::for_tests();
-    let cx = Ctx {
-        ports: &ports,
-        l3: &l3,
-        services: &services,
-        now: 1,
-        now_ms: 0,
-        seconds: 0,
-        counters: &counters,
-    };
+    let cx = crate::pipeline::fixture::ctx(&l3, &ports, &services, &counters);
     // As ip4-lookup leaves a packet for node2's pod: IPv4 at 14, the remote named.
     let to_remote = |frag: u16, payload: usize, remote: u16| {
         let f = ip4(
@@ -282,15 +222,7 @@ fn vxlan_encap_without_headroom_drops_by_name() {
     use crate::pipeline::Frame;
     let (l3, ports) = setup();
     let (services, counters) = (ServiceTable::default(), WorkerCounters::default());
-    let cx = Ctx {
-        ports: &ports,
-        l3: &l3,
-        services: &services,
-        now: 1,
-        now_ms: 0,
-        seconds: 0,
-        counters: &counters,
-    };
+    let cx = crate::pipeline::fixture::ctx(&l3, &ports, &services, &counters);
     let frame = ip4(
         [2, 0, 0, 0, 0, 2],
         [10, 244, 0, 2],

@@ -13,6 +13,8 @@
 //! traces and `podpathctl` show.
 pub mod capture;
 pub mod counters;
+#[cfg(test)]
+pub mod fixture;
 pub mod frame;
 pub mod handoff;
 pub mod registry;

@@ -2,12 +2,11 @@
 //! checked on crafted frames run through the stage alone.
 use crate::ip4::L3;
 use crate::nat::snat::{client_owner, NatPorts};
-use crate::pipeline::stage::{run_alone, Ctx, Features};
+use crate::pipeline::stage::{run_alone, Features};
 use crate::pipeline::{DropReason, Meta, Next, StageId, WorkerCounters, FRAG_LATER};
-use crate::port::{PortEntry, PortMap};
+use crate::port::PortMap;
 use crate::services::table::NodeInfo;
 use crate::services::ServiceTable;
-use crate::wire::ipv4;
 use podpath_proto::{EndpointSpec, NodeSpec, ServiceSpec};
 
 const CLIENT: [u8; 4] = [10, 244, 0, 2];
@@ -22,38 +21,15 @@ const RST: u8 = 0x04;
 /// Ethernet + IPv4 (header checksum filled) carrying `l4`; `frag` is the flags and
 /// fragment offset field.
 fn ip4(dst_mac: [u8; 6], src: [u8; 4], dst: [u8; 4], proto: u8, frag: u16, l4: &[u8]) -> Vec<u8> {
-    let mut f = vec![0u8; 34];
-    f[0..6].copy_from_slice(&dst_mac);
-    f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 9]);
-    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-    let total = u16::try_from(20 + l4.len()).unwrap();
-    f[14] = 0x45;
-    f[16..18].copy_from_slice(&total.to_be_bytes());
-    f[20..22].copy_from_slice(&frag.to_be_bytes());
-    f[22] = 64;
-    f[23] = proto;
-    f[26..30].copy_from_slice(&src);
-    f[30..34].copy_from_slice(&dst);
-    f.extend_from_slice(l4);
-    ipv4::Packet::new_unchecked(&mut f[14..]).fill_checksum();
-    f
+    crate::pipeline::fixture::ip4(dst_mac, [2, 0, 0, 0, 0, 9], src, dst, proto, frag, l4)
 }
 
 fn tcp(sport: u16, dport: u16, flags: u8) -> Vec<u8> {
-    let mut t = vec![0u8; 20];
-    t[0..2].copy_from_slice(&sport.to_be_bytes());
-    t[2..4].copy_from_slice(&dport.to_be_bytes());
-    t[12] = 0x50;
-    t[13] = flags;
-    t
+    crate::pipeline::fixture::tcp(sport, dport, flags)
 }
 
 fn udp(sport: u16, dport: u16) -> Vec<u8> {
-    let mut u = vec![0u8; 12];
-    u[0..2].copy_from_slice(&sport.to_be_bytes());
-    u[2..4].copy_from_slice(&dport.to_be_bytes());
-    u[4..6].copy_from_slice(&12u16.to_be_bytes());
-    u
+    crate::pipeline::fixture::udp(sport, dport, &[0; 4])
 }
 
 fn meta(in_port: u16, proto: u8) -> Meta {
@@ -80,28 +56,13 @@ fn seg(
 }
 
 fn setup() -> (L3, PortMap, ServiceTable) {
+    // The fixture's node, with an underlay gateway (SNAT's replies come from it).
     let node = NodeSpec {
-        node_ip: "192.168.77.11".into(),
-        underlay_cidr: "192.168.77.0/24".into(),
         underlay_gateway: Some("192.168.77.1".into()),
-        pod_cidr: "10.244.0.0/24".into(),
-        cluster_cidr: "10.244.0.0/16".into(),
-        bridge: 1,
-        uplink: "uplink".into(),
-        host: Some("host".into()),
-        vni: 1,
-        vxlan_port: 4789,
-        service_cidr: Some("10.96.0.0/12".into()),
+        ..crate::pipeline::fixture::node_spec()
     };
     let l3 = L3::build(&node, &[]).unwrap();
-    let port = |id: u16, name: &str, bd: Option<u16>| PortEntry {
-        id,
-        name: name.into(),
-        bd,
-        mac: crate::wire::MacAddr([2, 0, 0, 0, 0, u8::try_from(id).unwrap()]),
-        rx_queues: 1,
-        mtu: 1500,
-    };
+    let port = crate::pipeline::fixture::port;
     let ports = PortMap::build(
         vec![
             port(0, "uplink", None),
@@ -148,15 +109,7 @@ fn setup() -> (L3, PortMap, ServiceTable) {
 fn lb_sends_each_kind_of_packet_to_its_declared_next() {
     let (l3, ports, services) = setup();
     let counters = WorkerCounters::default();
-    let cx = Ctx {
-        ports: &ports,
-        l3: &l3,
-        services: &services,
-        now: 1,
-        now_ms: 0,
-        seconds: 0,
-        counters: &counters,
-    };
+    let cx = crate::pipeline::fixture::ctx(&l3, &ports, &services, &counters);
     let router = l3.node.as_ref().unwrap().router_mac.0;
     let web = ([10, 96, 0, 10], 80);
     // From the client pod, routed to the gateway's MAC.
