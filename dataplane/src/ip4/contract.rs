@@ -66,22 +66,12 @@ fn who_has(in_port: u16, mac: [u8; 6], ip: [u8; 4], target: [u8; 4]) -> (Vec<u8>
     (f.to_vec(), m)
 }
 
+/// Node 1 with node 2 as its remote; the uplink, the host port and 2 pod port(s).
 fn setup() -> (L3, PortMap) {
-    let node = crate::pipeline::fixture::node_spec();
-    let remote = crate::pipeline::fixture::node2();
-    let l3 = L3::build(&node, &[remote]).unwrap();
-    let port = crate::pipeline::fixture::port;
-    let ports = PortMap::build(
-        vec![
-            port(0, "uplink", None),
-            port(1, "host", None),
-            port(2, "pod-a", Some(1)),
-            port(3, "pod-b", Some(1)),
-        ],
-        1,
+    (
+        crate::pipeline::fixture::l3(true),
+        crate::pipeline::fixture::ports(2),
     )
-    .with_roles(Some("uplink"), Some("host"));
-    (l3, ports)
 }
 
 use crate::pipeline::fixture::ctx;

@@ -45,21 +45,12 @@ fn vxlan(outer_src: [u8; 4], frag: u16, flags: u8, vni: u32, inner: &[u8]) -> (V
     (f, m)
 }
 
+/// Node 1 with node 2 as its remote; the uplink, the host port and 1 pod port(s).
 fn setup() -> (L3, PortMap) {
-    let node = crate::pipeline::fixture::node_spec();
-    let remote = crate::pipeline::fixture::node2();
-    let l3 = L3::build(&node, &[remote]).unwrap();
-    let port = crate::pipeline::fixture::port;
-    let ports = PortMap::build(
-        vec![
-            port(0, "uplink", None),
-            port(1, "host", None),
-            port(2, "pod-a", Some(1)),
-        ],
-        1,
+    (
+        crate::pipeline::fixture::l3(true),
+        crate::pipeline::fixture::ports(1),
     )
-    .with_roles(Some("uplink"), Some("host"));
-    (l3, ports)
 }
 
 #[test]
