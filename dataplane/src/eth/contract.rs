@@ -43,37 +43,14 @@ fn on(port: u16) -> Meta {
 }
 
 fn node() -> NodeSpec {
-    NodeSpec {
-        node_ip: "192.168.77.11".into(),
-        underlay_cidr: "192.168.77.0/24".into(),
-        underlay_gateway: None,
-        pod_cidr: "10.244.0.0/24".into(),
-        cluster_cidr: "10.244.0.0/16".into(),
-        bridge: 1,
-        uplink: "uplink".into(),
-        host: Some("host".into()),
-        vni: 1,
-        vxlan_port: 4789,
-        service_cidr: Some("10.96.0.0/12".into()),
-    }
+    crate::pipeline::fixture::node_spec()
 }
 
 #[test]
 fn eth_input_sends_each_kind_of_frame_to_its_declared_next() {
-    let remote = crate::pipeline::fixture::node2();
-    let l3 = L3::build(&node(), &[remote]).unwrap();
+    let l3 = crate::pipeline::fixture::l3(true);
     let router = l3.node.as_ref().unwrap().router_mac.0;
-    let port = crate::pipeline::fixture::port;
-    let ports = PortMap::build(
-        vec![
-            port(0, "uplink", None),
-            port(1, "host", None),
-            port(2, "pod-a", Some(1)),
-            port(3, "pod-b", Some(1)),
-        ],
-        1,
-    )
-    .with_roles(Some("uplink"), Some("host"));
+    let ports = crate::pipeline::fixture::ports(2);
     let (services, counters) = (ServiceTable::default(), WorkerCounters::default());
     let mut feat = Features::for_tests();
     let cx = crate::pipeline::fixture::ctx(&l3, &ports, &services, &counters);

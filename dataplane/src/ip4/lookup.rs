@@ -157,9 +157,8 @@ mod tests {
     use crate::ip4::L3;
     use crate::pipeline::stage::{run_alone, Ctx, Features};
     use crate::pipeline::{DropReason, Meta, Next, StageId, WorkerCounters};
-    use crate::port::PortMap;
+
     use crate::services::ServiceTable;
-    use podpath_proto::{NodeSpec, RemoteSpec};
 
     fn ip4(src: [u8; 4], dst: [u8; 4], ttl: u8) -> (Vec<u8>, Meta) {
         let mut f = vec![0u8; 14 + 28];
@@ -183,36 +182,8 @@ mod tests {
 
     #[test]
     fn routes_each_kind_of_destination_to_its_stage() {
-        let node = NodeSpec {
-            node_ip: "192.168.77.11".into(),
-            underlay_cidr: "192.168.77.0/24".into(),
-            underlay_gateway: None,
-            pod_cidr: "10.244.0.0/24".into(),
-            cluster_cidr: "10.244.0.0/16".into(),
-            bridge: 1,
-            uplink: "uplink".into(),
-            host: Some("host".into()),
-            vni: 1,
-            vxlan_port: 4789,
-            service_cidr: Some("10.96.0.0/12".into()),
-        };
-        let remote = RemoteSpec {
-            name: "node2".into(),
-            node_ip: "192.168.77.12".into(),
-            vtep_mac: "0a:58:0a:f4:01:01".into(),
-            pod_cidr: "10.244.1.0/24".into(),
-        };
-        let l3 = L3::build(&node, &[remote]).unwrap();
-        let port = crate::pipeline::fixture::port;
-        let ports = PortMap::build(
-            vec![
-                port(0, "uplink", None),
-                port(1, "host", None),
-                port(2, "pod-a", Some(1)),
-            ],
-            1,
-        )
-        .with_roles(Some("uplink"), Some("host"));
+        let l3 = crate::pipeline::fixture::l3(true);
+        let ports = crate::pipeline::fixture::ports(1);
         let (services, counters) = (ServiceTable::default(), WorkerCounters::default());
         let mut feat = Features::for_tests();
         let pod = [10, 244, 0, 2];
